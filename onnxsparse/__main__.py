@@ -1,0 +1,5 @@
+"""``python -m onnxsparse``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""Load and save models safely.
+
+Loading goes through ``onnx`` (without external data) so the file can be checked
+before anything trusts it: truncation, IR/opset versions newer than we support,
+external-data locations escaping the model folder, missing data files.  The
+checked proto is then turned into an ``onnx_ir`` model whose external tensors
+stay memory-mapped, so multi-GB models are not copied.
+
+Saving is atomic: everything is written into a temporary folder beside the
+output and renamed into place only once complete; the input is never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from .errors import ModelLoadError, ModelSaveError
+
+__all__ = [
+    "ModelSource",
+    "load_model",
+    "load_proto",
+    "save_model",
+    "model_file_bytes",
+    "max_runtime_ir_version",
+    "EXTERNAL_DATA_THRESHOLD",
+]
+
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, ir.Model]
+
+#: Models whose tensors exceed this many bytes are saved with external data
+#: (protobuf cannot serialise a message larger than 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_proto(source: str | os.PathLike | bytes, *, load_external: bool = False) -> onnx.ModelProto:
+    """Parse and vet a model file; external data is checked but not loaded."""
+    if isinstance(source, (bytes, bytearray)):
+        proto = _parse_bytes(bytes(source), "<bytes>")
+        base_dir: Path | None = None
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ModelLoadError(f"model file not found: {path}")
+        if path.is_dir():
+            raise ModelLoadError(f"expected an .onnx file, got a directory: {path}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        proto = _parse_bytes(data, str(path))
+        base_dir = path.resolve().parent
+    _check_versions(proto)
+    _check_external_data(proto, base_dir)
+    _densify_sparse_initializers(proto)
+    if load_external and base_dir is not None:
+        onnx.external_data_helper.load_external_data_for_model(proto, str(base_dir))
+    return proto
+
+
+def load_model(source: ModelSource) -> ir.Model:
+    """Load a model (path, bytes, ModelProto or ir.Model) as an ``onnx_ir`` model."""
+    if isinstance(source, ir.Model):
+        return source
+    if isinstance(source, onnx.ModelProto):
+        _check_versions(source)
+        _densify_sparse_initializers(source)
+        return ir.serde.deserialize_model(source)
+    proto = load_proto(source)
+    model = ir.serde.deserialize_model(proto)
+    if not isinstance(source, (bytes, bytearray)):
+        ir.external_data.set_base_dir(model.graph, str(Path(source).resolve().parent))
+    return model
+
+
+def _parse_bytes(data: bytes, name: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{name} is empty, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{name} is not a valid ONNX model (truncated or corrupt protobuf)") from exc
+    # Random bytes sometimes parse as an (almost) empty message.
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise ModelLoadError(f"{name} is not a valid ONNX model (no graph or IR version)")
+    return proto
+
+
+def _check_versions(proto: onnx.ModelProto) -> None:
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelLoadError(
+            f"model IR version {proto.ir_version} is newer than supported "
+            f"(onnx {onnx.__version__} reads up to IR {onnx.IR_VERSION})"
+        )
+    latest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > latest:
+            raise ModelLoadError(
+                f"model uses ONNX opset {opset.version}, newer than supported "
+                f"(onnx {onnx.__version__} knows up to opset {latest})"
+            )
+
+
+def _iter_tensors(proto: onnx.ModelProto):
+    from onnx.external_data_helper import _get_all_tensors
+
+    return _get_all_tensors(proto)
+
+
+def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None) -> None:
+    """Reject external data that escapes the model folder or is missing/short."""
+    for tensor in _iter_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        if not location:
+            raise ModelLoadError(f"tensor {tensor.name!r} is external but names no data file")
+        if os.path.isabs(location) or Path(location).is_absolute() or location.startswith(("/", "\\")):
+            raise ModelLoadError(
+                f"tensor {tensor.name!r}: external data location {location!r} is an absolute path; "
+                "only files inside the model's folder are allowed"
+            )
+        if ".." in Path(location.replace("\\", "/")).parts:
+            raise ModelLoadError(
+                f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder"
+            )
+        if base_dir is None:
+            raise ModelLoadError(
+                f"tensor {tensor.name!r} uses external data; load the model from its file path, not bytes"
+            )
+        data_path = (base_dir / location).resolve()
+        if base_dir != data_path and base_dir not in data_path.parents:
+            raise ModelLoadError(
+                f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder"
+            )
+        if not data_path.is_file():
+            raise ModelLoadError(f"external data file missing: {location} (needed by tensor {tensor.name!r})")
+        offset = int(info.get("offset", 0) or 0)
+        size = data_path.stat().st_size
+        length = int(info["length"]) if info.get("length") else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelLoadError(
+                f"external data file {location} is too short for tensor {tensor.name!r} "
+                f"(needs bytes {offset}..{offset + length}, file has {size})"
+            )
+
+
+def _densify_sparse_initializers(proto: onnx.ModelProto) -> None:
+    """Turn ONNX COO ``sparse_initializer`` entries into dense initializers.
+
+    ``onnx_ir`` drops sparse initializers on load, so they are densified here
+    (exactly; onnxruntime does the same at session creation).
+    """
+    from onnx import numpy_helper
+
+    def densify(graph: onnx.GraphProto) -> None:
+        for sparse in list(graph.sparse_initializer):
+            values = numpy_helper.to_array(sparse.values)
+            indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+            dims = tuple(sparse.dims)
+            dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
+            if indices.ndim == 2:
+                indices = np.ravel_multi_index(tuple(indices.T), dims)
+            dense[indices.reshape(-1)] = values.reshape(-1)
+            graph.initializer.append(numpy_helper.from_array(dense.reshape(dims), sparse.values.name))
+        del graph.sparse_initializer[:]
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    densify(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        densify(sub)
+
+    densify(proto.graph)
+
+
+# --------------------------------------------------------------------------- save
+
+
+@functools.lru_cache(maxsize=1)
+def max_runtime_ir_version() -> int:
+    """Highest IR version the installed onnxruntime loads (probed once)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        return onnx.IR_VERSION
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    for version in range(onnx.IR_VERSION, 6, -1):
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        model.ir_version = version
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return version
+        except Exception:  # noqa: BLE001 - any failure means "not this version"
+            continue
+    return 7
+
+
+def _tensor_bytes(model: ir.Model) -> int:
+    total = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None:
+                total += tensor.nbytes
+    return total
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    protect: tuple[str | os.PathLike, ...] = (),
+    force: bool = False,
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically; returns the path written.
+
+    ``protect`` lists files that must never be overwritten (the inputs).
+    ``external_data``: ``True`` always, ``False`` never, ``None`` when the
+    weights are too large for one protobuf.  The data file is ``<name>.data``.
+    The IR version is lowered to what the installed onnxruntime reads.
+    """
+    out = Path(path)
+    for guarded in protect:
+        guarded_path = Path(guarded)
+        if _same_file(out, guarded_path) or out.resolve() == guarded_path.resolve():
+            raise ModelSaveError(f"refusing to overwrite the input model {guarded_path}")
+    if out.exists() and not force:
+        raise ModelSaveError(f"output {out} already exists (use --force to overwrite)")
+    if out.is_dir():
+        raise ModelSaveError(f"output {out} is a directory")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise ModelSaveError(f"output folder does not exist: {parent}")
+
+    if external_data is None:
+        external_data = _tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    model.ir_version = min(model.ir_version, max_runtime_ir_version())
+
+    data_name = out.name + ".data"
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxsparse-", dir=parent))
+    try:
+        tmp_model = tmp_dir / out.name
+        if external_data:
+            ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1024)
+            tmp_data = tmp_dir / data_name
+            if tmp_data.exists():
+                os.replace(tmp_data, parent / data_name)
+        else:
+            ir.save(model, tmp_model)
+        os.replace(tmp_model, out)
+    except OSError as exc:
+        raise ModelSaveError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def model_file_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of a model file plus the external data files it references."""
+    path = Path(path)
+    total = path.stat().st_size
+    proto = onnx.load(str(path), load_external_data=False)
+    seen: set[str] = set()
+    for tensor in _iter_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location")
+            if location and location not in seen:
+                seen.add(location)
+                data_path = path.parent / location
+                if data_path.is_file():
+                    total += data_path.stat().st_size
+    return total
