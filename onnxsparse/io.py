@@ -266,17 +266,29 @@ def save_model(
 
     data_name = out.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxsparse-", dir=parent))
+    moved_data: Path | None = None
+    backup: Path | None = None
     try:
         tmp_model = tmp_dir / out.name
         if external_data:
             ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1024)
             tmp_data = tmp_dir / data_name
             if tmp_data.exists():
-                os.replace(tmp_data, parent / data_name)
+                final_data = parent / data_name
+                if final_data.exists():  # keep the old data until the model is in place
+                    backup = tmp_dir / (data_name + ".old")
+                    os.replace(final_data, backup)
+                os.replace(tmp_data, final_data)
+                moved_data = final_data
         else:
             ir.save(model, tmp_model)
         os.replace(tmp_model, out)
     except OSError as exc:
+        # The model rename is the commit point: undo the data-file move.
+        if moved_data is not None:
+            moved_data.unlink(missing_ok=True)
+        if backup is not None:
+            os.replace(backup, parent / data_name)
         raise ModelSaveError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

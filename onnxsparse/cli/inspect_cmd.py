@@ -1,0 +1,312 @@
+"""``onnxsparse inspect MODEL``: what a model is made of, before you shrink it.
+
+Header (file, producer, IR, opsets, inputs/outputs), a summary line (params,
+MACs, bytes on disk, nodes), the layers with the most MACs, the op histogram
+and the existing sparsity.  ``--json`` prints the same with stable keys
+(docs/inspect.md); ``--report FILE`` writes it as .json/.md/.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..report import dump_json, format_table, human_bytes, human_count, write_report
+
+__all__ = ["register", "run", "inspect_model"]
+
+REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
+
+_DIM_RE = re.compile(r"^(?P<name>[^=]+)=(?P<value>\d+)$")
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "inspect",
+        parents=[common],
+        help="show params, MACs, size, ops and sparsity of a model",
+        description=(
+            "Show a model's producer, IR/opset, inputs/outputs, parameter count, bytes on disk, "
+            "MACs per layer and in total, op histogram and existing sparsity (zero fraction, N:M "
+            "patterns). Dynamic dims are resolved from --shape/--dim, otherwise MACs are unknown."
+        ),
+    )
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument(
+        "--shape", action="append", default=[], metavar="NAME=D0xD1x...",
+        help="concrete shape of an input, e.g. input=1x3x224x224 (repeatable)",
+    )
+    p.add_argument(
+        "--dim", action="append", default=[], metavar="SYMBOL=N",
+        help="value of a symbolic dim in every input, e.g. batch=1 (repeatable)",
+    )
+    p.add_argument("--top", type=int, default=15, metavar="N", help="layers to list by MACs (default 15)")
+    p.add_argument("--all", action="store_true", help="list every node, not just the top N")
+    p.add_argument("--no-sparsity", action="store_true", help="do not read weight values (faster on huge models)")
+    p.add_argument("--report", metavar="FILE", help="also write the full result to FILE (.json, .md or .html)")
+    p.set_defaults(func=run)
+
+
+def parse_dims(items: list[str] | None) -> dict[str, int]:
+    """Parse ``SYMBOL=N`` options."""
+    dims: dict[str, int] = {}
+    for item in items or []:
+        match = _DIM_RE.match(item.strip())
+        if not match:
+            raise UsageError(f"bad --dim {item!r}: expected SYMBOL=N (e.g. batch=1)")
+        dims[match["name"]] = int(match["value"])
+    return dims
+
+
+def inspect_model(
+    path: str | Path,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    dims: dict[str, int] | None = None,
+    *,
+    sparsity: bool = True,
+) -> dict[str, Any]:
+    """The full ``inspect`` result for a model file, as a JSON-ready dict."""
+    from ..analysis import model_stats
+    from ..io import load_model, model_file_bytes
+
+    model = load_model(path)
+    _check_dims(model, dims or {})
+    stats = model_stats(model, shapes, dims=dims, sparsity=sparsity)
+    result: dict[str, Any] = {"file": str(path), "bytes": model_file_bytes(path)}
+    body = stats.to_dict()
+    # Key order: identity first, then the headline numbers, then the detail lists.
+    for key in ("producer", "ir_version", "opsets", "inputs", "outputs", "dims"):
+        result[key] = body.pop(key)
+    for key in ("params", "macs", "attention_macs", "weight_bytes", "nodes"):
+        result[key] = body.pop(key)
+    result.update(body)
+    try:
+        groups = prunable_groups(path)
+    except Exception as exc:  # noqa: BLE001 - a secondary section must not hide the numbers above
+        logging.getLogger(__name__).debug("prunable groups failed", exc_info=True)
+        result["prunable_groups_error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        if groups is not None:
+            result["prunable_groups"] = groups
+    return result
+
+
+def _check_dims(model, dims: dict[str, int]) -> None:
+    symbols = {
+        d.value
+        for v in model.graph.inputs
+        if not v.is_initializer() and v.shape is not None
+        for d in v.shape
+        if not isinstance(d, int) and d.value is not None
+    }
+    unknown = sorted(set(dims) - symbols)
+    if unknown:
+        have = ", ".join(sorted(symbols)) or "none"
+        raise UsageError(f"--dim names unknown dim(s) {unknown}; the inputs' symbolic dims are: {have}")
+
+
+def prunable_groups(path: str | Path) -> list[dict[str, Any]] | None:
+    """Hook for the structured-pruning dependency analysis (``onnxsparse.graph``).
+
+    Calls ``onnxsparse.graph.build_groups`` on a normalised copy of the model
+    once the package exports it; until then returns ``None`` and the section is
+    left out (no placeholder output).
+    """
+    try:
+        import onnxsparse.graph as graph_pkg
+    except ImportError:
+        return None
+    build_groups = getattr(graph_pkg, "build_groups", None)
+    if build_groups is None:
+        return None
+    from ..io import load_model
+    from ..passes.normalize import normalize
+
+    analysis = build_groups(normalize(load_model(path)))
+    return [
+        {
+            "id": g.id,
+            "units": g.size,
+            "channels": g.channels,
+            "root": str(g.root),
+            "prunable": g.prunable,
+            "reasons": list(g.reasons),
+            "nodes": list(g.nodes),
+        }
+        for g in analysis.groups
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibration.data import parse_shapes
+
+    if args.top < 0:
+        raise UsageError("--top must be >= 0")
+    if args.report and Path(args.report).suffix.lower() not in REPORT_SUFFIXES:
+        raise UsageError(f"unknown report format {Path(args.report).suffix!r}: use .json, .md or .html")
+    shapes = parse_shapes(args.shape)
+    dims = parse_dims(args.dim)
+    result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity)
+    if args.report:
+        write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}")
+    if args.json:
+        print(dump_json(result))
+    else:
+        print(render_text(result, top=None if args.all else args.top))
+    return 0
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _dims(shape: list | None) -> str:
+    if shape is None:
+        return "?"
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _io_lines(label: str, tensors: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for i, t in enumerate(tensors):
+        declared, shape = t["declared_shape"], t["shape"]
+        text = f"{t['name']}  {t['dtype']}{_dims(declared)}"
+        resolved = shape is not None and declared is not None and any(
+            not isinstance(d, int) and s is not None for d, s in zip(declared, shape)
+        )
+        if resolved:
+            text += f" -> {_dims(shape)}"
+        lines.append(f"{label if i == 0 else '':<10} {text}")
+    if not tensors:
+        lines.append(f"{label:<10} (none)")
+    return lines
+
+
+def _pct(part: int | None, total: int | None) -> float | None:
+    if part is None or not total:
+        return None
+    return round(100.0 * part / total, 2)
+
+
+def render_text(result: dict[str, Any], top: int | None = 15) -> str:
+    """Human-readable report: header, summary, top layers, op histogram, sparsity."""
+    out: list[str] = []
+    opsets = ", ".join(f"{d} {v}" for d, v in result["opsets"].items())
+    out.append(f"{'model':<10} {result['file']}")
+    out.append(f"{'producer':<10} {result['producer'] or '?'}")
+    out.append(f"{'IR':<10} {result['ir_version']}   opsets: {opsets}")
+    out += _io_lines("inputs", result["inputs"])
+    out += _io_lines("outputs", result["outputs"])
+    out.append("")
+    macs = result["macs"]
+    summary = (
+        f"params {human_count(result['params'])} ({result['params']:,})   "
+        f"MACs {human_count(macs) if macs is not None else 'unknown'}"
+        + (f" ({macs:,})" if macs is not None else "")
+        + f"   on disk {human_bytes(result['bytes'])} (weights {human_bytes(result['weight_bytes'])})"
+        + f"   nodes {result['nodes']}"
+    )
+    out.append(summary)
+    if result.get("attention_macs"):
+        out.append(
+            f"attention MACs (products of two activations): {human_count(result['attention_macs'])}"
+            f" ({_pct(result['attention_macs'], macs) or 0:.1f}% of total)"
+        )
+    unknown = result["unknown_macs"]
+    symbols = list(
+        dict.fromkeys(
+            d
+            for t in result["inputs"]
+            for d, s in zip(t["declared_shape"] or [], t["shape"] or t["declared_shape"] or [])
+            if isinstance(d, str) and s is None
+        )
+    )
+    if unknown and symbols:
+        out.append(
+            f"MACs unknown for {len(unknown)} node(s): dynamic dims {', '.join(symbols)}; "
+            f"fix them with --dim {symbols[0]}=N (or --shape NAME=D0xD1x...)"
+        )
+    elif unknown:
+        first = unknown[0]
+        out.append(
+            f"MACs unknown for {len(unknown)} node(s), e.g. {first['name'] or first['op_type']}: {first['reason']}"
+        )
+
+    rows = [r for r in result["per_node"]]
+    if top is not None:
+        # Known MACs first (largest first), then counted nodes with unknown MACs, then
+        # nodes that only hold weights.
+        rows = sorted(
+            (r for r in rows if r["macs"] is None or r["macs"] > 0 or r["params"] > 0),
+            key=lambda r: (0 if r["macs"] else 1 if r["macs"] is None else 2, -(r["macs"] or 0), -r["params"]),
+        )
+        shown = rows[:top]
+        title = f"Top {len(shown)} of {len(rows)} layers by MACs"
+    else:
+        shown = rows
+        title = f"All {len(rows)} nodes"
+    if shown:
+        table = [
+            [
+                r["name"] or "-",
+                r["op_type"],
+                r["macs"],
+                _pct(r["macs"], macs),
+                r["params"],
+                " ".join(_dims(s) for s in r["output_shapes"]),
+            ]
+            for r in shown
+        ]
+        out += ["", format_table(["node", "op", "MACs", "%", "params", "output"], table, title=title)]
+
+    macs_by_op: dict[str, int | None] = {}
+    for r in result["per_node"]:
+        key = r["op_type"] if r["domain"] in ("", "ai.onnx") else f"{r['domain']}.{r['op_type']}"
+        prev = macs_by_op.get(key, 0)
+        macs_by_op[key] = None if prev is None or r["macs"] is None else prev + r["macs"]
+    hist = [[op, count, macs_by_op.get(op)] for op, count in result["op_histogram"].items()]
+    out += ["", format_table(["op", "count", "MACs"], hist, title="Op histogram")]
+
+    sp = result["sparsity"]
+    out.append("")
+    if sp["zeros"] is None:
+        out.append("Sparsity: not measured (--no-sparsity)")
+    else:
+        patterns = ", ".join(f"{p} x{n}" for p, n in sp["nm_patterns"].items()) or "none"
+        out.append(
+            f"Sparsity: {100 * (sp['zero_fraction'] or 0):.2f}% of parameters are zero "
+            f"({sp['zeros']:,} of {sp['measured_params']:,}); "
+            f"{sp['weights_with_zeros']} weight(s) hold zeros; N:M patterns: {patterns}"
+        )
+        if sp["unmeasured_weights"]:
+            out.append(f"  not measured (computed weights too large to evaluate): {len(sp['unmeasured_weights'])}")
+        sparse = sorted((w for w in result["per_weight"] if w["zeros"]), key=lambda w: (-w["sparsity"], w["name"]))
+        if sparse:
+            limit = len(sparse) if top is None else min(len(sparse), max(top, 1))
+            table = [
+                [w["name"], _dims(w["shape"]), w["dtype"], w["params"], round(100 * w["sparsity"], 2), w["nm_pattern"] or "-"]
+                for w in sparse[:limit]
+            ]
+            out.append(
+                format_table(
+                    ["weight", "shape", "dtype", "params", "zero %", "N:M"], table,
+                    title=f"Sparsest weights ({limit} of {len(sparse)})",
+                )
+            )
+    if "prunable_groups_error" in result:
+        out += ["", f"Prunable groups: not available ({result['prunable_groups_error']})"]
+    if "prunable_groups" in result:
+        groups = result["prunable_groups"]
+        prunable = [g for g in groups if g["prunable"]]
+        out += ["", f"Prunable groups: {len(prunable)} of {len(groups)}"]
+        shown_groups = groups if top is None else groups[: max(top, 1)]
+        table = [
+            [g["id"], g["root"], g["channels"], "yes" if g["prunable"] else "no", "; ".join(g["reasons"][:1]) or "-"]
+            for g in shown_groups
+        ]
+        if table:
+            out.append(format_table(["group", "root", "channels", "prunable", "reason"], table))
+    return "\n".join(out)
