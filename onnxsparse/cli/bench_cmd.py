@@ -1,0 +1,63 @@
+"""``onnxsparse bench MODEL [MODEL ...]``: latency, throughput, session time and peak memory
+across execution providers, thread counts and batch sizes, as one table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..calibration.data import parse_shapes
+from ..report import dump_json
+from .validate_cmd import add_run_options
+
+__all__ = ["register", "run"]
+
+DESCRIPTION = """Latency, throughput, session time and peak memory of one or more models across execution
+providers, thread counts and batch sizes, timed interleaved."""
+
+EPILOG = """\
+examples:
+  onnxsparse bench model.onnx pruned.onnx --threads 1,2 --batch 1,8
+  onnxsparse bench model.onnx --providers cpu,cuda --report bench.html
+"""
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "bench", parents=[common], help="latency/throughput/memory of models across providers, threads, batches",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="one or more .onnx files (timed interleaved)")
+    add_run_options(p, multi=True)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..validate import bench, render_text, save_report
+    from ..validate.reports import check_report_paths
+
+    check_report_paths(args.report)
+    result = bench(
+        args.models,
+        data=args.data,
+        shapes=parse_shapes(args.shape),
+        samples=args.samples,
+        seed=args.seed,
+        providers=args.providers,
+        threads=args.threads,
+        batches=args.batch,
+        warmup=args.warmup,
+        runs=args.runs,
+        memory=args.memory,
+        session_repeats=args.session_repeats,
+        progress=not args.quiet,
+    )
+    for path in args.report:
+        save_report(path, result)
+    if args.json:
+        print(dump_json(result.to_dict()))
+    else:
+        print(render_text(result))
+        for path in args.report:
+            print(f"report written to {path}", file=sys.stderr)
+    return 0

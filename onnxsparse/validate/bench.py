@@ -1,0 +1,216 @@
+"""``bench(models, ...)``: latency, throughput, session time and memory across providers,
+thread counts and batch sizes.
+
+Within one (provider, threads, batch) configuration all models are timed
+interleaved (see :mod:`.latency`), so their numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnxruntime as ort
+
+from ..calibration.data import DataSource, load_data
+from ..errors import OnnxSparseError, UsageError
+from ..report import to_jsonable
+from ._common import check_counts, environment, fixed_batch, is_random, latency_feeds, model_info, progress_bar
+from .compat import PreparedModel, prepare_model
+from .latency import LatencyStats, measure_interleaved
+from .memory import MemoryStats, probe_memory
+from .providers import ProviderSession, ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
+from .result import ModelInfo
+
+__all__ = ["BenchRow", "BenchResult", "bench", "BENCH_SCHEMA"]
+
+BENCH_SCHEMA = "onnxsparse.bench/1"
+
+
+@dataclass
+class BenchRow:
+    """One model in one configuration (provider, threads, batch), or why it was not measured."""
+
+    model: str
+    provider: str
+    ep: str
+    device: str
+    threads: int | None
+    batch: int
+    available: bool
+    reason: str | None = None
+    active_providers: list[str] = field(default_factory=list)
+    session_seconds: float | None = None
+    session_samples_s: list[float] = field(default_factory=list)
+    latency: LatencyStats | None = None
+    memory: MemoryStats | None = None
+    memory_note: str | None = None
+
+
+@dataclass
+class BenchResult:
+    models: list[ModelInfo]
+    rows: list[BenchRow]
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable({
+            "schema": BENCH_SCHEMA,
+            "models": self.models,
+            "rows": self.rows,
+            "settings": self.settings,
+            "environment": self.environment,
+            "notes": self.notes,
+        })
+
+
+def _as_list(values: Any, name: str) -> list[int | None]:
+    if values is None:
+        return [None]
+    if isinstance(values, (int, str)):
+        values = [values]
+    out: list[int | None] = []
+    for value in values:
+        for part in str(value).split(",") if isinstance(value, str) else [value]:
+            if part in (None, "", "auto"):
+                out.append(None)
+                continue
+            try:
+                number = int(part)
+            except (TypeError, ValueError):
+                raise UsageError(f"--{name} takes integers like 1,2,4; got {part!r}") from None
+            if number < 1:
+                raise UsageError(f"--{name} values must be >= 1, got {number}")
+            out.append(number)
+    return list(dict.fromkeys(out)) or [None]
+
+
+def _measure_config(
+    spec: ProviderSpec,
+    threads: int | None,
+    batch_request: int | None,
+    models: Sequence[PreparedModel],
+    sources: Sequence[DataSource],
+    sessions: Sequence[ProviderSession],
+    *,
+    warmup: int,
+    runs: int,
+    memory: bool,
+    bar,
+) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    live: list[tuple[BenchRow, ProviderSession, PreparedModel, dict]] = []
+    for model, source, ps in zip(models, sources, sessions):
+        fixed = fixed_batch(model.inputs)
+        batch = batch_request or fixed or 1
+        row = BenchRow(model=model.display, provider=spec.name, ep=spec.ep, device=spec.device, threads=threads,
+                       batch=batch, available=ps.available, reason=ps.reason, active_providers=ps.active,
+                       session_seconds=ps.seconds, session_samples_s=ps.creation_seconds)
+        rows.append(row)
+        if not ps.available:
+            continue
+        if fixed is not None and batch != fixed:
+            row.available, row.reason = False, f"model has a fixed batch size of {fixed}"
+            continue
+        live.append((row, ps, model, latency_feeds(source, batch)))
+    if live:
+        bar.set_description(f"{spec.name} t={threads or 'auto'} b={batch_request or 'model'}")
+        stats = measure_interleaved(
+            [ps.session for _, ps, _, _ in live], [feeds for *_, feeds in live],
+            batches=[row.batch for row, *_ in live], warmup=warmup, runs=runs, tick=bar.update,
+        )
+        available = ort.get_available_providers()
+        for (row, _, model, feeds), stat in zip(live, stats):
+            row.latency = stat
+            if memory:
+                row.memory, row.memory_note = probe_memory(
+                    model.path, spec, threads, feeds, available=available, runs=min(runs, 5))
+                bar.update(1)
+    return rows
+
+
+def _model_data(model: PreparedModel, data: Any, shapes, samples: int | None, seed: int, name_it: bool) -> DataSource:
+    """The data for one model; with several models, errors say which model they are about."""
+    try:
+        source = load_data("random" if is_random(data) else data, model.proto, shapes=shapes,
+                           samples=samples or 1, seed=seed)
+    except OnnxSparseError as exc:
+        if not name_it:
+            raise
+        raise type(exc)(f"{model.display}: {exc}") from exc
+    return source.take(samples) if samples and not is_random(data) else source
+
+
+def bench(
+    models: Iterable[Any],
+    *,
+    data: Any = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    providers: str | Iterable[str | ProviderSpec] = ("cpu",),
+    threads: Iterable[int | None] | int | str | None = None,
+    batches: Iterable[int | None] | int | str | None = None,
+    warmup: int = 10,
+    runs: int = 100,
+    memory: bool = True,
+    session_repeats: int = 3,
+    progress: bool = False,
+) -> BenchResult:
+    """Benchmark ``models`` (paths, bytes, protos or ``onnx_ir`` models) in every configuration."""
+    check_counts(warmup, runs, session_repeats)
+    specs = resolve_providers(providers)
+    thread_list = _as_list(threads, "threads")
+    batch_list = _as_list(batches, "batch")
+    model_list = list(models)
+    if not model_list:
+        raise UsageError("bench needs at least one model")
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="onnxsparse-bench-") as workdir:
+        prepared = [prepare_model(m, f"model{i}", workdir) for i, m in enumerate(model_list)]
+        many = len(prepared) > 1
+        need = max([b for b in batch_list if b] + [1])
+        sources = [_model_data(model, data, shapes, samples or (need if is_random(data) else None), seed, many)
+                   for model in prepared]
+        infos = []
+        for model, source in zip(prepared, sources):
+            stat_shapes = {n: (fixed_batch(model.inputs) or 1,) + a.shape[1:] for n, a in source.arrays.items()}
+            infos.append(model_info(model, stat_shapes))
+        notes += [f"{info.path}: {info.stats_note}" for info in infos if info.stats_note]
+
+        per_config = len(prepared) * (warmup + runs + (1 if memory else 0))
+        bar = progress_bar(per_config * len(specs) * len(thread_list) * len(batch_list), progress, "bench")
+        rows: list[BenchRow] = []
+        try:
+            for spec in specs:
+                for threads_value in thread_list:
+                    warm_up_runtime(spec, threads_value)
+                    sessions = open_sessions([m.path for m in prepared], spec, threads_value,
+                                             repeats=session_repeats, labels=[m.display for m in prepared])
+                    for batch in batch_list:
+                        rows += _measure_config(spec, threads_value, batch, prepared, sources, sessions,
+                                                warmup=warmup, runs=runs, memory=memory, bar=bar)
+                    del sessions
+        finally:
+            bar.close()
+    skipped: dict[tuple[str, str | None], int] = {}
+    for row in rows:
+        if not row.available:
+            skipped[(row.provider, row.reason)] = skipped.get((row.provider, row.reason), 0) + 1
+    notes += [f"{provider}: {count} row(s) not measured: {reason}" for (provider, reason), count in skipped.items()]
+    settings = {
+        "data": "random" if is_random(data) else str(data),
+        "providers": [s.name for s in specs],
+        "threads": thread_list,
+        "batches": batch_list,
+        "warmup": warmup,
+        "runs": runs,
+        "memory": memory,
+        "session_repeats": session_repeats,
+        "seed": seed,
+    }
+    return BenchResult(infos, rows, settings, environment(), notes)

@@ -1,0 +1,79 @@
+"""Render validation/bench results for the terminal, and write them as JSON, Markdown or HTML."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+from ..report import atomic_write_text, dump_json, format_table, markdown_table
+from ._tables import Table, bench_tables, summary_line, validation_tables, verdict
+from .bench import BenchResult
+from .render_html import bench_html, validation_html
+from .result import ValidationResult
+
+__all__ = ["render_text", "render_markdown", "save_report", "check_report_paths", "REPORT_SUFFIXES"]
+
+REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
+
+
+def _tables(result: ValidationResult | BenchResult) -> list[Table]:
+    return validation_tables(result) if isinstance(result, ValidationResult) else bench_tables(result)
+
+
+def render_text(result: ValidationResult | BenchResult) -> str:
+    """The terminal summary: tables, notes, and for validation the verdict line."""
+    blocks = [format_table(t.headers, t.rows, title=t.title) for t in _tables(result)]
+    if result.notes:
+        blocks.append("Notes\n" + "\n".join(f"- {n}" for n in result.notes))
+    if isinstance(result, ValidationResult):
+        blocks.append(summary_line(result))
+        blocks.append(verdict(result))
+    return "\n\n".join(blocks)
+
+
+def render_markdown(result: ValidationResult | BenchResult) -> str:
+    if isinstance(result, ValidationResult):
+        lines = [f"# onnxsparse validate: {'PASSED' if result.passed else 'FAILED'}", "",
+                 summary_line(result), ""]
+        if not result.passed:
+            lines += [verdict(result), ""]
+        lines += [f"Reference: `{result.reference.path}`  ", f"Candidate: `{result.candidate.path}`", ""]
+    else:
+        lines = ["# onnxsparse bench", ""]
+    for table in _tables(result):
+        lines += [f"## {table.title}", "", markdown_table(table.headers, table.rows), ""]
+    if result.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
+    env = result.environment
+    lines += ["## Environment", "",
+              f"onnxruntime {env['onnxruntime']} ({', '.join(env['available_providers'])}), "
+              f"{env['cpu']} x{env['cpu_count']}, Python {env['python']}, {env['platform']}", ""]
+    return "\n".join(lines)
+
+
+def save_report(path: str | os.PathLike, result: ValidationResult | BenchResult) -> Path:
+    """Write ``result`` as .json (stable keys, see docs/validate.md), .md, or .html (with charts)."""
+    check_report_paths([path])
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = dump_json(result.to_dict()) + "\n"
+    elif suffix in (".md", ".markdown"):
+        text = render_markdown(result)
+    elif isinstance(result, ValidationResult):
+        text = validation_html(result)
+    else:
+        text = bench_html(result)
+    atomic_write_text(path, text)
+    return path
+
+
+def check_report_paths(paths) -> None:
+    """Reject unknown report extensions before a long run, not after it."""
+    for path in paths or []:
+        suffix = Path(path).suffix.lower()
+        if suffix not in REPORT_SUFFIXES:
+            raise UsageError(f"unknown report format {suffix or '(none)'!r} for {path}: use .json, .md or .html")
+        if not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"report folder does not exist: {Path(path).resolve().parent}")

@@ -1,0 +1,275 @@
+"""``validate(reference, candidate, ...)``: fidelity, task metrics, latency, memory, gates.
+
+For every requested execution provider both models get a session (checked to
+really run on that provider), the whole data set goes through both (fidelity
+per output, task metrics when labels are given), then latency is measured
+interleaved on one fixed batch, and peak memory in child processes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ..calibration.data import DataSource, load_data
+from ..errors import DataError, UsageError
+from ._common import (
+    check_counts,
+    environment,
+    fixed_batch,
+    is_random,
+    latency_feeds,
+    model_info,
+    progress_bar,
+    resolve_batch,
+)
+from .compat import PreparedModel, check_inputs, match_outputs, parse_output_map, prepare_model
+from .latency import measure_interleaved
+from .memory import probe_memory
+from .metrics import FidelityAccumulator, Metric, resolve_metric
+from .providers import ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
+from .result import MetricResult, ProviderResult, SessionResult, ValidationResult
+from .thresholds import check_threshold_inputs, evaluate_thresholds
+
+__all__ = ["validate", "load_labels", "DEFAULT_SAMPLES"]
+
+#: Random samples generated when no data is given.
+DEFAULT_SAMPLES = 8
+
+
+def load_labels(spec: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """Labels from an array, a ``.npy`` file, or an ``.npz`` holding one array."""
+    if isinstance(spec, np.ndarray):
+        return spec
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"labels file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read labels {path}: {exc}") from exc
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded as npz:
+        if len(npz.files) != 1:
+            raise DataError(f"labels file {path} holds {len(npz.files)} arrays {npz.files}; expected exactly one")
+        return npz[npz.files[0]]
+
+
+def _data_source(data: Any, model: PreparedModel, shapes, samples: int | None, seed: int) -> tuple[DataSource, int]:
+    """The checked data, and how many samples the file held before ``samples`` capped it."""
+    if samples is not None and samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {samples}")
+    if is_random(data):
+        source = load_data("random", model.proto, shapes=shapes, samples=samples or DEFAULT_SAMPLES, seed=seed)
+        return source, len(source)
+    source = load_data(data, model.proto, shapes=shapes, seed=seed)
+    return (source.take(samples) if samples is not None else source), len(source)
+
+
+def _sample_shapes(source: DataSource, batch: int) -> dict[str, tuple[int, ...]]:
+    return {name: (batch,) + tuple(arr.shape[1:]) for name, arr in source.arrays.items()}
+
+
+def _check_labels(labels: np.ndarray, source: DataSource, full_count: int) -> np.ndarray:
+    if labels.ndim == 0:
+        raise DataError("labels must have one entry per sample (got a scalar)")
+    if len(labels) != full_count:
+        raise DataError(f"{len(labels)} labels for {full_count} data samples; they must match one to one")
+    return labels[: len(source)]
+
+
+def _run_provider(
+    spec: ProviderSpec,
+    reference: PreparedModel,
+    candidate: PreparedModel,
+    *,
+    pairs: list[tuple[str, str]],
+    source: DataSource,
+    batch: int,
+    labels: np.ndarray | None,
+    label_output: str | None,
+    metrics: Sequence[Metric],
+    threads: int | None,
+    warmup: int,
+    runs: int,
+    memory: bool,
+    session_repeats: int,
+    bar,
+) -> ProviderResult:
+    warm_up_runtime(spec, threads)
+    ref_s, cand_s = open_sessions([reference.path, candidate.path], spec, threads, repeats=session_repeats,
+                                  labels=["reference", "candidate"])
+    result = ProviderResult(spec.name, spec.ep, spec.device, False)
+    if not ref_s.available or not cand_s.available:
+        result.active_providers = ref_s.active or cand_s.active
+        if ref_s.available:  # a regression of the candidate, not a missing provider
+            result.failed_model = "candidate"
+            result.reason = f"the candidate cannot run on {spec.name} while the reference can: {cand_s.reason}"
+        else:
+            result.failed_model = "reference" if cand_s.available else "both"
+            result.reason = ref_s.reason
+        return result
+    result.available = True
+    result.active_providers = ref_s.active
+
+    bar.set_description(f"{spec.name}: outputs")
+    ref_names = [r for r, _ in pairs]
+    cand_names = [c for _, c in pairs]
+    accs = [FidelityAccumulator(r, c) for r, c in pairs]
+    collected: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    label_index = ref_names.index(label_output) if label_output else 0
+    usable = (len(source) // batch) * batch
+    for feeds in source.batches(batch, limit=usable):
+        ref_out = ref_s.session.run(ref_names, feeds)
+        cand_out = cand_s.session.run(cand_names, feeds)
+        for acc, r, c in zip(accs, ref_out, cand_out):
+            acc.update(r, c)
+        if labels is not None:
+            collected[0].append(np.asarray(ref_out[label_index]))
+            collected[1].append(np.asarray(cand_out[label_index]))
+        bar.update(2)
+    result.samples = usable
+    result.fidelity = [acc.result() for acc in accs]
+    if labels is not None:
+        ref_all, cand_all = np.concatenate(collected[0]), np.concatenate(collected[1])
+        used_labels = labels[:usable]
+        for metric in metrics:
+            r, c = metric(ref_all, used_labels), metric(cand_all, used_labels)
+            result.metrics.append(MetricResult(metric.name, ref_names[label_index], r, c, metric.drop(r, c),
+                                               metric.higher_is_better))
+
+    bar.set_description(f"{spec.name}: latency")
+    feeds = latency_feeds(source, batch)
+    ref_lat, cand_lat = measure_interleaved(
+        [ref_s.session, cand_s.session], [feeds, feeds], batches=[batch, batch], warmup=warmup, runs=runs,
+        tick=bar.update,
+    )
+    result.reference = SessionResult(ref_s.seconds, ref_lat, session_samples_s=ref_s.creation_seconds)
+    result.candidate = SessionResult(cand_s.seconds, cand_lat, session_samples_s=cand_s.creation_seconds)
+    result.latency_ratio = cand_lat.p50_ms / ref_lat.p50_ms if ref_lat.p50_ms > 0 else None
+
+    if memory:
+        bar.set_description(f"{spec.name}: memory")
+        available = ort.get_available_providers()
+        for model, session_result in ((reference, result.reference), (candidate, result.candidate)):
+            session_result.memory, session_result.memory_note = probe_memory(
+                model.path, spec, threads, feeds, available=available, runs=min(runs, 5))
+            bar.update(1)
+    return result
+
+
+def validate(
+    reference: Any,
+    candidate: Any,
+    *,
+    data: Any = None,
+    labels: str | os.PathLike | np.ndarray | None = None,
+    metrics: Iterable[str | Metric] | str | None = None,
+    label_output: str | None = None,
+    providers: str | Iterable[str | ProviderSpec] = ("cpu",),
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int = 100,
+    batch: int | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    output_map: Mapping[str, str] | Sequence[str] | None = None,
+    memory: bool = True,
+    session_repeats: int = 3,
+    thresholds: Mapping[str, float] | None = None,
+    require_providers: bool = False,
+    progress: bool = False,
+    **limits: float,
+) -> ValidationResult:
+    """Compare ``candidate`` with ``reference``; see ``docs/validate.md``.
+
+    ``reference``/``candidate``: path, bytes, ``ModelProto`` or ``onnx_ir.Model``.
+    ``data``: ``None``/``"random"`` (``samples`` random samples, default 8), an
+    ``.npz``, a folder of them or a dict of arrays (``samples`` caps how many are
+    used).  ``labels``: array or ``.npy``/``.npz`` (one per sample) enabling
+    ``metrics`` (default ``["top1"]``) on ``label_output`` (default: first
+    output).  Gates: ``thresholds={"min_cosine": 0.999}`` or the same as keyword
+    arguments (``max_latency_ratio=1.0``); see :data:`THRESHOLDS`.
+    """
+    check_counts(warmup, runs, session_repeats)
+    all_limits = check_threshold_inputs({**dict(thresholds or {}), **limits}, labels=labels is not None,
+                                        memory=memory)
+    if metrics is not None and labels is None:
+        raise UsageError("--metric needs --labels")
+    metric_specs = [metrics] if isinstance(metrics, str) else list(metrics or ["top1"])
+    metric_list = [resolve_metric(m) for part in metric_specs
+                   for m in (part.split(",") if isinstance(part, str) else [part]) if m != ""]
+    specs = resolve_providers(providers)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+
+    with tempfile.TemporaryDirectory(prefix="onnxsparse-validate-") as workdir:
+        ref = prepare_model(reference, "reference", workdir)
+        cand = prepare_model(candidate, "candidate", workdir)
+        check_inputs(ref, cand)
+        pairs, notes = match_outputs(ref, cand, parse_output_map(output_map))
+        if label_output is not None and label_output not in [r for r, _ in pairs]:
+            raise UsageError(f"--label-output {label_output!r} is not a reference output {[r for r, _ in pairs]}")
+
+        source, full_count = _data_source(data, ref, shapes, samples, seed)
+        source.check_against(cand.inputs)
+        label_array = None
+        if labels is not None:
+            if is_random(data):
+                raise UsageError("--labels needs --data (labels of random inputs mean nothing)")
+            label_array = _check_labels(load_labels(labels), source, full_count)
+        batch = resolve_batch(ref.inputs, batch, "reference")
+        usable = (len(source) // batch) * batch
+        if usable == 0:
+            raise DataError(f"{len(source)} data samples do not fill one batch of {batch}")
+        if usable < len(source):
+            notes.append(f"last {len(source) - usable} sample(s) do not fill a batch of {batch}; not evaluated")
+
+        stat_shapes = _sample_shapes(source, fixed_batch(ref.inputs) or 1)
+        ref_info, cand_info = model_info(ref, stat_shapes), model_info(cand, stat_shapes)
+        notes += [f"{info.role}: {info.stats_note}" for info in (ref_info, cand_info) if info.stats_note]
+
+        per_provider = 2 * (usable // batch) + 2 * (warmup + runs) + (2 if memory else 0)
+        bar = progress_bar(per_provider * len(specs), progress, "validate")
+        results: list[ProviderResult] = []
+        try:
+            for spec in specs:
+                results.append(_run_provider(
+                    spec, ref, cand, pairs=pairs, source=source, batch=batch, labels=label_array,
+                    label_output=label_output, metrics=metric_list if label_array is not None else [],
+                    threads=threads, warmup=warmup, runs=runs, memory=memory, session_repeats=session_repeats,
+                    bar=bar,
+                ))
+        finally:
+            bar.close()
+    for p in results:
+        if not p.available:
+            notes.append(f"{p.provider} unavailable: {p.reason}")
+    settings = {
+        "data": "random" if is_random(data) else (str(data) if not isinstance(data, Mapping) else "<arrays>"),
+        "samples": len(source),
+        "labels": None if labels is None else (str(labels) if not isinstance(labels, np.ndarray) else "<array>"),
+        "metrics": [m.name for m in metric_list] if label_array is not None else [],
+        "providers": [s.name for s in specs],
+        "threads": threads,
+        "batch": batch,
+        "warmup": warmup,
+        "runs": runs,
+        "memory": memory,
+        "session_repeats": session_repeats,
+        "seed": seed,
+        "output_pairs": [{"reference": r, "candidate": c} for r, c in pairs],
+        "thresholds": all_limits,
+    }
+    result = ValidationResult(ref_info, cand_info, results, [], settings, environment(), notes)
+    result.checks = evaluate_thresholds(result, all_limits, require_providers=require_providers)
+    return result
+
