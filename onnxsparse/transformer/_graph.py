@@ -1,0 +1,176 @@
+"""Small onnx_ir helpers shared by the transformer matchers and rules.
+
+Everything here reads the graph or makes a *new* value; nothing mutates a value
+that another node might share (callers decide whether an in-place edit is safe).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = [
+    "Skip",
+    "const_array",
+    "const_ints",
+    "is_const",
+    "static_shape",
+    "rank_of",
+    "attr_int",
+    "attr_ints",
+    "attr_float",
+    "set_attr_int",
+    "set_attr_ints",
+    "new_initializer",
+    "replace_const",
+    "onnx_domain",
+    "opset_version",
+    "users",
+    "normalize_axis",
+]
+
+_STANDARD = ("", "ai.onnx")
+_counter = itertools.count()
+
+
+class Skip(Exception):
+    """A matcher or rule refuses a block; the message is the reason shown to the user."""
+
+
+def onnx_domain(node: ir.Node) -> bool:
+    return node.domain in _STANDARD
+
+
+def opset_version(graph: ir.Graph, domain: str = "") -> int:
+    opsets = graph.opset_imports
+    return int(opsets.get(domain, opsets.get("ai.onnx", 0) if domain == "" else 0))
+
+
+def is_const(value: ir.Value | None) -> bool:
+    """True for initializers that are not overridable graph inputs."""
+    return value is not None and value.const_value is not None and not value.is_graph_input()
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    if not is_const(value):
+        return None
+    return value.const_value.numpy()  # type: ignore[union-attr]
+
+
+def const_ints(value: ir.Value | None) -> list[int] | None:
+    arr = const_array(value)
+    if arr is None or arr.dtype.kind not in "iu":
+        return None
+    return [int(v) for v in np.asarray(arr).reshape(-1)]
+
+
+def static_shape(value: ir.Value | None) -> list[int | None] | None:
+    """Dims as ints, ``None`` for symbolic/unknown ones; ``None`` when the rank is unknown."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return [int(d) for d in value.const_value.shape]
+    shape = value.shape
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) else None for d in shape.dims]
+
+
+def rank_of(value: ir.Value | None) -> int | None:
+    shape = static_shape(value)
+    return None if shape is None else len(shape)
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise Skip(f"axis {axis} out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def attr_int(node: ir.Node, name: str, default: int | None = None) -> int | None:
+    attr = node.attributes.get(name)
+    if attr is None:
+        return default
+    if attr.is_ref():
+        raise Skip(f"{node.op_type} node {node.name!r}: attribute {name} is a function reference")
+    return int(attr.as_int())
+
+
+def attr_ints(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    if attr is None:
+        return None
+    if attr.is_ref():
+        raise Skip(f"{node.op_type} node {node.name!r}: attribute {name} is a function reference")
+    return [int(v) for v in attr.as_ints()]
+
+
+def attr_float(node: ir.Node, name: str, default: float | None = None) -> float | None:
+    attr = node.attributes.get(name)
+    if attr is None:
+        return default
+    return float(attr.as_float())
+
+
+def set_attr_int(node: ir.Node, name: str, value: int) -> None:
+    node.attributes[name] = ir.AttrInt64(name, int(value))
+
+
+def set_attr_ints(node: ir.Node, name: str, values: Sequence[int]) -> None:
+    node.attributes[name] = ir.AttrInt64s(name, [int(v) for v in values])
+
+
+def users(value: ir.Value) -> list[tuple[ir.Node, int]]:
+    return [(u.node, u.idx) for u in value.uses()]
+
+
+def _unique_name(graph: ir.Graph, base: str) -> str:
+    taken = graph.initializers
+    name = base
+    while name in taken:
+        name = f"{base}_{next(_counter)}"
+    return name
+
+
+def new_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+    """Register a fresh initializer (never reuses a name)."""
+    name = _unique_name(graph, base)
+    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def replace_const(
+    graph: ir.Graph,
+    value: ir.Value,
+    array: np.ndarray,
+    uses: Iterable[tuple[ir.Node, int]],
+    *,
+    suffix: str = "pruned",
+) -> ir.Value:
+    """Give ``uses`` a constant holding ``array`` instead of ``value``.
+
+    When every use of ``value`` is in ``uses`` the initializer is edited in place
+    (it keeps its name, e.g. a state-dict key); otherwise a new initializer is
+    made for ``uses`` and the others keep the original.
+    """
+    uses = list(uses)
+    all_uses = set(users(value))
+    if (
+        set(uses) == all_uses
+        and value.is_initializer()
+        and not value.is_graph_output()
+        and not value.is_graph_input()
+    ):
+        name = value.name
+        value.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
+        value.shape = ir.Shape(array.shape)
+        return value
+    new = new_initializer(graph, f"{value.name or 'const'}.{suffix}", array)
+    for node, idx in uses:
+        node.replace_input_with(idx, new)
+    return new

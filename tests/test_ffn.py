@@ -1,0 +1,138 @@
+"""FFN neuron pruning: masked-equivalence oracle over every activation form we match."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import sample
+from test_heads import assert_equivalent, attn_samples, load, prune_and_check
+
+from onnxsparse.passes.normalize import normalize
+from onnxsparse.passes.prune_heads import prune_heads
+
+
+@pytest.mark.parametrize("name,total,gated", [
+    ("transformer_encoder", 128, False),  # torch Erf-GELU: Div -> Erf -> Add -> Mul -> Mul
+    ("digits_transformer", 128, False),  # real TorchScript export (bias Add with swapped inputs)
+    ("tiny_gqa", 64, True),  # SwiGLU: Sigmoid * x * up
+])
+def test_exported_ffn(name: str, total: int, gated: bool) -> None:
+    sizes = ((3, 5), (1, 8)) if name == "digits_transformer" else ((3, 5), (1, 11))
+    report = prune_and_check(sample(name), ffn=0.25, sizes=sizes)
+    assert report["ffn"] and all(b["total"] == total and b["kept"] == total - total // 4 for b in report["ffn"])
+    assert all(b["gated"] is gated for b in report["ffn"])
+    assert not report["attention"]
+
+
+def test_dynamo_ffn() -> None:
+    report = prune_and_check(sample("digits_transformer_dynamo"), ffn=0.5, sizes=((3, 8), (1, 8)))
+    assert [b["kept"] for b in report["ffn"]] == [64, 64]
+    assert [b["name"] for b in report["ffn"]] == ["layers.0.fc1", "layers.1.fc1"]
+
+
+@pytest.mark.parametrize("name,act", [
+    ("attn_tf2onnx", "x * 0.5 * (1 + Erf(x * 0.7071))"),
+    ("attn_llama_gqa", "SwiGLU"),
+    ("attn_ms_attention", "Relu"),
+    ("attn_ms_mha", "com.microsoft.Gelu"),
+    ("attn_ms_gqa", "SwiGLU"),
+    ("attn_onnx_attention", "Gelu (opset 20)"),
+])
+def test_activation_forms(name: str, act: str) -> None:
+    report = prune_and_check(attn_samples.BUILDERS[name](), ffn=0.5)
+    assert report["ffn"], act
+    assert all(b["kept"] * 2 == b["total"] for b in report["ffn"]), act
+    assert not [s for s in report["skipped"] if s["kind"] == "ffn"]
+
+
+def test_heads_and_ffn_together_with_round_to() -> None:
+    report = prune_and_check(attn_samples.build_attn_bert_torchscript(), heads=0.25, ffn=0.3, round_to=8)
+    assert [b["heads_kept"] for b in report["attention"]] == [3, 3]
+    # 64 * 0.3 = 19.2 -> remove 19 -> keep 45 -> rounded up to 48
+    assert [b["kept"] for b in report["ffn"]] == [48, 48]
+
+
+def test_at_least_one_neuron_kept() -> None:
+    report = prune_and_check(sample("transformer_encoder"), ffn=0.999)
+    assert [b["kept"] for b in report["ffn"]] == [1, 1]
+
+
+def _mlp(act: str, gemm: bool = False) -> onnx.ModelProto:
+    """x[B, 16] -> Linear(16, 24) -> act -> Linear(24, 8); Gemm(transB=1) or MatMul+Add."""
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((16, 24)).astype(np.float32) * 0.3, rng.standard_normal(24).astype(np.float32)
+    w2, b2 = rng.standard_normal((24, 8)).astype(np.float32) * 0.3, rng.standard_normal(8).astype(np.float32)
+    inits = [numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(b2, "b2")]
+    nodes = []
+    if gemm:
+        inits += [numpy_helper.from_array(w1.T.copy(), "w1"), numpy_helper.from_array(w2.T.copy(), "w2")]
+        nodes.append(helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1))
+    else:
+        inits += [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+        nodes += [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+                  helper.make_node("Add", ["h0", "b1"], ["h"], name="fc1_bias")]
+    if act == "tanh_gelu":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+                  (("three", 3.0), ("c", 0.044715), ("k", 0.7978846), ("one", 1.0), ("half", 0.5))]
+        nodes += [helper.make_node("Pow", ["h", "three"], ["p"]), helper.make_node("Mul", ["p", "c"], ["pc"]),
+                  helper.make_node("Add", ["h", "pc"], ["s"]), helper.make_node("Mul", ["s", "k"], ["sk"]),
+                  helper.make_node("Tanh", ["sk"], ["t"]), helper.make_node("Add", ["t", "one"], ["t1"]),
+                  helper.make_node("Mul", ["h", "t1"], ["ht"]), helper.make_node("Mul", ["ht", "half"], ["a"])]
+    elif act == "prelu":  # per-neuron slope: a constant with the neuron axis, sliced too
+        inits.append(numpy_helper.from_array(rng.uniform(0, 0.3, 24).astype(np.float32), "slope"))
+        nodes.append(helper.make_node("PRelu", ["h", "slope"], ["a"]))
+    else:
+        nodes.append(helper.make_node(act, ["h"], ["a"]))
+    if gemm:
+        nodes.append(helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], name="fc2", transB=1))
+    else:
+        nodes += [helper.make_node("MatMul", ["a", "w2"], ["y0"], name="fc2"),
+                  helper.make_node("Add", ["y0", "b2"], ["y"], name="fc2_bias")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("act,gemm", [("tanh_gelu", False), ("prelu", False), ("Relu", True), ("Sigmoid", True)])
+def test_mlp_forms(act: str, gemm: bool) -> None:
+    proto = _mlp(act, gemm)
+    report = prune_and_check(proto, ffn=0.5, sizes=((3, 1), (1, 1)))
+    assert [b["kept"] for b in report["ffn"]] == [12]
+    model = load(proto)
+    prune_heads(model, ffn=0.5)
+    w1 = model.graph.initializers["w1"].const_value
+    assert tuple(w1.shape) == ((12, 16) if gemm else (16, 12))
+
+
+def test_weakest_neurons_go_first() -> None:
+    proto = _mlp("Relu")
+    model = load(proto)
+    normalize(model)
+    w = model.graph.initializers["w1"]
+    arr = w.const_value.numpy().copy()
+    arr[:, [3, 7, 11]] *= 1e-4
+    w.const_value = ir.tensor(arr, name="w1")
+    report = prune_heads(model, ffn=0.125).report  # 24 * 0.125 = 3
+    assert report["ffn"][0]["removed"] == [3, 7, 11]
+
+
+def test_intermediate_with_extra_consumer_is_skipped() -> None:
+    proto = _mlp("Relu")
+    proto.graph.output.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 24]))
+    model = load(proto)
+    result = prune_heads(model, ffn=0.5)
+    assert not result.report["ffn"]
+    (skip,) = result.report["skipped"]
+    assert "output a [batch, 24]" in skip["reason"]
+    assert_equivalent(proto, model, result.report, sizes=((2, 1),))
+
+
+def test_plain_linear_chain_is_not_an_ffn() -> None:
+    """Linear -> Linear with nothing non-linear between is not treated as an FFN."""
+    proto = _mlp("Identity")
+    result = prune_heads(load(proto), ffn=0.5)
+    assert result.report["ffn"] == [] and result.report["skipped"] == []
