@@ -1,0 +1,259 @@
+"""Which nodes to leave alone (and why), and which nodes ended up quantized.
+
+Before quantizing we walk the prepared graph once: user exclusions (names or
+glob patterns), op types the mode does not handle, mode-specific limits (e.g.
+int4 needs a constant 2-D MatMul weight) and too-small weights each get a
+reason.  Afterwards we compare the graphs: a node is quantized if it now reads
+a ``DequantizeLinear`` output or an integer initializer (QDQ keeps node names),
+or if it was replaced by a quantized operator named after it (onnxruntime
+appends ``_quant``, ``_Q4``, ... to the original name).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import UsageError
+
+__all__ = [
+    "Plan", "WeightInput", "weight_inputs", "plan_nodes", "match_excludes", "diff_nodes", "origin_names", "rename_rows",
+]
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+#: Replacement node names: ``<name>_quant`` (QOperator, dynamic), ``<name>_Q4`` (MatMulNBits),
+#: ``<name>_matmul_Q4`` (int4 QDQ); a Gemm first becomes ``<name>_MatMul``.
+_REPLACEMENT = re.compile(r"^(?P<base>.+?)(?P<gemm>_MatMul)?(?:_quant|_Q[248]|_matmul_Q[248])$")
+
+#: Helper ops quantizers insert; never "the quantized version" of a user's node.
+_HELPERS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+@dataclass(frozen=True)
+class WeightInput:
+    """A float initializer (>= 2-D) a node reads."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+
+@dataclass
+class Plan:
+    """What we ask onnxruntime to skip, and the reasons for the report."""
+
+    exclude: list[str] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def weight_inputs(model: onnx.ModelProto) -> dict[str, list[WeightInput]]:
+    """Node name -> the float weight initializers (rank >= 2) it reads."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out: dict[str, list[WeightInput]] = {}
+    for node in model.graph.node:
+        found = [
+            WeightInput(i, name, tuple(inits[name].dims))
+            for i, name in enumerate(node.input)
+            if name in inits and inits[name].data_type in _FLOATS and len(inits[name].dims) >= 2
+        ]
+        out[node.name] = found
+    return out
+
+
+def origin_names(original: list[str], prepared: list[str]) -> dict[str, str]:
+    """Prepared node name -> the user's node it came from.
+
+    Pre-processing keeps most names; onnxruntime's fusions name the fused node
+    ``<original>/<Something>Fusion`` (e.g. ``fc1/MatMulAddFusion``).
+    """
+    known = set(original)
+    out: dict[str, str] = {}
+    for name in prepared:
+        if name in known:
+            out[name] = name
+            continue
+        base = name
+        while "/" in base:
+            base = base.rpartition("/")[0]
+            if base in known:
+                out[name] = base
+                break
+    return out
+
+
+def match_excludes(
+    patterns: Iterable[str], prepared: list[str], origin: Mapping[str, str] | None = None,
+    original: list[str] | None = None,
+) -> tuple[dict[str, str], list[str]]:
+    """(prepared node name -> the ``--exclude`` entry that matched it, warnings).
+
+    Entries are node names or glob patterns, matched against the user's names
+    and the prepared graph's; an entry matching nothing is an error.
+    """
+    origin = dict(origin or {})
+    original = list(original or [])
+    by_origin: dict[str, list[str]] = {}
+    for name, src in origin.items():
+        by_origin.setdefault(src, []).append(name)
+    every = list(dict.fromkeys(original + prepared))
+    matched: dict[str, str] = {}
+    warnings: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            hits = fnmatch.filter(every, pattern)
+        else:
+            hits = [pattern] if pattern in every else []
+        if not hits:
+            close = difflib.get_close_matches(pattern, every, n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise UsageError(f"--exclude {pattern!r} matches no node in the model{hint}")
+        for hit in hits:
+            targets = [hit] if hit in prepared else by_origin.get(hit, [])
+            if not targets:
+                warnings.append(f"--exclude {hit!r}: pre-processing merged this node into another; nothing to exclude")
+            for target in targets:
+                matched.setdefault(target, pattern)
+    return matched, warnings
+
+
+def plan_nodes(
+    model: onnx.ModelProto,
+    *,
+    mode_name: str,
+    supported: frozenset[str],
+    node_reason: Callable[[onnx.NodeProto, dict[str, onnx.TensorProto]], str | None],
+    excludes: Iterable[str],
+    min_weight_elements: int,
+    origin: Mapping[str, str] | None = None,
+    original: list[str] | None = None,
+) -> Plan:
+    """Decide, node by node, what onnxruntime should not touch and why."""
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = weight_inputs(model)
+    user, warnings = match_excludes(excludes, [n.name for n in model.graph.node], origin, original)
+    plan = Plan(warnings=warnings)
+    for node in model.graph.node:
+        w = weights.get(node.name, [])
+        row = {"node": node.name, "op_type": node.op_type, "weight": w[0].name if w else None}
+        if node.name in user:
+            plan.exclude.append(node.name)
+            plan.excluded.append({**row, "reason": f"excluded by the user (--exclude {user[node.name]})"})
+            continue
+        if node.op_type not in supported:
+            if w:
+                plan.excluded.append({**row, "reason": f"{node.op_type} is not quantized in {mode_name} mode"})
+            continue
+        reason = node_reason(node, inits)
+        if reason:
+            plan.exclude.append(node.name)
+            plan.excluded.append({**row, "reason": reason})
+            continue
+        if min_weight_elements and w and max(x.elements for x in w) < min_weight_elements:
+            plan.exclude.append(node.name)
+            biggest = max(x.elements for x in w)
+            plan.excluded.append(
+                {**row, "reason": f"weight has {biggest} elements < --min-weight-elements {min_weight_elements}"}
+            )
+            continue
+        if w:
+            plan.candidates.append(node.name)
+    return plan
+
+
+def rename_rows(rows: list[dict], origin: Mapping[str, str]) -> list[dict]:
+    """Report rows under the user's node names; the prepared graph's name goes to ``graph_node``."""
+    out = []
+    for row in rows:
+        src = origin.get(row["node"], row["node"])
+        out.append({**row, "node": src, **({"graph_node": row["node"]} if src != row["node"] else {})})
+    return out
+
+
+def _is_quant_op(op_type: str) -> bool:
+    return op_type not in _HELPERS and (
+        op_type.startswith(("QLinear", "QGemm", "QAttention", "QEmbed", "DynamicQuantize"))
+        or op_type.endswith(("Integer", "NBits", "BlockQuantized"))
+        or op_type == "MatMulIntegerToFloat"
+    )
+
+
+def diff_nodes(
+    before: onnx.ModelProto, after: onnx.ModelProto, supported: frozenset[str] | None = None
+) -> tuple[list[dict], list[dict]]:
+    """(quantized, removed) rows for the nodes of ``before`` (the quantizer's input).
+
+    QDQ keeps node names: such a node is quantized if it reads a dequantized
+    weight, or reads a dequantized activation *and* its output is quantized
+    again (a ``Shape`` reading a dequantized tensor is not).  QOperator
+    replaces the node by one named after it, or (Reshape, MaxPool, ...) runs
+    it on integer tensors.  Only op types in ``supported`` count as quantized in
+    place.
+    """
+    after_nodes = {n.name: n for n in after.graph.node if n.name}
+    producer = {out: n for n in after.graph.node for out in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in after.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    inits = {i.name for i in after.graph.initializer}
+    int_inits = {i.name for i in after.graph.initializer if i.data_type not in _FLOATS}
+    before_names = {n.name for n in before.graph.node}
+
+    def dq_inputs(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        return [producer[i] for i in node.input if i in producer and producer[i].op_type == "DequantizeLinear"]
+
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    for node in after.graph.node:
+        match = _REPLACEMENT.match(node.name or "")
+        if not match or not (_is_quant_op(node.op_type) or (node.op_type not in _HELPERS and dq_inputs(node))):
+            continue
+        base = match["base"] + (match["gemm"] or "")
+        if base not in before_names and match["gemm"]:
+            base = match["base"]
+        if base in before_names:
+            replaced.setdefault(base, []).append(node)
+
+    quantized: list[dict] = []
+    removed: list[dict] = []
+    for node in before.graph.node:
+        same = after_nodes.get(node.name)
+        if node.name in replaced:
+            ops = sorted({n.op_type for n in replaced[node.name]})
+            how = "+".join(ops)
+            if all(not _is_quant_op(op) for op in ops):
+                how = "DequantizeLinear -> " + how
+            quantized.append({"node": node.name, "op_type": node.op_type, "as": how})
+        elif same is not None and same.op_type == node.op_type and (supported is None or node.op_type in supported):
+            dqs = dq_inputs(same)
+            weight_dq = any(dq.input[0] in inits for dq in dqs)
+            requantized = any(c.op_type == "QuantizeLinear" for out in same.output for c in consumers.get(out, []))
+            int_in = [
+                i for i in same.input
+                if (i in int_inits and i not in node.input)
+                or (i in producer and (producer[i].op_type == "QuantizeLinear" or _is_quant_op(producer[i].op_type)))
+            ]
+            if weight_dq or (dqs and requantized):
+                quantized.append({"node": node.name, "op_type": node.op_type, "as": "QDQ"})
+            elif int_in:
+                quantized.append({"node": node.name, "op_type": node.op_type, "as": "integer data"})
+        elif same is None:
+            removed.append({"node": node.name, "op_type": node.op_type})
+    return quantized, removed
+
+
+def count_by_op(rows: Iterable[dict]) -> dict[str, int]:
+    return dict(sorted(Counter(r["op_type"] for r in rows).items()))

@@ -1,0 +1,148 @@
+"""Get a model ready for ``onnxruntime.quantization``.
+
+1. ``onnxsparse.normalize``: weights held in ``Constant`` nodes or foldable
+   subgraphs become initializers (the quantizers only see initializers).
+2. Every node gets a name (exclusion lists and the report refer to names).
+3. ``value_info`` entries for initializers are dropped: onnxruntime's dynamic
+   quantizer transposes Gemm weights in place and then fails shape inference
+   against the stale entry.
+4. ``quant_pre_process`` (symbolic shape inference, onnxruntime's basic graph
+   optimisations such as Conv+BatchNorm folding, ONNX shape inference).  Symbolic
+   inference fails on some exports; we then retry without it, and without the
+   optimisations, and record what was skipped and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from ..passes.normalize import normalize
+from ._ort import first_line, ort_quantization, quiet
+
+__all__ = ["Prepared", "prepare", "strip_initializer_value_info", "save_proto"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """The model file the quantizer reads, and how it was made."""
+
+    path: Path
+    steps: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    external_data: bool = False
+    #: Node names before pre-processing (the names the user knows), in graph order.
+    original_names: list[str] = field(default_factory=list)
+
+    def load(self) -> onnx.ModelProto:
+        return onnx.load(str(self.path), load_external_data=True)
+
+
+def save_proto(proto: onnx.ModelProto, path: Path, external_data: bool) -> None:
+    if external_data:
+        onnx.save_model(
+            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=path.name + ".data", size_threshold=1024,
+        )
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def strip_initializer_value_info(proto: onnx.ModelProto) -> int:
+    """Drop ``value_info`` entries that describe initializers; returns how many."""
+    names = {init.name for init in proto.graph.initializer}
+    keep = [vi for vi in proto.graph.value_info if vi.name not in names]
+    dropped = len(proto.graph.value_info) - len(keep)
+    if dropped:
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(keep)
+    return dropped
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool, half_weights: bool = False) -> Prepared:
+    """Write a quantizer-ready copy of ``model`` into ``tmp`` (``model`` is not changed).
+
+    ``half_weights``: the model has float16/bfloat16 weights; onnxruntime's CPU
+    optimiser would wrap them in Casts to float32 (hiding them from the
+    quantizer), so the optimisation step is skipped.
+    """
+    source = tmp / "source.onnx"
+    ir.save(model, source, external_data=source.name + ".data" if external_data else None)
+    work = ir.load(source)
+    steps: list[str] = []
+    skipped: list[dict[str, str]] = []
+
+    normalize(work)
+    steps.append("normalize (constants lifted to initializers, constant subgraphs folded)")
+    if work.ir_version < 7:
+        # IR < 4 requires initializers to be graph inputs; normalize removed them (they are weights).
+        steps.append(f"IR version {work.ir_version} -> 7 (initializers are no longer graph inputs)")
+        work.ir_version = 7
+    unnamed = sum(1 for node in work.graph.all_nodes() if not node.name)
+    if unnamed:
+        common.NameFixPass()(work)
+        steps.append(f"named {unnamed} unnamed node(s)")
+
+    normalized = tmp / "normalized.onnx"
+    proto = ir.to_proto(work)
+    names = [node.name for node in proto.graph.node]
+    strip_initializer_value_info(proto)
+    save_proto(proto, normalized, external_data)
+    del proto, work
+
+    if not preprocess:
+        skipped.append({"step": "quant_pre_process", "reason": "disabled (--no-preprocess)"})
+        return Prepared(normalized, steps, skipped, external_data, names)
+
+    pre = tmp / "preprocessed.onnx"
+    pre_process = ort_quantization().quant_pre_process
+    attempts = (
+        ("symbolic shape inference + graph optimisation + ONNX shape inference", {}),
+        ("graph optimisation + ONNX shape inference", {"skip_symbolic_shape": True}),
+        ("ONNX shape inference", {"skip_symbolic_shape": True, "skip_optimization": True}),
+    )
+    if half_weights:
+        skipped.append({"step": "quant_pre_process graph optimisation",
+                        "reason": "float16 weights: onnxruntime's CPU optimiser would hide them behind Casts"})
+        attempts = tuple((label, {**options, "skip_optimization": True}) for label, options in attempts
+                         if "skip_optimization" not in options)
+        attempts = tuple((label.replace("graph optimisation + ", ""), options) for label, options in attempts)
+    done = False
+    for label, options in attempts:
+        try:
+            # Symbolic shape inference drops debug files into the working directory when it fails.
+            with quiet(), _working_dir(tmp):
+                pre_process(str(normalized), str(pre), save_as_external_data=external_data, **options)
+        except Exception as exc:  # noqa: BLE001 - each failure is recorded, next attempt is smaller
+            skipped.append({"step": f"quant_pre_process ({label})", "reason": first_line(exc)})
+            logger.debug("quant_pre_process (%s) failed", label, exc_info=True)
+            continue
+        steps.append(f"quant_pre_process: {label}")
+        done = True
+        break
+    if not done:
+        return Prepared(normalized, steps, skipped, external_data, names)
+    proto = onnx.load(str(pre), load_external_data=True)
+    if strip_initializer_value_info(proto):
+        save_proto(proto, pre, external_data)
+    return Prepared(pre, steps, skipped, external_data, names)

@@ -1,0 +1,376 @@
+"""Quantization keeps pruned zeros exact, runs in onnxruntime, and reports what it did."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from helpers import run, sample, session
+from onnx import numpy_helper
+from test_quantize_helpers import (
+    assert_zeros_exact,
+    cnn_model,
+    dequantize_all,
+    float_weights,
+    mlp_model,
+    prune,
+)
+
+import onnxsparse
+from onnxsparse.errors import DataError, ModelSaveError, UsageError
+from onnxsparse.quantize import (
+    QuantizeConfig,
+    check_zeros,
+    find_quantized_weights,
+    mode_names,
+    parse_cpuinfo,
+    quantize,
+    resolve,
+)
+
+VNNI = parse_cpuinfo("model name : Test CPU\nflags : fpu sse avx2 avx512f avx512_vnni\n", "x86_64")
+NO_VNNI = parse_cpuinfo("model name : Old CPU\nflags : fpu sse avx2 fma\n", "x86_64")
+ARM = parse_cpuinfo("Features : fp asimd asimddp\n", "aarch64")
+
+#: (mode, options) for every storage combination whose zeros we verify.
+SETTINGS = [
+    ("dynamic", {}),
+    ("dynamic", {"per_channel": True}),
+    ("dynamic", {"weight_symmetric": False, "weight_type": "uint8"}),
+    ("static", {}),
+    ("static", {"format": "qoperator"}),
+    ("static", {"per_channel": False, "reduce_range": True}),
+    ("static", {"weight_symmetric": False}),
+    ("static", {"calibrate": "entropy"}),
+    ("int4", {}),
+    ("int4", {"block_size": 16}),
+    ("int4", {"weight_symmetric": False}),
+    ("int4", {"format": "qdq"}),
+]
+
+
+def _id(setting) -> str:
+    mode, opts = setting
+    return mode + "".join(f"-{k}={v}" for k, v in opts.items())
+
+
+def _calib(model: onnx.ModelProto, samples: int = 32, seed: int = 1) -> dict[str, np.ndarray]:
+    shape = {"mlp": (samples, 48), "cnn": (samples, 3, 12, 12)}[model.graph.name]
+    return {"x": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def _quantized_weights(model: onnx.ModelProto, mode: str) -> set[str]:
+    """The weights each mode must quantize in the test models."""
+    names = set(float_weights(model))
+    if mode == "int4":  # MatMul and Gemm (converted) only
+        return {n for n in names if not n.startswith("c")} if model.graph.name == "cnn" else names
+    return names
+
+
+# --------------------------------------------------------------------------- zeros
+
+
+@pytest.mark.parametrize("pattern", ["rows", "elements"])
+@pytest.mark.parametrize("build", [mlp_model, cnn_model], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=_id)
+def test_pruned_zeros_stay_exact(setting, build, pattern):
+    mode, opts = setting
+    fp32 = prune(build(), pattern, min_size=16)
+    result = quantize(fp32, mode=mode, calib=_calib(fp32), **opts)
+    after = ir.to_proto(result.model)
+
+    expected = _quantized_weights(fp32, mode)
+    zeros = assert_zeros_exact(fp32, after, expect=expected)
+    assert zeros > 0
+    # The library's own check agrees with the independent one.
+    report = result.report
+    assert report.zeros["exact"] and not report.zeros["violations"]
+    assert report.zeros["zeros_before"] == report.zeros["zeros_kept"]
+    assert report.zeros["zeros_before"] >= zeros
+    assert not report.zeros["unmatched"]
+
+    # It runs in onnxruntime and stays close to fp32.
+    feeds = {"x": _calib(fp32, samples=8, seed=7)["x"]}
+    ref, got = run(fp32, feeds)[0], run(after, feeds)[0]
+    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    assert rel < (0.25 if mode == "int4" else 0.08), rel
+
+
+def test_int4_dequantization_matches_the_kernel():
+    """Our reading of MatMulNBits' packed nibbles is what onnxruntime computes with."""
+    model = prune(mlp_model(), "elements")
+    result = quantize(model, mode="int4", calib=_calib(model))
+    after = ir.to_proto(result.model)
+    deq = dequantize_all(after)
+    x = np.random.default_rng(3).standard_normal((5, 48)).astype(np.float32)
+    # First layer: y1 = x @ W1 + b1, read off an intermediate output.
+    probe = onnx.ModelProto()
+    probe.CopyFrom(after)
+    mm = next(n for n in probe.graph.node if n.op_type == "MatMulNBits" and n.input[0] == "x")
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(mm.output[0], onnx.TensorProto.FLOAT, None))
+    got = run(probe, {"x": x})[1]
+    np.testing.assert_allclose(got, x @ deq["w1"][0].astype(np.float32), rtol=1e-4, atol=1e-4)
+    # And the library's dequantizer reads the same values.
+    lib = {w.source: w.values for w in find_quantized_weights(after)[0]}
+    np.testing.assert_array_equal(lib["w1"], deq["w1"][0].astype(np.float32))
+
+
+def test_zero_check_detects_a_broken_zero():
+    """The report's zero check can fail: corrupt one stored code where the weight was 0."""
+    model = prune(mlp_model(), "elements")
+    result = quantize(model, mode="static", calib=_calib(model))
+    after = ir.to_proto(result.model)
+    init = next(i for i in after.graph.initializer if i.name == "w1_quantized")
+    q = numpy_helper.to_array(init).copy()
+    w1 = float_weights(model)["w1"]
+    q[np.argwhere(w1 == 0)[0][0], np.argwhere(w1 == 0)[0][1]] = 5
+    init.CopyFrom(numpy_helper.from_array(q, init.name))
+    check = check_zeros(model, after)
+    assert not check.exact
+    assert check.zeros_kept == check.zeros_before - 1
+    assert check.violations[0]["weight"] == "w1"
+
+
+def test_int8_weights_stay_plain_initializers():
+    """Sparse storage passes need the int8 weights as initializers (not Constant nodes)."""
+    model = prune(cnn_model(), "rows")
+    for mode, opts in (("static", {}), ("dynamic", {}), ("static", {"format": "qoperator"})):
+        after = ir.to_proto(quantize(model, mode=mode, calib=_calib(model), **opts).model)
+        stored = {i.name: i for i in after.graph.initializer}
+        for name in float_weights(model):
+            init = stored[f"{name}_quantized"]
+            assert init.data_type == onnx.TensorProto.INT8, (mode, name)
+            assert not any(n.op_type == "Constant" for n in after.graph.node)
+
+
+# --------------------------------------------------------------------------- report and API
+
+
+def test_report_lists_quantized_excluded_and_bytes(tmp_path):
+    model = prune(mlp_model(), "elements")
+    src = tmp_path / "mlp.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "q.onnx"
+    result = quantize(src, out, mode="dynamic", exclude=["fc3"])
+    report = result.report
+    assert result.path == out and out.exists()
+    assert report.bytes_before == src.stat().st_size
+    assert report.bytes_after == out.stat().st_size
+    assert report.bytes_after < report.bytes_before
+    assert report.params_before == report.params_after == 48 * 96 + 96 + 40 * 96 + 40 + 40 * 24
+    assert {r["node"] for r in report.quantized} == {"fc1", "fc2"}
+    # Pre-processing fused fc1 (MatMul) with its bias Add; the report keeps the user's name.
+    assert next(r for r in report.quantized if r["node"] == "fc1")["graph_node"] == "fc1/MatMulAddFusion"
+    excluded = {r["node"]: r["reason"] for r in report.excluded}
+    assert "--exclude fc3" in excluded["fc3"]
+    # The excluded MatMul kept its float weight.
+    after = onnx.load(out)
+    assert any(n.name == "fc3" and n.op_type == "MatMul" and "w3" in n.input for n in after.graph.node)
+    # Settings and kernels are reported.
+    assert report.settings["weight_type"] == "int8" and report.settings["weight_symmetric"] is True
+    assert "MatMulInteger" in report.kernels
+    assert report.check["samples"] > 0 and report.check["provider"] == "CPUExecutionProvider"
+
+
+def test_int4_reports_what_it_cannot_handle():
+    result = quantize(prune(cnn_model(), "rows"), mode="int4", calib=_calib(cnn_model()))
+    excluded = {r["node"]: r["reason"] for r in result.report.excluded}
+    assert set(excluded) == {"conv1", "conv2"}
+    assert all("Conv is not quantized in int4 mode" in r for r in excluded.values())
+    assert [r["node"] for r in result.report.quantized] == ["fc"]  # Gemm, via MatMul
+    assert result.report.quantized_by_op == {"Gemm": 1}
+
+
+def test_int4_activation_matmul_is_excluded_with_reason():
+    """int4 only handles MatMul with a constant weight; a MatMul of two activations is reported."""
+    model = mlp_model()
+    extra = onnx.helper.make_node("MatMul", ["a1", "a1t"], ["gram"], name="gram")
+    transpose = onnx.helper.make_node("Transpose", ["a1"], ["a1t"], name="t")
+    model.graph.node.extend([transpose, extra])
+    model.graph.output.append(onnx.helper.make_tensor_value_info("gram", onnx.TensorProto.FLOAT, None))
+    result = quantize(model, mode="int4", check=False)
+    excluded = {r["node"]: r["reason"] for r in result.report.excluded}
+    assert excluded["gram"] == "int4 only handles MatMul with a constant weight B"
+
+
+def test_min_weight_elements_keeps_small_weights_float():
+    model = cnn_model()
+    result = quantize(model, mode="dynamic", min_weight_elements=1000)
+    excluded = {r["node"]: r["reason"] for r in result.report.excluded}
+    # c1 has 432 elements and fc 240; c2 has 3456.
+    assert set(excluded) == {"conv1", "fc"}
+    assert "< --min-weight-elements 1000" in excluded["conv1"]
+    assert [r["node"] for r in result.report.quantized] == ["conv2"]
+
+
+def test_exclude_glob_and_unknown_names():
+    model = mlp_model()
+    result = quantize(model, mode="dynamic", exclude=["fc[12]"])
+    assert [r["node"] for r in result.report.quantized] == ["fc3"]
+    with pytest.raises(UsageError, match=r"matches no node.*did you mean 'fc1'"):
+        quantize(model, mode="dynamic", exclude=["fc_1"])
+
+
+def test_static_needs_calibration_and_checks_it():
+    model = mlp_model()
+    with pytest.raises(UsageError, match="needs calibration data"):
+        quantize(model, mode="static")
+    with pytest.raises(DataError, match=r"no data for model input\(s\) \['x'\]"):
+        quantize(model, mode="static", calib={"input": np.zeros((4, 48), np.float32)})
+    with pytest.raises(DataError, match="has shape"):
+        quantize(model, mode="static", calib={"x": np.zeros((4, 47), np.float32)})
+
+
+def test_output_checks_happen_before_work(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp_model(), src)
+    with pytest.raises(ModelSaveError, match="overwrite the input"):
+        quantize(src, src)
+    (tmp_path / "exists.onnx").write_bytes(b"x")
+    with pytest.raises(ModelSaveError, match="already exists"):
+        quantize(src, tmp_path / "exists.onnx")
+    quantize(src, tmp_path / "exists.onnx", force=True)
+    assert onnx.load(tmp_path / "exists.onnx").graph.node
+
+
+def test_package_is_callable_and_config_api():
+    model = mlp_model()
+    result = onnxsparse.quantize(model, mode="dynamic", check=False)
+    assert result.report.mode == "dynamic"
+    config = QuantizeConfig(mode="int4", block_size=64)
+    result = quantize(model, config=config, check=False)
+    assert result.report.settings["block_size"] == 64
+    assert set(mode_names()) >= {"dynamic", "static", "int4"}
+
+
+def test_input_model_is_not_modified():
+    model = ir.serde.deserialize_model(mlp_model())
+    before = ir.to_proto(model).SerializeToString()
+    quantize(model, mode="static", calib=_calib(mlp_model()), check=False)
+    assert ir.to_proto(model).SerializeToString() == before
+
+
+def test_quantizes_constant_node_weights():
+    """Weights held in Constant nodes are lifted first, so they get quantized too."""
+    model = mlp_model()
+    w1 = next(i for i in model.graph.initializer if i.name == "w1")
+    model.graph.initializer.remove(w1)
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["w1"], value=w1))
+    result = quantize(model, mode="dynamic", check=False)
+    assert "fc1" in {r["node"] for r in result.report.quantized}
+
+
+def test_check_compares_with_fp32_on_this_cpu():
+    model = cnn_model()
+    result = quantize(model, mode="static", calib=_calib(model))
+    check = result.report.check
+    assert check["samples"] == 32 and check["top1_agreement"] >= 0.9
+    assert 0 < check["rel_l2_error"] < 0.05
+    # Without calibration data the check runs on random inputs...
+    result = quantize(model, mode="dynamic")
+    assert result.report.check["data"] == "random data" and result.report.check["samples"] == 8
+    # ...unless a dynamic non-batch dim has no shape: then it says why it was skipped.
+    result = quantize(sample("digits_transformer"), mode="dynamic")
+    assert "give its shape with --shape input=" in result.report.check["skipped"]
+
+
+# --------------------------------------------------------------------------- settings and CPU
+
+
+def test_cpuinfo_parsing():
+    assert VNNI.has_vnni and VNNI.vnni_flags == ("avx512_vnni",) and not VNNI.u8s8_may_saturate
+    assert not NO_VNNI.has_vnni and NO_VNNI.u8s8_may_saturate
+    assert not ARM.u8s8_may_saturate
+    amx = parse_cpuinfo("flags : avx2 amx_tile amx_int8\n", "x86_64")
+    assert amx.vnni_flags == ("amx_int8",)
+    avx_vnni = parse_cpuinfo("flags : avx2 avx_vnni\n", "x86_64")
+    assert avx_vnni.has_vnni
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_reduce_range_auto_follows_vnni(mode):
+    config = QuantizeConfig(mode=mode)
+    assert resolve(config, NO_VNNI).reduce_range is True
+    assert "without VNNI" in resolve(config, NO_VNNI).reasons["reduce_range"]
+    assert resolve(config, VNNI).reduce_range is False
+    assert resolve(config, ARM).reduce_range is False
+    forced = QuantizeConfig(mode=mode, reduce_range=False)
+    assert resolve(forced, NO_VNNI).reduce_range is False
+    assert "warning" in resolve(forced, NO_VNNI).reasons["reduce_range"]
+
+
+def test_reduce_range_reaches_the_weights():
+    """With reduce_range the symmetric int8 weights use 7 bits: |q| <= 64."""
+    model = mlp_model()
+    after = ir.to_proto(quantize(model, mode="static", calib=_calib(model), cpu=NO_VNNI).model)
+    q = numpy_helper.to_array(next(i for i in after.graph.initializer if i.name == "w1_quantized"))
+    assert np.abs(q.astype(int)).max() <= 64
+    after = ir.to_proto(quantize(model, mode="static", calib=_calib(model), cpu=VNNI).model)
+    q = numpy_helper.to_array(next(i for i in after.graph.initializer if i.name == "w1_quantized"))
+    assert np.abs(q.astype(int)).max() == 127
+
+
+def test_static_defaults():
+    settings = resolve(QuantizeConfig(mode="static"), VNNI)
+    assert (settings.format, settings.per_channel, settings.activation_type, settings.weight_type) == (
+        "qdq", True, "uint8", "int8")
+    assert settings.weight_symmetric and settings.calibrate == "minmax"
+    assert resolve(QuantizeConfig(mode="static"), ARM).activation_type == "int8"
+    dyn = resolve(QuantizeConfig(mode="dynamic"), VNNI)
+    assert dyn.per_channel is False
+    int4 = resolve(QuantizeConfig(mode="int4"), VNNI)
+    assert (int4.format, int4.block_size, int4.weight_type, int4.reduce_range) == ("qoperator", 32, "int4", None)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"mode": "float8"}, "unknown quantization mode"),
+        ({"mode": "int4", "per_channel": True}, "blocks"),
+        ({"mode": "int4", "reduce_range": True}, "int8 kernels"),
+        ({"mode": "int4", "block_size": 48}, "--block-size"),
+        ({"mode": "dynamic", "format": "qdq"}, "needs --mode static"),
+        ({"mode": "dynamic", "activation_type": "int8"}, "uint8"),
+        ({"mode": "static", "calibrate": "kl"}, "unknown calibration method"),
+        ({"mode": "static", "calib_samples": 0}, "at least 1"),
+    ],
+)
+def test_config_rejects_nonsense(options, message):
+    with pytest.raises(UsageError, match=message):
+        QuantizeConfig(**options)
+
+
+def test_quantized_model_sessions_use_cpu():
+    model = mlp_model()
+    result = quantize(model, mode="int4", check=False)
+    sess = session(result.model)
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    assert any(n.op_type == "MatMulNBits" for n in result.model.graph)
+
+
+def _to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for value in list(out.graph.input) + list(out.graph.output):
+        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return out
+
+
+def test_float16_models():
+    """int4 quantizes float16 weights (zeros exact); the int8 modes refuse with a clear reason.
+
+    onnxruntime's CPU optimiser would wrap float16 weights in Casts (so nothing gets
+    quantized), which is why pre-processing skips it for such models.
+    """
+    model = _to_float16(prune(mlp_model(), "elements"))
+    calib = {"x": np.random.default_rng(0).standard_normal((8, 48)).astype(np.float16)}
+    result = quantize(model, mode="int4", calib=calib)
+    assert result.report.quantized_by_op == {"Gemm": 1, "MatMul": 2}
+    assert result.report.zeros["exact"] and result.report.zeros["zeros_before"] > 0
+    assert result.report.check["top1_agreement"] == 1.0
+    for mode in ("dynamic", "static"):
+        with pytest.raises(UsageError, match="float16/bfloat16.*need a float32 model"):
+            quantize(model, mode=mode, calib=calib)
