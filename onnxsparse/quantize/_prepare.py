@@ -14,10 +14,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from .._workdir import working_dir as _working_dir
 from ..passes.normalize import normalize
 from ._ort import first_line, ort_quantization, quiet
 
@@ -67,16 +65,6 @@ def strip_initializer_value_info(proto: onnx.ModelProto) -> int:
         del proto.graph.value_info[:]
         proto.graph.value_info.extend(keep)
     return dropped
-
-
-@contextlib.contextmanager
-def _working_dir(path: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool, half_weights: bool = False) -> Prepared:

@@ -84,7 +84,12 @@ def _onnxruntime_symbolic(model: ir.Model, missing: list[ir.Value]) -> int:
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
         return 0
     try:
-        inferred = SymbolicShapeInference.infer_shapes(ir.to_proto(model), auto_merge=True, guess_output_rank=True)
+        from .._workdir import scratch_dir
+
+        with scratch_dir():  # it writes debug files into the working directory on failure
+            inferred = SymbolicShapeInference.infer_shapes(
+                ir.to_proto(model), auto_merge=True, guess_output_rank=True
+            )
     except Exception as exc:  # noqa: BLE001 - best effort
         logger.debug("symbolic shape inference failed: %s", exc)
         return 0
