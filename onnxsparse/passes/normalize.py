@@ -34,6 +34,9 @@ class NormalizePass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> PassResult:
         # IR < 4 exports list every initializer as an input too; those are weights.
         modified = common.RemoveInitializersFromInputsPass()(model).modified
+        if model.ir_version < 4:  # IR 4 is the first that allows initializers that are not inputs
+            model.ir_version = 4
+            modified = True
         before = _signature(model)
         if self.fold:
             result = fold_constants(
