@@ -1,0 +1,161 @@
+"""``onnxsparse prune MODEL -o OUT --channels RATIO``: structured channel pruning.
+
+Removes the lowest-scoring ``RATIO`` of the channels of every prunable group
+(conv filters / linear output channels and everything tied to them), writes a
+smaller dense model with the same input/output signature, and prints params,
+MACs and bytes before/after, the groups pruned and the groups skipped with the
+reason.  ``--json`` prints the report instead; ``--report FILE`` writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import UsageError
+from ..report import dump_json, write_report
+
+__all__ = ["register", "run"]
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..criteria import available_criteria, get_criterion
+
+    criteria = available_criteria()
+    p = subparsers.add_parser(
+        "prune",
+        parents=[common],
+        help="remove channels/filters: a smaller dense model that is faster on any runtime",
+        description=(
+            "Structured pruning across the whole graph: channels tied together (BatchNorm, residual "
+            "adds, Concat, Flatten->Gemm, grouped convs, ...) are removed together. RATIO is the "
+            "fraction of channels removed from every prunable group. Groups touching a graph "
+            "input/output or an op without a rule are skipped, with the reason."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="criteria:\n" + "\n".join(f"  {n:8s} {get_criterion(n).description}" for n in criteria),
+    )
+    p.add_argument("model", help="the .onnx file to prune")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.add_argument("--channels", type=_ratio, metavar="RATIO", help="fraction of channels to remove per group, in [0, 1)")
+    p.add_argument("--criterion", choices=criteria, default=criteria[0], help=f"importance criterion (default {criteria[0]})")
+    p.add_argument("--global", dest="global_ranking", action="store_true",
+                   help="rank channels across groups (scores normalised per group) instead of the same ratio everywhere")
+    p.add_argument("--round-to", type=_positive, default=1, metavar="N", help="keep channel counts multiples of N")
+    p.add_argument("--min-keep", type=_positive, default=1, metavar="N", help="channels every group keeps (default 1)")
+    p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="NODE",
+                   help="node names whose outputs keep every channel")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random criterion (default 0)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...",
+                   help="input shape for the MAC count (symbolic dims count as 1 otherwise)")
+    p.add_argument("--report", metavar="FILE", help="also write the report to FILE (.json, .md or .html)")
+    heads = _heads_module()
+    if heads is not None:  # --heads / --ffn (transformer blocks), see onnxsparse/passes/prune_heads.py
+        heads.add_cli_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _heads_module():
+    try:
+        from ..passes import prune_heads
+    except ImportError:
+        return None
+    return prune_heads
+
+
+def _heads_blocks(report: dict[str, Any]) -> dict[tuple[str, int], str]:
+    """Weight axes the heads/FFN pass already pruned: channel pruning must leave them alone."""
+    block: dict[tuple[str, int], str] = {}
+    for kind, flag in (("attention", "--heads"), ("ffn", "--ffn")):
+        for entry in report.get(kind, []):
+            for sink in entry.get("sinks", []):
+                block[(sink["weight"], int(sink["axis"]))] = f"pruned by {flag} (block {entry['name']})"
+    return block
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibration.data import parse_shapes
+    from ..io import load_model, model_file_bytes, save_model
+    from ..passes.normalize import normalize
+    from ..passes.prune import _mac_dims, _measure, prune
+
+    heads = _heads_module()
+    wants_heads = bool(getattr(args, "heads", 0) or getattr(args, "ffn", 0))
+    if args.channels is None and not wants_heads:
+        more = " (or --heads / --ffn)" if heads is not None else ""
+        raise UsageError(f"nothing to prune: give --channels RATIO{more}")
+    if args.report and not args.report.lower().endswith((".json", ".md", ".markdown", ".html", ".htm")):
+        raise UsageError(f"unknown report format {args.report!r}: use .json, .md or .html")
+    shapes = parse_shapes(args.shape)
+    model = load_model(args.model)
+    progress = not args.quiet and sys.stderr.isatty()
+    heads_report: dict[str, Any] | None = None
+    block: dict[tuple[str, int], str] = {}
+    before = None
+    if wants_heads and heads is not None:
+        normalize(model)
+        before = _measure(model, shapes or None, _mac_dims(model, shapes or None))
+        heads_result = heads.apply_from_args(model, args)
+        if heads_result is not None:
+            heads_report = heads_result.report
+            block = _heads_blocks(heads_report)
+    result = prune(
+        model,
+        args.channels or 0.0,
+        criterion=args.criterion,
+        global_ranking=args.global_ranking,
+        round_to=args.round_to,
+        min_keep=args.min_keep,
+        exclude=args.exclude,
+        block=block,
+        seed=args.seed,
+        shapes=shapes or None,
+        progress=progress,
+    )
+    report = result.report
+    if before is not None:  # sizes before any pruning, not after the heads/FFN pass
+        report.params_before, report.macs_before, report.weight_bytes_before = before
+    out = save_model(result.model, args.output, protect=(args.model,), force=args.force)
+    report.file_bytes_before = model_file_bytes(args.model)
+    report.file_bytes_after = model_file_bytes(out)
+    data: dict[str, Any] = {"input": str(args.model), "output": str(out), **report.to_dict()}
+    if heads_report is not None:
+        data["heads"] = heads_report
+    if args.report:
+        write_report(args.report, data, title=f"onnxsparse prune {args.model}")
+    if args.json:
+        print(dump_json(data))
+    else:
+        what = []
+        if args.channels is not None:
+            what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
+        if heads_report is not None:
+            what += [f"{k} {heads_report[r]:g}" for k, r in (("heads", "heads_ratio"), ("ffn", "ffn_ratio")) if heads_report[r]]
+        print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
+        print(report.summary())
+        if heads_report is not None:
+            print()
+            print(heads.report_table(heads_report))
+    return 0

@@ -1,0 +1,638 @@
+"""Channel dependency analysis: which positions of which tensors must be removed together.
+
+How it works
+------------
+1. Every node's rule declares couplings between slots (one axis of one tensor)
+   with an index map (:mod:`.index_maps`), plus weight roles, contractions and
+   blocks.  Axes a rule leaves unmapped are blocked automatically.  Graph
+   inputs/outputs, values captured by subgraphs and excluded nodes' outputs are
+   blocked too.
+2. Each slot position becomes a vertex; each coupling adds the edges its map
+   lists.  Connected components (scipy, linear time) are the *units*: the
+   smallest sets of positions that can be removed together (one conv filter
+   plus the BN entries, the residual partner's channel, the next conv's input
+   column, the ``H*W`` block of a Flatten, ...).
+3. Units touching exactly the same slots (with the same multiplicity) form a
+   *group*.  A group's units are its root index space: pruning removes the same
+   root indices from every member.  A group is prunable unless one of its slots
+   is blocked (the reasons are kept) or it has a single unit.
+
+Only groups that own weights (a slot of an initializer with a ``PRODUCE`` or
+``CONSUME`` role) are reported; the rest (batch, spatial, sequence axes) are
+structural and never pruning candidates.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..errors import UsageError
+from . import _shapes
+from ._sharing import reshare, unshare_small_constants
+from .context import CoupleContext
+from .index_maps import IndexMap, simplify
+from .registry import OpRule, RuleRegistry
+from .slots import Contraction, Role, Slot, SlotKey
+
+__all__ = ["Member", "Group", "WeightSlice", "DependencyGraph", "build_groups"]
+
+logger = logging.getLogger(__name__)
+
+_WEIGHT_ROLES = frozenset({Role.PRODUCE, Role.CONSUME})
+
+
+@dataclass(frozen=True)
+class Member:
+    """One slot of a group and how root indices land on it."""
+
+    slot: Slot
+    index_map: IndexMap  #: root index -> positions along ``slot.axis``
+    roles: frozenset[Role] = frozenset()
+    weight: bool = False  #: the slot belongs to an initializer
+
+    def describe(self) -> str:
+        roles = ",".join(sorted(r.value for r in self.roles))
+        return f"{self.slot} {self.index_map.describe()}" + (f" ({roles})" if roles else "")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Slots whose positions are removed together, indexed by a shared root index."""
+
+    id: int
+    size: int  #: number of root indices (removable units)
+    root: Slot
+    members: tuple[Member, ...]
+    nodes: tuple[str, ...]  #: nodes touching a member slot, in graph order
+    prunable: bool
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str | None:
+        return self.reasons[0] if self.reasons else None
+
+    @property
+    def channels(self) -> int:
+        """Positions on the root slot (channels of the root tensor)."""
+        for m in self.members:
+            if m.slot == self.root:
+                return self.size * _row_len(m.index_map, self.size)
+        return self.size
+
+    def weight_members(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.weight)
+
+    def describe(self) -> str:
+        head = f"group {self.id}: {self.size} units rooted at {self.root}"
+        state = "prunable" if self.prunable else f"blocked: {self.reason}"
+        return f"{head} [{state}]\n" + "\n".join(f"  {m.describe()}" for m in self.members)
+
+
+def _row_len(index_map: IndexMap, n: int) -> int:
+    return int(index_map.table(n).shape[1]) if n else 0
+
+
+@dataclass(frozen=True, eq=False)
+class WeightSlice:
+    """The weights one group member owns: what criteria score.
+
+    ``positions[r]`` lists the indices along ``slot.axis`` of the tensor that
+    belong to root index ``r``.
+    """
+
+    slot: Slot
+    roles: frozenset[Role]
+    nodes: tuple[str, ...]
+    positions: np.ndarray
+    _graph: DependencyGraph = field(repr=False)
+
+    def array(self) -> np.ndarray:
+        """The weight tensor as float32 (a view when already float32)."""
+        return self._graph._float_array(self.slot.value)
+
+    def per_position(self, kind: str) -> np.ndarray:
+        """``kind`` = ``"abs"`` or ``"sq"``: sum of |w| or w^2 over all other axes (cached)."""
+        return self._graph._per_position(self.slot.value, self.slot.axis, kind)
+
+    def per_unit(self, kind: str) -> np.ndarray:
+        """Sum of ``per_position(kind)`` over each root index's positions."""
+        return self.per_position(kind)[self.positions].sum(axis=1)
+
+
+class _Analysis:
+    """Mutable state while rules run (private to :func:`build_groups`)."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[SlotKey, int] = {}
+        self.couplings: list[tuple[SlotKey, SlotKey, IndexMap]] = []
+        self.blocks: dict[SlotKey, list[str]] = {}
+        self.roles: dict[SlotKey, set[Role]] = {}
+        self.slot_nodes: dict[SlotKey, list[int]] = {}
+        self.contractions: list[Contraction] = []
+        self.node_rules: dict[str, OpRule | None] = {}
+        self.node_versions: dict[str, int] = {}
+
+    def size_of(self, value: ir.Value, axis: int) -> int | None:
+        d = _shapes.dims(value)
+        if d is None or axis >= len(d):
+            return None
+        return d[axis]
+
+    def block(self, key: SlotKey, size: int | None, reason: str) -> None:
+        if not size:
+            return
+        self.sizes.setdefault(key, size)
+        reasons = self.blocks.setdefault(key, [])
+        if reason not in reasons:
+            reasons.append(reason)
+
+    def block_value(self, value: ir.Value, reason: str) -> None:
+        d = _shapes.dims(value)
+        for axis, size in enumerate(d or ()):
+            self.block((value.name or "", axis), size, reason)
+
+    def commit(self, ctx: CoupleContext, rule: OpRule | None, order: int) -> None:
+        node = ctx.node
+        for key, size in ctx.sizes.items():
+            self.sizes.setdefault(key, size)
+        self.couplings.extend(ctx.couplings)
+        for key, reason in ctx.blocks:
+            self.block(key, ctx.sizes.get(key), reason)
+        for key, role in ctx.roles:
+            self.roles.setdefault(key, set()).add(role)
+        self.contractions.extend(ctx.contractions)
+        self.node_rules[ctx.name] = rule
+        self.node_versions[ctx.name] = ctx.version
+        touched = set(ctx.handled_axes)
+        touched.update(k for k, _ in ctx.roles)
+        for value in (*node.inputs, *node.outputs):
+            if value is None:
+                continue
+            d = _shapes.dims(value)
+            for axis, size in enumerate(d or ()):
+                key = (value.name or "", axis)
+                if key not in ctx.handled_axes:
+                    self.block(key, size, f"{ctx.describe()} does not map axis {axis} of '{key[0]}'")
+                if size:
+                    touched.add(key)
+        for key in touched:
+            nodes = self.slot_nodes.setdefault(key, [])
+            if not nodes or nodes[-1] != order:
+                nodes.append(order)
+
+
+class DependencyGraph:
+    """Result of :func:`build_groups`: the groups of a model and how to act on them."""
+
+    def __init__(
+        self,
+        model: ir.Model,
+        analysis: _Analysis,
+        node_names: list[str],
+        stats: dict[str, float],
+    ) -> None:
+        self.model = model
+        self._an = analysis
+        self._node_names = node_names
+        self.stats = stats
+        self.contractions: tuple[Contraction, ...] = tuple(analysis.contractions)
+        self._values = _value_map(model.graph)
+        self._cache: dict[tuple[str, int, str], np.ndarray] = {}
+        self._float_cache: dict[str, np.ndarray] = {}
+        #: small shared initializers copied per node by :func:`build_groups` (copy -> original)
+        self.shared_copies: dict[str, str] = {}
+        self._solve()
+
+    # -- public ----------------------------------------------------------
+    @property
+    def prunable(self) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if g.prunable)
+
+    @property
+    def skipped(self) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if not g.prunable)
+
+    def group(self, group_id: int) -> Group:
+        return self.groups[group_id]
+
+    def groups_at(self, value: str, axis: int) -> tuple[Group, ...]:
+        """Groups that own positions of slot ``(value, axis)``."""
+        index = self._slot_index.get((value, axis))
+        if index is None:
+            return ()
+        ids = {g for g, slots in self._group_slots.items() if index in slots}
+        return tuple(self.groups[i] for i in sorted(ids))
+
+    def rule_for(self, node_name: str) -> OpRule | None:
+        return self._an.node_rules.get(node_name)
+
+    def version_for(self, node_name: str) -> int:
+        return self._an.node_versions.get(node_name, 1)
+
+    def roles_of(self, key: SlotKey) -> frozenset[Role]:
+        return frozenset(self._an.roles.get(key, ()))
+
+    def value(self, name: str) -> ir.Value | None:
+        return self._values.get(name)
+
+    def positions(self, group: Group, key: SlotKey) -> np.ndarray:
+        """``[size, k]`` positions along the slot for each root index of ``group``."""
+        return self._tables[group.id][key]
+
+    def weights(self, group: Group) -> tuple[WeightSlice, ...]:
+        """Weight slices of every initializer member (what criteria score)."""
+        out = []
+        for m in group.members:
+            if not m.weight:
+                continue
+            key = m.slot.key
+            nodes = tuple(self._node_names[i] for i in self._an.slot_nodes.get(key, ()))
+            out.append(WeightSlice(m.slot, m.roles, nodes, self._tables[group.id][key], self))
+        return tuple(out)
+
+    def keep_masks(self, removed: Mapping[int, Sequence[int] | np.ndarray]) -> dict[SlotKey, np.ndarray]:
+        """Boolean keep-mask for every slot that loses positions when ``removed`` root indices go."""
+        flags = np.zeros(self._n_labels, dtype=bool)
+        touched: set[int] = set()
+        for gid, indices in removed.items():
+            idx = np.asarray(indices, dtype=np.int64)
+            if idx.size == 0:
+                continue
+            flags[self._units[gid][idx]] = True
+            touched.update(self._group_slots[gid])
+        masks: dict[SlotKey, np.ndarray] = {}
+        for s in sorted(touched):
+            base, size = int(self._bases[s]), int(self._sizes[s])
+            gone = flags[self._labels[base : base + size]]
+            if gone.any():
+                masks[self._slot_keys[s]] = ~gone
+        return masks
+
+    def restore_sharing(self) -> None:
+        """Merge per-node copies of small shared initializers that pruning left identical."""
+        reshare(self.model, self.shared_copies)
+        self.shared_copies = {}
+
+    def summary(self) -> str:
+        return "\n".join(g.describe() for g in self.groups)
+
+    # -- internals ---------------------------------------------------------
+    def _float_array(self, name: str) -> np.ndarray:
+        arr = self._float_cache.get(name)
+        if arr is None:
+            value = self._values[name]
+            arr = np.asarray(value.const_value.numpy())
+            if arr.dtype != np.float32:
+                arr = arr.astype(np.float32)
+            self._float_cache[name] = arr
+        return arr
+
+    def _per_position(self, name: str, axis: int, kind: str) -> np.ndarray:
+        key = (name, axis, kind)
+        out = self._cache.get(key)
+        if out is None:
+            out = _reduce_except(self._float_array(name), axis, kind)
+            self._cache[key] = out
+        return out
+
+    def _solve(self) -> None:
+        an = self._an
+        keys = list(an.sizes)
+        self._slot_keys = keys
+        self._slot_index = {k: i for i, k in enumerate(keys)}
+        sizes = np.array([an.sizes[k] for k in keys], dtype=np.int64)
+        bases = np.zeros(len(keys) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=bases[1:])
+        self._sizes, self._bases = sizes, bases
+        total = int(bases[-1])
+        rows, cols = [], []
+        for ka, kb, m in an.couplings:
+            ia, ib = self._slot_index[ka], self._slot_index[kb]
+            src, dst = m.pairs(int(sizes[ia]))
+            rows.append(src + bases[ia])
+            cols.append(dst + bases[ib])
+        if rows:
+            r = np.concatenate(rows)
+            c = np.concatenate(cols)
+        else:
+            r = c = np.zeros(0, dtype=np.int64)
+        adj = coo_matrix((np.ones(r.size, dtype=np.int8), (r, c)), shape=(total, total)).tocsr()
+        n_labels, labels = connected_components(adj, directed=False)
+        self._labels = labels.astype(np.int64)
+        self._n_labels = int(n_labels)
+        slot_of_pos = np.repeat(np.arange(len(keys), dtype=np.int64), sizes)
+
+        # Candidate units: those touching a produce/consume weight slot.
+        is_weight_slot = np.array(
+            [self._is_weight(k) and bool(an.roles.get(k, set()) & _WEIGHT_ROLES) for k in keys], dtype=bool
+        )
+        cand = np.zeros(n_labels, dtype=bool)
+        if is_weight_slot.any():
+            cand[self._labels[is_weight_slot[slot_of_pos]]] = True
+        sel = cand[self._labels]
+        pair = np.unique(self._labels[sel] * len(keys) + slot_of_pos[sel], return_counts=True)
+        pair_keys, pair_counts = pair
+        lab = pair_keys // max(len(keys), 1)
+        sl = pair_keys % max(len(keys), 1)
+        rng = np.random.default_rng(0x5EED)
+        salt = rng.integers(1, 2**63 - 1, size=len(keys), dtype=np.int64).astype(np.uint64)
+        mix = salt[sl] * (np.uint64(2) * pair_counts.astype(np.uint64) + np.uint64(1))
+        hashes = np.zeros(n_labels, dtype=np.uint64)
+        np.add.at(hashes, lab, mix)
+        cand_labels = np.nonzero(cand)[0]
+        uniq, inverse = np.unique(hashes[cand_labels], return_inverse=True)
+        # Pair segments per label (pairs are sorted by label).
+        starts = np.searchsorted(lab, cand_labels, side="left")
+        ends = np.searchsorted(lab, cand_labels, side="right")
+
+        slot_order = {k: i for i, k in enumerate(keys)}
+        raw_groups = []
+        by_group = np.argsort(inverse, kind="stable")
+        split_at = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+        for idx in np.split(by_group, split_at) if len(uniq) else ():
+            members = cand_labels[idx]
+            first = int(idx[0])
+            slots = sl[starts[first] : ends[first]]
+            counts = pair_counts[starts[first] : ends[first]]
+            raw_groups.append((members, slots, counts))
+        raw_groups.sort(key=lambda g: min(slot_order[keys[s]] for s in g[1]))
+
+        group_of_label = np.full(n_labels, -1, dtype=np.int64)
+        rank_of_label = np.full(n_labels, -1, dtype=np.int64)
+        self._units: dict[int, np.ndarray] = {}
+        self._tables: dict[int, dict[SlotKey, np.ndarray]] = {}
+        self._group_slots: dict[int, tuple[int, ...]] = {}
+        groups: list[Group] = []
+        for gid, (members, slots, counts) in enumerate(raw_groups):
+            group_of_label[members] = gid
+            root_s = self._pick_root(slots, counts)
+            base, size = int(bases[root_s]), int(sizes[root_s])
+            seg = self._labels[base : base + size]
+            pos = np.nonzero(group_of_label[seg] == gid)[0]
+            # order units by their first position on the root slot
+            first_pos: dict[int, int] = {}
+            for p, l in zip(pos.tolist(), seg[pos].tolist()):
+                first_pos.setdefault(l, p)
+            ordered = np.array(sorted(first_pos, key=first_pos.__getitem__), dtype=np.int64)
+            rank_of_label[ordered] = np.arange(ordered.size)
+            self._units[gid] = ordered
+            n = ordered.size
+            tables: dict[SlotKey, np.ndarray] = {}
+            member_list: list[Member] = []
+            reasons: list[str] = []
+            node_ids: set[int] = set()
+            for s in sorted(slots.tolist(), key=lambda s: slot_order[keys[s]]):
+                key = keys[s]
+                b, z = int(bases[s]), int(sizes[s])
+                seg = self._labels[b : b + z]
+                p = np.nonzero(group_of_label[seg] == gid)[0]
+                r = rank_of_label[seg[p]]
+                order = np.lexsort((p, r))
+                table = p[order].reshape(n, -1)
+                tables[key] = table
+                weight = self._is_weight(key)
+                slot = Slot(key[0], key[1], z)
+                member_list.append(Member(slot, simplify(table), frozenset(an.roles.get(key, ())), weight))
+                for reason in an.blocks.get(key, ()):
+                    if reason not in reasons:
+                        reasons.append(reason)
+                node_ids.update(an.slot_nodes.get(key, ()))
+            if n < 2 and not reasons:
+                reasons.append("only one removable unit: every channel is tied to the others")
+            root_key = keys[root_s]
+            self._tables[gid] = tables
+            self._group_slots[gid] = tuple(int(s) for s in slots)
+            groups.append(
+                Group(
+                    id=gid,
+                    size=n,
+                    root=Slot(root_key[0], root_key[1], int(sizes[root_s])),
+                    members=tuple(member_list),
+                    nodes=tuple(self._node_names[i] for i in sorted(node_ids)),
+                    prunable=not reasons,
+                    reasons=tuple(reasons),
+                )
+            )
+        self.groups: tuple[Group, ...] = tuple(groups)
+        self.stats.update(
+            slots=len(keys),
+            positions=total,
+            couplings=len(an.couplings),
+            units=self._n_labels,
+            groups=len(groups),
+            prunable_groups=sum(g.prunable for g in groups),
+        )
+
+    def _is_weight(self, key: SlotKey) -> bool:
+        value = self._values.get(key[0])
+        return value is not None and value.is_initializer() and value.const_value is not None
+
+    def _pick_root(self, slots: np.ndarray, counts: np.ndarray) -> int:
+        """The member that indexes the group: a producer's weight axis if possible.
+
+        Preference: produce-weight slots, then activations, then other weights,
+        virtual slots last; among those, the fewest positions per unit.
+        """
+        keys = self._slot_keys
+        an = self._an
+        best = None
+        for s, c in zip(slots.tolist(), counts.tolist()):
+            key = keys[s]
+            if key[0].startswith("#"):
+                kind = 3
+            elif Role.PRODUCE in an.roles.get(key, ()):
+                kind = 0
+            elif not self._is_weight(key):
+                kind = 1
+            else:
+                kind = 2
+            rank = (kind, c)
+            if best is None or rank < best[0]:
+                best = (rank, s)
+        return best[1]
+
+
+_CHUNK = 1 << 22  # elements per block: bounds temporaries on huge weights
+
+
+def _reduce_except(arr: np.ndarray, axis: int, kind: str) -> np.ndarray:
+    """Sum of ``|w|`` (``"abs"``) or ``w**2`` (``"sq"``) over every axis but ``axis`` (float64)."""
+    if kind not in ("abs", "sq"):
+        raise ValueError(f"unknown reduction {kind!r} (use 'abs' or 'sq')")
+    arr = np.ascontiguousarray(arr)
+    n = arr.shape[axis]
+    outer = int(np.prod(arr.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(arr.shape[axis + 1 :], dtype=np.int64))
+    view = arr.reshape(outer, n, inner)
+    total = np.zeros(n, dtype=np.float64)
+    step = max(1, _CHUNK // max(n * inner, 1))
+    for start in range(0, outer, step):
+        block = view[start : start + step]
+        if kind == "sq":
+            total += np.einsum("anb,anb->n", block, block, dtype=np.float64)
+        else:
+            total += np.abs(block).sum(axis=(0, 2), dtype=np.float64)
+    return total
+
+
+def _value_map(graph: ir.Graph) -> dict[str, ir.Value]:
+    values: dict[str, ir.Value] = {}
+    for v in graph.inputs:
+        values[v.name or ""] = v
+    for name, v in graph.initializers.items():
+        values[name] = v
+    for node in graph:
+        for v in node.outputs:
+            if v.name:
+                values[v.name] = v
+    return values
+
+
+def _ensure_names(model: ir.Model) -> None:
+    """Every value and node needs a unique name (slots and reports refer to them)."""
+    seen_nodes: set[str] = set()
+    seen_values: set[str] = set()
+    need = False
+    for node in model.graph:
+        if not node.name or node.name in seen_nodes:
+            need = True
+            break
+        seen_nodes.add(node.name)
+        for v in node.outputs:
+            if not v.name or v.name in seen_values:
+                need = True
+                break
+            seen_values.add(v.name)
+    if need:
+        ir.passes.common.NameFixPass()(model)
+
+
+def _subgraph_captures(graph: ir.Graph) -> dict[str, tuple[ir.Value, str]]:
+    """Main-graph values used inside a subgraph, with the node that owns the subgraph."""
+    out: dict[str, tuple[ir.Value, str]] = {}
+    for node in graph:
+        subgraphs: list[ir.Graph] = []
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                subgraphs.append(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                subgraphs.extend(attr.value)
+        for sub in subgraphs:
+            for inner in ir.traversal.RecursiveGraphIterator(sub):
+                for v in inner.inputs:
+                    if v is not None and v.graph is graph:
+                        out.setdefault(v.name or "", (v, f"{node.op_type} '{node.name}'"))
+    return out
+
+
+def _expand_patterns(patterns: Iterable[str], names: Sequence[str]) -> tuple[str, ...]:
+    """Node names matching ``patterns`` (exact names, or fnmatch patterns with ``*?[``)."""
+    out: list[str] = []
+    missing: list[str] = []
+    known = set(names)
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        else:
+            hits = [pattern] if pattern in known else []
+        if not hits:
+            missing.append(pattern)
+        out.extend(h for h in hits if h not in out)
+    if missing:
+        raise UsageError(f"--exclude names unknown node(s): {', '.join(missing)}")
+    return tuple(out)
+
+
+def build_groups(
+    model: ir.Model,
+    *,
+    registry: RuleRegistry | None = None,
+    exclude: Iterable[str] = (),
+    block: Mapping[SlotKey, str] | None = None,
+) -> DependencyGraph:
+    """Analyse a normalised model (see :func:`onnxsparse.normalize`) into channel groups.
+
+    ``exclude`` names nodes (or fnmatch patterns) whose outputs must keep every
+    channel; ``block`` maps slots ``(value name, axis)`` to a reason they must
+    not change (e.g. weights another pass already pruned).
+
+    The model is annotated in place, never changed in meaning: unnamed
+    values/nodes get names, shapes that inference left out on same-shape ops
+    are filled in, and shared vector constants get a copy per node
+    (:meth:`DependencyGraph.restore_sharing`, called by ``apply_plan``, merges
+    unchanged copies back).
+    """
+    from .rules import default_registry
+
+    start = time.perf_counter()
+    registry = registry or default_registry()
+    _ensure_names(model)
+    shared_copies = unshare_small_constants(model)
+    graph = model.graph
+    opsets = dict(model.opset_imports)
+    nodes = list(graph)
+    names = [n.name or "" for n in nodes]
+    exclude = _expand_patterns(exclude, names)
+
+    an = _Analysis()
+    for order, node in enumerate(nodes):
+        version = node.version or _shapes.opset_version(opsets, node.domain)
+        reasons: list[str] = []
+        for rule in registry.lookup(node.domain, node.op_type, version):
+            ctx = CoupleContext(an, node, version)
+            try:
+                reason = rule.couple(node, ctx)
+            except Exception as exc:  # noqa: BLE001 - a failing rule blocks, it never crashes pruning
+                logger.debug("rule %r failed on %s", rule, node.name, exc_info=True)
+                reason = f"{node.op_type} '{node.name}': rule {type(rule).__name__} failed ({type(exc).__name__}: {exc})"
+            if reason is None:
+                an.commit(ctx, rule, order)
+                break
+            reasons.append(reason)
+        else:
+            domain = node.domain or "ai.onnx"
+            reason = "; ".join(reasons) or f"no rule for {domain}::{node.op_type} (opset {version})"
+            ctx = CoupleContext(an, node, version)
+            if not reasons:
+                reason = f"{node.op_type} '{node.name}': {reason}"
+            for v in (*node.inputs, *node.outputs):
+                if v is not None:
+                    for axis in range(ctx.rank(v) or 0):
+                        key = (v.name or "", axis)
+                        ctx.handled_axes.add(key)
+                        size = an.size_of(v, axis)
+                        if size:
+                            ctx.sizes[key] = size
+                            ctx.blocks.append((key, reason))
+            an.commit(ctx, None, order)
+
+    for v in graph.inputs:
+        an.block_value(v, f"'{v.name}' is a graph input")
+    for v in graph.outputs:
+        an.block_value(v, f"'{v.name}' is a graph output")
+    for name, (v, owner) in _subgraph_captures(graph).items():
+        an.block_value(v, f"'{name}' is used inside a subgraph of {owner}")
+    by_name = dict(zip(names, nodes))
+    for name in exclude:
+        for v in by_name[name].outputs:
+            an.block_value(v, f"node '{name}' is excluded")
+    values = _value_map(graph)
+    for (value_name, axis), reason in (block or {}).items():
+        v = values.get(value_name)
+        if v is not None:
+            an.block((value_name, axis), an.size_of(v, axis), reason)
+
+    stats = {"rules_s": time.perf_counter() - start}
+    dg = DependencyGraph(model, an, names, stats)
+    dg.shared_copies = shared_copies
+    dg.stats["total_s"] = time.perf_counter() - start
+    return dg

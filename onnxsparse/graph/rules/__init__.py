@@ -1,0 +1,33 @@
+"""Op rules, one family per module, gathered in one explicit default tuple.
+
+To add a family: write ``rules/<family>.py`` with :class:`~onnxsparse.graph.OpRule`
+subclasses and a ``RULES`` tuple, and add it to :data:`DEFAULT_RULES` (or pass
+your own :class:`~onnxsparse.graph.RuleRegistry` to ``build_groups``).
+"""
+
+from __future__ import annotations
+
+from ..registry import OpRule, RuleRegistry
+from . import concat, conv, elementwise, gather, linear, norm, pad, pooling, reduce, resize, shape, shape_of
+
+__all__ = ["DEFAULT_RULES", "default_registry"]
+
+DEFAULT_RULES: tuple[OpRule, ...] = (
+    *conv.RULES,
+    *linear.RULES,
+    *norm.RULES,
+    *elementwise.RULES,
+    *concat.RULES,
+    *pooling.RULES,
+    *resize.RULES,
+    *pad.RULES,
+    *shape.RULES,
+    *reduce.RULES,
+    *shape_of.RULES,
+    *gather.RULES,
+)
+
+
+def default_registry() -> RuleRegistry:
+    """A fresh registry holding :data:`DEFAULT_RULES` (safe to extend)."""
+    return RuleRegistry(DEFAULT_RULES)

@@ -1,0 +1,204 @@
+"""Concat, Split and Slice: pieces of an axis placed at offsets.
+
+A Concat input's channel ``p`` is the output's channel ``offset + p``
+(``Offset``); a Split output's channel ``p`` is the input's ``offset + p``; a
+Slice with step 1 is one piece.  After pruning, Concat needs nothing (shapes
+follow), Split gets the kept count per output as its ``split`` sizes, and Slice
+gets its ``starts``/``ends`` recomputed from the kept positions before and
+inside the old range.  Slices with a step other than 1 on a channel axis are
+refused: removing a channel would change which positions the step selects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import _shapes
+from ..context import CoupleContext, RewriteContext
+from ..index_maps import Offset
+from ..registry import OpRule
+
+__all__ = ["ConcatRule", "SplitRule", "SliceRule", "RULES"]
+
+
+class ConcatRule(OpRule):
+    op_types = ("Concat",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        y = ctx.output(0)
+        r = ctx.rank(y)
+        if y is None or r is None:
+            return f"{ctx.describe()}: output rank unknown"
+        axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
+        offset = 0
+        for x in node.inputs:
+            if x is None:
+                continue
+            xd = ctx.dims(x)
+            if xd is None or len(xd) != r or xd[axis] is None:
+                return f"{ctx.describe()}: size of input '{x.name}' along the concat axis is unknown"
+            for k in range(r):
+                if k == axis:
+                    if xd[k]:
+                        ctx.couple(x, k, y, k, Offset(offset))
+                    else:
+                        ctx.handled(x, k)
+                else:
+                    ctx.couple(x, k, y, k)
+            offset += xd[axis]
+        return None
+
+
+def _split_sizes(ctx: CoupleContext, dim: int, n_out: int) -> list[int] | None:
+    split = None
+    if ctx.version >= 13:
+        s = ctx.input(1)
+        if s is not None:
+            split = ctx.constant_ints(s)
+            if split is None:
+                return None
+    else:
+        split = ctx.attr_ints("split")
+    if split is not None:
+        return list(split) if len(split) == n_out and sum(split) == dim else None
+    num = ctx.attr_int("num_outputs", n_out) or n_out
+    chunk = -(-dim // num)
+    sizes = [min(chunk, max(dim - i * chunk, 0)) for i in range(num)]
+    return sizes if sum(sizes) == dim else None
+
+
+class SplitRule(OpRule):
+    op_types = ("Split",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x = ctx.input(0)
+        xd = ctx.dims(x)
+        if x is None or xd is None:
+            return f"{ctx.describe()}: input rank unknown"
+        r = len(xd)
+        axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
+        if xd[axis] is None:
+            return f"{ctx.describe()}: size of the split axis is unknown"
+        sizes = _split_sizes(ctx, xd[axis], len(node.outputs))
+        if sizes is None:
+            return f"{ctx.describe()}: split sizes are not constant"
+        ctx.handled_all(ctx.input(1))
+        offset = 0
+        for out, size in zip(node.outputs, sizes):
+            for k in range(r):
+                if k == axis:
+                    if size:
+                        ctx.couple(out, k, x, k, Offset(offset))
+                    else:
+                        ctx.handled(out, k)
+                else:
+                    ctx.couple(out, k, x, k)
+            offset += size
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
+        x = ctx.input(0)
+        axis = _shapes.norm_axis(ctx.attr_int("axis", 0), ctx.rank(x))
+        if ctx.keep(x, axis) is None:
+            return
+        sizes = [ctx.new_dim(out, axis) for out in node.outputs]
+        if ctx.version >= 13:
+            ctx.remove_attr("num_outputs")
+            ctx.set_input_constant(1, np.array(sizes, dtype=np.int64))
+        else:
+            ctx.set_attr_ints("split", sizes)
+
+
+def _slice_params(ctx: CoupleContext | RewriteContext):
+    """(starts, ends, axes, steps) as int tuples, or None when not constant."""
+    if ctx.version < 10:
+        starts, ends = ctx.attr_ints("starts"), ctx.attr_ints("ends")
+        axes = ctx.attr_ints("axes")
+        steps = None
+    else:
+        starts, ends = ctx.constant_ints(ctx.input(1)), ctx.constant_ints(ctx.input(2))
+        axes_v, steps_v = ctx.input(3), ctx.input(4)
+        axes = ctx.constant_ints(axes_v) if axes_v is not None else None
+        steps = ctx.constant_ints(steps_v) if steps_v is not None else None
+        if (axes_v is not None and axes is None) or (steps_v is not None and steps is None):
+            return None
+    if starts is None or ends is None:
+        return None
+    if axes is None:
+        axes = tuple(range(len(starts)))
+    if steps is None:
+        steps = (1,) * len(starts)
+    return starts, ends, axes, steps
+
+
+def _clamp(index: int, dim: int) -> int:
+    if index < 0:
+        index += dim
+    return min(max(index, 0), dim)
+
+
+class SliceRule(OpRule):
+    op_types = ("Slice",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        xd = ctx.dims(x)
+        if x is None or y is None or xd is None:
+            return f"{ctx.describe()}: input rank unknown"
+        params = _slice_params(ctx)
+        if params is None:
+            return f"{ctx.describe()}: starts/ends/axes/steps are not constant"
+        for extra in node.inputs[1:]:
+            ctx.handled_all(extra)
+        r = len(xd)
+        sliced = {}
+        for start, end, axis, step in zip(*params):
+            sliced[_shapes.norm_axis(axis, r)] = (start, end, step)
+        for k in range(r):
+            if k not in sliced:
+                ctx.couple(x, k, y, k)
+                continue
+            start, end, step = sliced[k]
+            if step != 1:
+                ctx.block(x, k, f"slice step {step} on axis {k}")
+                ctx.block(y, k, f"slice step {step} on axis {k}")
+                continue
+            if xd[k] is None:
+                ctx.block(y, k, f"size of sliced axis {k} unknown")
+                continue
+            s, e = _clamp(start, xd[k]), _clamp(end, xd[k])
+            if e > s:
+                ctx.couple(y, k, x, k, Offset(s))
+            else:
+                ctx.handled(x, k)
+                ctx.handled(y, k)
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
+        x = ctx.input(0)
+        xd = ctx.dims(x)
+        starts, ends, axes, steps = _slice_params(ctx)
+        new_starts, new_ends = list(starts), list(ends)
+        changed = False
+        for i, (start, end, axis) in enumerate(zip(starts, ends, axes)):
+            axis = _shapes.norm_axis(axis, len(xd))
+            keep = ctx.keep(x, axis)
+            if keep is None:
+                continue
+            s, e = _clamp(start, xd[axis]), _clamp(end, xd[axis])
+            new_starts[i] = int(keep[:s].sum())
+            new_ends[i] = new_starts[i] + int(keep[s:e].sum())
+            changed = True
+        if not changed:
+            return
+        if ctx.version < 10:
+            ctx.set_attr_ints("starts", new_starts)
+            ctx.set_attr_ints("ends", new_ends)
+        else:
+            dtype = ctx.constant(ctx.input(1)).dtype
+            ctx.set_input_constant(1, np.array(new_starts, dtype=dtype))
+            ctx.set_input_constant(2, np.array(new_ends, dtype=dtype))
+
+
+RULES: tuple[OpRule, ...] = (ConcatRule(), SplitRule(), SliceRule())

@@ -1,0 +1,137 @@
+"""Conv and ConvTranspose (any rank, ``group``, depthwise with channel multiplier).
+
+Conv ``X[N, Ci, *S] * W[Co, Ci/g, *K] + B[Co] -> Y[N, Co, *S']``:
+
+* ``g == 1``: filters ``W[o]`` produce ``Y[:, o]``; ``W[:, i]`` consumes ``X[:, i]``.
+* depthwise (``Ci/g == 1``, ``Co = m*Ci``): input channel ``i`` feeds output
+  channels ``i*m .. i*m+m-1`` (``Block(m)``); removing it removes the whole
+  group, so ``group`` shrinks to the new channel count.
+* grouped (``Ci/g > 1``): the weight's input axis is shared by every group, so a
+  removable input unit is index ``j`` inside *every* group
+  (``Stride(Ci/g, g)``); the same holds for outputs.  ``group`` is unchanged.
+
+ConvTranspose has ``W[Ci, Co/g, *K]``: the roles of the two axes swap.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from ..context import CoupleContext, RewriteContext
+from ..index_maps import Block, Stride
+from ..registry import OpRule
+from ..slots import Role
+
+__all__ = ["ConvRule", "ConvTransposeRule", "RULES"]
+
+
+def _common(ctx: CoupleContext, x: ir.Value, y: ir.Value) -> str | None:
+    xd, yd = ctx.dims(x), ctx.dims(y)
+    if xd is None or yd is None or len(xd) < 3 or len(xd) != len(yd):
+        return f"{ctx.describe()}: input/output ranks unknown"
+    ctx.couple(x, 0, y, 0)
+    return None
+
+
+class ConvRule(OpRule):
+    op_types = ("Conv",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+        y = ctx.output(0)
+        if x is None or w is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        reason = _common(ctx, x, y)
+        if reason:
+            return reason
+        wd = ctx.dims(w)
+        xd = ctx.dims(x)
+        if wd is None or wd[0] is None or wd[1] is None or xd[1] is None:
+            return f"{ctx.describe()}: channel counts unknown"
+        g = ctx.attr_int("group", 1) or 1
+        ci, co, ci_g = xd[1], wd[0], wd[1]
+        if ci != ci_g * g or co % g:
+            return f"{ctx.describe()}: inconsistent group {g} for {ci} -> {co} channels"
+        co_g = co // g
+        ctx.couple(w, 0, y, 1)
+        ctx.role(w, 0, Role.PRODUCE)
+        if b is not None:
+            ctx.couple(b, 0, y, 1)
+            ctx.role(b, 0, Role.BIAS)
+        if g == 1:
+            ctx.couple(w, 1, x, 1)
+            ctx.role(w, 1, Role.CONSUME)
+            ctx.contract(0, 1, weight=(1, 1))
+        elif ci_g == 1:  # depthwise, channel multiplier co_g
+            ctx.couple(x, 1, y, 1, Block(co_g))
+            ctx.handled(w, 1)
+        else:
+            ctx.couple(w, 1, x, 1, Stride(ci_g, g))
+            ctx.role(w, 1, Role.CONSUME)
+            ctx.contract(0, 1, weight=(1, 1))
+            ctx.couple(ctx.virtual("out_j", co_g), 0, y, 1, Stride(co_g, g))
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
+        g = ctx.attr_int("group", 1) or 1
+        w = ctx.input(1)
+        wd = ctx.dims(w)
+        if g > 1 and wd is not None and wd[1] == 1:
+            new_ci = ctx.new_dim(ctx.input(0), 1)
+            ctx.set_attr_int("group", new_ci)
+
+
+class ConvTransposeRule(OpRule):
+    op_types = ("ConvTranspose",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+        y = ctx.output(0)
+        if x is None or w is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        reason = _common(ctx, x, y)
+        if reason:
+            return reason
+        wd, xd, yd = ctx.dims(w), ctx.dims(x), ctx.dims(y)
+        if wd is None or wd[0] is None or wd[1] is None or yd[1] is None:
+            return f"{ctx.describe()}: channel counts unknown"
+        g = ctx.attr_int("group", 1) or 1
+        ci, co_g = wd[0], wd[1]
+        co = co_g * g
+        if xd[1] != ci or yd[1] != co or ci % g:
+            return f"{ctx.describe()}: inconsistent group {g}"
+        ci_g = ci // g
+        if ctx.attr_ints("output_padding") is not None and ctx.rank(x) is None:
+            return f"{ctx.describe()}: unknown rank"
+        ctx.couple(w, 0, x, 1)
+        ctx.role(w, 0, Role.PRODUCE if ci_g == 1 and g > 1 else Role.CONSUME)
+        if b is not None:
+            ctx.couple(b, 0, y, 1)
+            ctx.role(b, 0, Role.BIAS)
+        if g == 1:
+            ctx.couple(w, 1, y, 1)
+            ctx.role(w, 1, Role.PRODUCE)
+            ctx.contract(0, 1, weight=(1, 0))
+        elif ci_g == 1:  # depthwise transpose: input channel i -> outputs i*co_g ..
+            ctx.couple(x, 1, y, 1, Block(co_g))
+            ctx.handled(w, 1)
+        else:
+            ctx.couple(w, 1, y, 1, Stride(co_g, g))
+            ctx.role(w, 1, Role.PRODUCE)
+            ctx.couple(ctx.virtual("in_j", ci_g), 0, x, 1, Stride(ci_g, g))
+            ctx.contract(0, 1, weight=(1, 0))
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
+        g = ctx.attr_int("group", 1) or 1
+        xd = ctx.dims(ctx.input(0))
+        if g > 1 and xd is not None and xd[1] == g:  # depthwise: group follows channels
+            ctx.set_attr_int("group", ctx.new_dim(ctx.input(0), 1))
+        if ctx.attr_ints("output_shape") is not None:
+            shape = list(ctx.attr_ints("output_shape"))
+            if len(shape) == (ctx.rank(ctx.output(0)) or 0):  # full shape form: fix channels
+                shape[1] = ctx.new_dim(ctx.output(0), 1)
+                ctx.set_attr_ints("output_shape", shape)
+
+
+RULES: tuple[OpRule, ...] = (ConvRule(), ConvTransposeRule())

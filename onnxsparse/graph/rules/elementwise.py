@@ -1,0 +1,112 @@
+"""Elementwise ops: activations, arithmetic with per-channel or scalar constants, residual joins.
+
+Every axis of every input couples to the matching output axis under numpy
+broadcasting (a size-1 axis broadcasts and stays free).  So a per-channel
+constant ``[C, 1, 1]`` is sliced with its channels, a scalar is left alone, and
+a residual ``Add``/``Sum``/``Mul``/``Max`` of two activations ties their
+channels together: removing channel ``c`` of one branch removes it from the
+other.  None of these ops mixes positions, so nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from ..context import CoupleContext
+from ..registry import OpRule
+from ..slots import Role
+
+__all__ = ["UnaryRule", "BroadcastRule", "DropoutRule", "CastLikeRule", "RULES"]
+
+#: One input, same-shape output (extra inputs/attributes are scalars).
+UNARY_OPS: tuple[str, ...] = (
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Erf", "Elu",
+    "Selu", "Celu", "Softplus", "Softsign", "ThresholdedRelu", "Mish", "Swish", "Identity",
+    "Cast", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+    "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+    "Not", "IsNaN", "IsInf", "Shrink", "BitwiseNot",
+)  # fmt: skip
+
+#: Inputs broadcast together into one output.
+BROADCAST_OPS: tuple[str, ...] = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Sum", "Max", "Min", "Mean", "PRelu", "Clip",
+    "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor",
+    "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+)  # fmt: skip
+
+
+def _const_roles(ctx: CoupleContext, inputs) -> None:
+    for x in inputs:
+        if x is None or x.const_value is None:
+            continue
+        for k, d in enumerate(ctx.dims(x) or ()):
+            if d not in (None, 1):
+                ctx.role(x, k, Role.CONST)
+
+
+class UnaryRule(OpRule):
+    op_types = UNARY_OPS
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        if x is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        ctx.same_shape(x, y)
+        reason = ctx.broadcast([x], y)
+        if reason:
+            return reason
+        for extra in node.inputs[1:]:  # e.g. scalar parameters
+            if extra is None:
+                continue
+            extra_dims = ctx.dims(extra)
+            if extra_dims is None or any(d != 1 for d in extra_dims):
+                return f"{ctx.describe()}: non-scalar extra input '{extra.name}'"
+            ctx.handled_all(extra)
+        return None
+
+
+class BroadcastRule(OpRule):
+    op_types = BROADCAST_OPS
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        y = ctx.output(0)
+        if y is None:
+            return f"{ctx.describe()}: missing output"
+        inputs = list(node.inputs)
+        reason = ctx.broadcast(inputs, y)
+        if reason:
+            return reason
+        _const_roles(ctx, inputs)
+        return None
+
+
+class DropoutRule(OpRule):
+    op_types = ("Dropout",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        if x is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        reason = ctx.broadcast([x], y)
+        if reason:
+            return reason
+        mask = ctx.output(1)
+        if mask is not None:
+            ctx.identity(x, mask)
+        for extra in node.inputs[1:]:
+            ctx.handled_all(extra)
+        return None
+
+
+class CastLikeRule(OpRule):
+    op_types = ("CastLike",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, like, y = ctx.input(0), ctx.input(1), ctx.output(0)
+        if x is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        ctx.handled_all(like)  # only its element type matters
+        return ctx.broadcast([x], y)
+
+
+RULES: tuple[OpRule, ...] = (UnaryRule(), BroadcastRule(), DropoutRule(), CastLikeRule())

@@ -1,0 +1,106 @@
+"""Gemm (``transA``/``transB``, broadcast ``C``) and MatMul (any rank, constant or activation operands).
+
+Both contract over ``K``: ``A``'s ``K`` axis couples to ``B``'s ``K`` axis and
+the node records a contraction there.  ``M`` couples to the output's rows and
+``N`` to its columns.  A constant operand gets weight roles (``PRODUCE`` on its
+output axis, ``CONSUME`` on ``K``).  A MatMul between two activations (``Q @ K^T``,
+``attn @ V``) couples the same way, so removing an index of ``K`` from one side
+removes it from the other.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from ..context import CoupleContext
+from ..registry import OpRule
+from ..slots import Role
+
+__all__ = ["GemmRule", "MatMulRule", "RULES"]
+
+
+class GemmRule(OpRule):
+    op_types = ("Gemm",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        a, b, c = ctx.input(0), ctx.input(1), ctx.input(2)
+        y = ctx.output(0)
+        if a is None or b is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        if ctx.rank(a) != 2 or ctx.rank(b) != 2 or ctx.rank(y) != 2:
+            return f"{ctx.describe()}: operands must be 2-D with known rank"
+        ta = ctx.attr_int("transA", 0) or 0
+        tb = ctx.attr_int("transB", 0) or 0
+        a_m, a_k = (1, 0) if ta else (0, 1)
+        b_k, b_n = (1, 0) if tb else (0, 1)
+        ctx.couple(a, a_k, b, b_k)
+        ctx.couple(a, a_m, y, 0)
+        ctx.couple(b, b_n, y, 1)
+        if b.const_value is not None:
+            ctx.role(b, b_k, Role.CONSUME)
+            ctx.role(b, b_n, Role.PRODUCE)
+            ctx.contract(0, a_k, weight=(1, b_k))
+        elif a.const_value is not None:
+            ctx.role(a, a_k, Role.CONSUME)
+            ctx.role(a, a_m, Role.PRODUCE)
+            ctx.contract(1, b_k, weight=(0, a_k))
+        else:
+            ctx.contract(0, a_k)
+        if c is not None:
+            reason = ctx.broadcast([c], y)
+            if reason:
+                return reason
+            if c.const_value is not None:
+                cd = ctx.dims(c) or ()
+                if cd and cd[-1] not in (None, 1):
+                    ctx.role(c, len(cd) - 1, Role.BIAS)
+        return None
+
+
+class MatMulRule(OpRule):
+    op_types = ("MatMul",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
+        if a is None or b is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
+        if ra is None or rb is None or ry is None:
+            return f"{ctx.describe()}: operand ranks unknown"
+        a_k = ra - 1
+        b_k = 0 if rb == 1 else rb - 2
+        ctx.couple(a, a_k, b, b_k)
+        if ra >= 2:
+            ctx.couple(a, ra - 2, y, ry - 2 if rb >= 2 else ry - 1)
+        if rb >= 2:
+            ctx.couple(b, rb - 1, y, ry - 1)
+        # batch axes broadcast against the output's leading axes
+        yd = ctx.dims(y)
+        n_batch_y = ry - (ra >= 2) - (rb >= 2)
+        for x, rx in ((a, ra), (b, rb)):
+            xd = ctx.dims(x)
+            n_batch_x = max(rx - 2, 0)
+            for k in range(n_batch_x):
+                ky = n_batch_y - n_batch_x + k
+                if ky < 0:
+                    return f"{ctx.describe()}: cannot align batch axes"
+                if xd[k] == 1 and yd[ky] != 1:
+                    ctx.handled(x, k)
+                else:
+                    ctx.couple(x, k, y, ky)
+        if b.const_value is not None:
+            ctx.role(b, b_k, Role.CONSUME)
+            if rb >= 2:
+                ctx.role(b, rb - 1, Role.PRODUCE)
+            ctx.contract(0, a_k, weight=(1, b_k))
+        elif a.const_value is not None:
+            ctx.role(a, a_k, Role.CONSUME)
+            if ra >= 2:
+                ctx.role(a, ra - 2, Role.PRODUCE)
+            ctx.contract(1, b_k, weight=(0, a_k))
+        else:
+            ctx.contract(0, a_k)
+        return None
+
+
+RULES: tuple[OpRule, ...] = (GemmRule(), MatMulRule())

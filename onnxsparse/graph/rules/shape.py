@@ -1,0 +1,312 @@
+"""Layout ops: Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Expand.
+
+Flatten and Reshape regroup axes.  Input and output dims are paired into runs
+of equal product (``[N, 512, 7, 7] -> [N, 25088]`` gives runs ``N<->N`` and
+``(512, 7, 7) <-> 25088``).  In a run:
+
+* one axis on each side: identity;
+* several input axes merged into one (``C, H, W -> C*H*W``): the outermost axis
+  couples with ``Block(inner product)`` - channel ``c`` owns the block
+  ``c*H*W .. c*H*W + H*W - 1`` of the flattened features (what a following
+  Gemm/MatMul reads);
+* one input axis split into several (``H*D -> H, D``): the outermost output axis
+  couples with ``Block(inner)`` (head ``h`` owns ``h*D .. h*D + D-1``), except in
+  a channel shuffle (``C -> (g, C/g)`` immediately transposed to
+  ``(C/g, g)``) where the *inner* axis couples with ``Stride(C/g, g)`` so the
+  shuffle's merge back to ``C`` lines up;
+* anything else (e.g. ``(6, 4) -> (4, 6)``) is refused.
+
+Axes that do not carry the coupling (inner factors) are refused, so a group
+can never lose part of a block.  A Reshape whose target is computed at run
+time is refused here (an extension rule can fold ``Shape -> Gather -> Concat``
+targets and take precedence).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import _shapes
+from ..context import CoupleContext, RewriteContext
+from ..index_maps import Block, Stride
+from ..registry import OpRule
+
+__all__ = [
+    "TransposeRule",
+    "FlattenRule",
+    "ReshapeRule",
+    "SqueezeRule",
+    "UnsqueezeRule",
+    "ExpandRule",
+    "align_dims",
+    "RULES",
+]
+
+Run = tuple[list[int], list[int]]
+
+
+def align_dims(in_dims, out_dims) -> list[Run] | None:
+    """Pair runs of input axes with runs of output axes of equal product.
+
+    Unknown (``None``) dims only pair with an unknown dim on the other side, as
+    a run of their own.  Returns ``None`` when no pairing exists.
+    """
+    n, m = len(in_dims), len(out_dims)
+    i = j = 0
+    runs: list[Run] = []
+    while i < n or j < m:
+        a = in_dims[i] if i < n else 1
+        b = out_dims[j] if j < m else 1
+        if a is None or b is None:
+            if a is None and b is None:
+                runs.append(([i], [j]))
+                i, j = i + 1, j + 1
+                continue
+            return None
+        if a == 0 or b == 0:
+            return None
+        ai: list[int] = [i] if i < n else []
+        aj: list[int] = [j] if j < m else []
+        pi, pj = a, b
+        i, j = i + (i < n), j + (j < m)
+        while pi != pj:
+            if pi < pj:
+                if i >= n or in_dims[i] is None or in_dims[i] == 0:
+                    return None
+                pi *= in_dims[i]
+                ai.append(i)
+                i += 1
+            else:
+                if j >= m or out_dims[j] is None or out_dims[j] == 0:
+                    return None
+                pj *= out_dims[j]
+                aj.append(j)
+                j += 1
+        runs.append((ai, aj))
+    return runs
+
+
+def _is_shuffle_split(ctx: CoupleContext, y: ir.Value, o: list[int]) -> bool:
+    """``y``'s only consumer is a Transpose swapping axes ``o[0]`` and ``o[1]``."""
+    if len(o) != 2:
+        return False
+    uses = y.uses()
+    if len(uses) != 1:
+        return False
+    node = uses[0].node
+    if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+        return False
+    perm = node.attributes.get_ints("perm", None)
+    if perm is None:
+        return False
+    perm = list(perm)
+    expected = list(range(len(perm)))
+    expected[o[0]], expected[o[1]] = o[1], o[0]
+    return perm == expected
+
+
+def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -> None:
+    xd, yd = ctx.dims(x), ctx.dims(y)
+    for ai, aj in runs:
+        big_i = [k for k in ai if xd[k] != 1]
+        big_j = [k for k in aj if yd[k] != 1]
+        for k in ai:
+            if xd[k] == 1:
+                ctx.handled(x, k)
+        for k in aj:
+            if yd[k] == 1:
+                ctx.handled(y, k)
+        if not big_i and not big_j:
+            continue
+        if len(big_i) == 1 and len(big_j) == 1:
+            ctx.couple(x, big_i[0], y, big_j[0])
+        elif len(big_j) == 1:  # merge
+            inner = math.prod(xd[k] for k in big_i[1:])
+            ctx.couple(x, big_i[0], y, big_j[0], Block(inner))
+            for k in big_i[1:]:
+                ctx.block(x, k, f"axis {k} is an inner factor of merged axis {big_j[0]}")
+        elif len(big_i) == 1:  # split
+            if _is_shuffle_split(ctx, y, big_j):
+                outer, inner_axis = big_j
+                ctx.couple(y, inner_axis, x, big_i[0], Stride(yd[inner_axis], yd[outer]))
+                ctx.block(y, outer, f"axis {outer} is the group factor of a channel shuffle")
+            else:
+                inner = math.prod(yd[k] for k in big_j[1:])
+                ctx.couple(y, big_j[0], x, big_i[0], Block(inner))
+                for k in big_j[1:]:
+                    ctx.block(y, k, f"axis {k} is an inner factor of split axis {big_i[0]}")
+        else:
+            for k in big_i:
+                ctx.block(x, k, "reshape regroups axes")
+            for k in big_j:
+                ctx.block(y, k, "reshape regroups axes")
+
+
+class TransposeRule(OpRule):
+    op_types = ("Transpose",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        r = ctx.rank(x)
+        if x is None or y is None or r is None:
+            return f"{ctx.describe()}: input rank unknown"
+        perm = ctx.attr_ints("perm") or tuple(reversed(range(r)))
+        for k, p in enumerate(perm):
+            ctx.couple(x, p, y, k)
+        return None
+
+
+class FlattenRule(OpRule):
+    op_types = ("Flatten",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        xd = ctx.dims(x)
+        if x is None or y is None or xd is None:
+            return f"{ctx.describe()}: input rank unknown"
+        a = _shapes.norm_axis(ctx.attr_int("axis", 1), len(xd))
+
+        def prod(ds):
+            return None if any(d is None for d in ds) else math.prod(ds)
+
+        runs_out = [prod(xd[:a]), prod(xd[a:])]
+        runs = align_dims(list(xd), runs_out)
+        if runs is None:
+            return f"{ctx.describe()}: cannot pair flattened axes"
+        couple_runs(ctx, x, y, runs)
+        return None
+
+
+class ReshapeRule(OpRule):
+    op_types = ("Reshape",)
+    since = 5
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, target, y = ctx.input(0), ctx.input(1), ctx.output(0)
+        if x is None or target is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        if ctx.constant_ints(target) is None:
+            return f"{ctx.describe()}: target shape is computed at run time"
+        xd, yd = ctx.dims(x), ctx.dims(y)
+        if xd is None or yd is None:
+            return f"{ctx.describe()}: shapes unknown"
+        runs = align_dims(list(xd), list(yd))
+        if runs is None:
+            return f"{ctx.describe()}: cannot pair input and output axes"
+        ctx.handled_all(target)
+        couple_runs(ctx, x, y, runs)
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
+        y = ctx.output(0)
+        target = ctx.constant(ctx.input(1))
+        new = np.array(target, copy=True)
+        changed = False
+        for k in range(new.size):
+            if ctx.keep(y, k) is not None and new[k] > 0:
+                new[k] = ctx.new_dim(y, k)
+                changed = True
+        if changed:
+            ctx.set_input_constant(1, new)
+
+
+def _axes_arg(ctx, index: int) -> tuple[int, ...] | None | str:
+    if ctx.version < 13:
+        return ctx.attr_ints("axes")
+    v = ctx.input(index)
+    if v is None:
+        return None
+    axes = ctx.constant_ints(v)
+    return "dynamic" if axes is None else axes
+
+
+class SqueezeRule(OpRule):
+    op_types = ("Squeeze",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        xd = ctx.dims(x)
+        if x is None or y is None or xd is None:
+            return f"{ctx.describe()}: input rank unknown"
+        axes = _axes_arg(ctx, 1)
+        if axes == "dynamic":
+            return f"{ctx.describe()}: axes are not constant"
+        ctx.handled_all(ctx.input(1))
+        r = len(xd)
+        if axes is None:
+            if any(d is None for d in xd):
+                return f"{ctx.describe()}: cannot tell which axes are squeezed"
+            squeezed = {k for k, d in enumerate(xd) if d == 1}
+        else:
+            squeezed = {_shapes.norm_axis(a, r) for a in axes}
+        j = 0
+        for k in range(r):
+            if k in squeezed:
+                ctx.handled(x, k)
+            else:
+                ctx.couple(x, k, y, j)
+                j += 1
+        return None
+
+
+class UnsqueezeRule(OpRule):
+    op_types = ("Unsqueeze",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        r, ry = ctx.rank(x), ctx.rank(y)
+        if x is None or y is None or r is None or ry is None:
+            return f"{ctx.describe()}: ranks unknown"
+        axes = _axes_arg(ctx, 1)
+        if axes is None or axes == "dynamic":
+            return f"{ctx.describe()}: axes are not constant"
+        ctx.handled_all(ctx.input(1))
+        inserted = {_shapes.norm_axis(a, ry) for a in axes}
+        k = 0
+        for j in range(ry):
+            if j in inserted:
+                ctx.handled(y, j)
+            else:
+                ctx.couple(x, k, y, j)
+                k += 1
+        return None
+
+
+class ExpandRule(OpRule):
+    op_types = ("Expand",)
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, shape, y = ctx.input(0), ctx.input(1), ctx.output(0)
+        if x is None or shape is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        if ctx.constant_ints(shape) is None:
+            return f"{ctx.describe()}: target shape is computed at run time"
+        ctx.handled_all(shape)
+        return ctx.broadcast([x], y)
+
+    def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
+        y = ctx.output(0)
+        ry = ctx.rank(y)
+        shape = np.array(ctx.constant(ctx.input(1)), copy=True)
+        offset = ry - shape.size
+        changed = False
+        for k in range(ry):
+            i = k - offset
+            if i >= 0 and ctx.keep(y, k) is not None and shape[i] != 1:
+                shape[i] = ctx.new_dim(y, k)
+                changed = True
+        if changed:
+            ctx.set_input_constant(1, shape)
+
+
+RULES: tuple[OpRule, ...] = (
+    TransposeRule(),
+    FlattenRule(),
+    ReshapeRule(),
+    SqueezeRule(),
+    UnsqueezeRule(),
+    ExpandRule(),
+)

@@ -1,0 +1,305 @@
+"""Structured channel pruning: remove filters/channels so the model becomes a smaller dense model.
+
+``prune(model, channels=0.3)`` normalises the model, builds the dependency
+groups (:func:`onnxsparse.graph.build_groups`), scores every prunable group
+with a criterion (:mod:`onnxsparse.criteria`), removes the lowest-scoring
+``channels`` fraction of each group (or globally with ``global_ranking``) and
+rewrites the graph (:func:`onnxsparse.graph.apply_plan`).  Inputs and outputs
+keep their names and shapes.  :class:`PrunePass` is the same as an
+``onnx_ir`` pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
+
+from ..criteria import ScoringContext, get_criterion
+from ..errors import UsageError
+from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_groups
+from ..io import ModelSource, load_model
+from .normalize import normalize
+from .prune_report import GroupReport, PruneReport, SkippedGroup
+from .prune_select import select, unit_multiple
+
+__all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups"]
+
+logger = logging.getLogger(__name__)
+
+_FALLBACK = "l2"
+
+
+@dataclass
+class PruneResult:
+    model: ir.Model
+    report: PruneReport
+    plan: PrunePlan
+
+
+def score_groups(
+    dg: DependencyGraph,
+    criterion: str = "l2",
+    *,
+    seed: int = 0,
+    extras: Mapping[str, object] | None = None,
+) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Scores per prunable group id, and the criterion actually used for each."""
+    crit = get_criterion(criterion)
+    fallback = get_criterion(_FALLBACK)
+    ctx = ScoringContext(dg, np.random.default_rng(seed), dict(extras or {}))
+    scores: dict[int, np.ndarray] = {}
+    used: dict[int, str] = {}
+    for group in dg.prunable:
+        s = crit.score(group, ctx)
+        name = crit.name
+        if s is None:
+            s = fallback.score(group, ctx)
+            name = f"{fallback.name} ({crit.name}: not applicable)"
+        if s is None:
+            s = np.zeros(group.size)
+            name = "none (no weights)"
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        if s.size != group.size:
+            raise ValueError(f"criterion {crit.name} returned {s.size} scores for a group of {group.size}")
+        scores[group.id] = s
+        used[group.id] = name
+    return scores, used
+
+
+def plan_pruning(
+    dg: DependencyGraph,
+    channels: float,
+    *,
+    criterion: str = "l2",
+    global_ranking: bool = False,
+    round_to: int = 1,
+    min_keep: int = 1,
+    seed: int = 0,
+) -> tuple[PrunePlan, dict[int, str]]:
+    """Score and select: the plan for removing ``channels`` of every prunable group."""
+    scores, used = score_groups(dg, criterion, seed=seed)
+    removed = select(scores, channels, global_ranking=global_ranking, round_to=_unit_round(dg, round_to),
+                     min_keep=min_keep)
+    return PrunePlan.create(dg, removed), used
+
+
+def _unit_round(dg: DependencyGraph, round_to: int) -> dict[int, int]:
+    """``round_to`` counts channels; a unit may hold several (grouped convs, shuffles, norm groups)."""
+    if round_to < 1:
+        raise UsageError(f"round-to must be >= 1, got {round_to}")
+    return {g.id: unit_multiple(round_to, g.channels // max(g.size, 1)) for g in dg.prunable}
+
+
+def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, int]:
+    """Symbolic input dims bound to 1 (per-sample MACs) unless ``shapes`` fixes them."""
+    fixed = set(shapes or ())
+    dims: dict[str, int] = {}
+    for v in model.graph.inputs:
+        if v.name in fixed or v.shape is None:
+            continue
+        for d in v.shape:
+            if not isinstance(d, int) and getattr(d, "value", None):
+                dims.setdefault(d.value, 1)
+    return dims
+
+
+def _measure(model: ir.Model, shapes, dims) -> tuple[int, int | None, int]:
+    from ..analysis import count_macs, count_params, weight_bytes
+
+    try:
+        macs = count_macs(model, shapes, dims=dims)
+    except Exception:  # noqa: BLE001 - MACs are informative; never fail pruning on them
+        logger.debug("MAC count failed", exc_info=True)
+        macs = None
+    return count_params(model), macs, weight_bytes(model)
+
+
+def _prune(
+    model: ir.Model,
+    channels: float,
+    *,
+    criterion: str,
+    global_ranking: bool,
+    round_to: int,
+    min_keep: int,
+    exclude: Iterable[str],
+    block: Mapping[tuple[str, int], str] | None,
+    seed: int,
+    registry: RuleRegistry | None,
+    shapes: Mapping[str, tuple[int, ...]] | None,
+    normalized: bool,
+    measure: bool,
+    progress: bool,
+) -> PruneResult:
+    from tqdm import tqdm
+
+    if not 0.0 <= channels < 1.0:
+        raise UsageError(f"--channels must be in [0, 1), got {channels}")
+    get_criterion(criterion)  # fail fast on unknown names
+    exclude = tuple(exclude)
+    timings: dict[str, float] = {}
+    steps = ["normalise", "measure", "analyse", "score", "rewrite", "measure"]
+    bar = tqdm(total=len(steps), desc="prune", unit="step", disable=not progress, leave=False)
+
+    def step(name: str, start: float) -> float:
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - start
+        bar.update(1)
+        return now
+
+    t = time.perf_counter()
+    if not normalized:
+        bar.set_postfix_str("normalise")
+        normalize(model)
+    # Initializers are no longer graph inputs after normalisation: IR >= 4 allows that.
+    model.ir_version = max(int(model.ir_version), 4)
+    t = step("normalize_s", t)
+    dims = _mac_dims(model, shapes)
+    before = _measure(model, shapes, dims) if measure else (0, None, 0)
+    t = step("measure_s", t)
+    dg = build_groups(model, registry=registry, exclude=exclude, block=block)
+    t = step("analysis_s", t)
+    plan, used = plan_pruning(
+        dg, channels, criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
+        seed=seed,
+    )
+    t = step("scoring_s", t)
+    apply_plan(plan)
+    t = step("rewrite_s", t)
+    after = _measure(model, shapes, dims) if measure else (0, None, 0)
+    step("measure_s", t)
+    bar.close()
+    timings["prune_s"] = timings["analysis_s"] + timings["scoring_s"] + timings["rewrite_s"]
+    timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
+
+    report = PruneReport(
+        channels=channels,
+        criterion=get_criterion(criterion).name,
+        global_ranking=global_ranking,
+        round_to=round_to,
+        min_keep=min_keep,
+        exclude=exclude,
+        params_before=before[0],
+        params_after=after[0],
+        macs_before=before[1],
+        macs_after=after[1],
+        weight_bytes_before=before[2],
+        weight_bytes_after=after[2],
+        mac_dims=dims,
+        timings=timings,
+        analysis={k: v for k, v in dg.stats.items() if not k.endswith("_s")},
+    )
+    for g in dg.prunable:
+        kept = plan.kept(g.id)
+        per_unit = g.channels // g.size if g.size else 1
+        report.groups.append(
+            GroupReport(
+                id=g.id,
+                root=str(g.root),
+                nodes=g.nodes,
+                total=g.size,
+                kept=kept,
+                channels_before=g.channels,
+                channels_after=kept * per_unit,
+                criterion=used.get(g.id, criterion),
+            )
+        )
+    for g in dg.skipped:
+        report.skipped.append(SkippedGroup(g.id, str(g.root), g.nodes, g.size, g.reason or "", g.reasons[:5]))
+    logger.info(
+        "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
+    )
+    return PruneResult(model, report, plan)
+
+
+def prune(
+    model: ModelSource,
+    channels: float = 0.3,
+    *,
+    criterion: str = "l2",
+    global_ranking: bool = False,
+    round_to: int = 1,
+    min_keep: int = 1,
+    exclude: Iterable[str] = (),
+    block: Mapping[tuple[str, int], str] | None = None,
+    seed: int = 0,
+    registry: RuleRegistry | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    normalized: bool = False,
+    measure: bool = True,
+    progress: bool = False,
+) -> PruneResult:
+    """Remove ``channels`` (a fraction) of the channels of every prunable group.
+
+    ``model`` is a path, bytes, ``ModelProto`` or ``onnx_ir.Model`` (modified in
+    place).  ``criterion`` names a registered criterion; ``global_ranking``
+    ranks all groups together; ``round_to`` keeps channel counts multiples of
+    N; ``min_keep`` channels always stay per group; ``exclude`` names nodes
+    (or fnmatch patterns) whose outputs keep every channel; ``block`` maps
+    ``(tensor name, axis)`` slots to a reason they must not change.  ``shapes`` fixes input shapes for the
+    MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
+    :func:`~onnxsparse.normalize` when the caller already ran it.
+    """
+    return _prune(
+        load_model(model),
+        channels,
+        criterion=criterion,
+        global_ranking=global_ranking,
+        round_to=round_to,
+        min_keep=min_keep,
+        exclude=exclude,
+        block=block,
+        seed=seed,
+        registry=registry,
+        shapes=shapes,
+        normalized=normalized,
+        measure=measure,
+        progress=progress,
+    )
+
+
+class PrunePass(ir.passes.InPlacePass):
+    """:func:`prune` as an ``onnx_ir`` pass; the report of the last run is ``self.report``."""
+
+    def __init__(
+        self,
+        channels: float = 0.3,
+        *,
+        criterion: str = "l2",
+        global_ranking: bool = False,
+        round_to: int = 1,
+        min_keep: int = 1,
+        exclude: Iterable[str] = (),
+        seed: int = 0,
+        registry: RuleRegistry | None = None,
+        normalized: bool = False,
+        measure: bool = True,
+    ) -> None:
+        super().__init__()
+        self.options = dict(
+            criterion=criterion,
+            global_ranking=global_ranking,
+            round_to=round_to,
+            min_keep=min_keep,
+            exclude=tuple(exclude),
+            block=None,
+            seed=seed,
+            registry=registry,
+            shapes=None,
+            normalized=normalized,
+            measure=measure,
+            progress=False,
+        )
+        self.channels = channels
+        self.report: PruneReport | None = None
+
+    def call(self, model: ir.Model) -> PassResult:
+        result = _prune(model, self.channels, **self.options)
+        self.report = result.report
+        return PassResult(model, modified=bool(result.report.pruned_groups))

@@ -1,0 +1,186 @@
+"""The report a pruning run produces: sizes before/after, groups pruned, groups skipped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..report import format_table, human_bytes, human_count
+
+__all__ = ["GroupReport", "SkippedGroup", "PruneReport"]
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """One pruned (or prunable but untouched) group."""
+
+    id: int
+    root: str  #: the tensor axis the group is indexed by
+    nodes: tuple[str, ...]  #: nodes whose weights/attributes change
+    total: int  #: removable units before
+    kept: int  #: units after
+    channels_before: int  #: positions on the root axis before
+    channels_after: int
+    criterion: str
+    note: str | None = None
+
+    @property
+    def removed(self) -> int:
+        return self.total - self.kept
+
+
+@dataclass(frozen=True)
+class SkippedGroup:
+    id: int
+    root: str
+    nodes: tuple[str, ...]
+    total: int
+    reason: str
+    reasons: tuple[str, ...] = ()
+
+
+def _ratio(after: int | None, before: int | None) -> float | None:
+    if after is None or not before:
+        return None
+    return after / before
+
+
+@dataclass
+class PruneReport:
+    """Everything ``onnxsparse prune`` prints or writes with ``--report``."""
+
+    channels: float
+    criterion: str
+    global_ranking: bool
+    round_to: int
+    min_keep: int
+    exclude: tuple[str, ...] = ()
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int | None = None
+    macs_after: int | None = None
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    file_bytes_before: int | None = None
+    file_bytes_after: int | None = None
+    mac_dims: dict[str, int] = field(default_factory=dict)
+    groups: list[GroupReport] = field(default_factory=list)
+    skipped: list[SkippedGroup] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    analysis: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pruned_groups(self) -> list[GroupReport]:
+        return [g for g in self.groups if g.kept < g.total]
+
+    @property
+    def params_ratio(self) -> float | None:
+        return _ratio(self.params_after, self.params_before)
+
+    @property
+    def macs_ratio(self) -> float | None:
+        return _ratio(self.macs_after, self.macs_before)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": {
+                "channels": self.channels,
+                "criterion": self.criterion,
+                "global": self.global_ranking,
+                "round_to": self.round_to,
+                "min_keep": self.min_keep,
+                "exclude": list(self.exclude),
+            },
+            "params": {"before": self.params_before, "after": self.params_after, "ratio": self.params_ratio},
+            "macs": {
+                "before": self.macs_before,
+                "after": self.macs_after,
+                "ratio": self.macs_ratio,
+                "dims": dict(self.mac_dims),
+            },
+            "weight_bytes": {
+                "before": self.weight_bytes_before,
+                "after": self.weight_bytes_after,
+                "ratio": _ratio(self.weight_bytes_after, self.weight_bytes_before),
+            },
+            "file_bytes": {
+                "before": self.file_bytes_before,
+                "after": self.file_bytes_after,
+                "ratio": _ratio(self.file_bytes_after, self.file_bytes_before),
+            },
+            "groups_pruned": len(self.pruned_groups),
+            "groups_prunable": len(self.groups),
+            "groups_skipped": len(self.skipped),
+            "groups": [dict(asdict(g), removed=g.removed) for g in self.groups],
+            "skipped": [asdict(s) for s in self.skipped],
+            "skip_reasons": dict(Counter(s.reason for s in self.skipped).most_common()),
+            "timings_s": dict(self.timings),
+            "analysis": dict(self.analysis),
+        }
+
+    # -- text -------------------------------------------------------------
+    def size_table(self) -> str:
+        rows = [
+            ["params", human_count(self.params_before), human_count(self.params_after), _fmt(self.params_ratio)],
+            ["MACs", human_count(self.macs_before), human_count(self.macs_after), _fmt(self.macs_ratio)],
+            [
+                "weight bytes",
+                human_bytes(self.weight_bytes_before),
+                human_bytes(self.weight_bytes_after),
+                _fmt(_ratio(self.weight_bytes_after, self.weight_bytes_before)),
+            ],
+        ]
+        if self.file_bytes_before is not None or self.file_bytes_after is not None:
+            rows.append(
+                [
+                    "file bytes",
+                    human_bytes(self.file_bytes_before),
+                    human_bytes(self.file_bytes_after),
+                    _fmt(_ratio(self.file_bytes_after, self.file_bytes_before)),
+                ]
+            )
+        dims = ", ".join(f"{k}={v}" for k, v in self.mac_dims.items())
+        title = "size" + (f" (MACs with {dims})" if dims else "")
+        return format_table(["", "before", "after", "after/before"], rows, title=title)
+
+    def groups_table(self, limit: int | None = None) -> str:
+        groups = self.pruned_groups
+        shown = groups if limit is None else groups[:limit]
+        rows = [
+            [g.id, _short(g.nodes), f"{g.kept}/{g.total}", f"{g.channels_after}/{g.channels_before}", g.criterion]
+            for g in shown
+        ]
+        text = format_table(
+            ["group", "nodes", "kept units", "channels", "criterion"],
+            rows,
+            title=f"pruned groups: {len(groups)} of {len(self.groups)} prunable",
+        )
+        if limit is not None and len(groups) > limit:
+            text += f"\n... {len(groups) - limit} more (see --report / --json)"
+        return text
+
+    def skipped_table(self, limit: int | None = None) -> str:
+        shown = self.skipped if limit is None else self.skipped[:limit]
+        rows = [[s.id, _short(s.nodes), s.total, s.reason] for s in shown]
+        text = format_table(["group", "nodes", "units", "reason"], rows, title=f"skipped groups: {len(self.skipped)}")
+        if limit is not None and len(self.skipped) > limit:
+            text += f"\n... {len(self.skipped) - limit} more (see --report / --json)"
+        return text
+
+    def summary(self, limit: int | None = 30) -> str:
+        parts = [self.size_table(), "", self.groups_table(limit)]
+        if self.skipped:
+            parts += ["", self.skipped_table(limit)]
+        return "\n".join(parts)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _short(nodes: tuple[str, ...], width: int = 48) -> str:
+    if not nodes:
+        return "-"
+    text = nodes[0] if len(nodes) == 1 else f"{nodes[0]} (+{len(nodes) - 1})"
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -1,0 +1,130 @@
+"""Choose which root indices to remove, given scores per group.
+
+* uniform (default): every prunable group loses ``floor(ratio * size)`` units,
+  its lowest-scoring ones;
+* global: scores are divided by their group's mean (so groups with large
+  weights do not dominate), all units are ranked together and the lowest
+  ``floor(ratio * total)`` go, except each group's best ``min_keep``.
+
+Then the kept count of every group is rounded to a multiple of ``round_to``
+(nearest, at least ``round_to``, never above the group size) and raised to
+``min_keep``; the lowest-scoring units are removed to meet it.  ``round_to``
+may be a mapping group id -> multiple (units of some groups hold several
+channels, see :func:`unit_multiple`).  Ties break by index, so selection is
+deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Union
+
+import numpy as np
+
+from ..errors import UsageError
+
+__all__ = ["keep_count", "round_keep", "unit_multiple", "select_uniform", "select_global", "select"]
+
+RoundTo = Union[int, Mapping[int, int]]
+
+
+def unit_multiple(round_to: int, channels_per_unit: int) -> int:
+    """Units to keep in multiples of this so that ``units * channels_per_unit`` is a multiple of ``round_to``."""
+    return round_to // math.gcd(round_to, max(channels_per_unit, 1))
+
+
+def _rt(round_to: RoundTo, gid: int) -> int:
+    return round_to if isinstance(round_to, int) else int(round_to.get(gid, 1))
+
+
+def round_keep(keep: int, size: int, round_to: int) -> int:
+    """Round a kept count to a multiple of ``round_to`` that fits in ``size``."""
+    if round_to <= 1 or size < round_to:
+        return keep
+    cand = round_to * int(math.floor(keep / round_to + 0.5))
+    cand = max(cand, round_to)
+    if cand > size:
+        cand = round_to * (size // round_to)
+    return cand
+
+
+def _finish(keep: int, size: int, round_to: int, min_keep: int) -> int:
+    keep = round_keep(keep, size, round_to)
+    keep = max(keep, min(max(min_keep, 1), size))
+    return min(keep, size)
+
+
+def keep_count(size: int, ratio: float, round_to: int = 1, min_keep: int = 1) -> int:
+    """Units a group of ``size`` keeps when ``ratio`` of them are removed."""
+    remove = int(math.floor(ratio * size + 1e-9))
+    return _finish(size - remove, size, round_to, min_keep)
+
+
+def _lowest(scores: np.ndarray, count: int) -> np.ndarray:
+    order = np.lexsort((np.arange(scores.size), scores))
+    return np.sort(order[:count])
+
+
+def _check(ratio: float, round_to: RoundTo, min_keep: int) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"channel ratio must be in [0, 1), got {ratio}")
+    if min(([round_to] if isinstance(round_to, int) else list(round_to.values())) or [1]) < 1:
+        raise UsageError(f"round-to must be >= 1, got {round_to}")
+    if min_keep < 1:
+        raise UsageError(f"min-keep must be >= 1, got {min_keep}")
+
+
+def select_uniform(
+    scores: Mapping[int, np.ndarray], ratio: float, *, round_to: RoundTo = 1, min_keep: int = 1
+) -> dict[int, np.ndarray]:
+    _check(ratio, round_to, min_keep)
+    removed: dict[int, np.ndarray] = {}
+    for gid, s in scores.items():
+        keep = keep_count(s.size, ratio, _rt(round_to, gid), min_keep)
+        if keep < s.size:
+            removed[gid] = _lowest(s, s.size - keep)
+    return removed
+
+
+def select_global(
+    scores: Mapping[int, np.ndarray], ratio: float, *, round_to: RoundTo = 1, min_keep: int = 1
+) -> dict[int, np.ndarray]:
+    _check(ratio, round_to, min_keep)
+    if not scores:
+        return {}
+    gids, idx, vals = [], [], []
+    total = 0
+    for gid, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        total += s.size
+        mean = float(np.mean(np.abs(s)))
+        norm = s / mean if mean > 0 else np.zeros_like(s)
+        protect = min(max(min_keep, 1), s.size)
+        order = np.lexsort((np.arange(s.size), norm))
+        eligible = order[: s.size - protect]
+        gids.append(np.full(eligible.size, gid, dtype=np.int64))
+        idx.append(eligible)
+        vals.append(norm[eligible])
+    gid_all, idx_all, val_all = np.concatenate(gids), np.concatenate(idx), np.concatenate(vals)
+    budget = min(int(math.floor(ratio * total + 1e-9)), val_all.size)
+    chosen = np.lexsort((idx_all, gid_all, val_all))[:budget]
+    counts = dict(zip(*np.unique(gid_all[chosen], return_counts=True)))
+    removed: dict[int, np.ndarray] = {}
+    for gid, s in scores.items():
+        keep = _finish(s.size - int(counts.get(gid, 0)), s.size, _rt(round_to, gid), min_keep)
+        if keep < s.size:
+            removed[gid] = _lowest(np.asarray(s, dtype=np.float64), s.size - keep)
+    return removed
+
+
+def select(
+    scores: Mapping[int, np.ndarray],
+    ratio: float,
+    *,
+    global_ranking: bool = False,
+    round_to: RoundTo = 1,
+    min_keep: int = 1,
+) -> dict[int, np.ndarray]:
+    fn = select_global if global_ranking else select_uniform
+    return fn(scores, ratio, round_to=round_to, min_keep=min_keep)

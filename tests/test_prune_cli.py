@@ -1,0 +1,66 @@
+"""``onnxsparse prune`` from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+from helpers import cli, cli_json, random_feeds, run, sample, session
+
+from test_prune_support import signature
+
+
+def test_prune_cli_writes_a_smaller_model_with_the_same_signature(tmp_path) -> None:
+    out = tmp_path / "small.onnx"
+    code, stdout, stderr = cli("prune", sample("resnet_mini"), "-o", out, "--channels", "0.5", "-q")
+    assert code == 0, stderr
+    assert "pruned groups: 5 of 5 prunable" in stdout and "'logits' is a graph output" in stdout
+    assert "params" in stdout and "MACs" in stdout and "file bytes" in stdout
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert signature(pruned) == signature(onnx.load(sample("resnet_mini")))
+    sess = session(str(out))
+    assert run(sess, random_feeds(sess, batch=3))[0].shape == (3, 10)
+
+
+def test_prune_cli_json_and_report(tmp_path) -> None:
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    data = cli_json("prune", sample("densenet_block"), "-o", out, "--channels", "0.3", "--criterion", "bn",
+                    "--global", "--round-to", "2", "--exclude", "transition1.conv", "--report", report)
+    assert data["settings"] == {"channels": 0.3, "criterion": "bn", "global": True, "round_to": 2, "min_keep": 1,
+                                "exclude": ["transition1.conv"]}
+    assert data["macs"]["after"] < data["macs"]["before"] and data["params"]["ratio"] < 1
+    assert data["file_bytes"]["after"] < data["file_bytes"]["before"]
+    assert any(s["reason"] == "node 'transition1.conv' is excluded" for s in data["skipped"])
+    for g in data["groups"]:
+        assert g["kept"] % 2 == 0 or g["kept"] == g["total"]
+    assert json.loads(report.read_text())["groups_pruned"] == data["groups_pruned"]
+
+
+def test_prune_cli_user_errors_exit_2(tmp_path) -> None:
+    out = tmp_path / "o.onnx"
+    code, _, err = cli("prune", sample("resnet_mini"), "-o", out)
+    assert code == 2 and "--channels" in err
+    code, _, err = cli("prune", sample("resnet_mini"), "-o", out, "--channels", "0.3", "--exclude", "nope")
+    assert code == 2 and "unknown node" in err
+    code, _, err = cli("prune", sample("resnet_mini"), "-o", out, "--channels", "1.2")
+    assert code == 2
+    code, _, err = cli("prune", sample("resnet_mini"), "-o", sample("resnet_mini"), "--channels", "0.3", "--force")
+    assert code == 2 and "refusing to overwrite" in err
+    code, _, err = cli("prune", sample("resnet_mini"), "-o", out, "--channels", "0.3", "--criterion", "nope")
+    assert code == 2
+
+
+def test_channels_leave_ffn_to_the_heads_pass(tmp_path) -> None:
+    import pytest
+
+    pytest.importorskip("onnxsparse.passes.prune_heads")
+    out = tmp_path / "t.onnx"
+    data = cli_json("prune", sample("transformer_encoder"), "-o", out, "--channels", "0.3", "--ffn", "0.5")
+    reasons = [s["reason"] for s in data["skipped"]]
+    assert sum(r.startswith("pruned by --ffn") for r in reasons) == 2
+    assert data["params"]["after"] < data["params"]["before"]
+    pruned = onnx.load(out)
+    assert signature(pruned) == signature(onnx.load(sample("transformer_encoder")))
+    sess = session(str(out))
+    assert run(sess, random_feeds(sess, batch=2))[0].shape[0] == 2
