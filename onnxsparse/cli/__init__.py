@@ -28,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "quantize",
     "validate",
     "bench",
+    "run",
 )
 
 
