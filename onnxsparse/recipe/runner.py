@@ -1,0 +1,642 @@
+"""Run a recipe: each step on the result of the one before, intermediates in a temporary folder.
+
+Before any work: the recipe is validated (:func:`load_recipe`), the output path is checked
+(exists without ``force``, is the input), the input model is loaded and its state checked
+against the steps (a quantized or sparse-stored input cannot be pruned), and every data file
+is checked against the model's inputs.  Then every step runs through the library's own
+function (:func:`onnxsparse.passes.prune.prune`, :func:`~onnxsparse.passes.prune_heads.prune_heads`,
+:func:`~onnxsparse.passes.sparsify.sparsify`, :func:`onnxsparse.quantize.quantize`,
+:func:`~onnxsparse.passes.densify.densify`, :func:`onnxsparse.validate.validate`), its model is saved
+into the temporary folder, and params/MACs/bytes are measured.  Only when every step and gate
+passed is the final model written, atomically, never over the input.  A failing gate returns a
+result with ``passed == False`` and writes nothing; a failing step raises :class:`StepError`
+naming the step; the temporary folder is removed either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from ..errors import DataError, ModelSaveError, OnnxSparseError, UsageError
+from ..io import ModelSource, load_model, model_file_bytes
+from .config import (
+    PruneStep,
+    QuantizeStep,
+    Recipe,
+    RecipeError,
+    SparsifyStep,
+    Step,
+    ValidateStep,
+    check_order,
+)
+from .loader import RecipeSpec, load_recipe
+
+__all__ = [
+    "run_recipe",
+    "prepare_run",
+    "plan_recipe",
+    "RecipeResult",
+    "StepResult",
+    "Stats",
+    "StepError",
+    "StepOutcome",
+    "RunContext",
+    "EXECUTORS",
+    "register_executor",
+    "SCHEMA",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``schema`` of the JSON report; changes when a key is renamed or removed.
+SCHEMA = "onnxsparse.run/1"
+
+#: Op types that mean "this model is already quantized".
+_QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+    "MatMulInteger", "ConvInteger", "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul",
+})
+
+
+class StepError(OnnxSparseError):
+    """A step failed; ``index``/``kind`` say which, ``result`` holds the steps that ran before it.
+
+    Exit code 2 when the step's own error was a user error, 1 when it was anything else.
+    """
+
+    def __init__(self, message: str, *, index: int, kind: str, exit_code: int, result: RecipeResult) -> None:
+        super().__init__(message)
+        self.index = index
+        self.kind = kind
+        self.exit_code = exit_code
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Size of the model after a step: parameters, MACs per run of the recipe's shapes, bytes on disk."""
+
+    params: int | None
+    macs: int | None
+    bytes: int | None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params, "macs": self.macs, "bytes": self.bytes, "note": self.note}
+
+
+@dataclass
+class StepOutcome:
+    """What an executor reports: the step's own report dict, notes for the table, a gate verdict."""
+
+    report: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    passed: bool | None = None
+    validation: Any = None  # ValidationResult of validate steps
+
+
+@dataclass
+class StepResult:
+    index: int
+    kind: str
+    options: dict[str, Any]
+    seconds: float
+    stats: Stats
+    notes: list[str]
+    report: dict[str, Any]
+    passed: bool | None = None
+    validation: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "step": self.kind,
+            "options": self.options,
+            "seconds": self.seconds,
+            **{k: v for k, v in self.stats.to_dict().items() if k != "note"},
+            "stats_note": self.stats.note,
+            "notes": list(self.notes),
+            "passed": self.passed,
+            "report": self.report,
+        }
+
+
+@dataclass
+class RecipeResult:
+    """Everything a run did; ``passed`` is what the exit code reports (0, or 1 for a failed gate)."""
+
+    recipe: Recipe
+    input: str
+    output: Path | None
+    input_stats: Stats
+    steps: list[StepResult] = field(default_factory=list)
+    mac_dims: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    failed_step: int | None = None
+    error: str | None = None
+    #: the final model (``None`` when a gate failed); the same one written to ``output``
+    model: ir.Model | None = field(default=None, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.failed_step is None and self.error is None
+
+    @property
+    def validation(self):
+        """The last validate step's :class:`~onnxsparse.validate.ValidationResult` (or ``None``)."""
+        found = [s.validation for s in self.steps if s.validation is not None]
+        return found[-1] if found else None
+
+    @property
+    def final_stats(self) -> Stats:
+        return self.steps[-1].stats if self.steps else self.input_stats
+
+    def ratios(self) -> dict[str, float | None]:
+        def ratio(after: int | None, before: int | None) -> float | None:
+            return after / before if after is not None and before else None
+
+        final = self.final_stats
+        return {
+            "params": ratio(final.params, self.input_stats.params),
+            "macs": ratio(final.macs, self.input_stats.macs),
+            "bytes": ratio(final.bytes, self.input_stats.bytes),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        validation = self.validation
+        return {
+            "schema": SCHEMA,
+            "recipe": self.recipe.to_dict(full=True) | {"source": self.recipe.source},
+            "input": self.input,
+            "output": str(self.output) if self.output else None,
+            "passed": self.passed,
+            "failed_step": self.failed_step,
+            "error": self.error,
+            "seconds": self.seconds,
+            "mac_dims": dict(self.mac_dims),
+            "input_stats": self.input_stats.to_dict(),
+            "final_stats": self.final_stats.to_dict(),
+            "ratios": self.ratios(),
+            "steps": [s.to_dict() for s in self.steps],
+            "validation": validation.to_dict() if validation is not None else None,
+            "notes": list(self.notes),
+        }
+
+
+# ------------------------------------------------------------------------------------------ context
+
+
+class RunContext:
+    """The model as it flows through the steps: in memory (``model``) and on disk (``path``)."""
+
+    def __init__(self, recipe: Recipe, model: ir.Model, path: Path, reference: Path, workdir: Path,
+                 mac_dims: Mapping[str, int], progress: bool) -> None:
+        self.recipe = recipe
+        self.model = model
+        self.path = path
+        self.reference = reference
+        self.workdir = workdir
+        self.mac_dims = dict(mac_dims)
+        self.progress = progress
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]] | None:
+        return self.recipe.shapes or None
+
+    def next_path(self, index: int, kind: str) -> Path:
+        return self.workdir / f"{index:02d}-{kind}.onnx"
+
+    def save(self, index: int, kind: str) -> Path:
+        """Write the current model as this step's intermediate file (sparse formats included)."""
+        from ..formats import save_model
+
+        self.path = save_model(self.model, self.next_path(index, kind))
+        return self.path
+
+
+Executor = Callable[[Step, RunContext, int], StepOutcome]
+#: How each step kind runs; new kinds register with :func:`register_executor`.
+EXECUTORS: dict[str, Executor] = {}
+
+
+def register_executor(kind: str) -> Callable[[Executor], Executor]:
+    def wrap(fn: Executor) -> Executor:
+        EXECUTORS[kind] = fn
+        return fn
+
+    return wrap
+
+
+# ------------------------------------------------------------------------------------------ executors
+
+
+def _heads_blocks(report: Mapping[str, Any]) -> dict[tuple[str, int], str]:
+    """Weight axes the heads/FFN pass pruned: channel pruning must leave them alone (as ``prune`` does)."""
+    block: dict[tuple[str, int], str] = {}
+    for kind, key in (("attention", "heads"), ("ffn", "ffn")):
+        for entry in report.get(kind, []):
+            for sink in entry.get("sinks", []):
+                block[(sink["weight"], int(sink["axis"]))] = f"pruned by {key} (block {entry['name']})"
+    return block
+
+
+def _heads_notes(report: Mapping[str, Any]) -> list[str]:
+    notes = []
+    attention = report.get("attention", [])
+    if attention:
+        kept = sorted({f"{b['heads_kept']}/{b['heads_total']}" for b in attention})
+        notes.append(f"heads {', '.join(kept)} in {len(attention)} block(s)")
+    ffn = report.get("ffn", [])
+    if ffn:
+        kept = sorted({f"{b['kept']}/{b['total']}" for b in ffn})
+        notes.append(f"ffn {', '.join(kept)} in {len(ffn)} block(s)")
+    skipped = report.get("skipped", [])
+    if skipped:
+        notes.append(f"{len(skipped)} block(s) skipped")
+    return notes
+
+
+@register_executor("prune")
+def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
+    from ..passes.prune import prune
+
+    assert isinstance(step, PruneStep)
+    notes: list[str] = []
+    report: dict[str, Any] = {"heads": None, "channels": None}
+    block: dict[tuple[str, int], str] = {}
+    if step.heads or step.ffn:
+        from ..passes.prune_heads import prune_heads
+
+        heads = prune_heads(
+            ctx.model, heads=step.heads, ffn=step.ffn, criterion=step.head_criterion or step.criterion,
+            round_to=step.round_to, exclude=step.exclude, allow_signature_change=step.allow_signature_change,
+            seed=step.seed,
+        )
+        report["heads"] = heads.report
+        block = _heads_blocks(heads.report)
+        notes += _heads_notes(heads.report)
+        if not heads.modified:
+            notes.append("no attention/FFN block was pruned")
+    channel_report = None
+    if step.channels:
+        kwargs = step.extra_kwargs()
+        if "calib" in PruneStep.passthrough_keys() and "calib" not in kwargs and ctx.recipe.calib is not None:
+            kwargs["calib"] = ctx.recipe.calib
+        result = prune(
+            ctx.model, step.channels, criterion=step.criterion, global_ranking=step.global_ranking,
+            round_to=step.round_to, min_keep=step.min_keep, exclude=step.exclude, block=block or None,
+            seed=step.seed, shapes=ctx.shapes, **kwargs,
+        )
+        channel_report = result.report
+        channel_report.file_bytes_before = model_file_bytes(ctx.path)
+        pruned = len(channel_report.pruned_groups)
+        notes.insert(0, f"channels {step.channels:g} ({channel_report.criterion}): {pruned}/{len(channel_report.groups)} "
+                        f"groups pruned, {len(channel_report.skipped)} skipped")
+        if not pruned:
+            notes.append("no channel group was pruned")
+    ctx.save(index, step.kind)
+    if channel_report is not None:
+        channel_report.file_bytes_after = model_file_bytes(ctx.path)
+        report["channels"] = channel_report.to_dict()
+    return StepOutcome(report, notes)
+
+
+@register_executor("sparsify")
+def _run_sparsify(step: Step, ctx: RunContext, index: int) -> StepOutcome:
+    from ..passes.sparsify import sparsify
+
+    assert isinstance(step, SparsifyStep)
+    report = sparsify(ctx.model, step.to_config())
+    ctx.save(index, step.kind)
+    totals = report.totals
+    formats = ", ".join(f"{k} {v}" for k, v in totals["formats"].items()) or "none"
+    notes = [f"sparsity {totals['sparsity']:.1%} over {totals['tensors']} tensor(s); formats {formats}"]
+    if report.skipped:
+        notes.append(f"{len(report.skipped)} skip reason(s), e.g. {report.skipped[0]['name']}: "
+                     f"{report.skipped[0]['reason']}")
+    return StepOutcome(report.to_dict(), notes)
+
+
+@register_executor("quantize")
+def _run_quantize(step: Step, ctx: RunContext, index: int) -> StepOutcome:
+    from ..quantize import quantize
+
+    assert isinstance(step, QuantizeStep)
+    result = quantize(
+        str(ctx.path), ctx.next_path(index, step.kind), config=step.to_config(),
+        calib=step.calib or ctx.recipe.calib, shapes=ctx.shapes, check=step.check_fp32, progress=False,
+        **step.call_kwargs(),
+    )
+    assert result.path is not None
+    ctx.model, ctx.path = result.model, result.path
+    report = result.report
+    settings = report.settings
+    excluded = len(report.excluded)
+    zeros = report.zeros
+    notes = [f"{report.mode} ({settings.get('format')}): {len(report.quantized)} node(s) quantized"
+             + (f", {excluded} excluded" if excluded else "")
+             + ("; zeros exact" if zeros.get("exact") else "; ZEROS NOT EXACT")]
+    notes += list(report.warnings)
+    return StepOutcome(report.as_dict(), notes)
+
+
+@register_executor("densify")
+def _run_densify(step: Step, ctx: RunContext, index: int) -> StepOutcome:
+    from ..passes.densify import densify
+
+    expanded = densify(ctx.model)
+    ctx.save(index, step.kind)
+    note = f"{len(expanded)} tensor(s) decoded to dense" if expanded else "nothing was stored sparse (no change)"
+    return StepOutcome({"densified": dict(expanded)}, [note])
+
+
+@register_executor("validate")
+def _run_validate(step: Step, ctx: RunContext, index: int) -> StepOutcome:
+    from ..validate import validate
+
+    assert isinstance(step, ValidateStep)
+    result = validate(str(ctx.reference), str(ctx.path), shapes=ctx.shapes, progress=False, **step.validate_kwargs())
+    return StepOutcome(result.to_dict(), _validate_notes(result), passed=result.passed, validation=result)
+
+
+def _validate_notes(result: Any) -> list[str]:
+    """The verdict first (``PASSED`` / ``FAILED: gate observed vs limit at where``), then what was measured."""
+    failed = [c for c in result.checks if not c.passed]
+    if not failed:
+        first = "PASSED" + (f" ({len(result.checks)} checks)" if result.checks else "")
+    else:
+        first = "FAILED: " + "; ".join(
+            f"{c.name} {c.observed:.4g} vs limit {c.limit:g} at {c.where}"
+            if c.observed is not None and c.limit is not None else f"{c.name}: {c.reason}"
+            for c in failed
+        )
+    measured = []
+    if result.size_ratio is not None:
+        measured.append(f"size {result.size_ratio:.3f}x")
+    for p in result.available_providers:
+        if p.latency_ratio is not None:
+            measured.append(f"p50 {p.latency_ratio:.3f}x on {p.provider}")
+    primary = result.primary
+    if primary is not None:
+        measured += [f"{m.name} {m.reference:.4f} -> {m.candidate:.4f}" for m in primary.metrics]
+        cosines = [f.cosine for f in primary.fidelity if f.cosine is not None]
+        if cosines:
+            measured.append(f"cosine {min(cosines):.4f}")
+    unavailable = [p.provider for p in result.providers if not p.available]
+    if unavailable:
+        measured.append(f"unavailable: {', '.join(unavailable)}")
+    return [first] + ([", ".join(measured)] if measured else [])
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """Symbolic input dims not fixed by the recipe's shapes count as 1 (MACs per sample, as ``prune``)."""
+    dims: dict[str, int] = {}
+    for value in model.graph.inputs:
+        if value.name in shapes or value.shape is None or value.is_initializer():
+            continue
+        for dim in value.shape:
+            if not isinstance(dim, int) and getattr(dim, "value", None):
+                dims.setdefault(dim.value, 1)
+    return dims
+
+
+def _stats(model: ir.Model, path: Path, shapes: Mapping[str, tuple[int, ...]] | None,
+           dims: Mapping[str, int]) -> Stats:
+    from ..analysis import model_stats
+
+    size = model_file_bytes(path)
+    try:
+        stats = model_stats(model, shapes, dims=dims, sparsity=False)
+    except Exception as exc:  # noqa: BLE001 - sizes are informative; never fail a run on them
+        logger.debug("model_stats failed", exc_info=True)
+        return Stats(None, None, size, f"params/MACs not measured: {type(exc).__name__}: {exc}")
+    note = None if stats.macs is not None else "MACs unknown (fix dynamic dims with shape)"
+    return Stats(stats.params, stats.macs, size, note)
+
+
+def _input_state(model: ir.Model) -> dict[str, str]:
+    from ..formats import is_decode_node, read_storage
+
+    state: dict[str, str] = {}
+    ops = {node.op_type for node in model.graph.all_nodes()}
+    quantized = sorted(ops & _QUANTIZED_OPS)
+    if quantized:
+        state["quantized"] = f"the input model is quantized (it has {', '.join(quantized[:3])})"
+    if read_storage(model) or any(is_decode_node(node) for node in model.graph):
+        state["sparse"] = "the input model stores weights sparse (onnxsparse sparsify)"
+    return state
+
+
+def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
+    """Check every data file against the model's inputs now, not after an hour of work."""
+    from ..calibration.data import load_data
+
+    notes: list[str] = []
+    calib_used = False
+    checks: list[tuple[str, str]] = []
+    for index, step in enumerate(recipe.steps):
+        where = recipe.where(index)
+        if isinstance(step, QuantizeStep):
+            calib = step.calib or recipe.calib
+            calib_used = calib_used or step.calib is None and recipe.calib is not None
+            if calib is not None and (step.needs_calibration or step.check_fp32):
+                checks.append((f"{where}.calib", calib))
+        elif isinstance(step, ValidateStep):
+            checks.append((f"{where}.data", step.data))
+        elif isinstance(step, PruneStep) and step.channels and "calib" in PruneStep.passthrough_keys():
+            calib = step.calib or recipe.calib
+            calib_used = calib_used or (step.calib is None and recipe.calib is not None)
+            if calib is not None:
+                checks.append((f"{where}.calib", calib))
+    seen: set[str] = set()
+    for where, spec in checks:
+        if spec in seen:
+            continue
+        seen.add(spec)
+        try:
+            load_data(spec, model, shapes=recipe.shapes, samples=1)
+        except (DataError, UsageError) as exc:
+            message = re.sub(r"give its shape with --shape (\S+)=(\S+)",
+                             r"set shape in the recipe ({\1: \2}) or --set shape.\1=\2", str(exc))
+            raise RecipeError(f"{recipe.source}: {where}: {message}") from None
+    if recipe.calib is not None and not calib_used:
+        notes.append("the recipe's calib is not used by any step")
+    elif recipe.calib == "random":
+        notes.append("calib is random: calibration ranges and pruning repairs will not match real inputs")
+    return notes
+
+
+def _check_output(output: Path, input_path: Path | None, force: bool) -> None:
+    if input_path is not None and (output.resolve() == input_path.resolve()
+                                   or (output.exists() and os.path.samefile(output, input_path))):
+        raise ModelSaveError(f"refusing to overwrite the input model {input_path}")
+    if output.is_dir():
+        raise ModelSaveError(f"output {output} is a directory")
+    if output.exists() and not force:
+        raise ModelSaveError(f"output {output} already exists (use --force to overwrite)")
+    if not output.resolve().parent.is_dir():
+        raise ModelSaveError(f"output folder does not exist: {output.resolve().parent}")
+
+
+def prepare_run(recipe: Recipe, model: ir.Model) -> list[str]:
+    """Checks that need the input model (state vs step order, data vs inputs); returns notes."""
+    check_order(recipe, _input_state(model))
+    return list(recipe.notes) + _data_checks(recipe, model)
+
+
+#: Concrete quantization settings shown in a plan (the rest are in ``options``).
+_RESOLVED_KEYS = ("format", "per_channel", "reduce_range", "activation_type", "weight_type", "calibration")
+
+
+def plan_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLike | None = None, *,
+                overrides: Sequence[str] = (), force: bool = False) -> dict[str, Any]:
+    """Everything :func:`run_recipe` checks before work, without running anything: the plan as a dict.
+
+    Quantize steps also show the settings this CPU would get (``resolved``, e.g. ``reduce_range``).
+    """
+    recipe = load_recipe(recipe, overrides=overrides)
+    input_path = Path(model) if _is_path(model) else None
+    if output is not None:
+        _check_output(Path(output), input_path, force)
+    ir_model = load_model(model)
+    notes = prepare_run(recipe, ir_model)
+    mac_dims = _mac_dims(ir_model, recipe.shapes)
+    stats = _stats(ir_model, input_path, recipe.shapes or None, mac_dims) if input_path else None
+    steps = []
+    for index, step in enumerate(recipe.steps):
+        entry: dict[str, Any] = {"index": index, "step": step.kind, "options": step.options(full=True)}
+        if isinstance(step, QuantizeStep):
+            from ..quantize import detect_cpu, resolve
+
+            settings = resolve(step.to_config(), detect_cpu()).as_dict()
+            entry["resolved"] = {k: settings[k] for k in _RESOLVED_KEYS if settings.get(k) is not None}
+        steps.append(entry)
+    return {
+        "schema": "onnxsparse.run.plan/1",
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "source": recipe.source,
+        "model": str(input_path) if input_path else "<in-memory model>",
+        "output": str(output) if output is not None else None,
+        "input_stats": stats.to_dict() if stats else None,
+        "mac_dims": mac_dims,
+        "calib": recipe.calib,
+        "shape": {k: list(v) for k, v in recipe.shape},
+        "steps": steps,
+        "notes": notes,
+    }
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def _is_path(model: Any) -> bool:
+    return isinstance(model, (str, os.PathLike))
+
+
+def run_recipe(
+    recipe: RecipeSpec,
+    model: ModelSource,
+    output: str | os.PathLike | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    force: bool = False,
+    progress: bool = False,
+) -> RecipeResult:
+    """Run ``recipe`` on ``model``; write the final model to ``output`` if every gate passed.
+
+    ``recipe`` is anything :func:`load_recipe` takes (``overrides`` are ``--set`` items).
+    ``model`` is a path (kept as the validation reference and never overwritten) or an
+    in-memory model.  Without ``output`` nothing is written; the final model is ``result.model``.
+    Raises :class:`RecipeError` (before any work) and :class:`StepError` (a step failed);
+    a failed gate returns a result with ``passed == False``.
+    """
+    started = time.perf_counter()
+    recipe = load_recipe(recipe, overrides=overrides)
+    out = Path(output) if output is not None else None
+    input_path = Path(model) if _is_path(model) else None
+    if out is not None:
+        _check_output(out, input_path, force)
+    ir_model = load_model(model)
+    notes = prepare_run(recipe, ir_model)
+    mac_dims = _mac_dims(ir_model, recipe.shapes)
+    workdir_parent = out.resolve().parent if out is not None else None
+    with tempfile.TemporaryDirectory(prefix=".onnxsparse-run-", dir=workdir_parent) as tmp:
+        workdir = Path(tmp)
+        if input_path is None:
+            from ..io import save_model
+
+            input_path = save_model(ir_model.clone() if hasattr(ir_model, "clone") else ir_model,
+                                    workdir / "input.onnx")
+        ctx = RunContext(recipe, ir_model, input_path, input_path, workdir, mac_dims, progress)
+        result = RecipeResult(recipe, str(input_path if _is_path(model) else "<in-memory model>"), None,
+                              _stats(ir_model, input_path, recipe.shapes or None, mac_dims), mac_dims=mac_dims,
+                              notes=notes)
+        bar = _bar(progress, len(recipe.steps))
+        for index, step in enumerate(recipe.steps):
+            where = recipe.where(index)
+            if bar is not None:
+                bar.set_description(f"{index} {step.kind}")
+            logger.info("%s: running", where)
+            t0 = time.perf_counter()
+            try:
+                outcome = EXECUTORS[step.kind](step, ctx, index)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure names the step that failed
+                result.seconds = time.perf_counter() - started
+                result.failed_step, result.error = index, f"{where} failed: {exc}"
+                if bar is not None:
+                    bar.close()
+                user = isinstance(exc, OnnxSparseError)
+                detail = str(exc) if user else f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+                raise StepError(f"{recipe.source}: {where} failed: {detail}", index=index, kind=step.kind,
+                                exit_code=exc.exit_code if user else 1, result=result) from exc
+            seconds = time.perf_counter() - t0
+            stats = (_stats(ctx.model, ctx.path, recipe.shapes or None, mac_dims) if step.transforms
+                     else result.final_stats)
+            result.steps.append(StepResult(index, step.kind, step.options(full=True), seconds, stats, outcome.notes,
+                                           outcome.report, outcome.passed, outcome.validation))
+            if bar is not None:
+                bar.update(1)
+            if outcome.passed is False:
+                result.failed_step = index
+                verdict = outcome.notes[0] if outcome.notes else "gate failed"
+                result.error = f"{where}: {verdict.removeprefix('FAILED: ')}"
+                break
+        if bar is not None:
+            bar.close()
+        if result.passed:
+            result.model = ctx.model
+            if out is not None:
+                from ..formats import save_model
+
+                result.output = save_model(ctx.model, out, protect=(input_path,) if _is_path(model) else (),
+                                           force=force)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _bar(progress: bool, total: int):
+    if not progress:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", leave=False, file=sys.stderr)
