@@ -13,7 +13,10 @@ overwritten.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +26,8 @@ from typing import Union
 import numpy as np
 import onnx
 import onnx_ir as ir
+from collections.abc import Iterator
+
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError, ModelSaveError
@@ -32,6 +37,10 @@ __all__ = [
     "load_model",
     "load_proto",
     "save_model",
+    "to_proto",
+    "restore_types",
+    "strip_unsupported_types",
+    "inline_external_data",
     "model_file_bytes",
     "max_runtime_ir_version",
     "EXTERNAL_DATA_THRESHOLD",
@@ -78,13 +87,100 @@ def load_model(source: ModelSource) -> ir.Model:
         return source
     if isinstance(source, onnx.ModelProto):
         _check_versions(source)
+        if _has_unsupported_types(source):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(source)
+            source = copy
         _densify_sparse_initializers(source)
-        return ir.serde.deserialize_model(source)
+        _stash_unsupported_types(source)
+        return _deserialize(source)
     proto = load_proto(source)
-    model = ir.serde.deserialize_model(proto)
+    _stash_unsupported_types(proto)
+    model = _deserialize(proto)
     if not isinstance(source, (bytes, bytearray)):
         ir.external_data.set_base_dir(model.graph, str(Path(source).resolve().parent))
     return model
+
+
+def _deserialize(proto: onnx.ModelProto) -> ir.Model:
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as exc:  # noqa: BLE001 - onnx_ir raises SerdeError wrapping anything
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise ModelLoadError(f"cannot read the model graph: {detail}") from exc
+
+
+# Types onnx_ir cannot represent (maps, e.g. skl2onnx's ZipMap output ``seq(map(int64, float))``) are
+# taken off the graph inputs/outputs on load, kept in a metadata entry, and put back by
+# :func:`to_proto` / :func:`save_model`.  onnxruntime infers them while they are missing.
+_TYPES_KEY = "onnxsparse.stashed_types"
+
+
+def _type_supported(tp: onnx.TypeProto) -> bool:
+    kind = tp.WhichOneof("value")
+    if kind in (None, "tensor_type", "sparse_tensor_type"):
+        return True
+    if kind == "map_type":
+        return False
+    if kind == "sequence_type":
+        return _type_supported(tp.sequence_type.elem_type)
+    if kind == "optional_type":
+        return _type_supported(tp.optional_type.elem_type)
+    return False
+
+
+def _has_unsupported_types(proto: onnx.ModelProto) -> bool:
+    g = proto.graph
+    return any(not _type_supported(v.type) for v in (*g.input, *g.output, *g.value_info))
+
+
+def strip_unsupported_types(proto: onnx.ModelProto) -> dict[str, dict[str, str]]:
+    """Clear graph I/O types onnx_ir cannot hold, drop such ``value_info``; returns what was cleared."""
+    graph = proto.graph
+    stashed: dict[str, dict[str, str]] = {"input": {}, "output": {}}
+    for kind, values in (("input", graph.input), ("output", graph.output)):
+        for v in values:
+            if not _type_supported(v.type):
+                stashed[kind][v.name] = base64.b64encode(v.type.SerializeToString()).decode("ascii")
+                v.ClearField("type")
+    keep = [vi for vi in graph.value_info if _type_supported(vi.type)]
+    if len(keep) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    return stashed
+
+
+def _stash_unsupported_types(proto: onnx.ModelProto) -> None:
+    stashed = strip_unsupported_types(proto)
+    if stashed["input"] or stashed["output"]:
+        old = [p for p in proto.metadata_props if p.key == _TYPES_KEY]
+        for p in old:
+            proto.metadata_props.remove(p)
+        proto.metadata_props.add(key=_TYPES_KEY, value=json.dumps(stashed, sort_keys=True))
+
+
+def restore_types(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Put back the graph I/O types :func:`load_model` took off (in place; returns ``proto``)."""
+    entries = [p for p in proto.metadata_props if p.key == _TYPES_KEY]
+    if not entries:
+        return proto
+    stashed = json.loads(entries[-1].value)
+    for p in entries:
+        proto.metadata_props.remove(p)
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for v in values:
+            encoded = stashed.get(kind, {}).get(v.name)
+            if encoded is not None and not v.type.WhichOneof("value"):
+                v.type.ParseFromString(base64.b64decode(encoded))
+    return proto
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """``ir.to_proto`` plus the graph I/O types onnx_ir cannot hold (see :func:`load_model`)."""
+    return restore_types(ir.to_proto(model))
 
 
 def _parse_bytes(data: bytes, name: str) -> onnx.ModelProto:
@@ -225,6 +321,43 @@ def _tensor_bytes(model: ir.Model) -> int:
     return total
 
 
+@contextlib.contextmanager
+def inline_external_data(model: ir.Model) -> Iterator[ir.Model]:
+    """Within the block, tensors that live in external files are in-memory copies.
+
+    ``ir.save``/``ir.to_proto`` write an external tensor as a reference to its
+    *old* file, relative to the new model: a model saved elsewhere would point
+    at a file that is not there.  The original tensors are put back afterwards.
+    """
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor):
+                    swapped.append((value, tensor))
+                    value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+        yield model
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
+    """Serialise ``model`` to ``path`` (weights in ``data_name`` beside it, if given)."""
+    if data_name:
+        ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
+        if model.metadata_props.get(_TYPES_KEY) is not None:
+            proto = restore_types(onnx.load(str(path), load_external_data=False))
+            path.write_bytes(proto.SerializeToString())
+        return
+    with inline_external_data(model):
+        ir.save(model, path)
+    if model.metadata_props.get(_TYPES_KEY) is not None:
+        proto = restore_types(onnx.load(str(path), load_external_data=False))
+        path.write_bytes(proto.SerializeToString())
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -271,7 +404,7 @@ def save_model(
     try:
         tmp_model = tmp_dir / out.name
         if external_data:
-            ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=1024)
+            _write(model, tmp_model, data_name)
             tmp_data = tmp_dir / data_name
             if tmp_data.exists():
                 final_data = parent / data_name
@@ -281,7 +414,7 @@ def save_model(
                 os.replace(tmp_data, final_data)
                 moved_data = final_data
         else:
-            ir.save(model, tmp_model)
+            _write(model, tmp_model, None)
         os.replace(tmp_model, out)
     except OSError as exc:
         # The model rename is the commit point: undo the data-file move.

@@ -109,6 +109,10 @@ def dump_json(data: Any) -> str:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text through a temporary file and rename, so readers never see half a file."""
     path = Path(path)
+    if not path.parent.is_dir():
+        from .errors import UsageError
+
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")

@@ -428,9 +428,11 @@ def test_shape_of_batch_is_fine_shape_of_channels_is_refused() -> None:
              node("MatMul", ["f", "wg"], ["y"])]
     model = make_model(nodes, [("x", ["N", 3, 4, 4])], [("y", None)], inits)
     g = group_of(build_groups(model), "h", 1)
-    # the Reshape target is computed at run time (not folded: batch is symbolic), which blocks it;
-    # the Shape node itself only reads the batch size
-    assert not g.prunable and all("Shape" not in r for r in g.reasons) and "run time" in g.reason
+    # the Reshape target is computed at run time (batch is symbolic) from the batch size and a
+    # constant: the rule reads it as [N, -1] and the Shape node only reads the batch size
+    assert g.prunable and all("Shape" not in r for r in g.reasons)
+    check_oracle(model)
+    model = make_model(nodes, [("x", ["N", 3, 4, 4])], [("y", None)], inits)
     nodes[3] = node("Gather", ["sh", "i1"], ["n"])
     model = make_model(nodes, [("x", ["N", 3, 4, 4])], [("y", None)], inits)
     g = group_of(build_groups(model), "h", 1)

@@ -26,8 +26,17 @@ def constant_weights(model: ir.Model) -> list[str]:
 
 
 def outputs(model, feeds_list) -> list[list[np.ndarray]]:
+    if isinstance(model, ir.Model):  # sessions from bytes cannot resolve external data files
+        ir.external_data.load_to_model(model)
     sess = session(model)
-    return [run(sess, feeds) for feeds in feeds_list]
+    return [[_array(o) for o in run(sess, feeds)] for feeds in feeds_list]
+
+
+def _array(output) -> np.ndarray:
+    """An output as an array (skl2onnx's ZipMap output, a list of {class: prob}, as a matrix)."""
+    if isinstance(output, list) and output and isinstance(output[0], dict):
+        return np.array([[row[k] for k in sorted(row)] for row in output])
+    return np.asarray(output)
 
 
 def feeds_for(path: Path) -> list[dict[str, np.ndarray]]:
@@ -41,7 +50,10 @@ def assert_outputs_equal(before, after) -> None:
         for a, b in zip(outs_a, outs_b):
             # Folding evaluates constant subexpressions ahead of time (e.g. 1/sqrt(d) scales),
             # which may round differently in the last bit; anything real is far above this.
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            # float16 models: onnxruntime fuses differently once constants are initializers
+            # (fused kernels accumulate in float32), a few float16 ulps.
+            half = a.dtype == np.float16
+            np.testing.assert_allclose(a, b, rtol=1e-2 if half else 1e-5, atol=2e-3 if half else 1e-6)
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)

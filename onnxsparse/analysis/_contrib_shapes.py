@@ -46,6 +46,8 @@ for _op, _domain in (
     ("QuickGelu", "com.microsoft"), ("BiasAdd", "com.microsoft"), ("RotaryEmbedding", "com.microsoft"),
     ("SimplifiedLayerNormalization", ""), ("SimplifiedLayerNormalization", "com.microsoft"),
     ("LayerNormalization", "com.microsoft"), ("BiasDropout", "com.microsoft"),
+    # scikit-learn preprocessing exported by skl2onnx (elementwise, shape-preserving)
+    ("Scaler", "ai.onnx.ml"), ("Normalizer", "ai.onnx.ml"), ("Binarizer", "ai.onnx.ml"), ("Imputer", "ai.onnx.ml"),
 ):
     register_shape_rule(_op, _domain)(_same_as_first)
 

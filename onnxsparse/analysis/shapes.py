@@ -268,8 +268,13 @@ def _folded_copy(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     """
     from onnxscript.optimizer import fold_constants
 
+    from ..io import strip_unsupported_types
+
     try:
-        copy = ir.serde.deserialize_model(proto)
+        stripped = onnx.ModelProto()
+        stripped.CopyFrom(proto)
+        strip_unsupported_types(stripped)  # onnx_ir holds no map types (ZipMap outputs)
+        copy = ir.serde.deserialize_model(stripped)
         fold_constants(copy, onnx_shape_inference=True)
         return _onnx_infer(ir.to_proto(copy))
     except Exception as exc:  # noqa: BLE001 - best effort

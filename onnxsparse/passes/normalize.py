@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx_ir.passes import PassResult
@@ -55,13 +56,83 @@ class NormalizePass(ir.passes.InPlacePass):
             modified |= step(model).modified
         if self.infer_shapes:
             try:
-                modified |= common.ShapeInferencePass(data_prop=True).call(model).modified
+                modified |= _infer_shapes(model)
             except Exception as exc:  # noqa: BLE001 - inference is best effort
                 logger.warning("shape inference failed: %s", exc)
         after = _signature(model)
         if before != after:  # pragma: no cover - guarded invariant
             raise AssertionError(f"normalisation changed the model signature: {before} -> {after}")
         return PassResult(model, modified=modified)
+
+
+#: ``ai.onnx.ml`` ops that keep their input's shape (onnx infers only their type): skl2onnx pipelines
+_SHAPE_PRESERVING_ML = {"Scaler": onnx.TensorProto.FLOAT, "Normalizer": onnx.TensorProto.FLOAT,
+                        "Binarizer": None, "Imputer": None}
+
+
+def _shape_preserving_ml_outputs(proto: onnx.ModelProto) -> int:
+    """Give shape-preserving ML ops' outputs their input's shape (symbolic dims kept); returns how many."""
+    graph = proto.graph
+    infos = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    added = 0
+    for node in graph.node:
+        if node.domain != "ai.onnx.ml" or node.op_type not in _SHAPE_PRESERVING_ML or not node.input:
+            continue
+        src = infos.get(node.input[0])
+        if src is None or not src.type.tensor_type.HasField("shape"):
+            continue
+        out = infos.get(node.output[0])
+        if out is not None and out.type.tensor_type.HasField("shape"):
+            continue
+        info = onnx.ValueInfoProto()
+        info.name = node.output[0]
+        info.type.CopyFrom(src.type)
+        elem = _SHAPE_PRESERVING_ML[node.op_type]
+        if elem is not None:
+            info.type.tensor_type.elem_type = elem
+        if out is not None:
+            out.type.CopyFrom(info.type)
+        else:
+            graph.value_info.append(info)
+            infos[info.name] = graph.value_info[-1]
+        added += 1
+    return added
+
+
+def _infer_shapes(model: ir.Model) -> bool:
+    """onnx shape inference (with data propagation) merged into ``model``'s values.
+
+    Like ``onnx_ir``'s ``ShapeInferencePass``, except that types onnx_ir cannot
+    represent (maps: skl2onnx's ZipMap output) are left off instead of failing.
+    """
+    from onnx_ir.passes.common import _c_api_utils
+
+    from ..io import strip_unsupported_types
+
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+        for _ in range(8):  # each round may reveal the input of the next shape-preserving ML op
+            if not _shape_preserving_ml_outputs(inferred):
+                break
+            inferred = onnx.shape_inference.infer_shapes(inferred, check_type=True, strict_mode=True, data_prop=True)
+        strip_unsupported_types(inferred)
+        return inferred
+
+    inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+    modified = False
+    for graph, new_graph in zip(model.graphs(), inferred.graphs()):
+        known = ir.convenience.create_value_mapping(new_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            other = known.get(name)
+            if other is None:
+                continue
+            if other.shape is not None and value.shape != other.shape:
+                value.shape = other.shape
+                modified = True
+            if other.dtype is not None and value.dtype != other.dtype:
+                value.dtype = other.dtype
+                modified = True
+    return modified
 
 
 def _fold_weight_generators(node: ir.Node) -> bool | None:

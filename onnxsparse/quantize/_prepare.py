@@ -23,6 +23,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from .._workdir import working_dir as _working_dir
+from ..io import inline_external_data
 from ..passes.normalize import normalize
 from ._ort import first_line, ort_quantization, quiet
 
@@ -75,16 +76,21 @@ def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool
     quantizer), so the optimisation step is skipped.
     """
     source = tmp / "source.onnx"
-    ir.save(model, source, external_data=source.name + ".data" if external_data else None)
+    if external_data:
+        ir.save(model, source, external_data=source.name + ".data")
+    else:
+        with inline_external_data(model):  # tensors from the user's data file, not a stale reference
+            onnx.save_model(ir.to_proto(model), str(source))
     work = ir.load(source)
     steps: list[str] = []
     skipped: list[dict[str, str]] = []
 
+    ir_before = work.ir_version  # normalize raises IR 3 to 4 itself: report the user's version
     normalize(work)
     steps.append("normalize (constants lifted to initializers, constant subgraphs folded)")
     if work.ir_version < 7:
         # IR < 4 requires initializers to be graph inputs; normalize removed them (they are weights).
-        steps.append(f"IR version {work.ir_version} -> 7 (initializers are no longer graph inputs)")
+        steps.append(f"IR version {ir_before} -> 7 (initializers are no longer graph inputs)")
         work.ir_version = 7
     unnamed = sum(1 for node in work.graph.all_nodes() if not node.name)
     if unnamed:

@@ -281,7 +281,16 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
 
 
 def _align(values: np.ndarray, source: np.ndarray) -> np.ndarray | None:
-    """``values`` in ``source``'s shape (Gemm weights get transposed; unit dims squeezed)."""
+    """``values`` in ``source``'s shape (Gemm weights get transposed; unit dims squeezed).
+
+    A square Gemm weight fits both ways: onnxruntime's dynamic quantizer rewrites
+    ``Gemm(transB=1)`` as a MatMul on the transposed weight, so the orientation
+    closer to the source is taken (the other one is off by whole weights).
+    """
+    if values.ndim == 2 and values.shape == source.shape and values.shape[0] == values.shape[1]:
+        straight = float(np.max(np.abs(values - source))) if values.size else 0.0
+        crossed = float(np.max(np.abs(values.T - source))) if values.size else 0.0
+        return values.T if crossed < straight else values
     if values.shape == source.shape:
         return values
     if values.ndim == 2 and values.T.shape == source.shape:

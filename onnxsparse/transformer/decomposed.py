@@ -23,6 +23,7 @@ from ._graph import Skip, is_const, onnx_domain
 from ._targets import ShapeTarget
 from ._track import Region, head_units, is_projection
 from .blocks import Block, SkippedBlock, block_name
+from .packed_qkv import unpack_packed_qkv
 from .registry import register_matcher
 
 __all__ = ["match_decomposed", "find_projections", "split_of"]
@@ -43,24 +44,36 @@ class NotAttention(Skip):
     """This Softmax is not the middle of an attention block (e.g. a classifier's output)."""
 
 
+#: Layout ops some exporters put between ``Q K^T`` and Softmax (tf2onnx's Einsum lowering:
+#: ``MatMul -> Reshape -> Squeeze -> Mul -> Softmax``); not followed, but never silently ignored.
+_LAYOUT_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Einsum"}
+
+
 def _find_qk(softmax: ir.Node) -> ir.Node:
     start = softmax.inputs[0]
-    queue: deque[tuple[ir.Value, int]] = deque([(start, 0)]) if start is not None else deque()
+    queue: deque[tuple[ir.Value, int, ir.Node | None]] = deque([(start, 0, None)]) if start is not None else deque()
     seen: set[ir.Value] = set()
     while queue:
-        value, depth = queue.popleft()
-        if value in seen or depth > 6:
+        value, depth, layout = queue.popleft()
+        if value in seen or depth > 8:
             continue
         seen.add(value)
         node = value.producer()
         if node is None or not onnx_domain(node):
             continue
+        if node.op_type == "Einsum":
+            raise Skip(f"the scores come from Einsum {node.name!r} (Einsum attention is not supported)")
         if node.op_type == "MatMul" and not is_const(node.inputs[0]) and not is_const(node.inputs[1]):
+            if layout is not None:
+                raise Skip(f"the scores MatMul {node.name!r} reaches Softmax through {layout.op_type} "
+                           f"{layout.name!r} (e.g. tf2onnx's Einsum lowering); this layout is not supported")
             return node
-        if node.op_type in _SCORE_OPS:
-            for inp in node.inputs:
+        if node.op_type in _SCORE_OPS or node.op_type in _LAYOUT_OPS:
+            if node.op_type in _LAYOUT_OPS and layout is None:
+                layout = node
+            for inp in node.inputs[:1] if node.op_type in _LAYOUT_OPS else node.inputs:
                 if inp is not None and not is_const(inp):
-                    queue.append((inp, depth + 1))
+                    queue.append((inp, depth + 1, layout))
     raise NotAttention("Softmax is not fed by a MatMul of two activations")
 
 
@@ -192,6 +205,7 @@ def _match(graph: ir.Graph, softmax: ir.Node) -> Block:
 @register_matcher("decomposed")
 def match_decomposed(graph: ir.Graph) -> list[Block | SkippedBlock]:
     found: list[Block | SkippedBlock] = []
+    unpack_packed_qkv(graph)  # GPT-2 / timm packed QKV -> separate projections (exact rewrite)
     for node in list(graph):
         if node.op_type != "Softmax" or not onnx_domain(node):
             continue

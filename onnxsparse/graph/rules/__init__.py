@@ -8,7 +8,7 @@ your own :class:`~onnxsparse.graph.RuleRegistry` to ``build_groups``).
 from __future__ import annotations
 
 from ..registry import OpRule, RuleRegistry
-from . import concat, conv, elementwise, gather, linear, norm, pad, pooling, reduce, resize, shape, shape_of
+from . import concat, conv, elementwise, gather, linear, ml, norm, pad, pooling, reduce, resize, shape, shape_of
 
 __all__ = ["DEFAULT_RULES", "default_registry"]
 
@@ -25,6 +25,7 @@ DEFAULT_RULES: tuple[OpRule, ...] = (
     *reduce.RULES,
     *shape_of.RULES,
     *gather.RULES,
+    *ml.RULES,
 )
 
 

@@ -32,12 +32,24 @@ class ConcatRule(OpRule):
             return f"{ctx.describe()}: output rank unknown"
         axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
         offset = 0
+        inputs = [x for x in node.inputs if x is not None]
+        if any(ctx.dims(x) is None or len(ctx.dims(x)) != r for x in inputs):
+            return f"{ctx.describe()}: input ranks unknown"
+        unknown = next((x for x in inputs if ctx.dims(x)[axis] is None), None)
+        if unknown is not None:  # offsets unknown: the concat axis is blocked, the others pass through
+            reason = f"size of input '{unknown.name}' along the concat axis is unknown"
+            for x in inputs:
+                for k in range(r):
+                    if k == axis:
+                        ctx.block(x, k, reason)
+                    else:
+                        ctx.couple(x, k, y, k)
+            ctx.block(y, axis, reason)
+            return None
         for x in node.inputs:
             if x is None:
                 continue
             xd = ctx.dims(x)
-            if xd is None or len(xd) != r or xd[axis] is None:
-                return f"{ctx.describe()}: size of input '{x.name}' along the concat axis is unknown"
             for k in range(r):
                 if k == axis:
                     if xd[k]:

@@ -29,9 +29,9 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from .. import _shapes
+from .. import _runtime_shape, _shapes
 from ..context import CoupleContext, RewriteContext
-from ..index_maps import Block, Stride
+from ..index_maps import Block, Stride, Table
 from ..registry import OpRule
 
 __all__ = [
@@ -52,8 +52,29 @@ def align_dims(in_dims, out_dims) -> list[Run] | None:
     """Pair runs of input axes with runs of output axes of equal product.
 
     Unknown (``None``) dims only pair with an unknown dim on the other side, as
-    a run of their own.  Returns ``None`` when no pairing exists.
+    a run of their own; failing that, a leading block of axes holding the
+    unknown dims pairs as one run when the trailing static dims match
+    (``[B*S, 64] <-> [B, S, 64]``: tf2onnx's 2-D dense layers).  Returns
+    ``None`` when no pairing exists.
     """
+    runs = _align_forward(in_dims, out_dims)
+    if runs is not None:
+        return runs
+    n, m = len(in_dims), len(out_dims)
+    i, j = n, m
+    while i > 0 and j > 0 and in_dims[i - 1] is not None and in_dims[i - 1] == out_dims[j - 1]:
+        i, j = i - 1, j - 1
+    if i == n or not i or not j:
+        return None
+    head_in, head_out = list(in_dims[:i]), list(out_dims[:j])
+    if None not in head_in or None not in head_out:
+        return None
+    if head_in.count(None) != 1 or head_out.count(None) > 2:
+        return None  # only "one unknown axis is split into / merged from unknown*static" is provable
+    return [(list(range(i)), list(range(j)))] + [([a], [b]) for a, b in zip(range(i, n), range(j, m))]
+
+
+def _align_forward(in_dims, out_dims) -> list[Run] | None:
     n, m = len(in_dims), len(out_dims)
     i = j = 0
     runs: list[Run] = []
@@ -108,9 +129,30 @@ def _is_shuffle_split(ctx: CoupleContext, y: ir.Value, o: list[int]) -> bool:
     return perm == expected
 
 
+def _channels_last_axis(x: ir.Value, axes: list[int]) -> int | None:
+    """The axis among ``axes`` that was the channel axis (1) before a Transpose to channels-last."""
+    node = x.producer()
+    if node is None or node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+        return None
+    perm = node.attributes.get_ints("perm", None)
+    if perm is None:
+        return None
+    perm = list(perm)
+    rank = len(perm)
+    if rank < 3 or perm != [0, *range(2, rank), 1]:  # exactly NC... -> N...C
+        return None
+    return rank - 1 if rank - 1 in axes and rank - 1 != axes[0] else None
+
+
 def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -> None:
     xd, yd = ctx.dims(x), ctx.dims(y)
     for ai, aj in runs:
+        if (len(ai) > 1 or len(aj) > 1) and (None in [xd[k] for k in ai] or None in [yd[k] for k in aj]):
+            for k in ai:
+                ctx.block(x, k, "reshape regroups axes of unknown size")
+            for k in aj:
+                ctx.block(y, k, "reshape regroups axes of unknown size")
+            continue
         big_i = [k for k in ai if xd[k] != 1]
         big_j = [k for k in aj if yd[k] != 1]
         for k in ai:
@@ -124,10 +166,29 @@ def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -
         if len(big_i) == 1 and len(big_j) == 1:
             ctx.couple(x, big_i[0], y, big_j[0])
         elif len(big_j) == 1:  # merge
-            inner = math.prod(xd[k] for k in big_i[1:])
-            ctx.couple(x, big_i[0], y, big_j[0], Block(inner))
-            for k in big_i[1:]:
-                ctx.block(x, k, f"axis {k} is an inner factor of merged axis {big_j[0]}")
+            pick = _channels_last_axis(x, big_i) if len(big_i) > 1 else None
+            if pick is None:
+                inner = math.prod(xd[k] for k in big_i[1:])
+                ctx.couple(x, big_i[0], y, big_j[0], Block(inner))
+                for k in big_i[1:]:
+                    ctx.block(x, k, f"axis {k} is an inner factor of merged axis {big_j[0]}")
+            else:  # NHWC flatten (tf2onnx): the channel is an inner factor, positions strided
+                pos = big_i.index(pick)
+                inner = math.prod(xd[k] for k in big_i[pos + 1 :])
+                outer = math.prod(xd[k] for k in big_i[:pos])
+                size = xd[pick]
+                if inner == 1:
+                    index_map = Stride(size, outer)
+                elif outer == 1:
+                    index_map = Block(inner)
+                else:
+                    o, r = np.meshgrid(np.arange(outer), np.arange(inner), indexing="ij")
+                    base = (o * size * inner + r).reshape(-1)
+                    index_map = Table(np.stack([base + p * inner for p in range(size)]).astype(np.int64))
+                ctx.couple(x, pick, y, big_j[0], index_map)
+                for k in big_i:
+                    if k != pick:
+                        ctx.block(x, k, f"axis {k} is merged with the channel axis {pick} into axis {big_j[0]}")
         elif len(big_i) == 1:  # split
             if _is_shuffle_split(ctx, y, big_j):
                 outer, inner_axis = big_j
@@ -189,7 +250,7 @@ class ReshapeRule(OpRule):
         if x is None or target is None or y is None:
             return f"{ctx.describe()}: missing input"
         if ctx.constant_ints(target) is None:
-            return f"{ctx.describe()}: target shape is computed at run time"
+            return self._couple_runtime(node, ctx, x, target, y)
         xd, yd = ctx.dims(x), ctx.dims(y)
         if xd is None or yd is None:
             return f"{ctx.describe()}: shapes unknown"
@@ -200,9 +261,43 @@ class ReshapeRule(OpRule):
         couple_runs(ctx, x, y, runs)
         return None
 
+    def _couple_runtime(self, node: ir.Node, ctx: CoupleContext, x: ir.Value, target: ir.Value,
+                        y: ir.Value) -> str | None:
+        """A target built at run time from Shape reads and constants (see ``_runtime_shape``)."""
+        res = _runtime_shape.resolve_reshape(node)
+        if res is None:
+            return (f"{ctx.describe()}: target shape is computed at run time from ops other than "
+                    "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
+        xt = _runtime_shape._tokens(x)
+        _runtime_shape.set_shape(y, res.out)
+        xd = ctx.dims(x)
+        yd = tuple(d if isinstance(d, int) else None for d in res.out)
+        runs = align_dims(list(xd), list(yd))
+        if runs is None:
+            return f"{ctx.describe()}: cannot pair input and output axes"
+        for ai, aj in runs:  # an unknown dim may only pair with the same unknown dim
+            if len(ai) == 1 and len(aj) == 1 and xd[ai[0]] is None and xt[ai[0]] != res.out[aj[0]]:
+                return f"{ctx.describe()}: cannot tell which output axis input axis {ai[0]} becomes"
+        ctx.handled_all(target)
+        couple_runs(ctx, x, y, runs)
+        for j, entry in enumerate(res.entries):
+            if entry.is_dim and entry.dim_of is not x:
+                d = ctx.dims(entry.dim_of)
+                if d is not None and d[entry.axis] is not None and d[entry.axis] == yd[j]:
+                    ctx.couple(entry.dim_of, entry.axis, y, j)  # the size read is the size written
+        return None
+
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         y = ctx.output(0)
         target = ctx.constant(ctx.input(1))
+        if target is None:
+            res = _runtime_shape.resolve_reshape(node)
+            if res is None:  # pragma: no cover - couple() accepted it
+                raise AssertionError(f"{node.name}: run-time target no longer traceable")
+            edits = {k: ctx.new_dim(y, k) for k, e in enumerate(res.entries)
+                     if ctx.keep(y, k) is not None and not e.is_dim and e.const and e.const > 0}
+            _runtime_shape.rewrite_entries(ctx, node, 1, res.entries, edits)
+            return
         new = np.array(target, copy=True)
         changed = False
         for k in range(new.size):
@@ -283,13 +378,39 @@ class ExpandRule(OpRule):
         if x is None or shape is None or y is None:
             return f"{ctx.describe()}: missing input"
         if ctx.constant_ints(shape) is None:
-            return f"{ctx.describe()}: target shape is computed at run time"
+            res = _runtime_shape.resolve_expand(node)
+            if res is None:
+                return (f"{ctx.describe()}: target shape is computed at run time from ops other than "
+                        "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
+            _runtime_shape.set_shape(y, res.out)
+            ctx.handled_all(shape)
+            reason = ctx.broadcast([x], y)
+            if reason:
+                return reason
+            yd = ctx.dims(y)
+            offset = len(yd) - len(res.entries)
+            for i, entry in enumerate(res.entries):
+                if entry.is_dim:
+                    d = ctx.dims(entry.dim_of)
+                    if d is not None and d[entry.axis] is not None and d[entry.axis] == yd[offset + i] != 1:
+                        ctx.couple(entry.dim_of, entry.axis, y, offset + i)
+            return None
         ctx.handled_all(shape)
         return ctx.broadcast([x], y)
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         y = ctx.output(0)
         ry = ctx.rank(y)
+        if ctx.constant(ctx.input(1)) is None:
+            res = _runtime_shape.resolve_expand(node)
+            if res is None:  # pragma: no cover - couple() accepted it
+                raise AssertionError(f"{node.name}: run-time shape no longer traceable")
+            offset = ry - len(res.entries)
+            edits = {i: ctx.new_dim(y, i + offset) for i, e in enumerate(res.entries)
+                     if i + offset >= 0 and ctx.keep(y, i + offset) is not None and not e.is_dim
+                     and e.const not in (None, 1)}
+            _runtime_shape.rewrite_entries(ctx, node, 1, res.entries, edits)
+            return
         shape = np.array(ctx.constant(ctx.input(1)), copy=True)
         offset = ry - shape.size
         changed = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .. import _shapes
+from .. import _runtime_shape, _shapes
 from ..context import CoupleContext
 from ..registry import OpRule
 
@@ -63,6 +63,11 @@ class ShapeRule(OpRule):
         end = min(max(_shapes.norm_axis(end, r), 0), r) if end is not None else r
         axes = list(range(start, end))
         read = _read_positions(y, len(axes))
+        if read is None or read:
+            # Positions that only size a Reshape/Expand whose rule couples them are not "read".
+            traced = _runtime_shape.shape_reads(y, len(axes))
+            if traced is not None:
+                read = traced
         ctx.handled_all(y)
         for i, k in enumerate(axes):
             if read is None or i in read:
