@@ -1,0 +1,217 @@
+"""``onnxsparse sparsify MODEL -o OUT``: zero weights by a pattern and store them compactly.
+
+Without ``--sparsity`` (and without an N:M pattern or ``--ratio``) nothing is
+pruned: the zeros already present are re-encoded, losslessly.  The output runs
+unchanged in onnxruntime (decode subgraphs of standard ops, folded at session
+creation); ``onnxsparse densify`` turns it back into a plain model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..report import dump_json, format_table, human_bytes, write_report
+
+__all__ = ["register", "run", "parse_ratio", "parse_block"]
+
+REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
+#: tensors listed in the text table (the full list is in --json / --report)
+TEXT_ROWS = 30
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..formats import FORMATS, format_choices
+    from ..passes.sparsify import DEFAULT_MIN_SIZE
+    from ..sparsity import SPARSITY_CRITERIA, pattern_help
+
+    formats_help = "; ".join(f"{name}: {FORMATS.get(name).summary}" for name in format_choices()[1:])
+    p = subparsers.add_parser(
+        "sparsify",
+        parents=[common],
+        help="zero weights (unstructured, N:M, block) and store them as CSR/BSR/bitmask/delta/COO",
+        description=(
+            "Prune weights of MatMul/Gemm/Conv/... to a sparsity pattern (optional) and store every "
+            "tensor with at least --min-size elements in a compact format. Without --sparsity the "
+            "existing zeros are re-encoded losslessly. Formats other than coo are ordinary "
+            "initializers plus a decode subgraph of standard ONNX ops, so any runtime runs the file "
+            f"unchanged. Formats: {formats_help}; auto: the smallest per tensor."
+        ),
+    )
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("-o", "--output", required=True, help="where to write the sparse model")
+    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    p.add_argument("--sparsity", type=float, metavar="R",
+                   help="fraction of weights to zero in each tensor (0..1); omit for a lossless re-encode")
+    p.add_argument("--pattern", default="unstructured", metavar="P", help=f"sparsity pattern: {pattern_help()}")
+    p.add_argument("--criterion", default="magnitude", choices=SPARSITY_CRITERIA.names(),
+                   help="how weights are scored (default magnitude)")
+    p.add_argument("--format", default="auto", choices=format_choices(),
+                   help="storage format (default auto: the smallest per tensor)")
+    p.add_argument("--global", dest="global_scope", action="store_true",
+                   help="one magnitude threshold across all tensors instead of per tensor")
+    p.add_argument("--ratio", action="append", default=[], metavar="GLOB=R",
+                   help="per-layer sparsity for tensors/nodes matching GLOB (repeatable, first match wins)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave tensors (or tensors read by nodes) matching GLOB dense and unpruned (repeatable)")
+    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, metavar="N",
+                   help=f"tensors with fewer elements stay dense (default {DEFAULT_MIN_SIZE})")
+    p.add_argument("--block", metavar="RxC", help="BSR block shape (default: chosen per tensor)")
+    p.add_argument("--decoder", action="append", default=[], metavar="FORMAT=VARIANT",
+                   help="decode-graph variant, e.g. bitmask=gather (repeatable)")
+    p.add_argument("--no-raise-opset", action="store_true",
+                   help="never raise the model's opset for a decode graph (older decode graphs or dense instead)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="do not lift Constant weights / fold ConstantOfShape weights first")
+    p.add_argument("--external-data", action="store_true", help="write weights to OUT.data")
+    p.add_argument("--report", metavar="FILE", help="also write the full report to FILE (.json, .md or .html)")
+    p.set_defaults(func=run)
+
+
+def parse_ratio(item: str) -> tuple[str, float]:
+    glob, sep, value = item.rpartition("=")
+    if not sep or not glob:
+        raise UsageError(f"bad --ratio {item!r}: expected GLOB=R (e.g. 'layer4.*=0.9')")
+    try:
+        return glob, float(value)
+    except ValueError:
+        raise UsageError(f"bad --ratio {item!r}: {value!r} is not a number") from None
+
+
+def parse_block(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"bad --block {text!r}: expected RxC (e.g. 4x4)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _decoders(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        fmt, sep, variant = item.partition("=")
+        if not sep:
+            raise UsageError(f"bad --decoder {item!r}: expected FORMAT=VARIANT (e.g. bitmask=gather)")
+        out[fmt.strip()] = variant.strip()
+    return out
+
+
+def _params(model) -> int | None:
+    try:
+        from ..analysis import count_params
+    except ImportError:  # pragma: no cover - analysis is optional for this command
+        return None
+    try:
+        return int(count_params(model))
+    except Exception:  # noqa: BLE001 - a count failure must not fail the command
+        return None
+
+
+def _progress(args: argparse.Namespace):
+    import sys
+
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return lambda items, total, desc: tqdm(items, total=total, desc=desc, unit="tensor", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..formats import save_model
+    from ..io import load_model, model_file_bytes
+    from ..passes.sparsify import SparsifyConfig, sparsify
+
+    if args.report and Path(args.report).suffix.lower() not in REPORT_SUFFIXES:
+        raise UsageError(f"unknown report format {Path(args.report).suffix!r}: use .json, .md or .html")
+    config = SparsifyConfig(
+        sparsity=args.sparsity,
+        pattern=args.pattern,
+        criterion=args.criterion,
+        format=args.format,
+        global_scope=args.global_scope,
+        ratios=[parse_ratio(item) for item in args.ratio],
+        exclude=list(args.exclude),
+        min_size=args.min_size,
+        block=parse_block(args.block),
+        decoders=_decoders(args.decoder),
+        raise_opset=not args.no_raise_opset,
+        normalize=not args.no_normalize,
+    )
+    config.resolved()  # fail on bad options before loading the model
+    model = load_model(args.model)
+    params_before = _params(model)
+    report = sparsify(model, config, progress=_progress(args))
+    out = save_model(model, args.output, protect=(args.model,), force=args.force,
+                     external_data=True if args.external_data else None)
+    result: dict[str, Any] = {
+        "input": str(args.model),
+        "output": str(out),
+        "file_bytes_before": model_file_bytes(args.model),
+        "file_bytes_after": model_file_bytes(out),
+        "params": params_before,
+    }
+    result.update(report.to_dict())
+    if args.report:
+        write_report(args.report, result, title=f"onnxsparse sparsify {Path(args.model).name}")
+    if args.json:
+        print(dump_json(result))
+    else:
+        print(render_text(result))
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def render_text(result: dict[str, Any]) -> str:
+    rows = sorted(result["tensors"], key=lambda r: -r["bytes_dense"])
+    table = [
+        [
+            r["name"] if len(r["name"]) <= 48 else "..." + r["name"][-45:],
+            "x".join(str(d) for d in r["shape"]),
+            r["dtype"],
+            _pct(r["sparsity"]),
+            r["format"] + (f"/{r['decoder']}" if r["decoder"] and r["format"] not in ("dense",) else ""),
+            human_bytes(r["bytes_dense"]),
+            human_bytes(r["bytes_stored"]),
+            f"{r['vs_bound']:.2f}x" if r["vs_bound"] else "-",
+        ]
+        for r in rows[:TEXT_ROWS]
+    ]
+    out = [format_table(["tensor", "shape", "dtype", "sparsity", "format", "dense", "stored", "vs bound"], table)]
+    if len(rows) > TEXT_ROWS:
+        out.append(f"... {len(rows) - TEXT_ROWS} more tensors (see --json or --report)")
+    totals = result["totals"]
+    out.append("")
+    out.append(
+        f"tensors {totals['tensors']} (pruned {totals['pruned']})   sparsity {_pct(totals['sparsity'])}   "
+        f"formats {', '.join(f'{k} {v}' for k, v in totals['formats'].items()) or '-'}"
+    )
+    vs_bound = f"{totals['vs_bound']:.3f}x" if totals["vs_bound"] else "-"
+    out.append(
+        f"weights {human_bytes(totals['bytes_dense'])} dense -> {human_bytes(totals['bytes_stored'])} stored   "
+        f"information bound {human_bytes(totals['bound_bytes'])} ({vs_bound})"
+    )
+    before, after = result["file_bytes_before"], result["file_bytes_after"]
+    out.append(
+        f"file {human_bytes(before)} -> {human_bytes(after)} ({after / before:.3f}x)   "
+        f"opset {result['opset']['before']} -> {result['opset']['after']}   written {result['output']}"
+    )
+    notes = [r for r in rows if r.get("note")]
+    for r in notes[:10]:
+        out.append(f"  note: {r['name']}: {r['note']}")
+    if len(notes) > 10:
+        out.append(f"  ... {len(notes) - 10} more notes")
+    for item in result["skipped"][:10]:
+        out.append(f"  skipped: {item['name']}: {item['reason']}")
+    if len(result["skipped"]) > 10:
+        out.append(f"  ... {len(result['skipped']) - 10} more skipped")
+    for note in result["notes"]:
+        out.append(f"  {note}")
+    return "\n".join(out)

@@ -1,0 +1,18 @@
+"""Row-pointer helpers shared by ``csr`` and ``bsr``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["row_pointers", "rows_from_pointers"]
+
+
+def row_pointers(rows_of_items: np.ndarray, rows: int) -> np.ndarray:
+    """``[rows + 1]`` offsets of each row's items (items sorted by row)."""
+    counts = np.bincount(rows_of_items, minlength=rows) if rows_of_items.size else np.zeros(rows, np.int64)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def rows_from_pointers(pointers: np.ndarray) -> np.ndarray:
+    pointers = np.asarray(pointers, dtype=np.int64)
+    return np.repeat(np.arange(pointers.size - 1), np.diff(pointers))

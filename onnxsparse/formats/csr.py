@@ -1,0 +1,79 @@
+"""``csr``: values + column indices (narrowest integer type) + row pointers.
+
+Rows are the tensor's 2-D view ``[shape[0], prod(shape[1:])]``.  Decode (opset
+16): the row of each value comes from the row pointers with
+``ScatterElements(reduction=add) + CumSum`` (no data-dependent shapes, so
+onnxruntime folds it), the flat position is ``row * cols + col``, and
+``ScatterElements`` places the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint
+from ._registry_instance import FORMATS
+from ._rows import row_pointers, rows_from_pointers
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from ._graph import DecodeBuilder
+
+__all__ = ["CsrCodec"]
+
+
+@FORMATS.register("csr")
+class CsrCodec(Codec):
+    name = "csr"
+    summary = "values + column indices (uint8/uint16/int32) + row pointers"
+    decoders = ("scatter",)
+    cost_rank = 2
+
+    def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
+        rows, cols = tensor.matrix_shape()
+        return "empty tensor" if rows * cols == 0 else None
+
+    def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
+        rows, cols = tensor.matrix_shape()
+        positions = tensor.positions
+        pointers = row_pointers(positions // cols, rows)
+        return Encoded(
+            self.name,
+            {
+                "values": tensor.values,
+                "col_indices": (positions % cols).astype(narrowest_uint(cols - 1)),
+                "row_ptr": pointers.astype(narrowest_uint(tensor.k)),
+            },
+            {"rows": rows, "cols": cols, "count": tensor.k},
+        )
+
+    def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
+               shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
+        cols = int(params["cols"])
+        rows_of = rows_from_pointers(arrays["row_ptr"])
+        positions = rows_of * cols + np.asarray(arrays["col_indices"], dtype=np.int64)
+        values = np.asarray(arrays["values"])
+        out = np.full(int(np.prod(shape, dtype=np.int64)), fill, dtype=values.dtype)
+        out[positions] = values
+        return out.reshape(shape)
+
+    def min_opset(self, decoder: str, dtype: np.dtype) -> int:
+        return 16
+
+    def build(self, builder: DecodeBuilder, encoded: Encoded, stored: Mapping[str, ir.Value],
+              decoder: str) -> ir.Value:
+        rows, cols, k = (int(encoded.params[key]) for key in ("rows", "cols", "count"))
+        dense = builder.fill(builder.fill_value, builder.n)
+        if k == 0:
+            return dense
+        pointers = builder.to_index(stored["row_ptr"])
+        ends = builder.op("Slice", pointers, builder.shape_const([1]), builder.shape_const([rows + 1]))
+        row = builder.expand_runs(ends, rows, k)
+        positions = builder.op(
+            "Add", builder.op("Mul", row, builder.index_const(cols)), builder.to_index(stored["col_indices"])
+        )
+        return builder.op("ScatterElements", dense, positions, stored["values"], axis=0)

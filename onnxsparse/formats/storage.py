@@ -1,0 +1,407 @@
+"""Put tensors into a model in a sparse format, find them again, and turn them back into initializers.
+
+A stored tensor is a few payload initializers + a decode subgraph whose last
+node outputs a value with the tensor's original name, so every consumer is
+untouched.  The model metadata entry ``onnxsparse.storage`` (JSON) records, per
+tensor, the format, decode graph, shape, dtype, fill bits, payload initializer
+names and codec parameters: the Python loader and ``densify`` decode with numpy
+from it.  If a tool dropped the metadata, the node markers (see ``_graph``)
+still identify the decode nodes and the subgraph is evaluated with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import ModelLoadError
+from ._base import SUPPORTED_DTYPES, Codec, CodecOptions, Encoded, TensorData, contiguous
+from ._graph import CONST_PREFIX, NODE_PREFIX, DecodeBuilder, decode_group, decode_target, is_decode_node
+from ._registry_instance import FORMATS
+
+__all__ = [
+    "META_KEY",
+    "StoredTensor",
+    "Candidate",
+    "AUTO",
+    "read_storage",
+    "write_storage",
+    "get_codec",
+    "candidate",
+    "choose",
+    "store",
+    "decode_stored",
+    "expand_stored",
+    "expand_all",
+    "information_bound_bits",
+]
+
+logger = logging.getLogger(__name__)
+
+META_KEY = "onnxsparse.storage"
+STORAGE_VERSION = 1
+AUTO = "auto"
+#: auto keeps the cheaper-to-decode format when it is within this fraction of the smallest
+AUTO_SLACK = 0.02
+
+
+# ------------------------------------------------------------------ metadata
+
+
+@dataclass
+class StoredTensor:
+    """How one tensor is stored (serialised into the model metadata)."""
+
+    name: str
+    format: str
+    decoder: str
+    shape: list[int]
+    dtype: str
+    fill_bits: str
+    inputs: dict[str, str]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def fill(self) -> np.ndarray:
+        dtype = _np_dtype(self.dtype)
+        raw = bytes.fromhex(self.fill_bits)
+        return np.frombuffer(raw, dtype=dtype).reshape(())
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> StoredTensor:
+        return cls(
+            name=name,
+            format=str(data["format"]),
+            decoder=str(data.get("decoder", "")),
+            shape=[int(d) for d in data["shape"]],
+            dtype=str(data["dtype"]),
+            fill_bits=str(data.get("fill_bits", "")),
+            inputs={str(k): str(v) for k, v in data["inputs"].items()},
+            params=dict(data.get("params", {})),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("name")
+        return data
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def read_storage(model: ir.Model) -> dict[str, StoredTensor]:
+    """The tensors the metadata says are stored sparsely (empty if none)."""
+    text = model.metadata_props.get(META_KEY)
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+        return {name: StoredTensor.from_json(name, spec) for name, spec in data.get("tensors", {}).items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"corrupt {META_KEY} metadata: {exc}") from exc
+
+
+def write_storage(model: ir.Model, specs: Mapping[str, StoredTensor]) -> None:
+    if not specs:
+        model.metadata_props.pop(META_KEY, None)
+        return
+    payload = {"version": STORAGE_VERSION, "tensors": {name: spec.to_json() for name, spec in specs.items()}}
+    model.metadata_props[META_KEY] = json.dumps(payload, separators=(",", ":"))
+
+
+def get_codec(name: str) -> Codec:
+    return FORMATS.get(name)()
+
+
+# ------------------------------------------------------------------- choosing
+
+
+@dataclass
+class Candidate:
+    """One way to store a tensor, with its exact cost."""
+
+    format: str
+    decoder: str | None
+    encoded: Encoded | None
+    stored_bytes: int
+    opset: int = 0
+
+
+def information_bound_bits(n: int, k: int, bits_per_value: int) -> float:
+    """``k*b + log2(C(n, k))``: no lossless format does better on average (METHODS.md)."""
+    if n <= 0:
+        return 0.0
+    log2_binomial = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+    return k * bits_per_value + max(log2_binomial, 0.0)
+
+
+def dense_candidate(tensor: TensorData) -> Candidate:
+    return Candidate("dense", None, None, tensor.n * tensor.dtype.itemsize, 0)
+
+
+def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
+              graph: ir.Graph | None = None, decoder: str | None = None) -> Candidate | str:
+    """Encode ``tensor`` as ``fmt``; returns the candidate or why it cannot be used.
+
+    ``decoder`` forces a decode-graph variant; otherwise the first one the opset allows.
+    """
+    if fmt == "dense":
+        return dense_candidate(tensor)
+    if tensor.dtype.name not in SUPPORTED_DTYPES:
+        return f"dtype {tensor.dtype.name} is not supported by the sparse formats"
+    codec = get_codec(fmt)
+    reason = codec.check(tensor, options)
+    if reason:
+        return reason
+    variants = [decoder] if decoder else list(codec.decoder_order(tensor))
+    usable = [d for d in variants if codec.min_opset(d, tensor.dtype) <= max_opset]
+    if not usable:
+        need = min(codec.min_opset(d, tensor.dtype) for d in variants)
+        return f"{fmt} needs opset {need}, the model allows {max_opset}"
+    decoder = usable[0]
+    encoded = codec.encode(tensor, options)
+    builder = DecodeBuilder(graph if graph is not None else ir.Graph([], [], nodes=[]), tensor.name,
+                            tensor.shape, tensor.fill)
+    stored = {role: builder.stored(role, array) for role, array in encoded.arrays.items()}
+    output = codec.build(builder, encoded, stored, decoder)
+    builder.op("Reshape", output, builder.shape_const(tensor.shape))
+    size = encoded.payload_bytes + builder.extra_bytes() + len(tensor.name) + 24  # + final-node metadata
+    return Candidate(fmt, decoder, encoded, size, codec.min_opset(decoder, tensor.dtype))
+
+
+def choose(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
+           graph: ir.Graph | None = None, slack: float = AUTO_SLACK,
+           decoders: Mapping[str, str] | None = None) -> tuple[Candidate, str | None]:
+    """The candidate to use and, if the tensor stays dense, why.
+
+    ``auto`` takes the smallest; among those within ``slack`` of it, the one
+    whose decode graph is cheapest to fold (``Codec.cost_rank``).
+    """
+    decoders = decoders or {}
+    dense = dense_candidate(tensor)
+    if fmt == "dense":
+        return dense, "format dense requested"
+    if fmt != AUTO:
+        result = candidate(tensor, fmt, options, max_opset, graph, decoders.get(fmt))
+        if isinstance(result, str):
+            return dense, result
+        if result.stored_bytes >= dense.stored_bytes:
+            return dense, f"{fmt} would take {result.stored_bytes} bytes, dense {dense.stored_bytes}"
+        return result, None
+    options_tried: list[Candidate] = [dense]
+    failures: list[str] = []
+    for name, cls in FORMATS.items():
+        if name == "dense" or not cls.in_auto:
+            continue
+        result = candidate(tensor, name, options, max_opset, graph, decoders.get(name))
+        if isinstance(result, Candidate):
+            options_tried.append(result)
+        else:
+            failures.append(f"{name}: {result}")
+    smallest = min(c.stored_bytes for c in options_tried)
+    near = [c for c in options_tried if c.stored_bytes <= smallest * (1 + slack)]
+    best = min(near, key=lambda c: (FORMATS.get(c.format).cost_rank, c.stored_bytes))
+    if best.format == "dense":
+        if len(options_tried) == 1 and failures:
+            return best, "no format applies (" + "; ".join(failures) + ")"
+        return best, "dense is smallest"
+    return best, None
+
+
+# ------------------------------------------------------------------- storing
+
+
+def store(model: ir.Model, name: str, tensor: TensorData, chosen: Candidate,
+          specs: dict[str, StoredTensor] | None = None) -> StoredTensor:
+    """Replace initializer ``name`` by ``chosen``'s payload + decode subgraph (in place).
+
+    The metadata is updated at once, or in ``specs`` (then the caller calls
+    :func:`write_storage`, which avoids re-serialising it per tensor).
+    """
+    assert chosen.encoded is not None and chosen.decoder is not None
+    graph = model.graph
+    old = graph.initializers[name]
+    codec = get_codec(chosen.format)
+    builder = DecodeBuilder(graph, name, tensor.shape, tensor.fill)
+    stored = {role: builder.stored(role, array) for role, array in chosen.encoded.arrays.items()}
+    output = codec.build(builder, chosen.encoded, stored, chosen.decoder)
+    final = builder.commit(output, tensor.shape, like=old)
+    old.replace_all_uses_with(final, replace_graph_outputs=True)
+    graph.initializers.pop(name)
+    old.name = None
+    final.name = name
+    spec = StoredTensor(
+        name=name,
+        format=chosen.format,
+        decoder=chosen.decoder,
+        shape=list(tensor.shape),
+        dtype=tensor.dtype.name,
+        fill_bits=tensor.fill.reshape(1).tobytes().hex(),
+        inputs={role: value.name or "" for role, value in stored.items()},
+        params=_jsonable(chosen.encoded.params),
+    )
+    if specs is None:
+        specs = read_storage(model)
+        specs[name] = spec
+        write_storage(model, specs)
+    else:
+        specs[name] = spec  # the caller writes the metadata once
+    return spec
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, (tuple, np.ndarray)):
+            value = list(np.asarray(value).tolist())
+        out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _initializer(graph: ir.Graph, name: str) -> np.ndarray:
+    value = graph.initializers.get(name)
+    if value is None or value.const_value is None:
+        raise ModelLoadError(f"sparse storage refers to a missing initializer {name!r}")
+    return value.const_value.numpy()
+
+
+def decode_stored(model: ir.Model, spec: StoredTensor) -> np.ndarray:
+    """The dense tensor, decoded with numpy from the payload initializers."""
+    codec = get_codec(spec.format)
+    arrays = {role: _initializer(model.graph, name) for role, name in spec.inputs.items()}
+    array = codec.decode(arrays, spec.params, tuple(spec.shape), spec.fill())
+    if array.dtype != _np_dtype(spec.dtype):
+        raise ModelLoadError(f"stored tensor {spec.name!r} decodes to {array.dtype}, metadata says {spec.dtype}")
+    return array
+
+
+def _decode_groups(graph: ir.Graph) -> dict[str, list[ir.Node]]:
+    """``{tensor name: decode nodes}`` found by their markers."""
+    by_id: dict[str, list[ir.Node]] = {}
+    for node in graph:
+        if is_decode_node(node):
+            key = decode_group(node)
+            if key:
+                by_id.setdefault(key, []).append(node)
+    groups: dict[str, list[ir.Node]] = {}
+    for nodes in by_id.values():
+        target = next((decode_target(n) for n in nodes if decode_target(n)), None)
+        if target is None:  # metadata dropped: the output not named like a decode node is the tensor
+            inner = {id(n) for n in nodes}
+            finals = [
+                v for n in nodes for v in n.outputs
+                if v.name and not v.name.startswith(NODE_PREFIX)
+                and not all(id(user) in inner for user, _ in v.uses())
+            ]
+            if len(finals) != 1:
+                logger.warning("cannot tell which tensor decode nodes %s produce", nodes[0].name)
+                continue
+            target = finals[0].name
+        groups[target] = nodes
+    return groups
+
+
+def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndarray:
+    """Run a decode subgraph with onnxruntime (used when the metadata is missing)."""
+    import onnx
+    import onnxruntime as ort
+
+    from ..io import max_runtime_ir_version
+
+    output = next((v for n in nodes for v in n.outputs if v.name == target), None)
+    if output is None:
+        raise ModelLoadError(f"decode nodes for {target!r} do not produce it")
+    inputs = {v.name: v for n in nodes for v in n.inputs if v is not None and v.producer() is None}
+    protos = []
+    for name, value in inputs.items():
+        if value.const_value is None:
+            raise ModelLoadError(f"decode subgraph of {target!r} reads {name!r}, which is not an initializer")
+        protos.append(ir.serde.serialize_tensor(value.const_value))
+        protos[-1].name = name
+    node_protos = [ir.serde.serialize_node(n) for n in nodes]
+    if output.dtype is None:
+        raise ModelLoadError(f"decode output {target!r} has no type; cannot evaluate it without metadata")
+    out_info = onnx.helper.make_tensor_value_info(target, int(output.dtype), None)
+    opset = graph.opset_imports.get("", 18) or 18
+    proto = onnx.helper.make_model(
+        onnx.helper.make_graph(node_protos, "decode", [], [out_info], initializer=protos),
+        opset_imports=[onnx.helper.make_opsetid("", max(opset, 16))],
+    )
+    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {})[0]
+
+
+def expand_stored(model: ir.Model, name: str, nodes: Sequence[ir.Node], array: np.ndarray) -> None:
+    """Replace the decode subgraph of ``name`` by a dense initializer holding ``array``."""
+    graph = model.graph
+    output = next((v for n in nodes for v in n.outputs if v.name == name), None)
+    if output is None:
+        raise ModelLoadError(f"decode nodes for {name!r} do not produce it")
+    output.name = None
+    value = ir.Value(name=name, const_value=ir.Tensor(contiguous(array), name=name))
+    value.shape = ir.Shape(array.shape)
+    value.dtype = ir.DataType.from_numpy(array.dtype)
+    graph.register_initializer(value)
+    output.replace_all_uses_with(value, replace_graph_outputs=True)
+    feeds = {id(v): v for n in nodes for v in n.inputs if v is not None and v.producer() is None}
+    graph.remove(list(nodes), safe=True)
+    for fed in feeds.values():
+        if fed.name in graph.initializers and not fed.uses() and not _is_graph_output(graph, fed):
+            graph.initializers.pop(fed.name)
+
+
+def _is_graph_output(graph: ir.Graph, value: ir.Value) -> bool:
+    return any(v is value for v in graph.outputs)
+
+
+def expand_all(model: ir.Model, names: Iterable[str] | None = None) -> dict[str, str]:
+    """Densify stored tensors (all, or ``names``); returns ``{name: format}`` of those expanded."""
+    graph = model.graph
+    specs = read_storage(model)
+    groups = _decode_groups(graph)
+    wanted = set(groups) | set(specs) if names is None else set(names)
+    done: dict[str, str] = {}
+    for name in sorted(wanted):
+        spec = specs.get(name)
+        nodes = groups.get(name, [])
+        if not nodes:
+            if spec is not None:
+                logger.warning("metadata lists %s but its decode nodes are gone; dropping the entry", name)
+                specs.pop(name, None)
+            continue
+        if spec is not None:
+            array = decode_stored(model, spec)
+        else:
+            array = _evaluate(graph, nodes, name)
+        expand_stored(model, name, nodes, array)
+        specs.pop(name, None)
+        done[name] = spec.format if spec else "unknown"
+    write_storage(model, specs)
+    _drop_orphan_consts(graph)
+    return done
+
+
+def _drop_orphan_consts(graph: ir.Graph) -> None:
+    for name in [n for n in graph.initializers if n.startswith(CONST_PREFIX)]:
+        value = graph.initializers[name]
+        if not value.uses() and not _is_graph_output(graph, value):
+            graph.initializers.pop(name)

@@ -1,0 +1,237 @@
+"""Sparsity patterns: which sets of weights are zeroed together, given their scores.
+
+* ``unstructured``: any weight; the lowest scores per tensor (or across all
+  tensors with ``global``).
+* ``N:M``: in every group of ``M`` consecutive weights along the reduction axis
+  (input channels of a Conv, ``K`` of a MatMul), keep the ``N`` best; 2:4 is
+  what sparse tensor cores run.  The sparsity is fixed at ``1 - N/M``.
+* ``block:RxC``: whole ``R x C`` blocks of the 2-D view ``[shape[0],
+  prod(shape[1:])]`` (the view ``bsr`` stores), ranked by the L2 norm of their
+  scores (block norm for ``magnitude``); edge blocks may be partial.
+
+A pattern exposes *units* (elements, blocks) with one score each; the selection
+(per tensor or global) picks the units to zero, and ``expand`` maps kept units
+back to an element mask.  Families are registered by name and parse a spec
+string, so CLI help is generated from the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import UsageError
+from ..formats._registry import Registry
+from .weights import WeightInfo
+
+__all__ = [
+    "Pattern",
+    "Unstructured",
+    "NM",
+    "Block",
+    "PATTERNS",
+    "DEFAULT_PATTERNS",
+    "parse_pattern",
+    "pattern_help",
+    "select_lowest",
+    "nm_violations",
+]
+
+
+class Pattern:
+    """Base class of a parsed pattern."""
+
+    family: ClassVar[str] = ""
+    syntax: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    supports_global: ClassVar[bool] = True
+
+    #: sparsity the pattern implies (N:M), else None (the user gives it)
+    fixed_sparsity: float | None = None
+
+    @property
+    def spec(self) -> str:
+        return self.family
+
+    @classmethod
+    def parse(cls, spec: str) -> Pattern | None:
+        raise NotImplementedError
+
+    def check(self, info: WeightInfo) -> str | None:
+        """``None`` if the pattern applies to this weight, else why not."""
+        return None
+
+    def unit_scores(self, scores: np.ndarray, info: WeightInfo) -> np.ndarray:
+        """One score per unit (flat)."""
+        return scores.reshape(-1)
+
+    def expand(self, keep_units: np.ndarray, info: WeightInfo) -> np.ndarray:
+        """Element keep-mask (weight shape) from the per-unit keep flags."""
+        return keep_units.reshape(info.shape)
+
+    def mask(self, scores: np.ndarray, sparsity: float, info: WeightInfo) -> np.ndarray:
+        """Keep-mask with ``round(sparsity * units)`` lowest-scoring units zeroed."""
+        units = self.unit_scores(scores, info)
+        keep = np.ones(units.size, dtype=bool)
+        keep[select_lowest(units, int(round(sparsity * units.size)))] = False
+        return self.expand(keep, info)
+
+    def __repr__(self) -> str:
+        return f"<pattern {self.spec}>"
+
+
+def select_lowest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` lowest scores (ties broken by position, deterministic)."""
+    count = max(0, min(int(count), scores.size))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if count == scores.size:
+        return np.arange(scores.size)
+    order = np.argsort(scores, kind="stable")
+    return order[:count]
+
+
+PATTERNS: Registry[type[Pattern]] = Registry("sparsity pattern")
+
+
+@PATTERNS.register("unstructured")
+class Unstructured(Pattern):
+    family = "unstructured"
+    syntax = "unstructured"
+    summary = "any weight: lowest scores per tensor (or across tensors with --global)"
+
+    @classmethod
+    def parse(cls, spec: str) -> Pattern | None:
+        return cls() if spec.strip().lower() == "unstructured" else None
+
+
+@dataclass(frozen=True, repr=False)
+class NM(Pattern):
+    n: int
+    m: int
+
+    family: ClassVar[str] = "N:M"
+    syntax: ClassVar[str] = "N:M (e.g. 2:4, 4:8)"
+    summary: ClassVar[str] = "keep N of every M consecutive weights along the reduction axis"
+    supports_global: ClassVar[bool] = False
+
+    @property
+    def fixed_sparsity(self) -> float:  # type: ignore[override]
+        return 1.0 - self.n / self.m
+
+    @property
+    def spec(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    @classmethod
+    def parse(cls, spec: str) -> Pattern | None:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
+        if not match:
+            return None
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise UsageError(f"pattern {spec!r}: need 0 < N < M")
+        return cls(n, m)
+
+    def check(self, info: WeightInfo) -> str | None:
+        if info.in_axis is None:
+            return "no single reduction axis for N:M"
+        length = info.shape[info.in_axis]
+        if length % self.m:
+            return f"reduction axis has {length} elements, not a multiple of M={self.m}"
+        return None
+
+    def mask(self, scores: np.ndarray, sparsity: float, info: WeightInfo) -> np.ndarray:
+        axis = info.in_axis
+        assert axis is not None
+        moved = np.moveaxis(scores, axis, -1)
+        groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // self.m, self.m)
+        # stable ascending order: the M-N lowest (earliest on ties) are dropped
+        order = np.argsort(groups, axis=-1, kind="stable")
+        keep = np.ones(groups.shape, dtype=bool)
+        np.put_along_axis(keep, order[..., : self.m - self.n], False, axis=-1)
+        return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
+@dataclass(frozen=True, repr=False)
+class Block(Pattern):
+    rows: int
+    cols: int
+
+    family: ClassVar[str] = "block"
+    syntax: ClassVar[str] = "block:RxC (e.g. block:4x4)"
+    summary: ClassVar[str] = "zero whole RxC blocks of the [shape[0], rest] view, lowest block norm first"
+
+    @property
+    def spec(self) -> str:
+        return f"block:{self.rows}x{self.cols}"
+
+    @classmethod
+    def parse(cls, spec: str) -> Pattern | None:
+        match = re.fullmatch(r"\s*block\s*:\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
+        if not match:
+            return None
+        rows, cols = int(match.group(1)), int(match.group(2))
+        if rows < 1 or cols < 1:
+            raise UsageError(f"pattern {spec!r}: block sides must be >= 1")
+        return cls(rows, cols)
+
+    def _view(self, info: WeightInfo) -> tuple[int, int]:
+        if len(info.shape) >= 2:
+            return info.shape[0], int(np.prod(info.shape[1:], dtype=np.int64))
+        return 1, int(np.prod(info.shape, dtype=np.int64))
+
+    def _padded(self, info: WeightInfo) -> tuple[int, int, int, int]:
+        rows, cols = self._view(info)
+        return rows, cols, -(-rows // self.rows), -(-cols // self.cols)
+
+    def unit_scores(self, scores: np.ndarray, info: WeightInfo) -> np.ndarray:
+        rows, cols, brows, bcols = self._padded(info)
+        padded = np.zeros((brows * self.rows, bcols * self.cols), dtype=np.float64 if scores.dtype == np.float64
+                          else np.float32)
+        padded[:rows, :cols] = scores.reshape(rows, cols)
+        blocks = padded.reshape(brows, self.rows, bcols, self.cols)
+        return np.sqrt(np.square(blocks).sum(axis=(1, 3))).reshape(-1)
+
+    def expand(self, keep_units: np.ndarray, info: WeightInfo) -> np.ndarray:
+        rows, cols, brows, bcols = self._padded(info)
+        grid = keep_units.reshape(brows, bcols)
+        full = np.repeat(np.repeat(grid, self.rows, axis=0), self.cols, axis=1)
+        return full[:rows, :cols].reshape(info.shape)
+
+
+#: Pattern families the CLI offers, in help order.
+DEFAULT_PATTERNS: tuple[str, ...] = ("unstructured", "N:M", "block")
+PATTERNS.add("N:M", NM)
+PATTERNS.add("block", Block)
+
+
+def parse_pattern(spec: str | Pattern) -> Pattern:
+    """``"unstructured"``, ``"2:4"``, ``"block:4x4"`` -> a :class:`Pattern`."""
+    if isinstance(spec, Pattern):
+        return spec
+    for _, family in PATTERNS.items():
+        parsed = family.parse(spec)
+        if parsed is not None:
+            return parsed
+    raise UsageError(f"unknown sparsity pattern {spec!r}; use {pattern_help()}")
+
+
+def pattern_help() -> str:
+    return ", ".join(family.syntax for _, family in PATTERNS.items())
+
+
+def nm_violations(array: np.ndarray, n: int, m: int, axis: int, fill: np.ndarray | float = 0) -> int:
+    """Groups of ``m`` along ``axis`` holding more than ``n`` non-fill values (0 = pattern holds)."""
+    from ..formats._base import bits_view
+
+    fill_bits = bits_view(np.asarray(fill, dtype=array.dtype).reshape(1))[0]
+    nonzero = bits_view(array) != fill_bits
+    moved = np.moveaxis(nonzero, axis, -1)
+    if moved.shape[-1] % m:
+        return -1
+    groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    return int(np.count_nonzero(groups.sum(axis=-1) > n))
