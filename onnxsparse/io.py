@@ -294,9 +294,11 @@ def _densify_sparse_initializers(proto: onnx.ModelProto) -> None:
 def max_runtime_ir_version() -> int:
     """Highest IR version the installed onnxruntime loads (probed once)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 - the probe below needs it
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
         return onnx.IR_VERSION
+    from ._ort import make_session
+
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
@@ -304,7 +306,7 @@ def max_runtime_ir_version() -> int:
         model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
         model.ir_version = version
         try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            make_session(model)
             return version
         except Exception:  # noqa: BLE001 - any failure means "not this version"
             continue

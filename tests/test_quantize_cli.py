@@ -8,6 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from cli_asserts import one_line_error
 from helpers import DATA, cli, run, sample
 from onnx import numpy_helper
 from test_quantize_helpers import assert_zeros_exact, cnn_model, mlp_model, prune, wide_mlp
@@ -25,15 +26,6 @@ def calib_path(tmp_path):
     path = tmp_path / "calib.npz"
     np.savez(path, x=np.random.default_rng(0).standard_normal((32, 48)).astype(np.float32))
     return path
-
-
-def _one_line_error(code: int, out: str, err: str) -> str:
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("onnxsparse: error: ")
-    assert out == ""
-    return lines[0]
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "int4"])
@@ -86,7 +78,7 @@ def test_cli_bad_calibration_file(tmp_path, mlp_path, arrays, needle):
     bad = tmp_path / "bad.npz"
     np.savez(bad, **arrays)
     out = tmp_path / "q.onnx"
-    line = _one_line_error(*cli("quantize", mlp_path, "-o", out, "--mode", "static", "--calib", bad))
+    line = one_line_error(*cli("quantize", mlp_path, "-o", out, "--mode", "static", "--calib", bad))
     assert needle in line
     assert str(bad) in line
     assert not out.exists()
@@ -98,13 +90,13 @@ def test_cli_bad_calibration_sample_model(tmp_path):
     model = sample("digits_cnn")
     out = tmp_path / "q.onnx"
     tokens = DATA / "digits_calib_tokens.npz"  # [N, 8, 8] tokens for the transformer: wrong rank here
-    line = _one_line_error(*cli("quantize", model, "-o", out, "--mode", "static", "--calib", tokens))
+    line = one_line_error(*cli("quantize", model, "-o", out, "--mode", "static", "--calib", tokens))
     assert "rank 3" in line
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file")
-    line = _one_line_error(*cli("quantize", model, "-o", out, "--mode", "static", "--calib", junk))
+    line = one_line_error(*cli("quantize", model, "-o", out, "--mode", "static", "--calib", junk))
     assert "cannot read data file" in line
-    line = _one_line_error(*cli("quantize", model, "-o", out, "--mode", "static", "--calib", tmp_path / "nope.npz"))
+    line = one_line_error(*cli("quantize", model, "-o", out, "--mode", "static", "--calib", tmp_path / "nope.npz"))
     assert "data not found" in line
     assert not out.exists()
 
@@ -114,21 +106,21 @@ def test_cli_data_that_breaks_the_model_is_one_line(tmp_path):
     model = sample("digits_transformer")
     bad = tmp_path / "seq9.npz"
     np.savez(bad, input=np.zeros((4, 9, 8), np.float32))  # positional table has 8 rows
-    line = _one_line_error(*cli("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", bad))
+    line = one_line_error(*cli("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--calib", bad))
     assert "does not run on this data" in line and "node" in line
 
 
 def test_cli_usage_errors(tmp_path, mlp_path, calib_path):
     out = tmp_path / "q.onnx"
-    line = _one_line_error(*cli("quantize", mlp_path, "-o", out, "--mode", "static"))
+    line = one_line_error(*cli("quantize", mlp_path, "-o", out, "--mode", "static"))
     assert "needs calibration data" in line
-    line = _one_line_error(*cli("quantize", mlp_path, "-o", out, "--exclude", "fc_1"))
+    line = one_line_error(*cli("quantize", mlp_path, "-o", out, "--exclude", "fc_1"))
     assert "did you mean 'fc1'" in line
-    line = _one_line_error(*cli("quantize", mlp_path, "-o", out, "--mode", "int4", "--per-channel"))
+    line = one_line_error(*cli("quantize", mlp_path, "-o", out, "--mode", "int4", "--per-channel"))
     assert "--per-channel does not apply" in line
-    line = _one_line_error(*cli("quantize", mlp_path, "-o", mlp_path))
+    line = one_line_error(*cli("quantize", mlp_path, "-o", mlp_path))
     assert "overwrite the input" in line
-    line = _one_line_error(*cli("quantize", tmp_path / "missing.onnx", "-o", out))
+    line = one_line_error(*cli("quantize", tmp_path / "missing.onnx", "-o", out))
     assert "model file not found" in line
     code, _, err = cli("quantize", mlp_path, "-o", out, "--mode", "float8")
     assert code == 2 and "invalid choice" in err

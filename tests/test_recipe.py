@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_asserts import one_line_error
 from helpers import DATA, ROOT, cli, sample
 from onnx import TensorProto, helper, numpy_helper
 
@@ -37,15 +38,6 @@ def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def one_line_error(code: int, out: str, err: str) -> str:
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("onnxsparse: error: ")
-    assert out == ""
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------------- parsing
@@ -77,6 +69,13 @@ steps:
         prune.channels = 0.5  # type: ignore[misc]
     assert quant.to_config().weight_symmetric is True and quant.to_config().mode == "static"
     assert sparse.to_config().resolved()[0].spec == "2:4"
+
+
+def test_quantize_step_defaults_mirror_quantize_config():
+    """The step re-declares QuantizeConfig's fields (YAML key ``symmetric``): the defaults must not drift."""
+    from onnxsparse.quantize import QuantizeConfig
+
+    assert QuantizeStep().to_config() == QuantizeConfig()
 
 
 def test_round_trip_and_json(tmp_path):

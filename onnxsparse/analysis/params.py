@@ -326,8 +326,6 @@ def _evaluate(model: ir.Model, refs: list[WeightRef]) -> dict[int, np.ndarray]:
         return {}
     order = {id(n): i for i, n in enumerate(model.graph)}
     try:
-        import onnxruntime as ort
-
         graph = onnx.GraphProto(name="evaluate_parameters")
         for value in tensors.values():
             array = value.const_value.numpy()  # type: ignore[union-attr]
@@ -341,13 +339,11 @@ def _evaluate(model: ir.Model, refs: list[WeightRef]) -> dict[int, np.ndarray]:
             graph,
             opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()],
         )
+        from .._ort import make_session, session_options
         from ..io import max_runtime_ir_version
 
         proto.ir_version = min(model.ir_version, max_runtime_ir_version())
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = make_session(proto, session_options(optimize=False))
         values = session.run(None, {})
     except Exception as exc:  # noqa: BLE001 - zeros of computed weights are best effort
         logger.warning("could not evaluate computed parameters (%s); their zeros are not measured", exc)

@@ -14,7 +14,7 @@ is built (peak memory: twice the inline weights, for a moment).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import onnx
 import onnx_ir as ir
@@ -204,8 +204,13 @@ def _proto_dims(value: onnx.ValueInfoProto) -> Shape | None:
     )
 
 
-def _collect_weights(graph: onnx.GraphProto, out: dict[str, Shape]) -> None:
-    """Dims of initializers and Constant tensors (main graph and subgraphs)."""
+def _collect_weights(
+    graph: onnx.GraphProto,
+    out: dict[str, Shape],
+    subgraph: Callable[[onnx.GraphProto, dict[str, Shape]], None] | None = None,
+) -> None:
+    """Dims of initializers and Constant tensors; subgraphs go to ``subgraph`` (default: this function)."""
+    subgraph = subgraph or _collect_weights
     for tensor in graph.initializer:
         out[tensor.name] = tuple(tensor.dims)
     for node in graph.node:
@@ -213,29 +218,20 @@ def _collect_weights(graph: onnx.GraphProto, out: dict[str, Shape]) -> None:
             if node.op_type == "Constant" and attr.type == onnx.AttributeProto.TENSOR and node.output:
                 out[node.output[0]] = tuple(attr.t.dims)
             elif attr.type == onnx.AttributeProto.GRAPH:
-                _collect_weights(attr.g, out)
+                subgraph(attr.g, out)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    _collect_weights(sub, out)
+                    subgraph(sub, out)
 
 
 def _collect(graph: onnx.GraphProto, out: dict[str, Shape]) -> None:
+    """Declared value shapes, then weight dims, of ``graph`` and its subgraphs."""
     for group in (graph.input, graph.value_info, graph.output):
         for value in group:
             dims = _proto_dims(value)
             if dims is not None:
                 _merge(out, {value.name: dims})
-    for tensor in graph.initializer:
-        out[tensor.name] = tuple(tensor.dims)
-    for node in graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Constant" and attr.type == onnx.AttributeProto.TENSOR and node.output:
-                out[node.output[0]] = tuple(attr.t.dims)
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _collect(attr.g, out)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    _collect(sub, out)
+    _collect_weights(graph, out, _collect)
 
 
 def _ir_shapes(model: ir.Model, out: dict[str, Shape]) -> None:

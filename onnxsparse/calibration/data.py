@@ -60,13 +60,10 @@ def model_input_specs(model) -> list[InputSpec]:
     """Input specs of an ``onnx_ir`` model, ``ModelProto`` or onnxruntime session."""
     specs: list[InputSpec] = []
     if hasattr(model, "get_inputs"):  # onnxruntime.InferenceSession
-        type_map = {
-            "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-            "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
-        }
+        from .._ort import ORT_TYPE_TO_NUMPY
+
         for arg in model.get_inputs():
-            dtype = np.dtype(type_map.get(arg.type, np.float32))
+            dtype = np.dtype(ORT_TYPE_TO_NUMPY.get(arg.type, np.float32))
             specs.append(InputSpec(arg.name, dtype, tuple(arg.shape)))
         return specs
     if isinstance(model, onnx.ModelProto):

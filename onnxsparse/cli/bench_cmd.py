@@ -4,10 +4,9 @@ across execution providers, thread counts and batch sizes, as one table."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..calibration.data import parse_shapes
-from ..report import dump_json
+from ._common import print_result, progress_enabled
 from .validate_cmd import add_run_options
 
 __all__ = ["register", "run"]
@@ -50,14 +49,9 @@ def run(args: argparse.Namespace) -> int:
         runs=args.runs,
         memory=args.memory,
         session_repeats=args.session_repeats,
-        progress=not args.quiet,
+        progress=progress_enabled(args),
     )
     for path in args.report:
         save_report(path, result)
-    if args.json:
-        print(dump_json(result.to_dict()))
-    else:
-        print(render_text(result))
-        for path in args.report:
-            print(f"report written to {path}", file=sys.stderr)
+    print_result(args, result, render_text, args.report)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..calibration.data import parse_shapes
 from ..quantize import (
@@ -19,6 +18,7 @@ from ..quantize import (
     quantize,
 )
 from ..report import dump_json, write_report
+from ._common import progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         config=config,
         force=args.force,
         check=args.check,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=progress_enabled(args),
     )
     report = result.report
     data = report.as_dict()

@@ -9,11 +9,11 @@ written); 2: bad recipe, model, data or options (nothing run).
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 
 from ..errors import UsageError
 from ..report import dump_json, write_report
+from ._common import print_result, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -90,17 +90,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("-o/--output is required (or use --dry-run)")
     try:
         result = run_recipe(recipe, args.model, args.output, force=args.force,
-                            progress=not args.quiet and sys.stderr.isatty())
+                            progress=progress_enabled(args))
     except StepError as exc:
         for path in args.report:
             write_run_report(path, exc.result)
         raise
     for path in args.report:
         write_run_report(path, result)
-    if args.json:
-        print(dump_json(result.to_dict()))
-    else:
-        print(render_text(result))
-        for path in args.report:
-            print(f"report written to {path}", file=sys.stderr)
+    print_result(args, result, render_text, args.report)
     return 0 if result.passed else 1

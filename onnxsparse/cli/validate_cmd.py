@@ -5,10 +5,9 @@ really smaller and faster where it runs?  Exit 0 when every gate holds, 1 when o
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..calibration.data import parse_shapes
-from ..report import dump_json
+from ._common import print_result, progress_enabled
 
 __all__ = ["register", "run", "add_run_options"]
 
@@ -114,14 +113,9 @@ def run(args: argparse.Namespace) -> int:
         session_repeats=args.session_repeats,
         thresholds={k: v for k, v in limits.items() if v is not None},
         require_providers=args.require_providers,
-        progress=not args.quiet,
+        progress=progress_enabled(args),
     )
     for path in args.report:
         save_report(path, result)
-    if args.json:
-        print(dump_json(result.to_dict()))
-    else:
-        print(render_text(result))
-        for path in args.report:
-            print(f"report written to {path}", file=sys.stderr)
+    print_result(args, result, render_text, args.report)
     return 0 if result.passed else 1

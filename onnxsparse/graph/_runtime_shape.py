@@ -128,24 +128,8 @@ def trace(vec: ir.Value | None, depth: int = 0) -> list[Entry] | None:
         entries = sub(0)
         if entries is None:
             return None
-        n = len(entries)
-        if _opset(node) < 10:
-            starts, ends = node.attributes.get_ints("starts", None), node.attributes.get_ints("ends", None)
-            steps = None
-        else:
-            starts = _shapes.constant_ints(ins[1]) if len(ins) > 1 else None
-            ends = _shapes.constant_ints(ins[2]) if len(ins) > 2 else None
-            axes = _shapes.constant_ints(ins[3]) if len(ins) > 3 and ins[3] is not None else (0,)
-            steps = _shapes.constant_ints(ins[4]) if len(ins) > 4 and ins[4] is not None else (1,)
-            if axes not in ((0,), (-1,)) or steps != (1,):
-                return None
-        if starts is None or ends is None or len(starts) != 1 or len(ends) != 1:
-            return None
-
-        def clamp(i: int) -> int:
-            return min(max(i + n if i < 0 else i, 0), n)
-
-        return entries[clamp(int(starts[0])) : clamp(int(ends[0]))]
+        bounds = _slice_bounds(node, len(entries))
+        return None if bounds is None else entries[bounds[0] : bounds[1]]
     return None
 
 
@@ -325,6 +309,12 @@ def shape_reads(shape_out: ir.Value, length: int) -> set[int] | None:
 
 def trace_positions(node: ir.Node, n: int) -> list[int] | None:
     """Positions of a length-``n`` vector a constant ``Slice`` keeps (step 1, axis 0)."""
+    bounds = _slice_bounds(node, n)
+    return None if bounds is None else list(range(*bounds))
+
+
+def _slice_bounds(node: ir.Node, n: int) -> tuple[int, int] | None:
+    """``[start, stop)`` a constant 1-D ``Slice`` (step 1, axis 0) keeps of a length-``n`` vector, clamped."""
     ins = node.inputs
     if _opset(node) < 10:
         starts, ends = node.attributes.get_ints("starts", None), node.attributes.get_ints("ends", None)
@@ -341,7 +331,7 @@ def trace_positions(node: ir.Node, n: int) -> list[int] | None:
     def clamp(i: int) -> int:
         return min(max(i + n if i < 0 else i, 0), n)
 
-    return list(range(clamp(int(starts[0])), clamp(int(ends[0]))))
+    return clamp(int(starts[0])), clamp(int(ends[0]))
 
 
 def set_shape(value: ir.Value, dims: Sequence[int | Token]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -22,6 +21,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from .._ort import make_session, session_options
+from .._progress import progress_bar
 from ..calibration.data import DataSource, load_data, model_input_specs
 from ..errors import DataError, ModelSaveError, UsageError
 from ..io import EXTERNAL_DATA_THRESHOLD, ModelSource, load_model, model_file_bytes, save_model
@@ -89,11 +90,8 @@ def _tensor_bytes(model: ir.Model) -> int:
 
 
 def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures surface as exceptions, reported in one line
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # log level 4: failures surface as exceptions, reported in one line
+    return make_session(path, session_options(log_severity=4))
 
 
 def _run_all(session, source: DataSource, batch: int, limit: int) -> list[np.ndarray]:
@@ -147,14 +145,6 @@ def _check_output(output: Path, input_path: Path | None, force: bool) -> None:
         raise ModelSaveError(f"output {output} already exists (use --force to overwrite)")
     if not output.resolve().parent.is_dir():
         raise ModelSaveError(f"output folder does not exist: {output.resolve().parent}")
-
-
-def _progress_bar(enabled: bool, desc: str, unit: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(desc=desc, unit=unit, leave=False, file=sys.stderr)
 
 
 def _check_source(calib: DataSource | None, model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> tuple[DataSource | None, str | None]:
@@ -295,7 +285,7 @@ def quantize(
         reader, bar, calibration = None, None, None
         if quant_mode.needs_calibration:
             assert calib_source is not None
-            bar = _progress_bar(progress, "calibrating", unit="batch")
+            bar = progress_bar(desc="calibrating", unit="batch", enabled=progress)
             reader = make_reader(calib_source, batch, settings.calib_samples, bar.update if bar else None)
             if len(reader) == 0:
                 raise DataError(f"{calib_source.origin}: fewer samples ({len(calib_source)}) than the model's batch size {batch}")

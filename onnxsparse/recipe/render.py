@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..report import atomic_write_text, dump_json, format_table, human_bytes, human_count, markdown_table, to_jsonable
+from ..report import format_table, human_bytes, human_count, markdown_table, to_jsonable
 from .config import Recipe
 from .runner import RecipeResult, Stats
 
@@ -189,16 +189,6 @@ def render_html(result: RecipeResult) -> str:
 
 def write_run_report(path: str | os.PathLike, result: RecipeResult) -> Path:
     """``.json`` (stable keys, ``schema`` ``onnxsparse.run/1``), ``.md`` or ``.html``, written atomically."""
-    from ..validate.reports import check_report_paths
+    from ..validate.reports import write_rendered
 
-    check_report_paths([path])
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        text = dump_json(result.to_dict()) + "\n"
-    elif suffix in (".md", ".markdown"):
-        text = render_markdown(result)
-    else:
-        text = render_html(result)
-    atomic_write_text(path, text)
-    return path
+    return write_rendered(path, result, render_markdown, render_html)

@@ -27,6 +27,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from .._progress import progress_bar
 from ..errors import DataError, ModelSaveError, OnnxSparseError, UsageError
 from ..io import ModelSource, load_model, model_file_bytes
 from .config import (
@@ -372,16 +373,13 @@ def _run_validate(step: Step, ctx: RunContext, index: int) -> StepOutcome:
 
 
 def _validate_notes(result: Any) -> list[str]:
-    """The verdict first (``PASSED`` / ``FAILED: gate observed vs limit at where``), then what was measured."""
-    failed = [c for c in result.checks if not c.passed]
-    if not failed:
-        first = "PASSED" + (f" ({len(result.checks)} checks)" if result.checks else "")
-    else:
-        first = "FAILED: " + "; ".join(
-            f"{c.name} {c.observed:.4g} vs limit {c.limit:g} at {c.where}"
-            if c.observed is not None and c.limit is not None else f"{c.name}: {c.reason}"
-            for c in failed
-        )
+    """The verdict first (``PASSED (N checks)`` / ``FAILED: gate observed vs limit at where``), then what was
+    measured (shorter than ``validate``'s summary line, with the worst cosine)."""
+    from ..validate import verdict
+
+    first = verdict(result)
+    if result.passed and result.checks:
+        first += f" ({len(result.checks)} checks)"
     measured = []
     if result.size_ratio is not None:
         measured.append(f"size {result.size_ratio:.3f}x")
@@ -587,7 +585,7 @@ def run_recipe(
         result = RecipeResult(recipe, str(input_path if _is_path(model) else "<in-memory model>"), None,
                               _stats(ir_model, input_path, recipe.shapes or None, mac_dims), mac_dims=mac_dims,
                               notes=notes)
-        bar = _bar(progress, len(recipe.steps))
+        bar = progress_bar(len(recipe.steps), unit="step", enabled=progress)
         for index, step in enumerate(recipe.steps):
             where = recipe.where(index)
             if bar is not None:
@@ -630,13 +628,3 @@ def run_recipe(
                                            force=force)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _bar(progress: bool, total: int):
-    if not progress:
-        return None
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="step", leave=False, file=sys.stderr)

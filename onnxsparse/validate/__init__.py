@@ -17,6 +17,7 @@ from .latency import LatencyStats
 from .memory import MemoryStats
 from .metrics import METRICS, Metric, OutputFidelity, fidelity, register_metric
 from .providers import PROVIDERS, ProviderSpec, register_provider, resolve_providers
+from ._tables import summary_line, verdict
 from .reports import render_markdown, render_text, save_report
 from .result import (
     SCHEMA,
@@ -59,6 +60,8 @@ __all__ = [
     "render_text",
     "render_markdown",
     "save_report",
+    "summary_line",
+    "verdict",
     "SCHEMA",
 ]
 

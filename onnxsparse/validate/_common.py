@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .._progress import progress_bar as tqdm_bar
 from .._version import __version__
 from ..calibration.data import DataSource, InputSpec
 from ..errors import UsageError
@@ -136,8 +137,5 @@ class _NoBar:
 
 def progress_bar(total: int, enabled: bool, desc: str):
     """A tqdm bar on stderr when enabled and stderr is a terminal, else a no-op."""
-    if not enabled or not sys.stderr.isatty():
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, unit="run", leave=False, dynamic_ncols=True)
+    bar = tqdm_bar(total, desc, unit="run", enabled=enabled and sys.stderr.isatty(), dynamic_ncols=True)
+    return _NoBar() if bar is None else bar

@@ -130,6 +130,7 @@ def summary_line(result: ValidationResult) -> str:
 
 
 def verdict(result: ValidationResult) -> str:
+    """``PASSED``, or ``FAILED: `` and each failed gate (observed vs limit at where, or its reason)."""
     if result.passed:
         return "PASSED"
     failed = [c for c in result.checks if not c.passed]

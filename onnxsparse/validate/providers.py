@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .._ort import make_session
+from .._ort import session_options as ort_session_options
 from ..errors import ModelLoadError, UsageError
 
 __all__ = [
@@ -148,11 +150,7 @@ def availability(spec: ProviderSpec) -> str | None:
 
 
 def session_options(spec: ProviderSpec, threads: int | None) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
+    options = ort_session_options(threads=threads)
     if spec.configure is not None:
         spec.configure(options)
     return options
@@ -177,9 +175,7 @@ def warm_up_runtime(spec: ProviderSpec, threads: int | None = None) -> None:
     if spec.ep not in available:
         return
     try:
-        session = ort.InferenceSession(
-            IDENTITY_MODEL, session_options(spec, threads), providers=provider_chain(spec, available)
-        )
+        session = make_session(IDENTITY_MODEL, session_options(spec, threads), provider_chain(spec, available))
         session.run(None, {"x": np.zeros((1,), np.float32)})
     except Exception:  # noqa: BLE001 - the real session will report the problem
         pass
@@ -214,10 +210,9 @@ def open_session(
     if reason is not None:
         return ProviderSession(spec, None, reason=reason)
     chain = provider_chain(spec, ort.get_available_providers())
-    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model
     start = time.perf_counter()
     try:
-        session = ort.InferenceSession(source, session_options(spec, threads), providers=chain)
+        session = make_session(model, session_options(spec, threads), chain)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
         message = " ".join(str(exc).split())[:400]
         if spec.ep == "CPUExecutionProvider":

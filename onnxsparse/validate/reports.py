@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from ..report import atomic_write_text, dump_json, format_table, markdown_table
@@ -12,7 +14,7 @@ from .bench import BenchResult
 from .render_html import bench_html, validation_html
 from .result import ValidationResult
 
-__all__ = ["render_text", "render_markdown", "save_report", "check_report_paths", "REPORT_SUFFIXES"]
+__all__ = ["render_text", "render_markdown", "save_report", "write_rendered", "check_report_paths", "REPORT_SUFFIXES"]
 
 REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 
@@ -54,17 +56,23 @@ def render_markdown(result: ValidationResult | BenchResult) -> str:
 
 def save_report(path: str | os.PathLike, result: ValidationResult | BenchResult) -> Path:
     """Write ``result`` as .json (stable keys, see docs/validate.md), .md, or .html (with charts)."""
+    html = validation_html if isinstance(result, ValidationResult) else bench_html
+    return write_rendered(path, result, render_markdown, html)
+
+
+def write_rendered(path: str | os.PathLike, result: Any, markdown: Callable[[Any], str],
+                   html: Callable[[Any], str]) -> Path:
+    """Write ``result`` by ``path``'s extension, atomically: .json is ``result.to_dict()`` (stable keys),
+    .md/.markdown is ``markdown(result)``, anything else ``html(result)``; the path is checked first."""
     check_report_paths([path])
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
         text = dump_json(result.to_dict()) + "\n"
     elif suffix in (".md", ".markdown"):
-        text = render_markdown(result)
-    elif isinstance(result, ValidationResult):
-        text = validation_html(result)
+        text = markdown(result)
     else:
-        text = bench_html(result)
+        text = html(result)
     atomic_write_text(path, text)
     return path
 

@@ -25,25 +25,30 @@ from ..slots import Role
 __all__ = ["ConvRule", "ConvTransposeRule", "RULES"]
 
 
-def _common(ctx: CoupleContext, x: ir.Value, y: ir.Value) -> str | None:
+_Operands = tuple[ir.Value, ir.Value, ir.Value | None, ir.Value]
+
+
+def _operands(ctx: CoupleContext) -> _Operands | str:
+    """``x, w, b, y`` with the batch axes of ``x`` and ``y`` coupled, or why the node cannot be handled."""
+    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    y = ctx.output(0)
+    if x is None or w is None or y is None:
+        return f"{ctx.describe()}: missing input"
     xd, yd = ctx.dims(x), ctx.dims(y)
     if xd is None or yd is None or len(xd) < 3 or len(xd) != len(yd):
         return f"{ctx.describe()}: input/output ranks unknown"
     ctx.couple(x, 0, y, 0)
-    return None
+    return x, w, b, y
 
 
 class ConvRule(OpRule):
     op_types = ("Conv",)
 
     def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
-        x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
-        y = ctx.output(0)
-        if x is None or w is None or y is None:
-            return f"{ctx.describe()}: missing input"
-        reason = _common(ctx, x, y)
-        if reason:
-            return reason
+        operands = _operands(ctx)
+        if isinstance(operands, str):
+            return operands
+        x, w, b, y = operands
         wd = ctx.dims(w)
         xd = ctx.dims(x)
         if wd is None or wd[0] is None or wd[1] is None or xd[1] is None:
@@ -85,13 +90,10 @@ class ConvTransposeRule(OpRule):
     op_types = ("ConvTranspose",)
 
     def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
-        x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
-        y = ctx.output(0)
-        if x is None or w is None or y is None:
-            return f"{ctx.describe()}: missing input"
-        reason = _common(ctx, x, y)
-        if reason:
-            return reason
+        operands = _operands(ctx)
+        if isinstance(operands, str):
+            return operands
+        x, w, b, y = operands
         wd, xd, yd = ctx.dims(w), ctx.dims(x), ctx.dims(y)
         if wd is None or wd[0] is None or wd[1] is None or yd[1] is None:
             return f"{ctx.describe()}: channel counts unknown"
