@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxsparse._ort import ORT_TYPE_TO_NUMPY
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "models"
 DATA = ROOT / "samples" / "data"
@@ -54,12 +56,10 @@ def random_feeds(model: Any, batch: int = 2, seed: int = 0, dims: dict[str, int]
     """Random inputs for every model input; symbolic dims take ``dims[name]``, else ``batch``."""
     sess = model if isinstance(model, ort.InferenceSession) else session(model)
     rng = np.random.default_rng(seed)
-    types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
-             "tensor(double)": np.float64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
     feeds = {}
     for arg in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else (dims or {}).get(str(d), batch) for d in arg.shape]
-        dtype = types.get(arg.type, np.float32)
+        dtype = ORT_TYPE_TO_NUMPY.get(arg.type, np.float32)
         if np.dtype(dtype).kind == "f":
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         else:
