@@ -5,6 +5,11 @@ Removes the lowest-scoring ``RATIO`` of the channels of every prunable group
 smaller dense model with the same input/output signature, and prints params,
 MACs and bytes before/after, the groups pruned and the groups skipped with the
 reason.  ``--json`` prints the report instead; ``--report FILE`` writes it.
+
+With ``--calib DATA`` activations are captured with onnxruntime: the
+data-driven criteria (``activation``, ``wanda``, ``flap``) can score channels,
+and the layers that lost inputs are repaired (``--repair bias|lstsq``,
+sequentially by default), with per-layer errors in the report.
 """
 
 from __future__ import annotations
@@ -39,8 +44,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _damp(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+#: criterion used when --criterion is not given: without / with --calib
+DEFAULT_CRITERION = "l2"
+DEFAULT_DATA_CRITERION = "wanda"
+
+
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from ..criteria import available_criteria, get_criterion
+    from ..passes.prune import DEFAULT_CALIB_SAMPLES
+    from ..passes.reconstruct import DEFAULT_DAMP, REPAIRS
 
     criteria = available_criteria()
     p = subparsers.add_parser(
@@ -54,13 +76,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             "input/output or an op without a rule are skipped, with the reason."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="criteria:\n" + "\n".join(f"  {n:8s} {get_criterion(n).description}" for n in criteria),
+        epilog="criteria:\n" + "\n".join(f"  {n:10s} {get_criterion(n).description}" for n in criteria)
+        + "\n\nrepairs (--repair, need --calib):\n"
+        "  none       remove channels only\n"
+        "  bias       add W[:, removed] @ mean(x_removed) to the consumer's bias (FLAP)\n"
+        "  lstsq      least-squares re-fit of the consumer's kept weights and bias (default with --calib)",
     )
     p.add_argument("model", help="the .onnx file to prune")
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     p.add_argument("--channels", type=_ratio, metavar="RATIO", help="fraction of channels to remove per group, in [0, 1)")
-    p.add_argument("--criterion", choices=criteria, default=criteria[0], help=f"importance criterion (default {criteria[0]})")
+    p.add_argument("--criterion", choices=criteria, default=None,
+                   help=f"importance criterion (default {DEFAULT_CRITERION}; {DEFAULT_DATA_CRITERION} with --calib)")
     p.add_argument("--global", dest="global_ranking", action="store_true",
                    help="rank channels across groups (scores normalised per group) instead of the same ratio everywhere")
     p.add_argument("--round-to", type=_positive, default=1, metavar="N", help="keep channel counts multiples of N")
@@ -71,6 +98,21 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...",
                    help="input shape for the MAC count (symbolic dims count as 1 otherwise)")
     p.add_argument("--report", metavar="FILE", help="also write the report to FILE (.json, .md or .html)")
+    cal = p.add_argument_group("calibration (activation-aware criteria and repairs)")
+    cal.add_argument("--calib", metavar="DATA",
+                     help="calibration data: .npz keyed by input name (axis 0 = samples), a folder of them, or 'random'")
+    cal.add_argument("--calib-samples", type=_positive, default=DEFAULT_CALIB_SAMPLES, metavar="N",
+                     help=f"calibration samples used (default {DEFAULT_CALIB_SAMPLES})")
+    cal.add_argument("--repair", choices=REPAIRS, default=None,
+                     help="repair the layers that lost inputs (default lstsq with --calib, none without)")
+    order = cal.add_mutually_exclusive_group()
+    order.add_argument("--sequential", dest="sequential", action="store_true", default=None,
+                       help="repair layer by layer on the already-repaired model's activations (default; "
+                            "one calibration pass per stage)")
+    order.add_argument("--one-shot", dest="sequential", action="store_false",
+                       help="repair every layer from the original activations (one pass; faster, less accurate)")
+    cal.add_argument("--damp", type=_damp, default=DEFAULT_DAMP, metavar="F",
+                     help=f"lstsq ridge: lambda = F * mean(diag(X X^T)) (default {DEFAULT_DAMP:g})")
     heads = _heads_module()
     if heads is not None:  # --heads / --ffn (transformer blocks), see onnxsparse/passes/prune_heads.py
         heads.add_cli_arguments(p)
@@ -95,6 +137,12 @@ def _heads_blocks(report: dict[str, Any]) -> dict[tuple[str, int], str]:
     return block
 
 
+def _with_criterion(args: argparse.Namespace, criterion: str) -> argparse.Namespace:
+    copy = argparse.Namespace(**vars(args))
+    copy.criterion = criterion
+    return copy
+
+
 def run(args: argparse.Namespace) -> int:
     from ..calibration.data import parse_shapes
     from ..io import load_model, model_file_bytes, save_model
@@ -109,6 +157,14 @@ def run(args: argparse.Namespace) -> int:
     if args.report and not args.report.lower().endswith((".json", ".md", ".markdown", ".html", ".htm")):
         raise UsageError(f"unknown report format {args.report!r}: use .json, .md or .html")
     shapes = parse_shapes(args.shape)
+    criterion = args.criterion or (DEFAULT_DATA_CRITERION if args.calib else DEFAULT_CRITERION)
+    if args.calib is None:
+        if args.repair not in (None, "none"):
+            raise UsageError(f"--repair {args.repair} needs calibration data: give --calib DATA")
+        if args.sequential:
+            raise UsageError("--sequential needs calibration data: give --calib DATA")
+    repair = args.repair or ("lstsq" if args.calib else "none")
+    sequential = None if args.sequential is None else bool(args.sequential)
     model = load_model(args.model)
     progress = not args.quiet and sys.stderr.isatty()
     heads_report: dict[str, Any] | None = None
@@ -117,14 +173,20 @@ def run(args: argparse.Namespace) -> int:
     if wants_heads and heads is not None:
         normalize(model)
         before = _measure(model, shapes or None, _mac_dims(model, shapes or None))
-        heads_result = heads.apply_from_args(model, args)
+        calibration = None
+        if args.calib is not None:
+            from ..passes.reconstruct import HeadCalibration
+
+            calibration = HeadCalibration(args.calib, repair=repair, damp=args.damp, samples=args.calib_samples,
+                                          shapes=shapes, seed=args.seed)
+        heads_result = heads.apply_from_args(model, _with_criterion(args, criterion), calibration=calibration)
         if heads_result is not None:
             heads_report = heads_result.report
             block = _heads_blocks(heads_report)
     result = prune(
         model,
         args.channels or 0.0,
-        criterion=args.criterion,
+        criterion=criterion,
         global_ranking=args.global_ranking,
         round_to=args.round_to,
         min_keep=args.min_keep,
@@ -133,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         shapes=shapes or None,
         progress=progress,
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        repair=repair,
+        sequential=sequential,
+        damp=args.damp,
     )
     report = result.report
     if before is not None:  # sizes before any pruning, not after the heads/FFN pass
@@ -158,4 +225,32 @@ def run(args: argparse.Namespace) -> int:
         if heads_report is not None:
             print()
             print(heads.report_table(heads_report))
+            repairs = _heads_repair_table(heads_report)
+            if repairs:
+                print()
+                print(repairs)
     return 0
+
+
+def _heads_repair_table(report: dict[str, Any]) -> str:
+    """Per output projection of the heads/FFN pass: the repair and its estimated error."""
+    from ..report import format_table
+
+    def err(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
+    rows = [
+        [entry["name"], r["node"], f"{r['kept']}/{r['inputs']}", r["method"], err(r["error_before"]),
+         err(r["error_after"]), r["reason"] or ""]
+        for kind in ("attention", "ffn") for entry in report.get(kind, []) for r in entry.get("repair", [])
+    ]
+    if not rows:
+        return ""
+    title = ("heads/FFN repairs (one-shot); error = relative MSE of the projection output on sampled "
+             "calibration rows (lstsq only)")
+    text = format_table(["block", "projection", "rows kept", "repair", "error before", "error after", "note"],
+                        rows, title=title)
+    t = (report.get("calibration") or {}).get("timings_s") or {}
+    if t:
+        text += f"\ntime: capture {t.get('capture_s', 0.0):.2f} s, solve {t.get('solve_s', 0.0):.2f} s"
+    return text

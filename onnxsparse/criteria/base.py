@@ -46,7 +46,10 @@ class Criterion:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    requires_data: ClassVar[bool] = False
+    requires_data: ClassVar[bool] = False  #: needs calibration statistics (``--calib``)
+    #: how ``--global`` makes this criterion's scores comparable across groups:
+    #: ``"mean"`` (divide by the group's mean |score|) or ``"standardize"`` ((s - mean) / std)
+    global_norm: ClassVar[str] = "mean"
 
     def score(self, group: Group, ctx: ScoringContext) -> np.ndarray | None:
         """Importance per root index (shape ``[group.size]``), or ``None``."""

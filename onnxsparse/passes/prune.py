@@ -7,6 +7,12 @@ with a criterion (:mod:`onnxsparse.criteria`), removes the lowest-scoring
 rewrites the graph (:func:`onnxsparse.graph.apply_plan`).  Inputs and outputs
 keep their names and shapes.  :class:`PrunePass` is the same as an
 ``onnx_ir`` pass.
+
+With calibration data (``calib=``), activations are captured with onnxruntime
+(:mod:`onnxsparse.calibration.capture`) for the data-driven criteria
+(``activation``, ``wanda``, ``flap``) and the consumers of removed channels are
+repaired (:mod:`onnxsparse.passes.reconstruct`: ``bias`` compensation or an
+``lstsq`` re-fit, one-shot or ``sequential``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from ..criteria import ScoringContext, get_criterion
+from ..criteria import CALIBRATION_KEY, ScoringContext, get_criterion
 from ..errors import UsageError
 from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_groups
 from ..io import ModelSource, load_model
@@ -28,11 +34,19 @@ from .normalize import normalize
 from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
 
-__all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups"]
+__all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
+           "default_repair"]
 
 logger = logging.getLogger(__name__)
 
 _FALLBACK = "l2"
+#: Calibration samples used by default (``--calib-samples``).
+DEFAULT_CALIB_SAMPLES = 128
+
+
+def default_repair(has_data: bool) -> str:
+    """The repair used when none is asked for: see docs/prune.md ("Calibration") for the measurements."""
+    return "lstsq" if has_data else "none"
 
 
 @dataclass
@@ -52,7 +66,13 @@ def score_groups(
     """Scores per prunable group id, and the criterion actually used for each."""
     crit = get_criterion(criterion)
     fallback = get_criterion(_FALLBACK)
-    ctx = ScoringContext(dg, np.random.default_rng(seed), dict(extras or {}))
+    extras = dict(extras or {})
+    if crit.requires_data and extras.get(CALIBRATION_KEY) is None:
+        raise UsageError(
+            f"criterion {crit.name!r} needs calibration data: give --calib DATA "
+            "(an .npz keyed by input name, a folder of them, or 'random')"
+        )
+    ctx = ScoringContext(dg, np.random.default_rng(seed), extras)
     scores: dict[int, np.ndarray] = {}
     used: dict[int, str] = {}
     for group in dg.prunable:
@@ -81,11 +101,18 @@ def plan_pruning(
     round_to: int = 1,
     min_keep: int = 1,
     seed: int = 0,
+    extras: Mapping[str, object] | None = None,
 ) -> tuple[PrunePlan, dict[int, str]]:
-    """Score and select: the plan for removing ``channels`` of every prunable group."""
-    scores, used = score_groups(dg, criterion, seed=seed)
+    """Score and select: the plan for removing ``channels`` of every prunable group.
+
+    ``extras`` reaches the criteria (``{"calibration": Capture}`` for the data-driven ones).
+    """
+    if channels == 0:  # nothing to remove: no scores needed (data-driven criteria may have no data)
+        name = get_criterion(criterion).name
+        return PrunePlan.create(dg, {}), {g.id: name for g in dg.prunable}
+    scores, used = score_groups(dg, criterion, seed=seed, extras=extras)
     removed = select(scores, channels, global_ranking=global_ranking, round_to=_unit_round(dg, round_to),
-                     min_keep=min_keep)
+                     min_keep=min_keep, norm=get_criterion(criterion).global_norm)
     return PrunePlan.create(dg, removed), used
 
 
@@ -136,15 +163,40 @@ def _prune(
     normalized: bool,
     measure: bool,
     progress: bool,
+    calib: object | None = None,
+    calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
+    repair: str | None = None,
+    sequential: bool | None = None,
+    damp: float | None = None,
+    calib_batch: int = 32,
 ) -> PruneResult:
     from tqdm import tqdm
 
+    from .reconstruct import DEFAULT_DAMP, REPAIRS
+
     if not 0.0 <= channels < 1.0:
         raise UsageError(f"--channels must be in [0, 1), got {channels}")
-    get_criterion(criterion)  # fail fast on unknown names
+    crit = get_criterion(criterion)  # fail fast on unknown names
+    repair = default_repair(calib is not None) if repair is None else repair
+    if repair not in REPAIRS:
+        raise UsageError(f"unknown repair {repair!r} (choose from {', '.join(REPAIRS)})")
+    if calib is None and channels > 0:
+        if crit.requires_data:
+            raise UsageError(f"criterion {crit.name!r} needs calibration data: give --calib DATA "
+                             "(an .npz keyed by input name, a folder of them, or 'random')")
+        if repair != "none":
+            raise UsageError(f"--repair {repair} needs calibration data: give --calib DATA")
+        if sequential:
+            raise UsageError("--sequential needs calibration data (--calib) and a repair")
+    sequential = (repair != "none") if sequential is None else bool(sequential)
+    if calib_samples is not None and calib_samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {calib_samples}")
+    damp = DEFAULT_DAMP if damp is None else float(damp)
     exclude = tuple(exclude)
     timings: dict[str, float] = {}
-    steps = ["normalise", "measure", "analyse", "score", "rewrite", "measure"]
+    wants_data = calib is not None and channels > 0 and (crit.requires_data or repair != "none")
+    steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
+             *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
     bar = tqdm(total=len(steps), desc="prune", unit="step", disable=not progress, leave=False)
 
     def step(name: str, start: float) -> float:
@@ -165,17 +217,46 @@ def _prune(
     t = step("measure_s", t)
     dg = build_groups(model, registry=registry, exclude=exclude, block=block)
     t = step("analysis_s", t)
+    extras: dict[str, object] = {}
+    source = cap = None
+    if wants_data:
+        from ..calibration.capture import capture
+        from .reconstruct import candidate_requests
+
+        bar.set_postfix_str("calibrate")
+        source = _calibration_source(calib, model, shapes, calib_samples, seed)
+        probe_channels, probe_layers = candidate_requests(dg)
+        cap = capture(model, source, channels=probe_channels if crit.requires_data else (),
+                      layers=probe_layers if repair == "bias" and not sequential else (),
+                      batch_size=calib_batch, seed=seed)
+        extras[CALIBRATION_KEY] = cap
+        t = step("calibration_s", t)
     plan, used = plan_pruning(
         dg, channels, criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
-        seed=seed,
+        seed=seed, extras=extras,
     )
     t = step("scoring_s", t)
-    apply_plan(plan)
+    repair_report = None
+    if wants_data and repair != "none":
+        from .reconstruct import reconstruct
+
+        bar.set_postfix_str("repair")
+        rec = reconstruct(dg, plan, source, mode=repair, sequential=sequential, damp=damp, stats=cap,
+                          batch_size=calib_batch, seed=seed)
+        repair_report = rec.report
+        t = step("repair_s", t)
+        masks = plan.masks()
+        rec.write_weights(model)
+        apply_plan(plan)
+        rec.write_biases(model, masks)
+    else:
+        apply_plan(plan)
     t = step("rewrite_s", t)
     after = _measure(model, shapes, dims) if measure else (0, None, 0)
     step("measure_s", t)
     bar.close()
-    timings["prune_s"] = timings["analysis_s"] + timings["scoring_s"] + timings["rewrite_s"]
+    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "scoring_s", "repair_s",
+                                                              "rewrite_s"))
     timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
 
     report = PruneReport(
@@ -194,6 +275,12 @@ def _prune(
         mac_dims=dims,
         timings=timings,
         analysis={k: v for k, v in dg.stats.items() if not k.endswith("_s")},
+        calibration=None if source is None else {
+            "data": getattr(source, "origin", "") or "data",
+            "samples": len(source),
+            "capture_s": cap.seconds if cap is not None else 0.0,
+        },
+        repair=repair_report,
     )
     for g in dg.prunable:
         kept = plan.kept(g.id)
@@ -234,6 +321,12 @@ def prune(
     normalized: bool = False,
     measure: bool = True,
     progress: bool = False,
+    calib: object | None = None,
+    calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
+    repair: str | None = None,
+    sequential: bool | None = None,
+    damp: float | None = None,
+    calib_batch: int = 32,
 ) -> PruneResult:
     """Remove ``channels`` (a fraction) of the channels of every prunable group.
 
@@ -245,6 +338,14 @@ def prune(
     ``(tensor name, axis)`` slots to a reason they must not change.  ``shapes`` fixes input shapes for the
     MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
     :func:`~onnxsparse.normalize` when the caller already ran it.
+
+    Calibration: ``calib`` is anything :func:`onnxsparse.calibration.load_data`
+    accepts (``.npz`` path, folder, ``"random"``, dict of arrays, ``DataSource``);
+    the first ``calib_samples`` samples are used.  It feeds the data-driven
+    criteria and the ``repair`` of the layers that lost inputs (``"none"``,
+    ``"bias"``, ``"lstsq"``; ``None``: ``lstsq`` with data, else ``none``),
+    ``sequential`` (default when repairing) or one-shot (``sequential=False``),
+    with ridge ``damp`` (default 0.01).
     """
     return _prune(
         load_model(model),
@@ -261,7 +362,22 @@ def prune(
         normalized=normalized,
         measure=measure,
         progress=progress,
+        calib=calib,
+        calib_samples=calib_samples,
+        repair=repair,
+        sequential=sequential,
+        damp=damp,
+        calib_batch=calib_batch,
     )
+
+
+def _calibration_source(calib, model: ir.Model, shapes, samples: int | None, seed: int):
+    from ..calibration.data import load_data
+
+    source = load_data(calib, model, shapes=shapes, samples=samples or DEFAULT_CALIB_SAMPLES, seed=seed)
+    if samples is not None and len(source) > samples:
+        source = source.take(samples)
+    return source
 
 
 class PrunePass(ir.passes.InPlacePass):
@@ -280,6 +396,11 @@ class PrunePass(ir.passes.InPlacePass):
         registry: RuleRegistry | None = None,
         normalized: bool = False,
         measure: bool = True,
+        calib: object | None = None,
+        calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
+        repair: str | None = None,
+        sequential: bool | None = None,
+        damp: float | None = None,
     ) -> None:
         super().__init__()
         self.options = dict(
@@ -295,6 +416,11 @@ class PrunePass(ir.passes.InPlacePass):
             normalized=normalized,
             measure=measure,
             progress=False,
+            calib=calib,
+            calib_samples=calib_samples,
+            repair=repair,
+            sequential=sequential,
+            damp=damp,
         )
         self.channels = channels
         self.report: PruneReport | None = None

@@ -91,6 +91,7 @@ def _prune_kind(
     allow_signature_change: bool,
     rng: np.random.Generator,
     report: dict[str, Any],
+    calibration: Any = None,
 ) -> None:
     graph = model.graph
     found = find_blocks(graph, kind)
@@ -122,7 +123,10 @@ def _prune_kind(
             })
             continue
         n_remove = units_to_remove(block.n_units, ratio, round_to if kind == "ffn" else 1)
-        scores, used = block.scores(criterion, rng)
+        if calibration is not None:  # data-driven scores (onnxsparse.passes.reconstruct.HeadCalibration)
+            scores, used = calibration.scores(block, criterion, rng)
+        else:
+            scores, used = block.scores(criterion, rng)
         order = np.argsort(scores, kind="stable")
         removed = sorted(int(u) for u in order[:n_remove])
         removal = block.removal(removed)
@@ -132,10 +136,15 @@ def _prune_kind(
              "rows_removed": np.flatnonzero(~removal.keep(track)).tolist()}
             for node, weight, axis, track in block.region.sink_weights
         ]
+        repairs = None
         if removed:
+            if calibration is not None:  # re-fit the sinks' kept rows and bias before they are sliced
+                repairs = calibration.repair(model, block, removal)
             block.region.apply(removal)
             done |= block.region.touched
         entry: dict[str, Any] = {"name": block.name, "form": block.form, "removed": removed, "sinks": sinks}
+        if repairs:
+            entry["repair"] = [vars(r) for r in repairs]
         if used != criterion:
             entry["criterion"] = used
             report.setdefault("notes", []).append(
@@ -184,12 +193,15 @@ def prune_heads(
     exclude: Iterable[str] = (),
     allow_signature_change: bool = False,
     seed: int = 0,
+    calibration: Any = None,
 ) -> HeadPruneResult:
     """Prune ``heads`` of every attention block's KV groups and ``ffn`` of every FFN's neurons, in place.
 
     ``criterion`` names a criterion of :mod:`onnxsparse.criteria`, scored over the weight slices a
     unit owns (one that cannot score them, e.g. ``bn``, falls back to ``l2`` with a note); ``round_to`` rounds the kept FFN width up to a multiple; ``exclude`` holds
-    fnmatch patterns of block or node names to leave alone.
+    fnmatch patterns of block or node names to leave alone.  ``calibration``
+    (:class:`onnxsparse.passes.reconstruct.HeadCalibration`) enables the
+    data-driven criteria and repairs the output projections from calibration data.
     """
     for name, ratio in (("heads", heads), ("ffn", ffn)):
         if not 0.0 <= ratio < 1.0:
@@ -199,20 +211,28 @@ def prune_heads(
     if round_to < 1:
         raise UsageError(f"round_to must be >= 1, got {round_to}")
     exclude = tuple(exclude)
+    from ..criteria import get_criterion
+
+    if get_criterion(criterion).requires_data and calibration is None:
+        raise UsageError(f"criterion {criterion!r} needs calibration data: give --calib DATA")
     normalize(model)
     complete_shapes(model)
+    if calibration is not None:
+        calibration.prepare(model, [k for k, r in (("attention", heads), ("ffn", ffn)) if r > 0])
     rng = np.random.default_rng(seed)
     report: dict[str, Any] = {
         "heads_ratio": heads, "ffn_ratio": ffn, "criterion": criterion, "round_to": round_to,
         "attention": [], "ffn": [], "skipped": [], "signature_changes": [],
     }
     opts = dict(criterion=criterion, round_to=round_to, exclude=exclude,
-                allow_signature_change=allow_signature_change, rng=rng, report=report)
+                allow_signature_change=allow_signature_change, rng=rng, report=report, calibration=calibration)
     if heads > 0:
         _prune_kind(model, "attention", heads, **opts)  # type: ignore[arg-type]
     if ffn > 0:
         _prune_kind(model, "ffn", ffn, **opts)  # type: ignore[arg-type]
     common.RemoveUnusedNodesPass()(model)
+    if calibration is not None:
+        report["calibration"] = calibration.summary()
     return HeadPruneResult(model, report)
 
 
@@ -259,9 +279,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave blocks/nodes whose name matches this fnmatch pattern alone (repeatable)")
 
 
-def apply_from_args(model: ir.Model, args: argparse.Namespace) -> HeadPruneResult | None:
+def apply_from_args(model: ir.Model, args: argparse.Namespace, calibration: Any = None) -> HeadPruneResult | None:
     """Run :func:`prune_heads` with the options :func:`add_cli_arguments` added; ``None`` if
-    neither ``--heads`` nor ``--ffn`` was given."""
+    neither ``--heads`` nor ``--ffn`` was given.  ``calibration`` is passed through."""
     heads = float(getattr(args, "heads", 0.0) or 0.0)
     ffn = float(getattr(args, "ffn", 0.0) or 0.0)
     if heads <= 0 and ffn <= 0:
@@ -282,6 +302,7 @@ def apply_from_args(model: ir.Model, args: argparse.Namespace) -> HeadPruneResul
         exclude=tuple(exclude),
         allow_signature_change=bool(getattr(args, "allow_signature_change", False)),
         seed=int(getattr(args, "seed", 0) or 0),
+        calibration=calibration,
     )
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..report import format_table, human_bytes, human_count
+
+if TYPE_CHECKING:
+    from .reconstruct import RepairReport
 
 __all__ = ["GroupReport", "SkippedGroup", "PruneReport"]
 
@@ -69,6 +72,10 @@ class PruneReport:
     skipped: list[SkippedGroup] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     analysis: dict[str, float] = field(default_factory=dict)
+    #: calibration data used (``data``, ``samples``, ``capture_s``), or None without ``--calib``
+    calibration: dict[str, Any] | None = None
+    #: per-layer repairs and their errors, or None without a repair
+    repair: RepairReport | None = None
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
@@ -117,6 +124,8 @@ class PruneReport:
             "skip_reasons": dict(Counter(s.reason for s in self.skipped).most_common()),
             "timings_s": dict(self.timings),
             "analysis": dict(self.analysis),
+            "calibration": None if self.calibration is None else dict(self.calibration),
+            "repair": None if self.repair is None else self.repair.to_dict(),
         }
 
     # -- text -------------------------------------------------------------
@@ -170,6 +179,8 @@ class PruneReport:
 
     def summary(self, limit: int | None = 30) -> str:
         parts = [self.size_table(), "", self.groups_table(limit)]
+        if self.repair is not None and self.repair.layers:
+            parts += ["", self.repair.table()]
         if self.skipped:
             parts += ["", self.skipped_table(limit)]
         return "\n".join(parts)

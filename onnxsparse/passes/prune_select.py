@@ -3,8 +3,9 @@
 * uniform (default): every prunable group loses ``floor(ratio * size)`` units,
   its lowest-scoring ones;
 * global: scores are divided by their group's mean (so groups with large
-  weights do not dominate), all units are ranked together and the lowest
-  ``floor(ratio * total)`` go, except each group's best ``min_keep``.
+  weights do not dominate) - or standardised, ``(s - mean) / std``, for
+  criteria that ask for it (``flap``) - all units are ranked together and the
+  lowest ``floor(ratio * total)`` go, except each group's best ``min_keep``.
 
 Then the kept count of every group is rounded to a multiple of ``round_to``
 (nearest, at least ``round_to``, never above the group size) and raised to
@@ -87,8 +88,23 @@ def select_uniform(
     return removed
 
 
+def _normalised(s: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "standardize":
+        std = float(np.std(s))
+        return (s - float(np.mean(s))) / std if std > 0 else np.zeros_like(s)
+    if norm != "mean":
+        raise ValueError(f"unknown score normalisation {norm!r} (use 'mean' or 'standardize')")
+    mean = float(np.mean(np.abs(s)))
+    return s / mean if mean > 0 else np.zeros_like(s)
+
+
 def select_global(
-    scores: Mapping[int, np.ndarray], ratio: float, *, round_to: RoundTo = 1, min_keep: int = 1
+    scores: Mapping[int, np.ndarray],
+    ratio: float,
+    *,
+    round_to: RoundTo = 1,
+    min_keep: int = 1,
+    norm: str = "mean",
 ) -> dict[int, np.ndarray]:
     _check(ratio, round_to, min_keep)
     if not scores:
@@ -98,14 +114,13 @@ def select_global(
     for gid, s in scores.items():
         s = np.asarray(s, dtype=np.float64)
         total += s.size
-        mean = float(np.mean(np.abs(s)))
-        norm = s / mean if mean > 0 else np.zeros_like(s)
+        scaled = _normalised(s, norm)
         protect = min(max(min_keep, 1), s.size)
-        order = np.lexsort((np.arange(s.size), norm))
+        order = np.lexsort((np.arange(s.size), scaled))
         eligible = order[: s.size - protect]
         gids.append(np.full(eligible.size, gid, dtype=np.int64))
         idx.append(eligible)
-        vals.append(norm[eligible])
+        vals.append(scaled[eligible])
     gid_all, idx_all, val_all = np.concatenate(gids), np.concatenate(idx), np.concatenate(vals)
     budget = min(int(math.floor(ratio * total + 1e-9)), val_all.size)
     chosen = np.lexsort((idx_all, gid_all, val_all))[:budget]
@@ -125,6 +140,9 @@ def select(
     global_ranking: bool = False,
     round_to: RoundTo = 1,
     min_keep: int = 1,
+    norm: str = "mean",
 ) -> dict[int, np.ndarray]:
-    fn = select_global if global_ranking else select_uniform
-    return fn(scores, ratio, round_to=round_to, min_keep=min_keep)
+    """Uniform or global selection; ``norm`` is the global per-group score normalisation."""
+    if global_ranking:
+        return select_global(scores, ratio, round_to=round_to, min_keep=min_keep, norm=norm)
+    return select_uniform(scores, ratio, round_to=round_to, min_keep=min_keep)
