@@ -381,3 +381,85 @@ def test_prune_command(tmp_path: Path) -> None:
     assert "2/4 heads" in stdout and "48/64 neurons" in stdout
     report = prune_heads(load(str(src)), heads=0.5, ffn=0.25).report
     assert_equivalent(onnx.load(str(src)), load(str(out)), report)
+
+
+# ----------------------------------------------------------------------------------------
+# tf2onnx's Einsum lowering (Keras MultiHeadAttention)
+# ----------------------------------------------------------------------------------------
+
+KERAS_MHA = ROOT / "samples" / "models" / "real_tf_keras_mha.onnx"
+
+
+def _keras_check(model: ir.Model, report: dict[str, Any]) -> None:
+    """The oracle at batches other than the export's (the sequence length is fixed at 16)."""
+    batch_dim = onnx.load(str(KERAS_MHA)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    for batch in (3, 1):
+        assert_equivalent(KERAS_MHA, model, report, sizes=((batch, 16),), extra_dims={batch_dim: batch})
+
+
+@pytest.mark.parametrize("ratio,kept", [(0.25, 3), (0.5, 2), (0.75, 1)])
+def test_keras_mha_tf2onnx_einsum_lowering(ratio: float, kept: int) -> None:
+    model = load(KERAS_MHA)
+    report = prune_heads(model, heads=ratio).report
+    assert not report["skipped"], report["skipped"]
+    (block,) = report["attention"]
+    assert (block["heads_total"], block["heads_kept"], block["head_size"]) == (4, kept, 8)
+    for role in ("query", "key", "value"):
+        w = model.graph.initializers[f"functional_1_1/multi_head_attention_1/{role}_1/Reshape:0"].const_value
+        assert tuple(w.shape) == (32, kept * 8)
+    wo = model.graph.initializers["functional_1_1/multi_head_attention_1/attention_output_1/Reshape_1:0"]
+    assert tuple(wo.const_value.shape) == (kept * 8, 32)
+    _keras_check(model, report)
+    # the oracle is not vacuous: zeroing the removed heads changes the output
+    ref = session(ir.to_proto(masked_reference(KERAS_MHA, report)))
+    x = np.random.default_rng(0).standard_normal((2, 16, 32)).astype(np.float32)
+    assert not np.allclose(ref.run(None, {"input": x})[0], session(str(KERAS_MHA)).run(None, {"input": x})[0],
+                           atol=ATOL, rtol=RTOL)
+
+
+def test_tf2onnx_unlowering_is_exact_and_removes_the_shape_reads() -> None:
+    from onnxsparse.transformer.tf_einsum import unlower_tf_batch_matmuls
+
+    model = load(KERAS_MHA)
+    normalize(model)
+    done = unlower_tf_batch_matmuls(model.graph)
+    assert len(done) == 2  # scores (Q K^T) and context (P V)
+    ops = [n.op_type for n in model.graph]
+    assert "ReduceProd" not in ops and "Max" not in ops
+    x = np.random.default_rng(1).standard_normal((3, 16, 32)).astype(np.float32)
+    np.testing.assert_allclose(session(ir.to_proto(model)).run(None, {"input": x})[0],
+                               session(str(KERAS_MHA)).run(None, {"input": x})[0], atol=1e-6, rtol=1e-5)
+
+
+def test_tf2onnx_lowering_with_a_non_unit_middle_axis_is_refused() -> None:
+    """If the scores' output reshape picks the unit axis instead of the sequence one, nothing is folded."""
+    proto = onnx.load(str(KERAS_MHA))
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array([3], np.int64), "picks_unit_axis"))
+    (gather,) = [n for n in proto.graph.node if n.name == "Gather__155"]
+    gather.input[1] = "picks_unit_axis"
+    model = load(proto)
+    report = prune_heads(model, heads=0.5).report
+    assert not report["attention"]
+    (skip,) = report["skipped"]
+    assert "MatMul__147" in skip["reason"] and "Squeeze" in skip["reason"]
+
+
+def test_keras_mha_per_head_biases_are_sliced() -> None:
+    """Keras ``EinsumDense`` biases ``[H, D]`` added after the head split (use_bias=True)."""
+    proto = onnx.load(str(KERAS_MHA))
+    rng = np.random.default_rng(3)
+    g = proto.graph
+    for role in ("query", "key", "value"):
+        split = f"functional_1_1/multi_head_attention_1/{role}_1/Reshape_1:0"
+        g.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32),
+                                                          f"{role}_bias"))
+        for n in g.node:
+            n.input[:] = [f"{role}_biased" if i == split else i for i in n.input]
+        idx = [k for k, n in enumerate(g.node) if split in n.output][0]
+        g.node.insert(idx + 1, onnx.helper.make_node("Add", [split, f"{role}_bias"], [f"{role}_biased"]))
+    model = load(proto)
+    report = prune_heads(model, heads=0.5).report
+    assert not report["skipped"] and report["attention"][0]["heads_kept"] == 2
+    assert tuple(model.graph.initializers["query_bias"].const_value.shape) == (2, 8)
+    batch_dim = g.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert_equivalent(proto, model, report, sizes=((3, 16),), extra_dims={batch_dim: 3})

@@ -25,6 +25,7 @@ from ._track import Region, head_units, is_projection
 from .blocks import Block, SkippedBlock, block_name
 from .packed_qkv import unpack_packed_qkv
 from .registry import register_matcher
+from .tf_einsum import unlower_tf_batch_matmuls
 
 __all__ = ["match_decomposed", "find_projections", "split_of"]
 
@@ -206,6 +207,7 @@ def _match(graph: ir.Graph, softmax: ir.Node) -> Block:
 def match_decomposed(graph: ir.Graph) -> list[Block | SkippedBlock]:
     found: list[Block | SkippedBlock] = []
     unpack_packed_qkv(graph)  # GPT-2 / timm packed QKV -> separate projections (exact rewrite)
+    unlower_tf_batch_matmuls(graph)  # tf2onnx Einsum lowering (Keras MHA) -> broadcasting MatMul (exact)
     for node in list(graph):
         if node.op_type != "Softmax" or not onnx_domain(node):
             continue
