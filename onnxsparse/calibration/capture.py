@@ -240,8 +240,7 @@ def _value_types(model: ir.Model) -> dict[str, ir.Value]:
 
 def session_with_outputs(model: ir.Model, names: Iterable[str]):
     """An onnxruntime CPU session of ``model`` that also returns the intermediate values ``names``."""
-    import onnxruntime as ort
-
+    from .._ort import make_session, session_options
     from ..io import max_runtime_ir_version
 
     proto = ir.to_proto(model)
@@ -257,11 +256,9 @@ def session_with_outputs(model: ir.Model, names: Iterable[str]):
         elem = int(v.dtype.value) if v.dtype is not None else onnx.TensorProto.FLOAT
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     # numpy works on every batch between runs: idle onnxruntime threads must not spin and steal its cores
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    opts = session_options(config={"session.intra_op.allow_spinning": "0"})
+    return make_session(proto, opts)
 
 
 def _per_sample_bytes(model: ir.Model, names: Sequence[str]) -> int:
@@ -332,7 +329,7 @@ def capture(
     """
     import time
 
-    from tqdm import tqdm
+    from .._progress import progress_bar
 
     start = time.perf_counter()
     channels = list(dict.fromkeys(channels))
@@ -351,7 +348,7 @@ def capture(
     for r in layers:
         result.layers[r.view.node] = LayerStats(r.view.in_features, want_gram=r.gram, want_cross=ref_sess is not None)
     total = limit
-    bar = tqdm(total=total, desc="calibrate", unit="sample", disable=not progress, leave=False)
+    bar = progress_bar(total, "calibrate", unit="sample", enabled=progress)
     for b, batch in enumerate(source.batches(batch_size, limit)):
         arrays = _run(sess, _feeds(sess, batch), names)
         ref_arrays = _run(ref_sess, _feeds(ref_sess, batch), layer_names) if ref_sess is not None else None
@@ -377,8 +374,10 @@ def capture(
                     rng = np.random.default_rng([seed, b, li])
                     index = np.sort(rng.choice(count, max_rows, replace=False))
                 stats.add_rows(view.rows(x, index), view.rows(xr, index) if xr is not None else None)
-        bar.update(n)
-    bar.close()
+        if bar is not None:
+            bar.update(n)
+    if bar is not None:
+        bar.close()
     result.seconds = time.perf_counter() - start
     return result
 

@@ -23,11 +23,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ChannelStats", "LayerStats", "ErrorStats"]
+__all__ = ["SecondMoments", "ChannelStats", "LayerStats", "ErrorStats"]
+
+
+class SecondMoments:
+    """``var`` and ``rms`` of anything with ``mean`` and ``mean_sq`` (``E[x]``, ``E[x^2]``) arrays."""
+
+    mean: np.ndarray
+    mean_sq: np.ndarray
+
+    @property
+    def var(self) -> np.ndarray:
+        """Population variance (clipped at 0 against rounding)."""
+        return np.maximum(self.mean_sq - self.mean**2, 0.0)
+
+    @property
+    def rms(self) -> np.ndarray:
+        """``sqrt(E[x^2])``: per channel ``||x_c||_2 / sqrt(count)``, the L2 norm independent of how many
+        samples were seen."""
+        return np.sqrt(self.mean_sq)
 
 
 @dataclass
-class ChannelStats:
+class ChannelStats(SecondMoments):
     """Per-channel moments along ``axis`` (all other axes are samples)."""
 
     axis: int
@@ -61,16 +79,6 @@ class ChannelStats:
     def mean_sq(self) -> np.ndarray:
         """``E[x^2]`` per channel."""
         return self.sumsq / max(self.count, 1)
-
-    @property
-    def var(self) -> np.ndarray:
-        """Population variance per channel (clipped at 0 against rounding)."""
-        return np.maximum(self.mean_sq - self.mean**2, 0.0)
-
-    @property
-    def rms(self) -> np.ndarray:
-        """``||x_c||_2 / sqrt(count)``: the L2 norm, independent of how many samples were seen."""
-        return np.sqrt(self.mean_sq)
 
     @property
     def l2(self) -> np.ndarray:

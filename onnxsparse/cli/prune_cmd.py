@@ -15,40 +15,39 @@ sequentially by default), with per-layer errors in the report.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from ..errors import UsageError
 from ..report import dump_json, write_report
+from ._common import progress_enabled
 
 __all__ = ["register", "run"]
 
 
-def _ratio(text: str) -> float:
+def _parse(text: str, kind: type, what: str):
+    """``kind(text)``, or the argparse error ``not <what>: 'text'``."""
     try:
-        value = float(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
+def _ratio(text: str) -> float:
+    value = _parse(text, float, "a number")
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = _parse(text, int, "an integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def _damp(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _parse(text, float, "a number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -127,16 +126,6 @@ def _heads_module():
     return prune_heads
 
 
-def _heads_blocks(report: dict[str, Any]) -> dict[tuple[str, int], str]:
-    """Weight axes the heads/FFN pass already pruned: channel pruning must leave them alone."""
-    block: dict[tuple[str, int], str] = {}
-    for kind, flag in (("attention", "--heads"), ("ffn", "--ffn")):
-        for entry in report.get(kind, []):
-            for sink in entry.get("sinks", []):
-                block[(sink["weight"], int(sink["axis"]))] = f"pruned by {flag} (block {entry['name']})"
-    return block
-
-
 def _with_criterion(args: argparse.Namespace, criterion: str) -> argparse.Namespace:
     copy = argparse.Namespace(**vars(args))
     copy.criterion = criterion
@@ -166,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     repair = args.repair or ("lstsq" if args.calib else "none")
     sequential = None if args.sequential is None else bool(args.sequential)
     model = load_model(args.model)
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = progress_enabled(args)
     heads_report: dict[str, Any] | None = None
     block: dict[tuple[str, int], str] = {}
     before = None
@@ -182,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         heads_result = heads.apply_from_args(model, _with_criterion(args, criterion), calibration=calibration)
         if heads_result is not None:
             heads_report = heads_result.report
-            block = _heads_blocks(heads_report)
+            block = heads.heads_block_map(heads_report, label_prefix="--")
     result = prune(
         model,
         args.channels or 0.0,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..report import dump_json, format_table, human_bytes, write_report
+from ._common import progress_enabled
 
 __all__ = ["register", "run", "parse_ratio", "parse_block"]
 
@@ -114,7 +115,7 @@ def _params(model) -> int | None:
 def _progress(args: argparse.Namespace):
     import sys
 
-    if args.quiet or not sys.stderr.isatty():
+    if not progress_enabled(args):
         return None
     from tqdm import tqdm
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..calibration.stats import SecondMoments
 from ..graph import DependencyGraph, Group, WeightSlice
 
 __all__ = ["Moments", "ConsumerTerm", "consumer_terms", "calibration_of", "CALIBRATION_KEY"]
@@ -31,19 +32,11 @@ class _Stats(Protocol):
 
 
 @dataclass(frozen=True)
-class Moments:
-    """Activation moments at some positions (arrays of equal shape)."""
+class Moments(SecondMoments):
+    """Activation moments at some positions (arrays of equal shape); ``var`` and ``rms`` from them."""
 
     mean: np.ndarray
     mean_sq: np.ndarray
-
-    @property
-    def var(self) -> np.ndarray:
-        return np.maximum(self.mean_sq - self.mean**2, 0.0)
-
-    @property
-    def rms(self) -> np.ndarray:
-        return np.sqrt(self.mean_sq)
 
     @classmethod
     def of(cls, stats: Any, positions: np.ndarray) -> Moments:

@@ -37,6 +37,7 @@ __all__ = [
     "narrowest_uint",
     "index_dtype",
     "contiguous",
+    "scatter_dense",
 ]
 
 #: numpy dtype names a codec may encode (ONNX: FLOAT, FLOAT16, BFLOAT16, DOUBLE, INT8, ...).
@@ -79,6 +80,15 @@ def narrowest_uint(max_value: int) -> np.dtype:
 def index_dtype(count: int) -> np.dtype:
     """int32 indices when every flat position fits, else int64."""
     return np.dtype(np.int32) if count < (1 << 31) - 1 else np.dtype(np.int64)
+
+
+def scatter_dense(values: np.ndarray, index: np.ndarray, shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
+    """Numpy decode of the scatter formats: ``fill`` everywhere, ``values`` at the flat ``index``
+    (positions or a bool mask), reshaped to ``shape``."""
+    values = np.asarray(values)
+    out = np.full(int(np.prod(shape, dtype=np.int64)), fill, dtype=values.dtype)
+    out[index] = values
+    return out.reshape(shape)
 
 
 @dataclass(frozen=True)

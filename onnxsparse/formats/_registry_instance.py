@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .._registry import Registry
 from ._base import Codec
-from ._registry import Registry
 
 __all__ = ["FORMATS"]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from ._base import Codec, CodecOptions, Encoded, TensorData
+from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
 from ._bits import bit_position_table, bit_table, popcount_table
 from ._registry_instance import FORMATS
 
@@ -56,10 +56,7 @@ class BitmaskCodec(Codec):
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
         n = int(np.prod(shape, dtype=np.int64))
         bits = np.unpackbits(np.asarray(arrays["mask"], dtype=np.uint8), count=n, bitorder="little").view(bool)
-        values = np.asarray(arrays["values"])
-        out = np.full(n, fill, dtype=values.dtype)
-        out[bits] = values
-        return out.reshape(shape)
+        return scatter_dense(arrays["values"], bits, shape, fill)
 
     def min_opset(self, decoder: str, dtype: np.dtype) -> int:
         if decoder == "scatter":

@@ -17,7 +17,7 @@ import numpy as np
 
 from ._base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint
 from ._registry_instance import FORMATS
-from ._rows import row_pointers, rows_from_pointers
+from ._rows import build_rows_from_pointers, row_pointers, rows_from_pointers
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -115,9 +115,7 @@ class BsrCodec(Codec):
         grid = builder.fill(builder.fill_value, 0, shape=[brows * bcols, r * c])
         if nb == 0:
             return grid
-        pointers = builder.to_index(stored["block_row_ptr"])
-        ends = builder.op("Slice", pointers, builder.shape_const([1]), builder.shape_const([brows + 1]))
-        block_row = builder.expand_runs(ends, brows, nb)
+        block_row = build_rows_from_pointers(builder, stored["block_row_ptr"], brows, nb)
         where = builder.op(
             "Add",
             builder.op("Mul", block_row, builder.index_const(bcols)),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, bits_view
+from ._base import Codec, CodecOptions, Encoded, TensorData, bits_view, scatter_dense
 from ._registry_instance import FORMATS
 
 if TYPE_CHECKING:
@@ -48,10 +48,7 @@ class CooCodec(Codec):
 
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
-        values = np.asarray(arrays["values"])
-        out = np.full(int(np.prod(shape, dtype=np.int64)), fill, dtype=values.dtype)
-        out[np.asarray(arrays["indices"], dtype=np.int64)] = values
-        return out.reshape(shape)
+        return scatter_dense(arrays["values"], np.asarray(arrays["indices"], dtype=np.int64), shape, fill)
 
     def build(self, builder: DecodeBuilder, encoded: Encoded, stored: Mapping[str, ir.Value],
               decoder: str) -> ir.Value:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint
+from ._base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint, scatter_dense
 from ._registry_instance import FORMATS
-from ._rows import row_pointers, rows_from_pointers
+from ._rows import build_rows_from_pointers, row_pointers, rows_from_pointers
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -56,10 +56,7 @@ class CsrCodec(Codec):
         cols = int(params["cols"])
         rows_of = rows_from_pointers(arrays["row_ptr"])
         positions = rows_of * cols + np.asarray(arrays["col_indices"], dtype=np.int64)
-        values = np.asarray(arrays["values"])
-        out = np.full(int(np.prod(shape, dtype=np.int64)), fill, dtype=values.dtype)
-        out[positions] = values
-        return out.reshape(shape)
+        return scatter_dense(arrays["values"], positions, shape, fill)
 
     def min_opset(self, decoder: str, dtype: np.dtype) -> int:
         return 16
@@ -70,9 +67,7 @@ class CsrCodec(Codec):
         dense = builder.fill(builder.fill_value, builder.n)
         if k == 0:
             return dense
-        pointers = builder.to_index(stored["row_ptr"])
-        ends = builder.op("Slice", pointers, builder.shape_const([1]), builder.shape_const([rows + 1]))
-        row = builder.expand_runs(ends, rows, k)
+        row = build_rows_from_pointers(builder, stored["row_ptr"], rows, k)
         positions = builder.op(
             "Add", builder.op("Mul", row, builder.index_const(cols)), builder.to_index(stored["col_indices"])
         )

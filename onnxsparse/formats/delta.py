@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData
+from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
 from ._bits import code_table, pack_codes, packed_size, unpack_codes
 from ._registry_instance import FORMATS
 
@@ -82,10 +82,7 @@ class DeltaCodec(Codec):
         count = int(params["count"])
         codes = unpack_codes(arrays["gaps"], int(params["width"]), count)
         positions = np.cumsum(codes) + np.arange(count)
-        values = np.asarray(arrays["values"])
-        out = np.full(int(np.prod(shape, dtype=np.int64)), fill, dtype=values.dtype)
-        out[positions] = values
-        return out.reshape(shape)
+        return scatter_dense(arrays["values"], positions, shape, fill)
 
     def build(self, builder: DecodeBuilder, encoded: Encoded, stored: Mapping[str, ir.Value],
               decoder: str) -> ir.Value:

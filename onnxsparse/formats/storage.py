@@ -320,8 +320,8 @@ def _decode_groups(graph: ir.Graph) -> dict[str, list[ir.Node]]:
 def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndarray:
     """Run a decode subgraph with onnxruntime (used when the metadata is missing)."""
     import onnx
-    import onnxruntime as ort
 
+    from .._ort import make_session, session_options
     from ..io import max_runtime_ir_version
 
     output = next((v for n in nodes for v in n.outputs if v.name == target), None)
@@ -344,9 +344,7 @@ def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndar
         opset_imports=[onnx.helper.make_opsetid("", max(opset, 16))],
     )
     proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = make_session(proto, session_options())
     return session.run(None, {})[0]
 
 

@@ -147,22 +147,22 @@ def _measure(model: ir.Model, shapes, dims) -> tuple[int, int | None, int]:
     return count_params(model), macs, weight_bytes(model)
 
 
-def _prune(
-    model: ir.Model,
-    channels: float,
+def prune(
+    model: ModelSource,
+    channels: float = 0.3,
     *,
-    criterion: str,
-    global_ranking: bool,
-    round_to: int,
-    min_keep: int,
-    exclude: Iterable[str],
-    block: Mapping[tuple[str, int], str] | None,
-    seed: int,
-    registry: RuleRegistry | None,
-    shapes: Mapping[str, tuple[int, ...]] | None,
-    normalized: bool,
-    measure: bool,
-    progress: bool,
+    criterion: str = "l2",
+    global_ranking: bool = False,
+    round_to: int = 1,
+    min_keep: int = 1,
+    exclude: Iterable[str] = (),
+    block: Mapping[tuple[str, int], str] | None = None,
+    seed: int = 0,
+    registry: RuleRegistry | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    normalized: bool = False,
+    measure: bool = True,
+    progress: bool = False,
     calib: object | None = None,
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     repair: str | None = None,
@@ -170,9 +170,29 @@ def _prune(
     damp: float | None = None,
     calib_batch: int = 32,
 ) -> PruneResult:
-    from tqdm import tqdm
+    """Remove ``channels`` (a fraction) of the channels of every prunable group.
 
+    ``model`` is a path, bytes, ``ModelProto`` or ``onnx_ir.Model`` (modified in
+    place).  ``criterion`` names a registered criterion; ``global_ranking``
+    ranks all groups together; ``round_to`` keeps channel counts multiples of
+    N; ``min_keep`` channels always stay per group; ``exclude`` names nodes
+    (or fnmatch patterns) whose outputs keep every channel; ``block`` maps
+    ``(tensor name, axis)`` slots to a reason they must not change.  ``shapes`` fixes input shapes for the
+    MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
+    :func:`~onnxsparse.normalize` when the caller already ran it.
+
+    Calibration: ``calib`` is anything :func:`onnxsparse.calibration.load_data`
+    accepts (``.npz`` path, folder, ``"random"``, dict of arrays, ``DataSource``);
+    the first ``calib_samples`` samples are used.  It feeds the data-driven
+    criteria and the ``repair`` of the layers that lost inputs (``"none"``,
+    ``"bias"``, ``"lstsq"``; ``None``: ``lstsq`` with data, else ``none``),
+    ``sequential`` (default when repairing) or one-shot (``sequential=False``),
+    with ridge ``damp`` (default 0.01).
+    """
+    from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
+
+    model = load_model(model)
 
     if not 0.0 <= channels < 1.0:
         raise UsageError(f"--channels must be in [0, 1), got {channels}")
@@ -197,17 +217,22 @@ def _prune(
     wants_data = calib is not None and channels > 0 and (crit.requires_data or repair != "none")
     steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
-    bar = tqdm(total=len(steps), desc="prune", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(len(steps), "prune", unit="step", enabled=progress)
+
+    def stage(name: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(name)
 
     def step(name: str, start: float) -> float:
         now = time.perf_counter()
         timings[name] = timings.get(name, 0.0) + now - start
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
         return now
 
     t = time.perf_counter()
     if not normalized:
-        bar.set_postfix_str("normalise")
+        stage("normalise")
         normalize(model)
     # Initializers are no longer graph inputs after normalisation: IR >= 4 allows that.
     model.ir_version = max(int(model.ir_version), 4)
@@ -223,7 +248,7 @@ def _prune(
         from ..calibration.capture import capture
         from .reconstruct import candidate_requests
 
-        bar.set_postfix_str("calibrate")
+        stage("calibrate")
         source = _calibration_source(calib, model, shapes, calib_samples, seed)
         probe_channels, probe_layers = candidate_requests(dg)
         cap = capture(model, source, channels=probe_channels if crit.requires_data else (),
@@ -240,7 +265,7 @@ def _prune(
     if wants_data and repair != "none":
         from .reconstruct import reconstruct
 
-        bar.set_postfix_str("repair")
+        stage("repair")
         rec = reconstruct(dg, plan, source, mode=repair, sequential=sequential, damp=damp, stats=cap,
                           batch_size=calib_batch, seed=seed)
         repair_report = rec.report
@@ -254,7 +279,8 @@ def _prune(
     t = step("rewrite_s", t)
     after = _measure(model, shapes, dims) if measure else (0, None, 0)
     step("measure_s", t)
-    bar.close()
+    if bar is not None:
+        bar.close()
     timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "scoring_s", "repair_s",
                                                               "rewrite_s"))
     timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
@@ -303,72 +329,6 @@ def _prune(
         "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
     )
     return PruneResult(model, report, plan)
-
-
-def prune(
-    model: ModelSource,
-    channels: float = 0.3,
-    *,
-    criterion: str = "l2",
-    global_ranking: bool = False,
-    round_to: int = 1,
-    min_keep: int = 1,
-    exclude: Iterable[str] = (),
-    block: Mapping[tuple[str, int], str] | None = None,
-    seed: int = 0,
-    registry: RuleRegistry | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    normalized: bool = False,
-    measure: bool = True,
-    progress: bool = False,
-    calib: object | None = None,
-    calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
-    repair: str | None = None,
-    sequential: bool | None = None,
-    damp: float | None = None,
-    calib_batch: int = 32,
-) -> PruneResult:
-    """Remove ``channels`` (a fraction) of the channels of every prunable group.
-
-    ``model`` is a path, bytes, ``ModelProto`` or ``onnx_ir.Model`` (modified in
-    place).  ``criterion`` names a registered criterion; ``global_ranking``
-    ranks all groups together; ``round_to`` keeps channel counts multiples of
-    N; ``min_keep`` channels always stay per group; ``exclude`` names nodes
-    (or fnmatch patterns) whose outputs keep every channel; ``block`` maps
-    ``(tensor name, axis)`` slots to a reason they must not change.  ``shapes`` fixes input shapes for the
-    MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
-    :func:`~onnxsparse.normalize` when the caller already ran it.
-
-    Calibration: ``calib`` is anything :func:`onnxsparse.calibration.load_data`
-    accepts (``.npz`` path, folder, ``"random"``, dict of arrays, ``DataSource``);
-    the first ``calib_samples`` samples are used.  It feeds the data-driven
-    criteria and the ``repair`` of the layers that lost inputs (``"none"``,
-    ``"bias"``, ``"lstsq"``; ``None``: ``lstsq`` with data, else ``none``),
-    ``sequential`` (default when repairing) or one-shot (``sequential=False``),
-    with ridge ``damp`` (default 0.01).
-    """
-    return _prune(
-        load_model(model),
-        channels,
-        criterion=criterion,
-        global_ranking=global_ranking,
-        round_to=round_to,
-        min_keep=min_keep,
-        exclude=exclude,
-        block=block,
-        seed=seed,
-        registry=registry,
-        shapes=shapes,
-        normalized=normalized,
-        measure=measure,
-        progress=progress,
-        calib=calib,
-        calib_samples=calib_samples,
-        repair=repair,
-        sequential=sequential,
-        damp=damp,
-        calib_batch=calib_batch,
-    )
 
 
 def _calibration_source(calib, model: ir.Model, shapes, samples: int | None, seed: int):
@@ -426,6 +386,6 @@ class PrunePass(ir.passes.InPlacePass):
         self.report: PruneReport | None = None
 
     def call(self, model: ir.Model) -> PassResult:
-        result = _prune(model, self.channels, **self.options)
+        result = prune(model, self.channels, **self.options)
         self.report = result.report
         return PassResult(model, modified=bool(result.report.pruned_groups))

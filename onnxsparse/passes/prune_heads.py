@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "prune_heads",
     "add_cli_arguments",
     "apply_from_args",
+    "heads_block_map",
     "report_table",
 ]
 
@@ -304,6 +305,19 @@ def apply_from_args(model: ir.Model, args: argparse.Namespace, calibration: Any 
         seed=int(getattr(args, "seed", 0) or 0),
         calibration=calibration,
     )
+
+
+def heads_block_map(report: Mapping[str, Any], label_prefix: str = "") -> dict[tuple[str, int], str]:
+    """Weight axes this pass already pruned, ``(weight, axis) -> reason``: channel pruning must leave them alone.
+
+    The reason reads ``pruned by <label_prefix>heads|ffn (block NAME)``: ``label_prefix="--"`` names the CLI flags.
+    """
+    block: dict[tuple[str, int], str] = {}
+    for kind, key in (("attention", "heads"), ("ffn", "ffn")):
+        for entry in report.get(kind, []):
+            for sink in entry.get("sinks", []):
+                block[(sink["weight"], int(sink["axis"]))] = f"pruned by {label_prefix}{key} (block {entry['name']})"
+    return block
 
 
 def report_table(report: dict[str, Any]) -> str:

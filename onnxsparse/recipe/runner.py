@@ -243,16 +243,6 @@ def register_executor(kind: str) -> Callable[[Executor], Executor]:
 # ------------------------------------------------------------------------------------------ executors
 
 
-def _heads_blocks(report: Mapping[str, Any]) -> dict[tuple[str, int], str]:
-    """Weight axes the heads/FFN pass pruned: channel pruning must leave them alone (as ``prune`` does)."""
-    block: dict[tuple[str, int], str] = {}
-    for kind, key in (("attention", "heads"), ("ffn", "ffn")):
-        for entry in report.get(kind, []):
-            for sink in entry.get("sinks", []):
-                block[(sink["weight"], int(sink["axis"]))] = f"pruned by {key} (block {entry['name']})"
-    return block
-
-
 def _heads_notes(report: Mapping[str, Any]) -> list[str]:
     notes = []
     attention = report.get("attention", [])
@@ -278,7 +268,7 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     report: dict[str, Any] = {"heads": None, "channels": None}
     block: dict[tuple[str, int], str] = {}
     if step.heads or step.ffn:
-        from ..passes.prune_heads import prune_heads
+        from ..passes.prune_heads import heads_block_map, prune_heads
 
         heads = prune_heads(
             ctx.model, heads=step.heads, ffn=step.ffn, criterion=step.head_criterion or step.criterion,
@@ -286,7 +276,7 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
             seed=step.seed,
         )
         report["heads"] = heads.report
-        block = _heads_blocks(heads.report)
+        block = heads_block_map(heads.report)
         notes += _heads_notes(heads.report)
         if not heads.modified:
             notes.append("no attention/FFN block was pruned")

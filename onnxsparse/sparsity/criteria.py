@@ -16,8 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._registry import Registry
 from ..errors import UsageError
-from ..formats._registry import Registry
 from .weights import WeightInfo
 
 __all__ = ["ScoreContext", "SparsityCriterion", "Magnitude", "Wanda", "SPARSITY_CRITERIA",

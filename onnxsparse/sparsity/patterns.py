@@ -23,8 +23,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._registry import Registry
 from ..errors import UsageError
-from ..formats._registry import Registry
 from .weights import WeightInfo
 
 __all__ = [
