@@ -663,57 +663,35 @@ def export_zoo(only: set[str] | None = None) -> tuple[dict, dict]:
         return not only or name in only
 
     jobs = []
+
+    def zoo_job(arch: str, name: str, *, half: bool = False, opset: int = 17, **export) -> None:
+        """One TorchScript export of ``arch`` with ``export`` options, checked against torch."""
+
+        def job():
+            make, inputs, spec = models[arch]
+            model, args = make(), inputs()
+            if half:
+                model = model.half()
+                args = tuple(a.half() for a in args)
+            path = MODELS / f"{name}.onnx"
+            _torch_export(model, args, path, spec, dynamo=False, opset=opset, **export)
+            info = finalize(path)
+            with torch.no_grad():
+                ref = model(*args)
+            if half:
+                _check_matches(path, spec["names"], args, ref.float(), atol=5e-2)
+            else:
+                _check_matches(path, spec["names"], args, ref)
+            return path, info
+
+        jobs.append((name, job))
+
     # fp16: model.half() exported by TorchScript (weights fp16, Casts where torch inserts them)
-    def fp16():
-        make, inputs, spec = models["mobilenetv3"]
-        model = make().half()
-        args = tuple(a.half() for a in inputs())
-        path = MODELS / "real_zoo_fp16_mobilenetv3.onnx"
-        _torch_export(model, args, path, spec, dynamo=False, opset=17)
-        info = finalize(path)
-        with torch.no_grad():
-            ref = model(*args).float()
-        _check_matches(path, spec["names"], args, ref, atol=5e-2)
-        return path, info
-    jobs.append(("real_zoo_fp16_mobilenetv3", fp16))
-
-    def fp16_vit():
-        make, inputs, spec = models["vit"]
-        model = make().half()
-        args = tuple(a.half() for a in inputs())
-        path = MODELS / "real_zoo_fp16_vit.onnx"
-        _torch_export(model, args, path, spec, dynamo=False, opset=17)
-        info = finalize(path)
-        with torch.no_grad():
-            ref = model(*args).float()
-        _check_matches(path, spec["names"], args, ref, atol=5e-2)
-        return path, info
-    jobs.append(("real_zoo_fp16_vit", fp16_vit))
-
+    zoo_job("mobilenetv3", "real_zoo_fp16_mobilenetv3", half=True)
+    zoo_job("vit", "real_zoo_fp16_vit", half=True)
     # opset 11 (old TorchScript export: Resize-11, Split attribute, Unsqueeze attribute, Clip inputs)
-    def opset11():
-        make, inputs, spec = models["unet"]
-        model, args = make(), inputs()
-        path = MODELS / "real_zoo_opset11_unet.onnx"
-        _torch_export(model, args, path, spec, dynamo=False, opset=11)
-        info = finalize(path)
-        with torch.no_grad():
-            ref = model(*args)
-        _check_matches(path, spec["names"], args, ref)
-        return path, info
-    jobs.append(("real_zoo_opset11_unet", opset11))
-
-    def opset11_mbv2():
-        make, inputs, spec = models["mobilenetv2"]
-        model, args = make(), inputs()
-        path = MODELS / "real_zoo_opset11_mobilenetv2.onnx"
-        _torch_export(model, args, path, spec, dynamo=False, opset=11, do_constant_folding=False)
-        info = finalize(path)
-        with torch.no_grad():
-            ref = model(*args)
-        _check_matches(path, spec["names"], args, ref)
-        return path, info
-    jobs.append(("real_zoo_opset11_mobilenetv2", opset11_mbv2))
+    zoo_job("unet", "real_zoo_opset11_unet", opset=11)
+    zoo_job("mobilenetv2", "real_zoo_opset11_mobilenetv2", opset=11, do_constant_folding=False)
 
     # external data: the dynamo ResNet-18 with its weights in a side file
     def external():
