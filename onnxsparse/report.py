@@ -20,7 +20,24 @@ __all__ = [
     "write_report",
     "atomic_write_text",
     "markdown_table",
+    "REPORT_SUFFIXES",
+    "check_report_paths",
 ]
+
+#: File extensions every ``--report`` option accepts.
+REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
+
+
+def check_report_paths(paths: Sequence[str | os.PathLike] | None) -> None:
+    """Reject unknown report extensions and missing folders before a long run, not after it."""
+    from .errors import UsageError
+
+    for path in paths or []:
+        suffix = Path(path).suffix.lower()
+        if suffix not in REPORT_SUFFIXES:
+            raise UsageError(f"unknown report format {suffix or '(none)'!r} for {path}: use .json, .md or .html")
+        if not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"report folder does not exist: {Path(path).resolve().parent}")
 
 
 def human_bytes(n: float | None) -> str:

@@ -11,12 +11,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..report import dump_json, format_table, human_bytes, write_report
+from ..report import (
+    check_report_paths,
+    dump_json,
+    format_table,
+    human_bytes,
+    write_report,
+)
 
 __all__ = ["register", "run"]
-
-REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import load_model, load_proto, model_file_bytes, save_model
     from ..passes.densify import densify
 
-    if args.report and Path(args.report).suffix.lower() not in REPORT_SUFFIXES:
-        raise UsageError(f"unknown report format {Path(args.report).suffix!r}: use .json, .md or .html")
+    check_report_paths([args.report] if args.report else None)
     load_proto(args.model)  # vet the file first (clear errors for broken input)
     coo = _coo_count(args.model)
     model = load_model(args.model)

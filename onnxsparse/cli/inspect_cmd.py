@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..report import dump_json, format_table, human_bytes, human_count, write_report
+from ..report import (
+    check_report_paths,
+    dump_json,
+    format_table,
+    human_bytes,
+    human_count,
+    write_report,
+)
 
 __all__ = ["register", "run", "inspect_model"]
 
-REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 
 _DIM_RE = re.compile(r"^(?P<name>[^=]+)=(?P<value>\d+)$")
 
@@ -146,8 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise UsageError("--top must be >= 0")
-    if args.report and Path(args.report).suffix.lower() not in REPORT_SUFFIXES:
-        raise UsageError(f"unknown report format {Path(args.report).suffix!r}: use .json, .md or .html")
+    check_report_paths([args.report] if args.report else None)
     shapes = parse_shapes(args.shape)
     dims = parse_dims(args.dim)
     result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity)

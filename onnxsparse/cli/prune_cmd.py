@@ -18,7 +18,7 @@ import argparse
 from typing import Any
 
 from ..errors import UsageError
-from ..report import dump_json, write_report
+from ..report import check_report_paths, dump_json, write_report
 from ._common import progress_enabled
 
 __all__ = ["register", "run"]
@@ -143,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if args.channels is None and not wants_heads:
         more = " (or --heads / --ffn)" if heads is not None else ""
         raise UsageError(f"nothing to prune: give --channels RATIO{more}")
-    if args.report and not args.report.lower().endswith((".json", ".md", ".markdown", ".html", ".htm")):
-        raise UsageError(f"unknown report format {args.report!r}: use .json, .md or .html")
+    check_report_paths([args.report] if args.report else None)
     shapes = parse_shapes(args.shape)
     criterion = args.criterion or (DEFAULT_DATA_CRITERION if args.calib else DEFAULT_CRITERION)
     if args.calib is None:

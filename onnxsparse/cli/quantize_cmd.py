@@ -17,7 +17,7 @@ from ..quantize import (
     mode_names,
     quantize,
 )
-from ..report import dump_json, write_report
+from ..report import check_report_paths, dump_json, write_report
 from ._common import progress_enabled
 
 __all__ = ["register", "run"]
@@ -95,6 +95,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_report_paths([args.report] if args.report else None)
     config = QuantizeConfig(
         mode=args.mode,
         format=args.format,

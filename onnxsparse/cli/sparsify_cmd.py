@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..report import dump_json, format_table, human_bytes, write_report
+from ..report import (
+    check_report_paths,
+    dump_json,
+    format_table,
+    human_bytes,
+    write_report,
+)
 from ._common import progress_enabled
 
 __all__ = ["register", "run", "parse_ratio", "parse_block"]
 
-REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 #: tensors listed in the text table (the full list is in --json / --report)
 TEXT_ROWS = 30
 
@@ -127,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import load_model, model_file_bytes
     from ..passes.sparsify import SparsifyConfig, sparsify
 
-    if args.report and Path(args.report).suffix.lower() not in REPORT_SUFFIXES:
-        raise UsageError(f"unknown report format {Path(args.report).suffix!r}: use .json, .md or .html")
+    check_report_paths([args.report] if args.report else None)
     config = SparsifyConfig(
         sparsity=args.sparsity,
         pattern=args.pattern,

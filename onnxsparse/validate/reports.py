@@ -7,16 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..report import atomic_write_text, dump_json, format_table, markdown_table
+from ..report import (
+    REPORT_SUFFIXES,
+    atomic_write_text,
+    check_report_paths,
+    dump_json,
+    format_table,
+    markdown_table,
+)
 from ._tables import Table, bench_tables, summary_line, validation_tables, verdict
 from .bench import BenchResult
 from .render_html import bench_html, validation_html
 from .result import ValidationResult
 
 __all__ = ["render_text", "render_markdown", "save_report", "write_rendered", "check_report_paths", "REPORT_SUFFIXES"]
-
-REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 
 
 def _tables(result: ValidationResult | BenchResult) -> list[Table]:
@@ -75,13 +79,3 @@ def write_rendered(path: str | os.PathLike, result: Any, markdown: Callable[[Any
         text = html(result)
     atomic_write_text(path, text)
     return path
-
-
-def check_report_paths(paths) -> None:
-    """Reject unknown report extensions before a long run, not after it."""
-    for path in paths or []:
-        suffix = Path(path).suffix.lower()
-        if suffix not in REPORT_SUFFIXES:
-            raise UsageError(f"unknown report format {suffix or '(none)'!r} for {path}: use .json, .md or .html")
-        if not Path(path).resolve().parent.is_dir():
-            raise UsageError(f"report folder does not exist: {Path(path).resolve().parent}")
