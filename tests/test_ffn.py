@@ -136,3 +136,85 @@ def test_plain_linear_chain_is_not_an_ffn() -> None:
     proto = _mlp("Identity")
     result = prune_heads(load(proto), ffn=0.5)
     assert result.report["ffn"] == [] and result.report["skipped"] == []
+
+
+def _keras_dense_ffn(*, shared_dims: bool = False, flatten_down: bool = False) -> onnx.ModelProto:
+    """tf2onnx's Keras ``Dense`` on [B, S, E]: ``Reshape([-1, E]) -> MatMul -> Reshape(Cast(Concat(int32)))``.
+
+    x[B, 5, 16] -> Dense(24) + bias -> Relu -> Dense(8).  ``shared_dims``: the int32 Concat of
+    the first Dense is also a graph output (its target must be cloned, not edited).
+    ``flatten_down``: the second Dense reads ``[B, 5 * 24]`` (the neuron axis is mixed with S).
+    """
+    rng = np.random.default_rng(1)
+    arrays = {
+        "w1": rng.standard_normal((16, 24)).astype(np.float32) * 0.3, "b1": rng.standard_normal(24).astype(np.float32),
+        "w2": rng.standard_normal((120 if flatten_down else 24, 8)).astype(np.float32) * 0.3,
+        "flat_x": np.array([-1, 16], np.int64), "flat_a": np.array([-1, 24], np.int64),
+        "free": np.array([0, 1], np.int32), "first": np.array([0], np.int32),
+        "units1": np.array([24], np.int32), "units2": np.array([8], np.int32), "minus1": np.array([-1], np.int32),
+    }
+    inits = [numpy_helper.from_array(v, k) for k, v in arrays.items()]
+
+    def target(src: str, tail: str, prefix: str, free: str = "free") -> list[onnx.NodeProto]:
+        return [helper.make_node("Shape", [src], [f"{prefix}_shape"]),
+                helper.make_node("Cast", [f"{prefix}_shape"], [f"{prefix}_shape32"], to=TensorProto.INT32),
+                helper.make_node("Gather", [f"{prefix}_shape32", free], [f"{prefix}_lead"], axis=0),
+                helper.make_node("Concat", [f"{prefix}_lead", tail], [f"{prefix}_dims"], axis=0),
+                helper.make_node("Cast", [f"{prefix}_dims"], [f"{prefix}_target"], to=TensorProto.INT64)]
+
+    nodes = [*target("x", "units1", "t1"),
+             helper.make_node("Reshape", ["x", "flat_x"], ["x2"]),
+             helper.make_node("MatMul", ["x2", "w1"], ["h2"], name="dense/MatMul"),
+             helper.make_node("Reshape", ["h2", "t1_target"], ["h"], name="dense/Tensordot"),
+             helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["a"])]
+    if flatten_down:
+        nodes += [*target("a", "minus1", "flat", free="first"),
+                  helper.make_node("Reshape", ["a", "flat_target"], ["a2"], name="flatten"),
+                  helper.make_node("MatMul", ["a2", "w2"], ["y"], name="dense_1/MatMul")]
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
+    else:
+        nodes += [*target("a", "units2", "t2"),
+                  helper.make_node("Reshape", ["a", "flat_a"], ["a2"]),
+                  helper.make_node("MatMul", ["a2", "w2"], ["y2"], name="dense_1/MatMul"),
+                  helper.make_node("Reshape", ["y2", "t2_target"], ["y"], name="dense_1/Tensordot")]
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 8])
+    outputs = [y]
+    if shared_dims:
+        outputs.append(helper.make_tensor_value_info("t1_dims", TensorProto.INT32, [3]))
+    graph = helper.make_graph(nodes, "keras_dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["batch", 5, 16])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("shared_dims", [False, True])
+def test_keras_dense_reshapes_with_cast_targets(shared_dims: bool) -> None:
+    """The neuron axis crosses ``[B, S, E] <-> [B*S, E]`` Reshapes whose targets are ``Cast(Concat(int32))``."""
+    proto = _keras_dense_ffn(shared_dims=shared_dims)
+    report = prune_and_check(proto, ffn=0.5, sizes=((3, 1), (1, 1)))
+    assert [(b["kept"], b["total"]) for b in report["ffn"]] == [(12, 24)]
+    assert not report["skipped"]
+    model = load(proto)
+    prune_heads(model, ffn=0.5)
+    targets = [n.inputs[1] for n in model.graph if n.name == "dense/Tensordot"]
+    (cast,) = [t.producer() for t in targets]
+    assert cast.op_type == "Cast"
+    concat = cast.inputs[0].producer()
+    assert concat.op_type == "Concat"
+    tail = concat.inputs[1].const_value.numpy()
+    assert tail.dtype == np.int32 and tail.tolist() == [12]  # keeps the Concat's int32
+    if shared_dims:  # the graph output keeps the unpruned dims; only the Reshape got a copy
+        out = next(o for o in model.graph.outputs if o.name == "t1_dims")
+        assert out.producer() is not concat
+        assert out.producer().inputs[1].const_value.numpy().tolist() == [24]
+
+
+def test_keras_dense_reshape_mixing_the_neuron_axis_is_refused() -> None:
+    """A ``[B, S, E] -> [B, S*E]`` flatten before the second Dense mixes neurons with S: refused, with a reason."""
+    proto = _keras_dense_ffn(flatten_down=True)
+    model = load(proto)
+    result = prune_heads(model, ffn=0.5)
+    assert result.report["ffn"] == []
+    (skip,) = result.report["skipped"]
+    assert skip["kind"] == "ffn" and "Reshape 'flatten'" in skip["reason"], skip
+    assert_equivalent(proto, model, result.report, sizes=((2, 1),))

@@ -6,7 +6,9 @@ initializer (dynamo: ``[-1, 8, 4, 16]``, often shared by several Reshapes), or a
 constant pieces (TorchScript: ``Concat(B, S, [4], [16])``).  Only the constant
 entries change; the run-time entries (batch, sequence) are left alone so dynamic
 shapes survive.  Edits never touch a value another node still needs: a shared
-constant or Concat is copied for the nodes being rewritten.
+constant or Concat is copied for the nodes being rewritten.  tf2onnx builds the
+Concat in int32 and casts it to int64 (``Cast(Concat(int32 dims))``); the Cast
+is seen through and rewritten constants keep the Concat's integer type.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import onnx_ir as ir
 from ._graph import Skip, const_ints, is_const, new_initializer, replace_const, static_shape, users
 
 __all__ = ["Entry", "ShapeTarget", "apply_target_edits"]
+
+_INT_TYPES = (int(ir.DataType.INT64), int(ir.DataType.INT32), ir.DataType.INT64, ir.DataType.INT32)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,15 @@ class ShapeTarget:
             self.entries = [Entry(v, -1, i, len(ints)) for i, v in enumerate(ints)]
             return
         producer = value.producer()
+        #: an integer ``Cast`` between the Concat and the node (tf2onnx: int32 Concat -> int64)
+        self.cast: ir.Node | None = None
+        if producer is not None and producer.op_type == "Cast" and producer.domain in ("", "ai.onnx"):
+            to = producer.attributes.get_int("to", 0)
+            inner = producer.inputs[0] if producer.inputs else None
+            if to not in _INT_TYPES or inner is None or inner.dtype not in _INT_TYPES:
+                raise Skip(f"shape of {node.op_type} node {node.name!r} is a Cast that is not between integer types")
+            self.cast = producer
+            producer = inner.producer()
         if producer is None or producer.op_type != "Concat" or producer.domain not in ("", "ai.onnx"):
             raise Skip(f"shape of {node.op_type} node {node.name!r} is computed by something other than Concat")
         axis_attr = producer.attributes.get("axis")
@@ -102,7 +115,12 @@ def apply_target_edits(graph: ir.Graph, edits: list[tuple[ShapeTarget, dict[int,
             replace_const(graph, first.value, arr, uses, suffix="heads")
             continue
         concat = first.concat
-        if set(users(first.value)) <= set(uses) and not first.value.is_graph_output():
+        cast = first.cast
+        concat_out = concat.outputs[0]
+        private = set(users(first.value)) <= set(uses) and not first.value.is_graph_output()
+        if cast is not None:
+            private = private and set(users(concat_out)) == {(cast, 0)} and not concat_out.is_graph_output()
+        if private:
             target_node = concat
         else:
             clone = ir.Node(
@@ -113,12 +131,23 @@ def apply_target_edits(graph: ir.Graph, edits: list[tuple[ShapeTarget, dict[int,
                 name=f"{concat.name or 'Concat'}_heads",
                 num_outputs=1,
             )
-            clone.outputs[0].name = f"{first.value.name or 'shape'}_heads"
-            clone.outputs[0].shape = first.value.shape
-            clone.outputs[0].type = first.value.type
+            clone.outputs[0].name = f"{concat_out.name or 'shape'}_heads"
+            clone.outputs[0].shape = concat_out.shape
+            clone.outputs[0].type = concat_out.type
             graph.insert_after(concat, clone)
+            final = clone.outputs[0]
+            if cast is not None:
+                cast_clone = ir.Node(
+                    cast.domain, "Cast", [final], attributes=list(cast.attributes.values()),
+                    name=f"{cast.name or 'Cast'}_heads", num_outputs=1,
+                )
+                cast_clone.outputs[0].name = f"{first.value.name or 'shape'}_heads"
+                cast_clone.outputs[0].shape = first.value.shape
+                cast_clone.outputs[0].type = first.value.type
+                graph.insert_after(clone, cast_clone)
+                final = cast_clone.outputs[0]
             for node, idx in uses:
-                node.replace_input_with(idx, clone.outputs[0])
+                node.replace_input_with(idx, final)
             target_node = clone
         by_part: dict[int, dict[int, int]] = {}
         for pos, val in changes.items():
@@ -131,15 +160,22 @@ def apply_target_edits(graph: ir.Graph, edits: list[tuple[ShapeTarget, dict[int,
             if ints is None:
                 if len(offsets) != 1 or first.entries[_pos_of(first, part, 0)].part_len != 1:
                     raise Skip(f"cannot rewrite run-time entry of {concat.name!r}")  # pragma: no cover
-                arr = np.array([offsets[0]], dtype=np.int64)
+                arr = np.array([offsets[0]], dtype=_np_dtype(inp))
                 new = new_initializer(graph, f"{first.value.name or 'shape'}.heads_entry", arr)
                 target_node.replace_input_with(part, new)
                 continue
-            arr = np.array(ints, dtype=np.int64).reshape(const_shape(inp))
+            arr = np.array(ints, dtype=_np_dtype(inp)).reshape(const_shape(inp))
             flat = arr.reshape(-1)
             for off, val in offsets.items():
                 flat[off] = val
             replace_const(graph, inp, flat.reshape(arr.shape), [(target_node, part)], suffix="heads")
+
+
+def _np_dtype(value: ir.Value) -> np.dtype:
+    """The integer numpy type of a shape piece (tf2onnx builds int32 Concats)."""
+    if value.const_value is not None:
+        return value.const_value.numpy().dtype
+    return np.dtype(np.int32) if value.dtype == ir.DataType.INT32 else np.dtype(np.int64)
 
 
 def _pos_of(target: ShapeTarget, part: int, offset: int) -> int:

@@ -573,8 +573,26 @@ def _shape(node: ir.Node, region: Region) -> None:
         raise Skip(f"Shape {node.name!r} is a graph output")
 
 
-def _indices_read(node: ir.Node, length: int) -> set[int] | None:
-    """Which entries of a 1-D shape tensor ``node`` reads; ``None`` when unknown (assume all)."""
+def _indices_read(node: ir.Node, length: int, depth: int = 0) -> set[int] | None:
+    """Which entries of a 1-D shape tensor ``node`` reads; ``None`` when unknown (assume all).
+
+    An integer ``Cast`` / ``Identity`` (tf2onnx casts ``Shape`` to int32) reads what its users read.
+    """
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in ("Cast", "Identity") and depth < 4:
+        if node.op_type == "Cast" and attr_int(node, "to", 0) not in (int(ir.DataType.INT64), int(ir.DataType.INT32)):
+            return None
+        out = node.outputs[0]
+        if out.is_graph_output():
+            return None
+        read: set[int] = set()
+        for user, _ in users(out):
+            r = _indices_read(user, length, depth + 1)
+            if r is None:
+                return None
+            read |= r
+        return read
     if node.op_type == "Gather" and (attr_int(node, "axis", 0) or 0) == 0:
         idx = const_ints(node.inputs[1])
         return None if idx is None else {i % length for i in idx}
@@ -610,6 +628,16 @@ def _reshape(node: ir.Node, region: Region) -> None:
 
     if track.rep is not None:
         _reshape_repeat_merge(node, region, track, target, rank, out_rank, inferred)
+        return
+    if track.axis == last and out_rank > rank and _keeps_last(node, track, in_shape, target, inferred):
+        # Leading dims split ([B*S, X] -> [B, S, X], Keras Dense via tf2onnx); the last axis stays whole.
+        el = target.const(out_rank - 1)
+        same = Track(out_rank - 1, track.space, track.units)
+        if el != -1:
+            if not target.editable(out_rank - 1):
+                raise Skip(f"Reshape {node.name!r}: cannot rewrite its shape")
+            region.edit_target(target, lambda r: {out_rank - 1: r.count(same)})
+        region.set(node.outputs[0], same)
         return
     if track.axis == last and out_rank > rank:
         # Split H*D -> (H, D) over the last two axes.
@@ -656,8 +684,9 @@ def _reshape(node: ir.Node, region: Region) -> None:
     if track.axis == last and out_rank >= 1:
         # Leading dims change ([B*S, X] <-> [B, S, X]); the pruned last axis stays whole.
         el = target.const(out_rank - 1)
-        if el is None and inferred(out_rank - 1) != track.size:
-            raise Skip(f"Reshape {node.name!r}: cannot prove it keeps the pruned last axis whole")
+        if el in (None, -1) and inferred(out_rank - 1) != track.size:
+            raise Skip(f"Reshape {node.name!r}: cannot prove it keeps the pruned last axis whole "
+                       f"(target {target.describe()})")
         if el is not None and el not in (-1, track.size):
             raise Skip(f"Reshape {node.name!r} reshapes the pruned axis to {target.describe()}")
         same = Track(out_rank - 1, track.space, track.units)
@@ -669,6 +698,23 @@ def _reshape(node: ir.Node, region: Region) -> None:
         return
     raise Skip(f"Reshape {node.name!r} moves the pruned axis (axis {track.axis} of rank {rank} -> "
                f"{target.describe()})")
+
+
+def _keeps_last(node: ir.Node, track: Track, in_shape: list[int | None], target: ShapeTarget,
+                inferred: Callable[[int], int | None]) -> bool:
+    """Whether a rank-raising Reshape only splits leading dims: its last output dim equals the
+    input's last dim (the pruned axis), so row-major order keeps every entry of it in place.
+
+    A single head (all entries one unit) is left to the head-split branch: ``(1, D)`` is a split too.
+    """
+    if in_shape[-1] != track.size or len(set(track.units.tolist())) == 1:
+        return False
+    out_rank = len(target)
+    el = target.const(out_rank - 1)
+    if el == 0:
+        return False
+    last = el if el not in (None, -1) else inferred(out_rank - 1)
+    return last == track.size
 
 
 def _edit_entry(region: Region, target: ShapeTarget, pos: int, node: ir.Node, rank: int,

@@ -3,10 +3,12 @@
 Anchored at each constant-weight MatMul/Gemm (the *down* projection): walking
 back through element-wise ops only (bias Add, Gelu / Relu / SiLU = Sigmoid*x /
 the ``Div -> Erf -> Add -> Mul -> Mul`` GELU decomposition / tanh-GELU, the
-gating Mul) must end at constant-weight projections on every path.  Those are
-the seeds; their output width is the intermediate dimension, one unit per
-neuron.  The propagation engine then proves every consumer is element-wise
-and that the axis ends in the down projection(s).
+gating Mul, and the ``[B, S, E] <-> [B*S, E]`` Reshapes tf2onnx writes around a
+Keras ``Dense``, whose targets may be ``Cast(Concat(int32 dims))``) must end at
+constant-weight projections on every path.  Those are the seeds; their output
+width is the intermediate dimension, one unit per neuron.  The propagation
+engine then proves every consumer is element-wise (and every crossed Reshape
+keeps the axis whole) and that the axis ends in the down projection(s).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def _elementwise(node: ir.Node) -> bool:
     return node.domain == "com.microsoft" and node.op_type in _MS_ELEMENTWISE
 
 
+def _reshape(node: ir.Node) -> bool:
+    return node.op_type == "Reshape" and onnx_domain(node) and len(node.inputs) == 2
+
+
 def _seeds(down: ir.Node) -> tuple[list[ir.Node], bool]:
     """Projections feeding ``down`` through element-wise ops only, and whether any is non-linear."""
     x = down.inputs[0]
@@ -57,6 +63,11 @@ def _seeds(down: ir.Node) -> tuple[list[ir.Node], bool]:
         if is_projection(node):
             if node not in seeds:
                 seeds.append(node)
+            continue
+        if _reshape(node):
+            # Keras Dense via tf2onnx: [B, S, E] -> [B*S, E] around each MatMul; the
+            # propagation rule for Reshape proves the intermediate axis stays whole.
+            stack.append((node.inputs[0], depth + 1))
             continue
         if not _elementwise(node):
             raise _NotFFN()
