@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from ..graph._shapes import constant
+
 __all__ = ["QuantInfo", "WeightInfo", "find_weights", "LINEAR_OPS"]
 
 _PASS_THROUGH = {"Cast", "Identity"}
@@ -161,9 +163,7 @@ LINEAR_OPS: dict[str, Callable[[ir.Node, int, int], _Role | None]] = {
 def _const(node: ir.Node, index: int | None) -> np.ndarray | None:
     if index is None or index >= len(node.inputs) or node.inputs[index] is None:
         return None
-    value = node.inputs[index]
-    tensor = value.const_value if value is not None else None
-    return tensor.numpy() if tensor is not None else None
+    return constant(node.inputs[index])
 
 
 def _broadcast(array: np.ndarray, rank: int, axis: int) -> np.ndarray:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from ..graph._shapes import constant, constant_ints
+
 __all__ = [
     "Skip",
     "const_array",
@@ -55,16 +57,14 @@ def is_const(value: ir.Value | None) -> bool:
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
-    if not is_const(value):
-        return None
-    return value.const_value.numpy()  # type: ignore[union-attr]
+    """The array of a constant that is not an overridable graph input (``None`` otherwise)."""
+    return constant(value) if is_const(value) else None
 
 
 def const_ints(value: ir.Value | None) -> list[int] | None:
-    arr = const_array(value)
-    if arr is None or arr.dtype.kind not in "iu":
-        return None
-    return [int(v) for v in np.asarray(arr).reshape(-1)]
+    """:func:`const_array` of an integer constant, as a list the caller may edit."""
+    ints = constant_ints(value) if is_const(value) else None
+    return None if ints is None else list(ints)
 
 
 def static_shape(value: ir.Value | None) -> list[int | None] | None:
