@@ -91,11 +91,6 @@ class _Role:
     quant: tuple[int | None, int | None, int] | None = None
 
 
-def _attr(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return int(attr.value) if attr is not None else default
-
-
 def _matmul(node: ir.Node, index: int, rank: int) -> _Role | None:
     if index == 1:
         return _Role(rank - 2, rank - 1) if rank >= 2 else _Role(0, None)
@@ -106,9 +101,9 @@ def _matmul(node: ir.Node, index: int, rank: int) -> _Role | None:
 
 def _gemm(node: ir.Node, index: int, rank: int) -> _Role | None:
     if index == 1:
-        return _Role(1, 0) if _attr(node, "transB", 0) else _Role(0, 1)
+        return _Role(1, 0) if node.attributes.get_int("transB", 0) else _Role(0, 1)
     if index == 0:
-        return _Role(0, 1) if _attr(node, "transA", 0) else _Role(1, 0)
+        return _Role(0, 1) if node.attributes.get_int("transA", 0) else _Role(1, 0)
     return None
 
 
@@ -189,7 +184,7 @@ def _uses(value: ir.Value, depth: int = 0) -> Iterator[tuple[ir.Node, int, Quant
 
 def _dq_quant(node: ir.Node, value: ir.Value) -> QuantInfo | str:
     rank = len(value.shape) if value.shape is not None else 0
-    if _attr(node, "block_size", 0):
+    if node.attributes.get_int("block_size", 0):
         return "blocked DequantizeLinear is not supported"
     scale = _const(node, 1)
     if scale is None:
@@ -198,7 +193,7 @@ def _dq_quant(node: ir.Node, value: ir.Value) -> QuantInfo | str:
     zero = _const(node, 2)
     if zero is None:
         zero = np.zeros((), dtype=raw.dtype if raw is not None else np.int8)
-    axis = _attr(node, "axis", 1)
+    axis = node.attributes.get_int("axis", 1)
     return QuantInfo(_broadcast(scale, rank, axis), _broadcast(zero, rank, axis), f"DequantizeLinear:{node.name}")
 
 
