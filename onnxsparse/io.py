@@ -20,14 +20,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-from collections.abc import Iterator
-
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError, ModelSaveError
@@ -37,6 +36,7 @@ __all__ = [
     "load_model",
     "load_proto",
     "save_model",
+    "check_output",
     "to_proto",
     "restore_types",
     "strip_unsupported_types",
@@ -367,6 +367,29 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def check_output(
+    path: str | os.PathLike, *, protect: tuple[str | os.PathLike | None, ...] = (), force: bool = False
+) -> Path:
+    """Raise :class:`ModelSaveError` for an output :func:`save_model` would refuse.
+
+    Commands call it before long work too, so a bad ``-o`` fails at once.
+    """
+    out = Path(path)
+    for guarded in protect:
+        if guarded is None:
+            continue
+        guarded_path = Path(guarded)
+        if _same_file(out, guarded_path) or out.resolve() == guarded_path.resolve():
+            raise ModelSaveError(f"refusing to overwrite the input model {guarded_path}")
+    if out.is_dir():
+        raise ModelSaveError(f"output {out} is a directory")
+    if out.exists() and not force:
+        raise ModelSaveError(f"output {out} already exists (use --force to overwrite)")
+    if not out.resolve().parent.is_dir():
+        raise ModelSaveError(f"output folder does not exist: {out.resolve().parent}")
+    return out
+
+
 def save_model(
     model: ir.Model,
     path: str | os.PathLike,
@@ -382,18 +405,8 @@ def save_model(
     weights are too large for one protobuf.  The data file is ``<name>.data``.
     The IR version is lowered to what the installed onnxruntime reads.
     """
-    out = Path(path)
-    for guarded in protect:
-        guarded_path = Path(guarded)
-        if _same_file(out, guarded_path) or out.resolve() == guarded_path.resolve():
-            raise ModelSaveError(f"refusing to overwrite the input model {guarded_path}")
-    if out.exists() and not force:
-        raise ModelSaveError(f"output {out} already exists (use --force to overwrite)")
-    if out.is_dir():
-        raise ModelSaveError(f"output {out} is a directory")
+    out = check_output(path, protect=protect, force=force)
     parent = out.resolve().parent
-    if not parent.is_dir():
-        raise ModelSaveError(f"output folder does not exist: {parent}")
 
     if external_data is None:
         external_data = _tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD

@@ -48,10 +48,11 @@ def _coo_count(path: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import load_model, load_proto, model_file_bytes, save_model
+    from ..io import check_output, load_model, load_proto, model_file_bytes, save_model
     from ..passes.densify import densify
 
     check_report_paths([args.report] if args.report else None)
+    check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     load_proto(args.model)  # vet the file first (clear errors for broken input)
     coo = _coo_count(args.model)
     model = load_model(args.model)

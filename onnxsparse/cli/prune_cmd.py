@@ -134,7 +134,7 @@ def _with_criterion(args: argparse.Namespace, criterion: str) -> argparse.Namesp
 
 def run(args: argparse.Namespace) -> int:
     from ..calibration.data import parse_shapes
-    from ..io import load_model, model_file_bytes, save_model
+    from ..io import check_output, load_model, model_file_bytes, save_model
     from ..passes.normalize import normalize
     from ..passes.prune import _mac_dims, _measure, prune
 
@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         more = " (or --heads / --ffn)" if heads is not None else ""
         raise UsageError(f"nothing to prune: give --channels RATIO{more}")
     check_report_paths([args.report] if args.report else None)
+    check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
     criterion = args.criterion or (DEFAULT_DATA_CRITERION if args.calib else DEFAULT_CRITERION)
     if args.calib is None:

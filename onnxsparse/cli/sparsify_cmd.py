@@ -129,10 +129,11 @@ def _progress(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..formats import save_model
-    from ..io import load_model, model_file_bytes
+    from ..io import check_output, load_model, model_file_bytes
     from ..passes.sparsify import SparsifyConfig, sparsify
 
     check_report_paths([args.report] if args.report else None)
+    check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     config = SparsifyConfig(
         sparsity=args.sparsity,
         pattern=args.pattern,

@@ -24,8 +24,15 @@ import onnx_ir as ir
 from .._ort import make_session, session_options
 from .._progress import progress_bar
 from ..calibration.data import DataSource, load_data, model_input_specs
-from ..errors import DataError, ModelSaveError, UsageError
-from ..io import EXTERNAL_DATA_THRESHOLD, ModelSource, load_model, model_file_bytes, save_model
+from ..errors import DataError, UsageError
+from ..io import (
+    EXTERNAL_DATA_THRESHOLD,
+    ModelSource,
+    check_output,
+    load_model,
+    model_file_bytes,
+    save_model,
+)
 from ._nodes import count_by_op, diff_nodes, origin_names, plan_nodes, rename_rows
 from ._ort import QuantizationError, first_line
 from ._prepare import prepare, save_proto
@@ -135,18 +142,6 @@ def _fidelity(path: Path, reference: list[np.ndarray], source: DataSource, batch
     return result
 
 
-def _check_output(output: Path, input_path: Path | None, force: bool) -> None:
-    """Fail before any work on what :func:`save_model` would refuse at the end."""
-    if input_path is not None and output.resolve() == input_path.resolve():
-        raise ModelSaveError(f"refusing to overwrite the input model {input_path}")
-    if output.is_dir():
-        raise ModelSaveError(f"output {output} is a directory")
-    if output.exists() and not force:
-        raise ModelSaveError(f"output {output} already exists (use --force to overwrite)")
-    if not output.resolve().parent.is_dir():
-        raise ModelSaveError(f"output folder does not exist: {output.resolve().parent}")
-
-
 def _check_source(calib: DataSource | None, model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> tuple[DataSource | None, str | None]:
     if calib is not None:
         return calib, None
@@ -254,7 +249,7 @@ def quantize(
 
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if output is not None:
-        _check_output(Path(output), input_path, force)
+        check_output(Path(output), protect=(input_path,), force=force)
     ir_model = load_model(model)
     bytes_before = model_file_bytes(input_path) if input_path else ir.to_proto(ir_model).ByteSize()
     warnings: list[str] = []

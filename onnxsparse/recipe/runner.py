@@ -28,8 +28,8 @@ from typing import Any
 import onnx_ir as ir
 
 from .._progress import progress_bar
-from ..errors import DataError, ModelSaveError, OnnxSparseError, UsageError
-from ..io import ModelSource, load_model, model_file_bytes
+from ..errors import DataError, OnnxSparseError, UsageError
+from ..io import ModelSource, check_output, load_model, model_file_bytes
 from .config import (
     PruneStep,
     QuantizeStep,
@@ -469,18 +469,6 @@ def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
     return notes
 
 
-def _check_output(output: Path, input_path: Path | None, force: bool) -> None:
-    if input_path is not None and (output.resolve() == input_path.resolve()
-                                   or (output.exists() and os.path.samefile(output, input_path))):
-        raise ModelSaveError(f"refusing to overwrite the input model {input_path}")
-    if output.is_dir():
-        raise ModelSaveError(f"output {output} is a directory")
-    if output.exists() and not force:
-        raise ModelSaveError(f"output {output} already exists (use --force to overwrite)")
-    if not output.resolve().parent.is_dir():
-        raise ModelSaveError(f"output folder does not exist: {output.resolve().parent}")
-
-
 def prepare_run(recipe: Recipe, model: ir.Model) -> list[str]:
     """Checks that need the input model (state vs step order, data vs inputs); returns notes."""
     check_order(recipe, _input_state(model))
@@ -500,7 +488,7 @@ def plan_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
     recipe = load_recipe(recipe, overrides=overrides)
     input_path = Path(model) if _is_path(model) else None
     if output is not None:
-        _check_output(Path(output), input_path, force)
+        check_output(Path(output), protect=(input_path,), force=force)
     ir_model = load_model(model)
     notes = prepare_run(recipe, ir_model)
     mac_dims = _mac_dims(ir_model, recipe.shapes)
@@ -559,7 +547,7 @@ def run_recipe(
     out = Path(output) if output is not None else None
     input_path = Path(model) if _is_path(model) else None
     if out is not None:
-        _check_output(out, input_path, force)
+        check_output(out, protect=(input_path,), force=force)
     ir_model = load_model(model)
     notes = prepare_run(recipe, ir_model)
     mac_dims = _mac_dims(ir_model, recipe.shapes)
