@@ -92,15 +92,28 @@ def test_special_values_survive(fmt):
 
 
 @pytest.mark.parametrize("width", [2, 4, 8, 16])
-def test_delta_long_gaps_use_filler_entries(width):
+@pytest.mark.parametrize("first", [0, 3])
+def test_delta_long_gaps_use_filler_entries(width, first):
     array = np.zeros(300_000, np.float32)
-    array[[0, 5, 70_000, 299_999]] = [1, 2, 3, 4]
+    positions = [first, 5, 70_000, 299_999]
+    array[positions] = [1, 2, 3, 4]
     codec = F.get_codec("delta")
     encoded = codec.encode(F.TensorData("W", array), F.CodecOptions(delta_widths=(width,)))
-    span = 1 << width
-    gaps = np.diff([-1, 0, 5, 70_000, 299_999])
-    assert encoded.params["count"] == sum(math.ceil(g / span) for g in gaps)
+    longest = (1 << width) if width < 8 else (1 << width) - 1  # byte-wide codes store the step itself
+    entries = [0] + positions if first else positions  # an anchor entry sits at position 0
+    gaps = np.diff(entries)
+    assert encoded.params["count"] == 1 + sum(math.ceil(g / longest) for g in gaps)
     assert same_bits(codec.decode(encoded.arrays, encoded.params, array.shape, np.float32(0)), array)
+
+
+def test_delta_reads_the_unanchored_layout_of_earlier_files():
+    """Files written before the anchored layout stored gap-1 codes from position -1."""
+    codec = F.get_codec("delta")
+    codes = np.array([2, 0, 4], np.int64)  # positions 2, 3, 8
+    values = np.array([1, 2, 3], np.float32)
+    arrays = {"gaps": codes.astype(np.uint8), "values": values}
+    out = codec.decode(arrays, {"width": 8, "count": 3}, (10,), np.float32(0))
+    assert out.tolist() == [0, 0, 1, 2, 0, 0, 0, 0, 3, 0]
 
 
 def test_delta_picks_narrow_gaps_when_dense_and_wide_when_sparse():
@@ -173,6 +186,9 @@ def test_decode_graph_is_bit_exact_in_onnxruntime(fmt, decoder, dtype):
     model = identity_model(array)
     tensor = F.TensorData("W", array, fill)
     chosen = F.candidate(tensor, fmt, F.CodecOptions(), 18, decoder=decoder)
+    if decoder == "unpool" and dtype.name not in ("float32", "float16"):
+        assert isinstance(chosen, str) and "MaxUnpool" in chosen
+        return
     assert isinstance(chosen, F.Candidate), chosen
     F.store(model, "W", tensor, chosen)
     proto = ir.to_proto(model)
@@ -203,7 +219,9 @@ def test_decode_graph_edge_cases(fmt, decoder, case):
     tensor = F.TensorData("W", array, fill)
     chosen = F.candidate(tensor, fmt, F.CodecOptions(), 18, decoder=decoder)
     if isinstance(chosen, str):  # the only refusals: coo with a non-zero fill, bsr on an odd shape
-        assert (fmt == "coo" and case == "zero_point" and "fill" in chosen) or (fmt == "bsr" and "divide" in chosen)
+        assert ((fmt == "coo" and case == "zero_point" and "fill" in chosen)
+                or (decoder == "unpool" and case == "zero_point" and "MaxUnpool" in chosen)
+                or (fmt == "bsr" and "divide" in chosen))
         return
     model = identity_model(array)
     spec = F.store(model, "W", tensor, chosen)
@@ -222,6 +240,37 @@ def test_decoder_variants_need_their_opset():
     assert "needs opset 16" in F.candidate(tensor, "csr", F.CodecOptions(), 13)
     bf16 = F.TensorData("W", sparse_array(rng, (16, 16), np.dtype(ml_dtypes.bfloat16), 0.2))
     assert "needs opset 13" in F.candidate(bf16, "delta", F.CodecOptions(), 12)
+
+
+def test_delta_decodes_with_maxunpool_only_for_zero_filled_floats():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float16):
+        tensor = F.TensorData("W", sparse_array(rng, (64, 64), np.dtype(dtype), 0.1))
+        chosen = F.candidate(tensor, "delta", F.CodecOptions(), 18)
+        assert chosen.decoder == "unpool"
+        assert chosen.encoded.arrays["values"].shape[:2] == (1, 1)  # MaxUnpool reads [N, C, k]
+    int8 = F.TensorData("W", sparse_array(rng, (64, 64), np.dtype(np.int8), 0.1))
+    assert F.candidate(int8, "delta", F.CodecOptions(), 18).decoder == "scatter"
+    shifted = F.TensorData("W", sparse_array(rng, (64, 64), np.dtype(np.float32), 0.1, 1.5), 1.5)
+    assert F.candidate(shifted, "delta", F.CodecOptions(), 18).decoder == "scatter"
+    forced = F.candidate(int8, "delta", F.CodecOptions(), 18, decoder="unpool")
+    assert isinstance(forced, str) and "MaxUnpool" in forced
+
+
+def test_decode_larger_than_onnxruntime_folds_is_refused(monkeypatch):
+    """onnxruntime folds nothing above 1 GiB: such a decode would run at every inference."""
+    from onnxsparse.formats import storage
+
+    rng = np.random.default_rng(0)
+    tensor = F.TensorData("W", sparse_array(rng, (64, 64), np.dtype(np.float32), 0.1))
+    monkeypatch.setattr(storage, "FOLD_LIMIT_BYTES", 64 * 64 * 4 - 1)
+    for fmt in ("delta", "bitmask", "csr"):
+        reason = F.candidate(tensor, fmt, F.CodecOptions(), 18)
+        assert isinstance(reason, str) and "every inference" in reason
+    chosen, reason = F.choose(tensor, F.AUTO, F.CodecOptions(), 18)
+    assert chosen.format == "dense" and "every inference" in reason
+    monkeypatch.setattr(storage, "FOLD_LIMIT_BYTES", 64 * 64 * 4)
+    assert F.candidate(tensor, "delta", F.CodecOptions(), 18).format == "delta"
 
 
 def test_auto_is_no_larger_than_any_format():

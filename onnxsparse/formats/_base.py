@@ -38,6 +38,9 @@ __all__ = [
     "index_dtype",
     "contiguous",
     "scatter_dense",
+    "UNPOOL_DTYPES",
+    "unpool_refusal",
+    "unpool_layout",
 ]
 
 #: numpy dtype names a codec may encode (ONNX: FLOAT, FLOAT16, BFLOAT16, DOUBLE, INT8, ...).
@@ -89,6 +92,25 @@ def scatter_dense(values: np.ndarray, index: np.ndarray, shape: tuple[int, ...],
     out = np.full(int(np.prod(shape, dtype=np.int64)), fill, dtype=values.dtype)
     out[index] = values
     return out.reshape(shape)
+
+
+#: value dtypes onnxruntime's MaxUnpool kernel accepts (the ``unpool`` decode graphs)
+UNPOOL_DTYPES: frozenset[str] = frozenset({"float32", "float16"})
+
+
+def unpool_refusal(fmt: str, tensor: TensorData) -> str | None:
+    """Why an ``unpool`` decode (MaxUnpool into zeros) cannot rebuild ``tensor``, or ``None``."""
+    if tensor.dtype.name not in UNPOOL_DTYPES:
+        return f"{fmt}'s unpool decode (MaxUnpool) takes float32/float16, not {tensor.dtype.name}"
+    if int(bits_view(tensor.fill.reshape(1))[0]) != 0:
+        return f"{fmt}'s unpool decode (MaxUnpool) fills with zeros; this tensor's fill value is not 0"
+    return None
+
+
+def unpool_layout(encoded: Encoded, roles: tuple[str, ...]) -> Encoded:
+    """``encoded`` with the per-value arrays shaped ``[1, 1, k]``, as MaxUnpool reads them."""
+    arrays = {role: array.reshape(1, 1, -1) if role in roles else array for role, array in encoded.arrays.items()}
+    return Encoded(encoded.format, arrays, dict(encoded.params))
 
 
 @dataclass(frozen=True)
@@ -179,13 +201,25 @@ class Codec:
         """Decode graphs to try for this tensor, cheapest to fold first."""
         return self.decoders
 
+    def decoder_refusal(self, decoder: str, tensor: TensorData) -> str | None:
+        """Why ``decoder`` cannot decode ``tensor`` (``None`` when it can)."""
+        return None
+
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
         raise NotImplementedError
+
+    def layout(self, encoded: Encoded, decoder: str) -> Encoded:
+        """Shape the payload arrays the way ``decoder``'s graph reads them (the bytes do not change)."""
+        return encoded
 
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
         """Numpy decode (the Python loader and densify use it)."""
         raise NotImplementedError
+
+    def largest_intermediate(self, encoded: Encoded, decoder: str, tensor: TensorData) -> int:
+        """Bytes of the largest tensor the decode graph computes (by default the dense output)."""
+        return tensor.n * tensor.dtype.itemsize
 
     def min_opset(self, decoder: str, dtype: np.dtype) -> int:
         """Lowest default-domain opset the decode graph needs."""

@@ -131,6 +131,10 @@ class DecodeBuilder:
         return node.outputs[0]
 
     # --------------------------------------------------------------- helpers
+    @staticmethod
+    def ir_dtype(dtype: np.dtype | ir.DataType) -> ir.DataType:
+        return _dtype(dtype)
+
     def to_index(self, value: ir.Value) -> ir.Value:
         return self.op("Cast", value, to=_dtype(self.index_dtype))
 
@@ -143,6 +147,14 @@ class DecodeBuilder:
             wide = self.op("Expand", self.const(fill.astype(np.float32).reshape(())), dims)
             return self.op("Cast", wide, to=ir.DataType.BFLOAT16)
         return self.op("Expand", self.const(fill.reshape(())), dims)
+
+    def unpool(self, values: ir.Value, positions: ir.Value, count: int) -> ir.Value:
+        """``values`` (``[1, 1, count]``) at the int64 flat ``positions`` of ``n`` zeros, shape ``[1, 1, n]``.
+
+        ``kernel_shape = n - count + 1`` makes MaxUnpool's output length static
+        (``(count - 1) + kernel``), which onnxruntime needs before it folds a node.
+        """
+        return self.op("MaxUnpool", values, positions, kernel_shape=[self.n - count + 1])
 
     def range(self, count: int) -> ir.Value:
         """``[0, 1, ..., count-1]`` in the index dtype."""

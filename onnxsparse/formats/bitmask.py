@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
+from ._base import Codec, CodecOptions, Encoded, TensorData, index_dtype, scatter_dense
 from ._bits import bit_position_table, bit_table, popcount_table
 from ._registry_instance import FORMATS
 
@@ -57,6 +57,11 @@ class BitmaskCodec(Codec):
         n = int(np.prod(shape, dtype=np.int64))
         bits = np.unpackbits(np.asarray(arrays["mask"], dtype=np.uint8), count=n, bitorder="little").view(bool)
         return scatter_dense(arrays["values"], bits, shape, fill)
+
+    def largest_intermediate(self, encoded: Encoded, decoder: str, tensor: TensorData) -> int:
+        if decoder == "gather":  # value ranks: one index per element
+            return tensor.n * max(tensor.dtype.itemsize, index_dtype(tensor.n + 1).itemsize)
+        return super().largest_intermediate(encoded, decoder, tensor)
 
     def min_opset(self, decoder: str, dtype: np.dtype) -> int:
         if decoder == "scatter":

@@ -3,8 +3,10 @@
 Rows are the tensor's 2-D view ``[shape[0], prod(shape[1:])]``.  Decode (opset
 16): the row of each value comes from the row pointers with
 ``ScatterElements(reduction=add) + CumSum`` (no data-dependent shapes, so
-onnxruntime folds it), the flat position is ``row * cols + col``, and
-``ScatterElements`` places the values.
+onnxruntime folds it) and the flat position is ``row * cols + col``.  Like
+``delta``, float32/float16 tensors with a zero fill place the values with
+``MaxUnpool`` (``unpool``), others with ``ScatterElements`` into an ``Expand``
+of the fill value (``scatter``, one more full-size node).
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint, scatter_dense
+from ._base import (
+    Codec,
+    CodecOptions,
+    Encoded,
+    TensorData,
+    narrowest_uint,
+    scatter_dense,
+    unpool_layout,
+    unpool_refusal,
+)
 from ._registry_instance import FORMATS
 from ._rows import build_rows_from_pointers, row_pointers, rows_from_pointers
 
@@ -30,8 +41,11 @@ __all__ = ["CsrCodec"]
 class CsrCodec(Codec):
     name = "csr"
     summary = "values + column indices (uint8/uint16/int32) + row pointers"
-    decoders = ("scatter",)
+    decoders = ("unpool", "scatter")
     cost_rank = 2
+
+    def decoder_refusal(self, decoder: str, tensor: TensorData) -> str | None:
+        return unpool_refusal(self.name, tensor) if decoder == "unpool" else None
 
     def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
         rows, cols = tensor.matrix_shape()
@@ -51,12 +65,19 @@ class CsrCodec(Codec):
             {"rows": rows, "cols": cols, "count": tensor.k},
         )
 
+    def layout(self, encoded: Encoded, decoder: str) -> Encoded:
+        return unpool_layout(encoded, ("values", "col_indices")) if decoder == "unpool" else encoded
+
+    def largest_intermediate(self, encoded: Encoded, decoder: str, tensor: TensorData) -> int:
+        positions = int(encoded.params["count"]) * 8 if decoder == "unpool" else 0  # int64 for MaxUnpool
+        return max(super().largest_intermediate(encoded, decoder, tensor), positions)
+
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
         cols = int(params["cols"])
         rows_of = rows_from_pointers(arrays["row_ptr"])
-        positions = rows_of * cols + np.asarray(arrays["col_indices"], dtype=np.int64)
-        return scatter_dense(arrays["values"], positions, shape, fill)
+        positions = rows_of * cols + np.asarray(arrays["col_indices"], dtype=np.int64).reshape(-1)
+        return scatter_dense(np.ravel(arrays["values"]), positions, shape, fill)
 
     def min_opset(self, decoder: str, dtype: np.dtype) -> int:
         return 16
@@ -64,11 +85,13 @@ class CsrCodec(Codec):
     def build(self, builder: DecodeBuilder, encoded: Encoded, stored: Mapping[str, ir.Value],
               decoder: str) -> ir.Value:
         rows, cols, k = (int(encoded.params[key]) for key in ("rows", "cols", "count"))
-        dense = builder.fill(builder.fill_value, builder.n)
         if k == 0:
-            return dense
+            return builder.fill(builder.fill_value, builder.n)
         row = build_rows_from_pointers(builder, stored["row_ptr"], rows, k)
-        positions = builder.op(
+        positions = builder.op(  # [1, 1, k] for unpool: the column indices are stored that way
             "Add", builder.op("Mul", row, builder.index_const(cols)), builder.to_index(stored["col_indices"])
         )
-        return builder.op("ScatterElements", dense, positions, stored["values"], axis=0)
+        if decoder == "unpool":
+            return builder.unpool(stored["values"], builder.op("Cast", positions, to=builder.ir_dtype(np.int64)), k)
+        return builder.op("ScatterElements", builder.fill(builder.fill_value, builder.n), positions,
+                          stored["values"], axis=0)

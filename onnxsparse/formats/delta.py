@@ -1,13 +1,23 @@
 """``delta``: gap-coded positions + values, close to the information bound at high sparsity.
 
-The gap ``g >= 1`` between consecutive non-zero positions is stored as ``g - 1``
-in a fixed width of 2, 4, 8 or 16 bits (the smallest total is chosen per
-tensor).  A gap longer than ``2**width`` is split by *filler* entries that step
-``2**width`` positions and store the fill value: they land on genuine zeros, so
-decoding stays exact with no escape logic.  Decode: ``CumSum`` of the gaps gives
-the positions, ``ScatterElements`` puts the values into a tensor of fill values.
-Every intermediate has ``k`` (non-zero count) elements except the output, which
-is why onnxruntime folds it quickly.
+Entries are written in position order; each stores the *step* to the next
+entry in a fixed width of 2, 4, 8 or 16 bits (the smallest total is chosen per
+tensor).  Sub-byte codes mean ``step - 1`` (steps ``1..2**width``); byte-wide
+codes are the step itself (``1..2**width - 1``), which saves the decode an
+``Add``.  A step too long for the width is split by *filler* entries that store
+the fill value: they land on genuine zeros, so decoding stays exact with no
+escape logic.  The first entry sits at position 0 (a filler *anchor* is added
+when position 0 is a zero), so an exclusive ``CumSum`` of the steps gives every
+position directly.
+
+Two decode graphs put the values in place:
+
+* ``unpool`` (float32/float16 with a zero fill): ``MaxUnpool`` writes the ``k``
+  values at their positions into a zero tensor; its ``kernel_shape`` makes the
+  output length static, so onnxruntime folds it.  The only full-size nodes are
+  ``MaxUnpool`` and the final ``Reshape``, which is why it folds fast.
+* ``scatter`` (any dtype and fill): ``ScatterElements`` into an ``Expand`` of
+  the fill value — one more full-size node.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
+from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense, unpool_layout, unpool_refusal
 from ._bits import code_table, pack_codes, packed_size, unpack_codes
 from ._registry_instance import FORMATS
 
@@ -30,18 +40,29 @@ __all__ = ["DeltaCodec"]
 
 _WIDTHS = (2, 4, 8, 16)
 
+def _max_step(width: int) -> int:
+    return 1 << width if width < 8 else (1 << width) - 1
 
-def _entries(gaps: np.ndarray, width: int) -> np.ndarray:
-    """Entries each gap needs at this width (1 + fillers)."""
-    span = 1 << width
+
+def _entry_positions(tensor: TensorData) -> np.ndarray:
+    """Positions of the non-fill values, with the anchor at 0 prepended when needed."""
+    positions = tensor.positions
+    if positions.size and positions[0] != 0:
+        return np.concatenate([np.zeros(1, dtype=positions.dtype), positions])
+    return positions
+
+
+def _steps_needed(gaps: np.ndarray, width: int) -> np.ndarray:
+    """Entries each gap between consecutive positions needs at this width (1 + fillers)."""
+    span = _max_step(width)
     return (gaps + span - 1) // span
 
 
 @FORMATS.register("delta")
 class DeltaCodec(Codec):
     name = "delta"
-    summary = "gap-coded positions (2/4/8/16-bit) + values; CumSum + ScatterElements decode"
-    decoders = ("scatter",)
+    summary = "gap-coded positions (2/4/8/16-bit) + values; CumSum + MaxUnpool (or ScatterElements) decode"
+    decoders = ("unpool", "scatter")
     cost_rank = 1
 
     def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
@@ -50,56 +71,77 @@ class DeltaCodec(Codec):
             return f"delta widths must be among {_WIDTHS}, got {options.delta_widths}"
         return None
 
+    def decoder_refusal(self, decoder: str, tensor: TensorData) -> str | None:
+        return unpool_refusal(self.name, tensor) if decoder == "unpool" else None
+
     def sizes(self, tensor: TensorData, options: CodecOptions) -> dict[int, int]:
         """Payload bytes for each allowed width."""
-        gaps = np.diff(tensor.positions, prepend=-1)
+        entries = _entry_positions(tensor)
+        gaps = np.diff(entries)
         out = {}
         for width in options.delta_widths:
-            count = int(_entries(gaps, width).sum())
+            count = int(_steps_needed(gaps, width).sum()) + min(entries.size, 1)
             out[width] = packed_size(count, width) + count * tensor.dtype.itemsize
         return out
 
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
         sizes = self.sizes(tensor, options)
         width = min(sizes, key=lambda w: (sizes[w], w))
-        span = 1 << width
-        gaps = np.diff(tensor.positions, prepend=-1)
-        reps = _entries(gaps, width)
-        count = int(reps.sum())
-        last = np.cumsum(reps) - 1
-        codes = np.full(count, span - 1, dtype=np.int64)
-        codes[last] = gaps - (reps - 1) * span - 1
+        span = _max_step(width)
+        entries = _entry_positions(tensor)
+        gaps = np.diff(entries)
+        reps = _steps_needed(gaps, width)
+        count = int(reps.sum()) + min(entries.size, 1)
+        steps = np.full(count, span, dtype=np.int64)
+        steps[-1:] = 1  # the last entry's step is never read
+        real = np.concatenate([[0], np.cumsum(reps)]).astype(np.int64)[: entries.size]  # entry index of each
+        steps[real[1:] - 1] = gaps - (reps - 1) * span
         values = np.full(count, tensor.fill, dtype=tensor.dtype)
-        values[last] = tensor.values
+        values[real[entries.size - tensor.k:]] = tensor.values
+        codes = steps - 1 if width < 8 else steps
         return Encoded(
             self.name,
             {"gaps": pack_codes(codes, width), "values": values},
-            {"width": width, "count": count},
+            {"width": width, "count": count, "anchored": True},
         )
+
+    def layout(self, encoded: Encoded, decoder: str) -> Encoded:
+        return unpool_layout(encoded, ("gaps", "values")) if decoder == "unpool" else encoded
+
+    def largest_intermediate(self, encoded: Encoded, decoder: str, tensor: TensorData) -> int:
+        positions = int(encoded.params["count"]) * 8  # int64 positions for MaxUnpool
+        return max(super().largest_intermediate(encoded, decoder, tensor), positions if decoder == "unpool" else 0)
 
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
-        count = int(params["count"])
-        codes = unpack_codes(arrays["gaps"], int(params["width"]), count)
-        positions = np.cumsum(codes) + np.arange(count)
-        return scatter_dense(arrays["values"], positions, shape, fill)
+        count, width = int(params["count"]), int(params["width"])
+        codes = unpack_codes(np.ravel(arrays["gaps"]), width, count)
+        values = np.ravel(arrays["values"])
+        if not params.get("anchored"):  # files written before the anchored layout
+            return scatter_dense(values, np.cumsum(codes) + np.arange(count), shape, fill)
+        steps = codes + 1 if width < 8 else codes
+        positions = np.concatenate([np.zeros(min(count, 1), dtype=np.int64), np.cumsum(steps[:-1])])
+        return scatter_dense(values, positions, shape, fill)
 
     def build(self, builder: DecodeBuilder, encoded: Encoded, stored: Mapping[str, ir.Value],
               decoder: str) -> ir.Value:
-        n = builder.n
         count = int(encoded.params["count"])
         width = int(encoded.params["width"])
-        dense = builder.fill(builder.fill_value, n)
-        if count == 0:
-            return dense
+        unpool = decoder == "unpool"
+        index = np.dtype(np.int64) if unpool else builder.index_dtype
+        axis = 2 if unpool else 0
         if width >= 8:
-            codes = builder.to_index(stored["gaps"])
+            steps = builder.op("Cast", stored["gaps"], to=builder.ir_dtype(index))
         else:
-            table = builder.const(code_table(width), np.uint8)
+            table = builder.const(code_table(width) + 1, np.uint8)  # code -> step
             unpacked = builder.op("Gather", table, builder.to_index(stored["gaps"]), axis=0)
-            flat = builder.op("Reshape", unpacked, builder.shape_const([-1]))
-            codes = builder.to_index(builder.op("Slice", flat, builder.shape_const([0]), builder.shape_const([count])))
-        cumulative = builder.op("CumSum", codes, builder.index_const(0))
-        positions = builder.op("Add", cumulative, builder.range(count))
-        return builder.op("ScatterElements", dense, positions, stored["values"], axis=0)
-
+            flat = builder.op("Reshape", unpacked, builder.shape_const([1, 1, -1] if unpool else [-1]))
+            if packed_size(count, width) * (8 // width) != count:
+                flat = builder.op("Slice", flat, builder.shape_const([0]), builder.shape_const([count]),
+                                  builder.shape_const([axis]))
+            steps = builder.op("Cast", flat, to=builder.ir_dtype(index))
+        positions = builder.op("CumSum", steps, builder.const(axis, index), exclusive=1)
+        if unpool:
+            return builder.unpool(stored["values"], positions, count)
+        return builder.op("ScatterElements", builder.fill(builder.fill_value, builder.n), positions,
+                          stored["values"], axis=0)

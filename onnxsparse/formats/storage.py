@@ -50,6 +50,9 @@ STORAGE_VERSION = 1
 AUTO = "auto"
 #: auto keeps the cheaper-to-decode format when it is within this fraction of the smallest
 AUTO_SLACK = 0.02
+#: onnxruntime does not fold a node whose output exceeds this (its default
+#: ``optimization.constant_folding_max_output_size_in_bytes``); such a decode would run at every inference
+FOLD_LIMIT_BYTES = 1 << 30
 
 
 # ------------------------------------------------------------------ metadata
@@ -165,12 +168,20 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
     if reason:
         return reason
     variants = [decoder] if decoder else list(codec.decoder_order(tensor))
+    refusals = [r for r in (codec.decoder_refusal(d, tensor) for d in variants) if r]
+    variants = [d for d in variants if not codec.decoder_refusal(d, tensor)]
+    if not variants:
+        return "; ".join(refusals)
     usable = [d for d in variants if codec.min_opset(d, tensor.dtype) <= max_opset]
     if not usable:
         need = min(codec.min_opset(d, tensor.dtype) for d in variants)
         return f"{fmt} needs opset {need}, the model allows {max_opset}"
     decoder = usable[0]
-    encoded = codec.encode(tensor, options)
+    encoded = codec.layout(codec.encode(tensor, options), decoder)
+    largest = codec.largest_intermediate(encoded, decoder, tensor)
+    if largest > FOLD_LIMIT_BYTES:
+        return (f"{fmt} decode would compute a {largest / 2**30:.2f} GiB tensor; onnxruntime folds at most "
+                f"{FOLD_LIMIT_BYTES / 2**30:.0f} GiB, so it would decode at every inference")
     builder = DecodeBuilder(graph if graph is not None else ir.Graph([], [], nodes=[]), tensor.name,
                             tensor.shape, tensor.fill)
     stored = {role: builder.stored(role, array) for role, array in encoded.arrays.items()}
