@@ -187,7 +187,8 @@ class DecodeBuilder:
         if like is not None:
             final.shape = like.shape
             final.type = like.type
-        for value in list(self.payload.values()) + self._new_consts:
+        used_payload = [value for value in self.payload.values() if value.uses()]  # none for an all-fill tensor
+        for value in used_payload + self._new_consts:
             if value.name not in self.graph.initializers:
                 self.graph.register_initializer(value)
         if len(self.graph) > 0:
@@ -206,5 +207,10 @@ class DecodeBuilder:
             if tensor is not None:
                 total += tensor.nbytes + len(value.name or "") + 16
         for value in self.payload.values():
-            total += len(value.name or "") + 16
+            total += len(value.name or "") + 16 if value.uses() else 0
         return total
+
+    def payload_bytes(self) -> int:
+        """Bytes of the payload arrays the decode graph reads."""
+        return sum(value.const_value.nbytes for value in self.payload.values()
+                   if value.uses() and value.const_value is not None)

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from ..errors import ModelSaveError
 from ..io import save_model as _io_save_model
 from ._base import contiguous
-from .storage import _decode_groups, _drop_orphan_consts, _initializer, read_storage, write_storage
+from .storage import _decode_groups, _drop_orphan_consts, _initializer, _np_dtype, read_storage, write_storage
 
 __all__ = ["save_model"]
 
@@ -47,8 +47,11 @@ def save_model(
     groups = _decode_groups(graph)
     sparse: list[onnx.SparseTensorProto] = []
     for name, spec in coo.items():
-        values = _initializer(graph, spec.inputs["values"])
-        indices = _initializer(graph, spec.inputs["indices"]).astype(np.int64)
+        if int(spec.params.get("count", -1)) == 0:  # all zeros: no payload was stored
+            values, indices = np.zeros(0, dtype=_np_dtype(spec.dtype)), np.zeros(0, dtype=np.int64)
+        else:
+            values = _initializer(graph, spec.inputs["values"])
+            indices = _initializer(graph, spec.inputs["indices"]).astype(np.int64)
         nodes = groups.get(name, [])
         output = next((v for n in nodes for v in n.outputs if v.name == name), None)
         if output is None:

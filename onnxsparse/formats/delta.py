@@ -127,6 +127,8 @@ class DeltaCodec(Codec):
               decoder: str) -> ir.Value:
         count = int(encoded.params["count"])
         width = int(encoded.params["width"])
+        if count == 0:
+            return builder.fill(builder.fill_value, builder.n)
         unpool = decoder == "unpool"
         index = np.dtype(np.int64) if unpool else builder.index_dtype
         axis = 2 if unpool else 0

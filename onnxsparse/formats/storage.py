@@ -187,7 +187,7 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
     stored = {role: builder.stored(role, array) for role, array in encoded.arrays.items()}
     output = codec.build(builder, encoded, stored, decoder)
     builder.op("Reshape", output, builder.shape_const(tensor.shape))
-    size = encoded.payload_bytes + builder.extra_bytes() + len(tensor.name) + 24  # + final-node metadata
+    size = builder.payload_bytes() + builder.extra_bytes() + len(tensor.name) + 24  # + final-node metadata
     return Candidate(fmt, decoder, encoded, size, codec.min_opset(decoder, tensor.dtype))
 
 
@@ -259,7 +259,7 @@ def store(model: ir.Model, name: str, tensor: TensorData, chosen: Candidate,
         shape=list(tensor.shape),
         dtype=tensor.dtype.name,
         fill_bits=tensor.fill.reshape(1).tobytes().hex(),
-        inputs={role: value.name or "" for role, value in stored.items()},
+        inputs={role: value.name or "" for role, value in stored.items() if value.uses()},
         params=_jsonable(chosen.encoded.params),
     )
     if specs is None:
@@ -295,8 +295,11 @@ def _initializer(graph: ir.Graph, name: str) -> np.ndarray:
 def decode_stored(model: ir.Model, spec: StoredTensor) -> np.ndarray:
     """The dense tensor, decoded with numpy from the payload initializers."""
     codec = get_codec(spec.format)
-    arrays = {role: _initializer(model.graph, name) for role, name in spec.inputs.items()}
-    array = codec.decode(arrays, spec.params, tuple(spec.shape), spec.fill())
+    if int(spec.params.get("count", -1)) == 0:  # all fill: no payload is stored
+        array = np.full(tuple(spec.shape), spec.fill(), dtype=_np_dtype(spec.dtype))
+    else:
+        arrays = {role: _initializer(model.graph, name) for role, name in spec.inputs.items()}
+        array = codec.decode(arrays, spec.params, tuple(spec.shape), spec.fill())
     if array.dtype != _np_dtype(spec.dtype):
         raise ModelLoadError(f"stored tensor {spec.name!r} decodes to {array.dtype}, metadata says {spec.dtype}")
     return array
