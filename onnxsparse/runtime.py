@@ -26,8 +26,8 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import ModelLoadError, UsageError
-from .formats import CONST_PREFIX, META_KEY, NODE_PREFIX, NODE_META_KEY, StoredTensor, get_codec
-from .formats.storage import _np_dtype
+from .formats import CONST_PREFIX, META_KEY, NODE_PREFIX, NODE_META_KEY, StoredTensor
+from .formats.storage import decode_arrays
 from .io import load_proto, max_runtime_ir_version
 
 __all__ = ["session", "decode_model_proto", "STRATEGIES"]
@@ -71,7 +71,6 @@ def decode_model_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike | Non
     arrays: dict[str, np.ndarray] = {}
     payload: set[str] = set()
     for name, spec in specs.items():
-        codec = get_codec(spec.format)
         stored = {}
         for role, init_name in spec.inputs.items():
             tensor = inits.get(init_name)
@@ -79,10 +78,7 @@ def decode_model_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike | Non
                 raise ModelLoadError(f"sparse storage of {name!r} refers to a missing initializer {init_name!r}")
             stored[role] = numpy_helper.to_array(tensor, base) if base else numpy_helper.to_array(tensor)
             payload.add(init_name)
-        array = codec.decode(stored, spec.params, tuple(spec.shape), spec.fill())
-        if array.dtype != _np_dtype(spec.dtype):
-            raise ModelLoadError(f"stored tensor {name!r} decodes to {array.dtype}, metadata says {spec.dtype}")
-        arrays[name] = array
+        arrays[name] = decode_arrays(spec, stored)
     decode_nodes = [n for n in graph.node if n.name.startswith(NODE_PREFIX)
                     or any(p.key == NODE_META_KEY for p in n.metadata_props)]
     produced = {out for n in decode_nodes for out in n.output}

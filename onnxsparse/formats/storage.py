@@ -37,6 +37,7 @@ __all__ = [
     "candidate",
     "choose",
     "store",
+    "decode_arrays",
     "decode_stored",
     "expand_stored",
     "expand_all",
@@ -292,17 +293,20 @@ def _initializer(graph: ir.Graph, name: str) -> np.ndarray:
     return value.const_value.numpy()
 
 
-def decode_stored(model: ir.Model, spec: StoredTensor) -> np.ndarray:
-    """The dense tensor, decoded with numpy from the payload initializers."""
-    codec = get_codec(spec.format)
+def decode_arrays(spec: StoredTensor, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The dense tensor ``spec`` describes, decoded with numpy from its payload ``arrays`` (by role)."""
     if int(spec.params.get("count", -1)) == 0:  # all fill: no payload is stored
         array = np.full(tuple(spec.shape), spec.fill(), dtype=_np_dtype(spec.dtype))
     else:
-        arrays = {role: _initializer(model.graph, name) for role, name in spec.inputs.items()}
-        array = codec.decode(arrays, spec.params, tuple(spec.shape), spec.fill())
+        array = get_codec(spec.format).decode(arrays, spec.params, tuple(spec.shape), spec.fill())
     if array.dtype != _np_dtype(spec.dtype):
         raise ModelLoadError(f"stored tensor {spec.name!r} decodes to {array.dtype}, metadata says {spec.dtype}")
     return array
+
+
+def decode_stored(model: ir.Model, spec: StoredTensor) -> np.ndarray:
+    """The dense tensor, decoded with numpy from the payload initializers."""
+    return decode_arrays(spec, {role: _initializer(model.graph, name) for role, name in spec.inputs.items()})
 
 
 def _decode_groups(graph: ir.Graph) -> dict[str, list[ir.Node]]:
