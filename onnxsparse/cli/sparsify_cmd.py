@@ -67,7 +67,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help=f"tensors with fewer elements stay dense (default {DEFAULT_MIN_SIZE})")
     p.add_argument("--block", metavar="RxC", help="BSR block shape (default: chosen per tensor)")
     p.add_argument("--decoder", action="append", default=[], metavar="FORMAT=VARIANT",
-                   help="decode-graph variant, e.g. bitmask=gather (repeatable)")
+                   help="decode-graph variant (repeatable): " + ", ".join(
+                       f"{name}={'|'.join(FORMATS.get(name).decoders)}" for name in format_choices()[1:]
+                       if len(FORMATS.get(name).decoders) > 1))
     p.add_argument("--no-raise-opset", action="store_true",
                    help="never raise the model's opset for a decode graph (older decode graphs or dense instead)")
     p.add_argument("--no-normalize", action="store_true",
