@@ -385,6 +385,24 @@ def test_inspect_json(tmp_path: Path) -> None:
     assert "prunable_groups" not in data or isinstance(data["prunable_groups"], list)
 
 
+def test_inspect_sparse_stored_model_reports_storage_apart(tmp_path: Path) -> None:
+    """Decode nodes of stored weights are not model nodes: same params/MACs/histogram as the dense model."""
+    out = tmp_path / "sparse.onnx"
+    cli_json("sparsify", sample("resnet_mini"), "-o", out, "--sparsity", "0.8", "--min-size", "1024")
+    dense = cli_json("inspect", sample("resnet_mini"), "--shape", "input=1x3x32x32")
+    data = cli_json("inspect", out, "--shape", "input=1x3x32x32")
+    assert (data["params"], data["macs"], data["nodes"]) == (dense["params"], dense["macs"], dense["nodes"])
+    assert data["op_histogram"] == dense["op_histogram"] and len(data["per_node"]) == dense["nodes"]
+    storage = data["storage"]
+    assert storage["tensors"] and storage["decode_nodes"] >= 3 * len(storage["tensors"])
+    assert {t["format"] for t in storage["tensors"]} <= {"delta", "bitmask", "csr", "bsr"}
+    assert storage["bytes_stored"] < 0.5 * storage["bytes_dense"]
+    assert data["sparsity"]["zero_fraction"] > 0.5  # the decoded weights are measured
+    assert dense["storage"] == {"decode_nodes": 0, "bytes_dense": 0, "bytes_stored": 0, "tensors": []}
+    code, text, _ = cli("inspect", out)
+    assert code == 0 and "Sparse storage:" in text and "delta" in text
+
+
 def test_inspect_unknown_dims_json() -> None:
     data = cli_json("inspect", sample("resnet_mini"))
     assert data["macs"] is None and data["unknown_macs"]

@@ -11,8 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
+from ..formats import is_decode_node, read_storage
+from ..formats.storage import _np_dtype
 from .macs import MacContext, Macs, NodeMacs, count_macs, macs_table, mac_counters, node_macs, register_macs
 from .params import (
     WeightRef,
@@ -29,6 +32,7 @@ from .shapes import Shape, infer_shapes, input_dim_bindings
 __all__ = [
     "ModelStats",
     "NodeStats",
+    "StoredTensorStats",
     "TensorInfo",
     "model_stats",
     "count_params",
@@ -78,6 +82,19 @@ class NodeStats:
 
 
 @dataclass(frozen=True)
+class StoredTensorStats:
+    """A weight kept in one of our sparse formats (decoded by a graph the runtime folds)."""
+
+    name: str
+    format: str
+    decoder: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes_dense: int
+    bytes_stored: int
+
+
+@dataclass(frozen=True)
 class ModelStats:
     """Everything ``inspect`` reports about a model (JSON via :meth:`to_dict`)."""
 
@@ -95,6 +112,9 @@ class ModelStats:
     weight_rows: tuple[WeightStats, ...]
     zeros: int | None
     dims: dict[str, int] = field(default_factory=dict)
+    #: weights stored sparsely by ``onnxsparse sparsify`` and the decode nodes that rebuild them
+    stored: tuple[StoredTensorStats, ...] = ()
+    decode_nodes: int = 0
 
     @property
     def sparsity(self) -> float | None:
@@ -148,6 +168,16 @@ class ModelStats:
                 "weights_with_zeros": len(sparse_weights),
                 "unmeasured_weights": [w.name for w in self.weight_rows if w.zeros is None],
                 "nm_patterns": self.nm_patterns,
+            },
+            "storage": {
+                "decode_nodes": self.decode_nodes,
+                "bytes_dense": sum(t.bytes_dense for t in self.stored),
+                "bytes_stored": sum(t.bytes_stored for t in self.stored),
+                "tensors": [
+                    {"name": t.name, "format": t.format, "decoder": t.decoder, "shape": list(t.shape),
+                     "dtype": t.dtype, "bytes_dense": t.bytes_dense, "bytes_stored": t.bytes_stored}
+                    for t in self.stored
+                ],
             },
             "unknown_macs": [
                 {"name": r.name, "op_type": r.op_type, "reason": r.reason} for r in self.unknown_macs
@@ -229,8 +259,11 @@ def model_stats(
     numel_by_value = {id(ref.value): ref.numel for ref in refs}
     nodes = list(_walk(model.graph))
     assert len(nodes) == len(rows)
+    decoding = {id(node) for node in nodes if is_decode_node(node)}
     node_rows = []
     for node, row in zip(nodes, rows):
+        if id(node) in decoding:  # part of a stored weight, reported under storage
+            continue
         params = sum(numel_by_value.get(id(v), 0) for v in node.inputs if v is not None)
         outs = tuple(value_shapes.get(v.name or "") if v is not None else None for v in node.outputs)
         node_rows.append(
@@ -240,7 +273,7 @@ def model_stats(
             )
         )
     weight_rows = tuple(all_weight_stats(model, refs, measure=sparsity))
-    histogram = Counter(_op_key(node) for node in nodes)
+    histogram = Counter(_op_key(node) for node in nodes if id(node) not in decoding)
     return ModelStats(
         producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
         ir_version=int(model.ir_version),
@@ -250,13 +283,25 @@ def model_stats(
         params=sum(ref.numel for ref in refs),
         macs=total,
         weight_bytes=weight_bytes(model),
-        nodes=len(nodes),
+        nodes=len(nodes) - len(decoding),
         op_histogram=dict(sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0]))),
         node_rows=tuple(node_rows),
         weight_rows=weight_rows,
         zeros=sum(w.zeros for w in weight_rows if w.zeros is not None) if sparsity else None,
         dims=bindings,
+        stored=_stored_tensors(model),
+        decode_nodes=len(decoding),
     )
+
+
+def _stored_tensors(model: ir.Model) -> tuple[StoredTensorStats, ...]:
+    rows = []
+    for name, spec in read_storage(model).items():
+        payload = [model.graph.initializers.get(init) for init in spec.inputs.values()]
+        stored = sum(v.const_value.nbytes for v in payload if v is not None and v.const_value is not None)
+        dense = int(np.prod(spec.shape, dtype=np.int64)) * _np_dtype(spec.dtype).itemsize
+        rows.append(StoredTensorStats(name, spec.format, spec.decoder, tuple(spec.shape), spec.dtype, dense, stored))
+    return tuple(sorted(rows, key=lambda r: r.name))
 
 
 def _walk(graph: ir.Graph):

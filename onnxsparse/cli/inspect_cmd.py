@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +302,16 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
                     title=f"Sparsest weights ({limit} of {len(sparse)})",
                 )
             )
+    storage = result.get("storage") or {}
+    if storage.get("tensors"):
+        formats = Counter(t["format"] for t in storage["tensors"])
+        dense, stored = storage["bytes_dense"], storage["bytes_stored"]
+        out.append(
+            f"Sparse storage: {len(storage['tensors'])} weight(s) "
+            f"({', '.join(f'{f} {n}' for f, n in sorted(formats.items()))}), "
+            f"{human_bytes(dense)} dense -> {human_bytes(stored)} stored ({stored / dense if dense else 0:.3f}x); "
+            f"{storage['decode_nodes']} decode nodes (not counted above) that onnxruntime folds at session creation"
+        )
     if "prunable_groups_error" in result:
         out += ["", f"Prunable groups: not available ({result['prunable_groups_error']})"]
     if "prunable_groups" in result:
