@@ -199,3 +199,17 @@ def test_sparsify_densify_and_in_memory_models(tmp_path):
     assert result.steps[1].stats.params < result.steps[0].stats.params
     assert not (tmp_path / "p.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sparse.onnx"]
+
+
+def test_wanda_sparsify_step_reads_the_recipes_calib(tmp_path):
+    recipe = {"calib": str(DATA / "digits_calib_tokens.npz"),
+              "steps": [{"sparsify": {"sparsity": 0.6, "criterion": "wanda", "min_size": 256}}]}
+    result = run_recipe(recipe, sample("digits_transformer"), tmp_path / "w.onnx")
+    assert result.passed
+    report = result.steps[0].report
+    assert report["config"]["criterion"] == "wanda" and report["totals"]["pruned"] >= 4
+    assert any("activation statistics from 128 calibration samples" in n for n in report["notes"])
+    with pytest.raises(RecipeError, match="criterion wanda needs calibration data"):
+        run_recipe({"steps": [{"sparsify": {"sparsity": 0.6, "criterion": "wanda"}}]},
+                   sample("digits_transformer"), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

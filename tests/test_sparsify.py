@@ -199,7 +199,7 @@ def test_wanda_criterion_plugs_in():
     w0 = model.graph.initializers["w0"].const_value.numpy()
     assert np.all(w0[:4] != 0)
     assert np.count_nonzero(w0 == 0) == round(0.9 * w0.size)
-    with pytest.raises(UsageError, match="needs input-feature norms"):
+    with pytest.raises(UsageError, match="needs calibration data"):
         sparsify(load_model(mlp_model(rng)), sparsity=0.5, criterion=Wanda(), format="dense", min_size=0)
 
 

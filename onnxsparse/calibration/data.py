@@ -25,6 +25,10 @@ __all__ = ["InputSpec", "DataSource", "load_data", "model_input_specs", "parse_s
 Dim = "int | str | None"
 
 
+#: Calibration samples the pruning and sparsity passes use by default (``--calib-samples``).
+DEFAULT_CALIB_SAMPLES = 128
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """Name, element type and shape (ints fixed, str/None dynamic) of a graph input."""

@@ -31,6 +31,7 @@ TEXT_ROWS = 30
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from ..formats import FORMATS, format_choices
+    from ..calibration.data import DEFAULT_CALIB_SAMPLES
     from ..passes.sparsify import DEFAULT_MIN_SIZE
     from ..sparsity import SPARSITY_CRITERIA, pattern_help
 
@@ -70,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="decode-graph variant (repeatable): " + ", ".join(
                        f"{name}={'|'.join(FORMATS.get(name).decoders)}" for name in format_choices()[1:]
                        if len(FORMATS.get(name).decoders) > 1))
+    cal = p.add_argument_group("calibration (activation-aware criteria: --criterion wanda)")
+    cal.add_argument("--calib", metavar="DATA",
+                     help="calibration data: .npz keyed by input name (axis 0 = samples), a folder of them, or 'random'")
+    cal.add_argument("--calib-samples", type=int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
+                     help=f"calibration samples used (default {DEFAULT_CALIB_SAMPLES})")
+    cal.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...",
+                     help="input shape for dynamic dims of --calib random (repeatable)")
     p.add_argument("--no-raise-opset", action="store_true",
                    help="never raise the model's opset for a decode graph (older decode graphs or dense instead)")
     p.add_argument("--no-normalize", action="store_true",
@@ -130,6 +138,7 @@ def _progress(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..calibration.data import parse_shapes
     from ..formats import save_model
     from ..io import check_output, load_model, model_file_bytes
     from ..passes.sparsify import SparsifyConfig, sparsify
@@ -149,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
         decoders=_decoders(args.decoder),
         raise_opset=not args.no_raise_opset,
         normalize=not args.no_normalize,
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        shapes=parse_shapes(args.shape) or None,
+        calib_progress=progress_enabled(args),
     )
     config.resolved()  # fail on bad options before loading the model
     model = load_model(args.model)

@@ -27,6 +27,7 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from ..criteria import CALIBRATION_KEY, ScoringContext, get_criterion
+from ..calibration.data import DEFAULT_CALIB_SAMPLES
 from ..errors import UsageError
 from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_groups
 from ..io import ModelSource, load_model
@@ -40,8 +41,6 @@ __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "
 logger = logging.getLogger(__name__)
 
 _FALLBACK = "l2"
-#: Calibration samples used by default (``--calib-samples``).
-DEFAULT_CALIB_SAMPLES = 128
 
 
 def default_repair(has_data: bool) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from ..calibration.data import DEFAULT_CALIB_SAMPLES
 from ..errors import UsageError
 from ..formats import (
     AUTO,
@@ -91,15 +92,28 @@ class SparsifyConfig:
     decoders: Mapping[str, str] = field(default_factory=dict)
     raise_opset: bool = True
     normalize: bool = True
-    #: calibration statistics for activation-aware criteria (``weight name -> per-feature norms``)
+    #: calibration statistics for activation-aware criteria (``weight name -> per-feature norms``);
+    #: measured from ``calib`` when not given
     stats: Mapping[str, np.ndarray] | None = None
+    #: calibration data for activation-aware criteria: anything :func:`onnxsparse.calibration.load_data` takes
+    calib: object | None = None
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
+    calib_batch: int = 32
+    #: input shapes for ``calib="random"`` (dynamic dims)
+    shapes: Mapping[str, tuple[int, ...]] | None = None
+    #: progress bar for the calibration pass
+    calib_progress: bool = False
 
     def ratio_pairs(self) -> list[tuple[str, float]]:
         items = self.ratios.items() if isinstance(self.ratios, Mapping) else self.ratios
         return [(str(glob), float(ratio)) for glob, ratio in items]
 
-    def resolved(self) -> tuple[Pattern, SparsityCriterion]:
-        """Validate and return the parsed pattern and criterion (raises UsageError)."""
+    def resolved(self, *, need_data: bool = True) -> tuple[Pattern, SparsityCriterion]:
+        """Validate and return the parsed pattern and criterion (raises UsageError).
+
+        ``need_data=False`` skips the check that an activation-aware criterion
+        has calibration data (a recipe supplies its own later).
+        """
         pattern = parse_pattern(self.pattern)
         criterion = get_criterion(self.criterion)
         if self.format != AUTO and self.format not in FORMATS:
@@ -115,6 +129,12 @@ class SparsifyConfig:
                 raise UsageError(f"ratio for {glob!r} must be in [0, 1), got {ratio}")
         if self.min_size < 0:
             raise UsageError("--min-size must be >= 0")
+        if self.calib_samples < 1:
+            raise UsageError(f"--calib-samples must be >= 1, got {self.calib_samples}")
+        if (need_data and criterion.needs_activations and self.stats is None and self.calib is None
+                and self.prunes(pattern)):
+            raise UsageError(f"criterion {criterion.name} needs calibration data: give --calib DATA "
+                             "(an .npz of model inputs, a folder of them, or 'random')")
         if isinstance(pattern, NM):
             if self.sparsity is not None and abs(self.sparsity - pattern.fixed_sparsity) > 1e-9:
                 raise UsageError(
@@ -147,6 +167,8 @@ class SparsifyConfig:
             "block": list(self.block) if self.block else None,
             "decoders": dict(self.decoders),
             "lossless": not self.prunes(pattern),
+            "calibration_samples": self.calib_samples if criterion.needs_activations and self.calib is not None
+            else None,
         }
 
 
@@ -372,7 +394,7 @@ class SparsifyPass(ir.passes.InPlacePass):
             prune_list.append(
                 PruneTarget(info, arrays[info.name], target, pooled=config.global_scope and override is None)
             )
-        masks = compute_masks(prune_list, pattern, criterion, stats=config.stats)
+        masks = self._masks(model, prune_list, pattern, criterion, notes)
         for target in prune_list:
             name = target.info.name
             fill = target.info.fill(arrays[name].dtype)
@@ -384,6 +406,41 @@ class SparsifyPass(ir.passes.InPlacePass):
             arrays[name] = pruned
             model.graph.initializers[name].const_value = ir.Tensor(pruned, name=name)
         return targets, notes
+
+    def _masks(self, model: ir.Model, prune_list: Sequence[PruneTarget], pattern: Pattern,
+               criterion: SparsityCriterion, notes: dict[str, str]) -> dict[str, np.ndarray]:
+        """Keep-masks; an activation-aware criterion scores the weights it has statistics for, magnitude the rest."""
+        config = self.config
+        if not criterion.needs_activations or not prune_list:
+            return compute_masks(prune_list, pattern, criterion, stats=config.stats)
+        stats = config.stats
+        if stats is None:
+            stats = self._measure_activations(model, [t.info for t in prune_list], notes)
+        measured = [t for t in prune_list if t.info.name in stats]
+        fallback = [t for t in prune_list if t.info.name not in stats]
+        for target in fallback:
+            notes.setdefault(target.info.name, f"{criterion.name}: no activation statistics; scored by magnitude")
+        masks = compute_masks(measured, pattern, criterion, stats=stats)
+        masks.update(compute_masks(fallback, pattern, get_criterion("magnitude")))
+        return masks
+
+    def _measure_activations(self, model: ir.Model, infos: Sequence[WeightInfo],
+                             notes: dict[str, str]) -> dict[str, np.ndarray]:
+        from ..calibration.data import load_data
+        from ..sparsity.activations import input_feature_scales
+
+        config = self.config
+        source = load_data(config.calib, model, shapes=config.shapes, samples=config.calib_samples)
+        scales, reasons = input_feature_scales(model, infos, source, batch_size=config.calib_batch,
+                                               limit=config.calib_samples, progress=config.calib_progress)
+        for name, reason in reasons.items():
+            notes[name] = f"no activation statistics ({reason}); scored by magnitude"
+        if self.report is not None:
+            self.report.notes.append(
+                f"activation statistics from {min(len(source), config.calib_samples)} calibration samples "
+                f"for {len(scales)} of {len(infos)} weights"
+            )
+        return scales
 
     def _allowed_opset(self, model: ir.Model, before: int) -> tuple[int, str | None]:
         """The newest opset decode graphs may use (raising only when safe) and why not newer."""

@@ -380,6 +380,18 @@ class SparsifyStep(Step):
                    "block", "decoders", "raise_opset", "normalize", "stats"}
         return {f.name: str(f.type) for f in fields(SparsifyConfig) if f.name not in covered}
 
+    @property
+    def calib(self) -> Any:
+        """This step's own calibration data (a pass-through key of the sparsify config)."""
+        return dict(self.extra).get("calib")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """An activation-aware criterion (wanda) scores the weights: calibration data is read."""
+        from ..sparsity import get_criterion
+
+        return get_criterion(self.criterion).needs_activations
+
     def to_config(self):
         """The :class:`onnxsparse.passes.sparsify.SparsifyConfig` this step runs."""
         from ..passes.sparsify import SparsifyConfig
@@ -401,7 +413,7 @@ class SparsifyStep(Step):
             parse_pattern(self.pattern)
         except UsageError as exc:
             raise Bad(str(exc), key="pattern") from None
-        self.to_config().resolved()
+        self.to_config().resolved(need_data=False)  # the recipe's calib is checked with the data files
 
 
 @register_step

@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -309,7 +309,10 @@ def _run_sparsify(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     from ..passes.sparsify import sparsify
 
     assert isinstance(step, SparsifyStep)
-    report = sparsify(ctx.model, step.to_config())
+    config = step.to_config()
+    if step.needs_calibration and config.calib is None and ctx.recipe.calib is not None:
+        config = replace(config, calib=ctx.recipe.calib, shapes=config.shapes or ctx.shapes or None)
+    report = sparsify(ctx.model, config)
     ctx.save(index, step.kind)
     totals = report.totals
     formats = ", ".join(f"{k} {v}" for k, v in totals["formats"].items()) or "none"
@@ -446,6 +449,13 @@ def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
                 checks.append((f"{where}.calib", calib))
         elif isinstance(step, ValidateStep):
             checks.append((f"{where}.data", step.data))
+        elif isinstance(step, SparsifyStep) and step.needs_calibration:
+            calib = step.calib or recipe.calib
+            calib_used = calib_used or (step.calib is None and recipe.calib is not None)
+            if calib is None:
+                raise RecipeError(f"{recipe.source}: {where}: criterion {step.criterion} needs calibration data: "
+                                  "set calib in the step or the recipe (or --set calib=DATA)")
+            checks.append((f"{where}.calib", calib))
         elif isinstance(step, PruneStep) and step.channels and "calib" in PruneStep.passthrough_keys():
             calib = step.calib or recipe.calib
             calib_used = calib_used or (step.calib is None and recipe.calib is not None)

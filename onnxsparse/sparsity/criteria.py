@@ -2,10 +2,10 @@
 
 A criterion maps a real-valued weight (dequantized if needed) to a score of the
 same shape: higher means keep.  ``magnitude`` needs nothing else.  Activation-
-aware criteria read per-input-feature statistics from calibration through
-:class:`ScoreContext.stats` (a mapping ``weight name -> array``); :class:`Wanda`
-shows the shape of such a criterion (``|W_ij| * ||X_j||``, Sun et al. 2023) and
-is registered once the calibration pipeline supplies the norms.
+aware criteria (``needs_activations``) read per-input-feature statistics from
+calibration through :class:`ScoreContext.stats` (``weight name -> array``,
+measured by :mod:`onnxsparse.sparsity.activations`): ``wanda`` scores
+``|W_ij| * ||X_j||`` (Sun et al. 2023).
 """
 
 from __future__ import annotations
@@ -56,16 +56,17 @@ class Magnitude(SparsityCriterion):
         return np.abs(weight)
 
 
+@SPARSITY_CRITERIA.register("wanda")
 class Wanda(SparsityCriterion):
     """``|W| * ||X_j||``: weight magnitude times the L2 norm of the input feature it multiplies.
 
     ``ctx.stats[name]`` holds one norm per index of the weight's reduction axis
-    (input channels of a Conv, ``K`` of a MatMul).  Not registered by default:
-    the calibration pipeline registers it when it can supply the norms.
+    (input channels of a Conv, ``K`` of a MatMul), or an array already
+    broadcastable to the weight (grouped Conv: ``[O, C/group, 1, 1]``).
     """
 
     name = "wanda"
-    summary = "|W| * ||X|| per input feature (needs calibration statistics)"
+    summary = "|W| * ||X|| per input feature (needs --calib)"
     needs_activations = True
 
     def score(self, weight: np.ndarray, ctx: ScoreContext) -> np.ndarray:
@@ -73,6 +74,9 @@ class Wanda(SparsityCriterion):
         norms = None if ctx.stats is None else ctx.stats.get(info.name)
         if norms is None:
             raise UsageError(f"criterion wanda needs input-feature norms for {info.name!r} (calibration data)")
+        norms = np.asarray(norms)
+        if norms.ndim == weight.ndim and norms.ndim > 1:
+            return np.abs(weight) * norms
         if info.in_axis is None:
             raise UsageError(f"criterion wanda: {info.name!r} has no single reduction axis")
         norms = np.asarray(norms, dtype=np.float64).reshape(-1)
@@ -86,7 +90,7 @@ class Wanda(SparsityCriterion):
 
 
 #: Criteria the CLI offers.
-DEFAULT_CRITERIA: tuple[str, ...] = ("magnitude",)
+DEFAULT_CRITERIA: tuple[str, ...] = ("magnitude", "wanda")
 
 
 def get_criterion(criterion: str | SparsityCriterion) -> SparsityCriterion:

@@ -2,6 +2,8 @@
 
 * ``unstructured``: any weight; the lowest scores per tensor (or across all
   tensors with ``global``).
+* ``row``: any weight, but the lowest scores within each output row, so every
+  output loses the same share (Wanda's comparison group).
 * ``N:M``: in every group of ``M`` consecutive weights along the reduction axis
   (input channels of a Conv, ``K`` of a MatMul), keep the ``N`` best; 2:4 is
   what sparse tensor cores run.  The sparsity is fixed at ``1 - N/M``.
@@ -30,6 +32,7 @@ from .weights import WeightInfo
 __all__ = [
     "Pattern",
     "Unstructured",
+    "PerRow",
     "NM",
     "Block",
     "PATTERNS",
@@ -106,6 +109,35 @@ class Unstructured(Pattern):
     @classmethod
     def parse(cls, spec: str) -> Pattern | None:
         return cls() if spec.strip().lower() == "unstructured" else None
+
+
+@PATTERNS.register("row")
+class PerRow(Pattern):
+    """Unstructured, but every output (row) loses the same share: Wanda's comparison group."""
+
+    family = "row"
+    syntax = "row"
+    summary = "any weight, the lowest scores within each output row (Wanda's per-output comparison)"
+    supports_global = False
+
+    @classmethod
+    def parse(cls, spec: str) -> Pattern | None:
+        return cls() if spec.strip().lower() == "row" else None
+
+    def check(self, info: WeightInfo) -> str | None:
+        return None if info.out_axis is not None else "no single output axis for per-row selection"
+
+    def mask(self, scores: np.ndarray, sparsity: float, info: WeightInfo) -> np.ndarray:
+        axis = info.out_axis
+        assert axis is not None
+        moved = np.moveaxis(scores, axis, 0)
+        rows = moved.reshape(moved.shape[0], -1)
+        count = int(round(sparsity * rows.shape[1]))
+        keep = np.ones(rows.shape, dtype=bool)
+        if count:
+            order = np.argsort(rows, axis=1, kind="stable")  # earliest on ties, as select_lowest
+            np.put_along_axis(keep, order[:, :count], False, axis=1)
+        return np.moveaxis(keep.reshape(moved.shape), 0, axis)
 
 
 @dataclass(frozen=True, repr=False)
@@ -204,7 +236,7 @@ class Block(Pattern):
 
 
 #: Pattern families the CLI offers, in help order.
-DEFAULT_PATTERNS: tuple[str, ...] = ("unstructured", "N:M", "block")
+DEFAULT_PATTERNS: tuple[str, ...] = ("unstructured", "row", "N:M", "block")
 PATTERNS.add("N:M", NM)
 PATTERNS.add("block", Block)
 

@@ -1,0 +1,142 @@
+"""Input-feature norms for activation-aware criteria (Wanda), measured with onnxruntime.
+
+For every weight to prune, the activation its consumer contracts with it is
+captured on calibration data and reduced to one L2 norm per input feature
+(:class:`~onnxsparse.calibration.stats.ChannelStats`).  The result is a
+*scale* broadcastable to the weight, so a criterion computes ``|W| * scale``:
+
+* ``MatMul(x, W)``: ``x``'s last axis; ``MatMul(W, x)``: ``x``'s axis -2;
+* ``Gemm``: the other operand's contraction axis (``transA``/``transB``);
+* ``Conv(X, W)``: ``X``'s channels; with ``group > 1`` output channel ``o``
+  reads the input channels of its group, so the scale is ``[O, C/group, 1, ...]``.
+
+A weight read by several such nodes gets the root of the summed squared norms.
+Other consumers (ConvTranspose, recurrent and integer ops) give a reason
+instead; the caller scores those weights by magnitude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from .weights import WeightInfo, _uses
+
+__all__ = ["FeatureSource", "feature_sources", "input_feature_scales"]
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """The activation ``value`` whose channels along ``axis`` multiply the weight's reduction axis."""
+
+    value: str
+    axis: int
+    group: int = 1
+
+
+def _source(node: ir.Node, index: int) -> FeatureSource | str:
+    if node.domain not in ("", "ai.onnx"):
+        return f"{node.domain}::{node.op_type} has no activation statistics"
+    op = node.op_type
+    if op == "MatMul":
+        other = node.inputs[1 - index]
+        if other is None or other.name is None:
+            return "MatMul without a named activation"
+        return FeatureSource(other.name, -1 if index == 1 else -2)
+    if op == "Gemm" and index in (0, 1):
+        other = node.inputs[1 - index]
+        if other is None or other.name is None:
+            return "Gemm without a named activation"
+        if index == 1:  # A [M, K] (or [K, M] with transA) times the weight B
+            return FeatureSource(other.name, 0 if node.attributes.get_int("transA", 0) else 1)
+        return FeatureSource(other.name, 1 if node.attributes.get_int("transB", 0) else 0)
+    if op == "Conv" and index == 1:
+        x = node.inputs[0]
+        if x is None or x.name is None:
+            return "Conv without a named input"
+        return FeatureSource(x.name, 1, node.attributes.get_int("group", 1) or 1)
+    return f"{op} (input {index}) has no activation statistics"
+
+
+def feature_sources(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, list[FeatureSource] | str]:
+    """Per weight: the activations to measure, or why the weight has none."""
+    out: dict[str, list[FeatureSource] | str] = {}
+    for info in infos:
+        value = model.graph.initializers.get(info.name)
+        if value is None:
+            out[info.name] = "not an initializer"
+            continue
+        sources: list[FeatureSource] = []
+        reason = None
+        for node, index, _ in _uses(value):
+            found = _source(node, index)
+            if isinstance(found, str):
+                reason = found
+                break
+            sources.append(found)
+        out[info.name] = reason or (sources if sources else "no consumer")
+    return out
+
+
+def _scale(norms: np.ndarray, source: FeatureSource, info: WeightInfo) -> np.ndarray | str:
+    axis = info.in_axis
+    if axis is None:
+        return "no single reduction axis"
+    rank = len(info.shape)
+    width = info.shape[axis]
+    if source.group == 1:
+        if norms.size != width:
+            return f"{norms.size} input features measured, the weight reduces over {width}"
+        shape = [1] * rank
+        shape[axis] = width
+        return norms.reshape(shape)
+    out_channels = info.shape[0]
+    if axis != 1 or norms.size != width * source.group or out_channels % source.group:
+        return f"grouped Conv (group={source.group}) does not match the weight shape {list(info.shape)}"
+    per_group = norms.reshape(source.group, width)
+    rows = per_group[np.arange(out_channels) // (out_channels // source.group)]  # [O, C/group]
+    return rows.reshape([out_channels, width] + [1] * (rank - 2))
+
+
+def input_feature_scales(
+    model: ir.Model,
+    infos: Sequence[WeightInfo],
+    source: object,
+    *,
+    batch_size: int = 32,
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``({weight: scale broadcastable to it}, {weight: why it has none})`` from one calibration pass."""
+    from ..calibration.capture import capture
+
+    sources = feature_sources(model, infos)
+    reasons = {name: found for name, found in sources.items() if isinstance(found, str)}
+    wanted = {(s.value, s.axis) for found in sources.values() if not isinstance(found, str) for s in found}
+    if not wanted:
+        return {}, reasons
+    captured = capture(model, source, channels=sorted(wanted), batch_size=batch_size, limit=limit,
+                       progress=progress)
+    scales: dict[str, np.ndarray] = {}
+    by_name = {info.name: info for info in infos}
+    for name, found in sources.items():
+        if isinstance(found, str):
+            continue
+        total: np.ndarray | None = None
+        for s in found:
+            stats = captured.channel(s.value, s.axis)
+            if stats is None:
+                reasons[name] = f"activation {s.value!r} was not captured"
+                break
+            scale = _scale(stats.sumsq, s, by_name[name])
+            if isinstance(scale, str):
+                reasons[name] = scale
+                break
+            total = scale if total is None else total + scale
+        else:
+            if total is not None:
+                scales[name] = np.sqrt(total)
+    return scales, reasons
