@@ -32,6 +32,7 @@ __all__ = [
     "LinearView",
     "linear_view",
     "LayerRequest",
+    "chunk_requests",
     "Capture",
     "capture",
     "output_errors",
@@ -203,6 +204,20 @@ class LayerRequest:
 
     view: LinearView
     gram: bool = False
+
+
+def chunk_requests(requests: Sequence[LayerRequest], budget: int, *, cross: bool = False) -> list[list[LayerRequest]]:
+    """Split ``requests`` into calibration passes whose Gram matrices fit in ``budget`` bytes each."""
+    out: list[list[LayerRequest]] = []
+    used = budget + 1
+    for r in requests:
+        size = (r.view.in_features + 1) ** 2 * 8 * (2 if cross else 1) if r.gram else 0
+        if not out or used + size > budget:
+            out.append([])
+            used = 0
+        out[-1].append(r)
+        used += size
+    return out
 
 
 @dataclass

@@ -55,6 +55,7 @@ from ..calibration.capture import (
     LayerRequest,
     LinearView,
     capture,
+    chunk_requests,
     linear_view,
     output_errors,
 )
@@ -505,19 +506,6 @@ def _stages(model: ir.Model, changed: set[str]) -> dict[str, int]:
     return stage
 
 
-def _chunks(requests: Sequence[LayerRequest], cross: bool) -> list[list[LayerRequest]]:
-    out: list[list[LayerRequest]] = []
-    used = GRAM_BUDGET + 1
-    for r in requests:
-        size = (r.view.in_features + 1) ** 2 * 8 * (2 if cross else 1) if r.gram else 0
-        if not out or used + size > GRAM_BUDGET:
-            out.append([])
-            used = 0
-        out[-1].append(r)
-        used += size
-    return out
-
-
 def _solve(cons: Consumer, stats: LayerStats, mode: str, damp: float, entry: LayerRepair,
            rec: Reconstruction) -> None:
     w2d = cons.matrix()
@@ -603,7 +591,7 @@ def reconstruct(
         have = stats.layers if stats is not None else {}
         missing = [r for r in requests if r.gram or r.view.node not in have]
         captured: dict[str, LayerStats] = {r.view.node: have[r.view.node] for r in requests if r.view.node in have}
-        for chunk in _chunks(missing, cross=False):
+        for chunk in chunk_requests(missing, GRAM_BUDGET):
             cap = capture(model, source, layers=chunk, **opts)
             captured.update(cap.layers)
             capture_s += cap.seconds
@@ -615,7 +603,7 @@ def reconstruct(
         for stage in sorted({entries[c.name].stage for c in todo}):
             layer_cons = [c for c in todo if entries[c.name].stage == stage]
             stage_rec = Reconstruction(report)
-            for chunk in _chunks([request(c) for c in layer_cons], cross=True):
+            for chunk in chunk_requests([request(c) for c in layer_cons], GRAM_BUDGET, cross=True):
                 cap = capture(current, source, layers=chunk, reference=model, **opts)
                 capture_s += cap.seconds
                 for r in chunk:
@@ -738,7 +726,7 @@ class HeadCalibration:
         layers = list({r.view.node: r for r in layers}.values())
         result = capture(model, source, channels=channels, batch_size=self.batch_size, seed=self.seed,
                          max_rows=self.max_rows)
-        for chunk in _chunks(layers, cross=False):
+        for chunk in chunk_requests(layers, GRAM_BUDGET):
             result.merge(capture(model, source, layers=chunk, batch_size=self.batch_size, seed=self.seed,
                                  max_rows=self.max_rows))
         self.capture = result

@@ -51,6 +51,7 @@ from ..formats._base import SUPPORTED_DTYPES
 from ..sparsity import (
     NM,
     Pattern,
+    Unstructured,
     PruneTarget,
     SparsityCriterion,
     WeightInfo,
@@ -144,6 +145,11 @@ class SparsifyConfig:
                 raise UsageError(f"pattern {pattern.spec} fixes the sparsity; per-layer ratios do not apply")
         if self.global_scope and not pattern.supports_global:
             raise UsageError(f"pattern {pattern.spec} is chosen per group; --global does not apply")
+        if criterion.reconstructs and not isinstance(pattern, (Unstructured, NM)):
+            raise UsageError(f"criterion {criterion.name} supports the unstructured and N:M patterns, "
+                             f"not {pattern.spec}")
+        if criterion.reconstructs and self.global_scope:
+            raise UsageError(f"criterion {criterion.name} prunes layer by layer; --global does not apply")
         if self.global_scope and self.sparsity is None:
             raise UsageError("--global needs --sparsity")
         if self.block is not None and (len(self.block) != 2 or min(self.block) < 1):
@@ -394,11 +400,11 @@ class SparsifyPass(ir.passes.InPlacePass):
             prune_list.append(
                 PruneTarget(info, arrays[info.name], target, pooled=config.global_scope and override is None)
             )
-        masks = self._masks(model, prune_list, pattern, criterion, notes)
+        masks, updated = self._masks(model, prune_list, pattern, criterion, notes)
         for target in prune_list:
             name = target.info.name
             fill = target.info.fill(arrays[name].dtype)
-            pruned = apply_mask(arrays[name], masks[name], fill)
+            pruned = updated[name] if name in updated else apply_mask(arrays[name], masks[name], fill)
             if isinstance(pattern, NM) and target.info.in_axis is not None:
                 bad = nm_violations(pruned, pattern.n, pattern.m, target.info.in_axis, fill)
                 if bad:  # pragma: no cover - guarded invariant
@@ -408,11 +414,20 @@ class SparsifyPass(ir.passes.InPlacePass):
         return targets, notes
 
     def _masks(self, model: ir.Model, prune_list: Sequence[PruneTarget], pattern: Pattern,
-               criterion: SparsityCriterion, notes: dict[str, str]) -> dict[str, np.ndarray]:
-        """Keep-masks; an activation-aware criterion scores the weights it has statistics for, magnitude the rest."""
+               criterion: SparsityCriterion, notes: dict[str, str]
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Keep-masks, and new arrays for weights a reconstructing criterion rewrote.
+
+        An activation-aware criterion handles the weights it has statistics
+        for; the others are scored by magnitude (with a note).
+        """
         config = self.config
         if not criterion.needs_activations or not prune_list:
-            return compute_masks(prune_list, pattern, criterion, stats=config.stats)
+            return compute_masks(prune_list, pattern, criterion, stats=config.stats), {}
+        if criterion.reconstructs:
+            updated = self._reconstruct(model, prune_list, pattern, notes)
+            rest = [t for t in prune_list if t.info.name not in updated]
+            return compute_masks(rest, pattern, get_criterion("magnitude")), updated
         stats = config.stats
         if stats is None:
             stats = self._measure_activations(model, [t.info for t in prune_list], notes)
@@ -422,7 +437,41 @@ class SparsifyPass(ir.passes.InPlacePass):
             notes.setdefault(target.info.name, f"{criterion.name}: no activation statistics; scored by magnitude")
         masks = compute_masks(measured, pattern, criterion, stats=stats)
         masks.update(compute_masks(fallback, pattern, get_criterion("magnitude")))
-        return masks
+        return masks, {}
+
+    def _reconstruct(self, model: ir.Model, prune_list: Sequence[PruneTarget], pattern: Pattern,
+                     notes: dict[str, str]) -> dict[str, np.ndarray]:
+        """SparseGPT on every weight it can update; returns their new arrays (others get a note)."""
+        from ..calibration.data import load_data
+        from ..sparsity.sparsegpt import hessians, layer_layouts, prune_weight
+
+        config = self.config
+        layouts = layer_layouts(model, [t.info for t in prune_list])
+        usable = {name: layout for name, layout in layouts.items() if not isinstance(layout, str)}
+        reasons = {name: layout for name, layout in layouts.items() if isinstance(layout, str)}
+        source = load_data(config.calib, model, shapes=config.shapes, samples=config.calib_samples)
+        found, missing = hessians(model, usable, source, batch_size=config.calib_batch,
+                                  limit=config.calib_samples, progress=config.calib_progress)
+        reasons.update(missing)
+        nm = (pattern.n, pattern.m) if isinstance(pattern, NM) else None
+        updated: dict[str, np.ndarray] = {}
+        for target in prune_list:
+            name = target.info.name
+            if name not in found:
+                continue
+            new = prune_weight(target.raw, usable[name], found[name], target.sparsity, nm)
+            if new is None:
+                reasons[name] = "the Hessian could not be inverted"
+            else:
+                updated[name] = new
+        for name, reason in reasons.items():
+            notes[name] = f"sparsegpt: {reason}; scored by magnitude, not updated"
+        if self.report is not None:
+            self.report.notes.append(
+                f"sparsegpt updated {len(updated)} of {len(prune_list)} weights from "
+                f"{min(len(source), config.calib_samples)} calibration samples"
+            )
+        return updated
 
     def _measure_activations(self, model: ir.Model, infos: Sequence[WeightInfo],
                              notes: dict[str, str]) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from .._registry import Registry
 from ..errors import UsageError
 from .weights import WeightInfo
 
-__all__ = ["ScoreContext", "SparsityCriterion", "Magnitude", "Wanda", "SPARSITY_CRITERIA",
+__all__ = ["ScoreContext", "SparsityCriterion", "Magnitude", "Wanda", "SparseGPT", "SPARSITY_CRITERIA",
            "DEFAULT_CRITERIA", "get_criterion"]
 
 
@@ -39,6 +39,8 @@ class SparsityCriterion:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     needs_activations: ClassVar[bool] = False
+    #: also changes the kept weights (the pass calls a reconstruction, not ``score``)
+    reconstructs: ClassVar[bool] = False
 
     def score(self, weight: np.ndarray, ctx: ScoreContext) -> np.ndarray:
         raise NotImplementedError
@@ -89,8 +91,21 @@ class Wanda(SparsityCriterion):
         return np.abs(weight) * norms.reshape(shape)
 
 
+@SPARSITY_CRITERIA.register("sparsegpt")
+class SparseGPT(SparsityCriterion):
+    """OBS saliency ``w^2 / [H^-1]_jj^2`` with the kept weights updated (:mod:`onnxsparse.sparsity.sparsegpt`)."""
+
+    name = "sparsegpt"
+    summary = "OBS saliency, kept weights updated to compensate (needs --calib; unstructured or N:M)"
+    needs_activations = True
+    reconstructs = True
+
+    def score(self, weight: np.ndarray, ctx: ScoreContext) -> np.ndarray:
+        return np.abs(weight)  # only used where no Hessian is available: the magnitude fallback
+
+
 #: Criteria the CLI offers.
-DEFAULT_CRITERIA: tuple[str, ...] = ("magnitude", "wanda")
+DEFAULT_CRITERIA: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
 
 
 def get_criterion(criterion: str | SparsityCriterion) -> SparsityCriterion:
