@@ -18,7 +18,7 @@ scores the others another way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -35,6 +35,8 @@ BLOCK = 128
 DAMP = 0.01
 #: Layers with more input features are left to the fallback (the Gram would be too large).
 MAX_FEATURES = 8192
+#: Up to this many input features the Hessian is factored in float64, above in float32.
+EXACT_FEATURES = 4096
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def hessians(model: ir.Model, layouts: dict[str, LayerLayout], source: object, *
         elif view.in_features > MAX_FEATURES:
             reasons[name] = f"{view.in_features} input features (more than {MAX_FEATURES})"
         else:
+            view = replace(view, node=f"{len(requests)}:{view.node}")  # a unique key: node names may be empty
             requests.append(LayerRequest(view, gram=True))
             owner[view.node] = name
     out: dict[str, np.ndarray] = {}
@@ -121,20 +124,32 @@ def hessians(model: ir.Model, layouts: dict[str, LayerLayout], source: object, *
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray | None:
-    """Upper Cholesky factor of ``H^-1`` (damped ``H``), or None if ``H`` stays indefinite."""
-    import scipy.linalg
+    """Upper Cholesky factor of ``H^-1`` (damped ``H``), or None if ``H`` stays indefinite.
 
-    h = np.array(h, dtype=np.float64, copy=True)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0  # features never seen: any value keeps H definite
-    damp = DAMP * float(np.mean(np.diag(h)))
+    Works in place with LAPACK (``potrf``, ``potri``, ``potrf``): a ``[k, k]``
+    Hessian costs about one extra copy of itself.  float64 up to
+    ``EXACT_FEATURES`` features, float32 above (as the reference runs on GPUs).
+    """
+    from scipy.linalg import lapack
+
+    dtype = np.float64 if h.shape[0] <= EXACT_FEATURES else np.float32
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), dtype=np.dtype(dtype))
+    diag = np.einsum("ii->i", h).astype(np.float64)
+    dead = diag <= 0
+    damp = DAMP * float(np.mean(np.where(dead, 1.0, diag)))
     for _ in range(6):
-        try:
-            factor = scipy.linalg.cho_factor(h + damp * np.eye(h.shape[0]), lower=True)
-            hinv = scipy.linalg.cho_solve(factor, np.eye(h.shape[0]))
-            return np.linalg.cholesky((hinv + hinv.T) / 2).T
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            damp *= 10
+        a = np.array(h, dtype=dtype, order="F", copy=True)
+        ad = np.einsum("ii->i", a)
+        ad[dead] = 1.0  # features never seen: any value keeps H definite
+        ad += damp
+        c, info = potrf(a, lower=1, overwrite_a=1)
+        if info == 0:
+            inv, info = potri(c, lower=1, overwrite_c=1)  # H^-1 in the lower triangle
+            if info == 0:
+                u, info = potrf(inv.T, lower=0, overwrite_a=1, clean=1)  # its upper factor, read from there
+                if info == 0:
+                    return np.asarray(u, dtype=np.float64)
+        damp *= 10
     return None
 
 
