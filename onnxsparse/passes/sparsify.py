@@ -442,14 +442,13 @@ class SparsifyPass(ir.passes.InPlacePass):
     def _reconstruct(self, model: ir.Model, prune_list: Sequence[PruneTarget], pattern: Pattern,
                      notes: dict[str, str]) -> dict[str, np.ndarray]:
         """SparseGPT on every weight it can update; returns their new arrays (others get a note)."""
-        from ..calibration.data import load_data
         from ..sparsity.sparsegpt import hessians, layer_layouts, prune_weight
 
         config = self.config
         layouts = layer_layouts(model, [t.info for t in prune_list])
         usable = {name: layout for name, layout in layouts.items() if not isinstance(layout, str)}
         reasons = {name: layout for name, layout in layouts.items() if isinstance(layout, str)}
-        source = load_data(config.calib, model, shapes=config.shapes, samples=config.calib_samples)
+        source, samples = self._calibration_data(model)
         found, missing = hessians(model, usable, source, batch_size=config.calib_batch,
                                   limit=config.calib_samples, progress=config.calib_progress)
         reasons.update(missing)
@@ -466,30 +465,33 @@ class SparsifyPass(ir.passes.InPlacePass):
                 updated[name] = new
         for name, reason in reasons.items():
             notes[name] = f"sparsegpt: {reason}; scored by magnitude, not updated"
-        if self.report is not None:
-            self.report.notes.append(
-                f"sparsegpt updated {len(updated)} of {len(prune_list)} weights from "
-                f"{min(len(source), config.calib_samples)} calibration samples"
-            )
+        self._note(f"sparsegpt updated {len(updated)} of {len(prune_list)} weights from {samples} calibration samples")
         return updated
 
     def _measure_activations(self, model: ir.Model, infos: Sequence[WeightInfo],
                              notes: dict[str, str]) -> dict[str, np.ndarray]:
-        from ..calibration.data import load_data
         from ..sparsity.activations import input_feature_scales
 
         config = self.config
-        source = load_data(config.calib, model, shapes=config.shapes, samples=config.calib_samples)
+        source, samples = self._calibration_data(model)
         scales, reasons = input_feature_scales(model, infos, source, batch_size=config.calib_batch,
                                                limit=config.calib_samples, progress=config.calib_progress)
         for name, reason in reasons.items():
             notes[name] = f"no activation statistics ({reason}); scored by magnitude"
-        if self.report is not None:
-            self.report.notes.append(
-                f"activation statistics from {min(len(source), config.calib_samples)} calibration samples "
-                f"for {len(scales)} of {len(infos)} weights"
-            )
+        self._note(f"activation statistics from {samples} calibration samples for {len(scales)} of {len(infos)} weights")
         return scales
+
+    def _calibration_data(self, model: ir.Model):
+        """The checked calibration source and the number of samples that will be used."""
+        from ..calibration.data import load_data
+
+        config = self.config
+        source = load_data(config.calib, model, shapes=config.shapes, samples=config.calib_samples)
+        return source, min(len(source), config.calib_samples)
+
+    def _note(self, text: str) -> None:
+        if self.report is not None:
+            self.report.notes.append(text)
 
     def _allowed_opset(self, model: ir.Model, before: int) -> tuple[int, str | None]:
         """The newest opset decode graphs may use (raising only when safe) and why not newer."""
