@@ -192,6 +192,8 @@ class Codec:
     cost_rank: ClassVar[int] = 0
     #: ``auto`` considers this format
     in_auto: ClassVar[bool] = True
+    #: payload arrays with one entry per stored value, shaped ``[1, 1, k]`` for the ``unpool`` decoder
+    unpool_roles: ClassVar[tuple[str, ...]] = ()
 
     def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
         """``None`` when the codec can store ``tensor``, else the reason it cannot."""
@@ -203,14 +205,14 @@ class Codec:
 
     def decoder_refusal(self, decoder: str, tensor: TensorData) -> str | None:
         """Why ``decoder`` cannot decode ``tensor`` (``None`` when it can)."""
-        return None
+        return unpool_refusal(self.name, tensor) if decoder == "unpool" else None
 
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
         raise NotImplementedError
 
     def layout(self, encoded: Encoded, decoder: str) -> Encoded:
         """Shape the payload arrays the way ``decoder``'s graph reads them (the bytes do not change)."""
-        return encoded
+        return unpool_layout(encoded, self.unpool_roles) if decoder == "unpool" else encoded
 
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
@@ -219,7 +221,10 @@ class Codec:
 
     def largest_intermediate(self, encoded: Encoded, decoder: str, tensor: TensorData) -> int:
         """Bytes of the largest tensor the decode graph computes (by default the dense output)."""
-        return tensor.n * tensor.dtype.itemsize
+        dense = tensor.n * tensor.dtype.itemsize
+        if decoder == "unpool":  # MaxUnpool reads one int64 position per stored entry
+            return max(dense, int(encoded.params["count"]) * 8)
+        return dense
 
     def min_opset(self, decoder: str, dtype: np.dtype) -> int:
         """Lowest default-domain opset the decode graph needs."""

@@ -23,8 +23,6 @@ from ._base import (
     TensorData,
     narrowest_uint,
     scatter_dense,
-    unpool_layout,
-    unpool_refusal,
 )
 from ._registry_instance import FORMATS
 from ._rows import build_rows_from_pointers, row_pointers, rows_from_pointers
@@ -42,10 +40,8 @@ class CsrCodec(Codec):
     name = "csr"
     summary = "values + column indices (uint8/uint16/int32) + row pointers"
     decoders = ("unpool", "scatter")
+    unpool_roles = ("values", "col_indices")
     cost_rank = 2
-
-    def decoder_refusal(self, decoder: str, tensor: TensorData) -> str | None:
-        return unpool_refusal(self.name, tensor) if decoder == "unpool" else None
 
     def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
         rows, cols = tensor.matrix_shape()
@@ -64,13 +60,6 @@ class CsrCodec(Codec):
             },
             {"rows": rows, "cols": cols, "count": tensor.k},
         )
-
-    def layout(self, encoded: Encoded, decoder: str) -> Encoded:
-        return unpool_layout(encoded, ("values", "col_indices")) if decoder == "unpool" else encoded
-
-    def largest_intermediate(self, encoded: Encoded, decoder: str, tensor: TensorData) -> int:
-        positions = int(encoded.params["count"]) * 8 if decoder == "unpool" else 0  # int64 for MaxUnpool
-        return max(super().largest_intermediate(encoded, decoder, tensor), positions)
 
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:

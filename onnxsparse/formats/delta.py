@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense, unpool_layout, unpool_refusal
+from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
 from ._bits import code_table, pack_codes, packed_size, unpack_codes
 from ._registry_instance import FORMATS
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["DeltaCodec"]
 
 _WIDTHS = (2, 4, 8, 16)
+
 
 def _max_step(width: int) -> int:
     return 1 << width if width < 8 else (1 << width) - 1
@@ -63,6 +64,7 @@ class DeltaCodec(Codec):
     name = "delta"
     summary = "gap-coded positions (2/4/8/16-bit) + values; CumSum + MaxUnpool (or ScatterElements) decode"
     decoders = ("unpool", "scatter")
+    unpool_roles = ("gaps", "values")
     cost_rank = 1
 
     def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
@@ -70,9 +72,6 @@ class DeltaCodec(Codec):
         if bad or not options.delta_widths:
             return f"delta widths must be among {_WIDTHS}, got {options.delta_widths}"
         return None
-
-    def decoder_refusal(self, decoder: str, tensor: TensorData) -> str | None:
-        return unpool_refusal(self.name, tensor) if decoder == "unpool" else None
 
     def sizes(self, tensor: TensorData, options: CodecOptions) -> dict[int, int]:
         """Payload bytes for each allowed width."""
@@ -104,13 +103,6 @@ class DeltaCodec(Codec):
             {"gaps": pack_codes(codes, width), "values": values},
             {"width": width, "count": count, "anchored": True},
         )
-
-    def layout(self, encoded: Encoded, decoder: str) -> Encoded:
-        return unpool_layout(encoded, ("gaps", "values")) if decoder == "unpool" else encoded
-
-    def largest_intermediate(self, encoded: Encoded, decoder: str, tensor: TensorData) -> int:
-        positions = int(encoded.params["count"]) * 8  # int64 positions for MaxUnpool
-        return max(super().largest_intermediate(encoded, decoder, tensor), positions if decoder == "unpool" else 0)
 
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                shape: tuple[int, ...], fill: np.ndarray) -> np.ndarray:
