@@ -60,7 +60,6 @@ VARIANTS: tuple[tuple[str, str | None], ...] = (
 
 def build_model(quick: bool):
     """VGG-style CNN + MLP head with He-initialised random weights (opset 17)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -237,7 +236,6 @@ def main(argv: list[str]) -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    import onnx
 
     from onnxsparse.formats import save_model
     from onnxsparse.io import load_model, model_file_bytes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import cli, cli_json, light, random_feeds, run, sample, session
+from helpers import cli, cli_json, light, run, sample, session
 from onnxsparse.analysis import (
     count_macs,
     count_params,
     infer_shapes,
-    iter_weights,
     model_stats,
     nm_pattern,
     node_macs,
