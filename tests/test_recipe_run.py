@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import DATA, cli, run, sample, session
+from helpers import DATA, ROOT, cli, run, sample, session
 
 from onnxsparse.recipe import EXECUTORS, RecipeError, StepError, load_recipe, run_recipe
 
@@ -213,3 +213,13 @@ def test_wanda_sparsify_step_reads_the_recipes_calib(tmp_path):
         run_recipe({"steps": [{"sparsify": {"sparsity": 0.6, "criterion": "wanda"}}]},
                    sample("digits_transformer"), tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_sparse_2of4_example_recipe(tmp_path):
+    """SparseGPT 2:4 on the trained transformer passes its own size and accuracy gates."""
+    result = run_recipe(load_recipe(ROOT / "recipes" / "sparse-2of4.yaml"), sample("digits_transformer"),
+                        tmp_path / "t24.onnx")
+    assert result.passed and (tmp_path / "t24.onnx").exists()
+    validation = result.steps[-1].validation
+    assert validation.size_ratio < 0.75
+    assert result.steps[0].report["totals"]["formats"] and result.steps[0].report["config"]["pattern"] == "2:4"

@@ -94,5 +94,16 @@ register_preset(
     needs="accuracy gates with validate.data/labels: 80% unstructured sparsity without fine-tuning costs accuracy",
 )
 
+register_preset(
+    "sparse-2of4",
+    "2:4 sparsity chosen by SparseGPT (kept weights updated to compensate), stored sparse: the pattern "
+    "sparse tensor cores run, in a smaller file; gate: at most 75% of the size",
+    {"steps": [
+        {"sparsify": {"pattern": "2:4", "criterion": "sparsegpt", "format": "auto"}},
+        {"validate": {"max_size_ratio": 0.75}},
+    ]},
+    needs="--set calib=CALIB.npz (SparseGPT reads the layers' inputs); add accuracy gates with validate.data/labels",
+)
+
 #: The presets shipped with onnxsparse, in the order ``run --help`` lists them.
-DEFAULT_PRESETS: tuple[str, ...] = ("cnn-edge", "transformer-cpu", "smallest-file")
+DEFAULT_PRESETS: tuple[str, ...] = ("cnn-edge", "transformer-cpu", "smallest-file", "sparse-2of4")
