@@ -51,6 +51,25 @@ def session_options(
     return options
 
 
+#: onnxruntime session config: where external data lives when the model comes as bytes
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
+def external_data_config(model: Any) -> dict[str, str]:
+    """Session config letting onnxruntime read ``model``'s (an ``onnx_ir`` model) external data from bytes.
+
+    A model serialised from memory keeps its external-data references relative to
+    the file it was loaded from; onnxruntime resolves them against this folder.
+    """
+    import onnx_ir as ir
+
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and tensor.base_dir:
+            return {EXTERNAL_DATA_FOLDER: os.fspath(tensor.base_dir)}
+    return {}
+
+
 def make_session(
     model: str | os.PathLike | bytes | onnx.ModelProto,
     options: Any = None,

@@ -161,3 +161,15 @@ def test_wanda_keeps_more_accuracy_than_magnitude_on_the_trained_transformer(tmp
         save_model(model, tmp_path / f"{criterion}.onnx")
         scores[criterion] = _top1(tmp_path / f"{criterion}.onnx", data, labels)
     assert scores["wanda"] >= scores["magnitude"] + 0.05, scores
+
+
+def test_calibration_runs_models_with_external_data(tmp_path):
+    """Activation capture serialises the model to bytes: onnxruntime must still find the .data file."""
+    from onnxsparse import prune
+
+    path = "samples/models/real_zoo_external_resnet18.onnx"
+    model = load_model(path)
+    report = sparsify(model, sparsity=0.5, criterion="wanda", calib="random", min_size=4096, format="dense")
+    assert any(n.startswith("activation statistics") and "for 4 of 4 weights" in n for n in report.notes)
+    result = prune(path, channels=0.3, calib="random", calib_samples=8)
+    assert result.report.pruned_groups

@@ -255,7 +255,7 @@ def _value_types(model: ir.Model) -> dict[str, ir.Value]:
 
 def session_with_outputs(model: ir.Model, names: Iterable[str]):
     """An onnxruntime CPU session of ``model`` that also returns the intermediate values ``names``."""
-    from .._ort import make_session, session_options
+    from .._ort import external_data_config, make_session, session_options
     from ..io import max_runtime_ir_version
 
     proto = ir.to_proto(model)
@@ -272,7 +272,7 @@ def session_with_outputs(model: ir.Model, names: Iterable[str]):
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
     # numpy works on every batch between runs: idle onnxruntime threads must not spin and steal its cores
-    opts = session_options(config={"session.intra_op.allow_spinning": "0"})
+    opts = session_options(config={"session.intra_op.allow_spinning": "0", **external_data_config(model)})
     return make_session(proto, opts)
 
 

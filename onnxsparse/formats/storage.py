@@ -350,7 +350,7 @@ def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndar
     for name, value in inputs.items():
         if value.const_value is None:
             raise ModelLoadError(f"decode subgraph of {target!r} reads {name!r}, which is not an initializer")
-        protos.append(ir.serde.serialize_tensor(value.const_value))
+        protos.append(ir.serde.serialize_tensor(ir.Tensor(value.const_value.numpy())))  # in memory, never external
         protos[-1].name = name
     node_protos = [ir.serde.serialize_node(n) for n in nodes]
     if output.dtype is None:
