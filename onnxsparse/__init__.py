@@ -21,7 +21,7 @@ from .errors import DataError, ModelLoadError, ModelSaveError, OnnxSparseError, 
 # Heavy entry points load on first use, so ``import onnxsparse`` and the CLI start fast.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "load_model": (".io", "load_model"),
-    "save_model": (".io", "save_model"),
+    "save_model": (".formats", "save_model"),  # io.save_model + coo tensors as sparse_initializer
     "normalize": (".passes.normalize", "normalize"),
     "model_stats": (".analysis", "model_stats"),
     "count_params": (".analysis", "count_params"),

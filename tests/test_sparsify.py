@@ -453,3 +453,14 @@ def test_every_format_pattern_dtype_round_trips_exactly(fmt, pattern, sparsity, 
     densify(densified)
     for name in ("w0", "w1", "w2"):
         assert same_bits(initializer_arrays(densified)[name], expected[name]), name
+
+
+def test_public_save_model_writes_coo_as_sparse_initializer(tmp_path):
+    import onnxsparse
+
+    model = load_model(mlp_model(np.random.default_rng(9)))
+    sparsify(model, sparsity=0.9, format="coo", min_size=0)
+    path = onnxsparse.save_model(model, tmp_path / "coo.onnx")
+    proto = onnx.load(str(path))
+    assert {t.values.name for t in proto.graph.sparse_initializer} == {"w0", "w1", "w2"}
+    onnx.checker.check_model(proto)
