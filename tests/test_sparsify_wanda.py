@@ -68,17 +68,25 @@ def _grouped_conv(rng: np.random.Generator, group: int) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("group", [1, 2, 4])
-def test_conv_scales_follow_each_filters_group(group):
+def test_conv_scales_per_im2col_column_or_per_group_channel(group):
     proto = _grouped_conv(np.random.default_rng(1), group)
     model = load_model(proto)
     source, feeds = _source(proto)
     scales, reasons = input_feature_scales(model, find_weights(model), source)
     assert not reasons
-    channel = np.sqrt((feeds["x"].astype(np.float64) ** 2).sum(axis=(0, 2, 3)))  # one norm per input channel
+    x = feeds["x"].astype(np.float64)
+    if group == 1:  # one norm per im2col column: channel x kernel offset (3x3, pads 1, 6x6 output)
+        padded = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)])
+        want = np.sqrt(np.stack([[(padded[:, :, i:i + 6, j:j + 6] ** 2).sum(axis=(0, 2, 3)) for j in range(3)]
+                                 for i in range(3)]).transpose(2, 0, 1))  # [C, kh, kw]
+        assert scales["w"].shape == (1, 8, 3, 3)
+        np.testing.assert_allclose(scales["w"][0], want, rtol=1e-5)
+        return
+    channel = np.sqrt((x ** 2).sum(axis=(0, 2, 3)))  # grouped: one norm per input channel of the group
     per = 8 // group
     want = np.stack([channel[(o // (12 // group)) * per:(o // (12 // group) + 1) * per] for o in range(12)])
-    assert scales["w"].shape == ((1, 8, 1, 1) if group == 1 else (12, per, 1, 1))  # broadcast to the weight
-    np.testing.assert_allclose(np.broadcast_to(scales["w"], (12, per, 1, 1))[:, :, 0, 0], want, rtol=1e-5)
+    assert scales["w"].shape == (12, per, 1, 1)
+    np.testing.assert_allclose(scales["w"][:, :, 0, 0], want, rtol=1e-5)
 
 
 def test_wanda_prunes_what_the_activations_make_small():

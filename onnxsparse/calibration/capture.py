@@ -200,10 +200,12 @@ def linear_view(node: ir.Node, input_index: int, axis: int) -> LinearView | str:
 
 @dataclass(frozen=True)
 class LayerRequest:
-    """Capture column sums (and the Gram matrix when ``gram``) of ``view``'s rows."""
+    """Capture column sums (and the Gram matrix when ``gram``, the column sums of squares when
+    ``squares``: squared input-feature norms, im2col columns for a Conv) of ``view``'s rows."""
 
     view: LinearView
     gram: bool = False
+    squares: bool = False
 
 
 def chunk_requests(requests: Sequence[LayerRequest], budget: int, *, cross: bool = False) -> list[list[LayerRequest]]:
@@ -383,6 +385,8 @@ def capture(
             xr = ref_arrays[view.value] if ref_arrays is not None else None
             colsum, count = view.colsum(x)
             stats.add_colsum(colsum, count, view.colsum(xr)[0] if xr is not None else None)
+            if r.squares:
+                stats.add_sqsum(view.colsum(np.square(x, dtype=np.float64))[0])
             if r.gram:
                 index = None
                 if count > max_rows:

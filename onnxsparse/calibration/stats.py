@@ -107,6 +107,7 @@ class LayerStats:
     sampled: int = 0  #: rows behind the Gram matrices
     gram: np.ndarray | None = None
     cross: np.ndarray | None = None
+    sqsum: np.ndarray | None = None  #: sum of squares of every column over all rows (when requested)
 
     def __post_init__(self) -> None:
         if self.colsum is None:
@@ -128,6 +129,9 @@ class LayerStats:
         self.rows += rows
         if ref_colsum is not None and self.ref_colsum is not None:
             self.ref_colsum += ref_colsum
+
+    def add_sqsum(self, sqsum: np.ndarray) -> None:
+        self.sqsum = sqsum.copy() if self.sqsum is None else self.sqsum + sqsum
 
     def add_rows(self, rows: np.ndarray, ref_rows: np.ndarray | None = None) -> None:
         """Fold sampled rows ``[n, in]`` (and the reference's rows at the same positions) into the Grams."""

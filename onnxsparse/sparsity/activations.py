@@ -7,8 +7,10 @@ captured on calibration data and reduced to one L2 norm per input feature
 
 * ``MatMul(x, W)``: ``x``'s last axis; ``MatMul(W, x)``: ``x``'s axis -2;
 * ``Gemm``: the other operand's contraction axis (``transA``/``transB``);
-* ``Conv(X, W)``: ``X``'s channels; with ``group > 1`` output channel ``o``
-  reads the input channels of its group, so the scale is ``[O, C/group, 1, ...]``.
+* ``Conv(X, W)``: one norm per im2col column (input channel x kernel offset,
+  so border offsets that often see padding count less), scale ``[1, C, kh, kw]``;
+  with ``group > 1`` one norm per input channel of the filter's own group,
+  scale ``[O, C/group, 1, ...]``.
 
 A weight read by several such nodes gets the root of the summed squared norms.
 Other consumers (ConvTranspose, recurrent and integer ops) give a reason
@@ -18,7 +20,7 @@ instead; the caller scores those weights by magnitude.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -30,11 +32,13 @@ __all__ = ["FeatureSource", "feature_sources", "input_feature_scales"]
 
 @dataclass(frozen=True)
 class FeatureSource:
-    """The activation ``value`` whose channels along ``axis`` multiply the weight's reduction axis."""
+    """The activation ``value`` whose channels along ``axis`` multiply the weight's reduction axis
+    (an ungrouped Conv is measured per im2col column through ``node``)."""
 
     value: str
     axis: int
     group: int = 1
+    node: ir.Node | None = None
 
 
 def _source(node: ir.Node, index: int) -> FeatureSource | str:
@@ -57,7 +61,8 @@ def _source(node: ir.Node, index: int) -> FeatureSource | str:
         x = node.inputs[0]
         if x is None or x.name is None:
             return "Conv without a named input"
-        return FeatureSource(x.name, 1, node.attributes.get_int("group", 1) or 1)
+        group = node.attributes.get_int("group", 1) or 1
+        return FeatureSource(x.name, 1, group, node if group == 1 else None)
     return f"{op} (input {index}) has no activation statistics"
 
 
@@ -87,6 +92,10 @@ def _scale(norms: np.ndarray, source: FeatureSource, info: WeightInfo) -> np.nda
         return "no single reduction axis"
     rank = len(info.shape)
     width = info.shape[axis]
+    if source.node is not None:  # per im2col column: [C * prod(kernel)] in the weight's [C, *kernel] order
+        if norms.size != int(np.prod(info.shape[1:], dtype=np.int64)):
+            return f"{norms.size} im2col columns measured, the weight has {list(info.shape)}"
+        return norms.reshape((1, *info.shape[1:]))
     if source.group == 1:
         if norms.size != width:
             return f"{norms.size} input features measured, the weight reduces over {width}"
@@ -111,15 +120,23 @@ def input_feature_scales(
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``({weight: scale broadcastable to it}, {weight: why it has none})`` from one calibration pass."""
-    from ..calibration.capture import capture
+    from ..calibration.capture import LayerRequest, capture, linear_view
 
     sources = feature_sources(model, infos)
     reasons = {name: found for name, found in sources.items() if isinstance(found, str)}
-    wanted = {(s.value, s.axis) for found in sources.values() if not isinstance(found, str) for s in found}
-    if not wanted:
+    channels: set[tuple[str, int]] = set()
+    layers: dict[int, LayerRequest] = {}  # id(conv node) -> request keyed by a unique name
+    for found in sources.values():
+        for s in [] if isinstance(found, str) else found:
+            view = linear_view(s.node, 0, 1) if s.node is not None else None
+            if view is None or isinstance(view, str):
+                channels.add((s.value, s.axis))  # no im2col view: per channel
+            elif id(s.node) not in layers:
+                layers[id(s.node)] = LayerRequest(replace(view, node=f"{len(layers)}:{view.node}"), squares=True)
+    if not channels and not layers:
         return {}, reasons
-    captured = capture(model, source, channels=sorted(wanted), batch_size=batch_size, limit=limit,
-                       progress=progress)
+    captured = capture(model, source, channels=sorted(channels), layers=list(layers.values()),
+                       batch_size=batch_size, limit=limit, progress=progress)
     scales: dict[str, np.ndarray] = {}
     by_name = {info.name: info for info in infos}
     for name, found in sources.items():
@@ -127,11 +144,18 @@ def input_feature_scales(
             continue
         total: np.ndarray | None = None
         for s in found:
-            stats = captured.channel(s.value, s.axis)
-            if stats is None:
+            request = layers.get(id(s.node)) if s.node is not None else None
+            if request is not None:
+                layer = captured.layers.get(request.view.node)
+                squares = None if layer is None else layer.sqsum
+            else:
+                s = replace(s, node=None)
+                stats = captured.channel(s.value, s.axis)
+                squares = None if stats is None else stats.sumsq
+            if squares is None:
                 reasons[name] = f"activation {s.value!r} was not captured"
                 break
-            scale = _scale(stats.sumsq, s, by_name[name])
+            scale = _scale(squares, s, by_name[name])
             if isinstance(scale, str):
                 reasons[name] = scale
                 break
