@@ -123,3 +123,26 @@ def test_sparsegpt_option_errors(kwargs, message):
     kwargs = {"calib": "random", **kwargs}
     with pytest.raises(UsageError, match=message):
         sparsify(load_model(mlp_model(np.random.default_rng(0))), criterion="sparsegpt", format="dense", **kwargs)
+
+
+def test_hessians_in_many_small_passes_give_the_same_weights(monkeypatch):
+    """Passes bound the Gram memory (one per layer here); the weights must not depend on them."""
+    import onnxsparse.sparsity.sparsegpt as sg
+
+    def pruned() -> dict[str, np.ndarray]:
+        model = load_model("samples/models/digits_transformer.onnx")
+        sparsify(model, sparsity=0.5, criterion="sparsegpt", calib="samples/data/digits_calib_tokens.npz",
+                 format="dense", min_size=0, calib_samples=32)
+        return {n: v.const_value.numpy() for n, v in model.graph.initializers.items()}
+
+    one_pass = pruned()
+    calls = []
+    from onnxsparse.calibration import capture as capture_module
+
+    real_capture = capture_module.capture
+    monkeypatch.setattr(capture_module, "capture", lambda *a, **k: calls.append(1) or real_capture(*a, **k))
+    monkeypatch.setattr(sg, "GRAM_BUDGET", 1)
+    many_passes = pruned()
+    assert len(calls) > 4  # one pass per layer
+    assert one_pass.keys() == many_passes.keys()
+    assert all(np.array_equal(one_pass[n], many_passes[n]) for n in one_pass)

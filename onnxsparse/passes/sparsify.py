@@ -449,16 +449,16 @@ class SparsifyPass(ir.passes.InPlacePass):
         usable = {name: layout for name, layout in layouts.items() if not isinstance(layout, str)}
         reasons = {name: layout for name, layout in layouts.items() if isinstance(layout, str)}
         source, samples = self._calibration_data(model)
-        found, missing = hessians(model, usable, source, batch_size=config.calib_batch,
-                                  limit=config.calib_samples, progress=config.calib_progress)
-        reasons.update(missing)
+        targets = {t.info.name: t for t in prune_list}
         nm = (pattern.n, pattern.m) if isinstance(pattern, NM) else None
         updated: dict[str, np.ndarray] = {}
-        for target in prune_list:
-            name = target.info.name
-            if name not in found:
+        for name, hessian in hessians(model, usable, source, batch_size=config.calib_batch,
+                                      limit=config.calib_samples, progress=config.calib_progress):
+            if isinstance(hessian, str):
+                reasons[name] = hessian
                 continue
-            new = prune_weight(target.raw, usable[name], found[name], target.sparsity, nm)
+            target = targets[name]
+            new = prune_weight(target.raw, usable[name], hessian, target.sparsity, nm)
             if new is None:
                 reasons[name] = "the Hessian could not be inverted"
             else:

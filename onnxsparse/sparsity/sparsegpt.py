@@ -17,7 +17,7 @@ scores the others another way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -92,35 +92,36 @@ def layer_layouts(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, Lay
 
 
 def hessians(model: ir.Model, layouts: dict[str, LayerLayout], source: object, *, batch_size: int = 32,
-             limit: int | None = None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``({weight: H [in, in]}, {weight: why none})`` from calibration passes under ``GRAM_BUDGET``."""
+             limit: int | None = None, progress: bool = False) -> Iterator[tuple[str, np.ndarray | str]]:
+    """``(weight, H [in, in] or why none)`` for every layout, one calibration pass per ``GRAM_BUDGET``.
+
+    A generator: the caller uses each pass's Hessians before the next pass
+    computes more, so memory stays within the budget whatever the model's size.
+    """
     from ..calibration.capture import LayerRequest, capture, chunk_requests, linear_view
 
     requests: list[LayerRequest] = []
     owner: dict[str, str] = {}
-    reasons: dict[str, str] = {}
     for name, layout in layouts.items():
         view = linear_view(layout.node, layout.input_index, layout.axis)
         if isinstance(view, str):
-            reasons[name] = view
+            yield name, view
         elif view.in_features > MAX_FEATURES:
-            reasons[name] = f"{view.in_features} input features (more than {MAX_FEATURES})"
+            yield name, f"{view.in_features} input features (more than {MAX_FEATURES})"
         else:
             view = replace(view, node=f"{len(requests)}:{view.node}")  # a unique key: node names may be empty
             requests.append(LayerRequest(view, gram=True))
             owner[view.node] = name
-    out: dict[str, np.ndarray] = {}
     for chunk in chunk_requests(requests, GRAM_BUDGET):
         captured = capture(model, source, layers=chunk, batch_size=batch_size, limit=limit, progress=progress)
         for request in chunk:
-            stats = captured.layers.get(request.view.node)
+            stats = captured.layers.pop(request.view.node, None)
             name = owner[request.view.node]
             if stats is None or stats.gram is None or stats.sampled == 0:
-                reasons[name] = "no calibration rows reached the layer"
+                yield name, "no calibration rows reached the layer"
                 continue
             k = request.view.in_features
-            out[name] = stats.gram[:k, :k] / stats.sampled  # the ones row/column (bias) is not a weight
-    return out, reasons
+            yield name, stats.gram[:k, :k] / stats.sampled  # the ones row/column (bias) is not a weight
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray | None:
