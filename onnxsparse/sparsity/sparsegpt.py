@@ -121,7 +121,9 @@ def hessians(model: ir.Model, layouts: dict[str, LayerLayout], source: object, *
                 yield name, "no calibration rows reached the layer"
                 continue
             k = request.view.in_features
-            yield name, stats.gram[:k, :k] / stats.sampled  # the ones row/column (bias) is not a weight
+            gram = stats.gram[:k, :k]  # a view: the ones row/column (bias) is not a weight
+            np.divide(gram, stats.sampled, out=gram)  # in place: no second [k, k] copy
+            yield name, gram
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray | None:
