@@ -231,6 +231,23 @@ def test_decode_graph_edge_cases(fmt, decoder, case):
     assert same_bits(ort_value(model), array)
 
 
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float16)], ids=lambda d: d.name)
+@pytest.mark.parametrize("fmt,decoder", [d for d in DECODERS if d[0] != "coo"])
+def test_decode_graphs_run_in_the_onnx_reference_evaluator(fmt, decoder, dtype):
+    """A second runtime: onnx's reference implementation decodes every graph bit for bit."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(11)
+    array = sparse_array(rng, (16, 24), dtype, 0.25)
+    tensor = F.TensorData("W", array, 0)
+    chosen = F.candidate(tensor, fmt, F.CodecOptions(), 18, decoder=decoder)
+    assert isinstance(chosen, F.Candidate), chosen
+    model = identity_model(array)
+    F.store(model, "W", tensor, chosen)
+    (out,) = ReferenceEvaluator(ir.to_proto(model)).run(None, {})
+    assert same_bits(np.asarray(out, dtype=dtype), array)
+
+
 def test_decoder_variants_need_their_opset():
     rng = np.random.default_rng(0)
     tensor = F.TensorData("W", sparse_array(rng, (64, 64), np.dtype(np.float32), 0.05))
