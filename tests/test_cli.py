@@ -82,3 +82,21 @@ def test_inspect_subprocess_runs() -> None:
 
 def test_build_parser_is_repeatable() -> None:
     assert build_parser().format_help() == build_parser().format_help()
+
+
+def test_top_level_help_imports_no_command_module() -> None:
+    """``onnxsparse --help`` lists the commands from their summaries: no onnx_ir, onnxruntime or scipy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from onnxsparse.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('onnx_ir', 'onnxruntime', 'scipy', 'onnxsparse.cli.prune_cmd') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    for name in COMMANDS:
+        assert f"    {name}" in out

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..errors import OnnxSparseError
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "COMMANDS", "SUMMARIES"]
 
 #: Subcommands in the order ``--help`` lists them (module names in this package).
 COMMANDS: tuple[str, ...] = (
@@ -32,6 +32,20 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+#: One line per subcommand for the command list; kept here so ``--help`` and the commands not being
+#: run need no imports of their modules (some pull in onnx_ir or onnxruntime.quantization).
+SUMMARIES: dict[str, str] = {
+    "inspect": "show params, MACs, size, ops and sparsity of a model",
+    "prune": "remove channels/filters: a smaller dense model that is faster on any runtime",
+    "sparsify": "zero weights (unstructured, N:M, block) and store them as CSR/BSR/bitmask/delta/COO",
+    "densify": "turn sparse-stored tensors (onnxsparse formats, ONNX COO) back into a plain dense model",
+    "quantize": "quantize weights (and activations) with onnxruntime, keeping pruned zeros exact",
+    "validate": "compare a candidate with its reference: fidelity, accuracy, latency",
+    "bench": "latency/throughput/memory of models across providers, threads, batches",
+    "run": "run a recipe: prune -> quantize -> sparsify -> validate in one pipeline",
+}
+
+
 def _common_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
@@ -40,7 +54,9 @@ def _common_parser() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser.  ``only``: build just that command's options and list the others by
+    summary (what :func:`main` does, for a fast start); ``None`` builds every command."""
     common = _common_parser()
     parser = argparse.ArgumentParser(
         prog="onnxsparse",
@@ -50,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxsparse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name != only:
+            if name in SUMMARIES:
+                sub.add_parser(name, help=SUMMARIES[name], add_help=False)
+            continue
         module_name = f"{__name__}.{name}_cmd"
         try:
             module = importlib.import_module(module_name)
@@ -71,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import warnings
 
         warnings.filterwarnings("ignore")
-    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)  # top-level options take no values
+    parser = build_parser(only=command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

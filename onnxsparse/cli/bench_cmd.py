@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import SUMMARIES
 from ..calibration.data import parse_shapes
 from ._common import print_result, progress_enabled
 from .validate_cmd import add_run_options
@@ -23,7 +24,7 @@ examples:
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
-        "bench", parents=[common], help="latency/throughput/memory of models across providers, threads, batches",
+        "bench", parents=[common], help=SUMMARIES["bench"],
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="one or more .onnx files (timed interleaved)")

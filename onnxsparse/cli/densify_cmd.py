@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ..report import (
     check_report_paths,
     dump_json,
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = subparsers.add_parser(
         "densify",
         parents=[common],
-        help="turn sparse-stored tensors (onnxsparse formats, ONNX COO) back into a plain dense model",
+        help=SUMMARIES["densify"],
         description=(
             "Replace every onnxsparse decode subgraph (csr, bsr, bitmask, delta, coo) and every ONNX "
             "sparse_initializer by an ordinary dense initializer. The result is bit-exact."

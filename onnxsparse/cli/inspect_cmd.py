@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ..errors import UsageError
 from ..report import (
     check_report_paths,
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = subparsers.add_parser(
         "inspect",
         parents=[common],
-        help="show params, MACs, size, ops and sparsity of a model",
+        help=SUMMARIES["inspect"],
         description=(
             "Show a model's producer, IR/opset, inputs/outputs, parameter count, bytes on disk, "
             "MACs per layer and in total, op histogram and existing sparsity (zero fraction, N:M "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import SUMMARIES
 from ..errors import UsageError
 from ..report import check_report_paths, dump_json, write_report
 from ._common import progress_enabled
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = subparsers.add_parser(
         "prune",
         parents=[common],
-        help="remove channels/filters: a smaller dense model that is faster on any runtime",
+        help=SUMMARIES["prune"],
         description=(
             "Structured pruning across the whole graph: channels tied together (BatchNorm, residual "
             "adds, Concat, Flatten->Gemm, grouped convs, ...) are removed together. RATIO is the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import SUMMARIES
 from ..calibration.data import parse_shapes
 from ..quantize import (
     ACCURACY_LEVELS,
@@ -40,7 +41,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "quantize",
         parents=[common],
-        help="quantize weights (and activations) with onnxruntime, keeping pruned zeros exact",
+        help=SUMMARIES["quantize"],
         description="Quantize with onnxruntime.quantization. Modes: " + modes,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from . import SUMMARIES
 from ..errors import UsageError
 from ..report import dump_json, write_report
 from ._common import print_result, progress_enabled
@@ -56,7 +57,7 @@ def _epilog() -> str:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "run", parents=[common], help="run a recipe: prune -> quantize -> sparsify -> validate in one pipeline",
+        "run", parents=[common], help=SUMMARIES["run"],
         description=DESCRIPTION, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("recipe", help="recipe file (.yaml, .yml or .json) or preset:NAME")

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ..errors import UsageError
 from ..report import (
     check_report_paths,
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = subparsers.add_parser(
         "sparsify",
         parents=[common],
-        help="zero weights (unstructured, N:M, block) and store them as CSR/BSR/bitmask/delta/COO",
+        help=SUMMARIES["sparsify"],
         description=(
             "Prune weights of MatMul/Gemm/Conv/... to a sparsity pattern (optional) and store every "
             "tensor with at least --min-size elements in a compact format. Without --sparsity the "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import SUMMARIES
 from ..calibration.data import parse_shapes
 from ._common import print_result, progress_enabled
 
@@ -62,7 +63,7 @@ def register(subparsers, common) -> None:
     from ..validate.thresholds import THRESHOLDS
 
     p = subparsers.add_parser(
-        "validate", parents=[common], help="compare a candidate with its reference: fidelity, accuracy, latency",
+        "validate", parents=[common], help=SUMMARIES["validate"],
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("reference", help="the original model (.onnx)")
