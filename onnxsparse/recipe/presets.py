@@ -99,7 +99,8 @@ register_preset(
     "2:4 sparsity chosen by SparseGPT (kept weights updated to compensate), stored sparse: the pattern "
     "sparse tensor cores run, in a smaller file; gate: at most 75% of the size",
     {"steps": [
-        {"sparsify": {"pattern": "2:4", "criterion": "sparsegpt", "format": "auto"}},
+        # delta, not auto: at 50% sparsity bitmask is ~6% smaller but its decode folds ~2x slower
+        {"sparsify": {"pattern": "2:4", "criterion": "sparsegpt", "format": "delta"}},
         {"validate": {"max_size_ratio": 0.75}},
     ]},
     needs="--set calib=CALIB.npz (SparseGPT reads the layers' inputs); add accuracy gates with validate.data/labels",
