@@ -464,3 +464,19 @@ def test_public_save_model_writes_coo_as_sparse_initializer(tmp_path):
     proto = onnx.load(str(path))
     assert {t.values.name for t in proto.graph.sparse_initializer} == {"w0", "w1", "w2"}
     onnx.checker.check_model(proto)
+
+
+def test_auto_slack_trades_a_few_bytes_for_a_cheaper_decode():
+    """Near 50% sparsity bitmask is smallest; a slack of 8% lets auto take delta (cheaper to fold)."""
+    def formats(slack: float) -> tuple[set[str], int]:
+        model = load_model(mlp_model(np.random.default_rng(3), dims=(256, 384, 320, 10)))
+        report = sparsify(model, sparsity=0.5, format="auto", min_size=0, auto_slack=slack)
+        pruned = [r for r in report.tensors if r.pruned and r.elements >= 10_000]
+        return {r.format for r in pruned}, sum(r.bytes_stored for r in pruned)
+
+    tight, tight_bytes = formats(0.02)
+    loose, loose_bytes = formats(0.08)
+    assert tight == {"bitmask"} and loose == {"delta"}
+    assert tight_bytes < loose_bytes <= 1.08 * tight_bytes
+    with pytest.raises(UsageError, match="auto-slack"):
+        SparsifyConfig(auto_slack=-0.1).resolved()

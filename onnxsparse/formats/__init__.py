@@ -19,6 +19,7 @@ from ._registry_instance import FORMATS
 from ._save import save_model
 from .storage import (
     AUTO,
+    AUTO_SLACK,
     META_KEY,
     Candidate,
     StoredTensor,
@@ -37,6 +38,7 @@ __all__ = [
     "FORMATS",
     "DEFAULT_FORMATS",
     "AUTO",
+    "AUTO_SLACK",
     "format_choices",
     "Codec",
     "CodecOptions",
