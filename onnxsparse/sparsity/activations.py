@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_ir as ir
 
-from .weights import WeightInfo, _uses
+from .weights import WeightInfo, _uses, contraction
 
 __all__ = ["FeatureSource", "feature_sources", "input_feature_scales"]
 
@@ -42,28 +42,14 @@ class FeatureSource:
 
 
 def _source(node: ir.Node, index: int) -> FeatureSource | str:
-    if node.domain not in ("", "ai.onnx"):
-        return f"{node.domain}::{node.op_type} has no activation statistics"
-    op = node.op_type
-    if op == "MatMul":
-        other = node.inputs[1 - index]
-        if other is None or other.name is None:
-            return "MatMul without a named activation"
-        return FeatureSource(other.name, -1 if index == 1 else -2)
-    if op == "Gemm" and index in (0, 1):
-        other = node.inputs[1 - index]
-        if other is None or other.name is None:
-            return "Gemm without a named activation"
-        if index == 1:  # A [M, K] (or [K, M] with transA) times the weight B
-            return FeatureSource(other.name, 0 if node.attributes.get_int("transA", 0) else 1)
-        return FeatureSource(other.name, 1 if node.attributes.get_int("transB", 0) else 0)
-    if op == "Conv" and index == 1:
-        x = node.inputs[0]
-        if x is None or x.name is None:
-            return "Conv without a named input"
-        group = node.attributes.get_int("group", 1) or 1
-        return FeatureSource(x.name, 1, group, node if group == 1 else None)
-    return f"{op} (input {index}) has no activation statistics"
+    found = contraction(node, index)
+    if isinstance(found, str):
+        return found
+    x = node.inputs[found.input_index]
+    if x is None or not x.name:
+        return f"{node.op_type} without a named activation"
+    conv = node.op_type == "Conv" and found.group == 1  # measured per im2col column
+    return FeatureSource(x.name, found.axis, found.group, node if conv else None)
 
 
 def feature_sources(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, list[FeatureSource] | str]:

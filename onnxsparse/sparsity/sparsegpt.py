@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_ir as ir
 
-from .weights import WeightInfo, _uses
+from .weights import WeightInfo, _uses, contraction
 
 __all__ = ["LayerLayout", "layer_layouts", "sparsegpt", "hessians", "prune_weight"]
 
@@ -56,20 +56,18 @@ class LayerLayout:
 
 
 def _layout(node: ir.Node, index: int) -> LayerLayout | str:
-    if node.domain not in ("", "ai.onnx"):
-        return f"{node.domain}::{node.op_type} is not a layer SparseGPT updates"
-    op = node.op_type
-    if op == "MatMul" and index == 1:
-        return LayerLayout(node, 0, -1, transpose=True)
-    if op == "Gemm" and index == 1:
-        trans_a = node.attributes.get_int("transA", 0)
-        return LayerLayout(node, 0, 0 if trans_a else 1, transpose=not node.attributes.get_int("transB", 0))
-    if op == "Conv" and index == 1:
-        group = node.attributes.get_int("group", 1) or 1
-        if group != 1:
-            return f"grouped Conv (group={group})"
-        return LayerLayout(node, 0, 1, transpose=False)
-    return f"{op} (input {index}) is not a layer SparseGPT updates"
+    found = contraction(node, index)
+    if isinstance(found, str):
+        return found
+    if node.op_type in ("MatMul", "Gemm") and index != 1:
+        return f"{node.op_type} weight on the left (input {index})"
+    if found.group != 1:
+        return f"grouped Conv (group={found.group})"
+    if node.op_type == "Gemm":
+        transpose = not node.attributes.get_int("transB", 0)  # B stored [in, out] unless transB
+    else:
+        transpose = node.op_type == "MatMul"  # MatMul weights are [in, out]; Conv [out, in, *kernel]
+    return LayerLayout(node, found.input_index, found.axis, transpose)
 
 
 def layer_layouts(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, LayerLayout | str]:

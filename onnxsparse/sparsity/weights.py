@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from ..graph._shapes import constant
 
-__all__ = ["QuantInfo", "WeightInfo", "find_weights", "LINEAR_OPS"]
+__all__ = ["QuantInfo", "WeightInfo", "Contraction", "contraction", "find_weights", "LINEAR_OPS"]
 
 _PASS_THROUGH = {"Cast", "Identity"}
 
@@ -81,6 +81,31 @@ class WeightInfo:
 
 
 # --------------------------------------------------------------- consumer table
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """Which input of a float linear node multiplies one of its weights, and along which axis."""
+
+    input_index: int
+    axis: int
+    group: int = 1  #: Conv groups
+
+
+def contraction(node: ir.Node, index: int) -> Contraction | str:
+    """The activation that ``node`` contracts with its input ``index`` (MatMul, Gemm, Conv), or why none."""
+    if node.domain not in ("", "ai.onnx"):
+        return f"{node.domain}::{node.op_type} has no activation statistics"
+    op = node.op_type
+    if op == "MatMul" and index in (0, 1):
+        return Contraction(1 - index, -1 if index == 1 else -2)
+    if op == "Gemm" and index == 1:  # A [M, K] (or [K, M] with transA) times the weight B
+        return Contraction(0, 0 if node.attributes.get_int("transA", 0) else 1)
+    if op == "Gemm" and index == 0:
+        return Contraction(1, 1 if node.attributes.get_int("transB", 0) else 0)
+    if op == "Conv" and index == 1:
+        return Contraction(0, 1, node.attributes.get_int("group", 1) or 1)
+    return f"{op} (input {index}) has no activation statistics"
 
 
 @dataclass(frozen=True)
