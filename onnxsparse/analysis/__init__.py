@@ -15,7 +15,6 @@ import numpy as np
 import onnx_ir as ir
 
 from ..formats import is_decode_node, read_storage
-from ..formats.storage import _np_dtype
 from .macs import MacContext, Macs, NodeMacs, count_macs, macs_table, mac_counters, node_macs, register_macs
 from .params import (
     WeightRef,
@@ -299,7 +298,7 @@ def _stored_tensors(model: ir.Model) -> tuple[StoredTensorStats, ...]:
     for name, spec in read_storage(model).items():
         payload = [model.graph.initializers.get(init) for init in spec.inputs.values()]
         stored = sum(v.const_value.nbytes for v in payload if v is not None and v.const_value is not None)
-        dense = int(np.prod(spec.shape, dtype=np.int64)) * _np_dtype(spec.dtype).itemsize
+        dense = int(np.prod(spec.shape, dtype=np.int64)) * spec.numpy_dtype.itemsize
         rows.append(StoredTensorStats(name, spec.format, spec.decoder, tuple(spec.shape), spec.dtype, dense, stored))
     return tuple(sorted(rows, key=lambda r: r.name))
 

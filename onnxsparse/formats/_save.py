@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from ..errors import ModelSaveError
 from ..io import save_model as _io_save_model
 from ._base import contiguous
-from .storage import _decode_groups, _drop_orphan_consts, _initializer, _np_dtype, read_storage, write_storage
+from .storage import _decode_groups, _drop_orphan_consts, _initializer, read_storage, write_storage
 
 __all__ = ["save_model"]
 
@@ -48,7 +48,7 @@ def save_model(
     sparse: list[onnx.SparseTensorProto] = []
     for name, spec in coo.items():
         if int(spec.params.get("count", -1)) == 0:  # all zeros: no payload was stored
-            values, indices = np.zeros(0, dtype=_np_dtype(spec.dtype)), np.zeros(0, dtype=np.int64)
+            values, indices = np.zeros(0, dtype=spec.numpy_dtype), np.zeros(0, dtype=np.int64)
         else:
             values = _initializer(graph, spec.inputs["values"])
             indices = _initializer(graph, spec.inputs["indices"]).astype(np.int64)

@@ -72,10 +72,13 @@ class StoredTensor:
     inputs: dict[str, str]
     params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return _np_dtype(self.dtype)
+
     def fill(self) -> np.ndarray:
-        dtype = _np_dtype(self.dtype)
         raw = bytes.fromhex(self.fill_bits)
-        return np.frombuffer(raw, dtype=dtype).reshape(())
+        return np.frombuffer(raw, dtype=self.numpy_dtype).reshape(())
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> StoredTensor:
@@ -296,10 +299,10 @@ def _initializer(graph: ir.Graph, name: str) -> np.ndarray:
 def decode_arrays(spec: StoredTensor, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     """The dense tensor ``spec`` describes, decoded with numpy from its payload ``arrays`` (by role)."""
     if int(spec.params.get("count", -1)) == 0:  # all fill: no payload is stored
-        array = np.full(tuple(spec.shape), spec.fill(), dtype=_np_dtype(spec.dtype))
+        array = np.full(tuple(spec.shape), spec.fill(), dtype=spec.numpy_dtype)
     else:
         array = get_codec(spec.format).decode(arrays, spec.params, tuple(spec.shape), spec.fill())
-    if array.dtype != _np_dtype(spec.dtype):
+    if array.dtype != spec.numpy_dtype:
         raise ModelLoadError(f"stored tensor {spec.name!r} decodes to {array.dtype}, metadata says {spec.dtype}")
     return array
 
