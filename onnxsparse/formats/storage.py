@@ -171,11 +171,10 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
     reason = codec.check(tensor, options)
     if reason:
         return reason
-    variants = [decoder] if decoder else list(codec.decoder_order(tensor))
-    refusals = [r for r in (codec.decoder_refusal(d, tensor) for d in variants) if r]
-    variants = [d for d in variants if not codec.decoder_refusal(d, tensor)]
+    refusals = {d: codec.decoder_refusal(d, tensor) for d in ([decoder] if decoder else codec.decoder_order(tensor))}
+    variants = [d for d, refusal in refusals.items() if refusal is None]
     if not variants:
-        return "; ".join(refusals)
+        return "; ".join(r for r in refusals.values() if r)
     usable = [d for d in variants if codec.min_opset(d, tensor.dtype) <= max_opset]
     if not usable:
         need = min(codec.min_opset(d, tensor.dtype) for d in variants)
