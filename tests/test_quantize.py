@@ -6,15 +6,17 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import run, sample, session
+from helpers import cli, run, sample, session
 from onnx import numpy_helper
 from test_quantize_helpers import (
     assert_zeros_exact,
     cnn_model,
-    dequantize_all,
+    by_source,
     float_weights,
+    int_weights,
     mlp_model,
     prune,
+    quantized_name,
 )
 
 import onnxsparse
@@ -23,6 +25,7 @@ from onnxsparse.quantize import (
     QuantizeConfig,
     check_zeros,
     find_quantized_weights,
+    match_sources,
     mode_names,
     parse_cpuinfo,
     quantize,
@@ -102,7 +105,7 @@ def test_int4_dequantization_matches_the_kernel():
     model = prune(mlp_model(), "elements")
     result = quantize(model, mode="int4", calib=_calib(model))
     after = ir.to_proto(result.model)
-    deq = dequantize_all(after)
+    deq = by_source(model, after)
     x = np.random.default_rng(3).standard_normal((5, 48)).astype(np.float32)
     # First layer: y1 = x @ W1 + b1, read off an intermediate output.
     probe = onnx.ModelProto()
@@ -112,7 +115,9 @@ def test_int4_dequantization_matches_the_kernel():
     got = run(probe, {"x": x})[1]
     np.testing.assert_allclose(got, x @ deq["w1"][0].astype(np.float32), rtol=1e-4, atol=1e-4)
     # And the library's dequantizer reads the same values.
-    lib = {w.source: w.values for w in find_quantized_weights(after)[0]}
+    weights = find_quantized_weights(after)[0]
+    assert not match_sources(model, after, weights)
+    lib = {w.source: w.values for w in weights}
     np.testing.assert_array_equal(lib["w1"], deq["w1"][0].astype(np.float32))
 
 
@@ -121,7 +126,8 @@ def test_zero_check_detects_a_broken_zero():
     model = prune(mlp_model(), "elements")
     result = quantize(model, mode="static", calib=_calib(model))
     after = ir.to_proto(result.model)
-    init = next(i for i in after.graph.initializer if i.name == "w1_quantized")
+    stored = quantized_name(model, after, "w1")
+    init = next(i for i in after.graph.initializer if i.name == stored)
     q = numpy_helper.to_array(init).copy()
     w1 = float_weights(model)["w1"]
     q[np.argwhere(w1 == 0)[0][0], np.argwhere(w1 == 0)[0][1]] = 5
@@ -139,7 +145,7 @@ def test_int8_weights_stay_plain_initializers():
         after = ir.to_proto(quantize(model, mode=mode, calib=_calib(model), **opts).model)
         stored = {i.name: i for i in after.graph.initializer}
         for name in float_weights(model):
-            init = stored[f"{name}_quantized"]
+            init = stored[quantized_name(model, after, name)]
             assert init.data_type == onnx.TensorProto.INT8, (mode, name)
             assert not any(n.op_type == "Constant" for n in after.graph.node)
 
@@ -304,10 +310,10 @@ def test_reduce_range_reaches_the_weights():
     """With reduce_range the symmetric int8 weights use 7 bits: |q| <= 64."""
     model = mlp_model()
     after = ir.to_proto(quantize(model, mode="static", calib=_calib(model), cpu=NO_VNNI).model)
-    q = numpy_helper.to_array(next(i for i in after.graph.initializer if i.name == "w1_quantized"))
+    q = int_weights(after)[quantized_name(model, after, "w1")]
     assert np.abs(q.astype(int)).max() <= 64
     after = ir.to_proto(quantize(model, mode="static", calib=_calib(model), cpu=VNNI).model)
-    q = numpy_helper.to_array(next(i for i in after.graph.initializer if i.name == "w1_quantized"))
+    q = int_weights(after)[quantized_name(model, after, "w1")]
     assert np.abs(q.astype(int)).max() == 127
 
 
@@ -374,3 +380,70 @@ def test_float16_models():
     for mode in ("dynamic", "static"):
         with pytest.raises(UsageError, match="float16/bfloat16.*need a float32 model"):
             quantize(model, mode=mode, calib=calib)
+
+
+# --------------------------------------------------------------------------- by structure, not by name
+
+
+def _renamed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every initializer, node and intermediate tensor renamed (inputs/outputs of the graph kept)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = {v.name for v in (*out.graph.input, *out.graph.output)}
+    names: dict[str, str] = {}
+
+    def new(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for init in out.graph.initializer:
+        init.name = new(init.name)
+    for i, node in enumerate(out.graph.node):
+        node.name = f"n{i}"
+        node.input[:] = [new(x) for x in node.input]
+        node.output[:] = [new(x) for x in node.output]
+    del out.graph.value_info[:]
+    return out
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=_id)
+def test_zero_check_reads_structure_not_names(setting):
+    """A quantizer that names things differently (onnxruntime 1.32 did) changes nothing in the check."""
+    mode, opts = setting
+    fp32 = prune(mlp_model(), "elements", min_size=16)
+    after = ir.to_proto(quantize(fp32, mode=mode, calib=_calib(fp32), check=False, **opts).model)
+    renamed = _renamed(after)
+    assert not {i.name for i in renamed.graph.initializer} & {i.name for i in after.graph.initializer}
+    plain, blind = check_zeros(fp32, after), check_zeros(fp32, renamed)
+    assert plain.passed and blind.passed, (plain.unmatched, blind.unmatched)
+    assert blind.weights_checked == plain.weights_checked >= 3
+    assert blind.zeros_before == plain.zeros_before > 0
+    weights = find_quantized_weights(renamed)[0]
+    assert not match_sources(fp32, renamed, weights)
+    assert {w.source for w in weights} >= {"w1", "w2", "w3"}
+
+
+def test_an_unverifiable_weight_fails_by_name(tmp_path, monkeypatch):
+    """A quantized weight we cannot tie to a float weight is a named failure (exit 1), never a warning."""
+    fp32 = prune(mlp_model(), "elements")
+    after = ir.to_proto(quantize(fp32, mode="dynamic", check=False).model)
+    stored = quantized_name(fp32, after, "w1")
+    init = next(i for i in after.graph.initializer if i.name == stored)
+    scrambled = np.random.default_rng(0).permutation(numpy_helper.to_array(init).ravel())
+    init.CopyFrom(numpy_helper.from_array(scrambled.reshape(tuple(init.dims)), stored))
+    check = check_zeros(fp32, after)
+    assert not check.passed and not check.verified
+    assert [u["initializer"] for u in check.unmatched] == [stored]
+    assert stored in check.failure()
+
+    import onnxsparse.quantize.api as api
+
+    monkeypatch.setattr(api, "check_zeros", lambda before, after: check)
+    src = tmp_path / "mlp.onnx"
+    onnx.save(fp32, src)
+    result = quantize(src, mode="dynamic", check=False)
+    assert not result.report.passed and stored in result.report.failures[0]
+    code, out, err = cli("quantize", src, "-o", tmp_path / "q.onnx", "--no-check")
+    assert code == 1
+    assert "NOT VERIFIED" in out and stored in err

@@ -11,7 +11,7 @@ import pytest
 from cli_asserts import one_line_error
 from helpers import DATA, cli, run, sample
 from onnx import numpy_helper
-from test_quantize_helpers import assert_zeros_exact, cnn_model, mlp_model, prune, wide_mlp
+from test_quantize_helpers import assert_zeros_exact, cnn_model, mlp_model, prune, quantized_name, wide_mlp
 
 
 @pytest.fixture()
@@ -154,7 +154,8 @@ def test_quantize_then_sparsify_stores_int8_sparse(tmp_path, mode, pattern):
     code, stdout, err = cli("sparsify", q, "-o", s, "--format", "auto", "--json")
     assert code == 0, err
     stored = {t["name"]: t["format"] for t in json.loads(stdout)["tensors"]}
-    assert stored["w1_quantized"] != "dense" and stored["w2_quantized"] != "dense", stored
+    names = [quantized_name(fp32, onnx.load(q), w) for w in ("w1", "w2")]
+    assert all(stored[name] != "dense" for name in names), stored
     # 80% zeros: int8 (1/4 of fp32) stored sparse is at least 2x smaller again.
     assert s.stat().st_size * 2 < q.stat().st_size < src.stat().st_size / 3
     x = {"x": np.random.default_rng(1).standard_normal((4, 256)).astype(np.float32)}
@@ -164,7 +165,7 @@ def test_quantize_then_sparsify_stores_int8_sparse(tmp_path, mode, pattern):
     assert code == 0, err
     before = {i.name: numpy_helper.to_array(i) for i in onnx.load(q).graph.initializer}
     after = {i.name: numpy_helper.to_array(i) for i in onnx.load(d).graph.initializer}
-    for name in ("w1_quantized", "w2_quantized"):
+    for name in names:
         assert after[name].dtype == np.int8
         np.testing.assert_array_equal(after[name], before[name])
     assert assert_zeros_exact(fp32, onnx.load(d), expect={"w1", "w2"}) > 0

@@ -16,9 +16,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 
-#: onnxruntime's names for a quantized copy of weight W, and onnxruntime's Conv+BN fusion prefix.
-_SUFFIXES = ("_quantized", "_DQ_Q4", "_Q4")
-_FUSED_PREFIX = "ConvBnFusion_W_"
 
 
 def _init(name: str, array: np.ndarray) -> TensorProto:
@@ -151,20 +148,36 @@ def prune(model: onnx.ModelProto, pattern: str, fraction: float = 0.5, seed: int
     return out
 
 
+def int_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The integer initializers of rank >= 2: a quantizer's weights, whatever it named them."""
+    return {
+        i.name: numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(i.dims) >= 2
+    }
+
+
+def quantized_name(before: onnx.ModelProto, after: onnx.ModelProto, weight: str) -> str:
+    """The initializer of ``after`` holding float weight ``weight`` of ``before`` (matched by value)."""
+    originals = float_weights(before)[weight]
+    for name, (values, _) in dequantize_all(after).items():
+        if by_source_one(values, originals):
+            return name
+    raise AssertionError(f"{weight} is not quantized")
+
+
+def by_source_one(values: np.ndarray, original: np.ndarray) -> bool:
+    aligned = orient(values, original) if values.size == original.size else None
+    bound = float(np.abs(original).max()) / 2 ** 6
+    return aligned is not None and float(np.max(np.abs(aligned - original))) <= bound
+
+
 def float_weights(model: onnx.ModelProto, min_rank: int = 2) -> dict[str, np.ndarray]:
     return {
         i.name: numpy_helper.to_array(i)
         for i in model.graph.initializer
         if i.data_type == TensorProto.FLOAT and len(i.dims) >= min_rank
     }
-
-
-def _source(name: str) -> str:
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name[len(_FUSED_PREFIX):] if name.startswith(_FUSED_PREFIX) else name
 
 
 def _per_axis(param: np.ndarray, ndim: int, axis: int) -> np.ndarray:
@@ -182,8 +195,26 @@ def _nibbles(packed: np.ndarray) -> np.ndarray:
     return np.stack([low, high], axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
+def _weight_scale(model: onnx.ModelProto, inits: dict[str, np.ndarray], node: onnx.NodeProto) -> np.ndarray:
+    """ConvInteger/MatMulInteger: the constant factor of the Mul that rescales the (Cast) integer result."""
+    by_input: dict[str, list[onnx.NodeProto]] = {}
+    by_output = {out: n for n in model.graph.node for out in n.output}
+    for n in model.graph.node:
+        for name in n.input:
+            by_input.setdefault(name, []).append(n)
+    tensor = node.output[0]
+    cast = next((n for n in by_input.get(tensor, []) if n.op_type == "Cast"), None)
+    tensor = cast.output[0] if cast is not None else tensor
+    mul = next(n for n in by_input[tensor] if n.op_type == "Mul")
+    other = mul.input[1] if mul.input[0] == tensor else mul.input[0]
+    if other in inits:
+        return inits[other]
+    (scale,) = [name for name in by_output[other].input if name in inits]
+    return inits[scale]
+
+
 def dequantize_all(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int]]:
-    """Source weight name -> (dequantized float values, bits) for every quantized weight."""
+    """Quantized initializer name -> (dequantized float values, bits) for every quantized weight."""
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out: dict[str, tuple[np.ndarray, int]] = {}
     for node in model.graph.node:
@@ -200,7 +231,7 @@ def dequantize_all(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int]]:
             else:
                 zero = 8
             w = ((codes - zero) * scales).reshape(n, k_blocks * block)[:, :k].T
-            out[_source(ins[1])] = (w, 4)
+            out[ins[1]] = (w, 4)
         elif node.op_type == "DequantizeLinear" and ins[0] in inits:
             q = inits[ins[0]]
             if q.dtype == np.int32:  # int32 biases
@@ -215,30 +246,65 @@ def dequantize_all(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int]]:
                 zero = np.repeat(zero, block, axis=axis).take(range(q.shape[axis]), axis=axis) if zero.size > 1 else zero.reshape(())
             else:
                 scale, zero = _per_axis(scale, q.ndim, axis), _per_axis(zero, q.ndim, axis)
-            out[_source(ins[0])] = ((q - zero) * scale, bits)
+            out[ins[0]] = ((q - zero) * scale, bits)
         elif node.op_type in ("QLinearConv", "QLinearMatMul", "QGemm") and ins[3] in inits:
             q = inits[ins[3]].astype(np.int64)
             trans_b = attrs.get("transB", 0)
             axis = 0 if node.op_type == "QLinearConv" or (node.op_type == "QGemm" and trans_b) else -1
             scale = _per_axis(inits[ins[4]].astype(np.float64), q.ndim, axis)
             zero = _per_axis(inits[ins[5]].astype(np.int64), q.ndim, axis)
-            out[_source(ins[3])] = ((q - zero) * scale, 8)
+            out[ins[3]] = ((q - zero) * scale, 8)
         elif node.op_type in ("ConvInteger", "MatMulInteger") and ins[1] in inits:
             q = inits[ins[1]].astype(np.int64)
             axis = 0 if node.op_type == "ConvInteger" else -1
-            weight = ins[1].removesuffix("_quantized")  # the scale Mul reads <weight>_scale
-            scale = _per_axis(inits[weight + "_scale"].astype(np.float64), q.ndim, axis)
+            scale = _per_axis(_weight_scale(model, inits, node).astype(np.float64), q.ndim, axis)
             zero = _per_axis(inits[ins[3]].astype(np.int64), q.ndim, axis) if ins[3] else 0
-            out[_source(ins[1])] = ((q - zero) * scale, 8)
+            out[ins[1]] = ((q - zero) * scale, 8)
     return out
 
 
-def orient(values: np.ndarray, original: np.ndarray) -> np.ndarray:
+def orient(values: np.ndarray, original: np.ndarray) -> np.ndarray | None:
     """Quantizers transpose Gemm(transB=1) weights; undo it (test weights are never square)."""
     if values.shape == original.shape:
         return values
-    assert values.ndim == 2 and values.T.shape == original.shape, (values.shape, original.shape)
-    return values.T
+    if values.ndim == 2 and values.T.shape == original.shape:
+        return values.T
+    return None
+
+
+def _row_cosine(values: np.ndarray, original: np.ndarray) -> float:
+    """Smallest |cosine| between matching output rows: 1 for a weight rescaled per row (BatchNorm folding)."""
+    a, b = values.reshape(values.shape[0], -1), original.reshape(original.shape[0], -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    live = norms > 0
+    if not live.any():
+        return 1.0
+    return float(np.min(np.abs(np.sum(a * b, axis=1)[live]) / norms[live]))
+
+
+def by_source(before: onnx.ModelProto, after: onnx.ModelProto, *, rescaled: bool = False
+              ) -> dict[str, tuple[np.ndarray, int]]:
+    """Float weight name of ``before`` -> (its dequantized values in ``after``, bits), matched by value.
+
+    Names are not read (quantizers rename weights).  A quantized weight belongs
+    to the float weight of the same size it is closest to; ``rescaled`` allows
+    per-row rescaling (BatchNorm folded into the weight) by matching row
+    directions instead of values.
+    """
+    originals = float_weights(before)
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    for values, bits in dequantize_all(after).values():
+        best, best_score = None, -np.inf
+        for name, original in originals.items():
+            aligned = orient(values, original) if values.size == original.size else None
+            if aligned is None:
+                continue
+            score = _row_cosine(aligned, original) if rescaled else -float(np.max(np.abs(aligned - original)))
+            if score > best_score:
+                best, best_score = (name, aligned), score
+        if best is not None and (best_score > 0.9 if rescaled else True):  # other weights score ~0
+            out[best[0]] = (best[1], bits)
+    return out
 
 
 def assert_zeros_exact(before: onnx.ModelProto, after: onnx.ModelProto, *, check_error: bool = True,
@@ -251,7 +317,7 @@ def assert_zeros_exact(before: onnx.ModelProto, after: onnx.ModelProto, *, check
     zero point (off for weights the quantizer rescaled, e.g. BatchNorm folding).
     """
     originals = float_weights(before)
-    deq = dequantize_all(after)
+    deq = by_source(before, after, rescaled=not check_error)
     if expect is not None:
         missing = expect - set(deq)
         assert not missing, f"not quantized: {sorted(missing)}"
@@ -260,7 +326,6 @@ def assert_zeros_exact(before: onnx.ModelProto, after: onnx.ModelProto, *, check
         if name not in originals:
             continue
         original = originals[name]
-        values = orient(values, original)
         zeros = original == 0
         bad = int(np.count_nonzero(values[zeros] != 0))
         assert bad == 0, f"{name}: {bad} of {int(zeros.sum())} zeros are no longer exact zeros"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import SUMMARIES
 from ..calibration.data import parse_shapes
@@ -131,4 +132,9 @@ def run(args: argparse.Namespace) -> int:
         print(dump_json(data))
     else:
         print(format_summary(report))
+    if not report.passed:
+        for failure in report.failures:
+            print(f"onnxsparse quantize: {failure} (the model was written for inspection)"
+                  if report.output else f"onnxsparse quantize: {failure}", file=sys.stderr)
+        return 1
     return 0

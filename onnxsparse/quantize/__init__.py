@@ -30,7 +30,7 @@ from .config import (
 from .cpu import CpuInfo, detect_cpu, parse_cpuinfo
 from .modes import DEFAULT_MODES, QuantMode, get_mode, mode_names, register_mode
 from .report import QuantizeReport, format_summary
-from .weights import QuantizedWeight, ZeroCheck, check_zeros, find_quantized_weights
+from .weights import QuantizedWeight, ZeroCheck, check_zeros, find_quantized_weights, match_sources
 
 __all__ = [
     "quantize",
@@ -59,6 +59,7 @@ __all__ = [
     "ZeroCheck",
     "check_zeros",
     "find_quantized_weights",
+    "match_sources",
 ]
 
 

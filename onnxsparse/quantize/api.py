@@ -196,14 +196,6 @@ def _analyse(planned: onnx.ModelProto, quant_input: onnx.ModelProto, after: onnx
 
 def _warnings(outcome: _Outcome, settings: QuantizeSettings, cpu: CpuInfo, quant_mode) -> list[str]:
     out: list[str] = []
-    zeros = outcome.zeros
-    if not zeros.exact:
-        out.append(
-            f"{zeros.zeros_before - zeros.zeros_kept} weight zeros are no longer exact zeros "
-            "(see zeros.violations); symmetric weights (the default) keep them"
-        )
-    if zeros.unmatched:
-        out.append(f"{len(zeros.unmatched)} quantized initializer(s) could not be checked for zeros")
     out.extend(quant_mode.advice(settings, outcome.ops_after))
     if settings.reduce_range is False and cpu.u8s8_may_saturate and settings.mode != "int4":
         out.append(f"{cpu.describe()} and --no-reduce-range: int8 results may saturate; validate accuracy")
@@ -361,6 +353,7 @@ def quantize(
         excluded=rename_rows(outcome.excluded, origin),
         removed=rename_rows(outcome.removed, origin),
         zeros=outcome.zeros.as_dict(),
+        failures=[failure] if (failure := outcome.zeros.failure()) else [],
         check=fidelity,
         ops_before=outcome.ops_before,
         ops_after=outcome.ops_after,

@@ -39,6 +39,7 @@ class QuantizeReport:
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -52,9 +53,15 @@ class QuantizeReport:
     def zeros_exact(self) -> bool:
         return bool(self.zeros.get("exact", False))
 
+    @property
+    def passed(self) -> bool:
+        """The promise held: every quantized weight was checked and every pruned zero is still zero."""
+        return not self.failures
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["bytes_ratio"] = self.bytes_ratio
+        data["passed"] = self.passed
         return data
 
 
@@ -112,8 +119,12 @@ def format_summary(report: QuantizeReport, max_rows: int = 15) -> str:
     elif z.get("weights_checked"):
         zeros = f"{z['zeros_kept']}/{z['zeros_before']} exact zeros kept in {z['weights_checked']} weights"
         zeros += "" if z.get("exact") else "  <-- NOT EXACT"
-    else:
+    elif not z.get("unmatched"):
         zeros = "no quantized weights to check"
+    else:
+        zeros = "nothing checked"
+    if z.get("unmatched"):
+        zeros += f"  <-- {len(z['unmatched'])} quantized weight(s) NOT VERIFIED"
     reduce_range = s.get("reduce_range")
     rr = "n/a" if reduce_range is None else ("on" if reduce_range else "off")
     rr_reason = s.get("reasons", {}).get("reduce_range", "")
@@ -146,4 +157,6 @@ def format_summary(report: QuantizeReport, max_rows: int = 15) -> str:
         out.append(format_table(["node", "op", "reason"], table, title=title))
     for warning in report.warnings:
         out.append(f"warning: {warning}")
+    for failure in report.failures:
+        out.append(f"FAILED: {failure}")
     return "\n".join(out)

@@ -342,8 +342,8 @@ def _run_quantize(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     notes = [f"{report.mode} ({settings.get('format')}): {len(report.quantized)} node(s) quantized"
              + (f", {excluded} excluded" if excluded else "")
              + ("; zeros exact" if zeros.get("exact") else "; ZEROS NOT EXACT")]
-    notes += list(report.warnings)
-    return StepOutcome(report.as_dict(), notes)
+    notes = [f"FAILED: {failure}" for failure in report.failures] + notes + list(report.warnings)
+    return StepOutcome(report.as_dict(), notes, passed=report.passed if report.failures else None)
 
 
 @register_executor("densify")
