@@ -37,7 +37,9 @@ def test_json_rows_and_throughput():
     assert set(row) == ROW_KEYS
     lat = row["latency"]
     assert lat["batch"] == 2 and lat["runs"] == 4 and len(lat["samples_ms"]) == 4
-    assert lat["throughput"] == pytest.approx(2 * 4 / (sum(lat["samples_ms"]) / 1000), rel=1e-9)
+    assert lat["throughput"] == pytest.approx(2 * 1000 / float(np.median(lat["samples_ms"])), rel=1e-9)
+    assert lat["stopped_by"] == "runs" and lat["budget_seconds"] is None
+    assert data["settings"]["runs"] == 4 and data["settings"]["budget_seconds"] is None
     assert row["memory"]["session_bytes"] > 0  # memory is on by default
     assert data["models"][0]["file_bytes"] == sample("digits_cnn").stat().st_size
 
@@ -79,3 +81,19 @@ def test_model_that_needs_a_shape_says_so():
     assert code == 0, err
     assert json.loads(out)["rows"][0]["latency"]["runs"] == 2
     assert np.isfinite(json.loads(out)["rows"][0]["latency"]["p50_ms"])
+
+
+def test_budget_flags_reach_settings_and_rows():
+    """Without --runs the loop is timed by a budget; only bounds are asserted, never speed."""
+    code, out, err = cli("bench", sample("digits_cnn"), "--budget", "0.01", "--min-runs", "3", "--max-runs", "40",
+                         "--warmup", "0", "--no-memory", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert {k: data["settings"][k] for k in ("runs", "budget_seconds", "min_runs", "max_runs")} == {
+        "runs": None, "budget_seconds": 0.01, "min_runs": 3, "max_runs": 40}
+    lat = data["rows"][0]["latency"]
+    assert 3 <= lat["runs"] <= 40 and len(lat["samples_ms"]) == lat["runs"]
+    assert lat["stopped_by"] in ("budget", "min_runs", "max_runs") and lat["budget_seconds"] == 0.01
+    assert lat["stopped_by"] != "budget" or lat["loop_seconds"] >= 0.01
+    code, _, err = cli("bench", sample("digits_cnn"), "--runs", "3", "--max-runs", "9", "--no-memory")
+    assert code == 2 and "--runs fixes the number of timed runs" in err

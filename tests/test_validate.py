@@ -190,6 +190,7 @@ def test_extra_candidate_outputs_are_noted(tmp_path):
         (("--report", "out.pdf"), "unknown report format '.pdf'"),
         (("--data", DIGITS_X, "--batch", "0"), "--batch must be >= 1"),
         (("--runs", "0"), "--runs must be >= 1"),
+        (("--budget", "2"), "--runs fixes the number of timed runs"),  # FAST passes --runs
         (("--data", "missing.npz"), "data not found"),
         (("--label-output", "nope"), "--label-output 'nope' is not a reference output"),
     ],
@@ -289,7 +290,8 @@ JSON_KEYS = {
                     "candidate", "latency_ratio", "speedup", "fidelity", "metrics"},
     "providers[].reference": {"session_seconds", "session_samples_s", "latency", "memory", "memory_note"},
     "providers[].reference.latency": {"runs", "batch", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms",
-                                      "max_ms", "throughput", "samples_ms"},
+                                      "max_ms", "throughput", "stopped_by", "budget_seconds", "loop_seconds",
+                                      "samples_ms"},
     "providers[].reference.memory": {"peak_rss_bytes", "session_bytes", "method"},
     "providers[].fidelity[]": {"name", "candidate_name", "shape", "dtype", "classifier", "elements",
                                "max_abs_error", "mean_abs_error", "rel_error", "cosine", "cosine_min",
@@ -297,7 +299,8 @@ JSON_KEYS = {
     "providers[].metrics[]": {"name", "output", "reference", "candidate", "drop", "higher_is_better"},
     "checks[]": {"name", "limit", "observed", "where", "passed", "reason"},
     "settings": {"data", "samples", "labels", "metrics", "providers", "threads", "batch", "warmup", "runs",
-                 "memory", "session_repeats", "seed", "output_pairs", "thresholds"},
+                 "budget_seconds", "min_runs", "max_runs", "memory", "session_repeats", "seed", "output_pairs",
+                 "thresholds"},
     "environment": {"onnxsparse", "onnxruntime", "available_providers", "python", "platform", "cpu", "cpu_count"},
 }
 

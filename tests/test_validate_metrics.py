@@ -174,7 +174,7 @@ def test_latency_stats_known_answer():
     assert stats.p50_ms == pytest.approx(50.5) and stats.p90_ms == pytest.approx(90.1)
     assert stats.p99_ms == pytest.approx(99.01) and stats.min_ms == 1 and stats.max_ms == 100
     assert stats.mean_ms == pytest.approx(50.5)
-    assert stats.throughput == pytest.approx(4 * 100 / (5050 / 1000))
+    assert stats.throughput == pytest.approx(4 * 1000 / 50.5)  # batch / p50 (ms)
 
 
 def test_measure_interleaved_alternates_order_and_counts():

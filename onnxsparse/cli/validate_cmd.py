@@ -27,6 +27,7 @@ examples:
 
 def add_run_options(p: argparse.ArgumentParser, *, multi: bool) -> None:
     """Options ``validate`` and ``bench`` share (``multi``: comma lists for threads/batch)."""
+    from ..validate.latency import DEFAULT_BUDGET, DEFAULT_MAX_RUNS, DEFAULT_MIN_RUNS
     from ..validate.providers import provider_names
 
     p.add_argument("--data", default="random",
@@ -49,7 +50,17 @@ def add_run_options(p: argparse.ArgumentParser, *, multi: bool) -> None:
         p.add_argument("--batch", type=int, default=None, metavar="N",
                        help="samples per run, for outputs and latency (default: the model's fixed batch or 1)")
     p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs per model first (default 10)")
-    p.add_argument("--runs", type=int, default=100, metavar="N", help="timed runs per model (default 100)")
+    timing = p.add_argument_group(
+        "timing (default: interleaved rounds until --budget seconds per model, within --min-runs..--max-runs)")
+    timing.add_argument("--runs", type=int, default=None, metavar="N",
+                        help="exactly N timed runs per model instead of a time budget")
+    timing.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="keep timing until the interleaved runs took SECONDS per model "
+                             f"(default {DEFAULT_BUDGET:g})")
+    timing.add_argument("--min-runs", type=int, default=None, metavar="N",
+                        help=f"with the budget: at least N timed runs per model (default {DEFAULT_MIN_RUNS})")
+    timing.add_argument("--max-runs", type=int, default=None, metavar="N",
+                        help=f"with the budget: at most N timed runs per model (default {DEFAULT_MAX_RUNS})")
     p.add_argument("--session-repeats", type=int, default=3, metavar="N",
                    help="create each session N times, interleaved, and report the fastest (default 3)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
@@ -105,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         warmup=args.warmup,
         runs=args.runs,
+        budget=args.budget,
+        min_runs=args.min_runs,
+        max_runs=args.max_runs,
         batch=args.batch,
         shapes=parse_shapes(args.shape),
         samples=args.samples,

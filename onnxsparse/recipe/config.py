@@ -569,7 +569,10 @@ class ValidateStep(Step):
     samples: int | None = None
     seed: int = 0
     warmup: int = 10
-    runs: int = 100
+    runs: int | None = None
+    budget: float | None = None
+    min_runs: int | None = None
+    max_runs: int | None = None
     session_repeats: int = 3
     memory: bool = True
     gates: tuple[tuple[str, float], ...] = ()
@@ -589,7 +592,14 @@ class ValidateStep(Step):
             FieldSpec("samples", "samples", F.optional(F.integer(1)), "samples used (random: generated)", "int >= 1"),
             FieldSpec("seed", "seed", F.integer(), "seed of random data", "int"),
             FieldSpec("warmup", "warmup", F.integer(0), "untimed runs per model", "int >= 0"),
-            FieldSpec("runs", "runs", F.integer(1), "timed runs per model", "int >= 1"),
+            FieldSpec("runs", "runs", F.optional(F.integer(1)),
+                      "exactly this many timed runs per model instead of a time budget", "int >= 1"),
+            FieldSpec("budget", "budget", F.optional(F.number(0)),
+                      "without runs: time the models for this many seconds per model (default 1)", "seconds"),
+            FieldSpec("min_runs", "min_runs", F.optional(F.integer(1)),
+                      "without runs: at least this many timed runs per model (default 10)", "int >= 1"),
+            FieldSpec("max_runs", "max_runs", F.optional(F.integer(1)),
+                      "without runs: at most this many timed runs per model (default 100000)", "int >= 1"),
             FieldSpec("session_repeats", "session_repeats", F.integer(1), "session creations per model", "int >= 1"),
             FieldSpec("memory", "memory", F.boolean, "measure peak memory (a child process per model)", "bool"),
         )
@@ -604,11 +614,12 @@ class ValidateStep(Step):
         from ..validate import validate
 
         covered = {"reference", "candidate", "data", "labels", "metrics", "label_output", "providers", "threads",
-                   "warmup", "runs", "batch", "shapes", "samples", "seed", "output_map", "memory", "session_repeats",
-                   "thresholds", "require_providers", "progress"}
+                   "warmup", "runs", "budget", "min_runs", "max_runs", "batch", "shapes", "samples", "seed",
+                   "output_map", "memory", "session_repeats", "thresholds", "require_providers", "progress"}
         return _signature_extras(validate, covered)
 
     def check(self) -> None:
+        from ..validate.latency import latency_plan
         from ..validate.metrics import resolve_metric
         from ..validate.providers import resolve_providers
         from ..validate.thresholds import check_threshold_inputs
@@ -626,6 +637,10 @@ class ValidateStep(Step):
             resolve_providers(",".join(self.providers))
         except UsageError as exc:
             raise Bad(str(exc), key="providers") from None
+        try:
+            latency_plan(self.runs, self.budget, self.min_runs, self.max_runs)
+        except UsageError as exc:
+            raise Bad(str(exc), key=str(exc).split()[0].lstrip("-").replace("-", "_")) from None  # "--min-runs ..."
         for name, _ in self.gates:
             try:
                 check_threshold_inputs({name: dict(self.gates)[name]}, labels=self.labels is not None,
@@ -638,6 +653,7 @@ class ValidateStep(Step):
         return dict(
             data=self.data, labels=self.labels, metrics=list(self.metric) or None, label_output=self.label_output,
             providers=",".join(self.providers), threads=self.threads, warmup=self.warmup, runs=self.runs,
+            budget=self.budget, min_runs=self.min_runs, max_runs=self.max_runs,
             batch=self.batch, samples=self.samples, seed=self.seed, output_map=dict(self.output_map) or None,
             memory=self.memory, session_repeats=self.session_repeats, thresholds=dict(self.gates),
             require_providers=self.require_providers, **self.extra_kwargs(),

@@ -46,6 +46,18 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+#: Dots drawn per box-plot series at most; longer series (time-budgeted latency of a fast
+#: model: tens of thousands of runs) draw this many evenly spaced quantiles, min and max included.
+MAX_DOTS = 1000
+
+
+def _dots(vals: np.ndarray) -> np.ndarray:
+    """Every value, in order, or ``MAX_DOTS`` evenly spaced quantiles of a longer series."""
+    if vals.size <= MAX_DOTS:
+        return vals
+    return np.sort(vals)[np.linspace(0, vals.size - 1, MAX_DOTS).round().astype(np.int64)]
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """Round tick values covering [lo, hi] (about ``count`` of them)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -87,7 +99,8 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 
 def box_plot(series: Sequence[Series], *, title: str, unit: str = "ms", width: int = 760) -> str:
-    """Horizontal box plots (quartiles, whiskers at 1.5 IQR, p99 tick) with every value as a dot.
+    """Horizontal box plots (quartiles, whiskers at 1.5 IQR, p99 tick) with every value as a dot
+    (up to ``MAX_DOTS`` per series; beyond, that many evenly spaced quantiles).
 
     The axis turns logarithmic when the values span more than 30x (models of
     very different cost side by side); a series' rare stalls beyond 1.5x its
@@ -134,8 +147,9 @@ def box_plot(series: Sequence[Series], *, title: str, unit: str = "ms", width: i
         iqr = q3 - q1
         w_lo = float(vals[vals >= q1 - 1.5 * iqr].min())
         w_hi = float(vals[vals <= q3 + 1.5 * iqr].max())
+        thinned = f"; {MAX_DOTS} evenly spaced quantiles drawn" if vals.size > MAX_DOTS else ""
         tip = (f"{s.label}: p50 {_fmt(med)} {unit}, p90 {_fmt(p90)}, p99 {_fmt(p99)}, "
-               f"min {_fmt(vals.min())}, max {_fmt(vals.max())} ({vals.size} runs)")
+               f"min {_fmt(vals.min())}, max {_fmt(vals.max())} ({vals.size} runs{thinned})")
         parts.append(f"<g class='series' data-label='{escape(s.label, quote=True)}' data-count='{vals.size}'>")
         parts.append(f"<title>{escape(tip)}</title>")
         parts.append(f"<line x1='{sx(w_lo):.1f}' y1='{cy:.1f}' x2='{sx(w_hi):.1f}' y2='{cy:.1f}' "
@@ -149,7 +163,7 @@ def box_plot(series: Sequence[Series], *, title: str, unit: str = "ms", width: i
                      f"y2='{cy + 12:.1f}' stroke='{s.color}' stroke-width='3' data-value='{med:.6g}'/>")
         parts.append(f"<path class='p99' d='M{sx(p99):.1f},{cy - 16:.1f} l-4,-6 h8 z' fill='{s.color}'>"
                      f"<title>p99 {_fmt(p99)} {escape(unit)}</title></path>")
-        for i, v in enumerate(vals):
+        for i, v in enumerate(_dots(vals)):
             off = v > ticks[-1]
             parts.append(f"<circle class='pt{' off' if off else ''}' cx='{sx(v):.1f}' cy='{cy + _jitter(i) * 18:.1f}' "
                          f"r='{3 if off else 2}' fill='{s.color}' fill-opacity='{0.9 if off else 0.45}' "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ def _r(value: float | None, digits: int = 4) -> float | None:
 
 def _rate(value: float | None) -> float | int | None:
     """Samples per second: whole numbers once they are large."""
-    if value is None:
+    if value is None or not math.isfinite(value):  # inf: a p50 below the clock's resolution
         return None
     return round(value) if value >= 100 else _r(value, 3)
 
@@ -45,12 +46,21 @@ def _mem(session: SessionResult | None) -> str | None:
     return human_bytes(session.memory.session_bytes)
 
 
+def _timing(settings: dict[str, Any]) -> str:
+    """``100 interleaved runs`` or ``interleaved runs for 1 s per model (10-100000 runs)``."""
+    if settings.get("runs") is not None or settings.get("budget_seconds") is None:
+        return f"{settings.get('runs')} interleaved runs"
+    return (f"interleaved runs for {settings['budget_seconds']:g} s per model "
+            f"({settings['min_runs']}-{settings['max_runs']} runs)")
+
+
 def _session_row(p: ProviderResult, role: str, session: SessionResult | None, ratio: str | None) -> list[Any]:
     lat = session.latency if session else None
     return [
         p.provider, role,
         _r(lat.p50_ms) if lat else None, _r(lat.p90_ms) if lat else None, _r(lat.p99_ms) if lat else None,
         _rate(lat.throughput) if lat else None,
+        lat.runs if lat else None,
         _r(session.session_seconds, 3) if session else None,
         _mem(session),
         ratio,
@@ -70,14 +80,14 @@ def validation_tables(result: ValidationResult) -> list[Table]:
     latency_rows: list[list[Any]] = []
     for p in result.providers:
         if not p.available:
-            latency_rows.append([p.provider, "UNAVAILABLE", None, None, None, None, None, None, None])
+            latency_rows.append([p.provider, "UNAVAILABLE", None, None, None, None, None, None, None, None])
             continue
         latency_rows.append(_session_row(p, "reference", p.reference, None))
         latency_rows.append(_session_row(p, "candidate", p.candidate, _ratio(p.latency_ratio)))
     latency = Table(
         f"Latency (batch {result.settings['batch']}, threads {result.settings['threads'] or 'auto'}, "
-        f"{result.settings['runs']} interleaved runs after {result.settings['warmup']} warm-up)",
-        ("provider", "model", "p50 ms", "p90 ms", "p99 ms", "samples/s", "session s", "memory", "p50 ratio"),
+        f"{_timing(result.settings)} after {result.settings['warmup']} warm-up; samples/s = batch / p50)",
+        ("provider", "model", "p50 ms", "p90 ms", "p99 ms", "samples/s", "runs", "session s", "memory", "p50 ratio"),
         latency_rows,
     )
     tables = [models, latency]
@@ -158,12 +168,13 @@ def bench_tables(result: BenchResult) -> list[Table]:
             _r(lat.p50_ms) if lat else None,
             _r(lat.p90_ms) if lat else None, _r(lat.p99_ms) if lat else None,
             _rate(lat.throughput) if lat else None,
+            lat.runs if lat else None,
             _r(row.session_seconds, 3), human_bytes(row.memory.session_bytes) if row.memory else None,
         ])
     table = Table(
-        f"Latency ({result.settings['runs']} interleaved runs after {result.settings['warmup']} warm-up)",
-        ("model", "provider", "threads", "batch", "status", "p50 ms", "p90 ms", "p99 ms", "samples/s", "session s",
-         "memory"),
+        f"Latency ({_timing(result.settings)} after {result.settings['warmup']} warm-up; samples/s = batch / p50)",
+        ("model", "provider", "threads", "batch", "status", "p50 ms", "p90 ms", "p99 ms", "samples/s", "runs",
+         "session s", "memory"),
         rows,
     )
     return [models, table]

@@ -19,7 +19,7 @@ from ..errors import OnnxSparseError, UsageError
 from ..report import to_jsonable
 from ._common import check_counts, environment, fixed_batch, is_random, latency_feeds, model_info, progress_bar
 from .compat import PreparedModel, prepare_model
-from .latency import LatencyStats, measure_interleaved
+from .latency import LatencyPlan, LatencyStats, latency_plan, measure_interleaved
 from .memory import MemoryStats, probe_memory
 from .providers import ProviderSession, ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
 from .result import ModelInfo
@@ -98,7 +98,7 @@ def _measure_config(
     sessions: Sequence[ProviderSession],
     *,
     warmup: int,
-    runs: int,
+    plan: LatencyPlan,
     memory: bool,
     bar,
 ) -> list[BenchRow]:
@@ -121,14 +121,14 @@ def _measure_config(
         bar.set_description(f"{spec.name} t={threads or 'auto'} b={batch_request or 'model'}")
         stats = measure_interleaved(
             [ps.session for _, ps, _, _ in live], [feeds for *_, feeds in live],
-            batches=[row.batch for row, *_ in live], warmup=warmup, runs=runs, tick=bar.update,
+            batches=[row.batch for row, *_ in live], warmup=warmup, plan=plan, tick=bar.update,
         )
         available = ort.get_available_providers()
         for (row, _, model, feeds), stat in zip(live, stats):
             row.latency = stat
             if memory:
                 row.memory, row.memory_note = probe_memory(
-                    model.path, spec, threads, feeds, available=available, runs=min(runs, 5))
+                    model.path, spec, threads, feeds, available=available, runs=plan.probe_runs)
                 bar.update(1)
     return rows
 
@@ -156,13 +156,21 @@ def bench(
     threads: Iterable[int | None] | int | str | None = None,
     batches: Iterable[int | None] | int | str | None = None,
     warmup: int = 10,
-    runs: int = 100,
+    runs: int | None = None,
     memory: bool = True,
     session_repeats: int = 3,
     progress: bool = False,
+    budget: float | None = None,
+    min_runs: int | None = None,
+    max_runs: int | None = None,
 ) -> BenchResult:
-    """Benchmark ``models`` (paths, bytes, protos or ``onnx_ir`` models) in every configuration."""
-    check_counts(warmup, runs, session_repeats)
+    """Benchmark ``models`` (paths, bytes, protos or ``onnx_ir`` models) in every configuration.
+
+    Latency: ``runs`` fixed rounds, or (default) rounds until ``budget`` seconds per model
+    (default 1), at least ``min_runs`` (10), at most ``max_runs`` (100000); see :func:`latency_plan`.
+    """
+    plan = latency_plan(runs, budget, min_runs, max_runs)
+    check_counts(warmup, plan.runs or plan.min_runs, session_repeats)
     specs = resolve_providers(providers)
     thread_list = _as_list(threads, "threads")
     batch_list = _as_list(batches, "batch")
@@ -182,7 +190,7 @@ def bench(
             infos.append(model_info(model, stat_shapes))
         notes += [f"{info.path}: {info.stats_note}" for info in infos if info.stats_note]
 
-        per_config = len(prepared) * (warmup + runs + (1 if memory else 0))
+        per_config = len(prepared) * (warmup + plan.progress_units() + (1 if memory else 0))
         bar = progress_bar(per_config * len(specs) * len(thread_list) * len(batch_list), progress, "bench")
         rows: list[BenchRow] = []
         try:
@@ -193,7 +201,7 @@ def bench(
                                              repeats=session_repeats, labels=[m.display for m in prepared])
                     for batch in batch_list:
                         rows += _measure_config(spec, threads_value, batch, prepared, sources, sessions,
-                                                warmup=warmup, runs=runs, memory=memory, bar=bar)
+                                                warmup=warmup, plan=plan, memory=memory, bar=bar)
                     del sessions
         finally:
             bar.close()
@@ -208,7 +216,7 @@ def bench(
         "threads": thread_list,
         "batches": batch_list,
         "warmup": warmup,
-        "runs": runs,
+        **plan.settings(),
         "memory": memory,
         "session_repeats": session_repeats,
         "seed": seed,

@@ -30,7 +30,7 @@ from ._common import (
     resolve_batch,
 )
 from .compat import PreparedModel, check_inputs, match_outputs, parse_output_map, prepare_model
-from .latency import measure_interleaved
+from .latency import LatencyPlan, latency_plan, measure_interleaved
 from .memory import probe_memory
 from .metrics import FidelityAccumulator, Metric, resolve_metric
 from .providers import ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
@@ -98,7 +98,7 @@ def _run_provider(
     metrics: Sequence[Metric],
     threads: int | None,
     warmup: int,
-    runs: int,
+    plan: LatencyPlan,
     memory: bool,
     session_repeats: int,
     bar,
@@ -148,7 +148,7 @@ def _run_provider(
     bar.set_description(f"{spec.name}: latency")
     feeds = latency_feeds(source, batch)
     ref_lat, cand_lat = measure_interleaved(
-        [ref_s.session, cand_s.session], [feeds, feeds], batches=[batch, batch], warmup=warmup, runs=runs,
+        [ref_s.session, cand_s.session], [feeds, feeds], batches=[batch, batch], warmup=warmup, plan=plan,
         tick=bar.update,
     )
     result.reference = SessionResult(ref_s.seconds, ref_lat, session_samples_s=ref_s.creation_seconds)
@@ -160,7 +160,7 @@ def _run_provider(
         available = ort.get_available_providers()
         for model, session_result in ((reference, result.reference), (candidate, result.candidate)):
             session_result.memory, session_result.memory_note = probe_memory(
-                model.path, spec, threads, feeds, available=available, runs=min(runs, 5))
+                model.path, spec, threads, feeds, available=available, runs=plan.probe_runs)
             bar.update(1)
     return result
 
@@ -176,7 +176,7 @@ def validate(
     providers: str | Iterable[str | ProviderSpec] = ("cpu",),
     threads: int | None = None,
     warmup: int = 10,
-    runs: int = 100,
+    runs: int | None = None,
     batch: int | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     samples: int | None = None,
@@ -187,6 +187,9 @@ def validate(
     thresholds: Mapping[str, float] | None = None,
     require_providers: bool = False,
     progress: bool = False,
+    budget: float | None = None,
+    min_runs: int | None = None,
+    max_runs: int | None = None,
     **limits: float,
 ) -> ValidationResult:
     """Compare ``candidate`` with ``reference``; see ``docs/validate.md``.
@@ -197,9 +200,12 @@ def validate(
     used).  ``labels``: array or ``.npy``/``.npz`` (one per sample) enabling
     ``metrics`` (default ``["top1"]``) on ``label_output`` (default: first
     output).  Gates: ``thresholds={"min_cosine": 0.999}`` or the same as keyword
-    arguments (``max_latency_ratio=1.0``); see :data:`THRESHOLDS`.
+    arguments (``max_latency_ratio=1.0``); see :data:`THRESHOLDS`.  Latency: ``runs``
+    fixed rounds, or (default) rounds until ``budget`` seconds per model (default 1) and
+    at least ``min_runs`` (10), at most ``max_runs`` (100000); see :func:`latency_plan`.
     """
-    check_counts(warmup, runs, session_repeats)
+    plan = latency_plan(runs, budget, min_runs, max_runs)
+    check_counts(warmup, plan.runs or plan.min_runs, session_repeats)
     all_limits = check_threshold_inputs({**dict(thresholds or {}), **limits}, labels=labels is not None,
                                         memory=memory)
     if metrics is not None and labels is None:
@@ -237,7 +243,7 @@ def validate(
         ref_info, cand_info = model_info(ref, stat_shapes), model_info(cand, stat_shapes)
         notes += [f"{info.role}: {info.stats_note}" for info in (ref_info, cand_info) if info.stats_note]
 
-        per_provider = 2 * (usable // batch) + 2 * (warmup + runs) + (2 if memory else 0)
+        per_provider = 2 * (usable // batch) + 2 * (warmup + plan.progress_units()) + (2 if memory else 0)
         bar = progress_bar(per_provider * len(specs), progress, "validate")
         results: list[ProviderResult] = []
         try:
@@ -245,7 +251,7 @@ def validate(
                 results.append(_run_provider(
                     spec, ref, cand, pairs=pairs, source=source, batch=batch, labels=label_array,
                     label_output=label_output, metrics=metric_list if label_array is not None else [],
-                    threads=threads, warmup=warmup, runs=runs, memory=memory, session_repeats=session_repeats,
+                    threads=threads, warmup=warmup, plan=plan, memory=memory, session_repeats=session_repeats,
                     bar=bar,
                 ))
         finally:
@@ -262,7 +268,7 @@ def validate(
         "threads": threads,
         "batch": batch,
         "warmup": warmup,
-        "runs": runs,
+        **plan.settings(),
         "memory": memory,
         "session_repeats": session_repeats,
         "seed": seed,
