@@ -39,7 +39,7 @@ ARM = parse_cpuinfo("Features : fp asimd asimddp\n", "aarch64")
 #: (mode, options) for every storage combination whose zeros we verify.
 SETTINGS = [
     ("dynamic", {}),
-    ("dynamic", {"per_channel": True}),
+    ("dynamic", {"per_channel": False}),
     ("dynamic", {"weight_symmetric": False, "weight_type": "uint8"}),
     ("static", {}),
     ("static", {"format": "qoperator"}),
@@ -317,6 +317,31 @@ def test_reduce_range_reaches_the_weights():
     assert np.abs(q.astype(int)).max() == 127
 
 
+def test_dynamic_per_channel_default_is_the_accurate_one():
+    """Outlier output columns (as in transformer projections) ruin one per-tensor scale; per-channel keeps them."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 96)).astype(np.float32) * 0.05
+    w[:, :3] *= 60  # three outlier output columns
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")], "outliers",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 96])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = {"x": rng.standard_normal((32, 64)).astype(np.float32)}
+    ref = run(model, x)[0][:, 3:]
+
+    def error(**opts) -> float:
+        got = run(ir.to_proto(quantize(model, mode="dynamic", check=False, cpu=VNNI, **opts).model), x)[0][:, 3:]
+        return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+    default, per_tensor = error(), error(per_channel=False)
+    assert default == error(per_channel=True)
+    assert default * 5 < per_tensor, (default, per_tensor)
+
+
 def test_static_defaults():
     settings = resolve(QuantizeConfig(mode="static"), VNNI)
     assert (settings.format, settings.per_channel, settings.activation_type, settings.weight_type) == (
@@ -324,7 +349,8 @@ def test_static_defaults():
     assert settings.weight_symmetric and settings.calibrate == "minmax"
     assert resolve(QuantizeConfig(mode="static"), ARM).activation_type == "int8"
     dyn = resolve(QuantizeConfig(mode="dynamic"), VNNI)
-    assert dyn.per_channel is False
+    assert dyn.per_channel is True and dyn.reduce_range is False
+    assert resolve(QuantizeConfig(mode="dynamic"), NO_VNNI).reduce_range is True
     int4 = resolve(QuantizeConfig(mode="int4"), VNNI)
     assert (int4.format, int4.block_size, int4.weight_type, int4.reduce_range) == ("qoperator", 32, "int4", None)
 
@@ -447,3 +473,42 @@ def test_an_unverifiable_weight_fails_by_name(tmp_path, monkeypatch):
     code, out, err = cli("quantize", src, "-o", tmp_path / "q.onnx", "--no-check")
     assert code == 1
     assert "NOT VERIFIED" in out and stored in err
+
+
+# --------------------------------------------------------------------------- error per node
+
+
+def test_node_errors_cover_every_quantized_node():
+    """Each quantized node gets its input/output error; a QDQ Conv whose Relu was folded is paired by structure."""
+    for build, mode in ((mlp_model, "dynamic"), (cnn_model, "static")):
+        model = build()
+        report = quantize(model, mode=mode, calib=_calib(model)).report
+        rows = {r["node"]: r for r in report.node_errors}
+        assert {r["node"] for r in report.quantized} <= set(rows) | {"gap", "flatten"}, (mode, rows)
+        first = rows["fc1" if build is mlp_model else "conv1"]
+        assert first["input_rel_error"] < 0.02  # the graph input (static: its own QuantizeLinear only)
+        for row in rows.values():
+            assert 0 <= row["added_rel_error"] <= row["output_rel_error"] < 0.1, row
+        assert [r["added_rel_error"] for r in report.node_errors] == sorted(
+            (r["added_rel_error"] for r in report.node_errors), reverse=True)
+
+
+def test_max_node_error_keeps_the_costly_node_float():
+    """Mixed precision: the node whose quantization adds the most error stays float, and the model gets closer."""
+    model = mlp_model()
+    w2 = next(i for i in model.graph.initializer if i.name == "w2")
+    weights = numpy_helper.to_array(w2).copy()
+    weights[:, :4] *= 40  # outlier input columns: one per-row scale cannot hold both
+    w2.CopyFrom(numpy_helper.from_array(weights, "w2"))
+    calib = _calib(model)
+    plain = quantize(model, mode="dynamic", calib=calib, per_channel=False).report
+    worst = plain.node_errors[0]
+    assert worst["node"] == "fc2", plain.node_errors
+    threshold = (worst["added_rel_error"] + plain.node_errors[1]["added_rel_error"]) / 2
+    mixed = quantize(model, mode="dynamic", calib=calib, per_channel=False, max_node_error=threshold).report
+    kept = {r["node"]: r["reason"] for r in mixed.excluded}
+    assert "kept float" in kept["fc2"] and set(kept) == {"fc2"}
+    assert {r["node"] for r in mixed.quantized} == {"fc1", "fc3"}
+    assert mixed.check["rel_l2_error"] < plain.check["rel_l2_error"]
+    with pytest.raises(UsageError, match="max-node-error"):
+        QuantizeConfig(mode="dynamic", max_node_error=0)

@@ -79,6 +79,7 @@ _METADATA_INPUTS: dict[tuple[str, str], frozenset[int]] = {
     ("", "MatMulInteger"): frozenset({2, 3}),
     ("com.microsoft", "MatMulNBits"): frozenset({2, 3, 4, 5}),
     ("com.microsoft", "DynamicQuantizeMatMul"): frozenset({2, 3}),
+    ("com.microsoft", "DynamicQuantizeLSTM"): frozenset({8, 9, 10, 11}),
     ("com.microsoft", "MatMulIntegerToFloat"): frozenset({2, 3, 4, 5}),
     ("com.microsoft", "QGemm"): frozenset({1, 2, 4, 5, 7, 8}),
 }
@@ -178,6 +179,25 @@ def _all_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
                     yield from _all_graphs(sub)
 
 
+def _is_run_time_scale(value: ir.Value | None) -> bool:
+    """The scale a ``DynamicQuantizeLinear`` computes for an activation (its second output)."""
+    producer = value.producer() if value is not None else None
+    return producer is not None and producer.op_type == "DynamicQuantizeLinear" and value.index() == 1
+
+
+def _metadata_inputs(node: ir.Node) -> frozenset[int]:
+    """Input positions of ``node`` that hold quantization metadata, by op and by structure.
+
+    Dynamic quantization multiplies the weight scale with the activation's
+    run-time scale (``Mul(DynamicQuantizeLinear[1], w_scale)``) to rescale an
+    integer result: that constant is metadata too, per-channel or not.
+    """
+    skip = _METADATA_INPUTS.get((_domain(node), node.op_type), frozenset())
+    if node.op_type == "Mul" and len(node.inputs) == 2 and any(_is_run_time_scale(v) for v in node.inputs):
+        skip = skip | {i for i, v in enumerate(node.inputs) if not _is_run_time_scale(v)}
+    return skip
+
+
 def _frontier(model: ir.Model, const: set[int]) -> dict[int, tuple[ir.Value, ir.Graph]]:
     """Constant values read by non-constant nodes (or returned), in graph order."""
     found: dict[int, tuple[ir.Value, ir.Graph]] = {}
@@ -185,7 +205,7 @@ def _frontier(model: ir.Model, const: set[int]) -> dict[int, tuple[ir.Value, ir.
         for node in graph:
             if _is_constant_node(node, const):
                 continue
-            skip = _METADATA_INPUTS.get((_domain(node), node.op_type), frozenset())
+            skip = _metadata_inputs(node)
             for index, value in enumerate(node.inputs):
                 if value is not None and index not in skip and id(value) in const:
                     found.setdefault(id(value), (value, graph))

@@ -89,6 +89,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help="node names (or glob patterns) to keep in float",
     )
     q.add_argument("--min-weight-elements", type=int, default=0, metavar="N", help="keep weights smaller than N in float")
+    q.add_argument("--max-node-error", type=float, default=None, metavar="E",
+                   help="mixed precision: keep in float every node whose quantization adds more than E relative "
+                        "L2 error to its output on the check data (measured, then quantized once more)")
     q.add_argument("--no-preprocess", dest="preprocess", action="store_false", help="skip quant_pre_process")
     out = p.add_argument_group("output")
     out.add_argument("--no-check", dest="check", action="store_false", help="do not compare with fp32 on this CPU")
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         accuracy_level=args.accuracy_level,
         preprocess=args.preprocess,
+        max_node_error=args.max_node_error,
     )
     result = quantize(
         args.model,

@@ -40,6 +40,7 @@ from ._reader import DYNAMIC_BATCH, calibration_batch_size, make_reader
 from .config import QuantizeConfig, QuantizeSettings, resolve
 from .cpu import CpuInfo, detect_cpu
 from .modes import RunContext, get_mode
+from .node_error import NodeError, node_errors
 from .report import QuantizeReport
 from .weights import ZeroCheck, check_zeros
 
@@ -194,6 +195,26 @@ def _analyse(planned: onnx.ModelProto, quant_input: onnx.ModelProto, after: onnx
     )
 
 
+#: Samples the per-node error is measured on (every quantized node's tensors are kept for them).
+NODE_ERROR_SAMPLES = 16
+
+
+def _node_errors(fp32_path: Path, quantized_path: Path, planned: onnx.ModelProto, outcome: _Outcome,
+                 source: DataSource | None, batch: int) -> list[NodeError]:
+    """Per quantized node, the error it adds on the check data (empty without check data)."""
+    if source is None:
+        return []
+    by_name = {n.name: n for n in planned.graph.node}
+    nodes = [by_name[r["node"]] for r in outcome.quantized if r["node"] in by_name]
+    try:
+        return node_errors(fp32_path, quantized_path, nodes,
+                           lambda: source.batches(batch, NODE_ERROR_SAMPLES), _session)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic; the model-level check still runs
+        logger.debug("per-node error failed", exc_info=True)
+        logger.warning("per-node error not measured: %s", first_line(exc))
+        return []
+
+
 def _warnings(outcome: _Outcome, settings: QuantizeSettings, cpu: CpuInfo, quant_mode) -> list[str]:
     out: list[str] = []
     out.extend(quant_mode.advice(settings, outcome.ops_after))
@@ -307,11 +328,33 @@ def quantize(
         quantized_path = tmp / "quantized.onnx"
         try:
             quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
+            after = onnx.load(str(quantized_path), load_external_data=True)
+            outcome = _analyse(planned, proto, after, plan, supported)
+            errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
+            costly = [] if settings.max_node_error is None else [
+                e for e in errors if e.added_error > settings.max_node_error
+            ]
+            if costly:
+                # Mixed precision: the nodes that add the most error stay float; quantize once more.
+                names = [e.node for e in costly]
+                plan.candidates = [name for name in plan.candidates if name not in names]
+                for e in costly:
+                    plan.exclude.append(e.node)
+                    plan.excluded.append({
+                        "node": e.node, "op_type": e.op_type, "weight": None,
+                        "reason": f"kept float: quantized it added {e.added_error:.3g} relative error "
+                                  f"(> max_node_error {settings.max_node_error:g})",
+                    })
+                exclude = exclude + names + quant_mode.extra_excludes(proto, names)
+                if reader is not None:
+                    reader.rewind()
+                quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
+                after = onnx.load(str(quantized_path), load_external_data=True)
+                outcome = _analyse(planned, proto, after, plan, supported)
+                errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
         finally:
             if bar is not None:
                 bar.close()
-        after = onnx.load(str(quantized_path), load_external_data=True)
-        outcome = _analyse(planned, proto, after, plan, supported)
         warnings.extend(_warnings(outcome, settings, cpu, quant_mode))
 
         result_model = load_model(after)
@@ -353,6 +396,7 @@ def quantize(
         excluded=rename_rows(outcome.excluded, origin),
         removed=rename_rows(outcome.removed, origin),
         zeros=outcome.zeros.as_dict(),
+        node_errors=rename_rows([e.as_dict() for e in errors], origin),
         failures=[failure] if (failure := outcome.zeros.failure()) else [],
         check=fidelity,
         ops_before=outcome.ops_before,

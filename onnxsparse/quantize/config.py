@@ -69,6 +69,7 @@ class QuantizeConfig:
     block_size: int = 32
     accuracy_level: int | None = None
     preprocess: bool = True
+    max_node_error: float | None = None
 
     def __post_init__(self) -> None:
         from .modes import get_mode, mode_names  # registry lives with the modes
@@ -94,6 +95,8 @@ class QuantizeConfig:
             raise UsageError(f"--accuracy-level must be one of {ACCURACY_LEVELS}, got {self.accuracy_level}")
         if self.calib_samples is not None and self.calib_samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        if self.max_node_error is not None and not self.max_node_error > 0:
+            raise UsageError(f"--max-node-error must be > 0, got {self.max_node_error}")
         if self.min_weight_elements < 0:
             raise UsageError(f"--min-weight-elements must be >= 0, got {self.min_weight_elements}")
         get_mode(self.mode).check_config(self)
@@ -120,6 +123,7 @@ class QuantizeSettings:
     block_size: int | None
     accuracy_level: int | None
     preprocess: bool
+    max_node_error: float | None = None
     reasons: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,6 +141,7 @@ class QuantizeSettings:
             "accuracy_level": self.accuracy_level,
             "min_weight_elements": self.min_weight_elements,
             "preprocess": self.preprocess,
+            "max_node_error": self.max_node_error,
             "reasons": dict(self.reasons),
         }
 
@@ -152,7 +157,7 @@ def resolve(config: QuantizeConfig, cpu: CpuInfo) -> QuantizeSettings:
     """Fill in every auto choice of ``config`` for ``cpu`` (see the mode's ``resolve``)."""
     from .modes import get_mode
 
-    return get_mode(config.mode).resolve(config, cpu)
+    return replace(get_mode(config.mode).resolve(config, cpu), max_node_error=config.max_node_error)
 
 
 def auto_reduce_range(config: QuantizeConfig, cpu: CpuInfo, reasons: dict[str, str]) -> bool:

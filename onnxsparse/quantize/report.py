@@ -38,6 +38,7 @@ class QuantizeReport:
     check: dict[str, Any] | None = None
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
+    node_errors: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -155,6 +156,16 @@ def format_summary(report: QuantizeReport, max_rows: int = 15) -> str:
         )
         out.append("")
         out.append(format_table(["node", "op", "reason"], table, title=title))
+    if report.node_errors:
+        worst = report.node_errors[:5]
+        table = [(r["node"], r["op_type"], f"{r['input_rel_error']:.4f}", f"{r['output_rel_error']:.4f}",
+                  f"{r['added_rel_error']:.4f}") for r in worst]
+        out.append("")
+        out.append(format_table(
+            ["node", "op", "input err", "output err", "added"], table,
+            title=f"error per quantized node (worst {len(worst)} of {len(report.node_errors)}; "
+                  "relative L2 vs fp32; --max-node-error E keeps costly nodes float)",
+        ))
     for warning in report.warnings:
         out.append(f"warning: {warning}")
     for failure in report.failures:

@@ -46,6 +46,13 @@ _INT_TYPES = {
 _WEIGHT_INT_TYPES = _INT_TYPES - {onnx.TensorProto.INT32}
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
+#: Inputs that hold scales and zero points (which can be 2-D: blocked, per-channel LSTM), not weights.
+_PARAMETER_INPUTS = {
+    "DequantizeLinear": lambda node: node.input[1:],
+    "MatMulNBits": lambda node: node.input[2:],
+    "DynamicQuantizeLSTM": lambda node: node.input[8:12],
+}
+
 #: Ops between a quantized operator and the float tensor it stands in for (rescale, bias, layout).
 _PASS_THROUGH = {"Cast", "Mul", "Add", "DequantizeLinear", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
 #: How far to follow that chain (Gemm: MatMulInteger -> Cast -> Mul -> Add).
@@ -284,8 +291,7 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
 
     for node in g.nodes:
         op, a = node.op_type, _attrs(node)
-        if op in ("DequantizeLinear", "MatMulNBits"):
-            seen.update(node.input[1 if op == "DequantizeLinear" else 2:])  # scales, zero points (blocked: 2-D)
+        seen.update(_PARAMETER_INPUTS.get(op, lambda n: ())(node))  # scales, zero points (2-D when blocked)
         if op == "DequantizeLinear" and _input(node, 0) in g.inits:
             name = node.input[0]
             q, scale, zp = arr(name), arr(_input(node, 1)), arr(_input(node, 2))
