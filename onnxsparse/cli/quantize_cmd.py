@@ -70,7 +70,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--per-channel", action=argparse.BooleanOptionalAction, default=None,
-        help="one scale per output channel (default: on for static, off for dynamic)",
+        help="one scale per output channel (default: on; --no-per-channel for one scale per tensor)",
     )
     q.add_argument(
         "--reduce-range", action=argparse.BooleanOptionalAction, default=None,

@@ -467,7 +467,7 @@ class QuantizeStep(Step):
         return (
             FieldSpec("mode", "mode", F.choice(modes, "quantization mode"), "dynamic, static (needs calib) or int4", "mode"),
             FieldSpec("format", "format", F.optional(F.choice(table("FORMATS"), "format")), "qdq or qoperator (default per mode)", "choice"),
-            FieldSpec("per_channel", "per_channel", F.optional(F.boolean), "per-channel weight scales (default: on for static)", "bool"),
+            FieldSpec("per_channel", "per_channel", F.optional(F.boolean), "per-channel weight scales (default: on)", "bool"),
             FieldSpec("reduce_range", "reduce_range", F.optional(F.boolean), "7-bit weights (default: auto from the CPU)", "bool"),
             FieldSpec("calibrate", "calibrate", F.choice(table("CALIBRATION_METHODS"), "calibration method"), "minmax, entropy or percentile", "choice"),
             FieldSpec("calib_samples", "calib_samples", F.optional(F.integer(1)), "calibration samples used (default 256)", "int >= 1"),
