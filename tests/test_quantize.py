@@ -20,6 +20,7 @@ from test_quantize_helpers import (
 )
 
 import onnxsparse
+from onnxsparse.quantize._nodes import diff_nodes
 from onnxsparse.errors import DataError, ModelSaveError, UsageError
 from onnxsparse.quantize import (
     QuantizeConfig,
@@ -448,6 +449,10 @@ def test_zero_check_reads_structure_not_names(setting):
     weights = find_quantized_weights(renamed)[0]
     assert not match_sources(fp32, renamed, weights)
     assert {w.source for w in weights} >= {"w1", "w2", "w3"}
+    # Every node whose weight was quantized is reported as quantized without a name to go by.
+    blind_nodes = {r["node"] for r in diff_nodes(fp32, renamed, None, blind.weights)[0]}
+    plain_nodes = {r["node"] for r in diff_nodes(fp32, after, None, plain.weights)[0]}
+    assert {"fc1", "fc2", "fc3"} <= blind_nodes <= plain_nodes
 
 
 def test_an_unverifiable_weight_fails_by_name(tmp_path, monkeypatch):

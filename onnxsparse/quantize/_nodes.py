@@ -3,17 +3,16 @@
 Before quantizing we walk the prepared graph once: user exclusions (names or
 glob patterns), op types the mode does not handle, mode-specific limits (e.g.
 int4 needs a constant 2-D MatMul weight) and too-small weights each get a
-reason.  Afterwards we compare the graphs: a node is quantized if it now reads
-a ``DequantizeLinear`` output or an integer initializer (QDQ keeps node names),
-or if it was replaced by a quantized operator named after it (onnxruntime
-appends ``_quant``, ``_Q4``, ... to the original name).
+reason.  Afterwards we compare the graphs by structure, not by the names the
+quantizer gives: a node is quantized if its float weight became a quantized
+weight (found and tied to its source by :mod:`.weights`), or, for nodes the
+quantizer kept in place, if it reads dequantized or integer data.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,16 +21,13 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError
+from .weights import QuantizedWeight
 
 __all__ = [
     "Plan", "WeightInput", "weight_inputs", "plan_nodes", "match_excludes", "diff_nodes", "origin_names", "rename_rows",
 ]
 
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
-
-#: Replacement node names: ``<name>_quant`` (QOperator, dynamic), ``<name>_Q4`` (MatMulNBits),
-#: ``<name>_matmul_Q4`` (int4 QDQ); a Gemm first becomes ``<name>_MatMul``.
-_REPLACEMENT = re.compile(r"^(?P<base>.+?)(?P<gemm>_MatMul)?(?:_quant|_Q[248]|_matmul_Q[248])$")
 
 #: Helper ops quantizers insert; never "the quantized version" of a user's node.
 _HELPERS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
@@ -192,16 +188,20 @@ def _is_quant_op(op_type: str) -> bool:
 
 
 def diff_nodes(
-    before: onnx.ModelProto, after: onnx.ModelProto, supported: frozenset[str] | None = None
+    before: onnx.ModelProto, after: onnx.ModelProto, supported: frozenset[str] | None = None,
+    weights: Iterable[QuantizedWeight] = (),
 ) -> tuple[list[dict], list[dict]]:
     """(quantized, removed) rows for the nodes of ``before`` (the quantizer's input).
 
-    QDQ keeps node names: such a node is quantized if it reads a dequantized
-    weight, or reads a dequantized activation *and* its output is quantized
-    again (a ``Shape`` reading a dequantized tensor is not).  QOperator
-    replaces the node by one named after it, or (Reshape, MaxPool, ...) runs
-    it on integer tensors.  Only op types in ``supported`` count as quantized in
-    place.
+    A node whose float weight became a quantized weight (``weights``, tied to
+    their float sources by :func:`~onnxsparse.quantize.weights.match_sources`)
+    is quantized as the operator that now reads it (``DequantizeLinear``: the
+    node itself runs on dequantized values, QDQ).  A node the quantizer kept
+    (QDQ and QOperator keep a node's identity when they leave it in place) is
+    quantized if it reads a dequantized activation *and* its output is
+    quantized again (a ``Shape`` reading a dequantized tensor is not), or runs
+    on integer data (Reshape, MaxPool in QOperator).  Only op types in
+    ``supported`` count as quantized in place.
     """
     after_nodes = {n.name: n for n in after.graph.node if n.name}
     producer = {out: n for n in after.graph.node for out in n.output}
@@ -211,31 +211,29 @@ def diff_nodes(
             consumers.setdefault(name, []).append(n)
     inits = {i.name for i in after.graph.initializer}
     int_inits = {i.name for i in after.graph.initializer if i.data_type not in _FLOATS}
-    before_names = {n.name for n in before.graph.node}
+
+    readers: dict[str, list[str]] = {}
+    for node in before.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+    replaced_by: dict[str, set[str]] = {}
+    for weight in weights:
+        for reader in readers.get(weight.source or "", []):
+            replaced_by.setdefault(reader, set()).add(weight.consumer_op)
 
     def dq_inputs(node: onnx.NodeProto) -> list[onnx.NodeProto]:
         return [producer[i] for i in node.input if i in producer and producer[i].op_type == "DequantizeLinear"]
-
-    replaced: dict[str, list[onnx.NodeProto]] = {}
-    for node in after.graph.node:
-        match = _REPLACEMENT.match(node.name or "")
-        if not match or not (_is_quant_op(node.op_type) or (node.op_type not in _HELPERS and dq_inputs(node))):
-            continue
-        base = match["base"] + (match["gemm"] or "")
-        if base not in before_names and match["gemm"]:
-            base = match["base"]
-        if base in before_names:
-            replaced.setdefault(base, []).append(node)
 
     quantized: list[dict] = []
     removed: list[dict] = []
     for node in before.graph.node:
         same = after_nodes.get(node.name)
-        if node.name in replaced:
-            ops = sorted({n.op_type for n in replaced[node.name]})
-            how = "+".join(ops)
-            if all(not _is_quant_op(op) for op in ops):
-                how = "DequantizeLinear -> " + how
+        ops = replaced_by.get(node.name, set())
+        if ops and (supported is None or node.op_type in supported or ops - {"DequantizeLinear"}):
+            if ops == {"DequantizeLinear"}:
+                how = "QDQ" if same is not None and same.op_type == node.op_type else "DequantizeLinear -> weights"
+            else:
+                how = "+".join(sorted(ops - {"DequantizeLinear"}))
             quantized.append({"node": node.name, "op_type": node.op_type, "as": how})
         elif same is not None and same.op_type == node.op_type and (supported is None or node.op_type in supported):
             dqs = dq_inputs(same)
@@ -250,7 +248,7 @@ def diff_nodes(
                 quantized.append({"node": node.name, "op_type": node.op_type, "as": "QDQ"})
             elif int_in:
                 quantized.append({"node": node.name, "op_type": node.op_type, "as": "integer data"})
-        elif same is None:
+        elif same is None and not ops:
             removed.append({"node": node.name, "op_type": node.op_type})
     return quantized, removed
 

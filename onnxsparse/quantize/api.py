@@ -178,7 +178,7 @@ def _load_calibration(calib, model: ir.Model, shapes, settings: QuantizeSettings
 def _analyse(planned: onnx.ModelProto, quant_input: onnx.ModelProto, after: onnx.ModelProto, plan,
              supported: frozenset[str]) -> _Outcome:
     zeros = check_zeros(quant_input, after)
-    quantized, removed = diff_nodes(planned, after, supported)
+    quantized, removed = diff_nodes(planned, after, supported, zeros.weights)
     done = {r["node"] for r in quantized}
     ops = {n.name: n.op_type for n in planned.graph.node}
     excluded = list(plan.excluded) + [

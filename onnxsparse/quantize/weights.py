@@ -95,6 +95,7 @@ class ZeroCheck:
     violations: list[dict] = field(default_factory=list)
     unmatched: list[dict] = field(default_factory=list)
     max_rel_error: float = 0.0
+    weights: list[QuantizedWeight] = field(default_factory=list, repr=False)  # tied to their sources
 
     @property
     def exact(self) -> bool:
@@ -521,6 +522,7 @@ def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int =
     weights, skipped = find_quantized_weights(after)
     result = ZeroCheck(unmatched=list(skipped))
     result.unmatched += match_sources(before, after, weights)
+    result.weights = [w for w in weights if w.source is not None]
     arrays = {init.name: init for init in before.graph.initializer}
     for weight in weights:
         if weight.source is None:
