@@ -345,8 +345,39 @@ def inline_external_data(model: ir.Model) -> Iterator[ir.Model]:
             value.const_value = tensor
 
 
+@contextlib.contextmanager
+def _no_initializer_value_info(model: ir.Model) -> Iterator[ir.Model]:
+    """Within the block, initializers carry no type/shape of their own (their tensor has both).
+
+    ``onnx_ir`` writes a ``value_info`` entry for every typed initializer: a
+    copy of what the tensor already says, which made a model that went through
+    us larger than the input (tf2onnx MHA sample: +1.6 KB on 52 KB) for nothing.
+    Only entries that repeat the tensor are dropped.
+    """
+    cleared: list[tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = []
+    try:
+        for graph in model.graphs():
+            inputs = set(map(id, graph.inputs))
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if id(value) in inputs or tensor is None or value.type is None:
+                    continue
+                if value.dtype == tensor.dtype and (value.shape is None or tuple(value.shape) == tuple(tensor.shape)):
+                    cleared.append((value, value.type, value.shape))
+                    value.type, value.shape = None, None
+        yield model
+    finally:
+        for value, type_, shape in cleared:
+            value.type, value.shape = type_, shape
+
+
 def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
     """Serialise ``model`` to ``path`` (weights in ``data_name`` beside it, if given)."""
+    with _no_initializer_value_info(model):
+        _write_typed(model, path, data_name)
+
+
+def _write_typed(model: ir.Model, path: Path, data_name: str | None) -> None:
     if data_name:
         ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
         if model.metadata_props.get(_TYPES_KEY) is not None:

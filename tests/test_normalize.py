@@ -152,3 +152,36 @@ def test_light_resnet50_constantofshape_weights(tmp_path: Path) -> None:
     assert not [n for n in all_nodes(model) if n.op_type == "ConstantOfShape"]
     out = save_model(model, tmp_path / "r50.onnx")
     assert out.stat().st_size > 4 * params  # float32 weights are really in the file
+
+
+def test_broadcast_of_a_constant_is_not_folded_into_a_bigger_constant():
+    """A class token expanded over a fixed batch stays an Expand: folding it would grow the file and params."""
+    import numpy as np
+    import onnx
+    import onnx_ir as ir
+    from onnx import helper, numpy_helper
+
+    from onnxsparse.analysis import count_params
+    from onnxsparse.passes.normalize import normalize
+
+    def model(op: str, arg: list[int]) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node(op, ["cls", "arg"], ["e"]), helper.make_node("Add", ["x", "e"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 100, 64])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 100, 64])],
+            [numpy_helper.from_array(np.ones((1, 1, 64), np.float32), "cls"),
+             numpy_helper.from_array(np.array(arg, np.int64), "arg")])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        proto.ir_version = 8
+        return proto
+
+    for op, arg in (("Expand", [4, 100, 64]), ("Tile", [4, 100, 1])):
+        m = ir.from_proto(model(op, arg))
+        params = count_params(m)
+        normalize(m)
+        assert [n.op_type for n in m.graph] == [op, "Add"]
+        assert max(v.const_value.size for v in m.graph.initializers.values()) == 64
+        assert count_params(m) == params
+    small = ir.from_proto(model("Expand", [1, 4, 64]))  # 256 elements: folding a small table is fine
+    normalize(small)
+    assert [n.op_type for n in small.graph] == ["Add"]

@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     progress = progress_enabled(args)
     heads_report: dict[str, Any] | None = None
+    heads_result = None
     block: dict[tuple[str, int], str] = {}
     before = None
     if wants_heads and heads is not None:
@@ -194,7 +195,15 @@ def run(args: argparse.Namespace) -> int:
     report = result.report
     if before is not None:  # sizes before any pruning, not after the heads/FFN pass
         report.params_before, report.macs_before, report.weight_bytes_before = before
-    out = save_model(result.model, args.output, protect=(args.model,), force=args.force)
+    model_out = result.model
+    if not report.pruned_groups and not (heads_result is not None and heads_result.modified):
+        # Nothing removed: write the input as it was, not its normalised form (a no-op must not
+        # change what onnxruntime fuses, nor the file size).
+        model_out = load_model(args.model)
+        report.unchanged = True
+        report.params_after, report.macs_after, report.weight_bytes_after = (
+            report.params_before, report.macs_before, report.weight_bytes_before)
+    out = save_model(model_out, args.output, protect=(args.model,), force=args.force)
     report.file_bytes_before = model_file_bytes(args.model)
     report.file_bytes_after = model_file_bytes(out)
     data: dict[str, Any] = {"input": str(args.model), "output": str(out), **report.to_dict()}

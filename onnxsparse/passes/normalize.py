@@ -135,11 +135,57 @@ def _infer_shapes(model: ir.Model) -> bool:
     return modified
 
 
+#: Broadcasting ops whose folded output can be much larger than what they read.
+_GROWING = frozenset({"Expand", "Tile"})
+
+#: A folded output up to this many elements is always fine (shape tensors, small tables).
+_SMALL = 4096
+
+
 def _fold_weight_generators(node: ir.Node) -> bool | None:
-    """Fold ``ConstantOfShape`` (onnxscript keeps it by default): it makes weights."""
-    if node.domain in ("", "ai.onnx") and node.op_type == "ConstantOfShape":
+    """Fold ``ConstantOfShape`` (onnxscript keeps it by default): it makes weights.
+
+    Do not fold an ``Expand``/``Tile`` of a constant into a bigger constant
+    (a class token or position table broadcast over a fixed batch): that only
+    makes the file and the parameter count larger than the input's.
+    """
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "ConstantOfShape":
         return True
+    if node.op_type in _GROWING:
+        read = sum(v.const_value.size for v in node.inputs if v is not None and v.const_value is not None)
+        written = _static_size(node.outputs[0]) or _broadcast_size(node)
+        if written is not None and written > max(read, _SMALL):
+            return False
     return None
+
+
+def _broadcast_size(node: ir.Node) -> int | None:
+    """Output elements of an ``Expand``/``Tile`` whose inputs are constants."""
+    import numpy as np
+
+    data, arg = (*node.inputs, None, None)[:2]
+    if data is None or arg is None or data.const_value is None or arg.const_value is None:
+        return None
+    shape = tuple(data.const_value.shape)
+    other = [int(d) for d in arg.const_value.numpy().reshape(-1)]
+    try:
+        if node.op_type == "Expand":
+            return int(np.prod(np.broadcast_shapes(shape, tuple(other))))
+        return int(np.prod([d * r for d, r in zip(shape, other)]))
+    except ValueError:
+        return None
+
+
+def _static_size(value: ir.Value) -> int | None:
+    shape = value.shape
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size
 
 
 def _signature(model: ir.Model) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -18,6 +18,7 @@ repaired (:mod:`onnxsparse.passes.reconstruct`: ``bias`` compensation or an
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def prune(
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
 
-    model = load_model(model)
+    source, model = model, load_model(model)
 
     if not 0.0 <= channels < 1.0:
         raise UsageError(f"--channels must be in [0, 1), got {channels}")
@@ -327,6 +328,11 @@ def prune(
     logger.info(
         "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
     )
+    if not report.pruned_groups and isinstance(source, (str, os.PathLike)):
+        # Nothing removed: hand back the input as it was, not its normalised form, so a no-op
+        # run cannot change what onnxruntime fuses or how big the file is.
+        model = load_model(source)
+        report.unchanged = True
     return PruneResult(model, report, plan)
 
 

@@ -76,6 +76,8 @@ class PruneReport:
     calibration: dict[str, Any] | None = None
     #: per-layer repairs and their errors, or None without a repair
     repair: RepairReport | None = None
+    #: nothing was removed and the input model was handed back as it was (not normalised)
+    unchanged: bool = False
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
@@ -126,6 +128,7 @@ class PruneReport:
             "analysis": dict(self.analysis),
             "calibration": None if self.calibration is None else dict(self.calibration),
             "repair": None if self.repair is None else self.repair.to_dict(),
+            "unchanged": self.unchanged,
         }
 
     # -- text -------------------------------------------------------------
@@ -179,6 +182,8 @@ class PruneReport:
 
     def summary(self, limit: int | None = 30) -> str:
         parts = [self.size_table(), "", self.groups_table(limit)]
+        if self.unchanged:
+            parts.append("nothing was removed: the output is the input model, unchanged")
         if self.repair is not None and self.repair.layers:
             parts += ["", self.repair.table()]
         if self.skipped:

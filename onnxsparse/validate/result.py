@@ -113,6 +113,8 @@ class ValidationResult:
     settings: dict[str, Any]
     environment: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    #: ops onnxruntime's CPU optimiser fused in each model (:mod:`onnxsparse.validate.fusions`)
+    fusions: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -152,5 +154,6 @@ class ValidationResult:
                 "settings": self.settings,
                 "environment": self.environment,
                 "notes": self.notes,
+                "fusions": self.fusions,
             }
         )

@@ -8,6 +8,7 @@ interleaved on one fixed batch, and peak memory in child processes.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,7 @@ from ._common import (
     progress_bar,
     resolve_batch,
 )
+from .fusions import FusionComparison, compare_fusions
 from .compat import PreparedModel, check_inputs, match_outputs, parse_output_map, prepare_model
 from .latency import LatencyPlan, latency_plan, measure_interleaved
 from .memory import probe_memory
@@ -36,6 +38,8 @@ from .metrics import FidelityAccumulator, Metric, resolve_metric
 from .providers import ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
 from .result import MetricResult, ProviderResult, SessionResult, ValidationResult
 from .thresholds import check_threshold_inputs, evaluate_thresholds
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["validate", "load_labels", "DEFAULT_SAMPLES"]
 
@@ -165,6 +169,17 @@ def _run_provider(
     return result
 
 
+def _fusions(ref, cand, specs) -> FusionComparison | None:
+    """What onnxruntime's CPU optimiser fuses in each model (None when the CPU provider is not asked for)."""
+    if not any(spec.ep == "CPUExecutionProvider" for spec in specs):
+        return None
+    try:
+        return compare_fusions(ref.path, cand.path)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic; the sessions below report real failures
+        logger.debug("fusion comparison failed: %s", exc, exc_info=True)
+        return None
+
+
 def validate(
     reference: Any,
     candidate: Any,
@@ -243,6 +258,10 @@ def validate(
         ref_info, cand_info = model_info(ref, stat_shapes), model_info(cand, stat_shapes)
         notes += [f"{info.role}: {info.stats_note}" for info in (ref_info, cand_info) if info.stats_note]
 
+        fusions = _fusions(ref, cand, specs)
+        if fusions is not None and fusions.note():
+            notes.append(fusions.note())
+
         per_provider = 2 * (usable // batch) + 2 * (warmup + plan.progress_units()) + (2 if memory else 0)
         bar = progress_bar(per_provider * len(specs), progress, "validate")
         results: list[ProviderResult] = []
@@ -275,7 +294,8 @@ def validate(
         "output_pairs": [{"reference": r, "candidate": c} for r, c in pairs],
         "thresholds": all_limits,
     }
-    result = ValidationResult(ref_info, cand_info, results, [], settings, environment(), notes)
+    result = ValidationResult(ref_info, cand_info, results, [], settings, environment(), notes,
+                              fusions=None if fusions is None else fusions.as_dict())
     result.checks = evaluate_thresholds(result, all_limits, require_providers=require_providers)
     return result
 
