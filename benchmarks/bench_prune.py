@@ -349,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of timed runs per model and ratio")
     parser.add_argument("--threads", type=int, default=1,
                         help="onnxruntime intra-op threads (default 1: stable ratios on a shared machine; 0 = ORT default)")
-    parser.add_argument("--round-to", type=int, default=16,
-                        help="onnxsparse --round-to (default 16: onnxruntime's NCHWc conv block on AVX-512; 8 on AVX2)")
+    parser.add_argument("--round-to", type=lambda t: t if t == "auto" else int(t), default="auto",
+                        help="onnxsparse --round-to (default auto, as the CLI: this CPU's NCHWc block, 16 on AVX-512; "
+                             "1 to see odd widths)")
     parser.add_argument("--no-latency", action="store_true", help="skip onnxruntime timing")
     parser.add_argument("--no-peer", action="store_true", help="do not run onnxsim")
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ def _prepared(path, seed: int = 0) -> ir.Model:
 @pytest.mark.parametrize("name", PRUNABLE_SAMPLES)
 def test_samples_match_masked_model(name: str, ratio: float) -> None:
     model = _prepared(sample(name))
-    plan, _ = plan_pruning(build_groups(model), ratio)
+    plan, _ = plan_pruning(build_groups(model), ratio, round_to=1)
     check_oracle(model, plan)
 
 
@@ -108,7 +108,7 @@ def test_macs_match_independent_count_and_hand_formula() -> None:
 
 
 def test_pruned_model_runs_with_symbolic_batch() -> None:
-    result = prune(sample("resnet_mini"), 0.5)
+    result = prune(sample("resnet_mini"), 0.5, round_to=1)
     sess = session(result.model)
     (inp,) = sess.get_inputs()
     assert inp.name == "input" and inp.shape[0] == "batch"
@@ -146,3 +146,27 @@ def test_prune_pass_composes() -> None:
 def test_prune_at_zero_ratio_changes_nothing() -> None:
     result = prune(sample("resnet_mini"), 0.0)
     assert result.plan.empty and result.report.params_after == result.report.params_before
+
+
+def test_round_to_auto_keeps_blocked_widths_and_prunes_the_rest() -> None:
+    """Default ``round_to="auto"`` (16 in the test profile): widths already a multiple of 16 stay multiples of 16,
+    so onnxruntime keeps running them on its blocked NCHWc kernels; other widths are pruned as asked."""
+    auto = prune(sample("resnet_mini"), 0.5)
+    exact = prune(sample("resnet_mini"), 0.5, round_to=1)
+    assert auto.report.round_to == "auto (16)"
+    for a, e in zip(auto.report.groups, exact.report.groups):
+        assert a.channels_before == e.channels_before
+        if a.channels_before % 16 == 0:
+            assert a.channels_after % 16 == 0 and a.channels_after >= e.channels_after, (a, e)
+        else:
+            assert a.channels_after == e.channels_after
+    assert any(g.channels_after < g.channels_before for g in auto.report.groups)
+
+
+def test_nchwc_block_from_cpu_flags() -> None:
+    from onnxsparse.quantize import parse_cpuinfo
+
+    assert parse_cpuinfo("flags : fpu avx2 avx512f avx512_vnni\n", "x86_64").nchwc_block == 16
+    assert parse_cpuinfo("flags : fpu avx avx2 fma\n", "x86_64").nchwc_block == 8
+    assert parse_cpuinfo("flags : fpu sse4_2\n", "x86_64").nchwc_block == 1
+    assert parse_cpuinfo("Features : fp asimd asimddp\n", "aarch64").nchwc_block == 1

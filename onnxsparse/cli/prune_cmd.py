@@ -47,6 +47,11 @@ def _positive(text: str) -> int:
     return value
 
 
+def _round_to(text: str) -> int | str:
+    """``auto`` or an integer >= 1 (the prune pass checks the same; this keeps argparse's one-line error)."""
+    return "auto" if text.strip().lower() == "auto" else _positive(text)
+
+
 def _damp(text: str) -> float:
     value = _parse(text, float, "a number")
     if value < 0:
@@ -90,7 +95,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help=f"importance criterion (default {DEFAULT_CRITERION}; {DEFAULT_DATA_CRITERION} with --calib)")
     p.add_argument("--global", dest="global_ranking", action="store_true",
                    help="rank channels across groups (scores normalised per group) instead of the same ratio everywhere")
-    p.add_argument("--round-to", type=_positive, default=1, metavar="N", help="keep channel counts multiples of N")
+    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                   help="keep channel counts multiples of N; auto (default): multiples of this CPU's blocked "
+                        "Conv kernel width (16 with AVX-512, 8 with AVX2) for the groups that width already, "
+                        "so the pruned model stays on onnxruntime's fast kernels")
     p.add_argument("--min-keep", type=_positive, default=1, metavar="N", help="channels every group keeps (default 1)")
     p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="NODE",
                    help="node names whose outputs keep every channel")
@@ -128,8 +136,14 @@ def _heads_module():
 
 
 def _with_criterion(args: argparse.Namespace, criterion: str) -> argparse.Namespace:
+    """The arguments the heads/FFN pass reads: the criterion chosen, and ``--round-to auto`` resolved
+    (FFN widths are rounded up to this CPU's kernel block, like the channel groups)."""
+    from ..passes.prune import ROUND_TO_AUTO, auto_round_to
+
     copy = argparse.Namespace(**vars(args))
     copy.criterion = criterion
+    if copy.round_to == ROUND_TO_AUTO:
+        copy.round_to = auto_round_to()[0]
     return copy
 
 

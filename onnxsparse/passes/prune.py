@@ -37,11 +37,14 @@ from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
 
 __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
-           "default_repair"]
+           "default_repair", "ROUND_TO_AUTO", "auto_round_to"]
 
 logger = logging.getLogger(__name__)
 
 _FALLBACK = "l2"
+
+#: ``round_to="auto"``: what the CPU's kernels want (see :func:`auto_round_to`).
+ROUND_TO_AUTO = "auto"
 
 
 def default_repair(has_data: bool) -> str:
@@ -98,7 +101,7 @@ def plan_pruning(
     *,
     criterion: str = "l2",
     global_ranking: bool = False,
-    round_to: int = 1,
+    round_to: int | str = ROUND_TO_AUTO,
     min_keep: int = 1,
     seed: int = 0,
     extras: Mapping[str, object] | None = None,
@@ -116,11 +119,36 @@ def plan_pruning(
     return PrunePlan.create(dg, removed), used
 
 
-def _unit_round(dg: DependencyGraph, round_to: int) -> dict[int, int]:
-    """``round_to`` counts channels; a unit may hold several (grouped convs, shuffles, norm groups)."""
-    if round_to < 1:
-        raise UsageError(f"round-to must be >= 1, got {round_to}")
-    return {g.id: unit_multiple(round_to, g.channels // max(g.size, 1)) for g in dg.prunable}
+def auto_round_to() -> tuple[int, str]:
+    """(channel multiple, why) for this machine's onnxruntime CPU kernels.
+
+    onnxruntime runs a Conv in its fast blocked layout (NCHWc) only when the
+    channel counts are multiples of the SIMD block: a Paddle detector pruned to
+    0.50x MACs ran at 0.95x latency with odd widths and 0.52x with multiples of 16.
+    """
+    from ..quantize.cpu import detect_cpu
+
+    cpu = detect_cpu()
+    if cpu.nchwc_block > 1:
+        return cpu.nchwc_block, f"auto: onnxruntime's blocked NCHWc Conv kernels use {cpu.nchwc_block}-channel blocks on this CPU"
+    return 1, "auto: no blocked Conv kernels on this CPU, every width runs alike"
+
+
+def _unit_round(dg: DependencyGraph, round_to: int | str) -> dict[int, int]:
+    """``round_to`` counts channels; a unit may hold several (grouped convs, shuffles, norm groups).
+
+    ``"auto"`` rounds only the groups whose width is a multiple of the CPU's
+    block (those the blocked kernels run today), to that block; other groups
+    are not in blocked layout anyway and are pruned freely.
+    """
+    if round_to == ROUND_TO_AUTO:
+        block, _ = auto_round_to()
+        multiples = {g.id: block if block > 1 and g.channels % block == 0 else 1 for g in dg.prunable}
+    elif isinstance(round_to, int) and round_to >= 1:
+        multiples = {g.id: round_to for g in dg.prunable}
+    else:
+        raise UsageError(f"round-to must be 'auto' or an integer >= 1, got {round_to!r}")
+    return {g.id: unit_multiple(multiples[g.id], g.channels // max(g.size, 1)) for g in dg.prunable}
 
 
 def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, int]:
@@ -153,7 +181,7 @@ def prune(
     *,
     criterion: str = "l2",
     global_ranking: bool = False,
-    round_to: int = 1,
+    round_to: int | str = ROUND_TO_AUTO,
     min_keep: int = 1,
     exclude: Iterable[str] = (),
     block: Mapping[tuple[str, int], str] | None = None,
@@ -175,7 +203,7 @@ def prune(
     ``model`` is a path, bytes, ``ModelProto`` or ``onnx_ir.Model`` (modified in
     place).  ``criterion`` names a registered criterion; ``global_ranking``
     ranks all groups together; ``round_to`` keeps channel counts multiples of
-    N; ``min_keep`` channels always stay per group; ``exclude`` names nodes
+    N (``"auto"``: of the CPU's blocked-kernel width, for the groups already that wide); ``min_keep`` channels always stay per group; ``exclude`` names nodes
     (or fnmatch patterns) whose outputs keep every channel; ``block`` maps
     ``(tensor name, axis)`` slots to a reason they must not change.  ``shapes`` fixes input shapes for the
     MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
@@ -289,7 +317,7 @@ def prune(
         channels=channels,
         criterion=get_criterion(criterion).name,
         global_ranking=global_ranking,
-        round_to=round_to,
+        round_to=f"auto ({auto_round_to()[0]})" if round_to == ROUND_TO_AUTO else round_to,
         min_keep=min_keep,
         exclude=exclude,
         params_before=before[0],
@@ -354,7 +382,7 @@ class PrunePass(ir.passes.InPlacePass):
         *,
         criterion: str = "l2",
         global_ranking: bool = False,
-        round_to: int = 1,
+        round_to: int | str = ROUND_TO_AUTO,
         min_keep: int = 1,
         exclude: Iterable[str] = (),
         seed: int = 0,

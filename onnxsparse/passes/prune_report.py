@@ -56,7 +56,7 @@ class PruneReport:
     channels: float
     criterion: str
     global_ranking: bool
-    round_to: int
+    round_to: int | str
     min_keep: int
     exclude: tuple[str, ...] = ()
     params_before: int = 0

@@ -30,6 +30,9 @@ class CpuInfo:
     model_name: str
     vnni_flags: tuple[str, ...]
     source: str
+    #: Channels per block of onnxruntime's blocked (NCHWc) CPU convolutions: 16 with AVX-512,
+    #: 8 with AVX/AVX2, 1 where MLAS has no NCHWc kernels (every channel count is as fast).
+    nchwc_block: int = 1
 
     @property
     def is_x86(self) -> bool:
@@ -64,7 +67,10 @@ def parse_cpuinfo(text: str, arch: str, source: str = "/proc/cpuinfo") -> CpuInf
         elif key == "model name" and not model_name:
             model_name = value.strip()
     found = tuple(flag for flag in VNNI_FLAGS if flag in flags)
-    return CpuInfo(arch=arch, model_name=model_name, vnni_flags=found, source=source)
+    block = 1
+    if arch.lower() in _X86:
+        block = 16 if "avx512f" in flags else 8 if {"avx2", "avx"} & flags else 1
+    return CpuInfo(arch=arch, model_name=model_name, vnni_flags=found, source=source, nchwc_block=block)
 
 
 @functools.lru_cache(maxsize=1)

@@ -138,6 +138,21 @@ def integer(lo: int | None = None) -> Parser:
     return parse
 
 
+def integer_or(word: str, lo: int | None = None) -> Parser:
+    """An integer, or the keyword ``word`` (e.g. ``auto``)."""
+    plain = integer(lo)
+
+    def parse(value: Any, ctx: ParseContext) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == word:
+            return word
+        try:
+            return plain(value, ctx)
+        except Bad as exc:
+            raise Bad(f"{exc} (or {word!r})") from None
+
+    return parse
+
+
 def boolean(value: Any, ctx: ParseContext) -> bool:
     if not isinstance(value, bool):
         raise Bad(f"expected true or false, got {_type_name(value)}")

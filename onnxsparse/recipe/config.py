@@ -278,7 +278,7 @@ class PruneStep(Step):
     criterion: str = "l2"
     head_criterion: str | None = None
     global_ranking: bool = False
-    round_to: int = 1
+    round_to: int | str = "auto"
     min_keep: int = 1
     exclude: tuple[str, ...] = ()
     seed: int = 0
@@ -294,7 +294,8 @@ class PruneStep(Step):
             FieldSpec("criterion", "criterion", crit, "importance criterion (onnxsparse.criteria registry)", "criterion"),
             FieldSpec("head_criterion", "head_criterion", F.optional(crit), "criterion for heads/neurons (default: criterion)", "criterion"),
             FieldSpec("global", "global_ranking", F.boolean, "rank channels across groups", "bool"),
-            FieldSpec("round_to", "round_to", F.integer(1), "keep channel / FFN widths multiples of N", "int >= 1"),
+            FieldSpec("round_to", "round_to", F.integer_or("auto", 1),
+                      "keep channel / FFN widths multiples of N; auto: this CPU's blocked-kernel width", "int >= 1 or auto"),
             FieldSpec("min_keep", "min_keep", F.integer(1), "channels every group keeps", "int >= 1"),
             FieldSpec("exclude", "exclude", F.strings, "node / block names or fnmatch patterns left alone", "list"),
             FieldSpec("seed", "seed", F.integer(), "seed of the random criterion", "int"),

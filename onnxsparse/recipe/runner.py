@@ -270,9 +270,11 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     if step.heads or step.ffn:
         from ..passes.prune_heads import heads_block_map, prune_heads
 
+        from ..passes.prune import ROUND_TO_AUTO, auto_round_to
+
         heads = prune_heads(
             ctx.model, heads=step.heads, ffn=step.ffn, criterion=step.head_criterion or step.criterion,
-            round_to=step.round_to, exclude=step.exclude, allow_signature_change=step.allow_signature_change,
+            round_to=auto_round_to()[0] if step.round_to == ROUND_TO_AUTO else step.round_to, exclude=step.exclude, allow_signature_change=step.allow_signature_change,
             seed=step.seed,
         )
         report["heads"] = heads.report
