@@ -517,3 +517,18 @@ def test_max_node_error_keeps_the_costly_node_float():
     assert mixed.check["rel_l2_error"] < plain.check["rel_l2_error"]
     with pytest.raises(UsageError, match="max-node-error"):
         QuantizeConfig(mode="dynamic", max_node_error=0)
+
+
+@pytest.mark.parametrize("target, reduce_range, activation", [
+    ("avx512_vnni", False, "uint8"), ("avx512", True, "uint8"), ("avx2", True, "uint8"), ("arm64", False, "int8"),
+])
+def test_target_cpu_sets_what_optimums_preset_for_it_sets(target, reduce_range, activation):
+    """--target quantizes for a deployment CPU: optimum's presets turn reduce_range on exactly without VNNI."""
+    model = mlp_model()
+    report = quantize(model, mode="static", calib=_calib(model), target=target, check=False).report
+    assert report.settings["reduce_range"] is reduce_range
+    assert report.settings["activation_type"] == activation
+    assert report.settings["per_channel"] is True and report.settings["weight_symmetric"] is True
+    assert report.cpu["source"] == f"--target {target}"
+    with pytest.raises(UsageError, match="unknown --target"):
+        QuantizeConfig(target="avx9")

@@ -13,6 +13,7 @@ from ..quantize import (
     CALIBRATION_METHODS,
     FORMATS,
     QUANT_TYPES,
+    TARGETS,
     QuantizeConfig,
     format_summary,
     get_mode,
@@ -89,6 +90,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help="node names (or glob patterns) to keep in float",
     )
     q.add_argument("--min-weight-elements", type=int, default=0, metavar="N", help="keep weights smaller than N in float")
+    q.add_argument("--target", choices=list(TARGETS), default=None, metavar="CPU",
+                   help="quantize for this deployment CPU instead of the one running the command "
+                        f"({', '.join(TARGETS)}; optimum's preset names): sets reduce_range and the activation type")
     q.add_argument("--max-node-error", type=float, default=None, metavar="E",
                    help="mixed precision: keep in float every node whose quantization adds more than E relative "
                         "L2 error to its output on the check data (measured, then quantized once more)")
@@ -117,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         accuracy_level=args.accuracy_level,
         preprocess=args.preprocess,
         max_node_error=args.max_node_error,
+        target=args.target,
     )
     result = quantize(
         args.model,

@@ -27,7 +27,7 @@ from .config import (
     QuantizeSettings,
     resolve,
 )
-from .cpu import CpuInfo, detect_cpu, parse_cpuinfo
+from .cpu import TARGETS, CpuInfo, detect_cpu, parse_cpuinfo, target_cpu
 from .modes import DEFAULT_MODES, QuantMode, get_mode, mode_names, register_mode
 from .report import QuantizeReport, format_summary
 from .weights import QuantizedWeight, ZeroCheck, check_zeros, find_quantized_weights, match_sources
@@ -44,6 +44,8 @@ __all__ = [
     "CpuInfo",
     "detect_cpu",
     "parse_cpuinfo",
+    "target_cpu",
+    "TARGETS",
     "QuantMode",
     "register_mode",
     "get_mode",

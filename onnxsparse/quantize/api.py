@@ -38,7 +38,7 @@ from ._ort import QuantizationError, first_line
 from ._prepare import prepare, save_proto
 from ._reader import DYNAMIC_BATCH, calibration_batch_size, make_reader
 from .config import QuantizeConfig, QuantizeSettings, resolve
-from .cpu import CpuInfo, detect_cpu
+from .cpu import CpuInfo, detect_cpu, target_cpu
 from .modes import RunContext, get_mode
 from .node_error import NodeError, node_errors
 from .report import QuantizeReport
@@ -248,14 +248,15 @@ def quantize(
     mapping of arrays; for dynamic/int4 it is only used for the check.  With
     ``output`` the model is saved there atomically (never over the input).
     ``check`` runs fp32 and quantized on this CPU and compares them; ``cpu``
-    overrides the detected CPU (for settings only).
+    (or the ``target`` option, a named deployment CPU) overrides the detected
+    CPU (for settings only).
     """
     started = time.perf_counter()
     if config is None:
         config = QuantizeConfig(mode=mode, **options)
     elif options or (mode != "dynamic" and mode != config.mode):
         raise UsageError("pass either config=QuantizeConfig(...) or individual options, not both")
-    cpu = cpu or detect_cpu()
+    cpu = cpu or (target_cpu(config.target) if config.target else detect_cpu())
     settings: QuantizeSettings = resolve(config, cpu)
     quant_mode = get_mode(settings.mode)
     shapes = dict(shapes or {})

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import UsageError
-from .cpu import CpuInfo
+from .cpu import TARGETS, CpuInfo
 
 __all__ = [
     "QuantizeConfig",
@@ -70,6 +70,7 @@ class QuantizeConfig:
     accuracy_level: int | None = None
     preprocess: bool = True
     max_node_error: float | None = None
+    target: str | None = None
 
     def __post_init__(self) -> None:
         from .modes import get_mode, mode_names  # registry lives with the modes
@@ -95,6 +96,9 @@ class QuantizeConfig:
             raise UsageError(f"--accuracy-level must be one of {ACCURACY_LEVELS}, got {self.accuracy_level}")
         if self.calib_samples is not None and self.calib_samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        object.__setattr__(self, "target", lower(self.target))
+        if self.target is not None and self.target not in TARGETS:
+            raise UsageError(f"unknown --target {self.target!r}: choose from {', '.join(TARGETS)}")
         if self.max_node_error is not None and not self.max_node_error > 0:
             raise UsageError(f"--max-node-error must be > 0, got {self.max_node_error}")
         if self.min_weight_elements < 0:

@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuInfo", "VNNI_FLAGS", "detect_cpu", "parse_cpuinfo"]
+__all__ = ["CpuInfo", "VNNI_FLAGS", "TARGETS", "detect_cpu", "parse_cpuinfo", "target_cpu"]
 
 #: ``/proc/cpuinfo`` flags that give onnxruntime a saturation-free u8s8 dot product.
 VNNI_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -84,3 +84,20 @@ def detect_cpu() -> CpuInfo:
         # No /proc (macOS, Windows): we cannot see the flags; assume the worst on x86.
         return CpuInfo(arch=arch, model_name=platform.processor(), vnni_flags=(), source="unavailable")
     return parse_cpuinfo(text, arch, str(path))
+
+
+#: Deployment CPUs one can quantize for from another machine (``--target``), named like Hugging Face
+#: optimum's ``AutoQuantizationConfig`` presets; each resolves to the settings that preset uses
+#: (reduce_range on without VNNI, u8s8 on x86, s8s8 on ARM; per-channel symmetric int8 weights).
+TARGETS: dict[str, tuple[str, str]] = {
+    "avx512_vnni": ("x86_64", "flags : avx avx2 avx512f avx512_vnni"),
+    "avx512": ("x86_64", "flags : avx avx2 avx512f"),
+    "avx2": ("x86_64", "flags : avx avx2"),
+    "arm64": ("aarch64", "Features : fp asimd asimddp"),
+}
+
+
+def target_cpu(name: str) -> CpuInfo:
+    """The :class:`CpuInfo` of a named deployment target (see :data:`TARGETS`)."""
+    arch, text = TARGETS[name]
+    return parse_cpuinfo(f"model name : {name} target\n{text}\n", arch, source=f"--target {name}")
