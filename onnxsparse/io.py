@@ -32,6 +32,8 @@ from google.protobuf.message import DecodeError
 from .errors import ModelLoadError, ModelSaveError
 
 __all__ = [
+    "keeps_value_info",
+    "carry_value_info",
     "ModelSource",
     "load_model",
     "load_proto",
@@ -93,12 +95,41 @@ def load_model(source: ModelSource) -> ir.Model:
             source = copy
         _densify_sparse_initializers(source)
         _stash_unsupported_types(source)
-        return _deserialize(source)
+        return _remember_value_info(_deserialize(source), source)
     proto = load_proto(source)
     _stash_unsupported_types(proto)
-    model = _deserialize(proto)
+    model = _remember_value_info(_deserialize(proto), proto)
     if not isinstance(source, (bytes, bytearray)):
         ir.external_data.set_base_dir(model.graph, str(Path(source).resolve().parent))
+    return model
+
+
+#: ``model.meta`` key: did the model we loaded carry ``value_info`` for intermediate values?
+_VALUE_INFO_KEY = "onnxsparse.value_info"
+
+
+def _remember_value_info(model: ir.Model, proto: onnx.ModelProto) -> ir.Model:
+    model.meta[_VALUE_INFO_KEY] = len(proto.graph.value_info) > 0
+    return model
+
+
+def keeps_value_info(model: ir.Model) -> bool:
+    """Whether :func:`save_model` writes shapes of intermediate values: only if the input had them.
+
+    Those shapes change what onnxruntime fuses (with them it fuses Add +
+    LayerNormalization into SkipLayerNormalization), and so the speed: the
+    all-MiniLM-L6-v2 TorchScript export, which has none, ran 1.10x slower once
+    we had inferred and written them; its dynamo export, which has them, ran
+    0.92x of its time without.  Writing what the input had keeps onnxruntime's
+    choices, so what we write is never slower for that reason.  Models built
+    in memory keep them.
+    """
+    return bool(model.meta.get(_VALUE_INFO_KEY, True))
+
+
+def carry_value_info(model: ir.Model, source: ir.Model) -> ir.Model:
+    """Give ``model`` (e.g. a quantizer's output) the ``value_info`` choice of the model it was made from."""
+    model.meta[_VALUE_INFO_KEY] = keeps_value_info(source)
     return model
 
 
@@ -346,25 +377,27 @@ def inline_external_data(model: ir.Model) -> Iterator[ir.Model]:
 
 
 @contextlib.contextmanager
-def _no_initializer_value_info(model: ir.Model) -> Iterator[ir.Model]:
-    """Within the block, initializers carry no type/shape of their own (their tensor has both).
+def _value_info_as_loaded(model: ir.Model) -> Iterator[ir.Model]:
+    """Within the block, values carry types/shapes only where :func:`save_model` should write them.
 
-    ``onnx_ir`` writes a ``value_info`` entry for every typed initializer: a
-    copy of what the tensor already says, which made a model that went through
-    us larger than the input (tf2onnx MHA sample: +1.6 KB on 52 KB) for nothing.
-    Only entries that repeat the tensor are dropped.
+    ``onnx_ir`` writes a ``value_info`` entry for every typed value.  For an
+    initializer it repeats what the tensor says: always dropped.  Intermediate
+    values keep theirs only if the loaded model had ``value_info``
+    (:func:`keeps_value_info`).
     """
+    keep_intermediate = keeps_value_info(model)
     cleared: list[tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = []
     try:
         for graph in model.graphs():
-            inputs = set(map(id, graph.inputs))
-            for value in graph.initializers.values():
-                tensor = value.const_value
-                if id(value) in inputs or tensor is None or value.type is None:
+            keep = set(map(id, (*graph.inputs, *graph.outputs)))
+            values = list(graph.initializers.values())
+            if not keep_intermediate:
+                values += [v for node in graph for v in node.outputs]
+            for value in values:
+                if id(value) in keep or (value.type is None and value.shape is None):
                     continue
-                if value.dtype == tensor.dtype and (value.shape is None or tuple(value.shape) == tuple(tensor.shape)):
-                    cleared.append((value, value.type, value.shape))
-                    value.type, value.shape = None, None
+                cleared.append((value, value.type, value.shape))
+                value.type, value.shape = None, None
         yield model
     finally:
         for value, type_, shape in cleared:
@@ -373,7 +406,7 @@ def _no_initializer_value_info(model: ir.Model) -> Iterator[ir.Model]:
 
 def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
     """Serialise ``model`` to ``path`` (weights in ``data_name`` beside it, if given)."""
-    with _no_initializer_value_info(model):
+    with _value_info_as_loaded(model):
         _write_typed(model, path, data_name)
 
 

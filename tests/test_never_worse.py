@@ -82,3 +82,25 @@ def test_fusion_comparison_names_a_lost_fusion_and_blocked_kernels(tmp_path):
     assert not {op for op in compare_fusions(sample("digits_cnn"), rounded).lost if "nchwc" in op}
     x = {"input": np.load(sample("digits_cnn").parents[1] / "data" / "digits_test.npz")["input"][:4]}
     assert run(rounded, x)[0].shape == run(sample("digits_cnn"), x)[0].shape
+
+
+def test_value_info_is_written_only_if_the_input_had_it(tmp_path):
+    """Inferred shapes change what onnxruntime fuses (and its speed): outputs carry them only as the input did."""
+    from onnxsparse.io import load_model, save_model
+    from onnxsparse.passes.normalize import normalize
+    from onnxsparse.quantize import quantize
+
+    for name in ("real_torch_bert_ts", "digits_transformer_dynamo"):
+        src = onnx.load(str(sample(name)))
+        had = len(src.graph.value_info) > 0
+        model = load_model(sample(name))
+        normalize(model)  # infers every shape
+        out = save_model(model, tmp_path / f"{name}.onnx")
+        written = onnx.load(str(out)).graph.value_info
+        inits = {i.name for i in src.graph.initializer}
+        assert not [v.name for v in written if v.name in inits and v.type.HasField("tensor_type")], \
+            "initializer types are the tensors' own"
+        assert (len(written) > 0) == had, (name, had, len(written))
+        quantized = quantize(sample(name), tmp_path / f"{name}_q.onnx", mode="dynamic", check=False)
+        assert (len(onnx.load(str(quantized.path)).graph.value_info) > 0) == had
+    assert optimized_ops(sample("real_torch_bert_ts")) == optimized_ops(tmp_path / "real_torch_bert_ts.onnx")

@@ -282,7 +282,7 @@ def test_memory_probe_measures_each_session(candidates):
 #: Every key the JSON report has; docs/validate.md documents each one (test below).
 JSON_KEYS = {
     "": {"schema", "passed", "reference", "candidate", "size_ratio", "providers", "checks", "settings",
-         "environment", "notes"},
+         "environment", "notes", "fusions"},
     "reference": {"role", "path", "file_bytes", "size_note", "params", "macs", "zero_fraction", "inputs", "outputs",
                   "stats_note"},
     "providers[]": {"provider", "ep", "device", "available", "reason", "failed_model", "active_providers", "samples",

@@ -355,10 +355,11 @@ def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndar
         protos.append(ir.serde.serialize_tensor(ir.Tensor(value.const_value.numpy())))  # in memory, never external
         protos[-1].name = name
     node_protos = [ir.serde.serialize_node(n) for n in nodes]
-    if output.dtype is None:
-        raise ModelLoadError(f"decode output {target!r} has no type; cannot evaluate it without metadata")
-    out_info = onnx.helper.make_tensor_value_info(target, int(output.dtype), None)
     opset = graph.opset_imports.get("", 18) or 18
+    dtype = int(output.dtype) if output.dtype is not None else _inferred_dtype(node_protos, protos, target, opset)
+    if not dtype:
+        raise ModelLoadError(f"decode output {target!r} has no type; cannot evaluate it without metadata")
+    out_info = onnx.helper.make_tensor_value_info(target, dtype, None)
     proto = onnx.helper.make_model(
         onnx.helper.make_graph(node_protos, "decode", [], [out_info], initializer=protos),
         opset_imports=[onnx.helper.make_opsetid("", max(opset, 16))],
@@ -366,6 +367,25 @@ def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndar
     proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
     session = make_session(proto, session_options())
     return session.run(None, {})[0]
+
+
+def _inferred_dtype(nodes: list, initializers: list, target: str, opset: int) -> int:
+    """The element type onnx shape inference gives ``target`` (a saved model need not carry ``value_info``)."""
+    import onnx
+
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "decode", [], [onnx.helper.make_empty_tensor_value_info(target)],
+                               initializer=initializers),
+        opset_imports=[onnx.helper.make_opsetid("", max(opset, 16))],
+    )
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe)
+    except Exception:  # noqa: BLE001 - no type is reported by the caller
+        return 0
+    for info in (*inferred.graph.output, *inferred.graph.value_info):
+        if info.name == target:
+            return int(info.type.tensor_type.elem_type)
+    return 0
 
 
 def expand_stored(model: ir.Model, name: str, nodes: Sequence[ir.Node], array: np.ndarray) -> None:

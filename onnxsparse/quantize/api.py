@@ -27,6 +27,7 @@ from ..calibration.data import DataSource, load_data, model_input_specs
 from ..errors import DataError, UsageError
 from ..io import (
     EXTERNAL_DATA_THRESHOLD,
+    carry_value_info,
     ModelSource,
     check_output,
     load_model,
@@ -358,7 +359,7 @@ def quantize(
                 bar.close()
         warnings.extend(_warnings(outcome, settings, cpu, quant_mode))
 
-        result_model = load_model(after)
+        result_model = carry_value_info(load_model(after), ir_model)
         saved: Path | None = None
         if output is not None:
             saved = save_model(result_model, output, protect=tuple(p for p in (input_path,) if p), force=force,
