@@ -111,3 +111,24 @@ def test_static_ir3_model_gets_opset_13():
     assert "IR version 3 -> 7" in steps and "-> 13 for per-axis" in steps
     assert result.report.quantized_by_op.get("Conv", 0) >= 1
     assert result.report.check["rel_l2_error"] < 0.05
+
+
+def test_static_keeps_the_attention_mask_path_float(tmp_path):
+    """A mask fill (-3.4e38 / -1e4) and the scores it is added to cannot share one int8 scale: that path stays float."""
+    from onnxsparse.quantize._nodes import mask_fill_readers
+
+    model = onnx.load(sample("real_torch_bert_ts"))
+    readers = mask_fill_readers(model)
+    ops = {n.op_type for n in model.graph.node if n.name in readers}
+    assert "Softmax" in ops and "Add" in ops, ops
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 100, (32, 12))
+    mask = np.ones((32, 12), np.int64)
+    mask[:, 8:] = 0  # padded tokens: the fill is really used
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+    report = quantize(sample("real_torch_bert_ts"), mode="static", calib=calib).report
+    excluded = {r["node"]: r["reason"] for r in report.excluded}
+    assert set(readers) <= set(excluded)
+    assert all("attention-mask fill" in excluded[n] for n in readers)
+    assert report.quantized, "nothing else was quantized"

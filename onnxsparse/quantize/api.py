@@ -216,6 +216,42 @@ def _node_errors(fp32_path: Path, quantized_path: Path, planned: onnx.ModelProto
         return []
 
 
+def _keep_float(costly: list[NodeError], planned: onnx.ModelProto, plan, settings: QuantizeSettings) -> list[str]:
+    """Exclude the costly nodes (and, for static, the readers of their outputs); record why; return the names.
+
+    Static quantization quantizes a tensor wherever a consumer reads it
+    quantized, so a node's output stays float only if its readers stay float
+    too (a LayerNorm output with outlier channels is quantized by the MatMuls
+    reading it).  Dynamic quantization works node by node: the node is enough.
+    """
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in planned.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    by_name = {n.name: n for n in planned.graph.node}
+    rows: dict[str, dict] = {}
+    for e in costly:
+        rows.setdefault(e.node, {
+            "node": e.node, "op_type": e.op_type, "weight": None,
+            "reason": f"kept float: quantized it added {e.added_error:.3g} relative error "
+                      f"(> max_node_error {settings.max_node_error:g})",
+        })
+        if settings.mode != "static" or e.node not in by_name:
+            continue
+        for out in by_name[e.node].output:
+            for reader in readers.get(out, []):
+                rows.setdefault(reader.name, {
+                    "node": reader.name, "op_type": reader.op_type, "weight": None,
+                    "reason": f"kept float so that the output of {e.node!r} stays float "
+                              f"(it added {e.added_error:.3g} relative error quantized)",
+                })
+    names = [name for name in rows if name not in plan.exclude]
+    plan.candidates = [name for name in plan.candidates if name not in rows]
+    plan.exclude.extend(names)
+    plan.excluded = [r for r in plan.excluded if r["node"] not in rows] + list(rows.values())
+    return names
+
+
 def _warnings(outcome: _Outcome, settings: QuantizeSettings, cpu: CpuInfo, quant_mode) -> list[str]:
     out: list[str] = []
     out.extend(quant_mode.advice(settings, outcome.ops_after))
@@ -261,6 +297,8 @@ def quantize(
     settings: QuantizeSettings = resolve(config, cpu)
     quant_mode = get_mode(settings.mode)
     shapes = dict(shapes or {})
+    if settings.max_node_error is not None and not check:
+        raise UsageError("--max-node-error measures each node on the check data: drop --no-check")
 
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if output is not None:
@@ -315,7 +353,7 @@ def quantize(
         plan = plan_nodes(
             proto, mode_name=settings.mode, supported=supported, node_reason=quant_mode.node_reason,
             excludes=settings.exclude, min_weight_elements=settings.min_weight_elements,
-            origin=origin, original=prepared.original_names,
+            origin=origin, original=prepared.original_names, graph_reasons=quant_mode.graph_reasons(proto),
         )
         warnings.extend(plan.warnings)
         planned = onnx.ModelProto()
@@ -338,15 +376,7 @@ def quantize(
             ]
             if costly:
                 # Mixed precision: the nodes that add the most error stay float; quantize once more.
-                names = [e.node for e in costly]
-                plan.candidates = [name for name in plan.candidates if name not in names]
-                for e in costly:
-                    plan.exclude.append(e.node)
-                    plan.excluded.append({
-                        "node": e.node, "op_type": e.op_type, "weight": None,
-                        "reason": f"kept float: quantized it added {e.added_error:.3g} relative error "
-                                  f"(> max_node_error {settings.max_node_error:g})",
-                    })
+                names = _keep_float(costly, planned, plan, settings)
                 exclude = exclude + names + quant_mode.extra_excludes(proto, names)
                 if reader is not None:
                     reader.rewind()

@@ -72,6 +72,10 @@ class QuantMode:
         """Why a node of a supported op type cannot be quantized (``None``: it can)."""
         return None
 
+    def graph_reasons(self, model: onnx.ModelProto) -> dict[str, str]:
+        """Nodes this mode must leave float because of where they sit in the graph, with the reason."""
+        return {}
+
     def prepare(self, model: onnx.ModelProto, settings: QuantizeSettings, exclude: set[str]) -> list[str]:
         """Mode-specific graph changes before quantizing; returns what was done."""
         return []
@@ -273,6 +277,11 @@ class StaticMode(QuantMode):
     def check_config(self, config: QuantizeConfig) -> None:
         if config.format is not None and config.format not in FORMATS:
             raise UsageError(f"unknown --format {config.format!r}")
+
+    def graph_reasons(self, model: onnx.ModelProto) -> dict[str, str]:
+        from ._nodes import mask_fill_readers
+
+        return mask_fill_readers(model)
 
     def resolve(self, config: QuantizeConfig, cpu: CpuInfo) -> QuantizeSettings:
         reasons: dict[str, str] = {}
