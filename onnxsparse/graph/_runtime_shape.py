@@ -143,7 +143,7 @@ def _tokens(value: ir.Value) -> list[int | Token] | None:
         return None if d is None else [x if x is not None else ("anon", value.name, k) for k, x in enumerate(d)]
     out: list[int | Token] = []
     for k, dim in enumerate(value.shape):
-        if isinstance(dim, int):
+        if isinstance(dim, int) and dim >= 0:
             out.append(dim)
         else:
             name = getattr(dim, "value", None)
@@ -370,6 +370,8 @@ def rewrite_entries(ctx, node: ir.Node, target_index: int, entries: Sequence[Ent
                 path_nodes.append(n)
     target = node.inputs[target_index]
     shared = any(len(n.outputs[0].uses()) != 1 for n in path_nodes)
+    if getattr(ctx, "dry_run", False):  # a check: compute the new constants on the originals, change nothing
+        shared = False
     clones: dict[ir.Node, ir.Node] = {}
     if shared:
         graph = node.graph

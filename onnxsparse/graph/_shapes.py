@@ -9,7 +9,10 @@ Dims = tuple[int | None, ...]
 
 
 def dims(value: ir.Value | None) -> Dims | None:
-    """Static dims of a value (``None`` for symbolic/unknown dims); ``None`` if rank unknown."""
+    """Static dims of a value (``None`` for symbolic/unknown dims); ``None`` if rank unknown.
+
+    A negative dim (``-1``: how some exporters write "dynamic" as a ``dim_value``) is unknown.
+    """
     if value is None:
         return None
     shape = value.shape
@@ -20,7 +23,7 @@ def dims(value: ir.Value | None) -> Dims | None:
         return None
     out: list[int | None] = []
     for d in shape:
-        out.append(d if isinstance(d, int) else None)
+        out.append(d if isinstance(d, int) and d >= 0 else None)
     return tuple(out)
 
 
@@ -31,7 +34,7 @@ def symbolic_dims(value: ir.Value | None) -> tuple[int | str | None, ...] | None
     out: list[int | str | None] = []
     for d in value.shape:
         if isinstance(d, int):
-            out.append(d)
+            out.append(d if d >= 0 else None)
         else:
             out.append(getattr(d, "value", None))
     return tuple(out)
@@ -65,3 +68,131 @@ def opset_version(model_or_graph_opsets: dict[str, int], domain: str) -> int:
     if domain in ("", "ai.onnx"):
         return model_or_graph_opsets.get("", model_or_graph_opsets.get("ai.onnx", 1))
     return model_or_graph_opsets.get(domain, 1)
+
+
+def unknown_negative_dims(values, named=()) -> int:
+    """Replace negative static dims (``dim_value: -1``) by named symbolic dims; returns how many values changed.
+
+    ONNX says a ``dim_value`` is >= 0; some exporters (older paddle2onnx) and the common
+    "make the batch dynamic" edit write ``-1`` for a dynamic axis.  Read as a size it is
+    nonsense (a slot of -1 positions), and onnx shape inference propagates it into
+    Reshape targets as a second ``-1`` and gives up on the whole model.  Each such dim
+    becomes what it means, an unknown dim: named ``<value>_dim<k>`` on the values in
+    ``named`` (the graph inputs), so that inference can carry it through the graph,
+    anonymous elsewhere (inference then fills in the name it derives).
+    """
+    named = {id(v) for v in named}
+    changed = 0
+    for value in values:
+        shape = value.shape if value is not None else None
+        if shape is None or not any(isinstance(d, int) and d < 0 for d in shape):
+            continue
+        value.shape = ir.Shape([
+            (ir.SymbolicDim(f"{value.name}_dim{k}") if id(value) in named else ir.SymbolicDim(None))
+            if isinstance(d, int) and d < 0 else d
+            for k, d in enumerate(shape)
+        ])
+        changed += 1
+    return changed
+
+
+def missing_shapes(graph: ir.Graph) -> int:
+    """Node outputs of ``graph`` without a known rank (initializers and graph inputs excepted)."""
+    return sum(1 for node in graph for v in node.outputs if v is not None and v.name and dims(v) is None)
+
+
+def infer_missing(model: ir.Model) -> int:
+    """Fill in shapes the model lacks with onnx shape inference (non-strict, with data propagation).
+
+    Normalisation infers shapes in strict mode: one node onnx cannot infer (a
+    Reshape target with two ``-1``, an unknown domain) leaves *every* value
+    without a shape, and a rule then cannot tell, e.g., the rank of a MatMul
+    after a run-time Flatten.  Non-strict inference skips the nodes it cannot
+    infer and keeps the rest.  Only values without a shape, or with unknown dims
+    that inference knows (as a number or a symbol), are updated; returns how many.
+    """
+    import onnx
+    from onnx_ir.passes.common import _c_api_utils
+
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+
+    inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+    known = ir.convenience.create_value_mapping(inferred.graph)
+    changed = 0
+    for name, value in ir.convenience.create_value_mapping(model.graph).items():
+        other = known.get(name)
+        if other is None or other.shape is None or value.const_value is not None:
+            continue
+        if value.shape is None:
+            value.shape = other.shape
+        elif len(value.shape) == len(other.shape) and any(
+            not _informative(a) and _informative(b) for a, b in zip(value.shape, other.shape)
+        ):
+            value.shape = ir.Shape([b if not _informative(a) and _informative(b) else a
+                                    for a, b in zip(value.shape, other.shape)])
+        else:
+            continue
+        if value.dtype is None and other.dtype is not None:
+            value.dtype = other.dtype
+        changed += 1
+    return changed
+
+
+def _informative(d) -> bool:
+    """A static dim, or a named symbolic one."""
+    if isinstance(d, int):
+        return d >= 0
+    return bool(getattr(d, "value", None))
+
+
+#: constant inputs up to this many elements are handed to per-node inference as data (shape vectors)
+_DATA_LIMIT = 1024
+
+
+def infer_node(node: ir.Node, version: int) -> int:
+    """Fill in the shapes of ``node``'s outputs that are missing, by onnx's inference of this one node.
+
+    Whole-model inference leaves a value without a shape as soon as one producer
+    upstream has none: onnx cannot resolve a run-time Reshape target such as
+    ``Concat(Shape(x)[0:1], [-1])`` whose ``-1`` must cancel a symbolic batch, so
+    the Reshape output, the MatMul after it and everything downstream stay
+    unknown.  The Reshape rule proves such targets (``_runtime_shape``) and sets
+    the output's shape; running onnx's inference node by node during the analysis
+    carries it on.  Returns how many outputs got a shape.
+    """
+    import onnx
+
+    missing = [v for v in node.outputs if v is not None and v.name and dims(v) is None]
+    if not missing or node.domain not in ("", "ai.onnx"):
+        return 0
+    schema = onnx.defs.get_schema(node.op_type, version, "")
+    input_types: dict[str, onnx.TypeProto] = {}
+    input_data: dict[str, onnx.TensorProto] = {}
+    for v in node.inputs:
+        if v is None or not v.name:
+            continue
+        tensor = v.const_value
+        elem = v.dtype if v.dtype is not None else (tensor.dtype if tensor is not None else None)
+        d = symbolic_dims(v)
+        if elem is None or d is None:
+            return 0  # an input of unknown rank: nothing to infer from
+        input_types[v.name] = onnx.helper.make_tensor_type_proto(int(elem), list(d))
+        if tensor is not None and tensor.size <= _DATA_LIMIT:
+            input_data[v.name] = ir.serde.serialize_tensor(tensor)
+    out_types = onnx.shape_inference.infer_node_outputs(schema, ir.serde.serialize_node(node), input_types,
+                                                        input_data)
+    filled = 0
+    for v in missing:
+        tp = out_types.get(v.name)
+        if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
+            continue
+        v.shape = ir.Shape([
+            d.dim_value if d.HasField("dim_value") and d.dim_value >= 0
+            else ir.SymbolicDim(d.dim_param or None)
+            for d in tp.tensor_type.shape.dim
+        ])
+        if v.dtype is None and tp.tensor_type.elem_type:
+            v.dtype = ir.DataType(tp.tensor_type.elem_type)
+        filled += 1
+    return filled

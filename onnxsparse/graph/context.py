@@ -294,11 +294,16 @@ class RewriteContext(_NodeView):
         """Like :meth:`set_input_constant` for another node (e.g. the Concat building a Reshape target)."""
         self._state.set_input_constant(node, index, array)
 
+    @property
+    def dry_run(self) -> bool:
+        """True while the plan is checked (:func:`~onnxsparse.graph.rewrite.check_rewrites`): change nothing."""
+        return self._state.dry_run
+
     def set_attr_int(self, name: str, value: int) -> None:
-        self.node.attributes[name] = ir.AttrInt64(name, int(value))
+        self._state.set_attr(self.node, ir.AttrInt64(name, int(value)))
 
     def set_attr_ints(self, name: str, values: Sequence[int]) -> None:
-        self.node.attributes[name] = ir.AttrInt64s(name, [int(v) for v in values])
+        self._state.set_attr(self.node, ir.AttrInt64s(name, [int(v) for v in values]))
 
     def remove_attr(self, name: str) -> None:
-        self.node.attributes.pop(name, None)
+        self._state.remove_attr(self.node, name)

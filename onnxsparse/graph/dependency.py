@@ -28,7 +28,7 @@ import fnmatch
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -43,7 +43,7 @@ from .index_maps import IndexMap, simplify
 from .registry import OpRule, RuleRegistry
 from .slots import Contraction, Role, Slot, SlotKey
 
-__all__ = ["Member", "Group", "WeightSlice", "DependencyGraph", "build_groups"]
+__all__ = ["Member", "Group", "WeightSlice", "DependencyGraph", "build_groups", "internal_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,13 @@ class DependencyGraph:
     def group(self, group_id: int) -> Group:
         return self.groups[group_id]
 
+    def skip(self, group_id: int, reason: str) -> Group:
+        """Make a group not prunable with ``reason`` (e.g. a criterion or rewrite failed on it)."""
+        old = self.groups[group_id]
+        new = replace(old, prunable=False, reasons=(reason, *(r for r in old.reasons if r != reason)))
+        self.groups = (*self.groups[:group_id], new, *self.groups[group_id + 1 :])
+        return new
+
     def groups_at(self, value: str, axis: int) -> tuple[Group, ...]:
         """Groups that own positions of slot ``(value, axis)``."""
         index = self._slot_index.get((value, axis))
@@ -306,6 +313,13 @@ class DependencyGraph:
 
     def _solve(self) -> None:
         an = self._an
+        bad = [k for k, n in an.sizes.items() if n <= 0]
+        for key in bad:  # slots of no positions (or a negative "size"): nothing to couple
+            logger.debug("slot %s has size %d: dropped", key, an.sizes[key])
+            del an.sizes[key]
+        if bad:
+            dropped = set(bad)
+            an.couplings = [c for c in an.couplings if c[0] not in dropped and c[1] not in dropped]
         keys = list(an.sizes)
         self._slot_keys = keys
         self._slot_index = {k: i for i, k in enumerate(keys)}
@@ -317,7 +331,17 @@ class DependencyGraph:
         rows, cols = [], []
         for ka, kb, m in an.couplings:
             ia, ib = self._slot_index[ka], self._slot_index[kb]
-            src, dst = m.pairs(int(sizes[ia]))
+            try:
+                src, dst = m.pairs(int(sizes[ia]))
+                if src.size and (src.min() < 0 or src.max() >= sizes[ia] or dst.min() < 0 or dst.max() >= sizes[ib]):
+                    raise ValueError(f"{m.describe()} maps {int(sizes[ia])} positions of {ka} outside the "
+                                     f"{int(sizes[ib])} positions of {kb}")
+            except Exception as exc:  # noqa: BLE001 - a bad coupling blocks its slots, never the whole analysis
+                logger.debug("coupling %s -> %s failed", ka, kb, exc_info=True)
+                reason = internal_error("coupling", f"{ka[0]}[{ka[1]}] -> {kb[0]}[{kb[1]}]", exc)
+                for key in (ka, kb):
+                    an.blocks.setdefault(key, []).append(reason)
+                continue
             rows.append(src + bases[ia])
             cols.append(dst + bases[ib])
         if rows:
@@ -397,11 +421,17 @@ class DependencyGraph:
                 p = np.nonzero(group_of_label[seg] == gid)[0]
                 r = rank_of_label[seg[p]]
                 order = np.lexsort((p, r))
-                table = p[order].reshape(n, -1)
-                tables[key] = table
                 weight = self._is_weight(key)
                 slot = Slot(key[0], key[1], z)
-                member_list.append(Member(slot, simplify(table), frozenset(an.roles.get(key, ())), weight))
+                try:
+                    table = p[order].reshape(n, -1)
+                    index_map = simplify(table)
+                except Exception as exc:  # noqa: BLE001 - one malformed group is skipped, the others go on
+                    logger.debug("group %d: slot %s", gid, key, exc_info=True)
+                    reasons.append(internal_error("group analysis at", f"'{key[0]}' axis {key[1]}", exc))
+                    continue
+                tables[key] = table
+                member_list.append(Member(slot, index_map, frozenset(an.roles.get(key, ())), weight))
                 for reason in an.blocks.get(key, ()):
                     if reason not in reasons:
                         reasons.append(reason)
@@ -461,6 +491,12 @@ class DependencyGraph:
         return best[1]
 
 
+def internal_error(kind: str, name: str, exc: BaseException) -> str:
+    """The reason a group is skipped when code of ours raised on it (the run goes on)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"internal error in {kind} {name}: {type(exc).__name__}" + (f": {text}" if text else "")
+
+
 _CHUNK = 1 << 22  # elements per block: bounds temporaries on huge weights
 
 
@@ -494,6 +530,14 @@ def _value_map(graph: ir.Graph) -> dict[str, ir.Value]:
         for v in node.outputs:
             if v.name:
                 values[v.name] = v
+    return values
+
+
+def _all_values(graph: ir.Graph) -> list[ir.Value]:
+    """Inputs, initializers and node outputs of ``graph`` (main graph only)."""
+    values: list[ir.Value] = [*graph.inputs, *graph.initializers.values()]
+    for node in graph:
+        values.extend(v for v in node.outputs if v is not None)
     return values
 
 
@@ -576,6 +620,15 @@ def build_groups(
     start = time.perf_counter()
     registry = registry or default_registry()
     _ensure_names(model)
+    fixed = _shapes.unknown_negative_dims(_all_values(model.graph), named=model.graph.inputs)
+    if fixed:
+        logger.info("%d value(s) declared a negative dim (-1 for a dynamic axis): read as unknown", fixed)
+    if fixed or _shapes.missing_shapes(model.graph):
+        try:
+            filled = _shapes.infer_missing(model)
+            logger.info("shape inference (non-strict) filled in %d value shape(s)", filled)
+        except Exception:  # noqa: BLE001 - best effort: rules block what stays unknown, with the reason
+            logger.debug("non-strict shape inference failed", exc_info=True)
     shared_copies = unshare_small_constants(model)
     graph = model.graph
     opsets = dict(model.opset_imports)
@@ -584,8 +637,13 @@ def build_groups(
     exclude = _expand_patterns(exclude, names)
 
     an = _Analysis()
+    inferred = 0
     for order, node in enumerate(nodes):
         version = node.version or _shapes.opset_version(opsets, node.domain)
+        try:  # shapes a rule proved upstream (run-time Reshape targets) carry on to this node's outputs
+            inferred += _shapes.infer_node(node, version)
+        except Exception:  # noqa: BLE001 - best effort, like whole-model inference
+            logger.debug("inference of %s '%s' failed", node.op_type, node.name, exc_info=True)
         reasons: list[str] = []
         for rule in registry.lookup(node.domain, node.op_type, version):
             ctx = CoupleContext(an, node, version)
@@ -593,7 +651,7 @@ def build_groups(
                 reason = rule.couple(node, ctx)
             except Exception as exc:  # noqa: BLE001 - a failing rule blocks, it never crashes pruning
                 logger.debug("rule %r failed on %s", rule, node.name, exc_info=True)
-                reason = f"{node.op_type} '{node.name}': rule {type(rule).__name__} failed ({type(exc).__name__}: {exc})"
+                reason = f"{node.op_type} '{node.name}': {internal_error('rule', type(rule).__name__, exc)}"
             if reason is None:
                 an.commit(ctx, rule, order)
                 break
@@ -631,6 +689,8 @@ def build_groups(
         if v is not None:
             an.block((value_name, axis), an.size_of(v, axis), reason)
 
+    if inferred:
+        logger.info("per-node shape inference filled in %d output shape(s)", inferred)
     stats = {"rules_s": time.perf_counter() - start}
     dg = DependencyGraph(model, an, names, stats)
     dg.shared_copies = shared_copies

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ from .dependency import DependencyGraph
 from .slots import SlotKey
 
 __all__ = ["PrunePlan"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +43,13 @@ class PrunePlan:
             if len(idx) >= group.size:
                 raise UsageError(f"group {gid}: cannot remove all {group.size} units")
             clean[gid] = tuple(idx)
+        if clean:
+            from .rewrite import check_rewrites
+
+            for gid, reason in check_rewrites(graph, clean).items():
+                logger.info("group %d skipped: %s", gid, reason)
+                graph.skip(gid, reason)
+                del clean[gid]
         return cls(graph, clean)
 
     def masks(self) -> dict[SlotKey, np.ndarray]:
