@@ -861,7 +861,25 @@ def export_tf(only: set[str] | None = None) -> tuple[dict, dict]:
         return keras.Model(inp, out), [tf.TensorSpec((None, 16, 32), tf.float32, name="input")], \
             [np.random.default_rng(0).standard_normal((2, 16, 32)).astype(np.float32)]
 
-    for name, make in (("real_tf_keras_cnn", cnn), ("real_tf_keras_mha", mha)):
+    def vgg():
+        # keras.applications.VGG16's layout (blocks of 3x3 same-padded convs + max-pooling, then
+        # Flatten -> Dense -> Dense -> Dense), narrowed; tf2onnx turns the NHWC Flatten into a
+        # Reshape with a Shape-computed target feeding the first MatMul.
+        inp = keras.Input((32, 32, 3), name="input")
+        x = inp
+        for block, (width, convs) in enumerate(((8, 2), (16, 2), (32, 3)), 1):
+            for i in range(convs):
+                x = keras.layers.Conv2D(width, 3, padding="same", activation="relu",
+                                        name=f"block{block}_conv{i + 1}")(x)
+            x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = keras.layers.Dense(64, activation="relu", name="fc1")(x)
+        x = keras.layers.Dense(64, activation="relu", name="fc2")(x)
+        out = keras.layers.Dense(10, activation="softmax", name="predictions")(x)
+        return keras.Model(inp, out), [tf.TensorSpec((None, 32, 32, 3), tf.float32, name="input")], \
+            [np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)]
+
+    for name, make in (("real_tf_keras_cnn", cnn), ("real_tf_keras_mha", mha), ("real_tf_keras_vgg", vgg)):
         if only and name not in only:
             continue
         path = MODELS / f"{name}.onnx"
@@ -895,6 +913,15 @@ def export_tf(only: set[str] | None = None) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------
 # Paddle via paddle2onnx
 # --------------------------------------------------------------------------------------
+def _p2o_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f" {version('paddle2onnx')}"
+    except Exception:  # noqa: BLE001
+        return ""
+
+
 def export_paddle(only: set[str] | None = None) -> tuple[dict, dict]:
     try:
         import paddle
@@ -923,17 +950,42 @@ def export_paddle(only: set[str] | None = None) -> tuple[dict, dict]:
             x = pnn.functional.relu(self.pw(x))
             return self.fc(paddle.flatten(self.pool(x), 1))
 
-    name = "real_paddle_cnn"
-    if not only or name in only:
+    def cnn():
+        return Net(), [None, 3, 32, 32], 13
+
+    def mobilenetv3():
+        # paddle.vision's MobileNetV3-small (hard-swish, squeeze-excite with hardsigmoid gates,
+        # Linear head behind a flatten), random weights, narrowed to stay under 1 MB.  The committed
+        # file comes from paddlepaddle 2.6.2 + paddle2onnx 1.0.8 (own venv: pip install
+        # "paddlepaddle==2.6.2" "paddle2onnx==1.0.8" "numpy<2" onnx onnxruntime): its flatten is
+        # Reshape(x, Concat(Shape(x)[0:1], [-1])), a target onnx shape inference gives up on with a
+        # dynamic batch, so the MatMul head and everything after it have no shapes in the file.
+        # (paddle2onnx 2.x folds that target differently; any version exports this model.)
+        from paddle.vision.models import mobilenet_v3_small
+
+        net = mobilenet_v3_small(pretrained=False, scale=0.35, num_classes=10)
+        rng = np.random.default_rng(SEED)
+        for layer in net.sublayers():  # non-trivial BN statistics
+            if isinstance(layer, pnn.BatchNorm2D):
+                c = layer.weight.shape[0]
+                layer.weight.set_value(rng.uniform(0.5, 1.5, c).astype(np.float32))
+                layer.bias.set_value(rng.normal(0, 0.1, c).astype(np.float32))
+                layer._mean.set_value(rng.normal(0, 0.1, c).astype(np.float32))
+                layer._variance.set_value(rng.uniform(0.5, 1.5, c).astype(np.float32))
+        return net, [None, 3, 64, 64], 13
+
+    for name, make in (("real_paddle_cnn", cnn), ("real_paddle_mobilenetv3", mobilenetv3)):
+        if only and name not in only:
+            continue
         path = MODELS / f"{name}.onnx"
         try:
-            net = Net()
+            net, shape, opset = make()
             net.eval()
-            x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+            x = np.random.default_rng(0).standard_normal([2, *shape[1:]]).astype(np.float32)
             ref = net(paddle.to_tensor(x)).numpy()
             with tempfile.TemporaryDirectory() as tmp:
-                spec = [paddle.static.InputSpec([None, 3, 32, 32], "float32", "input")]
-                paddle.onnx.export(net, os.path.join(tmp, "net"), input_spec=spec, opset_version=13)
+                spec = [paddle.static.InputSpec(shape, "float32", "input")]
+                paddle.onnx.export(net, os.path.join(tmp, "net"), input_spec=spec, opset_version=opset)
                 Path(os.path.join(tmp, "net.onnx")).replace(path)
             info = finalize(path)
             import onnxruntime as ort
@@ -942,7 +994,7 @@ def export_paddle(only: set[str] | None = None) -> tuple[dict, dict]:
             got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
             if not np.allclose(got, ref, rtol=1e-3, atol=1e-4):
                 raise RuntimeError(f"onnxruntime differs from paddle by {np.abs(got - ref).max()}")
-            info.update(exporter=f"paddle2onnx (paddle {paddle.__version__})")
+            info.update(exporter=f"paddle2onnx{_p2o_version()} (paddle {paddle.__version__})")
             done[name] = info
             print(f"ok    {name}: {info['bytes']} bytes")
         except Exception as exc:  # noqa: BLE001
