@@ -635,3 +635,20 @@ def test_failing_group_analysis_is_reported_not_fatal(monkeypatch) -> None:
     assert "prunable_groups" not in data and data["macs"] == resnet_mini_expected()[1]
     code, out, _ = cli("inspect", sample("resnet_mini"))
     assert code == 0 and "Prunable groups: not available (RuntimeError: rule exploded)" in out
+
+
+@pytest.mark.parametrize("name", ["attn_llama_gqa", "tiny_decoder_kv", "real_torch_gpt2_ts", "real_torch_bert_ts",
+                                  "real_torch_vit_ts"])
+def test_concrete_input_shapes_make_every_shape_known(name) -> None:
+    """onnx's inference leaves some Shape-derived dims unknown (Range lengths, masks, KV caches); onnxruntime's
+    symbolic shape inference, run after it, resolves them: with every input dim given, no dim stays unknown."""
+    from onnxsparse.analysis.shapes import infer_shapes
+    from onnxsparse.io import load_model
+
+    model = load_model(sample(name))
+    given = {v.name: tuple(d if isinstance(d, int) else 3 for d in v.shape)
+             for v in model.graph.inputs if not v.is_initializer()}
+    shapes = infer_shapes(model, given)
+    produced = [out.name for node in model.graph for out in node.outputs if out.name]
+    unknown = [n for n in produced if shapes.get(n) is None or None in shapes[n]]
+    assert not unknown, unknown[:5]

@@ -13,8 +13,9 @@ is built (peak memory: twice the inline weights, for a moment).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import onnx
 import onnx_ir as ir
@@ -368,7 +369,47 @@ def infer_shapes(
             if not _has_unknown(proto.graph, found) or _unknown_count(proto.graph, found) == before:
                 break
             current = folded
+    if _has_unknown(proto.graph, found):
+        _merge(found, _runtime_symbolic(proto))
     _merge(out, found)
     if not (shapes or bindings):
         _ir_shapes(model, out)
     return out
+
+
+def _runtime_symbolic(proto: onnx.ModelProto) -> dict[str, Shape]:
+    """Shapes from onnxruntime's symbolic shape inference, for what onnx's inference left unknown.
+
+    It tracks dims through ``Shape``-derived ``Reshape``/``Expand``/``Where``
+    chains that onnx's data propagation drops (a TorchScript BERT's attention
+    mask: ``[None, 12, 128, 128]`` after ``--shape input_ids=1x128``); with
+    symbolic inputs it still gives ranks.  ``proto`` is the stripped copy.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        del copy.graph.value_info[:]
+        with _quiet_logging():
+            inferred = SymbolicShapeInference.infer_shapes(copy, auto_merge=True, guess_output_rank=False)
+    except Exception as exc:  # noqa: BLE001 - best effort; onnx's shapes stand
+        logger.debug("onnxruntime symbolic shape inference failed: %s", exc)
+        return {}
+    if inferred is None:
+        return {}
+    found: dict[str, Shape] = {}
+    _collect(inferred.graph, found)
+    return found
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """onnxruntime's symbolic inference logs every op it cannot handle at WARNING; we only want its result."""
+    ssi_logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = ssi_logger.level
+    ssi_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ssi_logger.setLevel(level)
