@@ -64,3 +64,16 @@ def test_channels_leave_ffn_to_the_heads_pass(tmp_path) -> None:
     assert signature(pruned) == signature(onnx.load(sample("transformer_encoder")))
     sess = session(str(out))
     assert run(sess, random_feeds(sess, batch=2))[0].shape[0] == 2
+
+
+def test_a_quantized_model_with_no_groups_says_why(tmp_path) -> None:
+    """'0 of 0 prunable' is never the whole answer: a QDQ model names its quantized weights."""
+    from helpers import DATA
+
+    qdq = tmp_path / "qdq.onnx"
+    assert cli("quantize", sample("digits_cnn"), "-o", qdq, "--mode", "static", "--calib",
+               DATA / "digits_calib.npz", "-q")[0] == 0
+    data = cli_json("prune", qdq, "-o", tmp_path / "p.onnx", "--channels", "0.5")
+    assert data["groups_prunable"] == data["groups_skipped"] == 0
+    assert "quantized (QDQ" in data["no_groups_reason"]
+    assert data["unchanged"] is True

@@ -31,6 +31,7 @@ from ..criteria import CALIBRATION_KEY, ScoringContext, get_criterion
 from ..calibration.data import DEFAULT_CALIB_SAMPLES
 from ..errors import UsageError
 from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_groups
+from ..graph.dependency import internal_error
 from ..io import ModelSource, load_model
 from .normalize import normalize
 from .prune_report import GroupReport, PruneReport, SkippedGroup
@@ -79,17 +80,26 @@ def score_groups(
     scores: dict[int, np.ndarray] = {}
     used: dict[int, str] = {}
     for group in dg.prunable:
-        s = crit.score(group, ctx)
-        name = crit.name
-        if s is None:
-            s = fallback.score(group, ctx)
-            name = f"{fallback.name} ({crit.name}: not applicable)"
-        if s is None:
-            s = np.zeros(group.size)
-            name = "none (no weights)"
-        s = np.asarray(s, dtype=np.float64).reshape(-1)
-        if s.size != group.size:
-            raise ValueError(f"criterion {crit.name} returned {s.size} scores for a group of {group.size}")
+        # -- begin: a criterion that raises on one group skips that group (dg.skip), the run goes on --
+        try:
+            s = crit.score(group, ctx)
+            name = crit.name
+            if s is None:
+                s = fallback.score(group, ctx)
+                name = f"{fallback.name} ({crit.name}: not applicable)"
+            if s is None:
+                s = np.zeros(group.size)
+                name = "none (no weights)"
+            s = np.asarray(s, dtype=np.float64).reshape(-1)
+            if s.size != group.size:
+                raise ValueError(f"criterion {crit.name} returned {s.size} scores for a group of {group.size}")
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("criterion %s failed on group %d", crit.name, group.id, exc_info=True)
+            dg.skip(group.id, internal_error("criterion", crit.name, exc))
+            continue
+        # -- end --
         scores[group.id] = s
         used[group.id] = name
     return scores, used
@@ -353,6 +363,8 @@ def prune(
         )
     for g in dg.skipped:
         report.skipped.append(SkippedGroup(g.id, str(g.root), g.nodes, g.size, g.reason or "", g.reasons[:5]))
+    if not report.groups and not report.skipped:
+        report.no_groups_reason = why_no_groups(model)
     logger.info(
         "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
     )
@@ -362,6 +374,31 @@ def prune(
         model = load_model(source)
         report.unchanged = True
     return PruneResult(model, report, plan)
+
+
+#: Ops whose weight input makes channel groups (a weight reaching them through anything else does not).
+_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def why_no_groups(model: ir.Model) -> str:
+    """A reason, read off the graph, for finding no channel group at all ("0 of 0" is never the whole answer)."""
+    weighted = [n for n in model.graph if n.op_type in _WEIGHTED]
+    if not weighted:
+        ops = sorted({n.op_type for n in model.graph})
+        return f"the graph has no Conv, Gemm or MatMul (ops: {', '.join(ops[:12])})"
+    via: dict[str, int] = {}
+    for node in weighted:
+        for value in node.inputs[1:2]:
+            producer = value.producer() if value is not None else None
+            if producer is not None and value.const_value is None:
+                via[producer.op_type] = via.get(producer.op_type, 0) + 1
+    if via.get("DequantizeLinear"):
+        return (f"the weights of {via['DequantizeLinear']} of {len(weighted)} Conv/Gemm/MatMul nodes are quantized "
+                "(QDQ: DequantizeLinear of int8) and no rule reads them yet; prune the float model, then quantize")
+    if via and sum(via.values()) == len(weighted):
+        kinds = ", ".join(f"{op} ({n})" for op, n in sorted(via.items()))
+        return f"no Conv/Gemm/MatMul reads a constant weight: they are computed at run time by {kinds}"
+    return f"the dependency analysis found no channel axis in the weights of its {len(weighted)} Conv/Gemm/MatMul nodes"
 
 
 def _calibration_source(calib, model: ir.Model, shapes, samples: int | None, seed: int):

@@ -78,6 +78,8 @@ class PruneReport:
     repair: RepairReport | None = None
     #: nothing was removed and the input model was handed back as it was (not normalised)
     unchanged: bool = False
+    #: why no group was found at all (empty when there were groups)
+    no_groups_reason: str = ""
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
@@ -129,6 +131,7 @@ class PruneReport:
             "calibration": None if self.calibration is None else dict(self.calibration),
             "repair": None if self.repair is None else self.repair.to_dict(),
             "unchanged": self.unchanged,
+            "no_groups_reason": self.no_groups_reason or None,
         }
 
     # -- text -------------------------------------------------------------
@@ -182,6 +185,8 @@ class PruneReport:
 
     def summary(self, limit: int | None = 30) -> str:
         parts = [self.size_table(), "", self.groups_table(limit)]
+        if self.no_groups_reason:
+            parts.append(f"no channel groups: {self.no_groups_reason}")
         if self.unchanged:
             parts.append("nothing was removed: the output is the input model, unchanged")
         if self.repair is not None and self.repair.layers:
