@@ -229,6 +229,7 @@ class DependencyGraph:
         old = self.groups[group_id]
         new = replace(old, prunable=False, reasons=(reason, *(r for r in old.reasons if r != reason)))
         self.groups = (*self.groups[:group_id], new, *self.groups[group_id + 1 :])
+        self.stats["prunable_groups"] = sum(g.prunable for g in self.groups)
         return new
 
     def groups_at(self, value: str, axis: int) -> tuple[Group, ...]:
