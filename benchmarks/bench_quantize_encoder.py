@@ -36,7 +36,6 @@ torch.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -56,6 +55,9 @@ from onnxsparse.io import model_file_bytes  # noqa: E402
 from onnxsparse.quantize import detect_cpu  # noqa: E402
 from onnxsparse.quantize import quantize as onnxsparse_quantize  # noqa: E402
 from onnxsparse.report import format_table, human_bytes  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quantize import interleaved as _timed  # noqa: E402
 
 SAMPLES = ROOT / "samples" / "models"
 DATA = ROOT / "samples" / "data"
@@ -180,22 +182,8 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 def interleaved(sessions: list[ort.InferenceSession], feeds: dict[str, np.ndarray], runs: int,
                 warmup: int) -> list[float]:
-    """Median ms per run of each session, timed round-robin with rotating order."""
-    for _ in range(warmup):
-        for s in sessions:
-            s.run(None, feeds)
-    times: list[list[float]] = [[] for _ in sessions]
-    gc.disable()
-    try:
-        for r in range(runs):
-            for k in range(len(sessions)):
-                i = (r + k) % len(sessions)
-                start = time.perf_counter_ns()
-                sessions[i].run(None, feeds)
-                times[i].append((time.perf_counter_ns() - start) / 1e6)
-    finally:
-        gc.enable()
-    return [float(np.median(t)) for t in times]
+    """Median ms per run of each session, timed round-robin (bench_quantize's loop)."""
+    return [median for median, _ in _timed(sessions, feeds, runs, warmup)]
 
 
 def outputs(session: ort.InferenceSession, data: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
