@@ -4,8 +4,10 @@ onnx's inference does not know ``com.microsoft`` ops (everything after a fused
 ``Attention`` is rank-unknown) and gives up on some run-time shape arithmetic
 (tf2onnx's ``Concat(Slice(Shape(x)), [H, D])``).  We state the output shapes of
 the fused attention ops ourselves, re-run onnx inference, and as a last resort
-ask onnxruntime's symbolic shape inference (which knows contrib ops).  Only
-missing shapes are filled; nothing already inferred is changed.
+ask onnxruntime's symbolic shape inference (which knows contrib ops, and follows
+the ``Shape``-computed Reshape targets and masks of TorchScript exports).  Only
+missing shapes and dims onnx could not name are filled; nothing already inferred
+is changed.
 """
 
 from __future__ import annotations
@@ -25,8 +27,18 @@ _MS_SAME_SHAPE = {"Gelu", "FastGelu", "QuickGelu", "BiasGelu", "SkipLayerNormali
                   "SimplifiedLayerNormalization"}
 
 
+def _unknown_dim(d: object) -> bool:
+    """A dim nobody knows: anonymous, or a name onnx's inference made up (``unk__3``)."""
+    if isinstance(d, int):
+        return d < 0
+    name = getattr(d, "value", d)
+    return not name or (isinstance(name, str) and name.startswith("unk__"))
+
+
 def _missing(model: ir.Model) -> list[ir.Value]:
-    """Outputs with no shape, and 1-D shape tensors whose length is unknown."""
+    """Outputs with no shape, 1-D shape tensors whose length is unknown, and values with dims onnx's
+    inference could not name (a run-time mask's ``[batch, 1, seq, seq]``, a TorchScript head split's
+    ``[batch, 4, seq, 16]`` behind ``Shape -> Gather -> Concat`` targets)."""
     out = []
     for n in model.graph:
         for o in n.outputs:
@@ -34,6 +46,8 @@ def _missing(model: ir.Model) -> list[ir.Value]:
                 continue
             if o.shape is None or (len(o.shape) == 1 and not isinstance(o.shape[0], int)
                                    and n.op_type in ("Shape", "Slice", "Concat", "Gather", "Unsqueeze")):
+                out.append(o)
+            elif o.const_value is None and not o.is_graph_output() and any(_unknown_dim(d) for d in o.shape.dims):
                 out.append(o)
     return out
 
@@ -109,7 +123,8 @@ def _onnxruntime_symbolic(model: ir.Model, missing: list[ir.Value]) -> int:
         if value.shape is not None:
             if len(value.shape) != len(dims):
                 continue
-            dims = [d if not isinstance(old, int) and isinstance(d, int) else old
+            # only dims nobody knew are filled: a number, or the symbolic name onnxruntime tracked
+            dims = [d if _unknown_dim(old) and not _unknown_dim(d) else old
                     for old, d in zip(value.shape.dims, dims)]
         if value.shape is None or list(value.shape.dims) != dims:
             value.shape = ir.Shape(dims)

@@ -537,10 +537,18 @@ def _slice(node: ir.Node, region: Region) -> None:
     rank = _rank(node.inputs[0], node)
     starts = const_ints(node.inputs[1])
     ends = const_ints(node.inputs[2])
+    has_axes = len(node.inputs) > 3 and node.inputs[3] is not None
+    axes = const_ints(node.inputs[3]) if has_axes else None
+    if (starts is None or ends is None) and axes is not None and all(
+            normalize_axis(a, rank) != track.axis for a in axes):
+        # run-time bounds on other axes only (rotary ``x[..., : x.shape[-1] // 2]``, a mask cut to the
+        # key length): the pruned axis is not sliced
+        region.set(node.outputs[0], track)
+        return
     if starts is None or ends is None:
         raise Skip(f"Slice {node.name!r}: starts/ends are not constant")
-    axes = const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else list(
-        range(len(starts)))
+    if not has_axes:
+        axes = list(range(len(starts)))
     steps = const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1] * len(starts)
     if axes is None or steps is None:
         raise Skip(f"Slice {node.name!r}: axes/steps are not constant")
@@ -696,8 +704,45 @@ def _reshape(node: ir.Node, region: Region) -> None:
             region.edit_target(target, lambda r: {out_rank - 1: r.count(same)})
         region.set(node.outputs[0], same)
         return
+    if out_rank == rank and _same_other_dims(node.inputs[0], node.outputs[0], track.axis):
+        # A Reshape that keeps every other dim (TorchScript's SDPA lowering reshapes ``P V`` to
+        # ``[Shape(x)[0], -1, Shape(q)[2], Shape(v)[3]]``): the pruned axis stays where it is.
+        eh = target.const(track.axis)
+        if eh is None or eh == 0:
+            raise Skip(f"Reshape {node.name!r}: the entry of the pruned axis is computed at run time "
+                       f"({target.describe()})")
+        if eh != -1:
+            if eh != track.size or not target.editable(track.axis):
+                raise Skip(f"Reshape {node.name!r} reshapes the pruned axis to {target.describe()}")
+            same = track
+            region.edit_target(target, lambda r, pos=track.axis: {pos: r.count(same)})
+        region.set(node.outputs[0], track)
+        return
     raise Skip(f"Reshape {node.name!r} moves the pruned axis (axis {track.axis} of rank {rank} -> "
                f"{target.describe()})")
+
+
+def _known_dims(value: ir.Value | None) -> list[int | str | None] | None:
+    """Dims as ints or symbolic names (shape inference's, e.g. onnxruntime's ``batch``); ``None`` if unknown."""
+    if value is None or value.shape is None:
+        return None
+    out: list[int | str | None] = []
+    for d in value.shape.dims:
+        if isinstance(d, int):
+            out.append(d if d >= 0 else None)
+        else:
+            name = getattr(d, "value", None)
+            out.append(name if name and not str(name).startswith("unk__") else None)
+    return out
+
+
+def _same_other_dims(a: ir.Value | None, b: ir.Value | None, axis: int) -> bool:
+    """``a`` and ``b`` have the same rank and provably equal dims (same number or same symbol)
+    everywhere except ``axis``."""
+    da, db = _known_dims(a), _known_dims(b)
+    if da is None or db is None or len(da) != len(db):
+        return False
+    return all(x is not None and x == y for i, (x, y) in enumerate(zip(da, db)) if i != axis)
 
 
 def _keeps_last(node: ir.Node, track: Track, in_shape: list[int | None], target: ShapeTarget,

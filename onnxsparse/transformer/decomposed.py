@@ -19,12 +19,13 @@ from collections import deque
 
 import onnx_ir as ir
 
-from ._graph import Skip, is_const, onnx_domain
+from ._graph import Skip, is_const, onnx_domain, rank_of, static_shape
 from ._targets import ShapeTarget
-from ._track import Region, head_units, is_projection
+from ._track import BINARY, UNARY, Region, head_units, is_projection
 from .blocks import Block, SkippedBlock, block_name
 from .packed_qkv import unpack_packed_qkv
 from .registry import register_matcher
+from .sdpa_lowering import simplify_repeat_kv, unlower_sdpa_transposes
 from .tf_einsum import unlower_tf_batch_matmuls
 
 __all__ = ["match_decomposed", "find_projections", "split_of"]
@@ -78,18 +79,40 @@ def _find_qk(softmax: ir.Node) -> ir.Node:
     raise NotAttention("Softmax is not fed by a MatMul of two activations")
 
 
+#: Element-wise ops the probabilities may cross on their way to ``P V``: dtype casts, dropout,
+#: and guards such as PyTorch's SDPA lowering ``Softmax -> IsNaN -> Where(isnan, 0, p) -> MatMul``.
+_PROB_OPS = frozenset({*UNARY, *BINARY, "Dropout"}) - {"Shape", "Size"}
+
+
+def _same_shape(value: ir.Value, ref: ir.Value) -> bool:
+    """``value`` has the probabilities' shape as far as it is known (same rank; no static dim differs)."""
+    a, b = static_shape(value), static_shape(ref)
+    if a is None or b is None:
+        return rank_of(value) is None or rank_of(ref) is None or rank_of(value) == rank_of(ref)
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
 def _find_av(softmax: ir.Node) -> ir.Node:
-    value = softmax.outputs[0]
-    for _ in range(4):
-        consumers = [(u.node, u.idx) for u in value.uses()]
-        for node, idx in consumers:
-            if node.op_type == "MatMul" and idx == 0 and onnx_domain(node):
+    """The ``P V`` MatMul: the first MatMul that reads the probabilities as its first operand, directly
+    or through a chain of element-wise ops that keep the probabilities' shape (found by structure:
+    any op in ``_PROB_OPS``, whatever its side inputs; the propagation then proves each of them)."""
+    start = softmax.outputs[0]
+    queue: deque[tuple[ir.Value, int]] = deque([(start, 0)])
+    seen: set[ir.Value] = set()
+    while queue:
+        value, depth = queue.popleft()
+        if value in seen or depth > 8:
+            continue
+        seen.add(value)
+        for use in value.uses():
+            node, idx = use.node, use.idx
+            if not onnx_domain(node):
+                continue
+            if node.op_type == "MatMul" and idx == 0:
                 return node
-        nxt = [n for n, _ in consumers if n.op_type in ("Cast", "Dropout", "Identity")]
-        if len(nxt) != 1:
-            break
-        value = nxt[0].outputs[0]
-    raise Skip("the attention probabilities do not feed a MatMul with V")
+            if node.op_type in _PROB_OPS and node.outputs and _same_shape(node.outputs[0], start):
+                queue.append((node.outputs[0], depth + 1))
+    raise Skip("the attention probabilities do not feed a MatMul with V (directly or through element-wise ops)")
 
 
 def find_projections(value: ir.Value | None, limit: int = 24) -> set[ir.Node]:
@@ -208,6 +231,8 @@ def match_decomposed(graph: ir.Graph) -> list[Block | SkippedBlock]:
     found: list[Block | SkippedBlock] = []
     unpack_packed_qkv(graph)  # GPT-2 / timm packed QKV -> separate projections (exact rewrite)
     unlower_tf_batch_matmuls(graph)  # tf2onnx Einsum lowering (Keras MHA) -> broadcasting MatMul (exact)
+    unlower_sdpa_transposes(graph)  # dynamo SDPA's batch-folded K^T -> one Transpose (exact)
+    simplify_repeat_kv(graph)  # TorchScript repeat_kv's Shape-read Expand/Reshape targets -> constants / -1
     for node in list(graph):
         if node.op_type != "Softmax" or not onnx_domain(node):
             continue

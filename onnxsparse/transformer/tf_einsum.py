@@ -209,16 +209,18 @@ def _rewrite(graph: ir.Graph, found: tuple) -> str:
     return mm.name
 
 
-def _remove_dead(graph: ir.Graph, pattern: list[ir.Node]) -> None:
-    """Remove the pattern's nodes, and the shape reads that fed them, once nothing reads them."""
+_SHAPE_OPS = ("Shape", "Gather", "ReduceProd", "Max", "Concat", "Unsqueeze", "Transpose")
+
+
+def _remove_dead(graph: ir.Graph, pattern: list[ir.Node], ops: tuple[str, ...] = _SHAPE_OPS) -> None:
+    """Remove the pattern's nodes, and the shape reads (``ops``) that fed them, once nothing reads them."""
     candidates = set(pattern)
     for node in pattern:  # Shape/Gather/Max feeding the targets
         stack = list(node.inputs)
         while stack:
             v = stack.pop()
             p = None if v is None else v.producer()
-            if p is not None and p not in candidates and p.op_type in (
-                    "Shape", "Gather", "ReduceProd", "Max", "Concat", "Unsqueeze", "Transpose"):
+            if p is not None and p not in candidates and p.op_type in ops:
                 candidates.add(p)
                 stack.extend(p.inputs)
     consts: set[ir.Value] = set()
