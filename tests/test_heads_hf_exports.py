@@ -152,3 +152,27 @@ def test_heads_only_on_the_cli_path(name: str, tmp_path) -> None:
     before = sum(int(np.prod(i.dims)) for i in onnx.load(str(SAMPLES / f"{name}.onnx")).graph.initializer)
     after = sum(int(np.prod(i.dims)) for i in pruned.graph.initializer)
     assert after < before
+
+
+# ----------------------------------------------------------------------------- --channels
+
+
+def _channel_model(name: str) -> ir.Model:
+    model = normalize(load_model(SAMPLES / f"{name}.onnx"))
+    model.ir_version = max(model.ir_version, 4)
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_channels_groups_prune_and_match_masked_model(name: str) -> None:
+    model = _channel_model(name)
+    dg = build_groups(model)
+    reasons = [r for g in dg.skipped for r in g.reasons]
+    # dims fixed by the weights behind run-time shapes are known (onnxruntime's symbolic inference)
+    assert not [r for r in reasons if "is unknown" in r], reasons
+    plan, _ = plan_pruning(dg, 0.3)
+    assert plan.removed, f"{name}: nothing to prune"
+    original = to_proto(model)
+    masked = to_proto(masked_copy(model, plan))
+    apply_plan(plan)
+    _oracle(name, original, masked, to_proto(model))

@@ -97,8 +97,18 @@ def unknown_negative_dims(values, named=()) -> int:
 
 
 def missing_shapes(graph: ir.Graph) -> int:
-    """Node outputs of ``graph`` without a known rank (initializers and graph inputs excepted)."""
-    return sum(1 for node in graph for v in node.outputs if v is not None and v.name and dims(v) is None)
+    """Node outputs of ``graph`` without a known rank, or with a dim nobody could name (anonymous, or
+    onnx's made-up ``unk__N``: a TorchScript head split behind ``Shape -> Gather -> Concat`` targets);
+    initializers and graph inputs excepted."""
+    return sum(1 for node in graph for v in node.outputs
+               if v is not None and v.name and (dims(v) is None or any(_unnamed(d) for d in v.shape.dims)))
+
+
+def _unnamed(d) -> bool:
+    if isinstance(d, int):
+        return d < 0
+    name = getattr(d, "value", None)
+    return not name or str(name).startswith("unk__")
 
 
 def infer_missing(model: ir.Model) -> int:
@@ -136,6 +146,30 @@ def infer_missing(model: ir.Model) -> int:
         if value.dtype is None and other.dtype is not None:
             value.dtype = other.dtype
         changed += 1
+    return changed + _symbolic_ints(model)
+
+
+def _symbolic_ints(model: ir.Model) -> int:
+    """Dims still unnamed after onnx's inference that onnxruntime's symbolic inference knows as numbers
+    (sizes fixed by weights and constants: the head count of a ``[batch, 4, seq, 16]`` head split whose
+    target is computed at run time).  Only such dims are filled; returns how many values changed."""
+    values = ir.convenience.create_value_mapping(model.graph)
+    todo = {name: v for name, v in values.items()
+            if v.const_value is None and v.shape is not None and any(_unnamed(d) for d in v.shape.dims)}
+    if not todo:
+        return 0
+    from ..analysis.shapes import _runtime_symbolic
+
+    found = _runtime_symbolic(ir.to_proto(model))
+    changed = 0
+    for name, value in todo.items():
+        other = found.get(name)
+        if other is None or len(other) != len(value.shape):
+            continue
+        new = [b if _unnamed(a) and isinstance(b, int) and b >= 0 else a for a, b in zip(value.shape.dims, other)]
+        if new != list(value.shape.dims):
+            value.shape = ir.Shape(new)
+            changed += 1
     return changed
 
 
