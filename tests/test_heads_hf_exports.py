@@ -176,3 +176,13 @@ def test_channels_groups_prune_and_match_masked_model(name: str) -> None:
     masked = to_proto(masked_copy(model, plan))
     apply_plan(plan)
     _oracle(name, original, masked, to_proto(model))
+
+
+def test_llama_quarter_ratio_says_why_nothing_goes() -> None:
+    """8 query heads in 2 KV groups: --heads 0.25 is floor(0.5) = 0 groups; the report says so."""
+    model = load_model(SAMPLES / "hf_llama_sdpa_ts.onnx")
+    report = prune_heads(model, heads=0.25).report
+    assert len(report["attention"]) == 2 and not report["skipped"]
+    for block in report["attention"]:
+        assert block["heads_kept"] == block["heads_total"] == 8 and block["removed"] == []
+        assert "rounds down to none" in block["note"] and "0.5" in block["note"]

@@ -164,6 +164,10 @@ def _prune_kind(
                           "gated": bool(block.details.get("gated"))})
         if block.n_units <= 1:
             entry["note"] = "only one unit: nothing to remove"
+        elif not removed and ratio > 0 and kind == "attention":  # heads are not rounded: floor(ratio * n) == 0
+            unit = "key/value groups" if block.kv_heads < block.q_heads else "heads"
+            entry["note"] = (f"{ratio:g} of {block.n_units} {unit} rounds down to none: nothing removed "
+                             f"(a ratio of at least {1 / block.n_units:g} removes one)")
         report[kind].append(entry)
         for c in changes:
             if removed:
@@ -327,9 +331,11 @@ def report_table(report: dict[str, Any]) -> str:
     rows: list[list[Any]] = []
     for b in report.get("attention", []):
         kv = "" if b["kv_heads_total"] == b["heads_total"] else f" (kv {b['kv_heads_kept']}/{b['kv_heads_total']})"
-        rows.append([b["name"], f"attention/{b['form']}", f"{b['heads_kept']}/{b['heads_total']} heads{kv}"])
+        note = f" -- {b['note']}" if b.get("note") else ""
+        rows.append([b["name"], f"attention/{b['form']}", f"{b['heads_kept']}/{b['heads_total']} heads{kv}{note}"])
     for b in report.get("ffn", []):
-        rows.append([b["name"], "ffn" + ("/gated" if b.get("gated") else ""), f"{b['kept']}/{b['total']} neurons"])
+        note = f" -- {b['note']}" if b.get("note") else ""
+        rows.append([b["name"], "ffn" + ("/gated" if b.get("gated") else ""), f"{b['kept']}/{b['total']} neurons{note}"])
     for s in report.get("skipped", []):
         rows.append([s["name"], f"{s['kind']}/{s['form']}", f"skipped: {s['reason']}"])
     parts = [format_table(["block", "kind", "kept"], rows, title="Heads and FFN neurons")] if rows else []
