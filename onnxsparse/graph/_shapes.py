@@ -158,9 +158,11 @@ def _symbolic_ints(model: ir.Model) -> int:
             if v.const_value is None and v.shape is not None and any(_unnamed(d) for d in v.shape.dims)}
     if not todo:
         return 0
-    from ..analysis.shapes import _runtime_symbolic
+    from ..analysis.shapes import _runtime_symbolic, _strip_large_tensors
 
-    found = _runtime_symbolic(ir.to_proto(model))
+    proto = ir.to_proto(model)
+    _strip_large_tensors(proto.graph)  # weights become shape-only inputs: inference reads no payload
+    found = _runtime_symbolic(proto)
     changed = 0
     for name, value in todo.items():
         other = found.get(name)
