@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from . import _shapes
+from ._weights import is_weight
 from .index_maps import Identity, IndexMap
 from .slots import Contraction, Role, SlotKey
 
@@ -230,8 +231,8 @@ class CoupleContext(_NodeView):
             self.block(value, k, reason)
 
     def role(self, value: ir.Value | None, axis: int, role: Role) -> None:
-        """Record the role a weight slot plays (only meaningful for initializers)."""
-        if value is None or value.const_value is None:
+        """Record the role a weight slot plays (initializers and values dequantized from constants)."""
+        if not is_weight(value):
             return
         key, size = self._end(value, axis)
         if size:
@@ -248,7 +249,7 @@ class CoupleContext(_NodeView):
         if weight is not None:
             w = self.input(weight[0])
             wr = self.rank(w)
-            if w is None or w.const_value is None or wr is None:
+            if w is None or not is_weight(w) or wr is None:
                 weight = None
             else:
                 weight = (weight[0], _shapes.norm_axis(weight[1], wr))

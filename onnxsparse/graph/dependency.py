@@ -38,6 +38,7 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import UsageError
 from . import _shapes
 from ._sharing import reshare, unshare_small_constants
+from ._weights import is_weight, weight_array
 from .context import CoupleContext
 from .index_maps import IndexMap, simplify
 from .registry import OpRule, RuleRegistry
@@ -297,10 +298,7 @@ class DependencyGraph:
     def _float_array(self, name: str) -> np.ndarray:
         arr = self._float_cache.get(name)
         if arr is None:
-            value = self._values[name]
-            arr = np.asarray(value.const_value.numpy())
-            if arr.dtype != np.float32:
-                arr = arr.astype(np.float32)
+            arr = weight_array(self._values[name])  # an initializer, or dequantized int codes
             self._float_cache[name] = arr
         return arr
 
@@ -465,7 +463,9 @@ class DependencyGraph:
 
     def _is_weight(self, key: SlotKey) -> bool:
         value = self._values.get(key[0])
-        return value is not None and value.is_initializer() and value.const_value is not None
+        if value is None:
+            return False
+        return (value.is_initializer() and value.const_value is not None) or is_weight(value)
 
     def _pick_root(self, slots: np.ndarray, counts: np.ndarray) -> int:
         """The member that indexes the group: a producer's weight axis if possible.

@@ -17,6 +17,13 @@ channel is 0 at every consumer: a BatchNorm after the conv adds
 ``beta - gamma*mean/sqrt(var+eps)``, ``Sigmoid(0) = 0.5``, a per-channel ``Add``
 shifts it, and a residual ``Add`` brings the other branch's value back, so the
 channel reaches the consumer non-zero.  We therefore mask at the consumers.
+
+A quantized weight (``DequantizeLinear`` of an int8 initializer, the QDQ form) is masked
+in its integer codes: the removed positions are set to their zero point, which
+dequantizes to exactly ``0.0``.  The masked model keeps the QDQ structure, so
+onnxruntime runs the same integer kernels on it as on the pruned model (multiplying the
+dequantized activation by a mask instead would break its QDQ fusion and compare a float
+kernel with an integer one).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from ._weights import dequantize_node, zero_codes
 from .plan import PrunePlan
 
 __all__ = ["masked_copy"]
@@ -54,6 +62,12 @@ def masked_copy(model: ir.Model, plan: PrunePlan) -> ir.Model:
                 index[c.weight[1]] = ~w_mask
                 array[tuple(index)] = 0
                 w.const_value = ir.Tensor(array, name=w.name)
+                continue
+            dq = dequantize_node(w) if w is not None and w_mask is not None else None
+            if dq is not None and len(dq.inputs[0].uses()) == 1 and not dq.inputs[0].is_graph_output():
+                codes = dq.inputs[0]
+                array = zero_codes(dq, c.weight[1], ~w_mask)
+                codes.const_value = ir.Tensor(array, name=codes.name)
                 continue
         rank = len(x.shape) if x.shape is not None else None
         if rank is None:  # pragma: no cover - slots need a known rank

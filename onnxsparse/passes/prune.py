@@ -38,7 +38,7 @@ from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
 
 __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
-           "default_repair", "ROUND_TO_AUTO", "auto_round_to"]
+           "default_repair", "ROUND_TO_AUTO", "auto_round_to", "unfold_head_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,22 @@ def _unit_round(dg: DependencyGraph, round_to: int | str) -> dict[int, int]:
     return {g.id: unit_multiple(multiples[g.id], g.channels // max(g.size, 1)) for g in dg.prunable}
 
 
+def unfold_head_batch(model: ir.Model) -> None:
+    """Exactly undo the dynamo exporter's heads-into-batch ``K^T`` (Reshape, Transpose, Reshape -> Transpose).
+
+    Folding the heads into the batch ties Q and K's channels to the batch axis,
+    so without it their channel groups decline ("cannot pair input and output
+    axes") even when only ``--channels`` is asked for.  The heads pass does the
+    same; a model that ends up unchanged is handed back as it was anyway.
+    """
+    from ..transformer.sdpa_lowering import unlower_sdpa_transposes
+
+    for graph in model.graphs():
+        rewritten = unlower_sdpa_transposes(graph)
+        if rewritten:
+            logger.info("rewrote %d batch-folded K^T as Transpose", len(rewritten))
+
+
 def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, int]:
     """Symbolic input dims bound to 1 (per-sample MACs) unless ``shapes`` fixes them."""
     fixed = set(shapes or ())
@@ -274,6 +290,7 @@ def prune(
         normalize(model)
     # Initializers are no longer graph inputs after normalisation: IR >= 4 allows that.
     model.ir_version = max(int(model.ir_version), 4)
+    unfold_head_batch(model)
     t = step("normalize_s", t)
     dims = _mac_dims(model, shapes)
     before = _measure(model, shapes, dims) if measure else (0, None, 0)
@@ -382,6 +399,13 @@ _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 def why_no_groups(model: ir.Model) -> str:
     """A reason, read off the graph, for finding no channel group at all ("0 of 0" is never the whole answer)."""
+    from ..graph.rules.quantize import QOPERATOR_OPS  # quantized-model support: graph/rules/quantize.py
+
+    qop = sorted({n.op_type for n in model.graph if n.op_type in QOPERATOR_OPS})
+    if qop:
+        return (f"the model is in QOperator form ({', '.join(qop)}): weights, scales and zero points are fused "
+                "into these nodes and no rule slices them; prune the QDQ form (onnxsparse quantize --format qdq) "
+                "or the float model")
     weighted = [n for n in model.graph if n.op_type in _WEIGHTED]
     if not weighted:
         ops = sorted({n.op_type for n in model.graph})
@@ -394,7 +418,8 @@ def why_no_groups(model: ir.Model) -> str:
                 via[producer.op_type] = via.get(producer.op_type, 0) + 1
     if via.get("DequantizeLinear"):
         return (f"the weights of {via['DequantizeLinear']} of {len(weighted)} Conv/Gemm/MatMul nodes are quantized "
-                "(QDQ: DequantizeLinear of int8) and no rule reads them yet; prune the float model, then quantize")
+                "(QDQ) in a form the DequantizeLinear rule does not slice (e.g. blocked quantization, run-time "
+                "scales); prune the float model, then quantize")
     if via and sum(via.values()) == len(weighted):
         kinds = ", ".join(f"{op} ({n})" for op, n in sorted(via.items()))
         return f"no Conv/Gemm/MatMul reads a constant weight: they are computed at run time by {kinds}"

@@ -8,7 +8,9 @@ your own :class:`~onnxsparse.graph.RuleRegistry` to ``build_groups``).
 from __future__ import annotations
 
 from ..registry import OpRule, RuleRegistry
-from . import concat, conv, elementwise, gather, linear, ml, norm, pad, pooling, reduce, resize, shape, shape_of
+from . import (
+    concat, conv, elementwise, gather, linear, ml, norm, pad, pooling, quantize, reduce, resize, shape, shape_of,
+)
 
 __all__ = ["DEFAULT_RULES", "default_registry"]
 
@@ -26,6 +28,7 @@ DEFAULT_RULES: tuple[OpRule, ...] = (
     *shape_of.RULES,
     *gather.RULES,
     *ml.RULES,
+    *quantize.RULES,
 )
 
 

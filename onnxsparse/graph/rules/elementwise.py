@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from ..context import CoupleContext
 from ..registry import OpRule
+from .._weights import is_weight
 from ..slots import Role
 
 __all__ = ["UnaryRule", "BroadcastRule", "DropoutRule", "CastLikeRule", "RULES"]
@@ -37,7 +38,7 @@ BROADCAST_OPS: tuple[str, ...] = (
 
 def _const_roles(ctx: CoupleContext, inputs) -> None:
     for x in inputs:
-        if x is None or x.const_value is None:
+        if not is_weight(x):
             continue
         for k, d in enumerate(ctx.dims(x) or ()):
             if d not in (None, 1):

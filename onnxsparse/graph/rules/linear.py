@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from ..context import CoupleContext
 from ..registry import OpRule
+from .._weights import is_weight
 from ..slots import Role
 
 __all__ = ["GemmRule", "MatMulRule", "RULES"]
@@ -36,11 +37,11 @@ class GemmRule(OpRule):
         ctx.couple(a, a_k, b, b_k)
         ctx.couple(a, a_m, y, 0)
         ctx.couple(b, b_n, y, 1)
-        if b.const_value is not None:
+        if is_weight(b):
             ctx.role(b, b_k, Role.CONSUME)
             ctx.role(b, b_n, Role.PRODUCE)
             ctx.contract(0, a_k, weight=(1, b_k))
-        elif a.const_value is not None:
+        elif is_weight(a):
             ctx.role(a, a_k, Role.CONSUME)
             ctx.role(a, a_m, Role.PRODUCE)
             ctx.contract(1, b_k, weight=(0, a_k))
@@ -50,7 +51,7 @@ class GemmRule(OpRule):
             reason = ctx.broadcast([c], y)
             if reason:
                 return reason
-            if c.const_value is not None:
+            if is_weight(c):
                 cd = ctx.dims(c) or ()
                 if cd and cd[-1] not in (None, 1):
                     ctx.role(c, len(cd) - 1, Role.BIAS)
@@ -88,12 +89,12 @@ class MatMulRule(OpRule):
                     ctx.handled(x, k)
                 else:
                     ctx.couple(x, k, y, ky)
-        if b.const_value is not None:
+        if is_weight(b):
             ctx.role(b, b_k, Role.CONSUME)
             if rb >= 2:
                 ctx.role(b, rb - 1, Role.PRODUCE)
             ctx.contract(0, a_k, weight=(1, b_k))
-        elif a.const_value is not None:
+        elif is_weight(a):
             ctx.role(a, a_k, Role.CONSUME)
             if ra >= 2:
                 ctx.role(a, ra - 2, Role.PRODUCE)
