@@ -93,7 +93,7 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any], str]] = {
              num_heads=[2, 4], window_size=4, mlp_ratio=2.0, hidden_dropout_prob=0.0,
              attention_probs_dropout_prob=0.0, drop_path_rate=0.0), "vision"),
     "convnext": ("ConvNextConfig", "ConvNextModel", dict(image_size=32, patch_size=4, hidden_sizes=[16, 32],
-                 depths=[1, 1], num_stages=2, drop_path_rate=0.0), "vision"),
+                 depths=[1, 1], num_stages=2, drop_path_rate=0.0, layer_scale_init_value=1.0), "vision"),
     "resnet": ("ResNetConfig", "ResNetModel", dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
                layer_type="basic"), "vision"),
     "mobilevit": ("MobileViTConfig", "MobileViTModel", dict(image_size=32, patch_size=2, hidden_sizes=[8, 8, 8],
@@ -102,6 +102,7 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "clip_vision": ("CLIPVisionConfig", "CLIPVisionModel", dict(image_size=32, patch_size=8, hidden_size=32,
                     intermediate_size=64, num_hidden_layers=2, num_attention_heads=4), "vision"),
 }
+#: ConvNeXt's layer scale starts at 1 (default 1e-6 makes every block's contribution invisible)
 #: architectures without attention (no attn_implementation)
 NO_ATTENTION = {"convnext", "resnet"}
 #: architectures whose transformers implementation has no SDPA path: exported with eager only
@@ -162,6 +163,13 @@ def _build(arch: str, attn: str):
         for module in inner.modules():
             if type(module).__name__ == "MobileViTTransformer":
                 del module.layer[1:]
+        # its init (convolutions and BatchNorm scales ~ N(0, 0.02)) makes every activation vanish
+        # (last_hidden_state is exactly 0): He-normal convolutions and BN scales ~ U(0.5, 1.5) instead
+        for module in inner.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.uniform_(module.weight, 0.5, 1.5)
     inner.eval()
     used = getattr(inner.config, "_attn_implementation", None) if attn != "none" else "none"
 
