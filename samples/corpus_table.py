@@ -459,7 +459,9 @@ Columns:
   counted here; `--heads` prunes it. Reasons for the rest are in the next section.
 * **Softmax** / **heads pruned** / **FFN pruned**: Softmax nodes (attention blocks), and the
   blocks in which `prune_heads(heads=0.25, ffn=0.25)` removed heads / FFN neurons, out of the
-  blocks it recognised.
+  blocks it recognised. MobileViT's blocks and Swin's first stage have 2 heads, where 0.25 rounds
+  down to none (the block is recognised, nothing removed; `tests/test_corpus.py` uses 0.5 there and
+  prunes every block). GQA decoders: 0.25 of 4 KV groups removes one group (2 query heads).
 * **oracle ch 0.3**: `plan_pruning(dg, 0.3, round_to=1)` applied; max |pruned − masked| / max |masked|
   against the original with those channels masked (`masked_copy`), at batch {ORACLE_BATCH} /
   sequence {ORACLE_SEQ} (the exports were traced at batch 2 / sequence 7). Must be < 1e-4.
@@ -492,6 +494,24 @@ Not exported:
 ## Attention / FFN blocks `prune_heads` skipped
 
 {heads_section(rows)}
+
+## Failures (expected failures in `tests/test_corpus.py`)
+
+No internal error, no oracle mismatch, no no-op change. What does not work:
+
+* **Exporter**: the dynamo exporter (torch 2.13) fails on T5 and Swin with SDPA attention
+  (`ConversionError ... Cannot view a tensor with shape ... as a tensor with shape ...` in the
+  decomposition step); their eager variants export.
+* **No channel group** (`test_prune_channels` xfail): GPT-2 (all four exports: Conv1D is a
+  `addmm` on a flattened view whose Reshape/Shape reads block every group) and Phi-3 TorchScript
+  (packed `qkv_proj` / `gate_up_proj` split at run time; RMSNorm's ReduceMean does not map the
+  hidden axis).
+* **Heads not found** (`test_prune_heads` xfail, reasons as `prune_heads` reports them above):
+  DeBERTa-v2 (disentangled attention: a Reshape between the scores MatMul and Softmax), GPT-2
+  (transformers 5's Conv1D: the packed `c_attn` is not split), GPT-NeoX (per-head interleaved
+  packed QKV: `MatMul+Add -> Reshape(B, S, H, 3D) -> Transpose -> Slice`), Phi-3 (packed `qkv_proj`
+  sliced, and no FFN found behind the packed `gate_up_proj`), T5 (the relative-position bias is a
+  run-time per-head input added to the scores).
 
 Total measurement time: {time.perf_counter() - start:.0f} s. `tests/test_corpus.py` checks the
 channel oracle and the no-op prune on these files.
