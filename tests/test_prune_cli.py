@@ -68,7 +68,7 @@ def test_channels_leave_ffn_to_the_heads_pass(tmp_path) -> None:
 
 def test_a_quantized_model_with_no_groups_says_why(tmp_path) -> None:
     """A QDQ model prunes (its int8 weights are rules like any other); '0 of 0 prunable' is never the
-    whole answer: the QOperator form, which no rule slices, names its fused quantized ops."""
+    whole answer: a dynamically quantized model, which no rule slices exactly, says why."""
     from helpers import DATA
 
     qdq = tmp_path / "qdq.onnx"
@@ -78,10 +78,9 @@ def test_a_quantized_model_with_no_groups_says_why(tmp_path) -> None:
     assert data["groups_prunable"] >= 2 and not data.get("no_groups_reason")
     assert data["params"]["after"] < 0.5 * data["params"]["before"]
     assert data["unchanged"] is False
-    qop = tmp_path / "qop.onnx"
-    assert cli("quantize", sample("digits_cnn"), "-o", qop, "--mode", "static", "--format", "qoperator",
-               "--calib", DATA / "digits_calib.npz", "-q")[0] == 0
-    data = cli_json("prune", qop, "-o", tmp_path / "p2.onnx", "--channels", "0.5")
+    dyn = tmp_path / "dyn.onnx"
+    assert cli("quantize", sample("digits_cnn"), "-o", dyn, "--mode", "dynamic", "-q")[0] == 0
+    data = cli_json("prune", dyn, "-o", tmp_path / "p2.onnx", "--channels", "0.5")
     assert data["groups_prunable"] == data["groups_skipped"] == 0
-    assert "QOperator form (" in data["no_groups_reason"] and "QLinearConv" in data["no_groups_reason"]
+    assert "dynamically quantized (DynamicQuantizeLinear" in data["no_groups_reason"]
     assert data["unchanged"] is True

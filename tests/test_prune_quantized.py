@@ -67,7 +67,6 @@ def _params(proto: onnx.ModelProto) -> int:
 def _oracle(path: str, ratio: float = 0.5, **kw) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     model = onnxsparse.load_model(path)
     onnxsparse.normalize(model)
-    original = onnxsparse.load_model(path)
     plan, _ = plan_pruning(build_groups(model), ratio)
     _, pruned = check_oracle(model, plan, batch=3, **kw)
     return onnx.load(path), pruned
@@ -146,23 +145,114 @@ def test_matmul_nbits_output_channels_and_whole_k_blocks(transformer_int4) -> No
         assert a["K"] == 64 and inits[node.input[1]][1] == 64 // a["block_size"]
 
 
-def test_matmul_nbits_k_not_in_whole_blocks_is_declined_with_the_reason(transformer_int4) -> None:
-    from onnxsparse.graph.rules.quantize import MatMulNBitsRule  # noqa: F401 - the rule under test
+def test_matmul_nbits_k_not_in_whole_blocks_is_declined_with_the_reason() -> None:
+    """K=48 with block_size 32 (the last block padded): the producer's 48 channels stay, with that reason."""
+    import onnx_ir as ir
+    from onnx import TensorProto
 
-    model = onnxsparse.load_model(transformer_int4)
-    onnxsparse.normalize(model)
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMulNBits", ["r", "b", "s"], ["y"], domain="com.microsoft", K=48, N=4, bits=4,
+                          block_size=32)],
+        "nbits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((8, 48)).astype(np.float32), "w"),
+         onnx.numpy_helper.from_array(rng.integers(0, 255, (4, 2, 16)).astype(np.uint8), "b"),
+         onnx.numpy_helper.from_array(np.ones((4, 2), np.float32), "s")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = onnxsparse.normalize(ir.from_proto(proto))
     dg = build_groups(model)
-    embed = [g for g in dg.groups if any("embed/MatMul_Q4" in n for n in g.nodes)]
-    assert embed  # K=8 < block 32: one padded block, the input features stay
-    text = " ".join(r for g in dg.groups for r in g.reasons)
-    assert "Slice" in text or "input features are not pruned" in text
+    (group,) = [g for g in dg.groups if any(m.slot.key == ("w", 1) for m in g.members)]
+    assert not group.prunable
+    assert "input features are not pruned: K=48 is not a multiple of block_size=32" in group.reason
 
 
-def test_qoperator_models_say_why_nothing_is_pruned(tmp_path) -> None:
-    qop = tmp_path / "qop.onnx"
-    assert cli("quantize", sample("digits_cnn"), "-o", qop, "--mode", "static", "--format", "qoperator",
-               "--calib", DATA / "digits_calib.npz", "-q")[0] == 0
-    data = cli_json("prune", qop, "-o", tmp_path / "p.onnx", "--channels", "0.5")
-    assert data["groups_prunable"] == 0
-    assert "QOperator" in data["no_groups_reason"] and "QLinearConv" in data["no_groups_reason"]
-    assert data["unchanged"] is True
+@pytest.mark.parametrize("name, args, ratio", [
+    ("digits_cnn", ("--calib", DATA / "digits_calib.npz"), 0.45),
+    ("resnet_mini", ("--calib", "random"), 0.45),
+    ("digits_transformer", ("--calib", DATA / "digits_calib_tokens.npz"), 0.8),
+])
+def test_qoperator_models_prune_through_qlinear_ops(name, args, ratio, tmp_path_factory) -> None:
+    """QLinearConv / QGemm / QLinearMatMul (constant B) / QLinearAdd / QLinearMul / QLinearGlobalAveragePool:
+    params x0.35 (digits_cnn), x0.39 (resnet_mini), x0.76 (digits_transformer: FFN only, attention's
+    activation x activation QLinearMatMul declines), bit-identical to the masked model."""
+    path = _quantize(tmp_path_factory, name, "--mode", "static", "--format", "qoperator", *args)
+    original, pruned = _oracle(path, dims={"seq": 8})
+    assert _params(pruned) < ratio * _params(original)
+    assert sorted(n.op_type for n in pruned.graph.node) == sorted(n.op_type for n in original.graph.node)
+
+
+def test_dynamic_quantization_declines_with_the_reason(tmp_path_factory) -> None:
+    path = _quantize(tmp_path_factory, "digits_transformer", "--mode", "dynamic")
+    model = onnxsparse.load_model(path)
+    result = prune(model, 0.5)
+    assert not result.plan.removed
+    assert "DynamicQuantizeLinear" in result.report.no_groups_reason
+
+
+# ------------------------------------------------------------- hand-built QDQ patterns
+
+from onnx import helper  # noqa: E402
+
+from onnxsparse.graph import PrunePlan  # noqa: E402
+from test_prune_support import make_model  # noqa: E402
+
+
+def _qdq_chain(act_axis: int | None, opset: int = 17):
+    """x -> Conv(DQ(int8 W1, per-channel)) + DQ(int32 bias) -> Q/DQ activation -> Relu -> Conv(DQ(W2)) -> y."""
+    rng = np.random.default_rng(0)
+    c = 6
+    inits = {
+        "w1q": rng.integers(-100, 100, (c, 3, 3, 3)).astype(np.int8), "w1s": rng.uniform(0.01, 0.02, c).astype(np.float32),
+        "w1z": np.zeros(c, np.int8),
+        "b1q": rng.integers(-500, 500, c).astype(np.int32), "b1s": rng.uniform(1e-4, 2e-4, c).astype(np.float32),
+        "w2q": rng.integers(-100, 100, (4, c, 1, 1)).astype(np.int8), "w2s": np.float32(0.01), "w2z": np.int8(0),
+    }
+    if act_axis is None:
+        inits.update(aS=np.float32(0.05), aZ=np.uint8(10))
+        qa = {}
+    else:
+        inits.update(aS=rng.uniform(0.03, 0.06, c).astype(np.float32), aZ=rng.integers(0, 20, c).astype(np.uint8))
+        qa = {"axis": act_axis}
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1q", "w1s", "w1z"], ["w1"], axis=0),
+        helper.make_node("DequantizeLinear", ["b1q", "b1s"], ["b1"], axis=0),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["h", "aS", "aZ"], ["hq"], **qa),
+        helper.make_node("DequantizeLinear", ["hq", "aS", "aZ"], ["hd"], **qa),
+        helper.make_node("Relu", ["hd"], ["r"]),
+        helper.make_node("DequantizeLinear", ["w2q", "w2s", "w2z"], ["w2"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"]),
+    ]
+    return make_model(nodes, [("x", ["N", 3, 5, 5])], [("y", None)], inits, opset=opset)
+
+
+@pytest.mark.parametrize("act_axis", [None, 1])
+def test_per_tensor_and_per_axis_activation_qdq_and_int32_bias_are_sliced(act_axis) -> None:
+    model = _qdq_chain(act_axis)
+    dg = build_groups(model)
+    (group,) = dg.prunable
+    names = {m.slot.value for m in group.members}
+    assert {"w1q", "w1s", "b1q", "b1s", "w2q"} <= names
+    assert ("aS" in names) == (act_axis is not None)  # a per-tensor scale is untouched
+    plan = PrunePlan.create(dg, {group.id: [1, 4]})
+    _, pruned = check_oracle(model, plan, batch=3)
+    inits = {i.name: i for i in pruned.graph.initializer}
+    assert tuple(inits["w1q"].dims) == (4, 3, 3, 3) and inits["w1q"].data_type == onnx.TensorProto.INT8
+    assert tuple(inits["b1q"].dims) == (4,) and tuple(inits["w2q"].dims) == (4, 4, 1, 1)
+    assert tuple(inits["aS"].dims) == (() if act_axis is None else (4,))
+
+
+def test_blocked_quantization_declines_with_the_reason() -> None:
+    rng = np.random.default_rng(0)
+    inits = {"wq": rng.integers(-8, 8, (8, 4)).astype(np.int8), "ws": np.ones((4, 4), np.float32)}
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0, block_size=2),
+             helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    inits["w2"] = np.ones((4, 3), np.float32)
+    model = make_model(nodes, [("x", ["N", 8])], [("y", None)], inits, opset=21)
+    dg = build_groups(model)
+    reasons = " ".join(r for g in dg.groups for r in g.reasons)
+    assert "blocked quantization (block_size=2)" in reasons
+    assert not any("w" in {m.slot.value for m in g.members} for g in dg.prunable)

@@ -76,6 +76,54 @@ def dequantized(node: ir.Node, codes: np.ndarray | None = None) -> np.ndarray:
     return (out * s).astype(np.float32)
 
 
+#: QOperator nodes' constant int8 weight inputs: (op, input index) -> (scale index, zero point index)
+_QOP_WEIGHTS = {("QLinearConv", 3): (4, 5), ("QLinearMatMul", 3): (4, 5), ("QGemm", 3): (4, 5)}
+
+
+def qoperator_weight(value: ir.Value | None) -> tuple[np.ndarray, np.ndarray | None, int] | None:
+    """``(scale, zero point, per-channel axis)`` of an int8 weight read by a QOperator node (else ``None``)."""
+    if value is None or value.const_value is None:
+        return None
+    uses = value.uses()
+    if len(uses) != 1:
+        return None
+    node, index = uses[0].node, uses[0].idx
+    entry = _QOP_WEIGHTS.get((node.op_type, index))
+    if entry is None:
+        return None
+    s_in = node.inputs[entry[0]] if len(node.inputs) > entry[0] else None
+    z_in = node.inputs[entry[1]] if len(node.inputs) > entry[1] else None
+    if s_in is None or s_in.const_value is None or (z_in is not None and z_in.const_value is None):
+        return None
+    if node.op_type == "QLinearConv":
+        axis = 0
+    elif node.op_type == "QLinearMatMul":
+        axis = 1
+    else:
+        axis = 0 if node.attributes.get_int("transB", 0) else 1
+    zp = z_in.const_value.numpy() if z_in is not None else None
+    return s_in.const_value.numpy(), zp, axis
+
+
+def _zero_at(x: np.ndarray, zp: np.ndarray | None, q_axis: int, axis: int, removed: np.ndarray) -> np.ndarray:
+    x = np.array(x)  # a copy
+    zp = np.zeros((), dtype=x.dtype) if zp is None else _param(zp, x.ndim, q_axis, 0, x.shape)
+    full = np.broadcast_to(zp, x.shape).astype(x.dtype)
+    index = [slice(None)] * x.ndim
+    index[axis] = np.asarray(removed, dtype=bool)
+    x[tuple(index)] = full[tuple(index)]
+    return x
+
+
+def zero_qoperator_codes(value: ir.Value, axis: int, removed: np.ndarray) -> np.ndarray | None:
+    """Like :func:`zero_codes` for a QOperator node's int8 weight (``None`` if ``value`` is not one)."""
+    params = qoperator_weight(value)
+    if params is None:
+        return None
+    _, zp, q_axis = params
+    return _zero_at(value.const_value.numpy(), zp, q_axis, axis, removed)
+
+
 def zero_codes(node: ir.Node, axis: int, removed: np.ndarray) -> np.ndarray:
     """The integer codes of ``node`` with positions ``removed`` along ``axis`` set to their zero point.
 
@@ -146,6 +194,13 @@ def weight_array(value: ir.Value) -> np.ndarray:
         user = _matmul_nbits_user(value)
         if user is not None:
             return matmul_nbits_dequantized(user)
+        params = qoperator_weight(value)
+        if params is not None:
+            scale, zp, q_axis = params
+            x = np.asarray(value.const_value.numpy()).astype(np.float32)
+            if zp is not None:
+                x = x - _param(zp, x.ndim, q_axis, 0, x.shape).astype(np.float32)
+            return (x * _param(scale, x.ndim, q_axis, 0, x.shape).astype(np.float32)).astype(np.float32)
         arr = np.asarray(value.const_value.numpy())
         return arr if arr.dtype == np.float32 else arr.astype(np.float32)
     node = dequantize_node(value)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._weights import dequantize_node, zero_codes
+from ._weights import dequantize_node, zero_codes, zero_qoperator_codes
 from .plan import PrunePlan
 
 __all__ = ["masked_copy"]
@@ -57,10 +57,12 @@ def masked_copy(model: ir.Model, plan: PrunePlan) -> ir.Model:
             w = node.inputs[c.weight[0]]
             w_mask = masks.get((w.name or "", c.weight[1])) if w is not None else None
             if w is not None and w_mask is not None and w.const_value is not None:
-                array = np.array(w.const_value.numpy())  # copy
-                index = [slice(None)] * array.ndim
-                index[c.weight[1]] = ~w_mask
-                array[tuple(index)] = 0
+                array = zero_qoperator_codes(w, c.weight[1], ~w_mask)  # QLinearConv & co: zero point
+                if array is None:
+                    array = np.array(w.const_value.numpy())  # copy
+                    index = [slice(None)] * array.ndim
+                    index[c.weight[1]] = ~w_mask
+                    array[tuple(index)] = 0
                 w.const_value = ir.Tensor(array, name=w.name)
                 continue
             dq = dequantize_node(w) if w is not None and w_mask is not None else None

@@ -399,13 +399,17 @@ _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 def why_no_groups(model: ir.Model) -> str:
     """A reason, read off the graph, for finding no channel group at all ("0 of 0" is never the whole answer)."""
-    from ..graph.rules.quantize import QOPERATOR_OPS  # quantized-model support: graph/rules/quantize.py
+    from ..graph.rules.quantize import UNSLICED_QUANTIZED_OPS  # quantized models: graph/rules/quantize.py
 
-    qop = sorted({n.op_type for n in model.graph if n.op_type in QOPERATOR_OPS})
-    if qop:
-        return (f"the model is in QOperator form ({', '.join(qop)}): weights, scales and zero points are fused "
-                "into these nodes and no rule slices them; prune the QDQ form (onnxsparse quantize --format qdq) "
-                "or the float model")
+    ops = {n.op_type for n in model.graph}
+    if "DynamicQuantizeLinear" in ops:
+        return ("the model is dynamically quantized (DynamicQuantizeLinear -> MatMulInteger/ConvInteger): activation "
+                "scales are computed over the whole tensor at run time, so removing channels would change the kept "
+                "ones; prune the float model, then quantize (or prune a static QDQ / QOperator model)")
+    unsliced = sorted(ops & UNSLICED_QUANTIZED_OPS)
+    if unsliced:
+        return (f"its quantized ops ({', '.join(unsliced)}) are fused QOperator nodes no rule slices "
+                "(QLinearConv, QLinearMatMul, QGemm and QDQ are); prune the QDQ or float model")
     weighted = [n for n in model.graph if n.op_type in _WEIGHTED]
     if not weighted:
         ops = sorted({n.op_type for n in model.graph})

@@ -29,12 +29,20 @@ blocks per byte, or when scales / zero points are flat.  ``g_idx`` / bias inputs
 ``bits`` other than 4/8 decline the node.  Criteria score ``B`` dequantized to
 ``[N, K/block, block]``.
 
-**QOperator** (``QLinearConv``, ``QLinearMatMul``, ``MatMulInteger``, ``ConvInteger``,
-``QGemm``, ``QLinear*`` element-wise ops): decline with a reason (prune the QDQ form).
+**QOperator**: ``QLinearConv`` (group 1 or depthwise), ``QLinearMatMul`` with a constant ``B``
+and com.microsoft ``QGemm`` are sliced like Conv/MatMul/Gemm: the int8 weight, a per-channel
+weight scale / zero point and the int32 bias follow the output channel; activation scales
+must be per-tensor.  ``QLinearAdd``/``QLinearMul`` (broadcast), ``QLinearSigmoid``/
+``QLinearLeakyRelu`` and ``QLinearGlobalAveragePool``/``QLinearAveragePool`` pass channels
+through (onnx's inference does not know the com.microsoft ones: the rules fill in their
+output shapes).  Criteria score dequantized weights; the oracle masks weight codes at their
+zero point.  ``QLinearMatMul`` of two activations, ``MatMulInteger``/``ConvInteger``
+(dynamic quantization), ``QLinearConcat``, ``QLinearSoftmax``, ``QAttention``... decline.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from ..context import CoupleContext, RewriteContext
@@ -42,7 +50,7 @@ from ..index_maps import Block
 from ..registry import OpRule
 from ..slots import Role
 
-__all__ = ["QOPERATOR_OPS", "QDQRule", "MicrosoftQDQRule", "MatMulNBitsRule", "QOperatorRule", "RULES"]
+__all__ = ["UNSLICED_QUANTIZED_OPS", "QDQRule", "MicrosoftQDQRule", "MatMulNBitsRule", "QOperatorRule", "RULES"]
 
 
 def _per_tensor(dims: tuple[int | None, ...] | None) -> bool:
@@ -201,21 +209,238 @@ class MatMulNBitsRule(OpRule):
             ctx.set_attr_int("K", int(keep_kb.sum()) * (ctx.attr_int("block_size") or 0))
 
 
-_QOPERATOR = (
-    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
-)
+def _fill(y: ir.Value | None, dims: list | None, like: ir.Value | None, dtype: ir.DataType | None = None) -> None:
+    """Give a com.microsoft op's output the shape/type onnx's inference cannot (known from the op's definition)."""
+    if y is None:
+        return
+    if y.shape is None and dims is not None:
+        y.shape = ir.Shape(dims)
+    if y.dtype is None:
+        y.dtype = dtype if dtype is not None else (like.dtype if like is not None else None)
+
+
+def _scalars(ctx: CoupleContext, *values: ir.Value | None) -> str | None:
+    """Per-tensor quantization parameters are left alone; anything else declines."""
+    for v in values:
+        if v is None:
+            continue
+        if not _per_tensor(ctx.dims(v)):
+            return f"{ctx.describe()}: quantization parameter '{v.name}' is not per-tensor"
+        ctx.handled_all(v)
+    return None
+
+
+def _per_channel(ctx: CoupleContext, value: ir.Value | None, y: ir.Value, y_axis: int) -> str | None:
+    """A weight scale / zero point: per-tensor (left alone) or one per output channel (sliced with it)."""
+    if value is None:
+        return None
+    d = ctx.dims(value)
+    if _per_tensor(d):
+        ctx.handled_all(value)
+        return None
+    if d is None or len(d) != 1:
+        return f"{ctx.describe()}: '{value.name}' is neither per-tensor nor per output channel"
+    ctx.couple(value, 0, y, y_axis)
+    return None
+
+
+class QLinearConvRule(OpRule):
+    """``QLinearConv(x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, B)``: a Conv whose int8 filters, per-channel
+    ``w_s``/``w_zp`` and int32 bias are sliced with the output channel (``group`` 1 or depthwise)."""
+
+    op_types = ("QLinearConv",)
+    since = 10
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, w, b, y = ctx.input(0), ctx.input(3), ctx.input(8), ctx.output(0)
+        if x is None or w is None or y is None or w.const_value is None:
+            return f"{ctx.describe()}: needs a constant weight"
+        xd, yd, wd = ctx.dims(x), ctx.dims(y), ctx.dims(w)
+        if xd is None or yd is None or len(xd) < 3 or len(xd) != len(yd) or xd[1] is None:
+            return f"{ctx.describe()}: input/output ranks unknown"
+        reason = _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
+        if reason:
+            return reason
+        g = ctx.attr_int("group", 1) or 1
+        ci, co, ci_g = xd[1], wd[0], wd[1]
+        if ci != ci_g * g or co % g:
+            return f"{ctx.describe()}: inconsistent group {g}"
+        if g > 1 and ci_g != 1:
+            return f"{ctx.describe()}: grouped QLinearConv (group={g}) is not sliced (group 1 and depthwise are)"
+        ctx.couple(x, 0, y, 0)
+        ctx.couple(w, 0, y, 1)
+        ctx.role(w, 0, Role.PRODUCE)
+        for extra in (ctx.input(4), ctx.input(5)):
+            reason = _per_channel(ctx, extra, y, 1)
+            if reason:
+                return reason
+        if b is not None:
+            ctx.couple(b, 0, y, 1)
+            ctx.role(b, 0, Role.BIAS)
+        if g == 1:
+            ctx.couple(w, 1, x, 1)
+            ctx.role(w, 1, Role.CONSUME)
+            ctx.contract(0, 1, weight=(3, 1))
+        else:
+            ctx.couple(x, 1, y, 1, Block(co // g))
+            ctx.handled(w, 1)
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
+        g = ctx.attr_int("group", 1) or 1
+        if g > 1:
+            ctx.set_attr_int("group", ctx.new_dim(ctx.input(0), 1))
+
+
+class QLinearMatMulRule(OpRule):
+    """``QLinearMatMul(a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp)`` with a constant int8 ``b`` ``[K, N]``
+    (``b_s``/``b_zp`` per-tensor or per column ``N``)."""
+
+    op_types = ("QLinearMatMul",)
+    since = 10
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        a, b, y = ctx.input(0), ctx.input(3), ctx.output(0)
+        if a is None or b is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        if b.const_value is None or ctx.rank(b) != 2:
+            return (f"{ctx.describe()}: only a constant 2-D B is sliced (masking a quantized activation "
+                    "at its zero point is not supported)")
+        ra, ry = ctx.rank(a), ctx.rank(y)
+        if ra is None or ry is None or ra != ry or ra < 2:
+            return f"{ctx.describe()}: operand ranks unknown"
+        reason = _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
+        if reason:
+            return reason
+        for axis in range(ra - 1):
+            ctx.couple(a, axis, y, axis)
+        ctx.couple(a, ra - 1, b, 0)
+        ctx.couple(b, 1, y, ry - 1)
+        ctx.role(b, 0, Role.CONSUME)
+        ctx.role(b, 1, Role.PRODUCE)
+        ctx.contract(0, ra - 1, weight=(3, 0))
+        for extra in (ctx.input(4), ctx.input(5)):
+            reason = _per_channel(ctx, extra, y, ry - 1)
+            if reason:
+                return reason
+        return None
+
+
+class QGemmRule(OpRule):
+    """com.microsoft ``QGemm(A, a_s, a_zp, B, b_s, b_zp, C, y_s, y_zp)`` with a constant int8 ``B``."""
+
+    op_types = ("QGemm",)
+    domain = "com.microsoft"
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        a, b, c, y = ctx.input(0), ctx.input(3), ctx.input(6), ctx.output(0)
+        if a is None or b is None or y is None or b.const_value is None or ctx.rank(a) != 2 or ctx.rank(b) != 2:
+            return f"{ctx.describe()}: needs a 2-D A and a constant 2-D B"
+        if ctx.attr_int("transA", 0):
+            return f"{ctx.describe()}: transA is not supported"
+        tb = ctx.attr_int("transB", 0) or 0
+        b_k, b_n = (1, 0) if tb else (0, 1)
+        ad, bd = ctx.dims(a), ctx.dims(b)
+        y_s = ctx.input(7)
+        _fill(y, [ad[0], bd[b_n]], None, ctx.input(8).dtype if y_s is not None and ctx.input(8) is not None
+              else (ir.DataType.FLOAT if y_s is None else a.dtype))
+        reason = _scalars(ctx, ctx.input(1), ctx.input(2), y_s, ctx.input(8))
+        if reason:
+            return reason
+        ctx.couple(a, 1, b, b_k)
+        ctx.couple(a, 0, y, 0)
+        ctx.couple(b, b_n, y, 1)
+        ctx.role(b, b_k, Role.CONSUME)
+        ctx.role(b, b_n, Role.PRODUCE)
+        ctx.contract(0, 1, weight=(3, b_k))
+        for extra in (ctx.input(4), ctx.input(5)):
+            reason = _per_channel(ctx, extra, y, 1)
+            if reason:
+                return reason
+        if c is not None:
+            reason = ctx.broadcast([c], y)
+            if reason:
+                return reason
+            if c.const_value is not None and (ctx.dims(c) or (1,))[-1] not in (None, 1):
+                ctx.role(c, len(ctx.dims(c)) - 1, Role.BIAS)
+        return None
+
+
+class QLinearElementwiseRule(OpRule):
+    """QLinearAdd / QLinearMul (broadcast), QLinearSigmoid / QLinearLeakyRelu (unary): per-tensor scales."""
+
+    op_types = ("QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu")
+    domain = "com.microsoft"
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        y = ctx.output(0)
+        binary = node.op_type in ("QLinearAdd", "QLinearMul")
+        data = [ctx.input(0), ctx.input(3)] if binary else [ctx.input(0)]
+        params = [ctx.input(i) for i in ((1, 2, 4, 5, 6, 7) if binary else (1, 2, 3, 4))]
+        if y is None or any(v is None for v in data):
+            return f"{ctx.describe()}: missing input"
+        if y.shape is None and all(v.shape is not None for v in data):
+            rank = max(len(v.shape) for v in data)
+            dims: list = []
+            for k in range(rank):  # numpy broadcasting on possibly symbolic dims: a dim other than 1 wins
+                cands = [v.shape[k - rank + len(v.shape)] for v in data if k - rank + len(v.shape) >= 0]
+                dims.append(next((d for d in cands if d != 1), 1))
+            _fill(y, dims, data[0])
+        _fill(y, None, data[0])
+        reason = _scalars(ctx, *params)
+        if reason:
+            return reason
+        reason = ctx.broadcast(data, y)
+        if reason:
+            return reason
+        for v in data:
+            if v.const_value is not None:
+                for k, d in enumerate(ctx.dims(v) or ()):
+                    if d not in (None, 1):
+                        ctx.role(v, k, Role.CONST)
+        return None
+
+
+class QLinearPoolRule(OpRule):
+    """QLinearGlobalAveragePool / QLinearAveragePool: per channel, per-tensor scales."""
+
+    op_types = ("QLinearGlobalAveragePool", "QLinearAveragePool")
+    domain = "com.microsoft"
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        xd = ctx.dims(x)
+        if x is None or y is None or xd is None or len(xd) < 3:
+            return f"{ctx.describe()}: input rank unknown"
+        last = bool(ctx.attr_int("channels_last", 0))
+        if node.op_type == "QLinearGlobalAveragePool" and y.shape is None and x.shape is not None:
+            dims = list(x.shape)
+            spatial = range(1, len(dims) - 1) if last else range(2, len(dims))
+            for k in spatial:
+                dims[k] = 1
+            _fill(y, dims, x)
+        if ctx.rank(y) != len(xd):
+            return f"{ctx.describe()}: output rank unknown"
+        reason = _scalars(ctx, *(ctx.input(i) for i in range(1, 5)))
+        if reason:
+            return reason
+        ctx.couple(x, 0, y, 0)
+        ctx.couple(x, len(xd) - 1 if last else 1, y, len(xd) - 1 if last else 1)
+        return None
+
+
+_QOPERATOR = ("MatMulInteger", "ConvInteger")
 _QOPERATOR_MS = (
-    "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
-    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSoftmax", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul", "QAttention", "QOrderedMatMul",
+    "QLinearConcat", "QLinearSoftmax", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention",
+    "QOrderedMatMul",
 )  # fmt: skip
 
-#: op types of the QOperator form (either domain): fused quantized nodes no rule slices
-QOPERATOR_OPS: frozenset[str] = frozenset((*_QOPERATOR, *_QOPERATOR_MS))
+#: quantized op types no rule slices (they decline with the reason): dynamic quantization, other fused QOperator ops
+UNSLICED_QUANTIZED_OPS: frozenset[str] = frozenset((*_QOPERATOR, *_QOPERATOR_MS, "DynamicQuantizeLinear"))
 
-_QOPERATOR_REASON = ("QOperator form ({op}): weights, scales and zero points are fused into one node "
-                     "and no rule slices them yet; prune the QDQ model (onnxsparse quantize --mode static "
-                     "writes QDQ) or the float model, then quantize")
+_QOPERATOR_REASON = ("QOperator form ({op}): no rule slices it (QLinearConv, QLinearMatMul, QGemm and "
+                     "per-tensor QLinear element-wise/pooling ops are); prune the QDQ model "
+                     "(onnxsparse quantize --format qdq) or the float model, then quantize")
 
 
 class QOperatorRule(OpRule):
@@ -229,12 +454,23 @@ class MicrosoftQOperatorRule(QOperatorRule):
     op_types = _QOPERATOR_MS
     domain = "com.microsoft"
 
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x = ctx.input(0)
+        if node.op_type == "QLinearSoftmax" and x is not None and x.shape is not None:
+            _fill(ctx.output(0), list(x.shape), x)  # declined, but the shapes downstream stay known
+        return super().couple(node, ctx)
+
 
 RULES: tuple[OpRule, ...] = (
     QDQRule(),
     MicrosoftQDQRule(),
     DynamicQuantizeRule(),
     MatMulNBitsRule(),
+    QLinearConvRule(),
+    QLinearMatMulRule(),
+    QGemmRule(),
+    QLinearElementwiseRule(),
+    QLinearPoolRule(),
     QOperatorRule(),
     MicrosoftQOperatorRule(),
 )
