@@ -72,10 +72,25 @@ def _oracle(path: str, ratio: float = 0.5, **kw) -> tuple[onnx.ModelProto, onnx.
     return onnx.load(path), pruned
 
 
+def _runtime_ops(proto: onnx.ModelProto, path) -> list[str]:
+    """Op types of onnxruntime's optimised graph (where QDQ is fused into QLinearConv & co)."""
+    import onnxruntime as ort
+    from test_prune_support import _serialize
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(path)
+    opts.log_severity_level = 3
+    ort.InferenceSession(_serialize(proto), opts, providers=["CPUExecutionProvider"])
+    return sorted(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
 @pytest.mark.parametrize("fixture", ["cnn_qdq", "resnet_qdq"])
-def test_a_qdq_cnn_prunes_stays_quantized_and_matches_the_masked_model(fixture, request) -> None:
-    """digits_cnn / resnet_mini (static int8 QDQ) at 0.5: params x0.35 / x0.39 with int8 counted."""
+def test_a_qdq_cnn_prunes_stays_quantized_and_matches_the_masked_model(fixture, request, tmp_path) -> None:
+    """digits_cnn / resnet_mini (static int8 QDQ) at 0.5: params x0.35 / x0.39 with int8 counted;
+    onnxruntime fuses the pruned model into the same integer kernels (QLinearConv, QGemm, QLinearAdd)."""
     original, pruned = _oracle(request.getfixturevalue(fixture))
+    fused = _runtime_ops(pruned, tmp_path / "opt_p.onnx")
+    assert fused == _runtime_ops(original, tmp_path / "opt_o.onnx") and "QLinearConv" in fused
     assert _params(pruned) < 0.45 * _params(original)
     before, after = _int8_weights(original), _int8_weights(pruned)
     assert set(after) == set(before)  # every weight still int8 behind its DequantizeLinear

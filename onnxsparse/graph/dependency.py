@@ -211,6 +211,8 @@ class DependencyGraph:
         self._float_cache: dict[str, np.ndarray] = {}
         #: small shared initializers copied per node by :func:`build_groups` (copy -> original)
         self.shared_copies: dict[str, str] = {}
+        self._qdq = {i for i, node in enumerate(model.graph)
+                     if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
         self._solve()
 
     # -- public ----------------------------------------------------------
@@ -446,7 +448,8 @@ class DependencyGraph:
                     size=n,
                     root=Slot(root_key[0], root_key[1], int(sizes[root_s])),
                     members=tuple(member_list),
-                    nodes=tuple(self._node_names[i] for i in sorted(node_ids)),
+                    # QuantizeLinear/DequantizeLinear last: a QDQ group is named by its Conv/Gemm/MatMul
+                    nodes=tuple(self._node_names[i] for i in sorted(node_ids, key=lambda i: (i in self._qdq, i))),
                     prunable=not reasons,
                     reasons=tuple(reasons),
                 )
