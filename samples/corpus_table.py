@@ -50,6 +50,13 @@ from onnxsparse.io import max_runtime_ir_version
 from onnxsparse.passes.prune import plan_pruning, prune
 from onnxsparse.passes.prune_heads import prune_heads
 
+try:  # prune() unfolds dynamo's heads-into-batch K^T before its analysis (newer onnxsparse)
+    from onnxsparse.passes.prune import unfold_head_batch
+except ImportError:  # pragma: no cover - older onnxsparse analyses the model as normalised
+
+    def unfold_head_batch(model: ir.Model) -> None:
+        return None
+
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 DOC = HERE.parent / "docs" / "corpus.md"
@@ -111,9 +118,11 @@ def differs(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 def prepared(path: Path) -> ir.Model:
+    """The model as ``prune()`` analyses it: normalised, dynamo's batch-folded K^T unfolded."""
     model = load_model(path)
     normalize(model)
     model.ir_version = max(model.ir_version, 4)
+    unfold_head_batch(model)
     return model
 
 
@@ -404,6 +413,21 @@ def heads_section(rows: list[dict[str, Any]]) -> str:
     return "\n".join(sorted(set(lines))) or "none"
 
 
+def _revision() -> str:
+    """The repository's commit (and whether onnxsparse/ had uncommitted changes when measured)."""
+    import subprocess
+
+    root = HERE.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxsparse"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return f"commit {head}" + (" with uncommitted changes in onnxsparse/" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*")
@@ -428,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     versions = manifest.get("versions", {})
     import onnxruntime
 
+    revision = _revision()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Generality corpus
 
@@ -444,7 +469,7 @@ installed for this torch; the manifest lists them as `needs torchvision`); the R
 Inception, ShuffleNet, SqueezeNet and VGG graphs of the `onnx` package and `samples/models/real_*`
 cover CNNs in the other tests.
 
-Measured on {now} ({platform.machine()}, 2 shared cores; onnxsparse {getattr(onnxsparse, '__version__', '?')},
+Measured on {now} ({platform.machine()}, 2 shared cores; onnxsparse {getattr(onnxsparse, '__version__', '?')} at {revision},
 onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}) by
 
 ```bash
@@ -455,7 +480,8 @@ Columns:
 
 * **MACs in prunable groups**: of the MACs of Conv/MatMul/Gemm nodes with a constant weight
   (batch 1, sequence 7), the share whose weight belongs to a prunable channel group
-  (`build_groups`). The attention core (MatMuls of two activations) has no weight and is not
+  (`build_groups` on the model as `prune()` analyses it: normalised, dynamo's batch-folded `K^T`
+  unfolded). The attention core (MatMuls of two activations) has no weight and is not
   counted here; `--heads` prunes it. Reasons for the rest are in the next section.
 * **Softmax** / **heads pruned** / **FFN pruned**: Softmax nodes (attention blocks), and the
   blocks in which `prune_heads(heads=0.25, ffn=0.25)` removed heads / FFN neurons, out of the
