@@ -80,7 +80,7 @@ HEADS_RATIO = {"mobilevit": 0.5, "swin": 0.5}
 
 
 def _params(names: list[str], fails: dict[str, str]) -> list[Any]:
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=fails[n])) if n in fails else n
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=fails[n])) if n in fails else n
             for n in names]
 
 
