@@ -50,7 +50,10 @@ from ..index_maps import Block
 from ..registry import OpRule
 from ..slots import Role
 
-__all__ = ["UNSLICED_QUANTIZED_OPS", "QDQRule", "MicrosoftQDQRule", "MatMulNBitsRule", "QOperatorRule", "RULES"]
+__all__ = [
+    "UNSLICED_QUANTIZED_OPS", "QDQRule", "MicrosoftQDQRule", "DynamicQuantizeRule", "MatMulNBitsRule", "QLinearConvRule",
+    "QLinearMatMulRule", "QGemmRule", "QLinearElementwiseRule", "QLinearPoolRule", "QOperatorRule", "RULES",
+]
 
 
 def _per_tensor(dims: tuple[int | None, ...] | None) -> bool:
