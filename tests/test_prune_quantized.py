@@ -296,3 +296,47 @@ def test_blocked_quantization_declines_with_the_reason() -> None:
     reasons = " ".join(r for g in dg.groups for r in g.reasons)
     assert "blocked quantization (block_size=2)" in reasons
     assert not any("w" in {m.slot.value for m in g.members} for g in dg.prunable)
+
+
+def test_uint8_weights_with_a_zero_point_are_masked_at_it() -> None:
+    """uint8 weights (zero point 128 per channel / per tensor): QDQ and QLinearConv/QLinearMatMul; the oracle
+    sets removed codes to the zero point (0 would dequantize to -128 * scale).  The QDQ MatMul reads a
+    quantized activation: a weight-only ``DQ(uint8) -> MatMul`` is rewritten by onnxruntime (level
+    ALL) into ``MatMulNBits``, which quantizes the activation per K block at run time, so there the
+    masked model's extra (zero-weight) columns change the kept ones' quantization (~1% apart; exact
+    with graph optimisations off)."""
+    rng = np.random.default_rng(1)
+    c = 8
+    inits = {
+        "w1q": rng.integers(0, 255, (c, 2, 3, 3)).astype(np.uint8), "w1s": rng.uniform(0.01, 0.02, c).astype(np.float32),
+        "w1z": np.full(c, 128, np.uint8),
+        "xs": np.float32(0.05), "xz": np.uint8(100), "hs": np.float32(0.2), "hz": np.uint8(50),
+        "w2q": rng.integers(0, 255, (c, 5)).astype(np.uint8), "w2s": np.float32(0.02), "w2z": np.uint8(128),
+        "ys": np.float32(0.3), "yz": np.uint8(120),
+    }
+    qop = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("QLinearConv", ["xq", "xs", "xz", "w1q", "w1s", "w1z", "hs", "hz"], ["hq"], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["hq"], ["pq"], kernel_shape=[4, 4]),
+        helper.make_node("Flatten", ["pq"], ["fq"]),
+        helper.make_node("QLinearMatMul", ["fq", "hs", "hz", "w2q", "w2s", "w2z", "ys", "yz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    qdq = [
+        helper.make_node("DequantizeLinear", ["w1q", "w1s", "w1z"], ["w1"], axis=0),
+        helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[4, 4]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("QuantizeLinear", ["f", "hs", "hz"], ["fq"]),
+        helper.make_node("DequantizeLinear", ["fq", "hs", "hz"], ["fd"]),
+        helper.make_node("DequantizeLinear", ["w2q", "w2s", "w2z"], ["w2"]),
+        helper.make_node("MatMul", ["fd", "w2"], ["y"]),
+    ]
+    for nodes in (qop, qdq):
+        used = {i for n in nodes for i in n.input}
+        model = make_model(nodes, [("x", ["N", 2, 4, 4])], [("y", None)], {k: v for k, v in inits.items() if k in used})
+        dg = build_groups(model)
+        (group,) = dg.prunable
+        assert "w1q" in {m.slot.value for m in group.members}
+        check_oracle(model, PrunePlan.create(dg, {group.id: [0, 3, 5]}), batch=3)
