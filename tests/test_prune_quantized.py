@@ -340,3 +340,35 @@ def test_uint8_weights_with_a_zero_point_are_masked_at_it() -> None:
         (group,) = dg.prunable
         assert "w1q" in {m.slot.value for m in group.members}
         check_oracle(model, PrunePlan.create(dg, {group.id: [0, 3, 5]}), batch=3)
+
+
+def test_matmul_nbits_with_a_bias_and_k_blocks_matches_the_masked_model() -> None:
+    """Hand-built: MatMul -> Relu -> MatMulNBits(K=64 in 2 blocks of 32, N=6, bias [6]) -> Relu -> MatMul."""
+    import onnx_ir as ir
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMulNBits", ["r", "b", "s", "", "", "bias"], ["z"], domain="com.microsoft", K=64, N=6,
+                          bits=4, block_size=32),
+         helper.make_node("Relu", ["z"], ["rz"]), helper.make_node("MatMul", ["rz", "w2"], ["y"])],
+        "nbits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((8, 64)).astype(np.float32), "w"),
+         onnx.numpy_helper.from_array(rng.integers(0, 255, (6, 2, 16)).astype(np.uint8), "b"),
+         onnx.numpy_helper.from_array(rng.uniform(0.05, 0.1, (6, 2)).astype(np.float32), "s"),
+         onnx.numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bias"),
+         onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "w2")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = onnxsparse.normalize(ir.from_proto(proto))
+    dg = build_groups(model)
+    k_group = next(g for g in dg.prunable if any(m.slot.key == ("w", 1) for m in g.members))
+    n_group = next(g for g in dg.prunable if any(m.slot.key == ("b", 0) for m in g.members))
+    assert k_group.size == 2 and n_group.size == 6  # K in whole blocks of 32, N per row
+    _, pruned = check_oracle(model, PrunePlan.create(dg, {k_group.id: [0], n_group.id: [1, 4]}), batch=3)
+    node = next(n for n in pruned.graph.node if n.op_type == "MatMulNBits")
+    attrs = {a.name: a.i for a in node.attribute}
+    inits = {i.name: tuple(i.dims) for i in pruned.graph.initializer}
+    assert (attrs["K"], attrs["N"]) == (32, 4)
+    assert inits["b"] == (4, 1, 16) and inits["s"] == (4, 1) and inits["bias"] == (4,) and inits["w"] == (8, 32)

@@ -25,8 +25,8 @@ in whole quantization blocks: a virtual slot of ``K/block`` units couples ``Bloc
 positions of ``A``'s last axis to axis 1 of ``B``, of 2-D scales and zero points (attribute
 ``K`` rewritten); the contraction is masked on the activation.  ``K`` declines (with the
 reason) when it is not a multiple of ``block_size``, when uint8 zero points pack several
-blocks per byte, or when scales / zero points are flat.  ``g_idx`` / bias inputs and
-``bits`` other than 4/8 decline the node.  Criteria score ``B`` dequantized to
+blocks per byte, or when scales / zero points are flat.  ``g_idx`` and
+``bits`` other than 4/8 decline the node; a constant ``[N]`` bias is sliced with ``N``.  Criteria score ``B`` dequantized to
 ``[N, K/block, block]``.
 
 **QOperator**: ``QLinearConv`` (group 1 or depthwise), ``QLinearMatMul`` with a constant ``B``
@@ -128,8 +128,11 @@ class MatMulNBitsRule(OpRule):
         zp = ctx.input(3)
         if a is None or b is None or scales is None or y is None:
             return f"{ctx.describe()}: missing input"
-        if any(v is not None for v in node.inputs[4:]):
-            return f"{ctx.describe()}: g_idx / bias inputs are not supported"
+        if len(node.inputs) > 4 and node.inputs[4] is not None:
+            return f"{ctx.describe()}: g_idx (act-order) input is not supported"
+        bias = node.inputs[5] if len(node.inputs) > 5 else None
+        if bias is not None and (bias.const_value is None or ctx.dims(bias) != (ctx.attr_int("N"),)):
+            return f"{ctx.describe()}: bias must be a constant [N]"
         if b.const_value is None or scales.const_value is None or (zp is not None and zp.const_value is None):
             return f"{ctx.describe()}: B, scales and zero points must be constants"
         n, k = ctx.attr_int("N"), ctx.attr_int("K")
@@ -160,6 +163,9 @@ class MatMulNBitsRule(OpRule):
         # output channels: rows of B, of the scales, of the zero points
         ctx.couple(b, 0, y, ry - 1)
         ctx.role(b, 0, Role.PRODUCE)
+        if bias is not None:
+            ctx.couple(bias, 0, y, ry - 1)
+            ctx.role(bias, 0, Role.BIAS)
         if len(sd) == 2:
             ctx.couple(scales, 0, y, ry - 1)
             ctx.handled(scales, 1)
