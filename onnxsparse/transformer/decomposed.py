@@ -154,6 +154,11 @@ def split_of(proj: ir.Node) -> tuple[int, int, ir.Node]:
             target = ShapeTarget(node, 1)
             width = int(proj_width(proj))
             eh, ed = target.const(len(target) - 2), target.const(len(target) - 1)
+            if ed == width and len(target) <= 3:
+                # [B*S, N] <-> [B, S, N] (GPT-2's Conv1D on a flattened view): the columns stay whole
+                # on the last axis; the head split comes after (the propagation proves this Reshape).
+                value = node.outputs[0]
+                continue
             if eh not in (None, -1, 0) and ed not in (None, -1, 0):
                 h, d = eh, ed
             elif eh == -1 and ed not in (None, -1, 0):

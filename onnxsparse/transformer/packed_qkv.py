@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import const_array, is_const, onnx_domain
+from ._graph import const_array, const_ints, is_const, onnx_domain
 from ._targets import ShapeTarget
 
 __all__ = ["unpack_packed_qkv"]
@@ -266,6 +266,289 @@ def unpack_packed_qkv(graph: ir.Graph) -> list[str]:
         if node.graph is not graph:
             continue  # removed by an earlier rewrite
         name = _unpack_one(graph, node)
+        if name:
+            done.append(name)
+    return done + unpack_packed_columns(graph)
+
+
+# --------------------------------------------------------------------------------------------
+# Column pieces: HF exports (GPT-2 Conv1D, Phi-3 qkv_proj / gate_up_proj, GPT-NeoX query_key_value)
+# --------------------------------------------------------------------------------------------
+#
+#   P = x W (+ b)                       MatMul (+ Add), or Gemm(transA=0, alpha=beta=1, C = b)
+#   [R = Reshape(P, [.., G*?, L])]      optional; its last entry is the constant L with N % L == 0
+#   [T = Transpose(R, perm)]            optional; perm keeps the last axis last
+#   pieces = Split / Slice of the last axis into contiguous column ranges [s_i, e_i) of L
+#
+# Row-major Reshape keeps the flat order, so the last axis of R holds column g*L + c of P in
+# row g (G = N / L groups: 1 for GPT-2 / Phi-3, the heads for GPT-NeoX's [B, S, H, 3*D]).
+# Piece i is then exactly Transpose(Reshape(x W_i (+ b_i), target with last entry e_i - s_i))
+# with W_i = W[:, [g*L + c for g in range(G) for c in range(s_i, e_i)]]: the leading entries of
+# the target are the same inputs, and resolve to the same sizes (a -1 absorbs the same count).
+
+_INT_MAX = 2**62
+
+
+def _gemm_weight(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(W [K, N], bias [N] or None) of a Gemm that is exactly ``x W + b``."""
+    a = node.attributes
+    if (a.get_int("transA", 0) or 0) != 0 or (a.get_float("alpha", 1.0) or 1.0) != 1.0:
+        return None
+    weight = const_array(node.inputs[1])
+    if weight is None or weight.ndim != 2:
+        return None
+    if (a.get_int("transB", 0) or 0) == 1:
+        weight = weight.T
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        if a.get_float("beta", 1.0) != 1.0:
+            return None
+        bias = const_array(node.inputs[2])
+        if bias is None or bias.shape != (weight.shape[1],):
+            return None
+    return weight, bias
+
+
+def _packed_projection(node: ir.Node):
+    """(x, output, W [K, N], bias or None, nodes of the projection) or None."""
+    if not onnx_domain(node) or node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+        return None
+    x = node.inputs[0]
+    if x is None or is_const(x) or not is_const(node.inputs[1]):
+        return None
+    if node.op_type == "Gemm":
+        found = _gemm_weight(node)
+        if found is None:
+            return None
+        weight, bias = found
+    else:
+        weight, bias = const_array(node.inputs[1]), None
+        if weight is None or weight.ndim != 2:
+            return None
+    nodes = [node]
+    out = node.outputs[0]
+    if bias is None:
+        nxt = _single_use(out)
+        if nxt is not None and nxt.op_type == "Add" and onnx_domain(nxt):
+            other = nxt.inputs[1] if nxt.inputs[0] is out else nxt.inputs[0]
+            b = const_array(other)
+            if b is not None and b.shape == (weight.shape[1],):
+                bias, out = b, nxt.outputs[0]
+                nodes.append(nxt)
+    return x, out, weight, bias, nodes
+
+
+def _depends_on(value: ir.Value, target: ir.Value, graph: ir.Graph, limit: int = 2000) -> bool:
+    """True when ``value`` may be computed from ``target`` (nodes before target's producer cannot)."""
+    order = {nd: k for k, nd in enumerate(graph)}
+    start = order.get(target.producer(), -1)
+    seen, stack = set(), [value]
+    while stack:
+        v = stack.pop()
+        if v is target:
+            return True
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if len(seen) > limit:
+            return True  # too far to tell: assume it does
+        p = v.producer()
+        if p is not None and order.get(p, start + 1) > start:
+            stack.extend(i for i in p.inputs if i is not None)
+    return False
+
+
+def _last_axis_pieces(value: ir.Value, rank: int, width: int) -> list[tuple[int, int, ir.Value]] | None:
+    """[(start, end, piece)] of the last axis of ``value``, contiguous over [0, width), >= 2 pieces."""
+    uses = [u.node for u in value.uses() if u.node.op_type != "Shape"]
+    if not uses or value.is_graph_output():
+        return None
+    found: list[tuple[int, int, ir.Value]] = []
+    if len(uses) == 1 and uses[0].op_type == "Split":
+        split = uses[0]
+        if not onnx_domain(split) or split.inputs[0] is not value:
+            return None
+        axis = split.attributes.get_int("axis", 0) or 0
+        if axis % rank != rank - 1:
+            return None
+        n = len(split.outputs)
+        sizes = const_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
+        if sizes is None:
+            sizes = split.attributes.get_ints("split", None)
+        if sizes is None:
+            if width % n:
+                return None
+            sizes = [width // n] * n
+        sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+        if len(sizes) != n or sum(sizes) != width:
+            return None
+        start = 0
+        for size, out in zip(sizes, split.outputs):
+            found.append((start, start + size, out))
+            start += size
+    else:
+        for node in uses:
+            if node.op_type != "Slice" or not onnx_domain(node) or node.inputs[0] is not value:
+                return None
+            ins = list(node.inputs) + [None] * (5 - len(node.inputs))
+            starts, ends = const_array(ins[1]), const_array(ins[2])
+            axes = const_array(ins[3]) if ins[3] is not None else np.array([0])
+            steps = const_array(ins[4]) if ins[4] is not None else np.array([1])
+            if any(a is None or a.size != 1 for a in (starts, ends, axes, steps)):
+                return None
+            if int(axes.reshape(-1)[0]) % rank != rank - 1 or int(steps.reshape(-1)[0]) != 1:
+                return None
+            s, e = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+            s = s + width if s < 0 else s
+            e = e + width if e < 0 else e
+            s, e = max(0, min(s, width)), max(0, min(e, width))
+            if e <= s:
+                return None
+            found.append((s, e, node.outputs[0]))
+        found.sort(key=lambda t: t[0])
+        if found[0][0] != 0 or found[-1][1] != width or any(a[1] != b[0] for a, b in zip(found, found[1:])):
+            return None
+    return found if len(found) >= 2 else None
+
+
+def _retarget(graph: ir.Graph, reshape: ir.Node, last: int, name: str) -> tuple[list[ir.Node], ir.Value] | None:
+    """A copy of ``reshape``'s shape target with its last entry set to ``last`` (new nodes, value)."""
+    target = reshape.inputs[1]
+    ints = const_ints(target)
+    if ints is not None:
+        return [], _const(graph, name, np.array([*ints[:-1], last], dtype=np.int64))
+    concat = target.producer()
+    if concat is None or concat.op_type != "Concat" or not onnx_domain(concat) or not concat.inputs:
+        return None
+    tail = concat.inputs[-1]
+    tail_ints = const_ints(tail)
+    if tail_ints is None or not tail_ints:
+        return None
+    dtype = tail.dtype.numpy() if tail.dtype is not None else np.int64
+    new_tail = _const(graph, f"{name}.last", np.array([*tail_ints[:-1], last], dtype=dtype))
+    node = ir.Node("", "Concat", [*concat.inputs[:-1], new_tail], attributes=[ir.AttrInt64("axis", 0)], name=name)
+    node.outputs[0].name = name
+    node.outputs[0].dtype = target.dtype
+    node.outputs[0].shape = target.shape
+    return [node], node.outputs[0]
+
+
+def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
+    try:
+        found = _packed_projection(first)
+        if found is None:
+            return None
+        x, packed, weight, bias, proj_nodes = found
+        n = weight.shape[1]
+        value, reshape, transpose = packed, None, None
+        last = n
+        nxt = _single_use(value)
+        if nxt is not None and nxt.op_type == "Reshape" and onnx_domain(nxt) and nxt.inputs[0] is value:
+            ints = const_ints(nxt.inputs[1])
+            if ints is None:
+                target = ShapeTarget(nxt, 1)
+                entries = [target.const(i) for i in range(len(target))]
+            else:
+                entries = ints
+            in_rank = len(value.shape) if value.shape is not None else None
+            L = entries[-1] if entries else None
+            if in_rank is None or not isinstance(L, int) or L <= 0 or n % L:
+                return None
+            if (nxt.attributes.get_int("allowzero", 0) or 0) == 0 and len(entries) > in_rank - 1 \
+                    and entries[in_rank - 1] == 0:
+                return None  # a 0 entry would copy the packed width
+            if _depends_on(nxt.inputs[1], packed, graph):
+                return None
+            reshape, value, last = nxt, nxt.outputs[0], L
+            nxt = _single_use(value)
+            if nxt is not None and nxt.op_type == "Transpose" and onnx_domain(nxt):
+                perm = nxt.attributes.get_ints("perm", None)
+                if perm is None or perm[-1] != len(perm) - 1:
+                    return None
+                transpose, value = nxt, nxt.outputs[0]
+        rank = len(value.shape) if value.shape is not None else (
+            len(list(transpose.attributes.get_ints("perm"))) if transpose is not None else None)
+        if rank is None and reshape is not None:
+            rank = len(const_ints(reshape.inputs[1]) or ShapeTarget(reshape, 1).entries)
+        if rank is None:
+            return None
+        pieces = _last_axis_pieces(value, rank, last)
+        if pieces is None:
+            return None
+    except Exception:  # noqa: BLE001 - matching only reads the graph; anything unexpected: not this form
+        return None
+    groups = n // last
+    roles = ("q", "k", "v") if len(pieces) == 3 else tuple(f"p{i}" for i in range(len(pieces)))
+    order = {nd: k for k, nd in enumerate(graph)}
+    anchor = min((p[2].producer() for p in pieces), key=order.__getitem__)
+    w_value = first.inputs[1]
+    b_value = None
+    if first.op_type == "Gemm" and len(first.inputs) > 2:
+        b_value = first.inputs[2]
+    elif len(proj_nodes) > 1:
+        add = proj_nodes[1]
+        b_value = add.inputs[1] if add.inputs[0] is first.outputs[0] else add.inputs[0]
+    out_dims = _dims(packed)
+    for role, (s, e, old) in zip(roles, pieces):
+        cols = np.array([g * last + c for g in range(groups) for c in range(s, e)], dtype=np.int64)
+        w_i = weight[:, cols]
+        base = f"{first.name}.{role}"
+        if first.op_type == "Gemm":
+            w_store = w_i.T if (first.attributes.get_int("transB", 0) or 0) == 1 else w_i
+            ins = [x, _const(graph, f"{w_value.name}.{role}", w_store)]
+            if bias is not None:
+                ins.append(_const(graph, f"{b_value.name}.{role}", bias[cols]))
+            mm = ir.Node("", "Gemm", ins, attributes=list(first.attributes.values()), name=base)
+        else:
+            mm = ir.Node("", "MatMul", [x, _const(graph, f"{w_value.name}.{role}", w_i)], name=base)
+        out = mm.outputs[0]
+        out.name = f"{packed.name}.{role}"
+        out.dtype = packed.dtype
+        out.shape = ir.Shape([*out_dims[:-1], len(cols)]) if out_dims else None
+        new_nodes = [mm]
+        if bias is not None and first.op_type != "Gemm":
+            ad = ir.Node("", "Add", [out, _const(graph, f"{b_value.name}.{role}", bias[cols])], name=f"{base}.bias")
+            ad.outputs[0].name = f"{packed.name}.{role}.biased"
+            ad.outputs[0].dtype, ad.outputs[0].shape = packed.dtype, out.shape
+            out = ad.outputs[0]
+            new_nodes.append(ad)
+        if reshape is not None:
+            got = _retarget(graph, reshape, e - s, f"{base}.shape")
+            if got is None:
+                raise RuntimeError("unreachable: the target was read above")  # pragma: no cover
+            t_nodes, t_value = got
+            rs = ir.Node("", "Reshape", [out, t_value], attributes=list(reshape.attributes.values()),
+                         name=f"{base}.reshape")
+            rs.outputs[0].name = f"{packed.name}.{role}.reshaped"
+            rs.outputs[0].dtype = packed.dtype
+            r_dims = _dims(reshape.outputs[0])
+            rs.outputs[0].shape = ir.Shape([*r_dims[:-1], e - s]) if r_dims else None
+            new_nodes += [*t_nodes, rs]
+            out = rs.outputs[0]
+            if transpose is not None:
+                tr = ir.Node("", "Transpose", [out], attributes=list(transpose.attributes.values()),
+                             name=f"{base}.transpose")
+                tr.outputs[0].name = f"{packed.name}.{role}.transposed"
+                tr.outputs[0].dtype = packed.dtype
+                new_nodes.append(tr)
+                out = tr.outputs[0]
+        out.shape = old.shape
+        graph.insert_before(anchor, new_nodes)
+        old.replace_all_uses_with(out)
+    _remove_dead(graph, first)
+    for v in (w_value, b_value):
+        if v is not None and not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
+            graph.initializers.pop(v.name)
+    return first.name
+
+
+def unpack_packed_columns(graph: ir.Graph) -> list[str]:
+    """Split every packed projection whose pieces are column ranges (see above); in place."""
+    done = []
+    for node in list(graph):
+        if node.graph is not graph:
+            continue
+        name = _unpack_columns(graph, node)
         if name:
             done.append(name)
     return done
