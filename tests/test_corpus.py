@@ -66,9 +66,6 @@ HEADS_FAIL = {
        "(disentangled attention); 'this layout is not supported'" for exp in ("ts", "dynamo")},
     **{f"gpt2_{attn}_ts": "GPT-2 (TorchScript): c_proj's flatten `x.view(-1, x.size(-1))` reads the pruned "
        "axis through Shape ('the size of the pruned axis is read through Shape')" for attn in ("sdpa", "eager")},
-    "gpt_neox_sdpa_ts": "GPT-NeoX (TorchScript): the q/k/v chunk bounds are computed at run time from Shape, "
-                        "so the packed query_key_value is not split",
-    "phi3_sdpa_ts": "Phi-3 (TorchScript): no FFN found behind the packed gate_up_proj",
     **{name: "T5: the relative-position bias added to the scores is a run-time per-head input "
        "('has 4 entries on the pruned axis and is not a constant')"
        for name in ("t5_encoder_sdpa_ts", "t5_encoder_eager_ts", "t5_encoder_eager_dynamo")},

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import const_array, const_ints, is_const, onnx_domain
+from ._graph import const_array, const_ints, is_const, onnx_domain, static_shape
 from ._targets import ShapeTarget
 
 __all__ = ["unpack_packed_qkv"]
@@ -231,7 +231,7 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
     return matmul.name
 
 
-def _remove_dead(graph: ir.Graph, start: ir.Node) -> None:
+def _remove_dead(graph: ir.Graph, start: ir.Node, chain: tuple[ir.Node, ...] = ()) -> None:
     """Remove ``start`` and what it fed that nothing reads any more (consumers first)."""
     pending = [start]
     order: list[ir.Node] = []
@@ -252,7 +252,10 @@ def _remove_dead(graph: ir.Graph, start: ir.Node) -> None:
     while changed:
         changed = False
         for node in list(graph):
-            if node.op_type in ("Shape", "Gather", "Unsqueeze", "Concat", "Slice", "Squeeze", "Cast") and all(
+            shape_op = node.op_type in ("Shape", "Gather", "Unsqueeze", "Concat", "Slice", "Squeeze", "Cast") or (
+                node.op_type in ("Add", "Sub", "Mul", "Div")
+                and node.outputs and node.outputs[0].dtype in (ir.DataType.INT64, ir.DataType.INT32))
+            if (shape_op or node in chain) and all(
                 not out.uses() and not out.is_graph_output() for out in node.outputs
             ) and node.outputs:
                 graph.remove(node, safe=True)
@@ -338,6 +341,85 @@ def _packed_projection(node: ir.Node):
     return x, out, weight, bias, nodes
 
 
+def _shape_ints(value: ir.Value | None, depth: int = 0) -> tuple[list[int | None], bool] | None:
+    """(entries, is_scalar) of a small integer tensor computed from constants and static dims.
+
+    TorchScript writes ``torch.chunk`` bounds as ``k * ((Shape(x)[-1] + n - 1) / n)``; with ``x``'s
+    last dim known from shape inference they are constants.  Unknown entries are ``None``.
+    """
+    if value is None or depth > 12:
+        return None
+    arr = const_array(value)
+    if arr is not None:
+        if arr.dtype.kind not in "iu" or arr.ndim > 1:
+            return None
+        return [int(v) for v in arr.reshape(-1)], arr.ndim == 0
+    node = value.producer()
+    if node is None or not onnx_domain(node):
+        return None
+    op = node.op_type
+    if op == "Shape":
+        dims = static_shape(node.inputs[0])
+        if dims is None:
+            return None
+        rank = len(dims)
+        start = node.attributes.get_int("start", 0) or 0
+        end = node.attributes.get_int("end", rank)
+        end = rank if end is None else end
+        start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else end)
+        return [None if d is None else int(d) for d in dims[max(0, start):min(rank, end)]], False
+    ins = [_shape_ints(i, depth + 1) if i is not None else None for i in node.inputs]
+    if op in ("Add", "Sub", "Mul", "Div") and len(ins) == 2 and all(i is not None for i in ins):
+        (a, sa), (b, sb) = ins
+        if len(a) != len(b):
+            if len(a) == 1:
+                a = a * len(b)
+            elif len(b) == 1:
+                b = b * len(a)
+            else:
+                return None
+        def f(x, y):
+            if x is None or y is None:
+                return None
+            if op == "Add":
+                return x + y
+            if op == "Sub":
+                return x - y
+            if op == "Mul":
+                return x * y
+            if y == 0:
+                return None
+            q = abs(x) // abs(y)
+            return q if (x >= 0) == (y >= 0) else -q  # ONNX integer Div truncates
+        return [f(x, y) for x, y in zip(a, b)], sa and sb
+    if op == "Gather" and len(ins) == 2 and ins[0] is not None and (node.attributes.get_int("axis", 0) or 0) == 0:
+        idx = const_array(node.inputs[1])
+        data = ins[0][0]
+        if idx is None or idx.ndim > 1:
+            return None
+        try:
+            return [data[int(i)] for i in idx.reshape(-1)], idx.ndim == 0
+        except IndexError:
+            return None
+    if op in ("Unsqueeze", "Squeeze", "Identity", "Cast") and ins and ins[0] is not None:
+        if op == "Cast" and node.attributes.get_int("to", 0) not in (int(ir.DataType.INT64), int(ir.DataType.INT32)):
+            return None
+        scalar = {"Unsqueeze": False, "Squeeze": True}.get(op, ins[0][1])
+        if op == "Squeeze" and len(ins[0][0]) != 1:
+            return None
+        return ins[0][0], scalar
+    if op == "Concat" and all(i is not None for i in ins):
+        return [v for i in ins for v in i[0]], False
+    return None
+
+
+def _bound(value: ir.Value | None) -> int | None:
+    got = _shape_ints(value)
+    if got is None or len(got[0]) != 1 or got[0][0] is None:
+        return None
+    return int(got[0][0])
+
+
 def _depends_on(value: ir.Value, target: ir.Value, graph: ir.Graph, limit: int = 2000) -> bool:
     """True when ``value`` may be computed from ``target`` (nodes before target's producer cannot)."""
     order = {nd: k for k, nd in enumerate(graph)}
@@ -391,14 +473,11 @@ def _last_axis_pieces(value: ir.Value, rank: int, width: int) -> list[tuple[int,
             if node.op_type != "Slice" or not onnx_domain(node) or node.inputs[0] is not value:
                 return None
             ins = list(node.inputs) + [None] * (5 - len(node.inputs))
-            starts, ends = const_array(ins[1]), const_array(ins[2])
-            axes = const_array(ins[3]) if ins[3] is not None else np.array([0])
-            steps = const_array(ins[4]) if ins[4] is not None else np.array([1])
-            if any(a is None or a.size != 1 for a in (starts, ends, axes, steps)):
+            s, e = _bound(ins[1]), _bound(ins[2])
+            axis = _bound(ins[3]) if ins[3] is not None else 0
+            step = _bound(ins[4]) if ins[4] is not None else 1
+            if s is None or e is None or axis is None or step != 1 or axis % rank != rank - 1:
                 return None
-            if int(axes.reshape(-1)[0]) % rank != rank - 1 or int(steps.reshape(-1)[0]) != 1:
-                return None
-            s, e = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
             s = s + width if s < 0 else s
             e = e + width if e < 0 else e
             s, e = max(0, min(s, width)), max(0, min(e, width))
@@ -535,7 +614,8 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         out.shape = old.shape
         graph.insert_before(anchor, new_nodes)
         old.replace_all_uses_with(out)
-    _remove_dead(graph, first)
+    chain = (*proj_nodes, *(nd for nd in (reshape, transpose) if nd is not None))
+    _remove_dead(graph, first, chain)
     for v in (w_value, b_value):
         if v is not None and not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
             graph.initializers.pop(v.name)
