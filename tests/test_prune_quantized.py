@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import DATA, cli, cli_json, run, sample, session
+from helpers import DATA, cli, run, sample, session
 
 import onnxsparse
 from onnxsparse.graph import build_groups

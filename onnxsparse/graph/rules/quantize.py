@@ -42,7 +42,6 @@ zero point.  ``QLinearMatMul`` of two activations, ``MatMulInteger``/``ConvInteg
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from ..context import CoupleContext, RewriteContext
