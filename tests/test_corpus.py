@@ -64,8 +64,6 @@ NO_CHANNEL_GROUPS = {
 HEADS_FAIL = {
     **{f"deberta_v2_eager_{exp}": "DeBERTa-v2: the scores MatMul reaches Softmax through a Reshape "
        "(disentangled attention); 'this layout is not supported'" for exp in ("ts", "dynamo")},
-    **{f"gpt2_{attn}_ts": "GPT-2 (TorchScript): c_proj's flatten `x.view(-1, x.size(-1))` reads the pruned "
-       "axis through Shape ('the size of the pruned axis is read through Shape')" for attn in ("sdpa", "eager")},
     **{name: "T5: the relative-position bias added to the scores is a run-time per-head input "
        "('has 4 entries on the pruned axis and is not a constant')"
        for name in ("t5_encoder_sdpa_ts", "t5_encoder_eager_ts", "t5_encoder_eager_dynamo")},

@@ -23,7 +23,7 @@ from ._graph import Skip, is_const, onnx_domain, rank_of, static_shape
 from ._targets import ShapeTarget
 from ._track import BINARY, UNARY, Region, head_units, is_projection
 from .blocks import Block, SkippedBlock, block_name
-from .packed_qkv import unpack_packed_qkv
+from .packed_qkv import fold_own_dim_targets, unpack_packed_qkv
 from .registry import register_matcher
 from .sdpa_lowering import simplify_repeat_kv, unlower_sdpa_transposes
 from .tf_einsum import unlower_tf_batch_matmuls
@@ -238,6 +238,7 @@ def match_decomposed(graph: ir.Graph) -> list[Block | SkippedBlock]:
     unlower_tf_batch_matmuls(graph)  # tf2onnx Einsum lowering (Keras MHA) -> broadcasting MatMul (exact)
     unlower_sdpa_transposes(graph)  # dynamo SDPA's batch-folded K^T -> one Transpose (exact)
     simplify_repeat_kv(graph)  # TorchScript repeat_kv's Shape-read Expand/Reshape targets -> constants / -1
+    fold_own_dim_targets(graph)  # TorchScript x.view(-1, x.size(-1)) with a static last dim -> constant target
     for node in list(graph):
         if node.op_type != "Softmax" or not onnx_domain(node):
             continue

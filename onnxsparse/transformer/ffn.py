@@ -107,6 +107,10 @@ def _match(graph: ir.Graph, down: ir.Node, claimed: set[ir.Node]) -> Block | Non
 
 @register_matcher("ffn")
 def match_ffn(graph: ir.Graph) -> list[Block | SkippedBlock]:
+    from .packed_qkv import fold_own_dim_targets, unpack_packed_qkv
+
+    unpack_packed_qkv(graph)  # packed gate/up (Phi-3 gate_up_proj) -> separate projections (exact)
+    fold_own_dim_targets(graph)  # TorchScript x.view(-1, x.size(-1)) with a static last dim -> constant
     found: list[Block | SkippedBlock] = []
     claimed: set[ir.Node] = set()
     for node in list(graph):

@@ -22,7 +22,7 @@ import onnx_ir as ir
 from ._graph import const_array, const_ints, is_const, onnx_domain, static_shape
 from ._targets import ShapeTarget
 
-__all__ = ["unpack_packed_qkv"]
+__all__ = ["unpack_packed_qkv", "unpack_packed_columns", "fold_own_dim_targets"]
 
 
 def _single_use(value: ir.Value) -> ir.Node | None:
@@ -231,9 +231,9 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
     return matmul.name
 
 
-def _remove_dead(graph: ir.Graph, start: ir.Node, chain: tuple[ir.Node, ...] = ()) -> None:
+def _remove_dead(graph: ir.Graph, start: ir.Node | None, chain: tuple[ir.Node, ...] = ()) -> None:
     """Remove ``start`` and what it fed that nothing reads any more (consumers first)."""
-    pending = [start]
+    pending = [start] if start is not None else []
     order: list[ir.Node] = []
     seen: set[ir.Node] = set()
     while pending:
@@ -408,6 +408,19 @@ def _shape_ints(value: ir.Value | None, depth: int = 0) -> tuple[list[int | None
         if op == "Squeeze" and len(ins[0][0]) != 1:
             return None
         return ins[0][0], scalar
+    if op == "Slice" and len(ins) >= 3 and ins[0] is not None:
+        starts, ends = const_array(node.inputs[1]), const_array(node.inputs[2])
+        axes = const_array(node.inputs[3]) if len(ins) > 3 and node.inputs[3] is not None else np.array([0])
+        steps = const_array(node.inputs[4]) if len(ins) > 4 and node.inputs[4] is not None else np.array([1])
+        if any(a is None or a.size != 1 for a in (starts, ends, axes, steps)):
+            return None
+        if int(axes.reshape(-1)[0]) not in (0, -1) or int(steps.reshape(-1)[0]) != 1:
+            return None
+        data = ins[0][0]
+        n = len(data)
+        st, en = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+        st, en = (st + n if st < 0 else st), (en + n if en < 0 else en)
+        return data[max(0, min(st, n)):max(0, min(en, n))], False
     if op == "Concat" and all(i is not None for i in ins):
         return [v for i in ins for v in i[0]], False
     return None
@@ -631,4 +644,41 @@ def unpack_packed_columns(graph: ir.Graph) -> list[str]:
         name = _unpack_columns(graph, node)
         if name:
             done.append(name)
+    return done
+
+
+def _reads_own_shape(target: ir.Value, x: ir.Value, depth: int = 0) -> bool:
+    node = target.producer()
+    if node is None or depth > 12:
+        return False
+    if node.op_type == "Shape":
+        return node.inputs[0] is x
+    return any(i is not None and _reads_own_shape(i, x, depth + 1) for i in node.inputs)
+
+
+def fold_own_dim_targets(graph: ir.Graph) -> list[str]:
+    """``Reshape(x, Concat([-1], Shape(x)[-1:]))`` (TorchScript's ``x.view(-1, x.size(-1))``, GPT-2's
+    Conv1D) -> ``Reshape(x, [-1, N])`` when ``x``'s last dim is the static ``N`` (exact: the same
+    numbers).  The propagation can then rewrite the constant instead of refusing the Shape read."""
+    done = []
+    for node in list(graph):
+        if node.op_type != "Reshape" or not onnx_domain(node) or len(node.inputs) < 2:
+            continue
+        x, target = node.inputs[0], node.inputs[1]
+        if x is None or target is None or is_const(target) or not _reads_own_shape(target, x):
+            continue
+        try:
+            got = _shape_ints(target)
+        except Exception:  # noqa: BLE001 - not an expression we can read
+            got = None
+        if got is None or got[1] or len(got[0]) != 2 or got[0][0] != -1 or got[0][1] is None:
+            continue  # only the 2-D flatten [-1, N]: other targets are left to their own rewrites
+        dims = static_shape(x)
+        if not dims or dims[-1] != got[0][1]:
+            continue
+        value = _const(graph, f"{node.name}.shape", np.array(got[0], dtype=np.int64))
+        node.replace_input_with(1, value)
+        done.append(node.name)
+    if done:
+        _remove_dead(graph, None)
     return done
