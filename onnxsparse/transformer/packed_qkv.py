@@ -186,6 +186,8 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
     if split is None and stacked is None:
         return None
     targets = split if split is not None else stacked[2]
+    if any(t.is_graph_output() for t in targets):
+        return None  # a graph output keeps its name: not rewritten
     w_value = matmul.inputs[1]
     b_value = None if add is None else (add.inputs[1] if add.inputs[0] is packed or add.inputs[0] is matmul.outputs[0] else add.inputs[0])
     names = ("q", "k", "v")
@@ -500,6 +502,8 @@ def _last_axis_pieces(value: ir.Value, rank: int, width: int) -> list[tuple[int,
         found.sort(key=lambda t: t[0])
         if found[0][0] != 0 or found[-1][1] != width or any(a[1] != b[0] for a, b in zip(found, found[1:])):
             return None
+    if any(p[2].is_graph_output() for p in found):
+        return None  # a graph output keeps its name: not rewritten
     return found if len(found) >= 2 else None
 
 
@@ -632,7 +636,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
     for v in (w_value, b_value):
         if v is not None and not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
             graph.initializers.pop(v.name)
-    return first.name
+    return first.name or first.op_type
 
 
 def unpack_packed_columns(graph: ir.Graph) -> list[str]:
