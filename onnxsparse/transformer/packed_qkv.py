@@ -7,7 +7,16 @@ GPT-2 (``c_attn``) and timm's ViT compute Q, K and V with one ``Linear(d, 3d)``:
   pieces taken along axis 0 by ``Split + Squeeze`` (TorchScript ``unbind``), ``Slice + Squeeze``
   (dynamo) or ``Gather(i)`` (``qkv[0]``) (timm).
 
-Both are rewritten into three projections with the column slices of ``W`` and ``b``
+* **column pieces** (Hugging Face exports, see ``_unpack_columns``): ``MatMul`` (+ ``Add``) or
+  ``Gemm`` (GPT-2's Conv1D on a flattened ``[B*S, E]`` view), an optional Reshape that keeps or
+  splits the last axis (``[B, S, N]``; GPT-NeoX's per-head interleaved ``[B, S, H, 3D]``), an
+  optional Transpose that keeps the last axis last, then ``Split`` or ``Slice`` nodes cutting the
+  last axis into contiguous column ranges (any number >= 2, unequal widths allowed: Phi-3's GQA
+  ``qkv_proj`` and its ``gate_up_proj``).  TorchScript's ``torch.chunk`` bounds computed from
+  ``Shape`` are evaluated from static dims.  An interleaved piece takes the columns
+  ``h*3D + s .. h*3D + e`` of every head ``h`` -- a column permutation of the weight.
+
+The first two are rewritten into three projections with the column slices of ``W`` and ``b``
 (``W[:, i*E:(i+1)*E]``) -- exactly the same products, column for column -- and, for the
 stacked form, a ``Reshape(0, 0, H, D) -> Transpose(0, 2, 1, 3)`` per piece, which is what
 the piece was.  The decomposed matcher then sees ordinary separate projections.
