@@ -533,11 +533,11 @@ No internal error, no oracle mismatch, no no-op change. What does not work:
   (packed `qkv_proj` / `gate_up_proj` split at run time; RMSNorm's ReduceMean does not map the
   hidden axis).
 * **Heads not found** (`test_prune_heads` xfail, reasons as `prune_heads` reports them above):
-  DeBERTa-v2 (disentangled attention: a Reshape between the scores MatMul and Softmax), GPT-2
-  (transformers 5's Conv1D: the packed `c_attn` is not split), GPT-NeoX (per-head interleaved
-  packed QKV: `MatMul+Add -> Reshape(B, S, H, 3D) -> Transpose -> Slice`), Phi-3 (packed `qkv_proj`
-  sliced, and no FFN found behind the packed `gate_up_proj`), T5 (the relative-position bias is a
-  run-time per-head input added to the scores).
+  DeBERTa-v2 (disentangled attention: a Reshape between the scores MatMul and Softmax) and T5 (the
+  relative-position bias is a run-time per-head input added to the scores). GPT-2, GPT-NeoX and
+  Phi-3 prune heads since their column-packed projections are split exactly
+  (`onnxsparse/transformer/packed_qkv.py`: GPT-2's Conv1D Gemm + Reshape + Split, Phi-3's sliced
+  `qkv_proj`/`gate_up_proj`, GPT-NeoX's per-head interleaved `[B, S, H, 3D]` layout).
 
 Total measurement time: {time.perf_counter() - start:.0f} s. `tests/test_corpus.py` checks the
 channel oracle and the no-op prune on these files.
