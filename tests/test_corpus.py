@@ -32,19 +32,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 from helpers import ROOT, cli
+from test_heads import masked_reference
 
 from onnxsparse import load_model, normalize
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
 from onnxsparse.io import max_runtime_ir_version
-from onnxsparse.passes.prune import plan_pruning
+from onnxsparse.passes.prune import plan_pruning, unfold_head_batch
 from onnxsparse.passes.prune_heads import prune_heads
-
-try:  # prune() unfolds dynamo's heads-into-batch K^T before its analysis (newer onnxsparse)
-    from onnxsparse.passes.prune import unfold_head_batch
-except ImportError:  # pragma: no cover
-
-    def unfold_head_batch(model: ir.Model) -> None:
-        return None
 
 CORPUS = ROOT / "samples" / "corpus"
 MODELS = sorted(p.stem for p in CORPUS.glob("*.onnx")) if CORPUS.is_dir() else []
@@ -171,20 +165,6 @@ def test_noop_prune_writes_the_input_unchanged(name: str, tmp_path: Path) -> Non
         {i.name: i.SerializeToString() for i in b.graph.initializer}
 
 
-def _masked_reference(path: Path, report: dict[str, Any]) -> ir.Model:
-    ref = load_model(path)
-    normalize(ref)
-    for entry in report["attention"] + report["ffn"]:
-        for sink in entry["sinks"]:
-            value = ref.graph.initializers[sink["weight"]]
-            w = value.const_value.numpy().copy()
-            index = [slice(None)] * w.ndim
-            index[sink["axis"]] = sink["rows_removed"]
-            w[tuple(index)] = 0
-            value.const_value = ir.tensor(w, name=value.name)
-    return ref
-
-
 ATTENTION_MODELS = [n for n in MODELS if not n.startswith(("resnet_", "convnext_"))]
 
 
@@ -199,4 +179,4 @@ def test_prune_heads(name: str) -> None:
     for block in report["attention"]:
         assert block["heads_kept"] < block["heads_total"], block
     assert report["ffn"] and all(b["kept"] < b["total"] for b in report["ffn"])
-    _check(name, str(path), _masked_reference(path, report), model, batch=1, seq=11)
+    _check(name, str(path), masked_reference(path, report), model, batch=1, seq=11)
