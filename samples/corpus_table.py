@@ -47,15 +47,8 @@ from onnxsparse import load_model, normalize
 from onnxsparse.analysis import model_stats
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
 from onnxsparse.io import max_runtime_ir_version
-from onnxsparse.passes.prune import plan_pruning, prune
+from onnxsparse.passes.prune import plan_pruning, prune, unfold_head_batch
 from onnxsparse.passes.prune_heads import prune_heads
-
-try:  # prune() unfolds dynamo's heads-into-batch K^T before its analysis (newer onnxsparse)
-    from onnxsparse.passes.prune import unfold_head_batch
-except ImportError:  # pragma: no cover - older onnxsparse analyses the model as normalised
-
-    def unfold_head_batch(model: ir.Model) -> None:
-        return None
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
