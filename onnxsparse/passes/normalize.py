@@ -138,6 +138,9 @@ def _infer_shapes(model: ir.Model) -> bool:
 #: Broadcasting ops whose folded output can be much larger than what they read.
 _GROWING = frozenset({"Expand", "Tile"})
 
+#: Ops that hold a model's quantization: folding them would turn int8 weights back into float ones.
+_QUANTIZATION = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
+
 #: A folded output up to this many elements is always fine (shape tensors, small tables).
 _SMALL = 4096
 
@@ -145,7 +148,7 @@ _SMALL = 4096
 def _fold_weight_generators(node: ir.Node) -> bool | None:
     """Fold ``ConstantOfShape`` (onnxscript keeps it by default): it makes weights.
 
-    Do not fold an ``Expand``/``Tile`` of a constant into a bigger constant
+    Never fold quantization ops.  Do not fold an ``Expand``/``Tile`` of a constant into a bigger constant
     (a class token or position table broadcast over a fixed batch): that only
     makes the file and the parameter count larger than the input's.
     """
@@ -153,6 +156,8 @@ def _fold_weight_generators(node: ir.Node) -> bool | None:
         return None
     if node.op_type == "ConstantOfShape":
         return True
+    if node.op_type in _QUANTIZATION:
+        return False  # a quantized weight stays quantized (onnxscript 0.5 folds DequantizeLinear of constants)
     if node.op_type in _GROWING:
         read = sum(v.const_value.size for v in node.inputs if v is not None and v.const_value is not None)
         written = _static_size(node.outputs[0]) or _broadcast_size(node)
