@@ -57,6 +57,7 @@ from onnxsparse.quantize import quantize as onnxsparse_quantize  # noqa: E402
 from onnxsparse.report import format_table, human_bytes  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quantize import _session  # noqa: E402
 from bench_quantize import interleaved as _timed  # noqa: E402
 
 SAMPLES = ROOT / "samples" / "models"
@@ -170,14 +171,6 @@ def optimum_real(python: str, src: Path, out: Path, per_channel: bool) -> str:
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def interleaved(sessions: list[ort.InferenceSession], feeds: dict[str, np.ndarray], runs: int,
