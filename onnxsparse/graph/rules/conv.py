@@ -41,6 +41,32 @@ def _operands(ctx: CoupleContext) -> _Operands | str:
     return x, w, b, y
 
 
+def couple_filter_inputs(ctx: CoupleContext, x: ir.Value, w: ir.Value, b: ir.Value | None, y: ir.Value, *,
+                         group: int, co: int, ci_g: int, weight_input: int) -> None:
+    """Bias and input side of a convolution whose filters' axis 0 is already coupled with ``y``'s channels.
+
+    ``group`` 1: filter axis 1 is ``x``'s channels; depthwise (one input channel per group): ``x`` and
+    ``y`` channels go together in blocks of the multiplier; other groups: strided.  ``weight_input``
+    is the filter's input index (1 for Conv, 3 for QLinearConv), for the contraction.
+    """
+    co_g = co // group
+    if b is not None:
+        ctx.couple(b, 0, y, 1)
+        ctx.role(b, 0, Role.BIAS)
+    if group == 1:
+        ctx.couple(w, 1, x, 1)
+        ctx.role(w, 1, Role.CONSUME)
+        ctx.contract(0, 1, weight=(weight_input, 1))
+    elif ci_g == 1:  # depthwise, channel multiplier co_g
+        ctx.couple(x, 1, y, 1, Block(co_g))
+        ctx.handled(w, 1)
+    else:
+        ctx.couple(w, 1, x, 1, Stride(ci_g, group))
+        ctx.role(w, 1, Role.CONSUME)
+        ctx.contract(0, 1, weight=(weight_input, 1))
+        ctx.couple(ctx.virtual("out_j", co_g), 0, y, 1, Stride(co_g, group))
+
+
 class ConvRule(OpRule):
     op_types = ("Conv",)
 
@@ -57,24 +83,9 @@ class ConvRule(OpRule):
         ci, co, ci_g = xd[1], wd[0], wd[1]
         if ci != ci_g * g or co % g:
             return f"{ctx.describe()}: inconsistent group {g} for {ci} -> {co} channels"
-        co_g = co // g
         ctx.couple(w, 0, y, 1)
         ctx.role(w, 0, Role.PRODUCE)
-        if b is not None:
-            ctx.couple(b, 0, y, 1)
-            ctx.role(b, 0, Role.BIAS)
-        if g == 1:
-            ctx.couple(w, 1, x, 1)
-            ctx.role(w, 1, Role.CONSUME)
-            ctx.contract(0, 1, weight=(1, 1))
-        elif ci_g == 1:  # depthwise, channel multiplier co_g
-            ctx.couple(x, 1, y, 1, Block(co_g))
-            ctx.handled(w, 1)
-        else:
-            ctx.couple(w, 1, x, 1, Stride(ci_g, g))
-            ctx.role(w, 1, Role.CONSUME)
-            ctx.contract(0, 1, weight=(1, 1))
-            ctx.couple(ctx.virtual("out_j", co_g), 0, y, 1, Stride(co_g, g))
+        couple_filter_inputs(ctx, x, w, b, y, group=g, co=co, ci_g=ci_g, weight_input=1)
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:

@@ -48,6 +48,7 @@ from ..context import CoupleContext, RewriteContext
 from ..index_maps import Block
 from ..registry import OpRule
 from ..slots import Role
+from .conv import couple_filter_inputs
 
 __all__ = [
     "UNSLICED_QUANTIZED_OPS", "QDQRule", "MicrosoftQDQRule", "DynamicQuantizeRule", "MatMulNBitsRule", "QLinearConvRule",
@@ -282,16 +283,7 @@ class QLinearConvRule(OpRule):
             reason = _per_channel(ctx, extra, y, 1)
             if reason:
                 return reason
-        if b is not None:
-            ctx.couple(b, 0, y, 1)
-            ctx.role(b, 0, Role.BIAS)
-        if g == 1:
-            ctx.couple(w, 1, x, 1)
-            ctx.role(w, 1, Role.CONSUME)
-            ctx.contract(0, 1, weight=(3, 1))
-        else:
-            ctx.couple(x, 1, y, 1, Block(co // g))
-            ctx.handled(w, 1)
+        couple_filter_inputs(ctx, x, w, b, y, group=g, co=co, ci_g=ci_g, weight_input=3)  # grouped: depthwise only
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
