@@ -48,7 +48,7 @@ from onnxsparse.analysis import model_stats
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
 from onnxsparse.io import max_runtime_ir_version
 from onnxsparse.passes.prune import plan_pruning, prune, unfold_head_batch
-from onnxsparse.passes.prune_heads import prune_heads
+from onnxsparse.passes.prune_heads import masked_heads_model, prune_heads
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
@@ -191,19 +191,6 @@ def channel_oracle(path: Path, ratio: float = 0.3) -> dict[str, Any]:
             "removed_groups": len(plan.removed), "internal_errors": internal}
 
 
-def masked_reference(path: Path, report: dict[str, Any]) -> ir.Model:
-    """The original (normalised) model with the removed heads'/neurons' output rows zeroed."""
-    ref = load_model(path)
-    normalize(ref)
-    for entry in report["attention"] + report["ffn"]:
-        for sink in entry["sinks"]:
-            value = ref.graph.initializers[sink["weight"]]
-            w = value.const_value.numpy().copy()
-            index = [slice(None)] * w.ndim
-            index[sink["axis"]] = sink["rows_removed"]
-            w[tuple(index)] = 0
-            value.const_value = ir.tensor(w, name=value.name)
-    return ref
 
 
 def heads_oracle(path: Path, heads: float = 0.25, ffn: float = 0.25) -> dict[str, Any]:
@@ -220,7 +207,7 @@ def heads_oracle(path: Path, heads: float = 0.25, ffn: float = 0.25) -> dict[str
                            "skipped": skipped, "heads_seconds": seconds, "oracle": None}
     if not blocks and not report["ffn"]:
         return out
-    reference = masked_reference(path, report)
+    reference = masked_heads_model(path, report)
     s_ref, s_new = session(reference), session(model)
     s_orig = session(str(path))
     f = feeds(s_ref)

@@ -24,7 +24,7 @@ from helpers import ROOT, sample, session
 
 from onnxsparse.io import load_model
 from onnxsparse.passes.normalize import normalize
-from onnxsparse.passes.prune_heads import add_cli_arguments, apply_from_args, prune_heads, report_table
+from onnxsparse.passes.prune_heads import add_cli_arguments, apply_from_args, masked_heads_model, prune_heads, report_table
 
 sys.path.insert(0, str(ROOT / "samples"))
 import build_attention_samples as attn_samples  # noqa: E402
@@ -43,19 +43,8 @@ def load(source: Any) -> ir.Model:
     return load_model(source)
 
 
-def masked_reference(source: Any, report: dict[str, Any]) -> ir.Model:
-    """The original (normalised) model with the removed units' output rows zeroed."""
-    ref = load(source)
-    normalize(ref)
-    for entry in report["attention"] + report["ffn"]:
-        for sink in entry["sinks"]:
-            value = ref.graph.initializers[sink["weight"]]
-            w = value.const_value.numpy().copy()
-            index = [slice(None)] * w.ndim
-            index[sink["axis"]] = sink["rows_removed"]
-            w[tuple(index)] = 0
-            value.const_value = ir.tensor(w, name=value.name)
-    return ref
+#: the heads oracle lives in the library (the corpus table uses it too)
+masked_reference = masked_heads_model
 
 
 def feeds_for(sess, batch: int, seq: int, seed: int, extra: dict[str, int] | None = None) -> dict[str, np.ndarray]:

@@ -38,6 +38,7 @@ __all__ = [
     "apply_from_args",
     "heads_block_map",
     "report_table",
+    "masked_heads_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -342,3 +343,30 @@ def report_table(report: dict[str, Any]) -> str:
     for c in report.get("signature_changes", []):
         parts.append(f"signature: {c['kind']} {c['name']} {c['old_shape']} -> {c['new_shape']}")
     return "\n".join(parts)
+
+
+def masked_heads_model(source: Any, report: Mapping[str, Any]) -> ir.Model:
+    """The correctness oracle of a heads/FFN prune: the original model (normalised) with the output
+    rows the report removed (``sinks``) zeroed.  The pruned model must compute what this one does.
+
+    ``source``: a path, bytes, ``ModelProto`` or ``onnx_ir`` model (copied, never changed).
+    """
+    import onnx
+
+    from ..io import load_model
+
+    if isinstance(source, onnx.ModelProto):
+        source = source.SerializeToString()
+    elif isinstance(source, ir.Model):
+        source = ir.to_proto(source).SerializeToString()
+    ref = load_model(source)
+    normalize(ref)
+    for entry in (*report["attention"], *report["ffn"]):
+        for sink in entry["sinks"]:
+            value = ref.graph.initializers[sink["weight"]]
+            w = value.const_value.numpy().copy()
+            index = [slice(None)] * w.ndim
+            index[sink["axis"]] = sink["rows_removed"]
+            w[tuple(index)] = 0
+            value.const_value = ir.tensor(w, name=value.name)
+    return ref
