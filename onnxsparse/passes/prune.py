@@ -162,19 +162,15 @@ def _unit_round(dg: DependencyGraph, round_to: int | str) -> dict[int, int]:
 
 
 def unfold_head_batch(model: ir.Model) -> None:
-    """Exactly undo the dynamo exporter's heads-into-batch ``K^T`` (Reshape, Transpose, Reshape -> Transpose).
+    """Put exported attention into the form the dependency graph reads (:mod:`.attention_rewrites`).
 
-    Folding the heads into the batch ties Q and K's channels to the batch axis,
-    so without it their channel groups decline ("cannot pair input and output
-    axes") even when only ``--channels`` is asked for.  The heads pass does the
-    same; a model that ends up unchanged is handed back as it was anyway.
+    E.g. dynamo's heads-into-batch ``K^T`` ties Q and K's channels to the batch
+    axis, so without the rewrite their groups decline.  A model that ends up
+    unchanged is handed back as it was anyway.
     """
-    from ..transformer.sdpa_lowering import unlower_sdpa_transposes
+    from .attention_rewrites import rewrite_attention
 
-    for graph in model.graphs():
-        rewritten = unlower_sdpa_transposes(graph)
-        if rewritten:
-            logger.info("rewrote %d batch-folded K^T as Transpose", len(rewritten))
+    rewrite_attention(model)
 
 
 def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, int]:
