@@ -27,7 +27,8 @@ def test_prune_cli_json_and_report(tmp_path) -> None:
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
     data = cli_json("prune", sample("densenet_block"), "-o", out, "--channels", "0.3", "--criterion", "bn",
                     "--global", "--round-to", "2", "--exclude", "transition1.conv", "--report", report)
-    assert data["settings"] == {"channels": 0.3, "criterion": "bn", "global": True, "round_to": 2, "min_keep": 1,
+    assert data["settings"] == {"channels": 0.3, "heads": 0.0, "ffn": 0.3, "criterion": "bn", "global": True,
+                                "round_to": 2, "min_keep": 1,
                                 "exclude": ["transition1.conv"]}
     assert data["macs"]["after"] < data["macs"]["before"] and data["params"]["ratio"] < 1
     assert data["file_bytes"]["after"] < data["file_bytes"]["before"]
@@ -51,14 +52,17 @@ def test_prune_cli_user_errors_exit_2(tmp_path) -> None:
     assert code == 2
 
 
-def test_channels_leave_ffn_to_the_heads_pass(tmp_path) -> None:
-    import pytest
-
-    pytest.importorskip("onnxsparse.passes.prune_heads")
+def test_ffn_ratio_overrides_channels_for_neurons(tmp_path) -> None:
+    """One analysis, one ratio per kind: --ffn prunes the FFN neuron groups, --channels the rest, heads untouched."""
     out = tmp_path / "t.onnx"
-    data = cli_json("prune", sample("transformer_encoder"), "-o", out, "--channels", "0.3", "--ffn", "0.5")
-    reasons = [s["reason"] for s in data["skipped"]]
-    assert sum(r.startswith("pruned by --ffn") for r in reasons) == 2
+    data = cli_json("prune", sample("transformer_encoder"), "-o", out, "--channels", "0.3", "--ffn", "0.5",
+                    "--round-to", "1")
+    by_kind = {}
+    for g in data["groups"]:
+        by_kind.setdefault(g["kind"], []).append((g["kept"], g["total"]))
+    assert by_kind["neuron"] == [(64, 128), (64, 128)]
+    assert all(kept == total for kept, total in by_kind.get("head", []))  # --heads not given: heads stay
+    assert data["settings"]["ffn"] == 0.5 and data["heads"]["ffn"][0]["kept"] == 64
     assert data["params"]["after"] < data["params"]["before"]
     pruned = onnx.load(out)
     assert signature(pruned) == signature(onnx.load(sample("transformer_encoder")))

@@ -306,8 +306,8 @@ def test_notes_for_orders_that_work_but_gain_little(tmp_path):
     notes = " ".join(plan["notes"])
     assert "int4 weights are packed nibbles" in notes and "no validate step" in notes
     plan = _plan(tmp_path, "steps: [{prune: {ffn: 0.25}}, {prune: {channels: 0.3}}, {validate: {min_cosine: 0.5}}]")
-    assert plan["notes"] == ["steps.1.prune: channel pruning after an earlier ffn pruning step may prune FFN neurons "
-                             "twice; in one prune step, heads/ffn run first and block those weights"]
+    assert plan["notes"] == ["steps.1.prune: FFN neurons follow channels unless ffn is set, so this step prunes the "
+                             "FFNs an earlier ffn step already pruned; set ffn: 0 to leave them"]
 
 
 # ----------------------------------------------------------------------------------- presets

@@ -107,7 +107,8 @@ steps:
     heads = data["steps"][0]["report"]["heads"]
     assert [(b["heads_kept"], b["heads_total"]) for b in heads["attention"]] == [(3, 4), (3, 4)]
     assert [(b["kept"], b["total"]) for b in heads["ffn"]] == [(96, 128), (96, 128)]
-    assert data["steps"][0]["report"]["channels"] is None
+    settings = data["steps"][0]["report"]["channels"]["settings"]  # one prune: channels 0, heads, ffn
+    assert (settings["channels"], settings["heads"], settings["ffn"]) == (0.0, 0.25, 0.25)
     assert data["mac_dims"] == {}  # the shape fixed every dim
     assert data["steps"][0]["macs"] < data["input_stats"]["macs"]
     assert data["steps"][1]["report"]["mode"] == "dynamic"

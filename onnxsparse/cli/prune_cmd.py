@@ -121,43 +121,21 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                        help="repair every layer from the original activations (one pass; faster, less accurate)")
     cal.add_argument("--damp", type=_damp, default=DEFAULT_DAMP, metavar="F",
                      help=f"lstsq ridge: lambda = F * mean(diag(X X^T)) (default {DEFAULT_DAMP:g})")
-    heads = _heads_module()
-    if heads is not None:  # --heads / --ffn (transformer blocks), see onnxsparse/passes/prune_heads.py
-        heads.add_cli_arguments(p)
+    from ..passes.prune_heads import add_cli_arguments
+
+    add_cli_arguments(p)  # --heads / --ffn: groups of the same analysis (onnxsparse/graph/kinds.py)
     p.set_defaults(func=run)
 
 
-def _heads_module():
-    try:
-        from ..passes import prune_heads
-    except ImportError:
-        return None
-    return prune_heads
-
-
-def _with_criterion(args: argparse.Namespace, criterion: str) -> argparse.Namespace:
-    """The arguments the heads/FFN pass reads: the criterion chosen, and ``--round-to auto`` resolved
-    (FFN widths are rounded up to this CPU's kernel block, like the channel groups)."""
-    from ..passes.prune import ROUND_TO_AUTO, auto_round_to
-
-    copy = argparse.Namespace(**vars(args))
-    copy.criterion = criterion
-    if copy.round_to == ROUND_TO_AUTO:
-        copy.round_to = auto_round_to()[0]
-    return copy
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..passes import prune_heads as heads_module
     from ..calibration.data import parse_shapes
-    from ..io import check_output, load_model, model_file_bytes, save_model
-    from ..passes.normalize import normalize
-    from ..passes.prune import _mac_dims, _measure, prune
+    from ..io import check_output, model_file_bytes, save_model
+    from ..passes.prune import prune
 
-    heads = _heads_module()
-    wants_heads = bool(getattr(args, "heads", 0) or getattr(args, "ffn", 0))
+    wants_heads = bool(args.heads or args.ffn)
     if args.channels is None and not wants_heads:
-        more = " (or --heads / --ffn)" if heads is not None else ""
-        raise UsageError(f"nothing to prune: give --channels RATIO{more}")
+        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn)")
     check_report_paths([args.report] if args.report else None)
     check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
@@ -169,34 +147,17 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--sequential needs calibration data: give --calib DATA")
     repair = args.repair or ("lstsq" if args.calib else "none")
     sequential = None if args.sequential is None else bool(args.sequential)
-    model = load_model(args.model)
     progress = progress_enabled(args)
-    heads_report: dict[str, Any] | None = None
-    heads_result = None
-    block: dict[tuple[str, int], str] = {}
-    before = None
-    if wants_heads and heads is not None:
-        normalize(model)
-        before = _measure(model, shapes or None, _mac_dims(model, shapes or None))
-        calibration = None
-        if args.calib is not None:
-            from ..passes.reconstruct import HeadCalibration
-
-            calibration = HeadCalibration(args.calib, repair=repair, damp=args.damp, samples=args.calib_samples,
-                                          shapes=shapes, seed=args.seed)
-        heads_result = heads.apply_from_args(model, _with_criterion(args, criterion), calibration=calibration)
-        if heads_result is not None:
-            heads_report = heads_result.report
-            block = heads.heads_block_map(heads_report, label_prefix="--")
     result = prune(
-        model,
+        args.model,  # a path: when nothing is removed, prune hands back the input exactly as it was
         args.channels or 0.0,
+        heads=args.heads,
+        ffn=args.ffn,
         criterion=criterion,
         global_ranking=args.global_ranking,
         round_to=args.round_to,
         min_keep=args.min_keep,
         exclude=args.exclude,
-        block=block,
         seed=args.seed,
         shapes=shapes or None,
         progress=progress,
@@ -206,17 +167,12 @@ def run(args: argparse.Namespace) -> int:
         sequential=sequential,
         damp=args.damp,
     )
+    heads_report = None
+    if wants_heads:
+        heads_report = heads_module.heads_report(result, heads=args.heads, ffn=result.report.ffn_ratio,
+                                                 criterion=result.report.criterion, round_to=args.round_to)
     report = result.report
-    if before is not None:  # sizes before any pruning, not after the heads/FFN pass
-        report.params_before, report.macs_before, report.weight_bytes_before = before
-    model_out = result.model
-    if not report.pruned_groups and not (heads_result is not None and heads_result.modified):
-        # Nothing removed: write the input as it was, not its normalised form (a no-op must not
-        # change what onnxruntime fuses, nor the file size).
-        model_out = load_model(args.model)
-        report.unchanged = True
-        report.params_after, report.macs_after, report.weight_bytes_after = (
-            report.params_before, report.macs_before, report.weight_bytes_before)
+    model_out = result.model  # prune() hands back the input as it was when nothing was removed
     out = save_model(model_out, args.output, protect=(args.model,), force=args.force)
     report.file_bytes_before = model_file_bytes(args.model)
     report.file_bytes_after = model_file_bytes(out)
@@ -231,39 +187,10 @@ def run(args: argparse.Namespace) -> int:
         what = []
         if args.channels is not None:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
-        if heads_report is not None:
-            what += [f"{k} {heads_report[r]:g}" for k, r in (("heads", "heads_ratio"), ("ffn", "ffn_ratio")) if heads_report[r]]
+        what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]
         print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
         print(report.summary())
         if heads_report is not None:
             print()
-            print(heads.report_table(heads_report))
-            repairs = _heads_repair_table(heads_report)
-            if repairs:
-                print()
-                print(repairs)
+            print(heads_module.report_table(heads_report))
     return 0
-
-
-def _heads_repair_table(report: dict[str, Any]) -> str:
-    """Per output projection of the heads/FFN pass: the repair and its estimated error."""
-    from ..report import format_table
-
-    def err(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3g}"
-
-    rows = [
-        [entry["name"], r["node"], f"{r['kept']}/{r['inputs']}", r["method"], err(r["error_before"]),
-         err(r["error_after"]), r["reason"] or ""]
-        for kind in ("attention", "ffn") for entry in report.get(kind, []) for r in entry.get("repair", [])
-    ]
-    if not rows:
-        return ""
-    title = ("heads/FFN repairs (one-shot); error = relative MSE of the projection output on sampled "
-             "calibration rows (lstsq only)")
-    text = format_table(["block", "projection", "rows kept", "repair", "error before", "error after", "note"],
-                        rows, title=title)
-    t = (report.get("calibration") or {}).get("timings_s") or {}
-    if t:
-        text += f"\ntime: capture {t.get('capture_s', 0.0):.2f} s, solve {t.get('solve_s', 0.0):.2f} s"
-    return text

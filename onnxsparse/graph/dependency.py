@@ -76,6 +76,8 @@ class Group:
     nodes: tuple[str, ...]  #: nodes touching a member slot, in graph order
     prunable: bool
     reasons: tuple[str, ...] = ()
+    #: what one unit is: ``channel``, ``head``, ``kv_group`` or ``neuron`` (see :mod:`.kinds`)
+    kind: str = "channel"
 
     @property
     def reason(self) -> str | None:
@@ -141,6 +143,7 @@ class _Analysis:
         self.contractions: list[Contraction] = []
         self.node_rules: dict[str, OpRule | None] = {}
         self.node_versions: dict[str, int] = {}
+        self.heads: set[SlotKey] = set()
 
     def size_of(self, value: ir.Value, axis: int) -> int | None:
         d = _shapes.dims(value)
@@ -171,6 +174,7 @@ class _Analysis:
         for key, role in ctx.roles:
             self.roles.setdefault(key, set()).add(role)
         self.contractions.extend(ctx.contractions)
+        self.heads.update(ctx.heads)
         self.node_rules[ctx.name] = rule
         self.node_versions[ctx.name] = ctx.version
         touched = set(ctx.handled_axes)
@@ -211,6 +215,8 @@ class DependencyGraph:
         self._float_cache: dict[str, np.ndarray] = {}
         #: small shared initializers copied per node by :func:`build_groups` (copy -> original)
         self.shared_copies: dict[str, str] = {}
+        #: every initializer that was shared by several nodes (originals and their copies), kept after pruning
+        self.shared_names: frozenset[str] = frozenset()
         self._qdq = {i for i, node in enumerate(model.graph)
                      if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
         self._solve()
@@ -287,6 +293,36 @@ class DependencyGraph:
             if gone.any():
                 masks[self._slot_keys[s]] = ~gone
         return masks
+
+    def unattached_heads(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Head axes (declared by rules) that reach no weight, so form no head group: one entry per
+        attention (connected head axes), ``(tensor name, reasons its slots are blocked)``.
+
+        This is how an attention block whose heads cannot be tied to its projections (an op with no
+        rule in between, a run-time shape we cannot follow) is reported instead of silently missing.
+        """
+        in_groups = {self._slot_index[m.slot.key] for g in self.groups for m in g.members
+                     if m.slot.key in self._slot_index}
+        slot_of_pos = np.repeat(np.arange(len(self._slot_keys), dtype=np.int64), self._sizes)
+        seen: set[int] = set()
+        out: list[tuple[str, tuple[str, ...]]] = []
+        for key in sorted(self._an.heads, key=lambda k: self._slot_index.get(k, -1)):
+            s = self._slot_index.get(key)
+            if s is None or s in in_groups:
+                continue
+            base, size = int(self._bases[s]), int(self._sizes[s])
+            labels = np.unique(self._labels[base : base + size])
+            if any(int(lab) in seen for lab in labels):
+                continue
+            seen.update(int(lab) for lab in labels)
+            slots = np.unique(slot_of_pos[np.isin(self._labels, labels)])
+            reasons: list[str] = []
+            for t in slots.tolist():
+                for reason in self._an.blocks.get(self._slot_keys[t], ()):
+                    if reason not in reasons:
+                        reasons.append(reason)
+            out.append((key[0], tuple(reasons) or ("the heads reach no projection weight",)))
+        return out
 
     def restore_sharing(self) -> None:
         """Merge per-node copies of small shared initializers that pruning left identical."""
@@ -454,7 +490,7 @@ class DependencyGraph:
                     reasons=tuple(reasons),
                 )
             )
-        self.groups: tuple[Group, ...] = tuple(groups)
+        self.groups: tuple[Group, ...] = self._classified(groups)
         self.stats.update(
             slots=len(keys),
             positions=total,
@@ -463,6 +499,17 @@ class DependencyGraph:
             groups=len(groups),
             prunable_groups=sum(g.prunable for g in groups),
         )
+
+    def _classified(self, groups: list[Group]) -> tuple[Group, ...]:
+        from .kinds import classify, node_ops
+
+        heads = self._an.heads
+        ops = node_ops(self.model)
+        out = []
+        for g in groups:
+            rows = {key: int(t.shape[1]) for key, t in self._tables[g.id].items()}
+            out.append(replace(g, kind=classify(g, heads, bool(heads), ops, rows)))
+        return tuple(out)
 
     def _is_weight(self, key: SlotKey) -> bool:
         value = self._values.get(key[0])
@@ -582,16 +629,21 @@ def _subgraph_captures(graph: ir.Graph) -> dict[str, tuple[ir.Value, str]]:
     return out
 
 
-def _expand_patterns(patterns: Iterable[str], names: Sequence[str]) -> tuple[str, ...]:
-    """Node names matching ``patterns`` (exact names, or fnmatch patterns with ``*?[``)."""
+def _expand_patterns(patterns: Iterable[str], names: Sequence[str],
+                     weights: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
+    """Node names matching ``patterns``: exact names or fnmatch patterns (``*?[``) of a node's name or of
+    one of its weights' names (``weights``: node name -> initializer inputs), so ``layers.1*`` reaches
+    the nodes of a layer even when the exporter named its nodes generically (dynamo's ``node_MatMul_3``)."""
     out: list[str] = []
     missing: list[str] = []
     known = set(names)
+    weights = weights or {}
     for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)
+                    or any(fnmatch.fnmatchcase(w, pattern) for w in weights.get(n, ()))]
         else:
-            hits = [pattern] if pattern in known else []
+            hits = [pattern] if pattern in known else [n for n in names if pattern in weights.get(n, ())]
         if not hits:
             missing.append(pattern)
         out.extend(h for h in hits if h not in out)
@@ -638,7 +690,11 @@ def build_groups(
     opsets = dict(model.opset_imports)
     nodes = list(graph)
     names = [n.name or "" for n in nodes]
-    exclude = _expand_patterns(exclude, names)
+    exclude = tuple(exclude)
+    if exclude:
+        weights = {n.name or "": [v.name for v in n.inputs if v is not None and v.name and v.is_initializer()]
+                   for n in nodes}
+        exclude = _expand_patterns(exclude, names, weights)
 
     an = _Analysis()
     inferred = 0
@@ -698,5 +754,6 @@ def build_groups(
     stats = {"rules_s": time.perf_counter() - start}
     dg = DependencyGraph(model, an, names, stats)
     dg.shared_copies = shared_copies
+    dg.shared_names = frozenset(shared_copies) | frozenset(shared_copies.values())
     dg.stats["total_s"] = time.perf_counter() - start
     return dg

@@ -32,13 +32,14 @@ from ..calibration.data import DEFAULT_CALIB_SAMPLES
 from ..errors import UsageError
 from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_groups
 from ..graph.dependency import internal_error
+from ..graph.kinds import HEAD_KINDS
 from ..io import ModelSource, load_model
 from .normalize import normalize
 from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
 
 __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
-           "default_repair", "ROUND_TO_AUTO", "auto_round_to", "unfold_head_batch"]
+           "default_repair", "ROUND_TO_AUTO", "auto_round_to", "unfold_head_batch", "kind_ratios"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,9 @@ def score_groups(
     *,
     seed: int = 0,
     extras: Mapping[str, object] | None = None,
+    only: set[int] | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Scores per prunable group id, and the criterion actually used for each."""
+    """Scores per prunable group id (those in ``only`` if given), and the criterion actually used for each."""
     crit = get_criterion(criterion)
     fallback = get_criterion(_FALLBACK)
     extras = dict(extras or {})
@@ -80,6 +82,8 @@ def score_groups(
     scores: dict[int, np.ndarray] = {}
     used: dict[int, str] = {}
     for group in dg.prunable:
+        if only is not None and group.id not in only:
+            continue
         # -- begin: a criterion that raises on one group skips that group (dg.skip), the run goes on --
         try:
             s = crit.score(group, ctx)
@@ -105,10 +109,23 @@ def score_groups(
     return scores, used
 
 
+def kind_ratios(channels: float, heads: float = 0.0, ffn: float | None = None) -> dict[str, float]:
+    """The fraction of units removed per group, by group kind (:mod:`onnxsparse.graph.kinds`).
+
+    ``heads`` covers heads and KV groups; ``ffn=None`` prunes FFN neurons like channels.
+    """
+    for name, ratio in (("channels", channels), ("heads", heads), ("ffn", 0.0 if ffn is None else ffn)):
+        if not 0.0 <= ratio < 1.0:
+            raise UsageError(f"--{name} must be in [0, 1), got {ratio}")
+    return {"channel": channels, "neuron": channels if ffn is None else ffn, "head": heads, "kv_group": heads}
+
+
 def plan_pruning(
     dg: DependencyGraph,
     channels: float,
     *,
+    heads: float = 0.0,
+    ffn: float | None = None,
     criterion: str = "l2",
     global_ranking: bool = False,
     round_to: int | str = ROUND_TO_AUTO,
@@ -116,16 +133,28 @@ def plan_pruning(
     seed: int = 0,
     extras: Mapping[str, object] | None = None,
 ) -> tuple[PrunePlan, dict[int, str]]:
-    """Score and select: the plan for removing ``channels`` of every prunable group.
+    """Score and select: the plan for removing, from every prunable group, its kind's ratio of units
+    (``channels``, ``heads`` for heads and KV groups, ``ffn`` for FFN neurons: :func:`kind_ratios`).
 
-    ``extras`` reaches the criteria (``{"calibration": Capture}`` for the data-driven ones).
+    ``global_ranking`` ranks the groups of one kind together.  ``extras`` reaches the criteria
+    (``{"calibration": Capture}`` for the data-driven ones).
     """
-    if channels == 0:  # nothing to remove: no scores needed (data-driven criteria may have no data)
-        name = get_criterion(criterion).name
+    ratios = kind_ratios(channels, heads, ffn)
+    name = get_criterion(criterion).name
+    wanted = {g.id for g in dg.prunable if ratios.get(g.kind, 0.0) > 0}
+    if not wanted:  # nothing to remove: no scores needed (data-driven criteria may have no data)
         return PrunePlan.create(dg, {}), {g.id: name for g in dg.prunable}
-    scores, used = score_groups(dg, criterion, seed=seed, extras=extras)
-    removed = select(scores, channels, global_ranking=global_ranking, round_to=_unit_round(dg, round_to),
-                     min_keep=min_keep, norm=get_criterion(criterion).global_norm)
+    scores, used = score_groups(dg, criterion, seed=seed, extras=extras, only=wanted)
+    multiples = _unit_round(dg, round_to)
+    removed: dict[int, np.ndarray] = {}
+    for kind, ratio in ratios.items():
+        ids = [g.id for g in dg.prunable if g.kind == kind and g.id in scores]
+        if ratio <= 0 or not ids:
+            continue
+        removed.update(select({i: scores[i] for i in ids}, ratio, global_ranking=global_ranking,
+                              round_to={i: multiples[i] for i in ids}, min_keep=min_keep,
+                              norm=get_criterion(criterion).global_norm))
+    used.update({g.id: name for g in dg.prunable if g.id not in used})
     return PrunePlan.create(dg, removed), used
 
 
@@ -149,7 +178,8 @@ def _unit_round(dg: DependencyGraph, round_to: int | str) -> dict[int, int]:
 
     ``"auto"`` rounds only the groups whose width is a multiple of the CPU's
     block (those the blocked kernels run today), to that block; other groups
-    are not in blocked layout anyway and are pruned freely.
+    are not in blocked layout anyway and are pruned freely.  Heads and KV groups
+    are never rounded: their width is a head count, not a kernel's channel block.
     """
     if round_to == ROUND_TO_AUTO:
         block, _ = auto_round_to()
@@ -158,7 +188,8 @@ def _unit_round(dg: DependencyGraph, round_to: int | str) -> dict[int, int]:
         multiples = {g.id: round_to for g in dg.prunable}
     else:
         raise UsageError(f"round-to must be 'auto' or an integer >= 1, got {round_to!r}")
-    return {g.id: unit_multiple(multiples[g.id], g.channels // max(g.size, 1)) for g in dg.prunable}
+    return {g.id: 1 if g.kind in HEAD_KINDS else unit_multiple(multiples[g.id], g.channels // max(g.size, 1))
+            for g in dg.prunable}
 
 
 def unfold_head_batch(model: ir.Model) -> None:
@@ -201,6 +232,8 @@ def prune(
     model: ModelSource,
     channels: float = 0.3,
     *,
+    heads: float = 0.0,
+    ffn: float | None = None,
     criterion: str = "l2",
     global_ranking: bool = False,
     round_to: int | str = ROUND_TO_AUTO,
@@ -220,7 +253,10 @@ def prune(
     damp: float | None = None,
     calib_batch: int = 32,
 ) -> PruneResult:
-    """Remove ``channels`` (a fraction) of the channels of every prunable group.
+    """Remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
+    (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
+    every FFN (``None``: ``channels``).  All three are groups of one dependency analysis
+    (:mod:`onnxsparse.graph.kinds`); a block that cannot be pruned is a skipped group with its reason.
 
     ``model`` is a path, bytes, ``ModelProto`` or ``onnx_ir.Model`` (modified in
     place).  ``criterion`` names a registered criterion; ``global_ranking``
@@ -242,15 +278,15 @@ def prune(
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
 
-    source, model = model, load_model(model)
+    given, model = model, load_model(model)
 
-    if not 0.0 <= channels < 1.0:
-        raise UsageError(f"--channels must be in [0, 1), got {channels}")
+    ratios = kind_ratios(channels, heads, ffn)
+    removing = any(r > 0 for r in ratios.values())
     crit = get_criterion(criterion)  # fail fast on unknown names
     repair = default_repair(calib is not None) if repair is None else repair
     if repair not in REPAIRS:
         raise UsageError(f"unknown repair {repair!r} (choose from {', '.join(REPAIRS)})")
-    if calib is None and channels > 0:
+    if calib is None and removing:
         if crit.requires_data:
             raise UsageError(f"criterion {crit.name!r} needs calibration data: give --calib DATA "
                              "(an .npz keyed by input name, a folder of them, or 'random')")
@@ -264,7 +300,7 @@ def prune(
     damp = DEFAULT_DAMP if damp is None else float(damp)
     exclude = tuple(exclude)
     timings: dict[str, float] = {}
-    wants_data = calib is not None and channels > 0 and (crit.requires_data or repair != "none")
+    wants_data = calib is not None and removing and (crit.requires_data or repair != "none")
     steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
     bar = progress_bar(len(steps), "prune", unit="step", enabled=progress)
@@ -308,7 +344,7 @@ def prune(
         extras[CALIBRATION_KEY] = cap
         t = step("calibration_s", t)
     plan, used = plan_pruning(
-        dg, channels, criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
+        dg, channels, heads=heads, ffn=ffn, criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
         seed=seed, extras=extras,
     )
     t = step("scoring_s", t)
@@ -338,6 +374,8 @@ def prune(
 
     report = PruneReport(
         channels=channels,
+        heads=heads,
+        ffn=ffn,
         criterion=get_criterion(criterion).name,
         global_ranking=global_ranking,
         round_to=f"auto ({auto_round_to()[0]})" if round_to == ROUND_TO_AUTO else round_to,
@@ -372,20 +410,23 @@ def prune(
                 channels_before=g.channels,
                 channels_after=kept * per_unit,
                 criterion=used.get(g.id, criterion),
+                kind=g.kind,
             )
         )
     for g in dg.skipped:
-        report.skipped.append(SkippedGroup(g.id, str(g.root), g.nodes, g.size, g.reason or "", g.reasons[:5]))
+        report.skipped.append(SkippedGroup(g.id, str(g.root), g.nodes, g.size, g.reason or "", g.reasons[:5], g.kind))
     if not report.groups and not report.skipped:
         report.no_groups_reason = why_no_groups(model)
     logger.info(
         "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
     )
-    if not report.pruned_groups and isinstance(source, (str, os.PathLike)):
+    if not report.pruned_groups and isinstance(given, (str, os.PathLike)):
         # Nothing removed: hand back the input as it was, not its normalised form, so a no-op
         # run cannot change what onnxruntime fuses or how big the file is.
-        model = load_model(source)
+        model = load_model(given)
         report.unchanged = True
+        report.params_after, report.macs_after, report.weight_bytes_after = (
+            report.params_before, report.macs_before, report.weight_bytes_before)
     return PruneResult(model, report, plan)
 
 
@@ -442,6 +483,8 @@ class PrunePass(ir.passes.InPlacePass):
         self,
         channels: float = 0.3,
         *,
+        heads: float = 0.0,
+        ffn: float | None = None,
         criterion: str = "l2",
         global_ranking: bool = False,
         round_to: int | str = ROUND_TO_AUTO,
@@ -459,6 +502,8 @@ class PrunePass(ir.passes.InPlacePass):
     ) -> None:
         super().__init__()
         self.options = dict(
+            heads=heads,
+            ffn=ffn,
             criterion=criterion,
             global_ranking=global_ranking,
             round_to=round_to,

@@ -1,33 +1,33 @@
-"""Remove attention heads and FFN neurons from transformer blocks.
+"""Heads, KV groups and FFN neurons: the transformer view of :func:`onnxsparse.passes.prune.prune`.
+
+There is one pruning engine.  The dependency graph (:mod:`onnxsparse.graph`)
+finds heads, KV groups and FFN neurons as groups like any channel group
+(:mod:`onnxsparse.graph.kinds`), ``prune(heads=, ffn=)`` removes them, and this
+module reads the result per attention block / FFN: heads kept, KV groups kept,
+which output-projection rows went (``sinks``, the masked oracle's input), and
+every block left alone with its reason.
 
 The ratio is the fraction of units removed *per block* (at least one head /
-KV group / neuron is kept).  Attention units are KV heads: removing one removes
-its query heads too (for plain multi-head attention that is one head; for
-grouped-query attention a whole group), i.e. their Q/K/V projection columns and
-biases, their output-projection rows, and every head count in Reshape targets
-and ``num_heads`` attributes.  FFN units are intermediate neurons.  Blocks whose
-structure cannot be proven are skipped and listed with the reason.
-
-The prune command calls :func:`add_cli_arguments` and :func:`apply_from_args`.
+KV group / neuron is kept).  Removing a KV group removes the query heads that
+read it.  The prune command adds ``--heads`` / ``--ffn`` with
+:func:`add_cli_arguments`.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 from onnx_ir.passes import PassResult
 
 from ..errors import UsageError
-from ..transformer import Block, SkippedBlock, criterion_names, find_blocks, units_to_remove
-from ..transformer._shapes import complete_shapes
+from ..graph.kinds import HEAD_KINDS
+from ..graph.slots import Role
 from .normalize import normalize
 
 __all__ = [
@@ -35,13 +35,13 @@ __all__ = [
     "PruneHeadsPass",
     "prune_heads",
     "add_cli_arguments",
-    "apply_from_args",
-    "heads_block_map",
+    "heads_report",
     "report_table",
     "masked_heads_model",
 ]
 
-logger = logging.getLogger(__name__)
+#: op types of fused attention (the block's ``form``; decomposed attention otherwise)
+_FUSED = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
 
 
 @dataclass
@@ -66,127 +66,112 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _shape_str(value: ir.Value) -> str:
-    shape = value.shape
-    return "?" if shape is None else "[" + ", ".join(str(d) for d in shape.dims) + "]"
+def _prefix(names: Sequence[str]) -> str:
+    if not names:
+        return ""
+    prefix = os.path.commonprefix(list(names)) if len(names) > 1 else names[0]
+    cut = max(prefix.rfind("/"), prefix.rfind("."))
+    return (prefix[:cut] if cut > 0 else prefix).strip("/._")
 
 
-def _excluded(block: Block, patterns: Sequence[str]) -> bool:
-    if not patterns:
-        return False
-    names = {block.name, block.anchor.name or ""}
-    for node in block.region.sinks:
-        names.add(node.name or "")
-    for key in ("projections", "output_projections"):
-        names.update(n or "" for n in block.details.get(key, []))
-    return any(fnmatch.fnmatchcase(n, p) for n in names if n for p in patterns)
+def block_name(nodes: Sequence[str], weights: Sequence[str], fallback: str) -> str:
+    """A readable block name: the common prefix of its nodes' names (``/layers.0/attn``), or, when
+    exporters named nodes generically (dynamo's ``node_MatMul_3``), of its weights' state-dict names."""
+    by_nodes = _prefix([n for n in nodes if n])
+    if any(c.isdigit() for c in by_nodes):
+        return by_nodes
+    by_weights = _prefix(sorted(w for w in weights if "." in w))
+    if len(by_weights) >= 2:
+        return by_weights
+    return by_nodes if len(by_nodes) >= 2 else fallback
 
 
-def _prune_kind(
-    model: ir.Model,
-    kind: str,
-    ratio: float,
-    *,
-    criterion: str,
-    round_to: int,
-    exclude: Sequence[str],
-    allow_signature_change: bool,
-    rng: np.random.Generator,
-    report: dict[str, Any],
-    calibration: Any = None,
-) -> None:
-    graph = model.graph
-    found = find_blocks(graph, kind)
-    _uniquify(found)
-    done: set[ir.Node] = set()
-    for item in found:
-        if isinstance(item, SkippedBlock):
-            report["skipped"].append(item.as_dict())
+def _describe_group(dg: Any, group: Any) -> dict[str, Any]:
+    """Name, form, head size and query heads per unit of a head/neuron group."""
+    model = dg.model
+    ops = {n.name: n.op_type for n in model.graph}
+    rows = {m.slot.key: dg.positions(group, m.slot.key).shape[1] for m in group.members}
+    shared = dg.shared_names  # one constant of several layers names none of them
+    weights = [m.slot.value for m in group.members if m.weight and m.slot.value not in shared]
+    fused = sorted({ops.get(n) for n in group.nodes if ops.get(n) in _FUSED})
+    produce = [rows[m.slot.key] for m in group.members if m.weight and Role.PRODUCE in m.roles]
+    per_unit = [r for r in rows.values() if r > 1]
+    head_size = min(per_unit) if per_unit else 1
+    q_per_unit = (max(produce) // min(produce)) if produce and group.kind == "kv_group" else 1
+    linear = [m for m in group.members if m.weight and Role.PRODUCE in m.roles]
+    named = [n for n in group.nodes if ops.get(n) not in ("QuantizeLinear", "DequantizeLinear")]
+    return {
+        "name": block_name(named, weights, group.nodes[0] if group.nodes else f"group {group.id}"),
+        "form": fused[0] if fused else ("decomposed" if group.kind in HEAD_KINDS else "ffn"),
+        "head_size": head_size,
+        "q_per_unit": q_per_unit,
+        "gated": len({m.slot.value for m in linear}) > 1 and group.kind == "neuron",
+    }
+
+
+def _sinks(dg: Any, group: Any, removed: Sequence[int]) -> list[dict[str, Any]]:
+    """The weights that read the group's units (output/down projections) and the rows removed from them."""
+    out = []
+    for ws in dg.weights(group):
+        if Role.CONSUME not in ws.roles:
             continue
-        block = item
-        if block.region.touched & done:
-            # An earlier block rewrote part of this one: analyse it again on the current graph.
-            again = [b for b in find_blocks(graph, kind) if isinstance(b, Block) and b.anchor is block.anchor]
-            if not again:
-                report["skipped"].append({"name": block.name, "kind": kind, "form": block.form,
-                                          "reason": "changed by an earlier block and no longer matches"})
-                continue
-            block = again[0]
-        if _excluded(block, exclude):
-            report["skipped"].append({"name": block.name, "kind": kind, "form": block.form, "reason": "excluded"})
+        rows = np.sort(ws.positions[np.asarray(removed, dtype=np.int64)].reshape(-1)).tolist() if removed else []
+        out.append({"node": ws.nodes[0] if ws.nodes else "", "weight": ws.slot.value, "axis": ws.slot.axis,
+                    "rows_removed": rows})
+    return out
+
+
+def heads_report(result: Any, *, heads: float, ffn: float, criterion: str, round_to: Any) -> dict[str, Any]:
+    """Per attention block and FFN: what ``prune`` removed, read off its plan; skipped blocks with reasons."""
+    plan = result.plan
+    dg = plan.graph
+    report: dict[str, Any] = {
+        "heads_ratio": heads, "ffn_ratio": ffn, "criterion": criterion, "round_to": round_to,
+        "attention": [], "ffn": [], "skipped": [], "signature_changes": [],
+    }
+    used = {g.id: g.criterion for g in result.report.groups}
+    for group in dg.groups:
+        attention = group.kind in HEAD_KINDS
+        if group.kind not in ("head", "kv_group", "neuron") or (attention and not heads) or (not attention and not ffn):
             continue
-        changes = block.region.signature
-        if changes and not allow_signature_change:
-            what = ", ".join(f"{c.kind} {c.value.name} {_shape_str(c.value)}" for c in changes)
-            report["skipped"].append({
-                "name": block.name, "kind": kind, "form": block.form,
-                "reason": f"pruning changes graph {what}; pass allow_signature_change=True "
-                          "(--allow-signature-change) to allow it",
-            })
+        info = _describe_group(dg, group)
+        kind = "attention" if attention else "ffn"
+        if not any(c.isdigit() for c in info["name"]):  # generic node names (dynamo): number the blocks
+            info["name"] = f"{kind} {len(report[kind]) + sum(s['kind'] == kind for s in report['skipped'])}"
+        if not group.prunable:
+            report["skipped"].append({"name": info["name"], "kind": kind, "form": info["form"],
+                                      "reason": group.reason or "not prunable"})
             continue
-        n_remove = units_to_remove(block.n_units, ratio, round_to if kind == "ffn" else 1)
-        if calibration is not None:  # data-driven scores (onnxsparse.passes.reconstruct.HeadCalibration)
-            scores, used = calibration.scores(block, criterion, rng)
-        else:
-            scores, used = block.scores(criterion, rng)
-        order = np.argsort(scores, kind="stable")
-        removed = sorted(int(u) for u in order[:n_remove])
-        removal = block.removal(removed)
-        before = {c.value.name: _shape_str(c.value) for c in changes}
-        sinks = [
-            {"node": node.name, "weight": weight.name, "axis": axis,
-             "rows_removed": np.flatnonzero(~removal.keep(track)).tolist()}
-            for node, weight, axis, track in block.region.sink_weights
-        ]
-        repairs = None
-        if removed:
-            if calibration is not None:  # re-fit the sinks' kept rows and bias before they are sliced
-                repairs = calibration.repair(model, block, removal)
-            block.region.apply(removal)
-            done |= block.region.touched
-        entry: dict[str, Any] = {"name": block.name, "form": block.form, "removed": removed, "sinks": sinks}
-        if repairs:
-            entry["repair"] = [vars(r) for r in repairs]
-        if used != criterion:
-            entry["criterion"] = used
-            report.setdefault("notes", []).append(
-                f"{block.name}: criterion {criterion!r} cannot score {kind} units; used {used!r}")
-        if kind == "attention":
-            q_removed = len(removal.removed.get("q", []))
+        removed = sorted(int(u) for u in plan.removed.get(group.id, ()))
+        entry: dict[str, Any] = {"name": info["name"], "form": info["form"], "group": group.id, "removed": removed,
+                                 "sinks": _sinks(dg, group, removed)}
+        if used.get(group.id, criterion) != criterion:
+            entry["criterion"] = used[group.id]
+        if attention:
+            g = info["q_per_unit"]
+            kept_units = [u for u in range(group.size) if u not in removed]
             entry.update({
-                "kept_heads": [q for q in range(block.q_heads) if q not in removal.removed.get("q", [])],
-                "kept_kv_heads": [u for u in range(block.kv_heads) if u not in removed],
-                "heads_total": block.q_heads, "heads_kept": block.q_heads - q_removed,
-                "kv_heads_total": block.kv_heads, "kv_heads_kept": block.kv_heads - len(removed),
-                "head_size": block.head_size,
+                "kept_heads": [u * g + j for u in kept_units for j in range(g)],
+                "kept_kv_heads": kept_units,
+                "heads_total": group.size * g, "heads_kept": len(kept_units) * g,
+                "kv_heads_total": group.size, "kv_heads_kept": len(kept_units),
+                "head_size": info["head_size"],
             })
+            if not removed and heads > 0:
+                unit = "key/value groups" if g > 1 else "heads"
+                entry["note"] = (f"{heads:g} of {group.size} {unit} rounds down to none: nothing removed "
+                                 f"(a ratio of at least {1 / group.size:g} removes one)")
         else:
-            entry.update({"total": block.n_units, "kept": block.n_units - len(removed),
-                          "gated": bool(block.details.get("gated"))})
-        if block.n_units <= 1:
-            entry["note"] = "only one unit: nothing to remove"
-        elif not removed and ratio > 0 and kind == "attention":  # heads are not rounded: floor(ratio * n) == 0
-            unit = "key/value groups" if block.kv_heads < block.q_heads else "heads"
-            entry["note"] = (f"{ratio:g} of {block.n_units} {unit} rounds down to none: nothing removed "
-                             f"(a ratio of at least {1 / block.n_units:g} removes one)")
+            entry.update({"total": group.size, "kept": group.size - len(removed), "gated": info["gated"]})
         report[kind].append(entry)
-        for c in changes:
-            if removed:
-                report["signature_changes"].append({
-                    "block": block.name, "kind": c.kind, "name": c.value.name, "axis": c.axis,
-                    "kept": np.flatnonzero(removal.keep(c.track)).tolist(),
-                    "old_shape": before[c.value.name], "new_shape": _shape_str(c.value),
-                })
-        logger.info("%s %s: removed %d of %d units", kind, block.name, len(removed), block.n_units)
-
-
-def _uniquify(found: Sequence[Block | SkippedBlock]) -> None:
-    seen: dict[str, int] = {}
-    for item in found:
-        n = seen.get(item.name, 0)
-        seen[item.name] = n + 1
-        if n:
-            item.name = f"{item.name}#{n}"
+    if heads:
+        for value, reasons in dg.unattached_heads():
+            report["skipped"].append({"name": value, "kind": "attention", "form": "decomposed",
+                                      "reason": f"the heads reach no projection weight: {reasons[0]}"})
+        if not report["attention"] and not any(s["kind"] == "attention" for s in report["skipped"]):
+            report["notes"] = ["no attention heads found: no rule declared a head axis (no MatMul between two "
+                               "activations with a heads axis, no fused attention op)"]
+    return report
 
 
 def prune_heads(
@@ -195,51 +180,28 @@ def prune_heads(
     heads: float = 0.0,
     ffn: float = 0.0,
     criterion: str = "l2",
-    round_to: int = 1,
+    round_to: int | str = 1,
     exclude: Iterable[str] = (),
-    allow_signature_change: bool = False,
     seed: int = 0,
-    calibration: Any = None,
+    calib: object | None = None,
+    repair: str | None = None,
 ) -> HeadPruneResult:
-    """Prune ``heads`` of every attention block's KV groups and ``ffn`` of every FFN's neurons, in place.
+    """Prune ``heads`` of every attention block's heads (KV groups) and ``ffn`` of every FFN's neurons,
+    in place, with the one engine (:func:`onnxsparse.passes.prune.prune` with ``channels=0``).
 
-    ``criterion`` names a criterion of :mod:`onnxsparse.criteria`, scored over the weight slices a
-    unit owns (one that cannot score them, e.g. ``bn``, falls back to ``l2`` with a note); ``round_to`` rounds the kept FFN width up to a multiple; ``exclude`` holds
-    fnmatch patterns of block or node names to leave alone.  ``calibration``
-    (:class:`onnxsparse.passes.reconstruct.HeadCalibration`) enables the
-    data-driven criteria and repairs the output projections from calibration data.
+    ``criterion`` names a criterion of :mod:`onnxsparse.criteria`; ``round_to`` rounds the kept FFN
+    width to a multiple (heads are never rounded); ``exclude`` holds node names / fnmatch patterns
+    whose outputs keep every unit; ``calib``/``repair`` as for ``prune``.
     """
+    from .prune import prune
+
     for name, ratio in (("heads", heads), ("ffn", ffn)):
         if not 0.0 <= ratio < 1.0:
             raise UsageError(f"--{name} ratio must be in [0, 1), got {ratio}")
-    if criterion not in criterion_names():
-        raise UsageError(f"unknown criterion {criterion!r}; choose one of {', '.join(criterion_names())}")
-    if round_to < 1:
-        raise UsageError(f"round_to must be >= 1, got {round_to}")
-    exclude = tuple(exclude)
-    from ..criteria import get_criterion
-
-    if get_criterion(criterion).requires_data and calibration is None:
-        raise UsageError(f"criterion {criterion!r} needs calibration data: give --calib DATA")
-    normalize(model)
-    complete_shapes(model)
-    if calibration is not None:
-        calibration.prepare(model, [k for k, r in (("attention", heads), ("ffn", ffn)) if r > 0])
-    rng = np.random.default_rng(seed)
-    report: dict[str, Any] = {
-        "heads_ratio": heads, "ffn_ratio": ffn, "criterion": criterion, "round_to": round_to,
-        "attention": [], "ffn": [], "skipped": [], "signature_changes": [],
-    }
-    opts = dict(criterion=criterion, round_to=round_to, exclude=exclude,
-                allow_signature_change=allow_signature_change, rng=rng, report=report, calibration=calibration)
-    if heads > 0:
-        _prune_kind(model, "attention", heads, **opts)  # type: ignore[arg-type]
-    if ffn > 0:
-        _prune_kind(model, "ffn", ffn, **opts)  # type: ignore[arg-type]
-    common.RemoveUnusedNodesPass()(model)
-    if calibration is not None:
-        report["calibration"] = calibration.summary()
-    return HeadPruneResult(model, report)
+    result = prune(model, 0.0, heads=heads, ffn=ffn, criterion=criterion, round_to=round_to, exclude=exclude,
+                   seed=seed, measure=False, calib=calib, repair=repair)
+    report = heads_report(result, heads=heads, ffn=ffn, criterion=criterion, round_to=round_to)
+    return HeadPruneResult(result.model, report)
 
 
 class PruneHeadsPass(ir.passes.InPlacePass):
@@ -256,73 +218,14 @@ class PruneHeadsPass(ir.passes.InPlacePass):
         return PassResult(model, modified=result.modified)
 
 
-# ----------------------------------------------------------------------------------------
-# CLI glue for ``onnxsparse prune``
-# ----------------------------------------------------------------------------------------
-
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--heads``, ``--ffn``, ``--head-criterion``, ``--allow-signature-change`` (and
-    ``--round-to`` / ``--exclude`` unless the prune command already defines them)."""
-    existing = set(getattr(parser, "_option_string_actions", {}))
+    """Add ``--heads`` and ``--ffn`` to the prune command."""
     group = parser.add_argument_group("transformer heads and FFN neurons")
-
-    def gadd(*flags: str, **kwargs: Any) -> None:
-        if not any(f in existing for f in flags):
-            group.add_argument(*flags, **kwargs)
-
-    gadd("--heads", type=_ratio, default=0.0, metavar="RATIO",
-         help="fraction of attention heads (KV groups for grouped-query attention) removed per block; "
-              "at least one is kept")
-    gadd("--ffn", type=_ratio, default=0.0, metavar="RATIO",
-         help="fraction of FFN intermediate neurons removed per block")
-    gadd("--head-criterion", choices=criterion_names(), default=None,
-         help="importance of heads/neurons (default: --criterion; criteria that cannot score heads, "
-              "e.g. bn, fall back to l2)")
-    gadd("--allow-signature-change", action="store_true",
-         help="allow pruning heads whose KV cache is a graph input/output (changes those shapes)")
-    gadd("--round-to", type=int, default=1, metavar="N", help="keep a multiple of N channels/neurons")
-    gadd("--exclude", action="append", default=[], metavar="PATTERN",
-        help="leave blocks/nodes whose name matches this fnmatch pattern alone (repeatable)")
-
-
-def apply_from_args(model: ir.Model, args: argparse.Namespace, calibration: Any = None) -> HeadPruneResult | None:
-    """Run :func:`prune_heads` with the options :func:`add_cli_arguments` added; ``None`` if
-    neither ``--heads`` nor ``--ffn`` was given.  ``calibration`` is passed through."""
-    heads = float(getattr(args, "heads", 0.0) or 0.0)
-    ffn = float(getattr(args, "ffn", 0.0) or 0.0)
-    if heads <= 0 and ffn <= 0:
-        return None
-    criterion = getattr(args, "head_criterion", None)
-    if criterion is None:
-        general = getattr(args, "criterion", None)
-        criterion = general if general in criterion_names() else "l2"
-    exclude = getattr(args, "exclude", None) or ()
-    if isinstance(exclude, str):
-        exclude = (exclude,)
-    return prune_heads(
-        model,
-        heads=heads,
-        ffn=ffn,
-        criterion=criterion,
-        round_to=int(getattr(args, "round_to", 1) or 1),
-        exclude=tuple(exclude),
-        allow_signature_change=bool(getattr(args, "allow_signature_change", False)),
-        seed=int(getattr(args, "seed", 0) or 0),
-        calibration=calibration,
-    )
-
-
-def heads_block_map(report: Mapping[str, Any], label_prefix: str = "") -> dict[tuple[str, int], str]:
-    """Weight axes this pass already pruned, ``(weight, axis) -> reason``: channel pruning must leave them alone.
-
-    The reason reads ``pruned by <label_prefix>heads|ffn (block NAME)``: ``label_prefix="--"`` names the CLI flags.
-    """
-    block: dict[tuple[str, int], str] = {}
-    for kind, key in (("attention", "heads"), ("ffn", "ffn")):
-        for entry in report.get(kind, []):
-            for sink in entry.get("sinks", []):
-                block[(sink["weight"], int(sink["axis"]))] = f"pruned by {label_prefix}{key} (block {entry['name']})"
-    return block
+    group.add_argument("--heads", type=_ratio, default=0.0, metavar="RATIO",
+                       help="fraction of attention heads (KV groups for grouped-query attention) removed per block; "
+                            "at least one is kept")
+    group.add_argument("--ffn", type=_ratio, default=None, metavar="RATIO",
+                       help="fraction of FFN intermediate neurons removed per block (default: --channels)")
 
 
 def report_table(report: dict[str, Any]) -> str:
@@ -335,13 +238,11 @@ def report_table(report: dict[str, Any]) -> str:
         note = f" -- {b['note']}" if b.get("note") else ""
         rows.append([b["name"], f"attention/{b['form']}", f"{b['heads_kept']}/{b['heads_total']} heads{kv}{note}"])
     for b in report.get("ffn", []):
-        note = f" -- {b['note']}" if b.get("note") else ""
-        rows.append([b["name"], "ffn" + ("/gated" if b.get("gated") else ""), f"{b['kept']}/{b['total']} neurons{note}"])
+        rows.append([b["name"], "ffn" + ("/gated" if b.get("gated") else ""), f"{b['kept']}/{b['total']} neurons"])
     for s in report.get("skipped", []):
         rows.append([s["name"], f"{s['kind']}/{s['form']}", f"skipped: {s['reason']}"])
     parts = [format_table(["block", "kind", "kept"], rows, title="Heads and FFN neurons")] if rows else []
-    for c in report.get("signature_changes", []):
-        parts.append(f"signature: {c['kind']} {c['name']} {c['old_shape']} -> {c['new_shape']}")
+    parts += report.get("notes", [])
     return "\n".join(parts)
 
 

@@ -27,6 +27,7 @@ class GroupReport:
     channels_after: int
     criterion: str
     note: str | None = None
+    kind: str = "channel"  #: channel | head | kv_group | neuron (onnxsparse.graph.kinds)
 
     @property
     def removed(self) -> int:
@@ -41,6 +42,7 @@ class SkippedGroup:
     total: int
     reason: str
     reasons: tuple[str, ...] = ()
+    kind: str = "channel"
 
 
 def _ratio(after: int | None, before: int | None) -> float | None:
@@ -80,10 +82,18 @@ class PruneReport:
     unchanged: bool = False
     #: why no group was found at all (empty when there were groups)
     no_groups_reason: str = ""
+    #: ratio of heads / KV groups removed per attention block, and of FFN neurons (None: as ``channels``)
+    heads: float = 0.0
+    ffn: float | None = None
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
         return [g for g in self.groups if g.kept < g.total]
+
+    @property
+    def ffn_ratio(self) -> float:
+        """The ratio FFN neurons were pruned with (``channels`` unless ``ffn`` was given)."""
+        return self.channels if self.ffn is None else self.ffn
 
     @property
     def params_ratio(self) -> float | None:
@@ -97,6 +107,8 @@ class PruneReport:
         return {
             "settings": {
                 "channels": self.channels,
+                "heads": self.heads,
+                "ffn": self.ffn_ratio,
                 "criterion": self.criterion,
                 "global": self.global_ranking,
                 "round_to": self.round_to,
@@ -120,6 +132,7 @@ class PruneReport:
                 "after": self.file_bytes_after,
                 "ratio": _ratio(self.file_bytes_after, self.file_bytes_before),
             },
+            "kinds": self.kind_counts(),
             "groups_pruned": len(self.pruned_groups),
             "groups_prunable": len(self.groups),
             "groups_skipped": len(self.skipped),
@@ -133,6 +146,20 @@ class PruneReport:
             "unchanged": self.unchanged,
             "no_groups_reason": self.no_groups_reason or None,
         }
+
+    def kind_counts(self) -> dict[str, dict[str, int]]:
+        """Per kind (channel, head, kv_group, neuron): groups pruned / prunable / skipped, units removed / total."""
+        out: dict[str, dict[str, int]] = {}
+        for g in self.groups:
+            c = out.setdefault(g.kind, dict(pruned=0, prunable=0, skipped=0, units_removed=0, units=0))
+            c["prunable"] += 1
+            c["pruned"] += g.kept < g.total
+            c["units_removed"] += g.removed
+            c["units"] += g.total
+        for g in self.skipped:
+            c = out.setdefault(g.kind, dict(pruned=0, prunable=0, skipped=0, units_removed=0, units=0))
+            c["skipped"] += 1
+        return out
 
     # -- text -------------------------------------------------------------
     def size_table(self) -> str:
@@ -163,11 +190,12 @@ class PruneReport:
         groups = self.pruned_groups
         shown = groups if limit is None else groups[:limit]
         rows = [
-            [g.id, _short(g.nodes), f"{g.kept}/{g.total}", f"{g.channels_after}/{g.channels_before}", g.criterion]
+            [g.id, g.kind, _short(g.nodes), f"{g.kept}/{g.total}", f"{g.channels_after}/{g.channels_before}",
+             g.criterion]
             for g in shown
         ]
         text = format_table(
-            ["group", "nodes", "kept units", "channels", "criterion"],
+            ["group", "kind", "nodes", "kept units", "channels", "criterion"],
             rows,
             title=f"pruned groups: {len(groups)} of {len(self.groups)} prunable",
         )
@@ -177,8 +205,8 @@ class PruneReport:
 
     def skipped_table(self, limit: int | None = None) -> str:
         shown = self.skipped if limit is None else self.skipped[:limit]
-        rows = [[s.id, _short(s.nodes), s.total, s.reason] for s in shown]
-        text = format_table(["group", "nodes", "units", "reason"], rows, title=f"skipped groups: {len(self.skipped)}")
+        rows = [[s.id, s.kind, _short(s.nodes), s.total, s.reason] for s in shown]
+        text = format_table(["group", "kind", "nodes", "units", "reason"], rows, title=f"skipped groups: {len(self.skipped)}")
         if limit is not None and len(self.skipped) > limit:
             text += f"\n... {len(self.skipped) - limit} more (see --report / --json)"
         return text

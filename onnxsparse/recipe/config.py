@@ -274,15 +274,13 @@ class PruneStep(Step):
 
     channels: float | None = None
     heads: float = 0.0
-    ffn: float = 0.0
+    ffn: float | None = None
     criterion: str = "l2"
-    head_criterion: str | None = None
     global_ranking: bool = False
     round_to: int | str = "auto"
     min_keep: int = 1
     exclude: tuple[str, ...] = ()
     seed: int = 0
-    allow_signature_change: bool = False
 
     @classmethod
     def field_specs(cls) -> tuple[FieldSpec, ...]:
@@ -290,24 +288,22 @@ class PruneStep(Step):
         return (
             FieldSpec("channels", "channels", F.optional(F.ratio), "fraction of channels removed from every prunable group", "ratio"),
             FieldSpec("heads", "heads", F.ratio, "fraction of attention heads (KV groups) removed per block", "ratio"),
-            FieldSpec("ffn", "ffn", F.ratio, "fraction of FFN intermediate neurons removed per block", "ratio"),
+            FieldSpec("ffn", "ffn", F.optional(F.ratio),
+                      "fraction of FFN intermediate neurons removed per block (default: channels)", "ratio"),
             FieldSpec("criterion", "criterion", crit, "importance criterion (onnxsparse.criteria registry)", "criterion"),
-            FieldSpec("head_criterion", "head_criterion", F.optional(crit), "criterion for heads/neurons (default: criterion)", "criterion"),
             FieldSpec("global", "global_ranking", F.boolean, "rank channels across groups", "bool"),
             FieldSpec("round_to", "round_to", F.integer_or("auto", 1),
                       "keep channel / FFN widths multiples of N; auto: this CPU's blocked-kernel width", "int >= 1 or auto"),
             FieldSpec("min_keep", "min_keep", F.integer(1), "channels every group keeps", "int >= 1"),
             FieldSpec("exclude", "exclude", F.strings, "node / block names or fnmatch patterns left alone", "list"),
             FieldSpec("seed", "seed", F.integer(), "seed of the random criterion", "int"),
-            FieldSpec("allow_signature_change", "allow_signature_change", F.boolean,
-                      "allow pruning heads whose KV cache is a graph input/output", "bool"),
         )
 
     @classmethod
     def passthrough_params(cls) -> dict[str, str]:
         from ..passes.prune import prune
 
-        covered = {"model", "channels", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
+        covered = {"model", "channels", "heads", "ffn", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
                    "block", "registry", "shapes", "normalized", "measure", "progress"}
         return _signature_extras(prune, covered)
 
@@ -820,10 +816,10 @@ def check_order(recipe: Recipe, initial: Mapping[str, str] | None = None) -> lis
             raise RecipeError(f"{where}: {reason}, and {origin}{fix}")
         if not step.transforms and not transformed:
             raise RecipeError(f"{where}: nothing to {step.kind} yet: no step before it changes the model")
-        if isinstance(step, PruneStep) and step.channels and any(
+        if isinstance(step, PruneStep) and step.channels and step.ffn is None and any(
                 isinstance(s, PruneStep) and s.ffn for s in recipe.steps[:index]):
-            notes.append(f"{recipe.where(index)}: channel pruning after an earlier ffn pruning step may prune FFN "
-                         "neurons twice; in one prune step, heads/ffn run first and block those weights")
+            notes.append(f"{recipe.where(index)}: FFN neurons follow channels unless ffn is set, so this step prunes "
+                         "the FFNs an earlier ffn step already pruned; set ffn: 0 to leave them")
         if isinstance(step, SparsifyStep) and quant_mode == "int4":
             notes.append(f"{recipe.where(index)}: int4 weights are packed nibbles (a zero is code 8), "
                          "so sparse storage gains nothing on them")

@@ -262,47 +262,35 @@ def _heads_notes(report: Mapping[str, Any]) -> list[str]:
 @register_executor("prune")
 def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     from ..passes.prune import prune
+    from ..passes.prune_heads import heads_report
 
     assert isinstance(step, PruneStep)
-    notes: list[str] = []
+    kwargs = step.extra_kwargs()
+    if "calib" in PruneStep.passthrough_keys() and "calib" not in kwargs and ctx.recipe.calib is not None:
+        kwargs["calib"] = ctx.recipe.calib
+    result = prune(
+        ctx.model, step.channels or 0.0, heads=step.heads, ffn=step.ffn, criterion=step.criterion,
+        global_ranking=step.global_ranking, round_to=step.round_to, min_keep=step.min_keep, exclude=step.exclude,
+        seed=step.seed, shapes=ctx.shapes, **kwargs,
+    )
+    channel_report = result.report
+    channel_report.file_bytes_before = model_file_bytes(ctx.path)
     report: dict[str, Any] = {"heads": None, "channels": None}
-    block: dict[tuple[str, int], str] = {}
+    notes: list[str] = []
+    for kind, counts in channel_report.kind_counts().items():
+        if counts["prunable"]:
+            notes.append(f"{kind}: {counts['pruned']}/{counts['prunable']} groups pruned "
+                         f"({counts['units_removed']}/{counts['units']} units), {counts['skipped']} skipped")
     if step.heads or step.ffn:
-        from ..passes.prune_heads import heads_block_map, prune_heads
-
-        from ..passes.prune import ROUND_TO_AUTO, auto_round_to
-
-        heads = prune_heads(
-            ctx.model, heads=step.heads, ffn=step.ffn, criterion=step.head_criterion or step.criterion,
-            round_to=auto_round_to()[0] if step.round_to == ROUND_TO_AUTO else step.round_to, exclude=step.exclude, allow_signature_change=step.allow_signature_change,
-            seed=step.seed,
-        )
-        report["heads"] = heads.report
-        block = heads_block_map(heads.report)
-        notes += _heads_notes(heads.report)
-        if not heads.modified:
-            notes.append("no attention/FFN block was pruned")
-    channel_report = None
-    if step.channels:
-        kwargs = step.extra_kwargs()
-        if "calib" in PruneStep.passthrough_keys() and "calib" not in kwargs and ctx.recipe.calib is not None:
-            kwargs["calib"] = ctx.recipe.calib
-        result = prune(
-            ctx.model, step.channels, criterion=step.criterion, global_ranking=step.global_ranking,
-            round_to=step.round_to, min_keep=step.min_keep, exclude=step.exclude, block=block or None,
-            seed=step.seed, shapes=ctx.shapes, **kwargs,
-        )
-        channel_report = result.report
-        channel_report.file_bytes_before = model_file_bytes(ctx.path)
-        pruned = len(channel_report.pruned_groups)
-        notes.insert(0, f"channels {step.channels:g} ({channel_report.criterion}): {pruned}/{len(channel_report.groups)} "
-                        f"groups pruned, {len(channel_report.skipped)} skipped")
-        if not pruned:
-            notes.append("no channel group was pruned")
+        report["heads"] = heads_report(result, heads=step.heads, ffn=channel_report.ffn_ratio,
+                                       criterion=channel_report.criterion, round_to=step.round_to)
+        notes += _heads_notes(report["heads"])
+    if not channel_report.pruned_groups:
+        notes.append("no group was pruned" + (f": {channel_report.no_groups_reason}"
+                                              if channel_report.no_groups_reason else ""))
     ctx.save(index, step.kind)
-    if channel_report is not None:
-        channel_report.file_bytes_after = model_file_bytes(ctx.path)
-        report["channels"] = channel_report.to_dict()
+    channel_report.file_bytes_after = model_file_bytes(ctx.path)
+    report["channels"] = channel_report.to_dict()
     return StepOutcome(report, notes)
 
 

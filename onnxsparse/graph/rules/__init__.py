@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..registry import OpRule, RuleRegistry
 from . import (
     concat, conv, elementwise, gather, linear, ml, norm, pad, pooling, quantize, reduce, resize, shape, shape_of,
+    tile,
 )
 
 __all__ = ["DEFAULT_RULES", "default_registry"]
@@ -24,6 +25,7 @@ DEFAULT_RULES: tuple[OpRule, ...] = (
     *resize.RULES,
     *pad.RULES,
     *shape.RULES,
+    *tile.RULES,
     *reduce.RULES,
     *shape_of.RULES,
     *gather.RULES,

@@ -101,6 +101,9 @@ class MatMulRule(OpRule):
             ctx.contract(1, b_k, weight=(0, a_k))
         else:
             ctx.contract(0, a_k)
+            for x, rx in ((a, ra), (b, rb), (y, ry)):  # Q @ K^T, P @ V: batch axes past the first are heads
+                for k in range(1, max(rx - 2, 0)):
+                    ctx.head_axis(x, k)
         return None
 
 

@@ -1,0 +1,61 @@
+"""What a group removes: channels, attention heads, KV groups or FFN neurons.
+
+The kind is read off the group's slots, never off node names:
+
+* ``head``: a member slot is an axis a rule declared as attention heads
+  (:meth:`CoupleContext.head_axis`: the batch axes of ``Q @ K^T`` and ``P @ V``,
+  the heads of a fused attention op), so one unit is one head;
+* ``kv_group``: a head group whose units hold more positions on some projection
+  than on others (grouped-query attention: one KV head and the query heads
+  reading it);
+* ``neuron``: in a model with attention, a group no convolution and no
+  normalisation touches (the hidden width of an FFN / MLP between linear
+  layers; the residual stream passes through LayerNorm/RMSNorm and stays a
+  ``channel`` group);
+* ``channel``: everything else (conv filters, dense units of CNNs and MLPs).
+
+``prune`` takes one ratio per kind (``--channels``, ``--heads`` for heads and KV
+groups, ``--ffn`` for neurons).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .slots import Role
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from .dependency import Group
+    from .slots import SlotKey
+
+__all__ = ["KINDS", "HEAD_KINDS", "classify"]
+
+KINDS: tuple[str, ...] = ("channel", "head", "kv_group", "neuron")
+HEAD_KINDS = frozenset({"head", "kv_group"})
+
+_CONV = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "NhwcConv", "FusedConv"})
+_NORM = frozenset({"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+                   "SkipSimplifiedLayerNormalization", "RMSNormalization", "ReduceMean", "GroupNormalization",
+                   "InstanceNormalization", "BatchNormalization"})
+
+
+def classify(group: Group, heads: set[SlotKey], has_attention: bool, node_ops: dict[str, str],
+             row_lengths: dict[SlotKey, int]) -> str:
+    """The kind of ``group`` (see the module docstring).
+
+    ``heads``: slots rules declared as heads; ``has_attention``: the model has any;
+    ``node_ops``: node name -> op type; ``row_lengths``: positions per unit of each member slot.
+    """
+    if any(m.slot.key in heads for m in group.members):
+        produced = {row_lengths[m.slot.key] for m in group.members
+                    if m.weight and Role.PRODUCE in m.roles and m.slot.key in row_lengths}
+        return "kv_group" if len(produced) > 1 else "head"
+    if has_attention and not any(node_ops.get(n) in _CONV or node_ops.get(n) in _NORM for n in group.nodes):
+        return "neuron"
+    return "channel"
+
+
+def node_ops(model: ir.Model) -> dict[str, str]:
+    return {n.name or "": n.op_type for n in model.graph}
