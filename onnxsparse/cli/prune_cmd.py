@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         min_keep=args.min_keep,
         exclude=args.exclude,
+        allow_signature_change=args.allow_signature_change,
         seed=args.seed,
         shapes=shapes or None,
         progress=progress,

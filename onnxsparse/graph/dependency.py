@@ -144,6 +144,8 @@ class _Analysis:
         self.node_rules: dict[str, OpRule | None] = {}
         self.node_versions: dict[str, int] = {}
         self.heads: set[SlotKey] = set()
+        #: reasons that only say "this is a graph input/output" (heads may lift them, see build_groups)
+        self.io_reasons: set[str] = set()
 
     def size_of(self, value: ir.Value, axis: int) -> int | None:
         d = _shapes.dims(value)
@@ -204,8 +206,11 @@ class DependencyGraph:
         analysis: _Analysis,
         node_names: list[str],
         stats: dict[str, float],
+        *,
+        allow_signature_change: bool = False,
     ) -> None:
         self.model = model
+        self.allow_signature_change = allow_signature_change
         self._an = analysis
         self._node_names = node_names
         self.stats = stats
@@ -501,14 +506,24 @@ class DependencyGraph:
         )
 
     def _classified(self, groups: list[Group]) -> tuple[Group, ...]:
-        from .kinds import classify, node_ops
+        from .kinds import HEAD_KINDS, classify, node_ops
 
         heads = self._an.heads
         ops = node_ops(self.model)
         out = []
         for g in groups:
             rows = {key: int(t.shape[1]) for key, t in self._tables[g.id].items()}
-            out.append(replace(g, kind=classify(g, heads, bool(heads), ops, rows)))
+            g = replace(g, kind=classify(g, heads, bool(heads), ops, rows))
+            io = [r for r in g.reasons if r in self._an.io_reasons]
+            if io and g.kind in HEAD_KINDS:
+                if self.allow_signature_change:
+                    rest = tuple(r for r in g.reasons if r not in self._an.io_reasons)
+                    g = replace(g, reasons=rest, prunable=not rest)
+                else:
+                    hint = (f"{io[0]} (a KV cache: pass allow_signature_change=True / --allow-signature-change "
+                            "to prune these heads and change its shape)")
+                    g = replace(g, reasons=tuple(hint if r == io[0] else r for r in g.reasons))
+            out.append(g)
         return tuple(out)
 
     def _is_weight(self, key: SlotKey) -> bool:
@@ -658,8 +673,12 @@ def build_groups(
     registry: RuleRegistry | None = None,
     exclude: Iterable[str] = (),
     block: Mapping[SlotKey, str] | None = None,
+    allow_signature_change: bool = False,
 ) -> DependencyGraph:
     """Analyse a normalised model (see :func:`onnxsparse.normalize`) into channel groups.
+
+    ``allow_signature_change``: head / KV groups may change graph inputs and outputs (a decoder's
+    KV cache); every other group stays blocked by them.
 
     ``exclude`` names nodes (or fnmatch patterns) whose outputs must keep every
     channel; ``block`` maps slots ``(value name, axis)`` to a reason they must
@@ -734,8 +753,10 @@ def build_groups(
             an.commit(ctx, None, order)
 
     for v in graph.inputs:
+        an.io_reasons.add(f"'{v.name}' is a graph input")
         an.block_value(v, f"'{v.name}' is a graph input")
     for v in graph.outputs:
+        an.io_reasons.add(f"'{v.name}' is a graph output")
         an.block_value(v, f"'{v.name}' is a graph output")
     for name, (v, owner) in _subgraph_captures(graph).items():
         an.block_value(v, f"'{name}' is used inside a subgraph of {owner}")
@@ -752,7 +773,7 @@ def build_groups(
     if inferred:
         logger.info("per-node shape inference filled in %d output shape(s)", inferred)
     stats = {"rules_s": time.perf_counter() - start}
-    dg = DependencyGraph(model, an, names, stats)
+    dg = DependencyGraph(model, an, names, stats, allow_signature_change=allow_signature_change)
     dg.shared_copies = shared_copies
     dg.shared_names = frozenset(shared_copies) | frozenset(shared_copies.values())
     dg.stats["total_s"] = time.perf_counter() - start

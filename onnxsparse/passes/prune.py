@@ -240,6 +240,7 @@ def prune(
     min_keep: int = 1,
     exclude: Iterable[str] = (),
     block: Mapping[tuple[str, int], str] | None = None,
+    allow_signature_change: bool = False,
     seed: int = 0,
     registry: RuleRegistry | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -262,7 +263,9 @@ def prune(
     place).  ``criterion`` names a registered criterion; ``global_ranking``
     ranks all groups together; ``round_to`` keeps channel counts multiples of
     N (``"auto"``: of the CPU's blocked-kernel width, for the groups already that wide); ``min_keep`` channels always stay per group; ``exclude`` names nodes
-    (or fnmatch patterns) whose outputs keep every channel; ``block`` maps
+    (or fnmatch patterns, of node or weight names) whose outputs keep every channel;
+    ``allow_signature_change`` lets heads whose KV cache is a graph input/output go (their shapes
+    change, see ``prune_heads``' ``signature_changes``); ``block`` maps
     ``(tensor name, axis)`` slots to a reason they must not change.  ``shapes`` fixes input shapes for the
     MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
     :func:`~onnxsparse.normalize` when the caller already ran it.
@@ -327,7 +330,8 @@ def prune(
     dims = _mac_dims(model, shapes)
     before = _measure(model, shapes, dims) if measure else (0, None, 0)
     t = step("measure_s", t)
-    dg = build_groups(model, registry=registry, exclude=exclude, block=block)
+    dg = build_groups(model, registry=registry, exclude=exclude, block=block,
+                      allow_signature_change=allow_signature_change)
     t = step("analysis_s", t)
     extras: dict[str, object] = {}
     source = cap = None
@@ -490,6 +494,7 @@ class PrunePass(ir.passes.InPlacePass):
         round_to: int | str = ROUND_TO_AUTO,
         min_keep: int = 1,
         exclude: Iterable[str] = (),
+        allow_signature_change: bool = False,
         seed: int = 0,
         registry: RuleRegistry | None = None,
         normalized: bool = False,
@@ -510,6 +515,7 @@ class PrunePass(ir.passes.InPlacePass):
             min_keep=min_keep,
             exclude=tuple(exclude),
             block=None,
+            allow_signature_change=allow_signature_change,
             seed=seed,
             registry=registry,
             shapes=None,

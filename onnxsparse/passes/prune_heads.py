@@ -121,6 +121,33 @@ def _sinks(dg: Any, group: Any, removed: Sequence[int]) -> list[dict[str, Any]]:
     return out
 
 
+def _shape_str(value: ir.Value) -> str:
+    shape = value.shape
+    return "?" if shape is None else "[" + ", ".join(str(d) for d in shape.dims) + "]"
+
+
+def _signature_changes(dg: Any, group: Any, removed: Sequence[int], block: str) -> list[dict[str, Any]]:
+    """Graph inputs/outputs the group changed (a KV cache when signature changes were allowed)."""
+    graph = dg.model.graph
+    io = {v.name: "input" for v in graph.inputs} | {v.name: "output" for v in graph.outputs}
+    out = []
+    for m in group.members:
+        kind = io.get(m.slot.value)
+        if kind is None:
+            continue
+        value = dg.value(m.slot.value)
+        table = dg.positions(group, m.slot.key)
+        gone = set(table[np.asarray(removed, dtype=np.int64)].reshape(-1).tolist())
+        new = _shape_str(value)
+        old = list(value.shape.dims) if value.shape is not None else []
+        if old:
+            old[m.slot.axis] = m.slot.size
+        out.append({"block": block, "kind": kind, "name": m.slot.value, "axis": m.slot.axis,
+                    "kept": [p for p in range(m.slot.size) if p not in gone],
+                    "old_shape": "[" + ", ".join(str(d) for d in old) + "]" if old else "?", "new_shape": new})
+    return out
+
+
 def heads_report(result: Any, *, heads: float, ffn: float, criterion: str, round_to: Any) -> dict[str, Any]:
     """Per attention block and FFN: what ``prune`` removed, read off its plan; skipped blocks with reasons."""
     plan = result.plan
@@ -164,6 +191,8 @@ def heads_report(result: Any, *, heads: float, ffn: float, criterion: str, round
         else:
             entry.update({"total": group.size, "kept": group.size - len(removed), "gated": info["gated"]})
         report[kind].append(entry)
+        if removed:
+            report["signature_changes"] += _signature_changes(dg, group, removed, info["name"])
     if heads:
         for value, reasons in dg.unattached_heads():
             report["skipped"].append({"name": value, "kind": "attention", "form": "decomposed",
@@ -182,6 +211,7 @@ def prune_heads(
     criterion: str = "l2",
     round_to: int | str = 1,
     exclude: Iterable[str] = (),
+    allow_signature_change: bool = False,
     seed: int = 0,
     calib: object | None = None,
     repair: str | None = None,
@@ -191,7 +221,8 @@ def prune_heads(
 
     ``criterion`` names a criterion of :mod:`onnxsparse.criteria`; ``round_to`` rounds the kept FFN
     width to a multiple (heads are never rounded); ``exclude`` holds node names / fnmatch patterns
-    whose outputs keep every unit; ``calib``/``repair`` as for ``prune``.
+    whose outputs keep every unit; ``allow_signature_change`` prunes heads whose KV cache is a graph
+    input/output (``report["signature_changes"]`` lists the new shapes); ``calib``/``repair`` as for ``prune``.
     """
     from .prune import prune
 
@@ -199,7 +230,8 @@ def prune_heads(
         if not 0.0 <= ratio < 1.0:
             raise UsageError(f"--{name} ratio must be in [0, 1), got {ratio}")
     result = prune(model, 0.0, heads=heads, ffn=ffn, criterion=criterion, round_to=round_to, exclude=exclude,
-                   seed=seed, measure=False, calib=calib, repair=repair)
+                   allow_signature_change=allow_signature_change, seed=seed, measure=False, calib=calib,
+                   repair=repair)
     report = heads_report(result, heads=heads, ffn=ffn, criterion=criterion, round_to=round_to)
     return HeadPruneResult(result.model, report)
 
@@ -226,6 +258,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                             "at least one is kept")
     group.add_argument("--ffn", type=_ratio, default=None, metavar="RATIO",
                        help="fraction of FFN intermediate neurons removed per block (default: --channels)")
+    group.add_argument("--allow-signature-change", action="store_true",
+                       help="prune heads whose KV cache is a graph input/output (changes those shapes)")
 
 
 def report_table(report: dict[str, Any]) -> str:
@@ -242,6 +276,8 @@ def report_table(report: dict[str, Any]) -> str:
     for s in report.get("skipped", []):
         rows.append([s["name"], f"{s['kind']}/{s['form']}", f"skipped: {s['reason']}"])
     parts = [format_table(["block", "kind", "kept"], rows, title="Heads and FFN neurons")] if rows else []
+    for c in report.get("signature_changes", []):
+        parts.append(f"signature: {c['kind']} {c['name']} {c['old_shape']} -> {c['new_shape']}")
     parts += report.get("notes", [])
     return "\n".join(parts)
 

@@ -281,6 +281,7 @@ class PruneStep(Step):
     min_keep: int = 1
     exclude: tuple[str, ...] = ()
     seed: int = 0
+    allow_signature_change: bool = False
 
     @classmethod
     def field_specs(cls) -> tuple[FieldSpec, ...]:
@@ -297,13 +298,15 @@ class PruneStep(Step):
             FieldSpec("min_keep", "min_keep", F.integer(1), "channels every group keeps", "int >= 1"),
             FieldSpec("exclude", "exclude", F.strings, "node / block names or fnmatch patterns left alone", "list"),
             FieldSpec("seed", "seed", F.integer(), "seed of the random criterion", "int"),
+            FieldSpec("allow_signature_change", "allow_signature_change", F.boolean,
+                      "allow pruning heads whose KV cache is a graph input/output", "bool"),
         )
 
     @classmethod
     def passthrough_params(cls) -> dict[str, str]:
         from ..passes.prune import prune
 
-        covered = {"model", "channels", "heads", "ffn", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
+        covered = {"model", "channels", "heads", "ffn", "allow_signature_change", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
                    "block", "registry", "shapes", "normalized", "measure", "progress"}
         return _signature_extras(prune, covered)
 

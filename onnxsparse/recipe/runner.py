@@ -271,7 +271,7 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     result = prune(
         ctx.model, step.channels or 0.0, heads=step.heads, ffn=step.ffn, criterion=step.criterion,
         global_ranking=step.global_ranking, round_to=step.round_to, min_keep=step.min_keep, exclude=step.exclude,
-        seed=step.seed, shapes=ctx.shapes, **kwargs,
+        allow_signature_change=step.allow_signature_change, seed=step.seed, shapes=ctx.shapes, **kwargs,
     )
     channel_report = result.report
     channel_report.file_bytes_before = model_file_bytes(ctx.path)
