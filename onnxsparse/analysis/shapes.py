@@ -205,6 +205,36 @@ def _proto_dims(value: onnx.ValueInfoProto) -> Shape | None:
     )
 
 
+@contextlib.contextmanager
+def _payload_free(model: ir.Model) -> Iterator[None]:
+    """Big main-graph initializers stand in as external tensors (same name, dtype, dims) while the
+    model is serialised, so ``ir.to_proto`` copies no weight bytes: shape inference needs only their
+    dims (:func:`_strip_large_tensors` turns them into inputs).  143M float weights cost 0.5 s of
+    copying per serialisation otherwise.  The real tensors are put back on exit."""
+    swapped: list[tuple[ir.Value, object]] = []
+    try:
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None or tensor.size <= _STRIP_ABOVE_ELEMENTS:
+                continue
+            stand_in = ir.ExternalTensor("shape-only", 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,
+                                         name=value.name or "")
+            swapped.append((value, tensor))
+            value.const_value = stand_in
+        yield
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor  # type: ignore[assignment]
+
+
+def shape_only_proto(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as a proto whose big weights are shape-only graph inputs (nothing is copied)."""
+    with _payload_free(model):
+        proto = ir.to_proto(model)
+    _strip_large_tensors(proto.graph)
+    return proto
+
+
 def _collect_weights(
     graph: onnx.GraphProto,
     out: dict[str, Shape],
@@ -333,7 +363,8 @@ def infer_shapes(
     """
     shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
     bindings = {**dict(dims or {}), **input_dim_bindings(model, shapes)}
-    proto = ir.to_proto(model)
+    with _payload_free(model):
+        proto = ir.to_proto(model)
     out: dict[str, Shape] = {}
     _collect_weights(proto.graph, out)
     _strip_large_tensors(proto.graph)

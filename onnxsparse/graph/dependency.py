@@ -348,9 +348,10 @@ class DependencyGraph:
     def _per_position(self, name: str, axis: int, kind: str) -> np.ndarray:
         key = (name, axis, kind)
         out = self._cache.get(key)
-        if out is None:
-            out = _reduce_except(self._float_array(name), axis, kind)
-            self._cache[key] = out
+        if out is None:  # every axis in one pass over the weight: criteria ask for rows and columns
+            for k, reduced in _reduce_each_axis(self._float_array(name), kind, {0, 1, axis}).items():
+                self._cache[(name, k, kind)] = reduced
+            out = self._cache[key]
         return out
 
     def _solve(self) -> None:
@@ -563,27 +564,43 @@ def internal_error(kind: str, name: str, exc: BaseException) -> str:
     return f"internal error in {kind} {name}: {type(exc).__name__}" + (f": {text}" if text else "")
 
 
-_CHUNK = 1 << 22  # elements per block: bounds temporaries on huge weights
+_CHUNK = 1 << 20  # elements per block: bounds temporaries on huge weights, stays in cache
+
+
+def _reduce_each_axis(arr: np.ndarray, kind: str, axes: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+    """Per axis ``k`` in ``axes`` (default: all): the sum of ``|w|`` (``"abs"``) or ``w**2`` (``"sq"``)
+    over every other axis, as float64.
+
+    One pass in blocks along axis 0 (bounded temporaries, each block reduced while in cache), so
+    scoring a 100M-weight layer by rows and by columns reads it once, not twice.
+    """
+    if kind not in ("abs", "sq"):
+        raise ValueError(f"unknown reduction {kind!r} (use 'abs' or 'sq')")
+    arr = np.ascontiguousarray(arr)
+    axes = sorted(k for k in set(range(arr.ndim) if axes is None else axes) if k < arr.ndim)
+    if arr.ndim == 0:
+        return {}
+    shape = arr.shape
+    totals = {k: np.zeros(shape[k], dtype=np.float64) for k in axes}
+    row = max(int(np.prod(shape[1:], dtype=np.int64)), 1)
+    step = max(1, _CHUNK // row)
+    for start in range(0, shape[0], step):
+        block = arr[start : start + step]
+        mag = np.square(block) if kind == "sq" else np.abs(block)  # block sums in the weight's float type,
+        b = block.shape[0]  # totals in float64
+        for k in axes:
+            if k == 0:
+                totals[0][start : start + b] += mag.reshape(b, -1).sum(axis=1)
+            else:
+                inner = int(np.prod(shape[k + 1 :], dtype=np.int64))
+                view = mag.reshape(-1, shape[k], inner)
+                totals[k] += (view.sum(axis=2) if inner > 1 else view[:, :, 0]).sum(axis=0)
+    return totals
 
 
 def _reduce_except(arr: np.ndarray, axis: int, kind: str) -> np.ndarray:
     """Sum of ``|w|`` (``"abs"``) or ``w**2`` (``"sq"``) over every axis but ``axis`` (float64)."""
-    if kind not in ("abs", "sq"):
-        raise ValueError(f"unknown reduction {kind!r} (use 'abs' or 'sq')")
-    arr = np.ascontiguousarray(arr)
-    n = arr.shape[axis]
-    outer = int(np.prod(arr.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(arr.shape[axis + 1 :], dtype=np.int64))
-    view = arr.reshape(outer, n, inner)
-    total = np.zeros(n, dtype=np.float64)
-    step = max(1, _CHUNK // max(n * inner, 1))
-    for start in range(0, outer, step):
-        block = view[start : start + step]
-        if kind == "sq":
-            total += np.einsum("anb,anb->n", block, block, dtype=np.float64)
-        else:
-            total += np.abs(block).sum(axis=(0, 2), dtype=np.float64)
-    return total
+    return _reduce_each_axis(arr, kind, {axis})[axis]
 
 
 def _value_map(graph: ir.Graph) -> dict[str, ir.Value]:
