@@ -127,15 +127,14 @@ def test_intermediate_with_extra_consumer_is_skipped() -> None:
     result = prune_heads(model, ffn=0.5)
     assert not result.report["ffn"]
     (skip,) = result.report["skipped"]
-    assert "output a [batch, 24]" in skip["reason"]
+    assert "'a' is a graph output" in skip["reason"]
     assert_equivalent(proto, model, result.report, sizes=((2, 1),))
 
 
-def test_plain_linear_chain_is_not_an_ffn() -> None:
-    """Linear -> Linear with nothing non-linear between is not treated as an FFN."""
-    proto = _mlp("Identity")
-    result = prune_heads(load(proto), ffn=0.5)
-    assert result.report["ffn"] == [] and result.report["skipped"] == []
+def test_plain_linear_chain_prunes_exactly_too() -> None:
+    """Linear -> Identity -> Linear: the hidden width is a neuron group like any other (exact)."""
+    report = prune_and_check(_mlp("Identity"), ffn=0.5, sizes=((3, 1), (1, 1)))
+    assert [b["kept"] for b in report["ffn"]] == [12] and report["skipped"] == []
 
 
 def _keras_dense_ffn(*, shared_dims: bool = False, flatten_down: bool = False) -> onnx.ModelProto:

@@ -514,7 +514,7 @@ class DependencyGraph:
         out = []
         for g in groups:
             rows = {key: int(t.shape[1]) for key, t in self._tables[g.id].items()}
-            g = replace(g, kind=classify(g, heads, bool(heads), ops, rows))
+            g = replace(g, kind=classify(g, heads, ops, rows, self._an.io_reasons))
             io = [r for r in g.reasons if r in self._an.io_reasons]
             if io and g.kind in HEAD_KINDS:
                 if self.allow_signature_change:

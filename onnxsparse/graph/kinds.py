@@ -8,11 +8,12 @@ The kind is read off the group's slots, never off node names:
 * ``kv_group``: a head group whose units hold more positions on some projection
   than on others (grouped-query attention: one KV head and the query heads
   reading it);
-* ``neuron``: in a model with attention, a group no convolution and no
-  normalisation touches (the hidden width of an FFN / MLP between linear
-  layers; the residual stream passes through LayerNorm/RMSNorm and stays a
-  ``channel`` group);
-* ``channel``: everything else (conv filters, dense units of CNNs and MLPs).
+* ``neuron``: a group no convolution and no normalisation touches, other than
+  the model's own input features or outputs (weights on one side only, bound
+  to a graph input/output): the hidden width between linear layers (a transformer's FFN, an MLP, a CNN's dense
+  head; a transformer's residual stream passes through LayerNorm/RMSNorm and
+  stays a ``channel`` group);
+* ``channel``: everything else (conv filters and what they feed).
 
 ``prune`` takes one ratio per kind (``--channels``, ``--heads`` for heads and KV
 groups, ``--ffn`` for neurons).
@@ -41,18 +42,22 @@ _NORM = frozenset({"LayerNormalization", "SimplifiedLayerNormalization", "SkipLa
                    "InstanceNormalization", "BatchNormalization"})
 
 
-def classify(group: Group, heads: set[SlotKey], has_attention: bool, node_ops: dict[str, str],
-             row_lengths: dict[SlotKey, int]) -> str:
+def classify(group: Group, heads: set[SlotKey], node_ops: dict[str, str], row_lengths: dict[SlotKey, int],
+             io_reasons: set[str]) -> str:
     """The kind of ``group`` (see the module docstring).
 
-    ``heads``: slots rules declared as heads; ``has_attention``: the model has any;
-    ``node_ops``: node name -> op type; ``row_lengths``: positions per unit of each member slot.
+    ``heads``: slots rules declared as heads; ``node_ops``: node name -> op type;
+    ``row_lengths``: positions per unit of each member slot; ``io_reasons``: the reasons that
+    only say "graph input/output".
     """
     if any(m.slot.key in heads for m in group.members):
         produced = {row_lengths[m.slot.key] for m in group.members
                     if m.weight and Role.PRODUCE in m.roles and m.slot.key in row_lengths}
         return "kv_group" if len(produced) > 1 else "head"
-    if has_attention and not any(node_ops.get(n) in _CONV or node_ops.get(n) in _NORM for n in group.nodes):
+    roles = {r for m in group.members if m.weight for r in m.roles}
+    one_sided = not (Role.PRODUCE in roles and Role.CONSUME in roles)
+    model_end = one_sided and bool(group.reasons) and all(r in io_reasons for r in group.reasons)
+    if not model_end and not any(node_ops.get(n) in _CONV or node_ops.get(n) in _NORM for n in group.nodes):
         return "neuron"
     return "channel"
 
