@@ -98,8 +98,7 @@ def inspect_model(
         logging.getLogger(__name__).debug("prunable groups failed", exc_info=True)
         result["prunable_groups_error"] = f"{type(exc).__name__}: {exc}"
     else:
-        if groups is not None:
-            result["prunable_groups"] = groups
+        result["prunable_groups"] = groups
     return result
 
 
@@ -117,27 +116,21 @@ def _check_dims(model, dims: dict[str, int]) -> None:
         raise UsageError(f"--dim names unknown dim(s) {unknown}; the inputs' symbolic dims are: {have}")
 
 
-def prunable_groups(path: str | Path) -> list[dict[str, Any]] | None:
-    """Hook for the structured-pruning dependency analysis (``onnxsparse.graph``).
-
-    Calls ``onnxsparse.graph.build_groups`` on a normalised copy of the model
-    once the package exports it; until then returns ``None`` and the section is
-    left out (no placeholder output).
-    """
-    try:
-        import onnxsparse.graph as graph_pkg
-    except ImportError:
-        return None
-    build_groups = getattr(graph_pkg, "build_groups", None)
-    if build_groups is None:
-        return None
+def prunable_groups(path: str | Path) -> list[dict[str, Any]]:
+    """The structured-pruning groups of the model, as ``prune`` analyses it (normalised, attention
+    rewritten): channels, heads, KV groups and FFN neurons, each with its kind and reasons."""
+    from ..graph import build_groups
     from ..io import load_model
+    from ..passes.attention_rewrites import rewrite_attention
     from ..passes.normalize import normalize
 
-    analysis = build_groups(normalize(load_model(path)))
+    model = normalize(load_model(path))
+    rewrite_attention(model)
+    analysis = build_groups(model)
     return [
         {
             "id": g.id,
+            "kind": g.kind,
             "units": g.size,
             "channels": g.channels,
             "root": str(g.root),
@@ -318,12 +311,17 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
     if "prunable_groups" in result:
         groups = result["prunable_groups"]
         prunable = [g for g in groups if g["prunable"]]
-        out += ["", f"Prunable groups: {len(prunable)} of {len(groups)}"]
+        kinds: dict[str, list[int]] = {}
+        for g in groups:
+            kinds.setdefault(g["kind"], [0, 0])[0 if g["prunable"] else 1] += 1
+        by_kind = ", ".join(f"{k} {p}/{p + b}" for k, (p, b) in kinds.items())
+        out += ["", f"Prunable groups: {len(prunable)} of {len(groups)}" + (f" ({by_kind})" if by_kind else "")]
         shown_groups = groups if top is None else groups[: max(top, 1)]
         table = [
-            [g["id"], g["root"], g["channels"], "yes" if g["prunable"] else "no", "; ".join(g["reasons"][:1]) or "-"]
+            [g["id"], g["kind"], g["root"], g["units"], g["channels"], "yes" if g["prunable"] else "no",
+             "; ".join(g["reasons"][:1]) or "-"]
             for g in shown_groups
         ]
         if table:
-            out.append(format_table(["group", "root", "channels", "prunable", "reason"], table))
+            out.append(format_table(["group", "kind", "root", "units", "channels", "prunable", "reason"], table))
     return "\n".join(out)
