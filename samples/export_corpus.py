@@ -17,10 +17,11 @@ back to eager (recorded as ``attn_fallback``).
 ``corpus/manifest.json`` records per file: arch, model class, exporter, attention implementation,
 torch/transformers versions, config, input shapes, dynamic axes, onnxruntime's agreement with torch
 and the status; a failure is recorded with its error (the run never stops on one failure).  The
-torchvision architectures the corpus should also cover are listed with status ``needs
-torchvision``: torchvision is not installed with this torch (``samples/export_real.py`` and the
-``onnx`` package's light models cover ResNet-50, MobileNet, EfficientNet, DenseNet, ShuffleNet,
-SqueezeNet, Inception and VGG graphs for the other tests).
+torchvision architectures (ResNet-50, MobileNetV3, EfficientNet, RegNet, ConvNeXt, DenseNet,
+ShuffleNet, SqueezeNet, GoogLeNet, VGG; ``tv_<arch>_none_<exporter>.onnx``) are exported by
+``samples/export_torchvision.py``, which runs in its own venv (torchvision does not import beside
+this torch), imports this module's helpers (nothing but numpy is imported at module level) and
+merges its entries into the same manifest.
 """
 
 from __future__ import annotations
@@ -109,9 +110,6 @@ NO_ATTENTION = {"convnext", "resnet"}
 NO_SDPA = {"deberta_v2", "mobilevit"}
 #: architectures also exported with eager attention
 EAGER = ("bert", "gpt2", "llama", "vit", "t5_encoder", "swin")
-#: torchvision models the issue lists: not exportable here (no torchvision for this torch)
-TORCHVISION = ("resnet50", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny",
-               "densenet121", "shufflenet_v2_x0_5", "squeezenet1_0", "googlenet", "vgg11")
 IMAGE_SIZE: dict[str, int] = {}
 #: traced sizes; the corpus table checks other ones
 BATCH, SEQ = 2, 7
@@ -319,11 +317,6 @@ def main(argv: list[str] | None = None) -> int:
                             "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
                             "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]}
     manifest["traced"] = {"batch": BATCH, "seq": SEQ}
-    for name in TORCHVISION:
-        manifest["models"][f"torchvision_{name}"] = {
-            "arch": name, "source": "torchvision", "status": "needs torchvision",
-            "error": "torchvision is not installed and PyPI's torchvision does not match torch "
-                     f"{torch.__version__}; not exported"}
     exporters = [(e == "dynamo", e) for e in opts.exporters.split(",")]
     for arch, attn in variants():
         if arch not in opts.archs:
