@@ -296,7 +296,7 @@ def test_dry_run_prints_the_validated_plan_and_writes_nothing(tmp_path):
     plan = _plan(tmp_path, BASE)
     assert plan["schema"] == "onnxsparse.run.plan/1"
     assert [s["step"] for s in plan["steps"]] == ["prune", "quantize", "validate"]
-    assert plan["steps"][0]["options"]["criterion"] == "l2"  # full options, defaults included
+    assert plan["steps"][0]["options"]["criterion"] is None  # full options, defaults included (None: l2, wanda with data)
     assert plan["steps"][1]["resolved"]["format"] == "qdq"  # what this CPU gets
     assert plan["input_stats"]["params"] == 14378 and plan["mac_dims"] == {"batch": 1}
 

@@ -59,14 +59,11 @@ def _damp(text: str) -> float:
     return value
 
 
-#: criterion used when --criterion is not given: without / with --calib
-DEFAULT_CRITERION = "l2"
-DEFAULT_DATA_CRITERION = "wanda"
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from ..criteria import available_criteria, get_criterion
-    from ..passes.prune import DEFAULT_CALIB_SAMPLES
+    from ..passes.prune import DEFAULT_CALIB_SAMPLES, DEFAULT_CRITERION, DEFAULT_DATA_CRITERION
     from ..passes.reconstruct import DEFAULT_DAMP, REPAIRS
 
     criteria = available_criteria()
@@ -131,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from ..passes import prune_heads as heads_module
     from ..calibration.data import parse_shapes
     from ..io import check_output, model_file_bytes, save_model
-    from ..passes.prune import prune
+    from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
     if args.channels is None and not wants_heads:
@@ -139,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     check_report_paths([args.report] if args.report else None)
     check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
-    criterion = args.criterion or (DEFAULT_DATA_CRITERION if args.calib else DEFAULT_CRITERION)
+    criterion = args.criterion or default_criterion(args.calib is not None)
     if args.calib is None:
         if args.repair not in (None, "none"):
             raise UsageError(f"--repair {args.repair} needs calibration data: give --calib DATA")

@@ -39,7 +39,7 @@ from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
 
 __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
-           "default_repair", "ROUND_TO_AUTO", "auto_round_to", "unfold_head_batch", "kind_ratios"]
+           "default_repair", "default_criterion", "ROUND_TO_AUTO", "auto_round_to", "unfold_head_batch", "kind_ratios"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,16 @@ _FALLBACK = "l2"
 
 #: ``round_to="auto"``: what the CPU's kernels want (see :func:`auto_round_to`).
 ROUND_TO_AUTO = "auto"
+
+
+#: the criterion used when none is asked for: weights alone, or weights times activations with data
+DEFAULT_CRITERION = "l2"
+DEFAULT_DATA_CRITERION = "wanda"
+
+
+def default_criterion(has_data: bool) -> str:
+    """``wanda`` with calibration data (scores by weight x activation), ``l2`` without."""
+    return DEFAULT_DATA_CRITERION if has_data else DEFAULT_CRITERION
 
 
 def default_repair(has_data: bool) -> str:
@@ -234,7 +244,7 @@ def prune(
     *,
     heads: float = 0.0,
     ffn: float | None = None,
-    criterion: str = "l2",
+    criterion: str | None = None,
     global_ranking: bool = False,
     round_to: int | str = ROUND_TO_AUTO,
     min_keep: int = 1,
@@ -282,6 +292,7 @@ def prune(
     from .reconstruct import DEFAULT_DAMP, REPAIRS
 
     given, model = model, load_model(model)
+    criterion = default_criterion(calib is not None) if criterion is None else criterion
 
     ratios = kind_ratios(channels, heads, ffn)
     removing = any(r > 0 for r in ratios.values())
@@ -489,7 +500,7 @@ class PrunePass(ir.passes.InPlacePass):
         *,
         heads: float = 0.0,
         ffn: float | None = None,
-        criterion: str = "l2",
+        criterion: str | None = None,
         global_ranking: bool = False,
         round_to: int | str = ROUND_TO_AUTO,
         min_keep: int = 1,

@@ -208,7 +208,7 @@ def prune_heads(
     *,
     heads: float = 0.0,
     ffn: float = 0.0,
-    criterion: str = "l2",
+    criterion: str | None = None,
     round_to: int | str = 1,
     exclude: Iterable[str] = (),
     allow_signature_change: bool = False,
@@ -232,7 +232,7 @@ def prune_heads(
     result = prune(model, 0.0, heads=heads, ffn=ffn, criterion=criterion, round_to=round_to, exclude=exclude,
                    allow_signature_change=allow_signature_change, seed=seed, measure=False, calib=calib,
                    repair=repair)
-    report = heads_report(result, heads=heads, ffn=ffn, criterion=criterion, round_to=round_to)
+    report = heads_report(result, heads=heads, ffn=ffn, criterion=result.report.criterion, round_to=round_to)
     return HeadPruneResult(result.model, report)
 
 

@@ -275,7 +275,7 @@ class PruneStep(Step):
     channels: float | None = None
     heads: float = 0.0
     ffn: float | None = None
-    criterion: str = "l2"
+    criterion: str | None = None
     global_ranking: bool = False
     round_to: int | str = "auto"
     min_keep: int = 1
@@ -291,7 +291,9 @@ class PruneStep(Step):
             FieldSpec("heads", "heads", F.ratio, "fraction of attention heads (KV groups) removed per block", "ratio"),
             FieldSpec("ffn", "ffn", F.optional(F.ratio),
                       "fraction of FFN intermediate neurons removed per block (default: channels)", "ratio"),
-            FieldSpec("criterion", "criterion", crit, "importance criterion (onnxsparse.criteria registry)", "criterion"),
+            FieldSpec("criterion", "criterion", F.optional(crit),
+                      "importance criterion (onnxsparse.criteria registry; default l2, wanda with calibration data)",
+                      "criterion"),
             FieldSpec("global", "global_ranking", F.boolean, "rank channels across groups", "bool"),
             FieldSpec("round_to", "round_to", F.integer_or("auto", 1),
                       "keep channel / FFN widths multiples of N; auto: this CPU's blocked-kernel width", "int >= 1 or auto"),
@@ -784,7 +786,7 @@ def _check_calibration(recipe: Recipe) -> None:
     from ..criteria import get_criterion
 
     for index, step in enumerate(recipe.steps):
-        if isinstance(step, PruneStep) and step.channels:
+        if isinstance(step, PruneStep) and (step.channels or step.heads or step.ffn) and step.criterion:
             if getattr(get_criterion(step.criterion), "requires_data", False) and step.calib is None and (
                     recipe.calib is None or "calib" not in PruneStep.passthrough_params()):
                 raise RecipeError(
