@@ -52,6 +52,11 @@ def _tv(name: str):
     return importlib.import_module(f"torchvision.models.{name}")
 
 
+#: recorded in every manifest entry (the reduced model's own initialisation is otherwise torchvision's)
+BN_INIT = ("BatchNorm2d after construction: weight ~ U(0.5, 1.5), bias ~ 0.2 N(0, 1), running_mean ~ 0.2 N(0, 1), "
+           "running_var ~ U(0.5, 1.5) (generator seed 2)")
+
+
 def _randomize_batchnorm(model) -> None:
     """BatchNorm as after training (scale, shift, running statistics all != 1/0), so that folding and
     pruning it is exercised: a removed channel's BN shift is a constant that must be accounted for."""
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict[str, Any] = {"arch": arch, "source": "torchvision", "attn_implementation": "none",
                                      "exporter": f"torch.onnx.export(dynamo={dynamo})",
                                      "torch": torch.__version__, "torchvision": torchvision.__version__,
-                                     "seed": SEED}
+                                     "seed": SEED, "init": BN_INIT}
             start = time.perf_counter()
             try:
                 model, cls, config, reduced, args, spec = build(arch)
