@@ -359,15 +359,17 @@ def not_exported(manifest: dict[str, Any]) -> str:
 def exported(manifest: dict[str, Any]) -> str:
     archs: dict[str, dict[str, list[str]]] = {}
     for name, entry in manifest.get("models", {}).items():
-        if entry.get("source") != "transformers":
+        if entry.get("source") not in ("transformers", "torchvision"):
             continue
         exp = "dynamo" if name.endswith("_dynamo") else "TorchScript"
         cell = archs.setdefault(entry["arch"], {})
         cell.setdefault(exp, []).append(entry["attn_implementation"] + ("" if entry["status"] == "ok" else " FAILED"))
     lines = ["| arch | model class | TorchScript | dynamo |", "|---|---|---|---|"]
     for arch, cell in archs.items():
-        cls = next((e.get("model_class") for e in manifest["models"].values() if e.get("arch") == arch and e.get("model_class")), "?")
-        lines.append(f"| {arch} | {cls} | {', '.join(cell.get('TorchScript', []))} | {', '.join(cell.get('dynamo', []))} |")
+        entry = next((e for e in manifest["models"].values() if e.get("arch") == arch and e.get("model_class")), {})
+        cls = entry.get("model_class", "?") + (f" ({entry['reduced']})" if entry.get("reduced") else "")
+        lines.append(f"| {arch} | {cls.replace('|', '/')} | {', '.join(cell.get('TorchScript', []))} | "
+                     f"{', '.join(cell.get('dynamo', []))} |")
     return "\n".join(lines)
 
 
@@ -444,10 +446,12 @@ transformers {versions.get('transformers', '?')}); `samples/corpus/manifest.json
 export, its config and any failure. Attention: SDPA everywhere it exists (DeBERTa-v2 and MobileViT
 have only eager), eager as well for BERT, GPT-2, Llama and ViT. The decoders (Llama, Mistral, Qwen2,
 Phi-3, Gemma) use grouped-query attention, 8 query / 4 KV heads. MobileViT keeps one transformer
-layer per stage. The torchvision architectures of the issue are not here (torchvision is not
-installed for this torch; the manifest lists them as `needs torchvision`); the ResNet-50, DenseNet,
-Inception, ShuffleNet, SqueezeNet and VGG graphs of the `onnx` package and `samples/models/real_*`
-cover CNNs in the other tests.
+layer per stage. The torchvision architectures (`tv_*`: ResNet-50, MobileNetV3, EfficientNet, RegNet, ConvNeXt,
+DenseNet, ShuffleNet, SqueezeNet, GoogLeNet, VGG) are the torchvision classes with reduced widths
+and depths (the Exports table says what was reduced), random BatchNorm statistics, 64x64 inputs
+(VGG 224x224), made by `/work/tvenv/bin/python samples/export_torchvision.py` (torch
+{manifest.get('versions_torchvision', {}).get('torch', '?')}, torchvision
+{manifest.get('versions_torchvision', {}).get('torchvision', '?')}).
 
 Measured on {now} ({platform.machine()}, 2 shared cores; onnxsparse {getattr(onnxsparse, '__version__', '?')} at {revision},
 onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}) by
