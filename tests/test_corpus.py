@@ -48,12 +48,7 @@ REL_TOL = 1e-4
 VOCAB = 128
 
 #: exports with no prunable channel group (the first reason that blocks their weights)
-NO_CHANNEL_GROUPS = {
-    **{f"gpt2_{attn}_{exp}": "GPT-2's Conv1D (addmm on a flattened view): Reshape cannot pair input and output axes; "
-       "Shape reads axis 2 as data; run-time Reshape targets" for attn in ("sdpa", "eager") for exp in ("ts", "dynamo")},
-    "phi3_sdpa_ts": "Phi-3 (TorchScript): packed qkv_proj / gate_up_proj sliced at run time; ReduceMean (RMSNorm) "
-                    "does not map the hidden axis",
-}
+NO_CHANNEL_GROUPS: dict[str, str] = {}
 #: attention/FFN blocks prune_heads skips (reasons as reported)
 HEADS_FAIL = {
     **{f"deberta_v2_eager_{exp}": "DeBERTa-v2: the scores MatMul reaches Softmax through a Reshape "

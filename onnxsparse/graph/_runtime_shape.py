@@ -39,6 +39,8 @@ class Entry:
     axis: int | None = None
     #: nodes from the one reading the constant to the one producing the vector (for cloning)
     path: tuple[ir.Node, ...] = ()
+    #: a dim entry is ``scale`` times the dim read (TorchScript repeat_kv: ``Shape(k)[1] * n_rep``)
+    scale: int = 1
 
     @property
     def is_dim(self) -> bool:
@@ -78,7 +80,8 @@ def trace(vec: ir.Value | None, depth: int = 0) -> list[Entry] | None:
         if _shapes.constant(value) is not None:  # remember where this constant sits
             entries = [Entry(const=e.const, source=(node, index, k), path=(node,)) for k, e in enumerate(entries)]
         else:
-            entries = [Entry(e.const, e.source, e.dim_of, e.axis, (*e.path, node) if e.source else ()) for e in entries]
+            entries = [Entry(e.const, e.source, e.dim_of, e.axis, (*e.path, node) if e.source else (), e.scale)
+                       for e in entries]
         return entries
 
     if op == "Shape":
@@ -130,10 +133,81 @@ def trace(vec: ir.Value | None, depth: int = 0) -> list[Entry] | None:
             return None
         bounds = _slice_bounds(node, len(entries))
         return None if bounds is None else entries[bounds[0] : bounds[1]]
+    if op == "Reshape":  # a vector reshaped to a vector (TorchScript's ``Reshape(v, [-1])``)
+        if _shapes.constant_ints(ins[1]) not in ((-1,),) and len(_shapes.dims(node.outputs[0]) or ()) != 1:
+            return None
+        entries = sub(0)
+        return entries if entries is not None and len(_shapes.dims(ins[0]) or ()) <= 1 else None
+    if op == "Mul":  # a dim times a constant
+        factor = _scalar_factor(node)
+        if factor is None:
+            return None
+        index, c = factor
+        entries = sub(index)
+        if entries is None or (c <= 0 and any(e.is_dim for e in entries)):
+            return None
+        return [Entry(dim_of=e.dim_of, axis=e.axis, scale=e.scale * c) if e.is_dim else Entry(const=e.const * c)
+                for e in entries]
+    if op == "ConstantOfShape":
+        length = sub(0)
+        tensor = node.attributes.get_tensor("value", None)
+        fill = 0 if tensor is None else tensor.numpy().reshape(-1)
+        n = _entry_dim(length[0]) if length is not None and len(length) == 1 else None
+        if not isinstance(n, int) or n < 0 or np.size(fill) != 1 or np.asarray(fill).dtype.kind not in "iu":
+            return None
+        return [Entry(const=int(np.asarray(fill).reshape(-1)[0]))] * n
+    if op == "Where":  # torch's expand: ``Where(Equal(v, -1), ones, v)`` keeps every dim of ``v``
+        return _trace_where(node, sub)
     return None
 
 
-Token = tuple  # identifies a dim that is not a static number: ("sym", name) or ("anon", value name, axis)
+def _scalar_factor(node: ir.Node) -> tuple[int, int] | None:
+    """For ``Mul(a, c)`` with ``c`` a constant int scalar: (index of ``a``, ``c``)."""
+    for index in (0, 1):
+        c = _shapes.constant(node.inputs[1 - index])
+        if c is not None and c.dtype.kind in "iu" and c.size == 1:
+            return index, int(c.reshape(-1)[0])
+    return None
+
+
+def _scales_dim(node: ir.Node, index: int) -> bool:
+    """``node`` is ``Mul(dim, c)`` with the dim at input ``index`` and ``c`` a positive constant."""
+    factor = _scalar_factor(node)
+    return factor is not None and factor[0] == index and factor[1] > 0
+
+
+def _trace_where(node: ir.Node, sub) -> list[Entry] | None:
+    cond = node.inputs[0]
+    eq = cond.producer() if cond is not None else None
+    if not _std(eq) or eq.op_type != "Equal":
+        return None
+    lhs, rhs = trace(eq.inputs[0], 1), trace(eq.inputs[1], 1)
+    a, b = sub(1), sub(2)
+    if lhs is None or rhs is None or a is None or b is None:
+        return None
+    n = max(len(lhs), len(rhs), len(a), len(b))
+    if any(len(v) not in (1, n) for v in (lhs, rhs, a, b)):
+        return None
+    out: list[Entry] = []
+    for i in range(n):
+        p, q = lhs[i if len(lhs) > 1 else 0], rhs[i if len(rhs) > 1 else 0]
+        if p.is_dim and q.is_dim:
+            return None
+        if p.is_dim or q.is_dim:  # a dim (>= 0) never equals a negative constant
+            const = q.const if p.is_dim else p.const
+            if const is None or const >= 0:
+                return None
+            equal = False
+        else:
+            equal = p.const == q.const
+        pick = a if equal else b
+        out.append(pick[i if len(pick) > 1 else 0])
+    return out
+
+
+#: identifies a dim that is not a static number: ("sym", name), ("anon", value name, axis), or
+#: ("prod", tokens, int) for the product of other dims (a ``-1`` absorbing symbolic dims)
+Token = tuple
 
 
 def _tokens(value: ir.Value) -> list[int | Token] | None:
@@ -157,7 +231,10 @@ def _entry_dim(entry: Entry) -> int | Token | None:
     toks = _tokens(entry.dim_of)
     if toks is None or entry.axis >= len(toks):
         return None
-    return toks[entry.axis]
+    tok = toks[entry.axis]
+    if entry.scale == 1:
+        return tok
+    return tok * entry.scale if isinstance(tok, int) else None
 
 
 @dataclass(frozen=True)
@@ -191,17 +268,25 @@ def resolve_reshape(node: ir.Node) -> Resolved | None:
     if any(d is None for d in out if d != -1) or sum(1 for d in out if d == -1) > 1:
         return None
     if -1 in out:
-        # the unknown factor: x's product over the other entries', symbolic tokens must cancel
+        # the unknown factor: x's product over the other entries'; the other entries' symbolic
+        # tokens must be x's, x's tokens left over make the factor symbolic (``x.view(-1, x.size(-1))``)
         x_ints = [d for d in xt if isinstance(d, int)]
-        x_toks = sorted(repr(d) for d in xt if not isinstance(d, int))
+        left = [d for d in xt if not isinstance(d, int)]
         o_ints = [d for d in out if isinstance(d, int) and d != -1]
-        o_toks = sorted(repr(d) for d in out if not isinstance(d, int))
-        if x_toks != o_toks:
-            return None
+        for tok in (d for d in out if not isinstance(d, int)):
+            if tok not in left:
+                return None
+            left.remove(tok)
         num, den = int(np.prod(x_ints, dtype=np.int64)), int(np.prod(o_ints, dtype=np.int64))
         if den <= 0 or num % den:
             return None
-        out[out.index(-1)] = num // den
+        if not left:
+            factor: int | Token = num // den
+        elif len(left) == 1 and num == den:
+            factor = left[0]
+        else:
+            factor = ("prod", tuple(sorted(left, key=repr)), num // den)
+        out[out.index(-1)] = factor
     return Resolved(tuple(entries), tuple(out))  # type: ignore[arg-type]
 
 
@@ -262,10 +347,16 @@ def shape_reads(shape_out: ir.Value, length: int) -> set[int] | None:
                 return False
             op = node.op_type
             if op in ("Reshape", "Expand") and index == 1:
-                if resolve(node) is None:
+                if not _accepted(node):
                     read.update(mapped)
                 continue
-            if index != 0 and op != "Concat":
+            if op == "Shape":
+                continue  # the length of the vector, not its values
+            if op == "Equal" and _negative_constant(node.inputs[1 - index]):
+                continue  # a dim (>= 0) compared with a negative constant: the result never depends on it
+            passes = (op == "Concat" or index == 0 or (op == "Mul" and _scales_dim(node, index))
+                      or (op == "Where" and index in (1, 2)))
+            if not passes:
                 read.update(mapped)
                 continue
             out = node.outputs[0] if node.outputs else None
@@ -273,6 +364,12 @@ def shape_reads(shape_out: ir.Value, length: int) -> set[int] | None:
                 continue
             if op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
                 new: Sequence[int | None] | None = mapping
+            elif op == "Mul":
+                new = mapping if _scales_dim(node, index) and len(mapping) == 1 else None
+            elif op == "Reshape":
+                new = mapping if len(_shapes.dims(out) or ()) == 1 else None
+            elif op == "Where":
+                new = mapping if len(_shapes.dims(out) or ()) == 1 and trace(out) is not None else None
             elif op == "Gather" and (node.attributes.get_int("axis", 0) or 0) == 0:
                 idx = _shapes.constant(node.inputs[1]) if len(node.inputs) > 1 else None
                 new = None if idx is None else [mapping[int(i)] if -len(mapping) <= i < len(mapping) else None
@@ -305,6 +402,21 @@ def shape_reads(shape_out: ir.Value, length: int) -> set[int] | None:
     if not walk(shape_out, list(range(length)), 0):
         return None
     return read
+
+
+def _accepted(node: ir.Node) -> bool:
+    """The rule of this Reshape/Expand accepts its run-time target (so it couples the dims it reads)."""
+    if node.op_type == "Expand":
+        return resolve_expand(node) is not None
+    from .rules.shape import runtime_runs
+
+    return not isinstance(runtime_runs(node), str)
+
+
+def _negative_constant(value: ir.Value | None) -> bool:
+    """``value`` is a constant int vector (possibly computed: ``ConstantOfShape(..) * -1``), all negative."""
+    entries = trace(value)
+    return bool(entries) and all(not e.is_dim and e.const is not None and e.const < 0 for e in entries)
 
 
 def trace_positions(node: ir.Node, n: int) -> list[int] | None:

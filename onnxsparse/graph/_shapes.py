@@ -127,7 +127,10 @@ def infer_missing(model: ir.Model) -> int:
     def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
 
-    inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+    try:
+        inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+    except Exception:  # noqa: BLE001 - onnx gives up on the whole model (a rank clash): onnxruntime's may not
+        return _symbolic_ints(model)
     known = ir.convenience.create_value_mapping(inferred.graph)
     changed = 0
     for name, value in ir.convenience.create_value_mapping(model.graph).items():
@@ -150,29 +153,74 @@ def infer_missing(model: ir.Model) -> int:
 
 
 def _symbolic_ints(model: ir.Model) -> int:
-    """Dims still unnamed after onnx's inference that onnxruntime's symbolic inference knows as numbers
-    (sizes fixed by weights and constants: the head count of a ``[batch, 4, seq, 16]`` head split whose
-    target is computed at run time).  Only such dims are filled; returns how many values changed."""
+    """Dims still unnamed after onnx's inference that onnxruntime's symbolic inference knows.
+
+    As numbers: sizes fixed by weights and constants (the head count of a
+    ``[batch, 4, seq, 16]`` head split whose target is computed at run time).
+    As names: onnx gives every op's unknown output dim a fresh ``unk__N``, so a
+    TorchScript merge-back ``Reshape(x, Concat(Shape(h)[0], Shape(h)[1], -1))``
+    cannot show that ``x``'s ``unk__26`` is ``h``'s ``unk__7`` (both the batch);
+    onnxruntime's inference carries one symbol through the graph (merging the
+    dims that broadcasting and MatMul equate), so it can.  Only unnamed dims are
+    replaced; a value onnxruntime gives no shape of the same rank keeps its own.
+    Returns how many values changed.
+    """
     values = ir.convenience.create_value_mapping(model.graph)
     todo = {name: v for name, v in values.items()
             if v.const_value is None and v.shape is not None and any(_unnamed(d) for d in v.shape.dims)}
     if not todo:
         return 0
-    from ..analysis.shapes import _runtime_symbolic, _strip_large_tensors
-
-    proto = ir.to_proto(model)
-    _strip_large_tensors(proto.graph)  # weights become shape-only inputs: inference reads no payload
-    found = _runtime_symbolic(proto)
+    found = _runtime_symbolic_named(model)
     changed = 0
     for name, value in todo.items():
         other = found.get(name)
         if other is None or len(other) != len(value.shape):
             continue
-        new = [b if _unnamed(a) and isinstance(b, int) and b >= 0 else a for a, b in zip(value.shape.dims, other)]
-        if new != list(value.shape.dims):
+        new = [b if _unnamed(a) and b is not None else a for a, b in zip(value.shape.dims, other)]
+        new = [ir.SymbolicDim(d) if isinstance(d, str) else d for d in new]
+        if [_dim_key(d) for d in new] != [_dim_key(d) for d in value.shape.dims]:
             value.shape = ir.Shape(new)
             changed += 1
     return changed
+
+
+def _dim_key(d):
+    return d if isinstance(d, int) else ("sym", getattr(d, "value", None))
+
+
+def _runtime_symbolic_named(model: ir.Model) -> dict[str, tuple[int | str | None, ...]]:
+    """Value shapes from onnxruntime's symbolic inference, with its symbol names (``{}`` if it fails).
+
+    A dim is an int, a symbol name (never onnx's made-up ``unk__N``), or ``None``.
+    """
+    from ..analysis.shapes import _quiet_logging, shape_only_proto
+
+    proto = shape_only_proto(model)  # weights become shape-only inputs: inference reads no payload
+    del proto.graph.value_info[:]
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with _quiet_logging():
+            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+    except Exception:  # noqa: BLE001 - best effort; onnx's shapes stand
+        return {}
+    if inferred is None:
+        return {}
+    out: dict[str, tuple[int | str | None, ...]] = {}
+    for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if tt is None or not tt.HasField("shape"):
+            continue
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value >= 0:
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param and not _unnamed(ir.SymbolicDim(d.dim_param)):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        out[vi.name] = tuple(dims)
+    return out
 
 
 def _informative(d) -> bool:

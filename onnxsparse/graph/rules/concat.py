@@ -123,11 +123,15 @@ class SplitRule(OpRule):
 
 
 def _slice_params(ctx: CoupleContext | RewriteContext):
-    """(starts, ends, axes, steps) as int tuples, or None when not constant."""
+    """(starts, ends, axes, steps) as int tuples; ``starts``/``ends`` are ``None`` when computed at run time
+    (rotate_half's ``x[..., : x.shape[-1] // 2]``).  ``None`` when the axes or steps are not constant."""
     if ctx.version < 10:
         starts, ends = ctx.attr_ints("starts"), ctx.attr_ints("ends")
         axes = ctx.attr_ints("axes")
         steps = None
+        if starts is None or ends is None:
+            return None
+        n = len(starts)
     else:
         starts, ends = ctx.constant_ints(ctx.input(1)), ctx.constant_ints(ctx.input(2))
         axes_v, steps_v = ctx.input(3), ctx.input(4)
@@ -135,12 +139,18 @@ def _slice_params(ctx: CoupleContext | RewriteContext):
         steps = ctx.constant_ints(steps_v) if steps_v is not None else None
         if (axes_v is not None and axes is None) or (steps_v is not None and steps is None):
             return None
-    if starts is None or ends is None:
-        return None
+        n = next((len(v) for v in (axes, steps, starts, ends) if v is not None), None)
+        if n is None:  # the number of sliced axes is the length of the starts vector
+            d = ctx.dims(ctx.input(1))
+            n = d[0] if d is not None and len(d) == 1 else None
+        if n is None:
+            return None
     if axes is None:
-        axes = tuple(range(len(starts)))
+        axes = tuple(range(n))
     if steps is None:
-        steps = (1,) * len(starts)
+        steps = (1,) * n
+    if len(axes) != n or len(steps) != n or any(v is not None and len(v) != n for v in (starts, ends)):
+        return None
     return starts, ends, axes, steps
 
 
@@ -160,18 +170,26 @@ class SliceRule(OpRule):
             return f"{ctx.describe()}: input rank unknown"
         params = _slice_params(ctx)
         if params is None:
-            return f"{ctx.describe()}: starts/ends/axes/steps are not constant"
+            return f"{ctx.describe()}: axes/steps are not constant"
         for extra in node.inputs[1:]:
             ctx.handled_all(extra)
+        starts, ends, axes, steps = params
         r = len(xd)
         sliced = {}
-        for start, end, axis, step in zip(*params):
-            sliced[_shapes.norm_axis(axis, r)] = (start, end, step)
+        for i, (axis, step) in enumerate(zip(axes, steps)):
+            bounds = None if starts is None or ends is None else (starts[i], ends[i])
+            sliced[_shapes.norm_axis(axis, r)] = (bounds, step)
         for k in range(r):
             if k not in sliced:
                 ctx.couple(x, k, y, k)
                 continue
-            start, end, step = sliced[k]
+            bounds, step = sliced[k]
+            if bounds is None:
+                reason = f"slice bounds on axis {k} are computed at run time"
+                ctx.block(x, k, reason)
+                ctx.block(y, k, reason)
+                continue
+            start, end = bounds
             if step != 1:
                 ctx.block(x, k, f"slice step {step} on axis {k}")
                 ctx.block(y, k, f"slice step {step} on axis {k}")
@@ -191,6 +209,8 @@ class SliceRule(OpRule):
         x = ctx.input(0)
         xd = ctx.dims(x)
         starts, ends, axes, steps = _slice_params(ctx)
+        if starts is None or ends is None:  # run-time bounds: their axes are blocked, nothing to rewrite
+            return
         new_starts, new_ends = list(starts), list(ends)
         changed = False
         for i, (start, end, axis) in enumerate(zip(starts, ends, axes)):

@@ -53,25 +53,38 @@ def align_dims(in_dims, out_dims) -> list[Run] | None:
 
     Unknown (``None``) dims only pair with an unknown dim on the other side, as
     a run of their own; failing that, a leading block of axes holding the
-    unknown dims pairs as one run when the trailing static dims match
-    (``[B*S, 64] <-> [B, S, 64]``: tf2onnx's 2-D dense layers).  Returns
-    ``None`` when no pairing exists.
+    unknown dims pairs as one run when the static tails after it have the
+    same product (``[B*S, 64] <-> [B, S, 64]``: tf2onnx's 2-D dense layers;
+    ``[B, S, 4, 8] -> [B*S, 32]``: a heads' merge-back flattened for a Gemm).
+    A run of several axes with an unknown dim is blocked by :func:`couple_runs`.
+    Returns ``None`` when no pairing exists.
     """
     runs = _align_forward(in_dims, out_dims)
     if runs is not None:
         return runs
+    # A leading block holding every unknown dim on both sides, then static tails of equal product
+    # (the largest such): the heads then have equal products too, and the tails pair axis by axis.
     n, m = len(in_dims), len(out_dims)
-    i, j = n, m
-    while i > 0 and j > 0 and in_dims[i - 1] is not None and in_dims[i - 1] == out_dims[j - 1]:
-        i, j = i - 1, j - 1
-    if i == n or not i or not j:
+    i0 = max((k + 1 for k, d in enumerate(in_dims) if d is None), default=0)
+    j0 = max((k + 1 for k, d in enumerate(out_dims) if d is None), default=0)
+    if not i0 or not j0:
         return None
-    head_in, head_out = list(in_dims[:i]), list(out_dims[:j])
-    if None not in head_in or None not in head_out:
-        return None
-    if head_in.count(None) != 1 or head_out.count(None) > 2:
-        return None  # only "one unknown axis is split into / merged from unknown*static" is provable
-    return [(list(range(i)), list(range(j)))] + [([a], [b]) for a, b in zip(range(i, n), range(j, m))]
+    suffix_out: dict[int, int] = {}
+    p = 1
+    for j in range(m, j0 - 1, -1):
+        if j < m:
+            p *= out_dims[j]
+        suffix_out.setdefault(p, j)  # the longest tail of each product (dims of 1 included)
+    for i in range(i0, n):
+        p = math.prod(in_dims[i:])
+        j = suffix_out.get(p)
+        if j is None or j == m:
+            continue
+        tail = _align_forward(list(in_dims[i:]), list(out_dims[j:]))
+        if tail is None:
+            continue
+        return [(list(range(i)), list(range(j)))] + [([a + i for a in ai], [b + j for b in aj]) for ai, aj in tail]
+    return None
 
 
 def _align_forward(in_dims, out_dims) -> list[Run] | None:
@@ -206,6 +219,29 @@ def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -
                 ctx.block(y, k, "reshape regroups axes")
 
 
+def runtime_runs(node: ir.Node) -> tuple[_runtime_shape.Resolved, list[Run]] | str:
+    """A Reshape with a run-time target: its resolved target and paired runs, or why it is refused.
+
+    ``_runtime_shape.shape_reads`` asks this too: a dim read only for a target the rule accepts is
+    coupled by the rule; one read for a target it refuses is read as data.
+    """
+    res = _runtime_shape.resolve_reshape(node)
+    if res is None:
+        return ("target shape is computed at run time from ops other than "
+                "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
+    x = node.inputs[0]
+    xt = _runtime_shape._tokens(x)
+    xd = _shapes.dims(x)
+    yd = tuple(d if isinstance(d, int) else None for d in res.out)
+    runs = align_dims(list(xd), list(yd))
+    if runs is None:
+        return "cannot pair input and output axes"
+    for ai, aj in runs:  # an unknown dim may only pair with the same unknown dim
+        if len(ai) == 1 and len(aj) == 1 and xd[ai[0]] is None and xt[ai[0]] != res.out[aj[0]]:
+            return f"cannot tell which output axis input axis {ai[0]} becomes"
+    return res, runs
+
+
 class TransposeRule(OpRule):
     op_types = ("Transpose",)
 
@@ -264,27 +300,20 @@ class ReshapeRule(OpRule):
     def _couple_runtime(self, node: ir.Node, ctx: CoupleContext, x: ir.Value, target: ir.Value,
                         y: ir.Value) -> str | None:
         """A target built at run time from Shape reads and constants (see ``_runtime_shape``)."""
-        res = _runtime_shape.resolve_reshape(node)
-        if res is None:
-            return (f"{ctx.describe()}: target shape is computed at run time from ops other than "
-                    "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
-        xt = _runtime_shape._tokens(x)
+        paired = runtime_runs(node)
+        if isinstance(paired, str):
+            return f"{ctx.describe()}: {paired}"
+        res, runs = paired
         _runtime_shape.set_shape(y, res.out)
-        xd = ctx.dims(x)
         yd = tuple(d if isinstance(d, int) else None for d in res.out)
-        runs = align_dims(list(xd), list(yd))
-        if runs is None:
-            return f"{ctx.describe()}: cannot pair input and output axes"
-        for ai, aj in runs:  # an unknown dim may only pair with the same unknown dim
-            if len(ai) == 1 and len(aj) == 1 and xd[ai[0]] is None and xt[ai[0]] != res.out[aj[0]]:
-                return f"{ctx.describe()}: cannot tell which output axis input axis {ai[0]} becomes"
         ctx.handled_all(target)
         couple_runs(ctx, x, y, runs)
         for j, entry in enumerate(res.entries):
             if entry.is_dim and entry.dim_of is not x:
                 d = ctx.dims(entry.dim_of)
-                if d is not None and d[entry.axis] is not None and d[entry.axis] == yd[j]:
-                    ctx.couple(entry.dim_of, entry.axis, y, j)  # the size read is the size written
+                if d is not None and d[entry.axis] is not None and d[entry.axis] * entry.scale == yd[j]:
+                    # the size read is the size written (times a constant: each unit owns a block)
+                    ctx.couple(entry.dim_of, entry.axis, y, j, *((Block(entry.scale),) if entry.scale != 1 else ()))
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
@@ -392,8 +421,9 @@ class ExpandRule(OpRule):
             for i, entry in enumerate(res.entries):
                 if entry.is_dim:
                     d = ctx.dims(entry.dim_of)
-                    if d is not None and d[entry.axis] is not None and d[entry.axis] == yd[offset + i] != 1:
-                        ctx.couple(entry.dim_of, entry.axis, y, offset + i)
+                    if d is not None and d[entry.axis] is not None and d[entry.axis] * entry.scale == yd[offset + i] != 1:
+                        ctx.couple(entry.dim_of, entry.axis, y, offset + i,
+                                   *((Block(entry.scale),) if entry.scale != 1 else ()))
             return None
         ctx.handled_all(shape)
         return ctx.broadcast([x], y)
