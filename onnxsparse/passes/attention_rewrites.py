@@ -17,7 +17,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["rewrite_attention", "fold_static_merge_reads"]
+__all__ = ["rewrite_attention", "fold_static_merge_reads", "unfold_batch_folded_matmuls"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def rewrite_attention(model: ir.Model) -> list[str]:
         (unpack_packed_qkv, "split packed Q/K/V (or gate/up) projection(s) into one per piece"),
         (unlower_tf_batch_matmuls, "rewrote tf2onnx batch-flattened MatMul(s) as broadcasting MatMul"),
         (unlower_sdpa_transposes, "rewrote batch-folded K^T as Transpose"),
+        (unfold_batch_folded_matmuls, "unfolded heads folded into the batch around 3-D MatMuls"),
         (fold_static_merge_reads, "folded static dims read by heads' merge-back Reshape target(s)"),
     )
     done: list[str] = []
@@ -131,4 +132,116 @@ def fold_static_merge_reads(graph: ir.Graph) -> list[str]:
             changed = True
         if changed:
             done.append(node.name or "Reshape")
+    return done
+
+
+# --------------------------------------------------------------------------------------------
+# Heads folded into the batch around a 3-D bmm (DeBERTa-v2: ``view(-1, S, D)`` ... ``bmm`` ...
+# ``view(-1, H, S, S)``)
+# --------------------------------------------------------------------------------------------
+
+_SCALAR_OPS = ("Div", "Mul", "Add", "Sub")
+
+
+def _sym(value: ir.Value | None) -> tuple | None:
+    from ..graph import _shapes
+
+    return _shapes.symbolic_dims(value)
+
+
+def _same(a, b) -> bool:
+    return a is not None and a == b
+
+
+def _fold(node: ir.Node) -> bool:
+    """``Reshape([B, H, a, b] -> [B*H, a, b])``: the heads merged into the batch, the rest kept."""
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = _sym(x), _sym(y)
+    return (xs is not None and ys is not None and len(xs) == 4 and len(ys) == 3
+            and all(_same(xs[k + 1], ys[k]) for k in (1, 2)))
+
+
+def _scalar_const(value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None and value.const_value.size == 1
+
+
+def _folded_region(out: ir.Value) -> tuple[list[ir.Node], list[ir.Node]] | None:
+    """The nodes computing ``out`` (3-D, heads in the batch) from fold Reshapes: (region, folds)."""
+    region: list[ir.Node] = []
+    folds: list[ir.Node] = []
+    stack = [out]
+    while stack:
+        value = stack.pop()
+        node = value.producer()
+        if not _std(node) or node in region or node in folds:
+            if node is None:
+                return None
+            continue
+        op = node.op_type
+        if op == "Reshape" and _fold(node):
+            folds.append(node)
+            continue
+        if op == "Transpose" and tuple(node.attributes.get_ints("perm", ()) or ()) == (0, 2, 1):
+            stack.append(node.inputs[0])
+        elif op in _SCALAR_OPS and len(node.inputs) == 2 and any(_scalar_const(v) for v in node.inputs):
+            stack.extend(v for v in node.inputs if not _scalar_const(v))
+        elif op == "MatMul" and all(len(_sym(v) or ()) == 3 for v in node.inputs):
+            stack.extend(node.inputs)
+        elif op == "Softmax" and (node.attributes.get_int("axis", -1) or 0) in (-1, 2):
+            stack.append(node.inputs[0])
+        else:
+            return None
+        region.append(node)
+    return region, folds
+
+
+def unfold_batch_folded_matmuls(graph: ir.Graph) -> list[str]:
+    """``Reshape(f(Reshape(X4, [-1, a, b]), ..), [B, H, c, d])`` -> ``f(X4, ..)`` (exact).
+
+    ``f`` is built from 3-D MatMuls, Transposes of the last two axes, scalar Div/Mul/Add/Sub and
+    last-axis Softmax, every input a ``[B, H, a, b] -> [B*H, a, b]`` fold; the final Reshape splits
+    the batch back into the same ``B, H``.  The same ops on the 4-D tensors compute the same
+    numbers (a batched MatMul is one per leading index), and the heads become an axis the MatMul
+    rule couples.  Returns the names of the unfolding Reshapes removed.
+    """
+    done: list[str] = []
+    for unfold in list(graph):
+        if not _std(unfold) or unfold.op_type != "Reshape" or unfold.graph is not graph:
+            continue
+        x, y = unfold.inputs[0], unfold.outputs[0]
+        xs, ys = _sym(x), _sym(y)
+        if xs is None or ys is None or len(xs) != 3 or len(ys) != 4 or y.is_graph_output():
+            continue
+        if not all(_same(xs[k], ys[k + 1]) for k in (1, 2)):
+            continue
+        found = _folded_region(x)
+        if found is None or not found[1]:
+            continue
+        region, folds = found
+        leads = {tuple(_sym(f.inputs[0])[:2]) for f in folds}
+        if len(leads) != 1 or None in next(iter(leads)) or next(iter(leads)) != tuple(ys[:2]):
+            continue  # every fold must fold the same (B, H) the unfold restores
+        inside = set(region) | {unfold}
+        if any(u.node not in inside for n in region for o in n.outputs for u in o.uses()) or \
+                any(o.is_graph_output() for n in region for o in n.outputs):
+            continue  # an intermediate is read outside the pattern: leave it
+        lead = list(y.shape.dims[:2])
+        for fold in folds:
+            for use in list(fold.outputs[0].uses()):
+                if use.node in inside:
+                    use.node.replace_input_with(use.idx, fold.inputs[0])
+        for node in region:
+            if node.op_type == "Transpose":
+                node.attributes["perm"] = ir.AttrInt64s("perm", [0, 1, 3, 2])
+            elif node.op_type == "Softmax":
+                node.attributes["axis"] = ir.AttrInt64("axis", -1)
+            for o in node.outputs:
+                if o.shape is not None and len(o.shape) == 3:
+                    o.shape = ir.Shape([*lead, *list(o.shape.dims)[1:]])
+        ir.convenience.replace_all_uses_with(y, x)
+        graph.remove(unfold, safe=True)
+        for fold in folds:
+            if fold.graph is graph and not fold.outputs[0].uses() and not fold.outputs[0].is_graph_output():
+                graph.remove(fold, safe=True)
+        done.append(unfold.name or "Reshape")
     return done
