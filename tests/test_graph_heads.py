@@ -133,3 +133,58 @@ def test_heads_found_and_exact(name: str) -> None:
         assert err < REL_TOL, f"{name}: pruned vs masked relative error {err:.2e}"
         differs |= not np.allclose(r, e, rtol=1e-3, atol=1e-4 * peak)
     assert differs, f"{name}: masking changed nothing, the oracle proves nothing"
+
+
+# ------------------------------------------------------------------ the rules the exports need, in small
+
+
+def _node(op: str, inputs, outputs, **attrs) -> onnx.NodeProto:
+    return onnx.helper.make_node(op, list(inputs), list(outputs), name=f"{op}_{outputs[0]}", **attrs)
+
+
+def test_slice_with_run_time_bounds_couples_the_other_axes() -> None:
+    """rotate_half's ``x[..., : x.shape[-1] // 2]``: the channels pass through, the sliced axis is blocked."""
+    from test_prune_support import check_oracle, make_model
+
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.standard_normal((8, 3, 1, 1)).astype(np.float32),
+             "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32),
+             "i3": np.array(3, np.int64), "two": np.array(2, np.int64), "ax0": np.array([0], np.int64),
+             "zero": np.array([0], np.int64), "ax3": np.array([3], np.int64)}
+    nodes = [_node("Conv", ["x", "w1"], ["h"]), _node("Shape", ["h"], ["sh"]), _node("Gather", ["sh", "i3"], ["d"]),
+             _node("Div", ["d", "two"], ["half"]), _node("Unsqueeze", ["half", "ax0"], ["end"]),
+             _node("Slice", ["h", "zero", "end", "ax3"], ["s"]), _node("Conv", ["s", "w2"], ["y"])]
+    model = make_model(nodes, [("x", ["N", 3, 6, "W"])], [("y", None)], inits)
+    sl = next(n for n in model.graph if n.op_type == "Slice")
+    assert sl.inputs[2].const_value is None  # the bound is computed at run time
+    assert build_groups(model).groups_at("h", 1)[0].prunable
+    check_oracle(model, dims={"W": 6})
+
+
+def test_view_minus_one_last_dim_absorbs_symbolic_dims() -> None:
+    """``x.view(-1, x.size(-1))`` on ``[N, 4, 4, C]``: the ``-1`` is ``N*16``, the channels pair with the
+    last axis (GPT-2's Conv1D input, TorchScript)."""
+    from test_prune_support import check_oracle, make_model
+
+    rng = np.random.default_rng(1)
+    inits = {"w1": rng.standard_normal((8, 3, 1, 1)).astype(np.float32),
+             "wg": rng.standard_normal((8, 5)).astype(np.float32),
+             "m1": np.array([-1], np.int64), "s0": np.array([-1], np.int64),
+             "s1": np.array([2**62], np.int64)}
+    nodes = [_node("Conv", ["x", "w1"], ["h"]), _node("Transpose", ["h"], ["t"], perm=[0, 2, 3, 1]),
+             _node("Shape", ["t"], ["sh"]), _node("Slice", ["sh", "s0", "s1"], ["last"]),
+             _node("Concat", ["m1", "last"], ["tgt"], axis=0), _node("Reshape", ["t", "tgt"], ["f"]),
+             _node("MatMul", ["f", "wg"], ["y"])]
+    model = make_model(nodes, [("x", ["N", 3, 4, 4])], [("y", None)], inits)
+    g = build_groups(model).groups_at("h", 1)[0]
+    assert g.prunable, g.reasons
+    check_oracle(model)
+
+
+def test_align_dims_pairs_static_tails_after_an_unknown_block() -> None:
+    from onnxsparse.graph.rules.shape import align_dims
+
+    assert align_dims([None, None, 4, 8], [None, 32]) == [([0, 1], [0]), ([2, 3], [1])]
+    assert align_dims([None, 64], [None, None, 64]) == [([0], [0, 1]), ([1], [2])]
+    assert align_dims([None, 3], [None, 4]) is None
+    assert align_dims([None, None], [None]) is None
