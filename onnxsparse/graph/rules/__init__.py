@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ..registry import OpRule, RuleRegistry
 from . import (
-    concat, conv, elementwise, gather, linear, ml, norm, pad, pooling, quantize, reduce, resize, shape, shape_of,
-    tile,
+    attention, concat, conv, elementwise, gather, linear, ml, norm, pad, pooling, quantize, reduce, resize, shape,
+    shape_of, tile,
 )
 
 __all__ = ["DEFAULT_RULES", "default_registry"]
@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[OpRule, ...] = (
     *gather.RULES,
     *ml.RULES,
     *quantize.RULES,
+    *attention.RULES,
 )
 
 
