@@ -203,3 +203,150 @@ def test_unsupported_variants_decline_with_a_reason(make: Any) -> None:
     reasons = [r for g in groups for r in g.reasons]
     assert any(reason in r and node.name in r for r in reasons), reasons
     assert not any("internal error" in r for r in reasons), reasons
+
+
+# ------------------------------------------------------------------ KV cache, per-head masks, qkv_hidden_sizes
+#
+# Built here (no sample has them): the units reach graph inputs (past KV, a per-head mask) and outputs
+# (present KV), so the groups are prunable only with ``allow_signature_change``; the pruned model is fed
+# the inputs with the removed heads sliced out, and its outputs must equal the masked model's with the
+# same heads sliced out.
+
+P, S, B = 3, 5, 2  # past length, new tokens, batch
+
+
+def _io(name: str, dims: list, elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def _kv_model(nodes, inits, inputs, outputs, opset: int = 17) -> ir.Model:
+    graph = helper.make_graph(nodes, "t", [_io("x", ["batch", "seq", 32]), *inputs], outputs,
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)])
+    proto.ir_version = 10
+    model = ir.from_proto(proto)
+    normalize(model)
+    return model
+
+
+def _projections(rng, widths: dict[str, int]) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    inits = {f"w{r}": (rng.standard_normal((32, n)) / 4).astype(np.float32) for r, n in widths.items()}
+    return [helper.make_node("MatMul", ["x", f"w{r}"], [r], name=f"{r}_proj") for r in widths], inits
+
+
+def _gqa_with_past():
+    rng = np.random.default_rng(3)
+    nodes, inits = _projections(rng, {"q": 32, "k": 16, "v": 16})
+    inits["wo"] = (rng.standard_normal((32, 32)) / 4).astype(np.float32)
+    nodes += [helper.make_node("GroupQueryAttention", ["q", "k", "v", "past_key", "past_value", "seqlens_k",
+                                                       "total_sequence_length"], ["a", "present_key", "present_value"],
+                               name="gqa", domain=MS, num_heads=4, kv_num_heads=2),
+              helper.make_node("MatMul", ["a", "wo"], ["y"], name="o_proj")]
+    inputs = [_io("past_key", ["batch", 2, "past", 8]), _io("past_value", ["batch", 2, "past", 8]),
+              _io("seqlens_k", ["batch"], TensorProto.INT32), _io("total_sequence_length", [], TensorProto.INT32)]
+    outputs = [_io("y", ["batch", "seq", 32]), _io("present_key", ["batch", 2, "total", 8]),
+               _io("present_value", ["batch", 2, "total", 8])]
+    # onnxruntime's CPU kernel takes past context only for one new token per batch row (a decoding step)
+    feeds = {"seqlens_k": np.full(B, P, np.int32), "total_sequence_length": np.array(P + 1, np.int32)}
+    return _kv_model(nodes, inits, inputs, outputs), feeds, {"num_heads": 2, "kv_num_heads": 1}
+
+
+def _mha_with_past_and_bias():
+    rng = np.random.default_rng(4)
+    nodes, inits = _projections(rng, {"q": 32, "k": 32, "v": 32})
+    inits["wo"] = (rng.standard_normal((32, 32)) / 4).astype(np.float32)
+    inits["qkv_bias"] = (rng.standard_normal(96) / 4).astype(np.float32)
+    nodes += [helper.make_node("MultiHeadAttention", ["q", "k", "v", "qkv_bias", "", "attention_bias", "past_key",
+                                                      "past_value"], ["a", "present_key", "present_value"],
+                               name="mha", domain=MS, num_heads=4),
+              helper.make_node("MatMul", ["a", "wo"], ["y"], name="o_proj")]
+    inputs = [_io("attention_bias", ["batch", 4, "seq", "total"]), _io("past_key", ["batch", 4, "past", 8]),
+              _io("past_value", ["batch", 4, "past", 8])]
+    outputs = [_io("y", ["batch", "seq", 32]), _io("present_key", ["batch", 4, "total", 8]),
+               _io("present_value", ["batch", 4, "total", 8])]
+    return _kv_model(nodes, inits, inputs, outputs), {}, {"num_heads": 3}
+
+
+def _onnx_attention_with_past_and_mask():
+    rng = np.random.default_rng(5)
+    nodes, inits = _projections(rng, {"q": 32, "k": 16, "v": 16})
+    inits["wo"] = (rng.standard_normal((32, 32)) / 4).astype(np.float32)
+    nodes += [helper.make_node("Attention", ["q", "k", "v", "attn_mask", "past_key", "past_value"],
+                               ["a", "present_key", "present_value"], name="attn", q_num_heads=4, kv_num_heads=2),
+              helper.make_node("MatMul", ["a", "wo"], ["y"], name="o_proj")]
+    inputs = [_io("attn_mask", ["batch", 4, "seq", "total"]), _io("past_key", ["batch", 2, "past", 8]),
+              _io("past_value", ["batch", 2, "past", 8])]
+    outputs = [_io("y", ["batch", "seq", 32]), _io("present_key", ["batch", 2, "total", 8]),
+               _io("present_value", ["batch", 2, "total", 8])]
+    return _kv_model(nodes, inits, inputs, outputs, opset=23), {}, {"q_num_heads": 2, "kv_num_heads": 1}
+
+
+def _ms_attention_qkv_hidden_sizes():
+    rng = np.random.default_rng(6)
+    inits = {"w": (rng.standard_normal((32, 80)) / 4).astype(np.float32),
+             "b": (rng.standard_normal(80) / 4).astype(np.float32),
+             "wo": (rng.standard_normal((16, 32)) / 4).astype(np.float32)}
+    nodes = [helper.make_node("Attention", ["x", "w", "b", "", "", "attention_bias"], ["a"], name="attn", domain=MS,
+                              num_heads=4, qkv_hidden_sizes=[32, 32, 16]),
+             helper.make_node("MatMul", ["a", "wo"], ["y"], name="o_proj")]
+    inputs = [_io("attention_bias", [1, 4, "seq", "seq"])]
+    return (_kv_model(nodes, inits, inputs, [_io("y", ["batch", "seq", 32])]), {},
+            {"num_heads": 3, "qkv_hidden_sizes": [24, 24, 12]})
+
+
+def _kv_feeds(sess, fixed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    seq = 1 if "seqlens_k" in fixed else S
+    sizes = {"batch": B, "seq": seq, "past": P, "total": P + seq}
+    out = dict(fixed)
+    for arg in sess.get_inputs():
+        if arg.name not in out:
+            shape = [d if isinstance(d, int) else sizes[d] for d in arg.shape]
+            out[arg.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def _slice(array: np.ndarray, name: str, masks) -> np.ndarray:
+    for (value, axis), keep in masks.items():
+        if value == name:
+            array = np.compress(keep, array, axis=axis)
+    return array
+
+
+@pytest.mark.parametrize("make", [_gqa_with_past, _mha_with_past_and_bias, _onnx_attention_with_past_and_mask,
+                                  _ms_attention_qkv_hidden_sizes],
+                         ids=["gqa_past", "mha_past_bias", "onnx_attention_past_mask", "ms_attention_qkv_sizes"])
+def test_kv_cache_and_per_head_inputs_prune_with_signature_change(make: Any) -> None:
+    model, fixed, after = make()
+    node = next(n for n in model.graph if "ttention" in n.op_type)
+    assert not any(g.prunable and g.kind in HEAD_KINDS for g in build_groups(model.clone()).groups), \
+        "graph inputs/outputs must block the heads without allow_signature_change"
+    dg = build_groups(model, allow_signature_change=True)
+    g = _head_group(dg, node)
+    assert g is not None, [x.describe() for x in dg.groups]
+    plan = PrunePlan.create(dg, {g.id: [1]})
+    assert plan.removed
+    masks = plan.masks()
+    assert any(not v.startswith("#") and dg.value(v) is not None and dg.value(v).is_graph_input() for v, _ in masks) \
+        or "qkv_hidden_sizes" in after
+    original = _bytes(model)
+    masked = _bytes(masked_copy(model, plan))
+    apply_plan(plan)
+    pruned = _bytes(model)
+    onnx.checker.check_model(pruned, full_check=True)
+    for attr, value in after.items():
+        got = node.attributes[attr].value
+        assert (list(got) if isinstance(value, list) else got) == value, (attr, got)
+    s_orig, s_masked, s_pruned = session(original), session(masked), session(pruned)
+    feeds = _kv_feeds(s_masked, fixed)
+    expected, reference = s_masked.run(None, feeds), s_orig.run(None, feeds)
+    got = s_pruned.run(None, {k: _slice(v, k, masks) for k, v in feeds.items()})
+    names = [o.name for o in s_masked.get_outputs()]
+    for name, e, gv, r in zip(names, expected, got, reference):
+        e = _slice(e, name, masks)  # present KV: the kept heads
+        assert e.shape == gv.shape and np.isfinite(e).all(), name
+        peak = float(np.abs(e).max())
+        err = float(np.abs(gv.astype(np.float64) - e).max()) / peak
+        assert err < REL_TOL, f"{name}: pruned vs masked relative error {err:.2e}"
+    peak = float(np.abs(expected[0]).max())
+    assert not np.allclose(reference[0], expected[0], rtol=1e-3, atol=1e-4 * peak), "masking changed nothing"
