@@ -157,13 +157,14 @@ def _model(nodes, inits: dict[str, np.ndarray], outputs: list[str], opset: int =
     return model
 
 
-def _packed_gqa() -> tuple[ir.Model, str]:
+def _packed_mha() -> tuple[ir.Model, str]:
+    """MultiHeadAttention's packed QKV ``[B, S, N, 3, H]`` (query only)."""
     rng = np.random.default_rng(0)
-    inits = {"w": rng.standard_normal((32, 64)).astype(np.float32), "o": rng.standard_normal((32, 32)).astype(np.float32),
-             "seqlens": np.array([3], np.int32), "total": np.array(4, np.int32)}
+    inits = {"w": rng.standard_normal((32, 96)).astype(np.float32), "o": rng.standard_normal((32, 32)).astype(np.float32),
+             "shape": np.array([0, 0, 4, 3, 8], np.int64)}
     nodes = [helper.make_node("MatMul", ["x", "w"], ["qkv"], name="qkv"),
-             helper.make_node("GroupQueryAttention", ["qkv", "", "", "", "", "seqlens", "total"], ["a", "pk", "pv"],
-                              name="gqa", domain=MS, num_heads=4, kv_num_heads=2),
+             helper.make_node("Reshape", ["qkv", "shape"], ["packed"], name="split"),
+             helper.make_node("MultiHeadAttention", ["packed"], ["a"], name="mha", domain=MS, num_heads=4),
              helper.make_node("MatMul", ["a", "o"], ["y"], name="o_proj")]
     return _model(nodes, inits, ["y"]), "packed QKV"
 
@@ -189,15 +190,18 @@ def _onnx_attention_qk_output() -> tuple[ir.Model, str]:
     return _model(nodes, inits, ["y", "qk"], opset=23), "qk_matmul_output is used"
 
 
-@pytest.mark.parametrize("make", [_packed_gqa, _rotary_attention, _onnx_attention_qk_output],
-                         ids=["gqa_packed_qkv", "ms_attention_do_rotary", "onnx_attention_qk_output"])
+@pytest.mark.parametrize("make", [_packed_mha, _rotary_attention, _onnx_attention_qk_output],
+                         ids=["mha_packed_qkv", "ms_attention_do_rotary", "onnx_attention_qk_output"])
 def test_unsupported_variants_decline_with_a_reason(make: Any) -> None:
     model, reason = make()
     node = next(n for n in model.graph if "ttention" in n.op_type)
     dg = build_groups(model)  # must not raise
     assert dg.rule_for(node.name) is None, f"{node.name} was accepted"
     assert not any(g.kind in HEAD_KINDS for g in dg.groups)
-    weight = node.inputs[0].producer().inputs[1]  # the projection feeding the op: its group stops there
+    producer = node.inputs[0].producer()
+    while producer.op_type != "MatMul":
+        producer = producer.inputs[0].producer()
+    weight = producer.inputs[1]  # the projection feeding the op: its group stops there
     groups = dg.groups_at(weight.name, 1)
     assert groups and not any(g.prunable for g in groups), [g.describe() for g in groups]
     reasons = [r for g in groups for r in g.reasons]
@@ -294,9 +298,8 @@ def _ms_attention_qkv_hidden_sizes():
             {"num_heads": 3, "qkv_hidden_sizes": [24, 24, 12]})
 
 
-def _kv_feeds(sess, fixed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _kv_feeds(sess, fixed: dict[str, np.ndarray], seq: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
-    seq = 1 if "seqlens_k" in fixed else S
     sizes = {"batch": B, "seq": seq, "past": P, "total": P + seq}
     out = dict(fixed)
     for arg in sess.get_inputs():
@@ -338,7 +341,7 @@ def test_kv_cache_and_per_head_inputs_prune_with_signature_change(make: Any) -> 
         got = node.attributes[attr].value
         assert (list(got) if isinstance(value, list) else got) == value, (attr, got)
     s_orig, s_masked, s_pruned = session(original), session(masked), session(pruned)
-    feeds = _kv_feeds(s_masked, fixed)
+    feeds = _kv_feeds(s_masked, fixed, seq=1 if "seqlens_k" in fixed else S)
     expected, reference = s_masked.run(None, feeds), s_orig.run(None, feeds)
     got = s_pruned.run(None, {k: _slice(v, k, masks) for k, v in feeds.items()})
     names = [o.name for o in s_masked.get_outputs()]
@@ -350,3 +353,55 @@ def test_kv_cache_and_per_head_inputs_prune_with_signature_change(make: Any) -> 
         assert err < REL_TOL, f"{name}: pruned vs masked relative error {err:.2e}"
     peak = float(np.abs(expected[0]).max())
     assert not np.allclose(reference[0], expected[0], rtol=1e-3, atol=1e-4 * peak), "masking changed nothing"
+
+
+# ------------------------------------------------------------------ GroupQueryAttention: packed QKV, rotary
+
+
+def _gqa(packed: bool, rotary: bool):
+    rng = np.random.default_rng(8 + 2 * packed + rotary)
+    d = 16 if rotary else 8  # onnxruntime's rotary kernel wants a head size multiple of 16
+    nodes, inits = _projections(rng, {"qkv": 8 * d} if packed else {"q": 4 * d, "k": 2 * d, "v": 2 * d})
+    inits["wo"] = (rng.standard_normal((4 * d, 32)) / 4).astype(np.float32)
+    qkv = ["qkv", "", ""] if packed else ["q", "k", "v"]
+    extra, attrs = [], {}
+    if rotary:  # cos/sin caches [max_seq, D/2], shared by every head
+        angles = np.arange(16)[:, None] / (100.0 ** (np.arange(d // 2) / (d // 2)))[None, :]
+        inits.update(cos=np.cos(angles).astype(np.float32), sin=np.sin(angles).astype(np.float32))
+        extra, attrs = ["cos", "sin"], {"do_rotary": 1}
+    nodes += [helper.make_node("GroupQueryAttention", [*qkv, "", "", "seqlens_k", "total_sequence_length", *extra],
+                               ["a"], name="gqa", domain=MS, num_heads=4, kv_num_heads=2, **attrs),
+              helper.make_node("MatMul", ["a", "wo"], ["y"], name="o_proj")]
+    inputs = [_io("seqlens_k", ["batch"], TensorProto.INT32), _io("total_sequence_length", [], TensorProto.INT32)]
+    return _kv_model(nodes, inits, inputs, [_io("y", ["batch", "seq", 32])])
+
+
+@pytest.mark.parametrize("packed,rotary", [(True, False), (False, True), (True, True)],
+                         ids=["packed", "rotary", "packed_rotary"])
+def test_gqa_packed_and_rotary_prune_exactly(packed: bool, rotary: bool) -> None:
+    model = _gqa(packed, rotary)
+    node = next(n for n in model.graph if n.op_type == "GroupQueryAttention")
+    dg = build_groups(model)
+    g = _head_group(dg, node)
+    assert g is not None and g.size == 2, [x.describe() for x in dg.groups]
+    # packed: one projection weight, so kinds.classify cannot tell a KV group from a head (see its docstring)
+    assert g.kind == ("head" if packed else "kv_group")
+    if packed:  # one KV group: its 2 query heads, its key head and its value head in the packed axis
+        d = 16 if rotary else 8
+        assert dg.positions(g, ("qkv", 2)).tolist()[1] == [*range(2 * d, 4 * d), *range(5 * d, 6 * d),
+                                                            *range(7 * d, 8 * d)]
+    plan = PrunePlan.create(dg, {g.id: [1]})
+    assert plan.removed
+    original, masked = _bytes(model), _bytes(masked_copy(model, plan))
+    apply_plan(plan)
+    pruned = _bytes(model)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert (node.attributes.get_int("num_heads"), node.attributes.get_int("kv_num_heads")) == (2, 1)
+    s_orig, s_masked, s_pruned = session(original), session(masked), session(pruned)
+    fixed = {"seqlens_k": np.full(3, S - 1, np.int32), "total_sequence_length": np.array(S, np.int32)}
+    feeds = _kv_feeds(s_masked, fixed, seq=S)
+    feeds["x"] = np.random.default_rng(9).standard_normal((3, S, 32)).astype(np.float32)  # batch 3
+    (e,), (gv,), (r,) = s_masked.run(None, feeds), s_pruned.run(None, feeds), s_orig.run(None, feeds)
+    peak = float(np.abs(e).max())
+    assert float(np.abs(gv.astype(np.float64) - e).max()) / peak < REL_TOL
+    assert not np.allclose(r, e, rtol=1e-3, atol=1e-4 * peak), "masking changed nothing"

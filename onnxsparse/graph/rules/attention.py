@@ -28,8 +28,11 @@ head-count attributes to the kept counts.
   ``do_rotary``.
 * ``com.microsoft::GroupQueryAttention``: one unit per KV head; past/present KV
   ``[B, Hkv, T, D]`` axis 1 identity; ``attention_bias`` and ``head_sink`` follow
-  the query heads.  Declined: packed QKV (no key input), ``do_rotary``, a used
-  ``output_qk``.
+  the query heads.  Packed QKV (no key/value input: ``[B, S, (Hq + 2*Hkv)*D]``)
+  couples through a ``Table`` (a group's query heads, key head and value head).
+  ``do_rotary`` is accepted: the rotation acts inside each head with
+  ``cos_cache``/``sin_cache`` shared by all heads (no head axis).  Declined: a
+  used ``output_qk``.
 * ONNX ``Attention`` (opset 23+): 3-D inputs with ``q_num_heads`` /
   ``kv_num_heads`` (as GroupQueryAttention), or 4-D ``[B, H, S, D]`` inputs (head
   counts read off the shapes; the Reshape that split the heads carries the
@@ -199,6 +202,33 @@ def _couple_3d(ctx: CoupleContext, q: ir.Value, k: ir.Value, v: ir.Value, y: ir.
     return unit, dq, dv
 
 
+def _couple_packed_gqa(ctx: CoupleContext, qkv: ir.Value, y: ir.Value, hq: int, hkv: int,
+                       ) -> tuple[Virtual, int, int] | str:
+    """GroupQueryAttention's packed ``[B, S, (Hq + 2*Hkv) * D]`` query (no key/value inputs).
+
+    KV group ``j`` owns, in that one axis, its ``G`` query heads ``[j*G*D, (j+1)*G*D)``, its key head
+    at ``Hq*D + j*D`` and its value head at ``(Hq + Hkv)*D + j*D`` (a ``Table``).
+    """
+    qd = ctx.dims(qkv)
+    if qd is None or len(qd) != 3 or qd[2] is None:
+        return f"{ctx.describe()}: packed QKV is not [batch, seq, hidden] with a known hidden size"
+    if hq % hkv or qd[2] % (hq + 2 * hkv):
+        return f"{ctx.describe()}: packed QKV width {qd[2]} does not divide into {hq} + 2 x {hkv} heads"
+    d, g = qd[2] // (hq + 2 * hkv), hq // hkv
+    rows = np.concatenate([Block(g * d).table(hkv), hq * d + Block(d).table(hkv),
+                           (hq + hkv) * d + Block(d).table(hkv)], axis=1)
+    _fill(y, [_dim(qkv, 0), _dim(qkv, 1), hq * d], qkv)
+    yd = ctx.dims(y)
+    if yd is None or len(yd) != 3 or yd[2] != hq * d:
+        return f"{ctx.describe()}: output is not [batch, seq, {hq * d}]"
+    unit = _heads(ctx, hkv)
+    ctx.couple(unit, 0, qkv, 2, Table(rows))
+    ctx.couple(unit, 0, y, 2, Block(g * d))
+    ctx.couple(qkv, 0, y, 0)
+    ctx.couple(qkv, 1, y, 1)
+    return unit, d, d
+
+
 def _couple_kv_state(ctx: CoupleContext, unit: Virtual, values: Sequence[ir.Value | None], hkv: int, d: int,
                      what: str, *, head_axis: int = 1, like: ir.Value | None = None,
                      fill: Sequence | None = None) -> str | None:
@@ -365,10 +395,8 @@ class GroupQueryAttentionRule(OpRule):
         q, k, v, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         if q is None or y is None:
             return f"{ctx.describe()}: missing query or output"
-        if k is None or v is None:
-            return f"{ctx.describe()}: packed QKV (no key/value input) is not supported"
-        if ctx.attr_int("do_rotary", 0):
-            return f"{ctx.describe()}: do_rotary is not supported (unproven)"
+        if (k is None) != (v is None):
+            return f"{ctx.describe()}: only one of key/value is given"
         if _used(ctx.output(3)):
             return f"{ctx.describe()}: its output_qk is used"
         hq, hkv = ctx.attr_int("num_heads"), ctx.attr_int("kv_num_heads")
@@ -376,7 +404,10 @@ class GroupQueryAttentionRule(OpRule):
             return f"{ctx.describe()}: num_heads/kv_num_heads missing"
         if _unreached(ctx, hkv, (q, k, v)):
             return None
-        res = _couple_3d(ctx, q, k, v, y, hq, hkv)
+        if k is None or v is None:
+            res = _couple_packed_gqa(ctx, q, y, hq, hkv)
+        else:
+            res = _couple_3d(ctx, q, k, v, y, hq, hkv)
         if isinstance(res, str):
             return res
         unit, d, dv = res
