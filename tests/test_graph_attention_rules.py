@@ -11,8 +11,11 @@ For each fused-attention sample (``samples/models/attn_ms_*``, ``attn_onnx_atten
   < 1e-4 at batch 3 / sequence 5 (the samples' checks run at batch 2 / sequence 7 and 3 / 5), the
   masking changes the output (not vacuous), and the head-count attributes equal the kept counts.
 
-Unsupported variants (packed QKV, ``do_rotary``, a used ``qk_matmul_output``) decline with a reason
-the blocked group carries; ``build_groups`` does not raise.
+Models built here cover what no sample has: past KV graph inputs / present outputs and per-head
+masks (prunable with ``allow_signature_change``; the pruned model is fed the inputs with the removed
+heads sliced out), ``qkv_hidden_sizes``, and GroupQueryAttention with packed QKV and ``do_rotary``.
+Unsupported variants (MultiHeadAttention's packed QKV, com.microsoft Attention's ``do_rotary``, a used
+``qk_matmul_output``) decline with a reason the blocked group carries; ``build_groups`` does not raise.
 """
 
 from __future__ import annotations
@@ -160,7 +163,8 @@ def _model(nodes, inits: dict[str, np.ndarray], outputs: list[str], opset: int =
 def _packed_mha() -> tuple[ir.Model, str]:
     """MultiHeadAttention's packed QKV ``[B, S, N, 3, H]`` (query only)."""
     rng = np.random.default_rng(0)
-    inits = {"w": rng.standard_normal((32, 96)).astype(np.float32), "o": rng.standard_normal((32, 32)).astype(np.float32),
+    inits = {"w": rng.standard_normal((32, 96)).astype(np.float32),
+             "o": rng.standard_normal((32, 32)).astype(np.float32),
              "shape": np.array([0, 0, 4, 3, 8], np.int64)}
     nodes = [helper.make_node("MatMul", ["x", "w"], ["qkv"], name="qkv"),
              helper.make_node("Reshape", ["qkv", "shape"], ["packed"], name="split"),
@@ -171,7 +175,8 @@ def _packed_mha() -> tuple[ir.Model, str]:
 
 def _rotary_attention() -> tuple[ir.Model, str]:
     rng = np.random.default_rng(1)
-    inits = {"p": rng.standard_normal((32, 32)).astype(np.float32), "w": rng.standard_normal((32, 96)).astype(np.float32),
+    inits = {"p": rng.standard_normal((32, 32)).astype(np.float32),
+             "w": rng.standard_normal((32, 96)).astype(np.float32),
              "b": np.zeros(96, np.float32), "o": rng.standard_normal((32, 32)).astype(np.float32)}
     nodes = [helper.make_node("MatMul", ["x", "p"], ["h"], name="pre"),  # its output channels reach the op
              helper.make_node("Attention", ["h", "w", "b"], ["a"], name="attn", domain=MS, num_heads=4,

@@ -53,7 +53,6 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from .._weights import is_weight
 from ..context import CoupleContext, RewriteContext, Virtual
 from ..index_maps import Block, Identity, Offset, Table
 from ..registry import OpRule
@@ -130,11 +129,11 @@ def _couple_bcast(ctx: CoupleContext, x: ir.Value, axis: int, other: ir.Value, o
 
 
 def _head_bias(ctx: CoupleContext, bias: ir.Value | None, unit: Virtual, hq: int, g: int, what: str,
-               q: ir.Value | None = None, kv: ir.Value | None = None) -> str | None:
+               q: ir.Value | None = None) -> str | None:
     """An additive bias/mask broadcast to ``[B, Hq, S, T]``: its head axis follows the units (``Block(G)``).
 
-    ``q``: a 3-D ``[B, S, .]`` query whose batch/sequence axes it broadcasts against; ``kv`` likewise
-    for the key sequence.  Axes it does not name are left unmapped (blocked).
+    ``q``: a 3-D ``[B, S, .]`` query whose batch/sequence axes it broadcasts against.  The last axis
+    (the total key length, past included) is left unmapped (blocked), like everything else not named.
     """
     if bias is None:
         return None
@@ -154,14 +153,10 @@ def _head_bias(ctx: CoupleContext, bias: ir.Value | None, unit: Virtual, hq: int
             ctx.handled(bias, k)
         else:
             return f"{ctx.describe()}: {what} '{bias.name}' has {bd[k]} heads, the op {hq}"
-        if r == 4 and q is not None and bd[0] == 1:
-            ctx.handled(bias, 0)
-        elif r == 4 and q is not None:
+        if r == 4 and q is not None:
             _couple_bcast(ctx, bias, 0, q, 0)
     if q is not None and r >= 2:
         _couple_bcast(ctx, bias, r - 2, q, 1)
-    if kv is not None and r >= 1:
-        _couple_bcast(ctx, bias, r - 1, kv, 1)
     return None
 
 
@@ -284,7 +279,7 @@ class MultiHeadAttentionRule(OpRule):
                 ctx.couple(x, 2, bias, 0, Offset(offset))
                 offset += n
             ctx.role(bias, 0, Role.BIAS)
-        reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=q, kv=k)
+        reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=q)
         if reason:
             return reason
         past = (ctx.input(6), ctx.input(7))
@@ -386,7 +381,7 @@ class MsAttentionRule(OpRule):
 
 
 class GroupQueryAttentionRule(OpRule):
-    """``com.microsoft::GroupQueryAttention`` with separate query/key/value: one unit per KV head."""
+    """``com.microsoft::GroupQueryAttention`` (separate or packed query/key/value): one unit per KV head."""
 
     op_types = ("GroupQueryAttention",)
     domain = MS
@@ -468,7 +463,7 @@ class OnnxAttentionRule(OpRule):
             if isinstance(res, str):
                 return res
             unit, d, dv = res
-            qb, kv = q, k
+            qb = q
         elif rq == rk == rv == 4:
             qd, kd, vd, yd = ctx.dims(q), ctx.dims(k), ctx.dims(v), ctx.dims(y)
             hq, hkv = qd[1], kd[1]
@@ -492,11 +487,11 @@ class OnnxAttentionRule(OpRule):
             ctx.couple(k, 0, q, 0)
             ctx.couple(v, 0, q, 0)
             ctx.couple(k, 2, v, 2)
-            qb = kv = None  # the mask's batch/sequence axes are left unmapped
+            qb = None  # the mask's batch/sequence axes are left unmapped
         else:
             return f"{ctx.describe()}: query/key/value ranks {rq}/{rk}/{rv} are neither all 3 nor all 4"
         g = hq // hkv
-        reason = _head_bias(ctx, ctx.input(3), unit, hq, g, "attn_mask", q=qb, kv=kv)
+        reason = _head_bias(ctx, ctx.input(3), unit, hq, g, "attn_mask", q=qb)
         if reason:
             return reason
         reason = _couple_kv_state(ctx, unit, (ctx.input(4), ctx.input(5)), hkv, d, "past state")
