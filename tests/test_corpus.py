@@ -51,9 +51,6 @@ VOCAB = 128
 NO_CHANNEL_GROUPS: dict[str, str] = {}
 #: attention/FFN blocks prune_heads skips (reasons as reported)
 HEADS_FAIL = {
-    "deberta_v2_eager_ts": "DeBERTa-v2 (TorchScript): the heads are folded into the batch around the scores' bmm "
-                           "with dims and the scale read at run time: no head group (the dynamo export is unfolded "
-                           "by rewrite_attention)",
     **{name: "T5: the relative-position bias added to the scores is a run-time per-head input "
        "('has 4 entries on the pruned axis and is not a constant')"
        for name in ("t5_encoder_sdpa_ts", "t5_encoder_eager_ts", "t5_encoder_eager_dynamo")},

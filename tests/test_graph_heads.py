@@ -47,12 +47,7 @@ def _paths() -> dict[str, Any]:
 PATHS = _paths()
 
 #: exports whose heads the engine does not find (the reason that blocks them)
-FAIL: dict[str, str] = {
-    "deberta_v2_eager_ts": "DeBERTa-v2 (TorchScript): the heads are folded into the batch around the scores' "
-                           "bmm (view(-1, S, D)) with every dim read at run time and the scale Sqrt(Shape(q)[-1]) "
-                           "computed at run time; unfold_batch_folded_matmuls only reads static/named dims and "
-                           "scalar constants (the dynamo export is unfolded)",
-}
+FAIL: dict[str, str] = {}
 
 
 def _params() -> list[Any]:
