@@ -410,3 +410,37 @@ def test_gqa_packed_and_rotary_prune_exactly(packed: bool, rotary: bool) -> None
     peak = float(np.abs(e).max())
     assert float(np.abs(gv.astype(np.float64) - e).max()) / peak < REL_TOL
     assert not np.allclose(r, e, rtol=1e-3, atol=1e-4 * peak), "masking changed nothing"
+
+
+def test_ms_attention_input_channels_are_contracted_like_gemm() -> None:
+    """com.microsoft Attention's packed weight reads its input's channels (``CONSUME`` + contraction on
+    ``E``): a projection feeding it loses channels with the weight's rows, together with a head."""
+    rng = np.random.default_rng(10)
+    inits = {"p": (rng.standard_normal((32, 24)) / 4).astype(np.float32),
+             "w": (rng.standard_normal((24, 96)) / 4).astype(np.float32),
+             "b": (rng.standard_normal(96) / 4).astype(np.float32),
+             "wo": (rng.standard_normal((32, 32)) / 4).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "p"], ["h"], name="pre"),
+             helper.make_node("Attention", ["h", "w", "b"], ["a"], name="attn", domain=MS, num_heads=4),
+             helper.make_node("MatMul", ["a", "wo"], ["y"], name="o_proj")]
+    model = _kv_model(nodes, inits, [], [_io("y", ["batch", "seq", 32])])
+    node = next(n for n in model.graph if n.op_type == "Attention")
+    dg = build_groups(model)
+    channels = dg.groups_at("p", 1)
+    assert len(channels) == 1 and channels[0].prunable and channels[0].size == 24, [g.describe() for g in channels]
+    member = {m.slot.key: m for m in channels[0].members}[("w", 0)]
+    assert "consume" in {r.value for r in member.roles}
+    heads = _head_group(dg, node)
+    assert heads is not None and heads.size == 4
+    plan = PrunePlan.create(dg, {channels[0].id: [0, 5, 23], heads.id: [2]})
+    original, masked = _bytes(model), _bytes(masked_copy(model, plan))
+    apply_plan(plan)
+    assert node.inputs[1].const_value.shape == (21, 72) and node.attributes.get_int("num_heads") == 3
+    pruned = _bytes(model)
+    onnx.checker.check_model(pruned, full_check=True)
+    s_orig, s_masked, s_pruned = session(original), session(masked), session(pruned)
+    feeds = {"x": np.random.default_rng(11).standard_normal((3, S, 32)).astype(np.float32)}
+    (e,), (gv,), (r,) = s_masked.run(None, feeds), s_pruned.run(None, feeds), s_orig.run(None, feeds)
+    peak = float(np.abs(e).max())
+    assert float(np.abs(gv.astype(np.float64) - e).max()) / peak < REL_TOL
+    assert not np.allclose(r, e, rtol=1e-3, atol=1e-4 * peak), "masking changed nothing"
