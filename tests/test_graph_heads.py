@@ -3,7 +3,8 @@
 For every attention export of the corpus (``samples/corpus``), the Hugging Face samples
 (``samples/models/hf_*``) and the other attention samples: after ``normalize`` and the attention
 rewrites ``prune()`` runs (``unfold_head_batch`` -> ``rewrite_attention``), ``build_groups`` finds
-one prunable head group (``kind`` ``head`` or ``kv_group``) per attention block (one per Softmax),
+one prunable head group (``kind`` ``head`` or ``kv_group``) per attention block (one per Softmax;
+T5's relative-position bias is one per-head input of both layers, so both share one group),
 and removing unit 0 of every head group gives the same outputs as the original model with those
 heads masked (``masked_copy``), to a relative error < 1e-4 at batch 3 / sequence 5 (the exports were
 traced at batch 2 / sequence 7); the masking must change the output.  Exports the engine cannot
