@@ -100,12 +100,17 @@ def _describe_group(dg: Any, group: Any) -> dict[str, Any]:
     q_per_unit = (max(produce) // min(produce)) if produce and group.kind == "kv_group" else 1
     linear = [m for m in group.members if m.weight and Role.PRODUCE in m.roles]
     named = [n for n in group.nodes if ops.get(n) not in ("QuantizeLinear", "DequantizeLinear")]
+    softmax = {n.name for n in model.graph if n.op_type == "Softmax"
+               and any(o is not None and o.name in {m.slot.value for m in group.members} for o in n.outputs)}
     return {
         "name": block_name(named, weights, group.nodes[0] if group.nodes else f"group {group.id}"),
         "form": fused[0] if fused else ("decomposed" if group.kind in HEAD_KINDS else "ffn"),
         "head_size": head_size,
         "q_per_unit": q_per_unit,
         "gated": len({m.slot.value for m in linear}) > 1 and group.kind == "neuron",
+        # attentions whose heads this group holds: one, or several sharing per-head weights (T5's
+        # relative-position bias is computed once and added in every layer: their heads are tied)
+        "attentions": max(len(softmax), sum(ops.get(n) in _FUSED for n in group.nodes), 1),
     }
 
 
@@ -182,7 +187,7 @@ def heads_report(result: Any, *, heads: float, ffn: float, criterion: str, round
                 "kept_kv_heads": kept_units,
                 "heads_total": group.size * g, "heads_kept": len(kept_units) * g,
                 "kv_heads_total": group.size, "kv_heads_kept": len(kept_units),
-                "head_size": info["head_size"],
+                "head_size": info["head_size"], "attentions": info["attentions"],
             })
             if not removed and heads > 0:
                 unit = "key/value groups" if g > 1 else "heads"
