@@ -470,7 +470,8 @@ def rewrite_entries(ctx, node: ir.Node, target_index: int, entries: Sequence[Ent
 
     The constants live in nodes feeding the target (e.g. a ``Concat``).  When
     any value on the way is used elsewhere (dynamo shares one target between
-    layers), those nodes are cloned for ``node`` first, so nothing else changes.
+    layers) or is a graph output, those nodes are cloned for ``node`` first, so
+    nothing else changes.
     """
     edits = {i: v for i, v in edits.items() if entries[i].source is not None and entries[i].const != v}
     if not edits:
@@ -481,7 +482,7 @@ def rewrite_entries(ctx, node: ir.Node, target_index: int, entries: Sequence[Ent
             if n not in path_nodes:
                 path_nodes.append(n)
     target = node.inputs[target_index]
-    shared = any(len(n.outputs[0].uses()) != 1 for n in path_nodes)
+    shared = any(len(n.outputs[0].uses()) != 1 or n.outputs[0].is_graph_output() for n in path_nodes)
     if getattr(ctx, "dry_run", False):  # a check: compute the new constants on the originals, change nothing
         shared = False
     clones: dict[ir.Node, ir.Node] = {}

@@ -114,10 +114,14 @@ class CoupleContext(_NodeView):
 
     # -- slots -------------------------------------------------------------
     def same_shape(self, src: ir.Value | None, dst: ir.Value | None) -> None:
-        """``dst`` has ``src``'s shape by the op's definition: fill it in if inference left it out."""
-        if src is None or dst is None or dst.shape is not None or src.shape is None:
+        """``dst`` has ``src``'s shape and type by the op's definition: fill them in if inference left them out
+        (onnx does not infer ``com.microsoft`` ops; per-node inference downstream needs both)."""
+        if src is None or dst is None:
             return
-        dst.shape = ir.Shape(list(src.shape))
+        if dst.dtype is None and src.dtype is not None:
+            dst.dtype = src.dtype
+        if dst.shape is None and src.shape is not None:
+            dst.shape = ir.Shape(list(src.shape))
 
     def virtual(self, name: str, size: int) -> Virtual:
         """A node-local virtual slot of ``size`` positions."""

@@ -56,7 +56,7 @@ def classify(group: Group, heads: set[SlotKey], node_ops: dict[str, str], row_le
         return "kv_group" if len(produced) > 1 else "head"
     roles = {r for m in group.members if m.weight for r in m.roles}
     one_sided = not (Role.PRODUCE in roles and Role.CONSUME in roles)
-    model_end = one_sided and bool(group.reasons) and all(r in io_reasons for r in group.reasons)
+    model_end = one_sided and any(r in io_reasons for r in group.reasons)
     if not model_end and not any(node_ops.get(n) in _CONV or node_ops.get(n) in _NORM for n in group.nodes):
         return "neuron"
     return "channel"

@@ -46,14 +46,13 @@ class _RewriteState:
             node.attributes.pop(name, None)
 
     def set_input_constant(self, node: ir.Node, index: int, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array).copy(order="C")  # contiguous, and a 0-d scalar stays 0-d
         if self.dry_run:
             return
         graph = self.model.graph
         if index >= len(node.inputs):
             node.resize_inputs(index + 1)
         old = node.inputs[index]
-        array = np.ascontiguousarray(array)
         if old is not None and old.is_initializer() and len(old.uses()) == 1 and not old.is_graph_output():
             old.const_value = ir.Tensor(array, name=old.name)
             old.shape = ir.Shape(array.shape)

@@ -40,8 +40,9 @@ __all__ = [
     "masked_heads_model",
 ]
 
-#: op types of fused attention (the block's ``form``; decomposed attention otherwise)
-_FUSED = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+#: fused attention ops (the block's ``form``; decomposed attention otherwise)
+_FUSED = ("Attention", "com.microsoft.Attention", "com.microsoft.MultiHeadAttention",
+          "com.microsoft.GroupQueryAttention")
 
 
 @dataclass
@@ -89,7 +90,7 @@ def block_name(nodes: Sequence[str], weights: Sequence[str], fallback: str) -> s
 def _describe_group(dg: Any, group: Any) -> dict[str, Any]:
     """Name, form, head size and query heads per unit of a head/neuron group."""
     model = dg.model
-    ops = {n.name: n.op_type for n in model.graph}
+    ops = {n.name: n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph}
     rows = {m.slot.key: dg.positions(group, m.slot.key).shape[1] for m in group.members}
     shared = dg.shared_names  # one constant of several layers names none of them
     weights = [m.slot.value for m in group.members if m.weight and m.slot.value not in shared]
@@ -99,7 +100,8 @@ def _describe_group(dg: Any, group: Any) -> dict[str, Any]:
     head_size = min(per_unit) if per_unit else 1
     q_per_unit = (max(produce) // min(produce)) if produce and group.kind == "kv_group" else 1
     linear = [m for m in group.members if m.weight and Role.PRODUCE in m.roles]
-    named = [n for n in group.nodes if ops.get(n) not in ("QuantizeLinear", "DequantizeLinear")]
+    named = [n for n in group.nodes if ops.get(n) not in ("QuantizeLinear", "DequantizeLinear",
+                                                         "com.microsoft.QuantizeLinear", "com.microsoft.DequantizeLinear")]
     softmax = {n.name for n in model.graph if n.op_type == "Softmax"
                and any(o is not None and o.name in {m.slot.value for m in group.members} for o in n.outputs)}
     return {

@@ -138,7 +138,7 @@ def _unique_name(graph: ir.Graph, base: str) -> str:
 def new_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     """Register a fresh initializer (never reuses a name)."""
     name = _unique_name(graph, base)
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    tensor = ir.tensor(np.asarray(array).copy(order="C"), name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value
@@ -167,7 +167,7 @@ def replace_const(
         and not value.is_graph_input()
     ):
         name = value.name
-        value.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
+        value.const_value = ir.tensor(np.asarray(array).copy(order="C"), name=name)
         value.shape = ir.Shape(array.shape)
         return value
     new = new_initializer(graph, f"{value.name or 'const'}.{suffix}", array)

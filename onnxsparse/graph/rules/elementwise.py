@@ -17,7 +17,7 @@ from ..registry import OpRule
 from .._weights import is_weight
 from ..slots import Role
 
-__all__ = ["UnaryRule", "BroadcastRule", "DropoutRule", "CastLikeRule", "RULES"]
+__all__ = ["UnaryRule", "MsUnaryRule", "BroadcastRule", "DropoutRule", "CastLikeRule", "RULES"]
 
 #: One input, same-shape output (extra inputs/attributes are scalars).
 UNARY_OPS: tuple[str, ...] = (
@@ -81,6 +81,25 @@ class BroadcastRule(OpRule):
         return None
 
 
+class MsUnaryRule(UnaryRule):
+    """onnxruntime's element-wise activations (``com.microsoft``), as exporters and its fusions write them."""
+
+    op_types = ("Gelu", "FastGelu", "QuickGelu", "BiasGelu", "FastGeluBias")
+    domain = "com.microsoft"
+
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+        x, y = ctx.input(0), ctx.output(0)
+        if x is None or y is None:
+            return f"{ctx.describe()}: missing input"
+        ctx.same_shape(x, y)
+        inputs = [v for v in node.inputs if v is not None]  # BiasGelu / FastGelu: a bias on the last axis
+        reason = ctx.broadcast(inputs, y)
+        if reason:
+            return reason
+        _const_roles(ctx, inputs[1:])
+        return None
+
+
 class DropoutRule(OpRule):
     op_types = ("Dropout",)
 
@@ -110,4 +129,4 @@ class CastLikeRule(OpRule):
         return ctx.broadcast([x], y)
 
 
-RULES: tuple[OpRule, ...] = (UnaryRule(), BroadcastRule(), DropoutRule(), CastLikeRule())
+RULES: tuple[OpRule, ...] = (UnaryRule(), MsUnaryRule(), BroadcastRule(), DropoutRule(), CastLikeRule())
