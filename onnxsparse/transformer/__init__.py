@@ -1,22 +1,13 @@
-"""Transformer structure: find attention blocks and FFNs, and remove heads / neurons.
+"""Exact graph rewrites for exported attention (no pruning logic lives here).
 
-``find_blocks(graph, "attention" | "ffn")`` returns :class:`Block` objects
-(prunable, with the proof of how) and :class:`SkippedBlock` objects (with the
-reason).  :mod:`onnxsparse.passes.prune_heads` drives them.
+Heads, KV groups and FFN neurons are groups of the one dependency graph
+(:mod:`onnxsparse.graph`, :mod:`onnxsparse.graph.kinds`).  Some exporter forms
+hide the head axis from per-op rules; these modules rewrite them into an
+equivalent graph the rules read, and :func:`onnxsparse.passes.attention_rewrites.rewrite_attention`
+runs them before the analysis:
+
+* :mod:`.packed_qkv`: Hugging Face / timm packed Q/K/V (and Phi-3's packed gate/up) projections
+  split into separate projections (column slices of the packed weight);
+* :mod:`.sdpa_lowering`: dynamo's heads-into-batch ``K^T`` back into one Transpose;
+* :mod:`.tf_einsum`: tf2onnx's lowered Keras ``MultiHeadAttention`` Einsums back into 4-D MatMuls.
 """
-
-from .blocks import Block, SkippedBlock, units_to_remove
-from .registry import DEFAULT_ATTENTION_MATCHERS, DEFAULT_FFN_MATCHERS, MATCHERS, find_blocks, register_matcher
-from ._criteria import criterion_names
-
-__all__ = [
-    "Block",
-    "SkippedBlock",
-    "find_blocks",
-    "register_matcher",
-    "MATCHERS",
-    "DEFAULT_ATTENTION_MATCHERS",
-    "DEFAULT_FFN_MATCHERS",
-    "criterion_names",
-    "units_to_remove",
-]
