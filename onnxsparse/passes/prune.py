@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_groups
 from ..graph.dependency import internal_error
 from ..graph.kinds import HEAD_KINDS
-from ..io import ModelSource, load_model
+from ..io import ModelSource, load_model, own_weights
 from .normalize import normalize
 from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
@@ -291,7 +291,7 @@ def prune(
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
 
-    given, model = model, load_model(model)
+    given, model = model, own_weights(load_model(model))  # an ir.Model built from a proto reads weights once
     criterion = default_criterion(calib is not None) if criterion is None else criterion
 
     ratios = kind_ratios(channels, heads, ffn)
