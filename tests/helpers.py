@@ -89,3 +89,36 @@ def cli_json(*argv: str) -> dict[str, Any]:
     code, out, err = cli(*argv, "--json")
     assert code == 0, err
     return json.loads(out)
+
+
+def runtime_bytes(model: Any) -> bytes:
+    """A proto / onnx_ir model serialised at an IR version this onnxruntime reads (a snapshot)."""
+    import onnx_ir as ir
+
+    from onnxsparse.io import max_runtime_ir_version
+
+    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
+    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
+    return proto.SerializeToString()
+
+
+def assert_pruned_matches_masked(name: str, original: Any, masked: Any, pruned: Any,
+                                 feeds: Any, rel_tol: float = 1e-4) -> None:
+    """The structured-pruning oracle: ``pruned`` computes what ``masked`` (the original with the
+    removed units made to contribute nothing) computes, to ``rel_tol`` of each output's peak, and the
+    masking changed the output (else the check proves nothing).  ``feeds``: a dict, or a function of
+    the masked model's session returning one."""
+    s_orig, s_masked, s_pruned = session(original), session(masked), session(pruned)
+    assert [i.name for i in s_pruned.get_inputs()] == [i.name for i in s_masked.get_inputs()]
+    assert [o.name for o in s_pruned.get_outputs()] == [o.name for o in s_masked.get_outputs()]
+    feeds = feeds(s_masked) if callable(feeds) else feeds
+    expected, got, reference = s_masked.run(None, feeds), s_pruned.run(None, feeds), s_orig.run(None, feeds)
+    differs = False
+    for e, g, r in zip(expected, got, reference):
+        assert e.shape == g.shape and np.isfinite(e).all(), name
+        peak = float(np.abs(e).max())
+        assert peak > 0, f"{name}: the output is all zeros, the oracle proves nothing"
+        err = float(np.abs(g.astype(np.float64) - e).max()) / peak
+        assert err < rel_tol, f"{name}: pruned vs masked relative error {err:.2e}"
+        differs |= not np.allclose(r, e, rtol=1e-3, atol=1e-4 * peak)
+    assert differs, f"{name}: masking changed nothing, the oracle proves nothing"

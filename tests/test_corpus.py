@@ -29,14 +29,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
-from helpers import ROOT, cli
+from helpers import ROOT, assert_pruned_matches_masked, cli, runtime_bytes
 from test_heads import masked_reference
 
 from onnxsparse import load_model, normalize
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
-from onnxsparse.io import max_runtime_ir_version
 from onnxsparse.passes.prune import plan_pruning, unfold_head_batch
 from onnxsparse.passes.prune_heads import prune_heads
 
@@ -60,22 +58,6 @@ def _params(names: list[str], fails: dict[str, str]) -> list[Any]:
             for n in names]
 
 
-def _bytes(model: ir.Model | onnx.ModelProto) -> bytes:
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
-    return proto.SerializeToString()
-
-
-def _session(model: Any):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model if isinstance(model, (str, bytes)) else _bytes(model), opts,
-                                providers=["CPUExecutionProvider"])
-
-
 def _feeds(sess, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
@@ -94,20 +76,8 @@ def _feeds(sess, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _check(name: str, original: Any, masked: Any, pruned: Any, batch: int, seq: int) -> None:
     """pruned == masked (relative to the output's peak), masked != original."""
-    s_orig, s_masked, s_pruned = _session(original), _session(masked), _session(pruned)
-    assert [i.name for i in s_pruned.get_inputs()] == [i.name for i in s_masked.get_inputs()]
-    assert [o.name for o in s_pruned.get_outputs()] == [o.name for o in s_masked.get_outputs()]
-    feeds = _feeds(s_masked, batch, seq)
-    expected, got, reference = s_masked.run(None, feeds), s_pruned.run(None, feeds), s_orig.run(None, feeds)
-    differs = False
-    for e, g, r in zip(expected, got, reference):
-        assert e.shape == g.shape and np.isfinite(e).all(), name
-        peak = float(np.abs(e).max())
-        assert peak > 0, f"{name}: the output is all zeros, the oracle proves nothing"
-        err = float(np.abs(g.astype(np.float64) - e).max()) / peak
-        assert err < REL_TOL, f"{name}: pruned vs masked relative error {err:.2e} at batch {batch} seq {seq}"
-        differs |= not np.allclose(r, e, rtol=1e-3, atol=1e-4 * peak)
-    assert differs, f"{name}: masking changed nothing, the oracle proves nothing"
+    assert_pruned_matches_masked(f"{name} at batch {batch} seq {seq}", original, masked, pruned,
+                                 lambda s: _feeds(s, batch, seq), REL_TOL)
 
 
 def test_corpus_files_and_manifest() -> None:
@@ -133,10 +103,10 @@ def test_prune_channels(name: str) -> None:
     assert not internal, internal
     plan, _ = plan_pruning(dg, 0.3, round_to=1)
     assert plan.removed, f"{name}: no prunable channel group: {sorted({g.reason for g in dg.skipped})[:3]}"
-    original = _bytes(model)
-    masked = _bytes(masked_copy(model, plan))
+    original = runtime_bytes(model)
+    masked = runtime_bytes(masked_copy(model, plan))
     apply_plan(plan)
-    pruned = _bytes(model)
+    pruned = runtime_bytes(model)
     onnx.checker.check_model(pruned, full_check=True)
     _check(name, original, masked, pruned, batch=3, seq=5)
 

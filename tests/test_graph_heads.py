@@ -19,12 +19,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import ROOT
+from helpers import ROOT, assert_pruned_matches_masked, runtime_bytes
 
 from onnxsparse import load_model, normalize
 from onnxsparse.graph import PrunePlan, apply_plan, build_groups, masked_copy
 from onnxsparse.graph.kinds import HEAD_KINDS
-from onnxsparse.io import max_runtime_ir_version
 from onnxsparse.passes.prune import unfold_head_batch
 
 CORPUS = ROOT / "samples" / "corpus"
@@ -54,21 +53,6 @@ FAIL: dict[str, str] = {}
 def _params() -> list[Any]:
     return [pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=FAIL[n]))
             if n in FAIL else n for n in PATHS]
-
-
-def _bytes(model: ir.Model) -> bytes:
-    proto = ir.to_proto(model)
-    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
-    return proto.SerializeToString()
-
-
-def _session(model: bytes):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def _feeds(sess, batch: int, seq: int) -> dict[str, np.ndarray]:
@@ -110,25 +94,14 @@ def test_heads_found_and_exact(name: str) -> None:
     assert sorted(covered) == sorted(blocks), \
         f"{name}: {len(prunable)} prunable head groups for {len(blocks)} blocks: {reasons[:3]}"
     assert len(prunable) == len(blocks) or name.startswith("t5_"), f"{name}: {len(prunable)} head groups"
-    original = _bytes(model)
+    original = runtime_bytes(model)
     plan = PrunePlan.create(dg, {g.id: [0] for g in prunable})
     assert len(plan.removed) == len(prunable), f"{name}: a rewrite check refused a head group"
-    masked = _bytes(masked_copy(model, plan))
+    masked = runtime_bytes(masked_copy(model, plan))
     apply_plan(plan)
-    pruned = _bytes(model)
+    pruned = runtime_bytes(model)
     onnx.checker.check_model(pruned, full_check=True)
-    s_orig, s_masked, s_pruned = _session(original), _session(masked), _session(pruned)
-    feeds = _feeds(s_masked, batch=3, seq=5)
-    expected, got, reference = s_masked.run(None, feeds), s_pruned.run(None, feeds), s_orig.run(None, feeds)
-    differs = False
-    for e, g, r in zip(expected, got, reference):
-        assert e.shape == g.shape and np.isfinite(e).all(), name
-        peak = float(np.abs(e).max())
-        assert peak > 0, f"{name}: the output is all zeros, the oracle proves nothing"
-        err = float(np.abs(g.astype(np.float64) - e).max()) / peak
-        assert err < REL_TOL, f"{name}: pruned vs masked relative error {err:.2e}"
-        differs |= not np.allclose(r, e, rtol=1e-3, atol=1e-4 * peak)
-    assert differs, f"{name}: masking changed nothing, the oracle proves nothing"
+    assert_pruned_matches_masked(name, original, masked, pruned, lambda s: _feeds(s, batch=3, seq=5), REL_TOL)
 
 
 # ------------------------------------------------------------------ the rules the exports need, in small
