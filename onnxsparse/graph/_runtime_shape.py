@@ -9,6 +9,9 @@ so a rule can rewrite it) or "dim ``axis`` of value ``v``" (read by a
 target into output dims; the rules couple what they can prove, and
 :func:`shape_reads` tells the ``Shape`` rule which dims such a target reads
 safely (the target's rule couples them) and which it reads as data.
+:func:`rewrite_entries` changes constant entries of a target during pruning,
+:func:`set_entries` does the same on the graph itself (the exact rewrites of
+:mod:`onnxsparse.transformer`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import onnx_ir as ir
 from . import _shapes
 
 __all__ = ["Entry", "trace", "Resolved", "resolve", "resolve_reshape", "resolve_expand", "shape_reads",
-           "rewrite_entries", "set_shape"]
+           "rewrite_entries", "set_entries", "set_shape"]
 
 _MAX_DEPTH = 12
 _INT_CAST = {ir.DataType.INT64, ir.DataType.INT32}
@@ -473,6 +476,56 @@ def rewrite_entries(ctx, node: ir.Node, target_index: int, entries: Sequence[Ent
     layers) or is a graph output, those nodes are cloned for ``node`` first, so
     nothing else changes.
     """
+    _set_entries(ctx.set_node_input_constant, getattr(ctx, "dry_run", False), node, target_index, entries, edits,
+                 f"__pruned_{node.name}")
+
+
+def set_entries(node: ir.Node, target_index: int, entries: Sequence[Entry], edits: dict[int, int],
+                *, suffix: str) -> bool:
+    """:func:`rewrite_entries` on the graph itself, outside a pruning ``RewriteContext``.
+
+    ``node`` (already in its graph) gets a target whose entries ``edits`` are set; the nodes on
+    the way that another reader shares are cloned for it first (named ``<name><suffix>``), and
+    each constant changed becomes a new initializer (``<name><suffix>``) unless ``node``'s
+    path is its only reader, when it is edited in place.  Returns ``False``, changing nothing,
+    when an entry to change is not a constant stored on the target's path (a run-time dim,
+    or a constant computed by ``Mul`` / ``ConstantOfShape``).
+    """
+    if any(entries[i].source is None for i, v in edits.items() if entries[i].const != v):
+        return False
+    graph = node.graph
+    if graph is None:
+        raise ValueError(f"{node.op_type} node {node.name!r} is not in a graph")
+
+    def set_constant(src_node: ir.Node, index: int, array: np.ndarray) -> None:
+        array = np.asarray(array).copy(order="C")
+        old = src_node.inputs[index]
+        if old is not None and old.is_initializer() and len(old.uses()) == 1 and not old.is_graph_output() \
+                and not old.is_graph_input():
+            old.const_value = ir.Tensor(array, name=old.name)
+            old.shape = ir.Shape(array.shape)
+            return
+        base = f"{old.name if old is not None and old.name else src_node.name}{suffix}"
+        name, k = base, 0
+        while name in graph.initializers:
+            k += 1
+            name = f"{base}.{k}"
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), const_value=ir.Tensor(array, name=name),
+                         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+        graph.register_initializer(value)
+        src_node.replace_input_with(index, value)
+        if old is not None and old.is_initializer() and not old.uses() and not old.is_graph_output() \
+                and graph.initializers.get(old.name) is old:
+            graph.initializers.pop(old.name)
+
+    _set_entries(set_constant, False, node, target_index, entries, edits, suffix)
+    return True
+
+
+def _set_entries(set_constant, dry_run: bool, node: ir.Node, target_index: int, entries: Sequence[Entry],
+                 edits: dict[int, int], suffix: str) -> None:
+    """The work of :func:`rewrite_entries` / :func:`set_entries`; ``set_constant(node, index, array)``
+    gives a node's input a new constant."""
     edits = {i: v for i, v in edits.items() if entries[i].source is not None and entries[i].const != v}
     if not edits:
         return
@@ -483,7 +536,7 @@ def rewrite_entries(ctx, node: ir.Node, target_index: int, entries: Sequence[Ent
                 path_nodes.append(n)
     target = node.inputs[target_index]
     shared = any(len(n.outputs[0].uses()) != 1 or n.outputs[0].is_graph_output() for n in path_nodes)
-    if getattr(ctx, "dry_run", False):  # a check: compute the new constants on the originals, change nothing
+    if dry_run:  # a check: compute the new constants on the originals, change nothing
         shared = False
     clones: dict[ir.Node, ir.Node] = {}
     if shared:
@@ -493,9 +546,9 @@ def rewrite_entries(ctx, node: ir.Node, target_index: int, entries: Sequence[Ent
             inputs = [clones[v.producer()].outputs[0] if v is not None and v.producer() in clones else v
                       for v in n.inputs]
             clone = ir.Node(n.domain, n.op_type, inputs, attributes=list(n.attributes.values()),
-                            name=f"{n.name}__pruned_{node.name}", version=n.version)
+                            name=f"{n.name}{suffix}", version=n.version)
             out, old = clone.outputs[0], n.outputs[0]
-            out.name = f"{old.name}__pruned_{node.name}"
+            out.name = f"{old.name}{suffix}"
             out.shape, out.type = old.shape, old.type
             graph.insert_before(node, clone)
             clones[n] = clone
@@ -512,4 +565,4 @@ def rewrite_entries(ctx, node: ir.Node, target_index: int, entries: Sequence[Ent
         flat = array.reshape(-1)
         for element, v in elements.items():
             flat[element] = v
-        ctx.set_node_input_constant(src_node, index, flat.reshape(array.shape))
+        set_constant(src_node, index, flat.reshape(array.shape))

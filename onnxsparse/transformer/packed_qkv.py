@@ -28,10 +28,20 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from ..graph import _runtime_shape
 from ._graph import const_array, const_ints, is_const, onnx_domain, static_shape
-from ._targets import ShapeTarget
 
 __all__ = ["unpack_packed_qkv", "unpack_packed_columns", "fold_own_dim_targets"]
+
+
+def _target_consts(node: ir.Node, index: int) -> list[int | None] | None:
+    """The entries of ``node``'s shape input ``index`` (:func:`~onnxsparse.graph._runtime_shape.trace`):
+    constants as ints, run-time dims as ``None``; ``None`` when the target cannot be read."""
+    target = node.inputs[index]
+    if target is None or target.is_graph_input():
+        return None  # an overridable input is no constant
+    entries = _runtime_shape.trace(target)
+    return None if entries is None else [None if e.is_dim else e.const for e in entries]
 
 
 def _single_use(value: ir.Value) -> ir.Node | None:
@@ -141,11 +151,8 @@ def _stacked(value: ir.Value, width: int) -> tuple[int, int, list[ir.Value]] | N
     out_shape = reshape.outputs[0].shape
     if in_rank != 3 or out_shape is None or len(out_shape) != 5:
         return None
-    try:
-        target = ShapeTarget(reshape, 1)
-        three, h, d = target.const(2), target.const(3), target.const(4)
-    except Exception:  # noqa: BLE001 - not a target we can read
-        three = h = d = None
+    consts = _target_consts(reshape, 1)
+    three, h, d = consts[2:5] if consts is not None and len(consts) >= 5 else (None, None, None)
     dims = list(out_shape)
     three = three if three not in (None, 0, -1) else dims[2]
     h = h if h not in (None, 0, -1) else dims[3]
@@ -516,26 +523,29 @@ def _last_axis_pieces(value: ir.Value, rank: int, width: int) -> list[tuple[int,
     return found if len(found) >= 2 else None
 
 
-def _retarget(graph: ir.Graph, reshape: ir.Node, last: int, name: str) -> tuple[list[ir.Node], ir.Value] | None:
-    """A copy of ``reshape``'s shape target with its last entry set to ``last`` (new nodes, value)."""
-    target = reshape.inputs[1]
+def _last_settable(target: ir.Value) -> bool:
+    """The last entry of a shape target is a constant :func:`_retarget` can set."""
+    if const_ints(target) is not None:
+        return True
+    entries = _runtime_shape.trace(target)
+    if not entries or entries[-1].source is None:
+        return False
+    src_node, index, _ = entries[-1].source
+    return is_const(src_node.inputs[index])
+
+
+def _retarget(graph: ir.Graph, rs: ir.Node, last: int, name: str) -> None:
+    """Give ``rs`` (in the graph, reading its original's target) that target with the last entry set to
+    ``last``: a new constant, or for a run-time target a copy of its nodes
+    (:func:`~onnxsparse.graph._runtime_shape.set_entries`)."""
+    target = rs.inputs[1]
     ints = const_ints(target)
     if ints is not None:
-        return [], _const(graph, name, np.array([*ints[:-1], last], dtype=np.int64))
-    concat = target.producer()
-    if concat is None or concat.op_type != "Concat" or not onnx_domain(concat) or not concat.inputs:
-        return None
-    tail = concat.inputs[-1]
-    tail_ints = const_ints(tail)
-    if tail_ints is None or not tail_ints:
-        return None
-    dtype = tail.dtype.numpy() if tail.dtype is not None else np.int64
-    new_tail = _const(graph, f"{name}.last", np.array([*tail_ints[:-1], last], dtype=dtype))
-    node = ir.Node("", "Concat", [*concat.inputs[:-1], new_tail], attributes=[ir.AttrInt64("axis", 0)], name=name)
-    node.outputs[0].name = name
-    node.outputs[0].dtype = target.dtype
-    node.outputs[0].shape = target.shape
-    return [node], node.outputs[0]
+        rs.replace_input_with(1, _const(graph, name, np.array([*ints[:-1], last], dtype=np.int64)))
+        return
+    entries = _runtime_shape.trace(target)
+    if entries is None or not _runtime_shape.set_entries(rs, 1, entries, {len(entries) - 1: last}, suffix=f"__{name}"):
+        raise RuntimeError("unreachable: the target was read above")  # pragma: no cover
 
 
 def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
@@ -549,12 +559,9 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         last = n
         nxt = _single_use(value)
         if nxt is not None and nxt.op_type == "Reshape" and onnx_domain(nxt) and nxt.inputs[0] is value:
-            ints = const_ints(nxt.inputs[1])
-            if ints is None:
-                target = ShapeTarget(nxt, 1)
-                entries = [target.const(i) for i in range(len(target))]
-            else:
-                entries = ints
+            entries = _target_consts(nxt, 1)
+            if entries is None or not _last_settable(nxt.inputs[1]):
+                return None
             in_rank = len(value.shape) if value.shape is not None else None
             L = entries[-1] if entries else None
             if in_rank is None or not isinstance(L, int) or L <= 0 or n % L:
@@ -574,7 +581,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         rank = len(value.shape) if value.shape is not None else (
             len(list(transpose.attributes.get_ints("perm"))) if transpose is not None else None)
         if rank is None and reshape is not None:
-            rank = len(const_ints(reshape.inputs[1]) or ShapeTarget(reshape, 1).entries)
+            rank = len(entries)
         if rank is None:
             return None
         pieces = _last_axis_pieces(value, rank, last)
@@ -617,18 +624,15 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
             ad.outputs[0].dtype, ad.outputs[0].shape = packed.dtype, out.shape
             out = ad.outputs[0]
             new_nodes.append(ad)
+        rs = None
         if reshape is not None:
-            got = _retarget(graph, reshape, e - s, f"{base}.shape")
-            if got is None:
-                raise RuntimeError("unreachable: the target was read above")  # pragma: no cover
-            t_nodes, t_value = got
-            rs = ir.Node("", "Reshape", [out, t_value], attributes=list(reshape.attributes.values()),
+            rs = ir.Node("", "Reshape", [out, reshape.inputs[1]], attributes=list(reshape.attributes.values()),
                          name=f"{base}.reshape")
             rs.outputs[0].name = f"{packed.name}.{role}.reshaped"
             rs.outputs[0].dtype = packed.dtype
             r_dims = _dims(reshape.outputs[0])
             rs.outputs[0].shape = ir.Shape([*r_dims[:-1], e - s]) if r_dims else None
-            new_nodes += [*t_nodes, rs]
+            new_nodes.append(rs)
             out = rs.outputs[0]
             if transpose is not None:
                 tr = ir.Node("", "Transpose", [out], attributes=list(transpose.attributes.values()),
@@ -639,6 +643,8 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
                 out = tr.outputs[0]
         out.shape = old.shape
         graph.insert_before(anchor, new_nodes)
+        if rs is not None:
+            _retarget(graph, rs, e - s, f"{base}.shape")
         old.replace_all_uses_with(out)
     chain = (*proj_nodes, *(nd for nd in (reshape, transpose) if nd is not None))
     _remove_dead(graph, first, chain)
