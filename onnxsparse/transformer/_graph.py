@@ -7,7 +7,7 @@ that another node might share (callers decide whether an in-place edit is safe).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -32,6 +32,8 @@ __all__ = [
     "opset_version",
     "users",
     "normalize_axis",
+    "remove_dead",
+    "rewrite_matches",
 ]
 
 _STANDARD = ("", "ai.onnx")
@@ -174,3 +176,55 @@ def replace_const(
     for node, idx in uses:
         node.replace_input_with(idx, new)
     return new
+
+
+def rewrite_matches(graph: ir.Graph, match: Callable[[ir.Node], object | None],
+                    rewrite: Callable[[ir.Graph, object], tuple[str, list[ir.Node]]],
+                    dead_ops: tuple[str, ...]) -> list[str]:
+    """Try ``match`` on every node still in ``graph``; ``rewrite`` each match and remove what it left dead.
+
+    ``match`` only reads the graph, so anything it raises means "not this pattern".
+    ``rewrite(graph, found)`` returns (a name, the pattern's nodes); those nodes and the shape
+    reads (``dead_ops``) feeding them go once nothing reads them (:func:`remove_dead`).
+    Returns the names, in graph order.
+    """
+    done = []
+    for node in list(graph):
+        if node.graph is not graph:
+            continue  # removed by an earlier rewrite
+        try:
+            found = match(node)
+        except Exception:  # noqa: BLE001 - "not this pattern"
+            found = None
+        if found is None:
+            continue
+        name, pattern = rewrite(graph, found)
+        remove_dead(graph, pattern, dead_ops)
+        done.append(name)
+    return done
+
+
+def remove_dead(graph: ir.Graph, pattern: list[ir.Node], ops: tuple[str, ...]) -> None:
+    """Remove the pattern's nodes, and the shape reads (``ops``) that fed them, once nothing reads them."""
+    candidates = set(pattern)
+    for node in pattern:  # Shape/Gather/Max feeding the targets
+        stack = list(node.inputs)
+        while stack:
+            v = stack.pop()
+            p = None if v is None else v.producer()
+            if p is not None and p not in candidates and p.op_type in ops:
+                candidates.add(p)
+                stack.extend(p.inputs)
+    consts: set[ir.Value] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in list(graph):
+            if node in candidates and all(not o.uses() and not o.is_graph_output() for o in node.outputs):
+                consts.update(v for v in node.inputs if v is not None and is_const(v))
+                graph.remove(node, safe=True)
+                candidates.discard(node)
+                changed = True
+    for value in consts:
+        if not value.uses() and not value.is_graph_output() and graph.initializers.get(value.name) is value:
+            graph.initializers.pop(value.name)

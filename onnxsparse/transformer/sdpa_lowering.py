@@ -25,8 +25,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._graph import attr_int, attr_ints, const_ints, new_initializer, onnx_domain, rank_of
-from .tf_einsum import _remove_dead
+from ._graph import (
+    attr_int,
+    attr_ints,
+    const_ints,
+    new_initializer,
+    onnx_domain,
+    rank_of,
+    remove_dead,
+    rewrite_matches,
+)
 
 __all__ = ["shape_entries", "simplify_repeat_kv", "unlower_sdpa_transposes"]
 
@@ -182,37 +190,31 @@ def _match(r2: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
         return None
     if any(u.node is not tr for u in r1.outputs[0].uses()) or any(u.node is not r2 for u in tr.outputs[0].uses()):
         return None  # an intermediate is read elsewhere: leave the pattern alone
+    if r2.outputs[0].is_graph_output():
+        return None  # a graph output keeps its name
     return k, [r2, tr, r1]
+
+
+def _rewrite(graph: ir.Graph, found: tuple[ir.Value, list[ir.Node]]) -> tuple[str, list[ir.Node]]:
+    k, pattern = found
+    r2 = pattern[0]
+    rank = rank_of(k)
+    assert rank is not None
+    perm = [*range(rank - 2), rank - 1, rank - 2]
+    name = f"{r2.name or 'sdpa'}.transpose_k"
+    new = ir.Node("", "Transpose", [k], attributes=[ir.AttrInt64s("perm", perm)], name=name)
+    out = new.outputs[0]
+    out.name, out.dtype = f"{name}:0", k.dtype
+    if k.shape is not None:
+        out.shape = ir.Shape([k.shape.dims[p] for p in perm])
+    graph.insert_before(r2, new)
+    r2.outputs[0].replace_all_uses_with(out)
+    return name, pattern
 
 
 def unlower_sdpa_transposes(graph: ir.Graph) -> list[str]:
     """Replace every batch-folded ``K^T`` of the dynamo SDPA lowering by one Transpose; returns their names."""
-    done = []
-    for node in list(graph):
-        if node.graph is not graph:
-            continue
-        try:  # matching only reads the graph; anything unexpected means "not this pattern"
-            found = _match(node)
-        except Exception:  # noqa: BLE001
-            found = None
-        if found is None or found[1][0].outputs[0].is_graph_output():
-            continue
-        k, pattern = found
-        r2 = pattern[0]
-        rank = rank_of(k)
-        assert rank is not None
-        perm = [*range(rank - 2), rank - 1, rank - 2]
-        name = f"{r2.name or 'sdpa'}.transpose_k"
-        new = ir.Node("", "Transpose", [k], attributes=[ir.AttrInt64s("perm", perm)], name=name)
-        out = new.outputs[0]
-        out.name, out.dtype = f"{name}:0", k.dtype
-        if k.shape is not None:
-            out.shape = ir.Shape([k.shape.dims[p] for p in perm])
-        graph.insert_before(r2, new)
-        r2.outputs[0].replace_all_uses_with(out)
-        _remove_dead(graph, pattern, ops=_SHAPE_READS)
-        done.append(new.name)
-    return done
+    return rewrite_matches(graph, _match, _rewrite, _SHAPE_READS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -327,9 +329,9 @@ def simplify_repeat_kv(graph: ir.Graph) -> list[str]:
             minus = new_initializer(graph, f"{reshape.name or 'reshape'}.heads", np.array([-1], dtype=np.int64))
             concat.replace_input_with(k, minus)  # type: ignore[union-attr]
             if dead is not None:
-                _remove_dead(graph, [dead], ops=(*_SHAPE_READS, "Mul"))
+                remove_dead(graph, [dead], ops=(*_SHAPE_READS, "Mul"))
             done.append(reshape.name)
         producer = old.producer() if old is not None else None
         if producer is not None:
-            _remove_dead(graph, [producer], ops=(*_SHAPE_READS, "Where", "Equal", "Mul", "ConstantOfShape"))
+            remove_dead(graph, [producer], ops=(*_SHAPE_READS, "Where", "Equal", "Mul", "ConstantOfShape"))
     return done

@@ -24,7 +24,16 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ._graph import attr_int, attr_ints, const_ints, is_const, onnx_domain, opset_version, static_shape
+from ._graph import (
+    attr_int,
+    attr_ints,
+    const_ints,
+    is_const,
+    onnx_domain,
+    opset_version,
+    rewrite_matches,
+    static_shape,
+)
 
 __all__ = ["unlower_tf_batch_matmuls"]
 
@@ -188,7 +197,7 @@ def _register(graph: ir.Graph, value: ir.Value) -> None:
     graph.register_initializer(value)
 
 
-def _rewrite(graph: ir.Graph, found: tuple) -> str:
+def _rewrite(graph: ir.Graph, found: tuple) -> tuple[str, list[ir.Node]]:
     xa, xb, nb, squeeze_a, squeeze_b, final, pattern = found
     mm = pattern[0]
     base = mm.name or "einsum_matmul"
@@ -205,49 +214,12 @@ def _rewrite(graph: ir.Graph, found: tuple) -> str:
     nodes += [tr, new]
     graph.insert_before(mm, nodes)
     final.replace_all_uses_with(new.outputs[0])
-    _remove_dead(graph, pattern)
-    return mm.name
+    return mm.name, pattern
 
 
 _SHAPE_OPS = ("Shape", "Gather", "ReduceProd", "Max", "Concat", "Unsqueeze", "Transpose")
 
 
-def _remove_dead(graph: ir.Graph, pattern: list[ir.Node], ops: tuple[str, ...] = _SHAPE_OPS) -> None:
-    """Remove the pattern's nodes, and the shape reads (``ops``) that fed them, once nothing reads them."""
-    candidates = set(pattern)
-    for node in pattern:  # Shape/Gather/Max feeding the targets
-        stack = list(node.inputs)
-        while stack:
-            v = stack.pop()
-            p = None if v is None else v.producer()
-            if p is not None and p not in candidates and p.op_type in ops:
-                candidates.add(p)
-                stack.extend(p.inputs)
-    consts: set[ir.Value] = set()
-    changed = True
-    while changed:
-        changed = False
-        for node in list(graph):
-            if node in candidates and all(not o.uses() and not o.is_graph_output() for o in node.outputs):
-                consts.update(v for v in node.inputs if v is not None and is_const(v))
-                graph.remove(node, safe=True)
-                candidates.discard(node)
-                changed = True
-    for value in consts:
-        if not value.uses() and not value.is_graph_output() and graph.initializers.get(value.name) is value:
-            graph.initializers.pop(value.name)
-
-
 def unlower_tf_batch_matmuls(graph: ir.Graph) -> list[str]:
     """Fold every tf2onnx batched-matmul Einsum lowering in ``graph`` (in place); returns the MatMul names."""
-    done = []
-    for node in list(graph):
-        if node.graph is not graph:
-            continue
-        try:  # matching only reads the graph; anything unexpected means "not this pattern"
-            found = _match(node)
-        except Exception:  # noqa: BLE001
-            found = None
-        if found is not None:
-            done.append(_rewrite(graph, found))
-    return done
+    return rewrite_matches(graph, _match, _rewrite, _SHAPE_OPS)
