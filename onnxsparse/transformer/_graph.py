@@ -1,37 +1,31 @@
-"""Small onnx_ir helpers shared by the transformer matchers and rules.
+"""Small onnx_ir helpers shared by the exact attention rewrites.
 
-Everything here reads the graph or makes a *new* value; nothing mutates a value
-that another node might share (callers decide whether an in-place edit is safe).
+Shapes and constants are read with :mod:`onnxsparse.graph._shapes`, run-time shape
+targets with :mod:`onnxsparse.graph._runtime_shape`.  :func:`is_const` and the
+readers built on it add one rule those lack: an initializer that is also a graph
+input can be overridden at run time, so a rewrite that must stay exact never
+reads (and bakes in) its value.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from ..graph._shapes import constant, constant_ints
+from ..graph._shapes import constant, constant_ints, dims
 
 __all__ = [
-    "Skip",
+    "attr_int",
+    "attr_ints",
     "const_array",
     "const_ints",
     "is_const",
-    "static_shape",
-    "rank_of",
-    "attr_int",
-    "attr_ints",
-    "attr_float",
-    "set_attr_int",
-    "set_attr_ints",
     "new_initializer",
-    "replace_const",
     "onnx_domain",
-    "opset_version",
-    "users",
-    "normalize_axis",
+    "rank_of",
     "remove_dead",
     "rewrite_matches",
 ]
@@ -40,17 +34,8 @@ _STANDARD = ("", "ai.onnx")
 _counter = itertools.count()
 
 
-class Skip(Exception):
-    """A matcher or rule refuses a block; the message is the reason shown to the user."""
-
-
 def onnx_domain(node: ir.Node) -> bool:
     return node.domain in _STANDARD
-
-
-def opset_version(graph: ir.Graph, domain: str = "") -> int:
-    opsets = graph.opset_imports
-    return int(opsets.get(domain, opsets.get("ai.onnx", 0) if domain == "" else 0))
 
 
 def is_const(value: ir.Value | None) -> bool:
@@ -59,37 +44,19 @@ def is_const(value: ir.Value | None) -> bool:
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """The array of a constant that is not an overridable graph input (``None`` otherwise)."""
+    """:func:`~onnxsparse.graph._shapes.constant` of a value that is :func:`is_const` (``None`` otherwise)."""
     return constant(value) if is_const(value) else None
 
 
 def const_ints(value: ir.Value | None) -> list[int] | None:
-    """:func:`const_array` of an integer constant, as a list the caller may edit."""
+    """:func:`~onnxsparse.graph._shapes.constant_ints` of a value that is :func:`is_const`, as a list."""
     ints = constant_ints(value) if is_const(value) else None
     return None if ints is None else list(ints)
 
 
-def static_shape(value: ir.Value | None) -> list[int | None] | None:
-    """Dims as ints, ``None`` for symbolic/unknown ones; ``None`` when the rank is unknown."""
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return [int(d) for d in value.const_value.shape]
-    shape = value.shape
-    if shape is None:
-        return None
-    return [d if isinstance(d, int) else None for d in shape.dims]
-
-
 def rank_of(value: ir.Value | None) -> int | None:
-    shape = static_shape(value)
+    shape = dims(value)
     return None if shape is None else len(shape)
-
-
-def normalize_axis(axis: int, rank: int) -> int:
-    if not -rank <= axis < rank:
-        raise Skip(f"axis {axis} out of range for rank {rank}")
-    return axis + rank if axis < 0 else axis
 
 
 def attr_int(node: ir.Node, name: str, default: int | None = None) -> int | None:
@@ -97,7 +64,7 @@ def attr_int(node: ir.Node, name: str, default: int | None = None) -> int | None
     if attr is None:
         return default
     if attr.is_ref():
-        raise Skip(f"{node.op_type} node {node.name!r}: attribute {name} is a function reference")
+        raise ValueError(f"{node.op_type} node {node.name!r}: attribute {name} is a function reference")
     return int(attr.as_int())
 
 
@@ -106,76 +73,19 @@ def attr_ints(node: ir.Node, name: str) -> list[int] | None:
     if attr is None:
         return None
     if attr.is_ref():
-        raise Skip(f"{node.op_type} node {node.name!r}: attribute {name} is a function reference")
+        raise ValueError(f"{node.op_type} node {node.name!r}: attribute {name} is a function reference")
     return [int(v) for v in attr.as_ints()]
-
-
-def attr_float(node: ir.Node, name: str, default: float | None = None) -> float | None:
-    attr = node.attributes.get(name)
-    if attr is None:
-        return default
-    return float(attr.as_float())
-
-
-def set_attr_int(node: ir.Node, name: str, value: int) -> None:
-    node.attributes[name] = ir.AttrInt64(name, int(value))
-
-
-def set_attr_ints(node: ir.Node, name: str, values: Sequence[int]) -> None:
-    node.attributes[name] = ir.AttrInt64s(name, [int(v) for v in values])
-
-
-def users(value: ir.Value) -> list[tuple[ir.Node, int]]:
-    return [(u.node, u.idx) for u in value.uses()]
-
-
-def _unique_name(graph: ir.Graph, base: str) -> str:
-    taken = graph.initializers
-    name = base
-    while name in taken:
-        name = f"{base}_{next(_counter)}"
-    return name
 
 
 def new_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     """Register a fresh initializer (never reuses a name)."""
-    name = _unique_name(graph, base)
+    name = base
+    while name in graph.initializers:
+        name = f"{base}_{next(_counter)}"
     tensor = ir.tensor(np.asarray(array).copy(order="C"), name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value
-
-
-def replace_const(
-    graph: ir.Graph,
-    value: ir.Value,
-    array: np.ndarray,
-    uses: Iterable[tuple[ir.Node, int]],
-    *,
-    suffix: str = "pruned",
-) -> ir.Value:
-    """Give ``uses`` a constant holding ``array`` instead of ``value``.
-
-    When every use of ``value`` is in ``uses`` the initializer is edited in place
-    (it keeps its name, e.g. a state-dict key); otherwise a new initializer is
-    made for ``uses`` and the others keep the original.
-    """
-    uses = list(uses)
-    all_uses = set(users(value))
-    if (
-        set(uses) == all_uses
-        and value.is_initializer()
-        and not value.is_graph_output()
-        and not value.is_graph_input()
-    ):
-        name = value.name
-        value.const_value = ir.tensor(np.asarray(array).copy(order="C"), name=name)
-        value.shape = ir.Shape(array.shape)
-        return value
-    new = new_initializer(graph, f"{value.name or 'const'}.{suffix}", array)
-    for node, idx in uses:
-        node.replace_input_with(idx, new)
-    return new
 
 
 def rewrite_matches(graph: ir.Graph, match: Callable[[ir.Node], object | None],

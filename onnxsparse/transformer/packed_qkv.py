@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import _runtime_shape
-from ._graph import const_array, const_ints, is_const, onnx_domain, static_shape
+from ..graph import _runtime_shape, _shapes
+from ._graph import const_array, const_ints, is_const, onnx_domain
 
 __all__ = ["unpack_packed_qkv", "unpack_packed_columns", "fold_own_dim_targets"]
 
@@ -377,7 +377,7 @@ def _shape_ints(value: ir.Value | None, depth: int = 0) -> tuple[list[int | None
         return None
     op = node.op_type
     if op == "Shape":
-        dims = static_shape(node.inputs[0])
+        dims = _shapes.dims(node.inputs[0])
         if dims is None:
             return None
         rank = len(dims)
@@ -692,7 +692,7 @@ def fold_own_dim_targets(graph: ir.Graph) -> list[str]:
             got = None
         if got is None or got[1] or len(got[0]) != 2 or got[0][0] != -1 or got[0][1] is None:
             continue  # only the 2-D flatten [-1, N]: other targets are left to their own rewrites
-        dims = static_shape(x)
+        dims = _shapes.dims(x)
         if not dims or dims[-1] != got[0][1]:
             continue
         value = _const(graph, f"{node.name}.shape", np.array(got[0], dtype=np.int64))

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from ..graph import _shapes
 from ._graph import (
     attr_int,
     attr_ints,
     const_ints,
     is_const,
     onnx_domain,
-    opset_version,
     rewrite_matches,
-    static_shape,
 )
 
 __all__ = ["unlower_tf_batch_matmuls"]
@@ -54,7 +53,7 @@ def _shape_gather(value: ir.Value | None) -> tuple[ir.Value, list[int]] | None:
     idx = const_ints(gather.inputs[1])
     if shape is None or idx is None or "start" in shape.attributes or "end" in shape.attributes:
         return None
-    if static_shape(gather.inputs[1]) is None or len(static_shape(gather.inputs[1])) != 1:  # type: ignore[arg-type]
+    if _shapes.dims(gather.inputs[1]) is None or len(_shapes.dims(gather.inputs[1])) != 1:  # type: ignore[arg-type]
         return None
     return shape.inputs[0], idx  # type: ignore[return-value]
 
@@ -65,7 +64,7 @@ def _flatten_batch(value: ir.Value | None) -> tuple[ir.Value, int, int, list[ir.
     if reshape is None or attr_int(reshape, "allowzero", 0):
         return None
     x = reshape.inputs[0]
-    shape = static_shape(x)
+    shape = _shapes.dims(x)
     concat = _producer(reshape.inputs[1], "Concat")
     if shape is None or concat is None or attr_int(concat, "axis", 0) not in (0, -1) or len(concat.inputs) != 3:
         return None
@@ -139,7 +138,7 @@ def _match(mm: ir.Node) -> tuple | None:
             return None
         ones += vals
     i, j = ga[1][0] % ra, gb[1][0] % rb
-    sa, sb = static_shape(xa), static_shape(xb)
+    sa, sb = _shapes.dims(xa), _shapes.dims(xb)
     squeeze_a = _middle_ok(sa, nb, i)  # type: ignore[arg-type]
     squeeze_b = _middle_ok(sb, nb, j)  # type: ignore[arg-type]
     if squeeze_a is None or squeeze_b is None:
@@ -175,7 +174,7 @@ def _squeeze(graph: ir.Graph, x: ir.Value, axes: list[int], name: str) -> tuple[
         rank = len(x.shape) if x.shape is not None else None
         if rank is not None and u_axes is not None and sorted(a % rank for a in u_axes) == axes:
             return unsq.inputs[0], []  # type: ignore[return-value]
-    if opset_version(graph) >= 13:
+    if _shapes.opset_version(graph.opset_imports, "") >= 13:
         axes_v = ir.Value(name=f"{name}.axes", shape=ir.Shape([len(axes)]), type=ir.TensorType(ir.DataType.INT64),
                           const_value=ir.tensor(axes, dtype=ir.DataType.INT64, name=f"{name}.axes"))
         _register(graph, axes_v)
