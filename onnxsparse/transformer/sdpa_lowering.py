@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from ..graph import _runtime_shape
 from ._graph import (
     attr_int,
     attr_ints,
@@ -168,6 +169,15 @@ def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
     return node
 
 
+def _dims_read(value: ir.Value | None) -> list[int | tuple[ir.Value, int] | None] | None:
+    """A shape vector as :func:`~onnxsparse.graph._runtime_shape.trace` reads it: constants as ints,
+    ``(x, axis)`` for the size of ``x``'s axis read through ``Shape`` (``None`` for a multiple of one)."""
+    entries = _runtime_shape.trace(value)
+    if entries is None:
+        return None
+    return [e.const if not e.is_dim else (e.dim_of, e.axis) if e.scale == 1 else None for e in entries]
+
+
 def _match(r2: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
     """``r2`` is the final Reshape of the pattern: returns (K, pattern nodes)."""
     if r2.op_type != "Reshape" or not onnx_domain(r2) or attr_int(r2, "allowzero", 0):
@@ -182,10 +192,10 @@ def _match(r2: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
     rank = rank_of(k)
     if k is None or rank is None or rank < 3:
         return None
-    first = shape_entries(r1.inputs[1])
+    first = _dims_read(r1.inputs[1])
     if first != [-1, (k, rank - 2), (k, rank - 1)]:
         return None
-    second = shape_entries(r2.inputs[1])
+    second = _dims_read(r2.inputs[1])
     if second != [*((k, i) for i in range(rank - 2)), (k, rank - 1), (k, rank - 2)]:
         return None
     if any(u.node is not tr for u in r1.outputs[0].uses()) or any(u.node is not r2 for u in tr.outputs[0].uses()):
