@@ -9,7 +9,6 @@ reads (and bakes in) its value.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -23,15 +22,14 @@ __all__ = [
     "const_array",
     "const_ints",
     "is_const",
-    "new_initializer",
     "onnx_domain",
+    "producer",
     "rank_of",
     "remove_dead",
     "rewrite_matches",
 ]
 
 _STANDARD = ("", "ai.onnx")
-_counter = itertools.count()
 
 
 def onnx_domain(node: ir.Node) -> bool:
@@ -77,15 +75,12 @@ def attr_ints(node: ir.Node, name: str) -> list[int] | None:
     return [int(v) for v in attr.as_ints()]
 
 
-def new_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
-    """Register a fresh initializer (never reuses a name)."""
-    name = base
-    while name in graph.initializers:
-        name = f"{base}_{next(_counter)}"
-    tensor = ir.tensor(np.asarray(array).copy(order="C"), name=name)
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-    graph.register_initializer(value)
-    return value
+def producer(value: ir.Value | None, op: str) -> ir.Node | None:
+    """The standard-domain ``op`` node producing ``value`` (``None`` for anything else)."""
+    node = None if value is None else value.producer()
+    if node is None or node.op_type != op or not onnx_domain(node):
+        return None
+    return node
 
 
 def rewrite_matches(graph: ir.Graph, match: Callable[[ir.Node], object | None],

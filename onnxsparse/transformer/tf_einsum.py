@@ -31,25 +31,19 @@ from ._graph import (
     const_ints,
     is_const,
     onnx_domain,
+    producer,
     rewrite_matches,
 )
 
 __all__ = ["unlower_tf_batch_matmuls"]
 
 
-def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
-    node = None if value is None else value.producer()
-    if node is None or node.op_type != op or not onnx_domain(node):
-        return None
-    return node
-
-
 def _shape_gather(value: ir.Value | None) -> tuple[ir.Value, list[int]] | None:
     """``Gather(Shape(X), const idx, axis=0)`` -> (X, idx)."""
-    gather = _producer(value, "Gather")
+    gather = producer(value, "Gather")
     if gather is None or (attr_int(gather, "axis", 0) or 0) != 0:
         return None
-    shape = _producer(gather.inputs[0], "Shape")
+    shape = producer(gather.inputs[0], "Shape")
     idx = const_ints(gather.inputs[1])
     if shape is None or idx is None or "start" in shape.attributes or "end" in shape.attributes:
         return None
@@ -60,16 +54,16 @@ def _shape_gather(value: ir.Value | None) -> tuple[ir.Value, list[int]] | None:
 
 def _flatten_batch(value: ir.Value | None) -> tuple[ir.Value, int, int, list[ir.Node]] | None:
     """``Reshape(X, [prod(X[:nb]), -1, X[-1]])`` -> (X, nb, rank of X, pattern nodes)."""
-    reshape = _producer(value, "Reshape")
+    reshape = producer(value, "Reshape")
     if reshape is None or attr_int(reshape, "allowzero", 0):
         return None
     x = reshape.inputs[0]
     shape = _shapes.dims(x)
-    concat = _producer(reshape.inputs[1], "Concat")
+    concat = producer(reshape.inputs[1], "Concat")
     if shape is None or concat is None or attr_int(concat, "axis", 0) not in (0, -1) or len(concat.inputs) != 3:
         return None
     rank = len(shape)
-    prod = _producer(concat.inputs[0], "ReduceProd")
+    prod = producer(concat.inputs[0], "ReduceProd")
     if prod is None or not attr_int(prod, "keepdims", 1) or attr_ints(prod, "axes") not in (None, [0], [-1]):
         return None
     if len(prod.inputs) > 1 and prod.inputs[1] is not None and const_ints(prod.inputs[1]) not in ([0], [-1]):
@@ -103,7 +97,7 @@ def _match(mm: ir.Node) -> tuple | None:
     if is_const(mm.inputs[0]) or is_const(mm.inputs[1]):
         return None
     fa = _flatten_batch(mm.inputs[0])
-    tr = _producer(mm.inputs[1], "Transpose")
+    tr = producer(mm.inputs[1], "Transpose")
     if fa is None or tr is None or attr_ints(tr, "perm") != [0, 2, 1] or len(tr.outputs[0].uses()) != 1:
         return None
     fb = _flatten_batch(tr.inputs[0])
@@ -117,10 +111,10 @@ def _match(mm: ir.Node) -> tuple | None:
     out_rs = uses[0].node
     if out_rs.op_type != "Reshape" or not onnx_domain(out_rs) or uses[0].idx != 0 or attr_int(out_rs, "allowzero", 0):
         return None
-    concat = _producer(out_rs.inputs[1], "Concat")
+    concat = producer(out_rs.inputs[1], "Concat")
     if concat is None or attr_int(concat, "axis", 0) not in (0, -1) or len(concat.inputs) < 3:
         return None
-    mx = _producer(concat.inputs[0], "Max")
+    mx = producer(concat.inputs[0], "Max")
     if mx is None or len(mx.inputs) != 2:
         return None
     batches = [_shape_gather(v) for v in mx.inputs]
@@ -166,7 +160,7 @@ def _match(mm: ir.Node) -> tuple | None:
 def _squeeze(graph: ir.Graph, x: ir.Value, axes: list[int], name: str) -> tuple[ir.Value, list[ir.Node]]:
     if not axes:
         return x, []
-    unsq = _producer(x, "Unsqueeze")
+    unsq = producer(x, "Unsqueeze")
     if unsq is not None:  # Squeeze(Unsqueeze(y, axes), axes) is y
         u_axes = attr_ints(unsq, "axes")
         if u_axes is None and len(unsq.inputs) > 1:
