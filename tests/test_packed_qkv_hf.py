@@ -77,8 +77,8 @@ def _packed_model(tail: str, heads: int = 2, d: int = 4, bias: bool = True) -> o
         cur = "p"
     outs = ["q", "k", "v"]
 
-    def const(name: str, values: list[int]) -> str:
-        inits.append(numpy_helper.from_array(np.array(values, np.int64), name))
+    def const(name: str, values: list[int] | int, dtype=np.int64) -> str:
+        inits.append(numpy_helper.from_array(np.array(values, dtype), name))
         return name
 
     if tail in ("split", "split_as_outputs"):
@@ -98,6 +98,27 @@ def _packed_model(tail: str, heads: int = 2, d: int = 4, bias: bool = True) -> o
         nodes.append(helper.make_node("Reshape", [cur, const("shape", [0, 0, -1, last])], ["r"]))
         nodes.append(helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3]))
         nodes.append(helper.make_node("Split", ["t"], outs, axis=3, num_outputs=3))
+    elif tail in ("interleaved_runtime", "interleaved_runtime_int32"):
+        # TorchScript's ``view(b, s, H, 3D)``: the target read at run time, the last entry a constant;
+        # tf2onnx-style int32 pieces behind a Cast in the second form
+        dtype = np.int32 if tail.endswith("int32") else np.int64
+        nodes.append(helper.make_node("Shape", ["x"], ["sh"]))  # a target reading the packed value is refused
+        pieces = []
+        for i in (0, 1):
+            nodes.append(helper.make_node("Gather", ["sh", const(f"i{i}", i)], [f"g{i}"], axis=0))
+            src = f"g{i}"
+            if dtype is np.int32:
+                nodes.append(helper.make_node("Cast", [src], [f"g{i}_32"], to=TensorProto.INT32))
+                src = f"g{i}_32"
+            nodes.append(helper.make_node("Unsqueeze", [src, const(f"u{i}", [0])], [f"d{i}"]))
+            pieces.append(f"d{i}")
+        concat_out = "shape32" if dtype is np.int32 else "shape"
+        nodes.append(helper.make_node("Concat", [*pieces, const("tail", [heads, 3 * d], dtype)], [concat_out], axis=0))
+        if dtype is np.int32:
+            nodes.append(helper.make_node("Cast", ["shape32"], ["shape"], to=TensorProto.INT64))
+        nodes.append(helper.make_node("Reshape", [cur, "shape"], ["r"]))
+        nodes.append(helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Split", ["t"], outs, axis=3, num_outputs=3))
     results = outs
     if not tail.endswith("_as_outputs"):
         results = [f"{o}_out" for o in outs]
@@ -111,7 +132,7 @@ def _packed_model(tail: str, heads: int = 2, d: int = 4, bias: bool = True) -> o
     return onnx.shape_inference.infer_shapes(model)
 
 
-@pytest.mark.parametrize("tail", ["split", "slices", "interleaved"])
+@pytest.mark.parametrize("tail", ["split", "slices", "interleaved", "interleaved_runtime", "interleaved_runtime_int32"])
 def test_hand_built_forms_are_split_exactly(tail: str) -> None:
     proto = _packed_model(tail)
     model = ir.from_proto(proto)
@@ -138,3 +159,24 @@ def test_forms_that_are_not_a_column_split_are_left_alone(tail: str) -> None:
     before = [n.op_type for n in model.graph]
     assert unpack_packed_qkv(model.graph) == []
     assert [n.op_type for n in model.graph] == before
+
+
+
+@pytest.mark.parametrize("tail", ["interleaved_runtime", "interleaved_runtime_int32"])
+def test_runtime_target_is_copied_per_piece(tail: str) -> None:
+    """Each piece's Reshape gets its own copy of the run-time target (``_runtime_shape.set_entries``)
+    with the last entry set to its width; the batch and sequence stay read at run time, and the
+    packed target's nodes are gone with the packed projection."""
+    heads, d = 2, 4
+    model = ir.from_proto(_packed_model(tail, heads, d))
+    assert unpack_packed_qkv(model.graph)
+    reshapes = [n for n in model.graph if n.op_type == "Reshape"]
+    assert len(reshapes) == 3
+    for rs in reshapes:
+        target = rs.inputs[1].producer()
+        concat = target.inputs[0].producer() if target.op_type == "Cast" else target
+        assert concat.op_type == "Concat" and concat.inputs[-1].const_value.numpy().tolist() == [heads, d]
+        assert concat.inputs[-1].const_value.numpy().dtype == (np.int32 if tail.endswith("int32") else np.int64)
+        assert concat.inputs[0].producer().op_type == "Unsqueeze"  # still read from the input's shape
+    assert len({id(rs.inputs[1]) for rs in reshapes}) == 3
+    assert all(n.outputs[0].name not in ("shape", "shape32") for n in model.graph)
