@@ -1,4 +1,4 @@
-"""Packed QKV projections, split into separate Q, K and V projections before matching.
+"""Packed QKV projections, split into separate Q, K and V projections before the analysis.
 
 GPT-2 (``c_attn``) and timm's ViT compute Q, K and V with one ``Linear(d, 3d)``:
 
@@ -19,8 +19,8 @@ GPT-2 (``c_attn``) and timm's ViT compute Q, K and V with one ``Linear(d, 3d)``:
 The first two are rewritten into three projections with the column slices of ``W`` and ``b``
 (``W[:, i*E:(i+1)*E]``) -- exactly the same products, column for column -- and, for the
 stacked form, a ``Reshape(0, 0, H, D) -> Transpose(0, 2, 1, 3)`` per piece, which is what
-the piece was.  The decomposed matcher then sees ordinary separate projections.
-Anything that does not match completely is left as it is (the matcher reports why).
+the piece was.  The dependency graph then sees ordinary separate projections.
+Anything that does not match completely is left as it is.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ statically 1, this is exactly::
     MatMul(Squeeze(A, other middle axes), Transpose(Squeeze(B, other middle axes), swap last two))
 
 (the batch axes broadcast per axis instead of flattened, which gives the same
-numbers whenever the original runs).  The rewrite is applied before matching so
-the decomposed matcher sees an ordinary ``[B, H, S, D]`` attention; anything that
+numbers whenever the original runs).  The rewrite is applied before the analysis so
+the dependency graph sees an ordinary ``[B, H, S, D]`` attention; anything that
 does not match completely is left as it is.
 """
 
