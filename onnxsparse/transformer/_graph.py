@@ -22,6 +22,7 @@ __all__ = [
     "const_array",
     "const_ints",
     "is_const",
+    "new_constant",
     "onnx_domain",
     "producer",
     "rank_of",
@@ -73,6 +74,18 @@ def attr_ints(node: ir.Node, name: str) -> list[int] | None:
     if attr.is_ref():
         raise ValueError(f"{node.op_type} node {node.name!r}: attribute {name} is a function reference")
     return [int(v) for v in attr.as_ints()]
+
+
+def new_constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Register an initializer holding ``array``, named ``name`` (``name.1``, ``name.2``, .. when taken)."""
+    base, k = name, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base}.{k}"
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.Tensor(np.ascontiguousarray(array), name=name))
+    graph.register_initializer(value)
+    return value
 
 
 def producer(value: ir.Value | None, op: str) -> ir.Node | None:

@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph import _runtime_shape, _shapes
-from ._graph import const_array, const_ints, is_const, onnx_domain
+from ._graph import const_array, const_ints, is_const, new_constant, onnx_domain
 
 __all__ = ["unpack_packed_qkv", "unpack_packed_columns", "fold_own_dim_targets"]
 
@@ -173,17 +173,6 @@ def _stacked(value: ir.Value, width: int) -> tuple[int, int, list[ir.Value]] | N
     return None if pieces is None else (h, d, pieces)
 
 
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    base, k = name, 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{base}.{k}"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.Tensor(np.ascontiguousarray(array), name=name))
-    graph.register_initializer(value)
-    return value
-
-
 def _dims(value: ir.Value) -> list:
     return list(value.shape) if value.shape is not None else []
 
@@ -212,7 +201,7 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
     base_shape = _dims(packed)[:-1]
     for i, (role, old) in enumerate(zip(names, targets)):
         cols = slice(i * width, (i + 1) * width)
-        w_i = _const(graph, f"{w_value.name}.{role}", weight[:, cols])
+        w_i = new_constant(graph, f"{w_value.name}.{role}", weight[:, cols])
         mm = ir.Node("", "MatMul", [x, w_i], name=f"{matmul.name}.{role}")
         out = mm.outputs[0]
         out.name = f"{packed.name}.{role}"
@@ -220,7 +209,7 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
         out.shape = ir.Shape([*base_shape, width]) if base_shape else None
         new_nodes = [mm]
         if bias is not None:
-            b_i = _const(graph, f"{b_value.name}.{role}", bias[cols])
+            b_i = new_constant(graph, f"{b_value.name}.{role}", bias[cols])
             ad = ir.Node("", "Add", [out, b_i], name=f"{add.name}.{role}")
             ad.outputs[0].name = f"{packed.name}.{role}.biased"
             ad.outputs[0].dtype, ad.outputs[0].shape = packed.dtype, out.shape
@@ -228,7 +217,7 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
             new_nodes.append(ad)
         if stacked is not None:
             h, d = stacked[0], stacked[1]
-            target = _const(graph, f"{matmul.name}.{role}.heads_shape", np.array([0, 0, h, d], dtype=np.int64))
+            target = new_constant(graph, f"{matmul.name}.{role}.heads_shape", np.array([0, 0, h, d], dtype=np.int64))
             rs = ir.Node("", "Reshape", [out, target], name=f"{matmul.name}.{role}.split_heads")
             rs.outputs[0].name = f"{packed.name}.{role}.heads"
             rs.outputs[0].dtype = packed.dtype
@@ -541,7 +530,7 @@ def _retarget(graph: ir.Graph, rs: ir.Node, last: int, name: str) -> None:
     target = rs.inputs[1]
     ints = const_ints(target)
     if ints is not None:
-        rs.replace_input_with(1, _const(graph, name, np.array([*ints[:-1], last], dtype=np.int64)))
+        rs.replace_input_with(1, new_constant(graph, name, np.array([*ints[:-1], last], dtype=np.int64)))
         return
     entries = _runtime_shape.trace(target)
     if entries is None or not _runtime_shape.set_entries(rs, 1, entries, {len(entries) - 1: last}, suffix=f"__{name}"):
@@ -607,19 +596,19 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         base = f"{first.name}.{role}"
         if first.op_type == "Gemm":
             w_store = w_i.T if (first.attributes.get_int("transB", 0) or 0) == 1 else w_i
-            ins = [x, _const(graph, f"{w_value.name}.{role}", w_store)]
+            ins = [x, new_constant(graph, f"{w_value.name}.{role}", w_store)]
             if bias is not None:
-                ins.append(_const(graph, f"{b_value.name}.{role}", bias[cols]))
+                ins.append(new_constant(graph, f"{b_value.name}.{role}", bias[cols]))
             mm = ir.Node("", "Gemm", ins, attributes=list(first.attributes.values()), name=base)
         else:
-            mm = ir.Node("", "MatMul", [x, _const(graph, f"{w_value.name}.{role}", w_i)], name=base)
+            mm = ir.Node("", "MatMul", [x, new_constant(graph, f"{w_value.name}.{role}", w_i)], name=base)
         out = mm.outputs[0]
         out.name = f"{packed.name}.{role}"
         out.dtype = packed.dtype
         out.shape = ir.Shape([*out_dims[:-1], len(cols)]) if out_dims else None
         new_nodes = [mm]
         if bias is not None and first.op_type != "Gemm":
-            ad = ir.Node("", "Add", [out, _const(graph, f"{b_value.name}.{role}", bias[cols])], name=f"{base}.bias")
+            ad = ir.Node("", "Add", [out, new_constant(graph, f"{b_value.name}.{role}", bias[cols])], name=f"{base}.bias")
             ad.outputs[0].name = f"{packed.name}.{role}.biased"
             ad.outputs[0].dtype, ad.outputs[0].shape = packed.dtype, out.shape
             out = ad.outputs[0]
@@ -695,7 +684,7 @@ def fold_own_dim_targets(graph: ir.Graph) -> list[str]:
         dims = _shapes.dims(x)
         if not dims or dims[-1] != got[0][1]:
             continue
-        value = _const(graph, f"{node.name}.shape", np.array(got[0], dtype=np.int64))
+        value = new_constant(graph, f"{node.name}.shape", np.array(got[0], dtype=np.int64))
         node.replace_input_with(1, value)
         done.append(node.name)
     if done:

@@ -22,6 +22,7 @@ does not match completely is left as it is.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from ..graph import _shapes
@@ -30,6 +31,7 @@ from ._graph import (
     attr_ints,
     const_ints,
     is_const,
+    new_constant,
     onnx_domain,
     producer,
     rewrite_matches,
@@ -169,9 +171,7 @@ def _squeeze(graph: ir.Graph, x: ir.Value, axes: list[int], name: str) -> tuple[
         if rank is not None and u_axes is not None and sorted(a % rank for a in u_axes) == axes:
             return unsq.inputs[0], []  # type: ignore[return-value]
     if _shapes.opset_version(graph.opset_imports, "") >= 13:
-        axes_v = ir.Value(name=f"{name}.axes", shape=ir.Shape([len(axes)]), type=ir.TensorType(ir.DataType.INT64),
-                          const_value=ir.tensor(axes, dtype=ir.DataType.INT64, name=f"{name}.axes"))
-        _register(graph, axes_v)
+        axes_v = new_constant(graph, f"{name}.axes", np.array(axes, dtype=np.int64))
         node = ir.Node("", "Squeeze", [x, axes_v], name=name)
     else:
         node = ir.Node("", "Squeeze", [x], attributes=[ir.AttrInt64s("axes", axes)], name=name)
@@ -180,14 +180,6 @@ def _squeeze(graph: ir.Graph, x: ir.Value, axes: list[int], name: str) -> tuple[
     if x.shape is not None:
         out.shape = ir.Shape([d for k, d in enumerate(x.shape.dims) if k not in axes])
     return out, [node]
-
-
-def _register(graph: ir.Graph, value: ir.Value) -> None:
-    base, k = value.name, 0
-    while value.name in graph.initializers:
-        k += 1
-        value.name = f"{base}.{k}"
-    graph.register_initializer(value)
 
 
 def _rewrite(graph: ir.Graph, found: tuple) -> tuple[str, list[ir.Node]]:
