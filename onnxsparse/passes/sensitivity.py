@@ -1,0 +1,467 @@
+"""Sensitivity analysis: how much each prunable group hurts the outputs when pruned alone.
+
+``sensitivity(model, calib, ratios=(0.1, 0.25, 0.5))`` builds the dependency groups
+(:func:`onnxsparse.graph.build_groups`, after the same ``normalize`` and attention
+rewrites as ``prune``), scores every prunable group with a criterion, and for every
+(group, ratio) removes that ratio of the group's lowest-scoring units *alone*, everything
+else intact.  The removal is done with :func:`onnxsparse.graph.masked_copy` (the removed
+units are made to contribute nothing; same outputs as the pruned model, without rewriting
+the graph), run with onnxruntime on the calibration samples and compared with the
+unmasked model:
+
+* ``rel_mse``: ``sum((y - y0)^2) / sum(y0^2)`` of each output over all samples;
+* ``cosine``: the cosine between ``y`` and ``y0`` of each sample (flattened), averaged over samples;
+
+both averaged over the model's float outputs.
+
+``macs_saved`` estimates the MACs the removal saves per sample: every MAC-counting node
+(:mod:`onnxsparse.analysis.macs`) one of whose inputs/outputs loses positions along an axis
+loses the same fraction of its MACs (the largest such fraction when several of its axes do;
+removing a fraction of one channel/head/neuron axis of a Conv, Gemm or MatMul removes that
+fraction of its multiply-accumulates).  Element-wise ops count no MACs.
+
+Units are selected as ``prune --round-to 1 --min-keep 1`` selects them
+(``floor(ratio * units)``, lowest scores first), so a group's error at a ratio is the error of
+``prune`` removing just that group's units at that ratio.  A ratio that removes 0 units of a
+group is reported as such (``units_removed == 0``, no error).
+
+Cost: one onnxruntime session per (group, ratio) with at least one unit removed: a model clone
+plus serialisation plus session creation (dominant for small models), then the calibration
+samples in batches of ``batch_size`` on 1 intra-op thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import UsageError
+from ..graph.kinds import HEAD_KINDS, KINDS
+
+__all__ = ["sensitivity", "SensitivityReport", "GroupSensitivity", "RatioResult", "SkippedEntry",
+           "prepare", "output_errors", "parse_ratios", "DEFAULT_RATIOS", "DEFAULT_SAMPLES"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.25, 0.5)
+DEFAULT_SAMPLES = 32
+
+
+@dataclass
+class RatioResult:
+    """One (group, ratio) measurement."""
+
+    ratio: float
+    units_removed: int
+    rel_mse: float | None = None  #: mean over outputs of sum((y-y0)^2)/sum(y0^2); None when nothing was removed
+    cosine: float | None = None  #: mean over outputs of the per-sample cosine(y, y0)
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+    macs_saved: int | None = None  #: per sample (see the module docstring)
+    macs_saved_fraction: float | None = None  #: of the model's MACs
+    seconds: float = 0.0
+    note: str | None = None
+    #: the root indices removed (for tying to a real :class:`~onnxsparse.graph.PrunePlan`; not in to_dict)
+    removed: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "units_removed": self.units_removed, "rel_mse": self.rel_mse,
+                "cosine": self.cosine, "per_output": self.per_output, "macs_saved": self.macs_saved,
+                "macs_saved_fraction": self.macs_saved_fraction, "seconds": round(self.seconds, 4),
+                **({"note": self.note} if self.note else {})}
+
+
+@dataclass
+class GroupSensitivity:
+    id: int
+    kind: str
+    nodes: tuple[str, ...]
+    units: int
+    channels: int
+    criterion: str
+    results: list[RatioResult] = field(default_factory=list)
+
+    def at(self, ratio: float) -> RatioResult | None:
+        return next((r for r in self.results if math.isclose(r.ratio, ratio)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "nodes": list(self.nodes), "units": self.units,
+                "channels": self.channels, "criterion": self.criterion,
+                "results": [r.to_dict() for r in self.results]}
+
+
+@dataclass
+class SkippedEntry:
+    id: int | None
+    kind: str
+    nodes: tuple[str, ...]
+    units: int
+    reason: str
+    reasons: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "nodes": list(self.nodes), "units": self.units,
+                "reason": self.reason, "reasons": list(self.reasons)}
+
+
+@dataclass
+class SensitivityReport:
+    model: str
+    criterion: str
+    ratios: tuple[float, ...]
+    data: str
+    samples: int
+    outputs: tuple[str, ...]
+    macs_total: int | None
+    mac_shapes: dict[str, tuple[int, ...]]
+    groups: list[GroupSensitivity] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    sessions: int = 0
+    ignored_outputs: tuple[str, ...] = ()
+
+    @property
+    def middle_ratio(self) -> float:
+        return self.ratios[len(self.ratios) // 2]
+
+    def sorted_groups(self) -> list[GroupSensitivity]:
+        """Least sensitive first by ``rel_mse`` at the middle ratio (groups with no error there last)."""
+        mid = self.middle_ratio
+
+        def key(g: GroupSensitivity):
+            r = g.at(mid)
+            err = r.rel_mse if r is not None and r.rel_mse is not None else None
+            return (err is None, err if err is not None else 0.0, g.id)
+
+        return sorted(self.groups, key=key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "criterion": self.criterion, "ratios": list(self.ratios), "data": self.data,
+            "samples": self.samples, "outputs": list(self.outputs), "ignored_outputs": list(self.ignored_outputs),
+            "macs_total": self.macs_total, "mac_shapes": {k: list(v) for k, v in self.mac_shapes.items()},
+            "sessions": self.sessions, "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "sorted_by": f"rel_mse at ratio {self.middle_ratio:g}, least sensitive first",
+            "groups": [g.to_dict() for g in self.sorted_groups()],
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+    def table(self) -> str:
+        from ..report import format_table, human_count
+
+        mid = self.middle_ratio
+        headers = ["group", "kind", "nodes", "units", *[f"err@{r:g}" for r in self.ratios], f"MACs@{mid:g}"]
+        rows = []
+        for g in self.sorted_groups():
+            errs = []
+            for ratio in self.ratios:
+                r = g.at(ratio)
+                errs.append(None if r is None or r.rel_mse is None else float(r.rel_mse))
+            r = g.at(mid)
+            macs = "-"
+            if r is not None and r.macs_saved_fraction is not None and r.units_removed:
+                macs = f"-{100 * r.macs_saved_fraction:.1f}%"
+            rows.append([g.id, g.kind, _short_nodes(g.nodes), g.units, *errs, macs])
+        lines = [format_table(headers, rows, title=(
+            f"sensitivity of {self.model} ({self.criterion}; {self.samples} samples of {self.data}; "
+            f"error = relative MSE of the outputs; least sensitive first at {mid:g})"))]
+        zero = sorted({f"{r.ratio:g}" for g in self.groups for r in g.results if r.units_removed == 0})
+        if zero:
+            lines.append(f"'-': the ratio removes 0 units of that group (ratios {', '.join(zero)})")
+        if self.skipped:
+            lines.append("")
+            lines.append(format_table(["group", "kind", "nodes", "units", "skipped because"],
+                                      [[s.id if s.id is not None else "-", s.kind, _short_nodes(s.nodes), s.units,
+                                        _clip(s.reason, 90)] for s in self.skipped]))
+        total = self.timings.get("total_s")
+        if total is not None:
+            lines.append("")
+            lines.append(f"{self.sessions} onnxruntime sessions, {total:.2f} s"
+                         + (f"; model MACs per sample {human_count(self.macs_total)}" if self.macs_total else ""))
+        return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _short_nodes(nodes: Sequence[str]) -> str:
+    if not nodes:
+        return "-"
+    first = _clip(nodes[0], 36)
+    return first + (f" +{len(nodes) - 1}" if len(nodes) > 1 else "")
+
+
+def parse_ratios(text: str | Iterable[float]) -> tuple[float, ...]:
+    """``"0.1,0.25,0.5"`` (or numbers) -> sorted unique ratios, each in (0, 1); :class:`UsageError` otherwise."""
+    items = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)
+    values: list[float] = []
+    for item in items:
+        if item == "":
+            raise UsageError(f"bad --ratios {text!r}: empty entry (expected e.g. 0.1,0.25,0.5)")
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise UsageError(f"bad --ratios {text!r}: {item!r} is not a number (expected e.g. 0.1,0.25,0.5)") from None
+        if not 0.0 < value < 1.0 or not math.isfinite(value):
+            raise UsageError(f"bad --ratios {text!r}: every ratio must be in (0, 1), got {item}")
+        values.append(value)
+    if not values:
+        raise UsageError("--ratios is empty (expected e.g. 0.1,0.25,0.5)")
+    return tuple(sorted(set(values)))
+
+
+def prepare(model) -> tuple[ir.Model, Any]:
+    """The model as ``prune`` analyses it (own weights, normalised, attention rewritten) and its groups."""
+    from ..graph import build_groups
+    from ..io import load_model, own_weights
+    from .normalize import normalize
+    from .prune import unfold_head_batch
+
+    model = own_weights(load_model(model))
+    normalize(model)
+    model.ir_version = max(int(model.ir_version), 4)
+    unfold_head_batch(model)
+    return model, build_groups(model)
+
+
+def _session(model: ir.Model):
+    from .._ort import external_data_config, make_session, session_options
+    from ..io import max_runtime_ir_version, to_proto
+
+    proto = to_proto(model)
+    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
+    return make_session(proto, session_options(threads=1, config=external_data_config(model)))
+
+
+def _batch_size(model: ir.Model, total: int, batch_size: int) -> tuple[int, int]:
+    """(batch size, samples used): a model whose batch axis is fixed runs exactly that many at a time."""
+    from ..calibration.data import model_input_specs
+    from ..errors import DataError
+
+    fixed = {s.shape[0] for s in model_input_specs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    if len(fixed) == 1:
+        size = fixed.pop()
+        if total < size:
+            raise DataError(f"the model's batch size is fixed to {size} but only {total} calibration samples were given")
+        return size, total - total % size
+    return max(1, batch_size), total
+
+
+def _run_all(sess, source, batch_size: int, limit: int, names: Sequence[str]) -> list[np.ndarray]:
+    wanted = {i.name for i in sess.get_inputs()}
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for batch in source.batches(batch_size, limit):
+        outs = sess.run(list(names), {k: v for k, v in batch.items() if k in wanted})
+        for i, o in enumerate(outs):
+            parts[i].append(np.asarray(o))
+    return [np.concatenate(p) if len(p) > 1 else p[0] for p in parts]
+
+
+def output_errors(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+                  names: Sequence[str]) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """(mean rel_mse, mean cosine, per output) of ``outputs`` against ``reference`` (axis 0 = samples)."""
+    per: dict[str, dict[str, float]] = {}
+    for name, y0, y in zip(names, reference, outputs):
+        y0 = np.asarray(y0, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        denom = float(np.sum(y0 * y0))
+        diff = float(np.sum((y - y0) ** 2))
+        rel = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
+        a = y0.reshape(y0.shape[0], -1) if y0.ndim > 1 else y0.reshape(-1, 1)
+        b = y.reshape(y.shape[0], -1) if y.ndim > 1 else y.reshape(-1, 1)
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        dots = np.sum(a * b, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = np.where((na > 0) & (nb > 0), dots / (na * nb), np.where((na == 0) & (nb == 0), 1.0, 0.0))
+        per[name] = {"rel_mse": rel, "cosine": float(np.mean(cos))}
+    rel_mean = float(np.mean([p["rel_mse"] for p in per.values()])) if per else 0.0
+    cos_mean = float(np.mean([p["cosine"] for p in per.values()])) if per else 1.0
+    return rel_mean, cos_mean, per
+
+
+def _node_macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, int], int | None]:
+    from ..analysis import infer_shapes
+    from ..analysis.macs import macs_table
+
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = folding.level
+    folding.setLevel(logging.ERROR)  # its failed folds only mean "not a constant" here
+    try:
+        rows, total = macs_table(model, infer_shapes(model, shapes))
+    except Exception:  # noqa: BLE001 - MACs are informative, never fail the analysis on them
+        logger.debug("MAC count failed", exc_info=True)
+        return {}, None
+    finally:
+        folding.setLevel(level)
+    return {r.name: int(r.macs) for r in rows if r.graph == "main" and r.macs}, total
+
+
+def _macs_saved(model: ir.Model, masks: Mapping[tuple[str, int], np.ndarray], per_node: Mapping[str, int]) -> int:
+    """MACs removed when the slots in ``masks`` lose their ``False`` positions (see the module docstring)."""
+    saved = 0.0
+    for node in model.graph:
+        macs = per_node.get(node.name or "")
+        if not macs:
+            continue
+        frac = 0.0
+        for value in (*node.inputs, *node.outputs):
+            if value is None or value.shape is None:
+                continue
+            for axis in range(len(value.shape)):
+                mask = masks.get((value.name or "", axis))
+                if mask is not None and mask.size:
+                    frac = max(frac, 1.0 - float(mask.mean()))
+        saved += macs * frac
+    return int(round(saved))
+
+
+def sensitivity(
+    model,
+    calib,
+    *,
+    ratios: Iterable[float] | str = DEFAULT_RATIOS,
+    criterion: str = "l2",
+    samples: int = DEFAULT_SAMPLES,
+    kinds: Iterable[str] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> SensitivityReport:
+    """Per-group, per-ratio output error of removing that ratio of the group's lowest-scoring units alone.
+
+    ``model``: a path, bytes, ``ModelProto`` or ``onnx_ir.Model`` (not modified: a copy is analysed).
+    ``calib``: what :func:`onnxsparse.calibration.load_data` accepts (``.npz``, folder, ``"random"``,
+    dict of arrays); the first ``samples`` are used.  ``kinds``: only groups of these kinds
+    (``channel``, ``head``, ``kv_group``, ``neuron``); the others are listed as skipped.
+    ``shapes`` fixes input shapes for ``"random"`` data.  See the module docstring for the metrics.
+    """
+    from .._progress import progress_bar
+    from ..calibration.data import DataSource
+    from ..criteria import CALIBRATION_KEY, get_criterion
+    from ..graph import PrunePlan, masked_copy
+    from .prune import _calibration_source, score_groups
+    from .prune_select import select_uniform
+
+    ratios = parse_ratios(ratios) if isinstance(ratios, str) else parse_ratios(list(ratios))
+    if samples is None or samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {samples}")
+    if calib is None:
+        raise UsageError("sensitivity needs calibration data: give --calib DATA "
+                         "(an .npz keyed by input name, a folder of them, or 'random')")
+    wanted_kinds = None if kinds is None else set(kinds)
+    if wanted_kinds is not None and not wanted_kinds <= set(KINDS):
+        raise UsageError(f"unknown group kind(s) {sorted(wanted_kinds - set(KINDS))} (kinds: {', '.join(KINDS)})")
+    crit = get_criterion(criterion)
+    label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "model"
+    timings: dict[str, float] = {}
+    t0 = t = time.perf_counter()
+
+    model, dg = prepare(model)
+    timings["analysis_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    source = _calibration_source(calib, model, shapes, samples, seed)
+    bs, limit = _batch_size(model, len(source), batch_size)
+    source = DataSource({k: v[:limit] for k, v in source.arrays.items()}, source.origin)
+
+    sess = _session(model)
+    all_outputs = [o.name for o in sess.get_outputs()]
+    float_outputs = [o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(double)",
+                                                                      "tensor(float16)", "tensor(bfloat16)")]
+    if not float_outputs:
+        raise UsageError("the model has no floating-point output to compare")
+    reference = _run_all(sess, source, bs, limit, float_outputs)
+    del sess
+    timings["reference_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    extras: dict[str, object] = {}
+    if crit.requires_data:
+        from ..calibration.capture import capture
+        from .reconstruct import candidate_requests
+
+        probe_channels, _ = candidate_requests(dg)
+        extras[CALIBRATION_KEY] = capture(model, source, channels=probe_channels, batch_size=bs, seed=seed)
+    considered = {g.id for g in dg.prunable if wanted_kinds is None or g.kind in wanted_kinds}
+    scores, used = score_groups(dg, criterion, seed=seed, extras=extras, only=considered)
+    timings["scoring_s"] = time.perf_counter() - t
+
+    # per-sample MACs at the calibration data's shapes (one sample each), unless ``shapes`` fixes them
+    mac_shapes = {k: (1, *v.shape[1:]) for k, v in source.arrays.items()}
+    mac_shapes.update({k: tuple(v) for k, v in (shapes or {}).items()})
+    per_node, macs_total = _node_macs(model, mac_shapes)
+
+    report = SensitivityReport(
+        model=label, criterion=crit.name, ratios=ratios, data=source.origin or "data", samples=limit,
+        outputs=tuple(float_outputs), macs_total=macs_total, mac_shapes=mac_shapes,
+        ignored_outputs=tuple(n for n in all_outputs if n not in float_outputs),
+    )
+
+    todo = [g for g in dg.prunable if g.id in scores]
+    bar = progress_bar(len(todo), "sensitivity", unit="group", enabled=progress)
+    t = time.perf_counter()
+    for group in todo:
+        entry = GroupSensitivity(group.id, group.kind, tuple(group.nodes), group.size, group.channels,
+                                 used.get(group.id, crit.name))
+        skipped_reason = None
+        for ratio in ratios:
+            if bar is not None:
+                bar.set_postfix_str(f"group {group.id} ({group.kind}) at {ratio:g}")
+            start = time.perf_counter()
+            removed = select_uniform({group.id: scores[group.id]}, ratio).get(group.id)
+            if removed is None or len(removed) == 0:
+                entry.results.append(RatioResult(ratio, 0, note="rounds to 0 units"))
+                continue
+            plan = PrunePlan.create(dg, {group.id: removed})
+            if group.id not in plan.removed:  # check_rewrites declined it: dg.skip gave the reason
+                skipped_reason = dg.groups[group.id].reason or "the rewrite declined this group"
+                break
+            masked = masked_copy(model, plan)
+            msess = _session(masked)
+            report.sessions += 1
+            outs = _run_all(msess, source, bs, limit, float_outputs)
+            del msess, masked
+            rel, cos, per = output_errors(reference, outs, float_outputs)
+            saved = _macs_saved(model, plan.masks(), per_node) if per_node else None
+            entry.results.append(RatioResult(
+                ratio, len(removed), rel, cos, per, saved,
+                (saved / macs_total) if saved is not None and macs_total else None,
+                time.perf_counter() - start, removed=tuple(int(i) for i in removed)))
+        if skipped_reason is not None:
+            g = dg.groups[group.id]
+            report.skipped.append(SkippedEntry(g.id, g.kind, tuple(g.nodes), g.size, skipped_reason, tuple(g.reasons[:5])))
+        else:
+            report.groups.append(entry)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    timings["masked_runs_s"] = time.perf_counter() - t
+
+    for g in dg.groups:
+        if g.prunable and g.id in scores:
+            continue
+        if g.prunable:  # not scored: another kind than asked, or the criterion failed (then dg.skip made it not prunable)
+            reason = f"kind {g.kind} not asked for (kinds: {', '.join(sorted(wanted_kinds or ()))})"
+        else:
+            reason = g.reason or "not prunable"
+        if any(s.id == g.id for s in report.skipped):
+            continue
+        report.skipped.append(SkippedEntry(g.id, g.kind, tuple(g.nodes), g.size, reason, tuple(g.reasons[:5])))
+    for value, reasons in dg.unattached_heads():
+        if wanted_kinds is None or wanted_kinds & HEAD_KINDS:
+            report.skipped.append(SkippedEntry(None, "head", (value,), 0,
+                                               "attention heads reach no group: " + "; ".join(reasons[:2]),
+                                               tuple(reasons[:5])))
+    report.skipped.sort(key=lambda s: (s.id is None, s.id if s.id is not None else 0))
+    timings["total_s"] = time.perf_counter() - t0
+    report.timings = timings
+    return report
