@@ -23,6 +23,7 @@ __all__ = ["main", "build_parser", "COMMANDS", "SUMMARIES"]
 COMMANDS: tuple[str, ...] = (
     "inspect",
     "prune",
+    "sensitivity",
     "sparsify",
     "densify",
     "quantize",
@@ -37,6 +38,7 @@ COMMANDS: tuple[str, ...] = (
 SUMMARIES: dict[str, str] = {
     "inspect": "show params, MACs, size, ops and sparsity of a model",
     "prune": "remove channels/filters: a smaller dense model that is faster on any runtime",
+    "sensitivity": "per-group output error and MACs saved when each group alone is pruned at a few ratios",
     "sparsify": "zero weights (unstructured, N:M, block) and store them as CSR/BSR/bitmask/delta/COO",
     "densify": "turn sparse-stored tensors (onnxsparse formats, ONNX COO) back into a plain dense model",
     "quantize": "quantize weights (and activations) with onnxruntime, keeping pruned zeros exact",

@@ -1,0 +1,210 @@
+"""Sensitivity analysis (``onnxsparse sensitivity``, :mod:`onnxsparse.passes.sensitivity`).
+
+The error of a group at a ratio must be the error of really pruning that group (PrunePlan +
+apply_plan), the MACs saved must be what the pruned model loses, errors grow with the ratio,
+and nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import DATA, cli, sample, session
+
+from onnxsparse.graph import PrunePlan, apply_plan
+from onnxsparse.passes.sensitivity import output_errors, parse_ratios, prepare, sensitivity
+from onnxsparse.errors import UsageError
+
+CNN = sample("digits_cnn")
+CNN_DATA = DATA / "digits_calib.npz"
+BERT = sample("hf_bert_sdpa_dynamo")
+BERT_SHAPES = {"input_ids": (1, 16), "attention_mask": (1, 16)}
+BERT_SHAPE_ARGS = ("--shape", "input_ids=1x16", "--shape", "attention_mask=1x16")
+
+
+@pytest.fixture(scope="module")
+def cnn_report():
+    return sensitivity(CNN, CNN_DATA, ratios=(0.1, 0.25, 0.5), samples=32)
+
+
+@pytest.fixture(scope="module")
+def bert_report():
+    return sensitivity(BERT, "random", ratios=(0.1, 0.25, 0.5), samples=16, shapes=BERT_SHAPES)
+
+
+def _feeds(source, n):
+    return {k: v[:n] for k, v in source.items()}
+
+
+def _pruned_error(path, group_id: int, removed, feeds) -> tuple[float, float, int | None, int | None]:
+    """(rel_mse, cosine) of really pruning ``removed`` units of one group, and MACs before/after."""
+    from onnxsparse.analysis import count_macs
+
+    model, dg = prepare(path)
+    names = [o.name for o in model.graph.outputs]
+    reference = session(model).run(names, feeds)
+    shapes = {k: (1, *v.shape[1:]) for k, v in feeds.items()}
+    before = count_macs(model, shapes)
+    plan = PrunePlan.create(dg, {group_id: list(removed)})
+    assert group_id in plan.removed
+    apply_plan(plan)
+    got = session(model).run(names, feeds)
+    rel, cos, _ = output_errors(reference, got, names)
+    return rel, cos, before, count_macs(model, shapes)
+
+
+def test_cnn_errors_grow_with_the_ratio(cnn_report) -> None:
+    assert {g.id for g in cnn_report.groups} == {0, 2, 3}
+    assert all(g.kind == "channel" for g in cnn_report.groups)
+    low, high = [], []
+    for g in cnn_report.groups:
+        errs = [r.rel_mse for r in g.results]
+        assert all(e is not None and e > 0 for e in errs), g
+        # nested selections (the lowest 10% are among the lowest 50%): monotone within a small tolerance
+        assert all(b >= 0.9 * a for a, b in zip(errs, errs[1:])), (g.id, errs)
+        cos = [r.cosine for r in g.results]
+        assert all(-1.0 <= c <= 1.0 for c in cos) and cos[-1] <= cos[0] + 1e-6, (g.id, cos)
+        low.append(errs[0])
+        high.append(errs[-1])
+    assert np.mean(high) > np.mean(low)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_cnn_error_equals_real_pruning_and_macs_saved_are_exact(cnn_report, ratio) -> None:
+    feeds = _feeds(dict(np.load(CNN_DATA)), 32)
+    for g in cnn_report.groups:
+        r = g.at(ratio)
+        assert r is not None and r.units_removed == len(r.removed) == int(np.floor(ratio * g.units))
+        rel, cos, before, after = _pruned_error(CNN, g.id, r.removed, feeds)
+        assert rel == pytest.approx(r.rel_mse, rel=1e-3, abs=1e-7), (g.id, ratio)
+        assert cos == pytest.approx(r.cosine, abs=1e-5)
+        assert cnn_report.macs_total == before
+        assert r.macs_saved == before - after, (g.id, ratio)
+
+
+def test_bert_heads_and_neurons(bert_report) -> None:
+    kinds = {g.kind for g in bert_report.groups}
+    assert kinds == {"head", "neuron"}
+    heads = [g for g in bert_report.groups if g.kind == "head"]
+    assert len(heads) == 2 and all(g.units == 4 for g in heads)
+    for g in heads:
+        # 0.1 of 4 heads is 0 heads: reported as such, with no error and no session
+        r = g.at(0.1)
+        assert r.units_removed == 0 and r.rel_mse is None and r.note == "rounds to 0 units"
+        assert g.at(0.25).units_removed == 1 and g.at(0.5).units_removed == 2
+        assert g.at(0.5).rel_mse >= g.at(0.25).rel_mse * 0.9
+    assert bert_report.sessions == sum(1 for g in bert_report.groups for r in g.results if r.units_removed)
+    # the residual stream's channel groups are skipped with their reason
+    skipped = [s for s in bert_report.skipped if s.kind == "channel"]
+    assert len(skipped) == 4 and all("LayerNormalization" in s.reason for s in skipped)
+
+
+def test_bert_head_error_equals_real_pruning(bert_report) -> None:
+    from onnxsparse.calibration.data import load_data
+
+    model, _ = prepare(BERT)
+    feeds = load_data("random", model, shapes=BERT_SHAPES, samples=16, seed=0).arrays
+    for g in bert_report.groups:
+        r = g.at(0.5)
+        rel, _, before, after = _pruned_error(BERT, g.id, r.removed, feeds)
+        assert rel == pytest.approx(r.rel_mse, rel=1e-2, abs=1e-9), (g.id, g.kind)
+        assert r.macs_saved == before - after, (g.id, g.kind)
+
+
+def test_kinds_filter_lists_the_others_as_skipped() -> None:
+    report = sensitivity(BERT, "random", ratios=(0.5,), samples=4, shapes=BERT_SHAPES, kinds=("head", "kv_group"))
+    assert {g.kind for g in report.groups} == {"head"}
+    neurons = [s for s in report.skipped if s.kind == "neuron"]
+    assert len(neurons) == 2 and all("not asked for" in s.reason for s in neurons)
+
+
+def test_every_group_is_measured_or_skipped_with_a_reason(cnn_report, bert_report) -> None:
+    from onnxsparse.passes.sensitivity import prepare as _prepare
+
+    for path, report in ((CNN, cnn_report), (BERT, bert_report)):
+        _, dg = _prepare(path)
+        ids = {g.id for g in report.groups} | {s.id for s in report.skipped if s.id is not None}
+        assert ids == {g.id for g in dg.groups}
+        assert all(s.reason for s in report.skipped)
+
+
+def test_parse_ratios() -> None:
+    assert parse_ratios("0.5, 0.1,0.25") == (0.1, 0.25, 0.5)
+    for bad in ("", "0.1,,0.2", "x", "0", "1", "1.5", "-0.1", "nan"):
+        with pytest.raises(UsageError):
+            parse_ratios(bad)
+
+
+def test_cli_table_json_and_report(tmp_path: Path) -> None:
+    code, out, err = cli("sensitivity", CNN, "--calib", CNN_DATA, "--calib-samples", "16", "-q")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].split()[:5] == ["group", "kind", "nodes", "units", "err@0.1"]
+    assert "skipped because" in out and "graph input" in out
+    report = tmp_path / "sens.md"
+    code, out, err = cli("sensitivity", CNN, "--calib", CNN_DATA, "--calib-samples", "16", "--ratios", "0.5",
+                         "--json", "--report", report)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["ratios"] == [0.5] and data["samples"] == 16
+    assert [g["id"] for g in data["groups"]] and all(g["results"][0]["rel_mse"] > 0 for g in data["groups"])
+    assert all(s["reason"] for s in data["skipped"])
+    assert report.read_text().startswith("# onnxsparse sensitivity")
+
+
+def test_cli_heads_on_the_transformer() -> None:
+    code, out, err = cli("sensitivity", BERT, "--calib", "random", "--calib-samples", "4", "--heads",
+                         "--ratios", "0.25,0.5", *BERT_SHAPE_ARGS, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert {g["kind"] for g in data["groups"]} == {"head"}
+
+
+@pytest.mark.parametrize("ratios", ["0.1,x", "1.5", "0", ",", "0.2,-1"])
+def test_cli_bad_ratios_exit_2_with_one_line(ratios: str) -> None:
+    code, out, err = cli("sensitivity", CNN, "--calib", CNN_DATA, "--ratios", ratios)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxsparse: error: bad --ratios"), err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--calib", "no/such.npz"), "data not found"),
+    (("--calib", "random", "--report", "r.txt"), "unknown report format"),
+    (("--calib", "random", "--heads"), "no attention head group"),
+])
+def test_cli_errors_are_one_line(argv, message, tmp_path: Path) -> None:
+    code, out, err = cli("sensitivity", CNN, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+def test_cli_bad_model_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    for model in (bad, tmp_path / "missing.onnx"):
+        code, out, err = cli("sensitivity", model, "--calib", "random")
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def _hostile_cases():
+    from test_cli_errors import INPUT_CASES
+
+    return INPUT_CASES
+
+
+@pytest.mark.parametrize("case", _hostile_cases())
+def test_cli_hostile_inputs_are_one_line_and_write_nothing(case: str, tmp_path: Path) -> None:
+    """The cases tests/test_cli_errors.py runs for every command, for this one."""
+    from test_cli_errors import _assert_one_line_error, _make_input, _snapshot
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    model = _make_input(case, folder)
+    before = _snapshot(tmp_path)
+    code, out, err = cli("sensitivity", model, "--calib", "random")
+    _assert_one_line_error(code, out, err)
+    assert _snapshot(tmp_path) == before
