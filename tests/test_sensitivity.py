@@ -7,6 +7,7 @@ and nothing is skipped silently.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -14,9 +15,14 @@ import numpy as np
 import pytest
 from helpers import DATA, cli, sample, session
 
-from onnxsparse.graph import PrunePlan, apply_plan
-from onnxsparse.passes.sensitivity import output_errors, parse_ratios, prepare, sensitivity
 from onnxsparse.errors import UsageError
+from onnxsparse.graph import PrunePlan, apply_plan
+from onnxsparse.passes.sensitivity import (
+    output_errors,
+    parse_ratios,
+    prepare,
+    sensitivity,
+)
 
 CNN = sample("digits_cnn")
 CNN_DATA = DATA / "digits_calib.npz"
@@ -64,7 +70,7 @@ def test_cnn_errors_grow_with_the_ratio(cnn_report) -> None:
         errs = [r.rel_mse for r in g.results]
         assert all(e is not None and e > 0 for e in errs), g
         # nested selections (the lowest 10% are among the lowest 50%): monotone within a small tolerance
-        assert all(b >= 0.9 * a for a, b in zip(errs, errs[1:])), (g.id, errs)
+        assert all(b >= 0.9 * a for a, b in itertools.pairwise(errs)), (g.id, errs)
         cos = [r.cosine for r in g.results]
         assert all(-1.0 <= c <= 1.0 for c in cos) and cos[-1] <= cos[0] + 1e-6, (g.id, cos)
         low.append(errs[0])
@@ -177,7 +183,7 @@ def test_cli_bad_ratios_exit_2_with_one_line(ratios: str) -> None:
     (("--calib", "random", "--heads"), "no attention head group"),
 ])
 def test_cli_errors_are_one_line(argv, message, tmp_path: Path) -> None:
-    code, out, err = cli("sensitivity", CNN, *argv)
+    code, _, err = cli("sensitivity", CNN, *argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], err
 
@@ -186,7 +192,7 @@ def test_cli_bad_model_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     for model in (bad, tmp_path / "missing.onnx"):
-        code, out, err = cli("sensitivity", model, "--calib", "random")
+        code, _, err = cli("sensitivity", model, "--calib", "random")
         assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import SUMMARIES
 from ..errors import UsageError
 from ..report import check_report_paths, dump_json, write_report
+from . import SUMMARIES
 from ._common import progress_enabled
 
 __all__ = ["register", "run"]
@@ -83,9 +83,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=progress_enabled(args),
     )
-    if args.heads and not report.groups:
-        if not any(s.kind in HEAD_KINDS for s in report.skipped):
-            raise UsageError(f"--heads: {args.model} has no attention head group")
+    if args.heads and not report.groups and not any(s.kind in HEAD_KINDS for s in report.skipped):
+        raise UsageError(f"--heads: {args.model} has no attention head group")
     data = report.to_dict()
     if args.report:
         write_report(args.report, data, title=f"onnxsparse sensitivity {args.model}")

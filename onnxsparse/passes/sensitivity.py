@@ -47,8 +47,18 @@ import onnx_ir as ir
 from ..errors import UsageError
 from ..graph.kinds import HEAD_KINDS, KINDS
 
-__all__ = ["sensitivity", "SensitivityReport", "GroupSensitivity", "RatioResult", "SkippedEntry",
-           "prepare", "output_errors", "parse_ratios", "DEFAULT_RATIOS", "DEFAULT_SAMPLES"]
+__all__ = [
+    "DEFAULT_RATIOS",
+    "DEFAULT_SAMPLES",
+    "GroupSensitivity",
+    "RatioResult",
+    "SensitivityReport",
+    "SkippedEntry",
+    "output_errors",
+    "parse_ratios",
+    "prepare",
+    "sensitivity",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +271,8 @@ def _session(model: ir.Model):
             continue
         try:
             array = np.ascontiguousarray(tensor.numpy())
-        except Exception:  # noqa: BLE001 - keep it in the protobuf
+        except Exception:  # noqa: BLE001 - a tensor numpy cannot hold stays in the protobuf
+            logger.debug("weight %s stays in the protobuf", init.name, exc_info=True)
             continue
         if array.dtype not in _IN_MEMORY_DTYPES or tuple(array.shape) != tuple(init.dims):
             continue
@@ -362,7 +373,7 @@ def _macs_saved(model: ir.Model, masks: Mapping[tuple[str, int], np.ndarray], pe
                 if mask is not None and mask.size:
                     frac = max(frac, 1.0 - float(mask.mean()))
         saved += macs * frac
-    return int(round(saved))
+    return round(saved)
 
 
 def sensitivity(
