@@ -214,3 +214,43 @@ def test_cli_hostile_inputs_are_one_line_and_write_nothing(case: str, tmp_path: 
     code, out, err = cli("sensitivity", model, "--calib", "random")
     _assert_one_line_error(code, out, err)
     assert _snapshot(tmp_path) == before
+
+
+def test_kv_groups_of_grouped_query_attention_equal_real_pruning() -> None:
+    from onnxsparse.calibration.data import load_data
+
+    path = sample("hf_llama_sdpa_dynamo")
+    shapes = {"input_ids": (1, 16), "attention_mask": (1, 16)}
+    report = sensitivity(path, "random", ratios=(0.25, 0.5), samples=8, shapes=shapes)
+    kv = [g for g in report.groups if g.kind == "kv_group"]
+    assert len(kv) == 2 and all(g.units == 2 for g in kv)
+    assert all(g.at(0.25).units_removed == 0 and g.at(0.5).units_removed == 1 for g in kv)
+    model, _ = prepare(path)
+    feeds = load_data("random", model, shapes=shapes, samples=8, seed=0).arrays
+    for g in kv:
+        r = g.at(0.5)
+        rel, _, before, after = _pruned_error(path, g.id, r.removed, feeds)
+        assert rel == pytest.approx(r.rel_mse, rel=1e-2), g.id
+        assert r.macs_saved == before - after, g.id
+
+
+def test_fixed_batch_model_runs_at_its_batch_size(tmp_path: Path) -> None:
+    import onnx
+
+    proto = onnx.load(CNN)
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].ClearField("dim_param")
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(proto, fixed)
+    report = sensitivity(fixed, CNN_DATA, ratios=(0.5,), samples=5)
+    dynamic = sensitivity(CNN, CNN_DATA, ratios=(0.5,), samples=5)
+    assert report.samples == 5
+    for a, b in zip(report.groups, dynamic.groups, strict=True):
+        assert a.id == b.id and a.at(0.5).rel_mse == pytest.approx(b.at(0.5).rel_mse, rel=1e-4)
+
+
+def test_data_driven_criterion() -> None:
+    report = sensitivity(CNN, CNN_DATA, ratios=(0.25,), samples=16, criterion="wanda")
+    assert report.criterion == "wanda" and len(report.groups) == 3
+    assert all(g.criterion == "wanda" and g.at(0.25).rel_mse > 0 for g in report.groups)
