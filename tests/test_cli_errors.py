@@ -28,6 +28,7 @@ COMMANDS: dict[str, Callable[[Path, Path, Path], list[str]]] = {
     "inspect": lambda m, o, g: ["inspect", str(m)],
     "prune": lambda m, o, g: ["prune", str(m), "-o", str(o), "--channels", "0.3"],
     "sparsify": lambda m, o, g: ["sparsify", str(m), "-o", str(o), "--sparsity", "0.5"],
+    "sensitivity": lambda m, o, g: ["sensitivity", str(m), "--calib", "random"],
     "densify": lambda m, o, g: ["densify", str(m), "-o", str(o)],
     "quantize": lambda m, o, g: ["quantize", str(m), "-o", str(o), "--mode", "dynamic"],
     "validate": lambda m, o, g: ["validate", str(g), str(m), "--runs", "1", "--warmup", "0", "--no-memory"],
