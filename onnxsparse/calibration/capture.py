@@ -29,6 +29,7 @@ from .data import DataSource
 from .stats import ChannelStats, ErrorStats, LayerStats
 
 __all__ = [
+    "batching",
     "LinearView",
     "linear_view",
     "LayerRequest",
@@ -292,7 +293,7 @@ def _per_sample_bytes(model: ir.Model, names: Sequence[str]) -> int:
     return total
 
 
-def _batching(model: ir.Model, source: DataSource, batch_size: int, limit: int | None) -> tuple[int, int]:
+def batching(model: ir.Model, source: DataSource, batch_size: int, limit: int | None = None) -> tuple[int, int]:
     """Batch size and sample count to use: a model whose batch axis is fixed gets exactly that size."""
     from ..errors import DataError
     from .data import model_input_specs
@@ -361,7 +362,7 @@ def capture(
     per_sample = _per_sample_bytes(model, names) + (_per_sample_bytes(model, layer_names) if ref_sess else 0)
     if per_sample:
         batch_size = max(1, min(batch_size, OUTPUT_BUDGET // per_sample))
-    batch_size, limit = _batching(model, source, batch_size, limit)
+    batch_size, limit = batching(model, source, batch_size, limit)
     for r in layers:
         result.layers[r.view.node] = LayerStats(r.view.in_features, want_gram=r.gram, want_cross=ref_sess is not None)
     total = limit
@@ -419,7 +420,7 @@ def output_errors(
     ref = session_with_outputs(reference, names)
     sessions = {k: session_with_outputs(m, names) for k, m in candidates.items()}
     errors = {k: {n: ErrorStats() for n in names} for k in candidates}
-    batch_size, limit = _batching(reference, source, batch_size, limit)
+    batch_size, limit = batching(reference, source, batch_size, limit)
     for batch in source.batches(batch_size, limit):
         expected = _run(ref, _feeds(ref, batch), names)
         for key, sess in sessions.items():

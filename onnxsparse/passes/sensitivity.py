@@ -294,20 +294,6 @@ def _session(model: ir.Model):
     return sess
 
 
-def _batch_size(model: ir.Model, total: int, batch_size: int) -> tuple[int, int]:
-    """(batch size, samples used): a model whose batch axis is fixed runs exactly that many at a time."""
-    from ..calibration.data import model_input_specs
-    from ..errors import DataError
-
-    fixed = {s.shape[0] for s in model_input_specs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-    if len(fixed) == 1:
-        size = fixed.pop()
-        if total < size:
-            raise DataError(f"the model's batch size is fixed to {size} but only {total} calibration samples were given")
-        return size, total - total % size
-    return max(1, batch_size), total
-
-
 def _run_all(sess, source, batch_size: int, limit: int, names: Sequence[str]) -> list[np.ndarray]:
     wanted = {i.name for i in sess.get_inputs()}
     parts: list[list[np.ndarray]] = [[] for _ in names]
@@ -422,7 +408,9 @@ def sensitivity(
     timings["analysis_s"] = time.perf_counter() - t
     t = time.perf_counter()
     source = _calibration_source(calib, model, shapes, samples, seed)
-    bs, limit = _batch_size(model, len(source), batch_size)
+    from ..calibration.capture import batching
+
+    bs, limit = batching(model, source, batch_size)
     source = DataSource({k: v[:limit] for k, v in source.arrays.items()}, source.origin)
 
     sess = _session(model)
