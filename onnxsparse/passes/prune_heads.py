@@ -19,16 +19,20 @@ import argparse
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from ..errors import UsageError
+from ..graph import DependencyGraph, Group
 from ..graph.kinds import HEAD_KINDS
 from ..graph.slots import Role
 from .normalize import normalize
+
+if TYPE_CHECKING:
+    from .prune import PruneResult
 
 __all__ = [
     "HeadPruneResult",
@@ -87,10 +91,14 @@ def block_name(nodes: Sequence[str], weights: Sequence[str], fallback: str) -> s
     return by_nodes if len(by_nodes) >= 2 else fallback
 
 
-def _describe_group(dg: Any, group: Any) -> dict[str, Any]:
+def _op_names(model: ir.Model) -> dict[str, str]:
+    """Node name -> op type, prefixed by its domain outside the default one (``com.microsoft.Attention``)."""
+    return {n.name or "": n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph}
+
+
+def _describe_group(dg: DependencyGraph, group: Group, ops: Mapping[str, str],
+                    softmax_outputs: frozenset[str]) -> dict[str, Any]:
     """Name, form, head size and query heads per unit of a head/neuron group."""
-    model = dg.model
-    ops = {n.name: n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph}
     rows = {m.slot.key: dg.positions(group, m.slot.key).shape[1] for m in group.members}
     shared = dg.shared_names  # one constant of several layers names none of them
     weights = [m.slot.value for m in group.members if m.weight and m.slot.value not in shared]
@@ -102,8 +110,7 @@ def _describe_group(dg: Any, group: Any) -> dict[str, Any]:
     linear = [m for m in group.members if m.weight and Role.PRODUCE in m.roles]
     named = [n for n in group.nodes if ops.get(n) not in ("QuantizeLinear", "DequantizeLinear",
                                                          "com.microsoft.QuantizeLinear", "com.microsoft.DequantizeLinear")]
-    softmax = {n.name for n in model.graph if n.op_type == "Softmax"
-               and any(o is not None and o.name in {m.slot.value for m in group.members} for o in n.outputs)}
+    softmax = {m.slot.value for m in group.members} & softmax_outputs
     return {
         "name": block_name(named, weights, group.nodes[0] if group.nodes else f"group {group.id}"),
         "form": fused[0] if fused else ("decomposed" if group.kind in HEAD_KINDS else "ffn"),
@@ -116,7 +123,7 @@ def _describe_group(dg: Any, group: Any) -> dict[str, Any]:
     }
 
 
-def _sinks(dg: Any, group: Any, removed: Sequence[int]) -> list[dict[str, Any]]:
+def _sinks(dg: DependencyGraph, group: Group, removed: Sequence[int]) -> list[dict[str, Any]]:
     """The weights that read the group's units (output/down projections) and the rows removed from them."""
     out = []
     for ws in dg.weights(group):
@@ -133,7 +140,7 @@ def _shape_str(value: ir.Value) -> str:
     return "?" if shape is None else "[" + ", ".join(str(d) for d in shape.dims) + "]"
 
 
-def _signature_changes(dg: Any, group: Any, removed: Sequence[int], block: str) -> list[dict[str, Any]]:
+def _signature_changes(dg: DependencyGraph, group: Group, removed: Sequence[int], block: str) -> list[dict[str, Any]]:
     """Graph inputs/outputs the group changed (a KV cache when signature changes were allowed)."""
     graph = dg.model.graph
     io = {v.name: "input" for v in graph.inputs} | {v.name: "output" for v in graph.outputs}
@@ -155,7 +162,7 @@ def _signature_changes(dg: Any, group: Any, removed: Sequence[int], block: str) 
     return out
 
 
-def heads_report(result: Any, *, heads: float, ffn: float, criterion: str, round_to: Any) -> dict[str, Any]:
+def heads_report(result: PruneResult, *, heads: float, ffn: float, criterion: str, round_to: Any) -> dict[str, Any]:
     """Per attention block and FFN: what ``prune`` removed, read off its plan; skipped blocks with reasons."""
     plan = result.plan
     dg = plan.graph
@@ -164,11 +171,13 @@ def heads_report(result: Any, *, heads: float, ffn: float, criterion: str, round
         "attention": [], "ffn": [], "skipped": [], "signature_changes": [],
     }
     used = {g.id: g.criterion for g in result.report.groups}
+    ops = _op_names(dg.model)
+    softmax_outputs = frozenset(o.name for n in dg.model.graph if n.op_type == "Softmax" for o in n.outputs if o is not None)
     for group in dg.groups:
         attention = group.kind in HEAD_KINDS
         if group.kind not in ("head", "kv_group", "neuron") or (attention and not heads) or (not attention and not ffn):
             continue
-        info = _describe_group(dg, group)
+        info = _describe_group(dg, group, ops, softmax_outputs)
         kind = "attention" if attention else "ffn"
         if not any(c.isdigit() for c in info["name"]):  # generic node names (dynamo): number the blocks
             info["name"] = f"{kind} {len(report[kind]) + sum(s['kind'] == kind for s in report['skipped'])}"
