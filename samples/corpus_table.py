@@ -47,7 +47,8 @@ from onnxsparse import load_model, normalize
 from onnxsparse.analysis import model_stats
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
 from onnxsparse.io import max_runtime_ir_version
-from onnxsparse.passes.prune import plan_pruning, prune, unfold_head_batch
+from onnxsparse.passes.attention_rewrites import rewrite_attention
+from onnxsparse.passes.prune import plan_pruning
 from onnxsparse.passes.prune_heads import masked_heads_model, prune_heads
 
 HERE = Path(__file__).resolve().parent
@@ -115,7 +116,7 @@ def prepared(path: Path) -> ir.Model:
     model = load_model(path)
     normalize(model)
     model.ir_version = max(model.ir_version, 4)
-    unfold_head_batch(model)
+    rewrite_attention(model)
     return model
 
 

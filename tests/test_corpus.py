@@ -35,7 +35,8 @@ from test_heads import masked_reference
 
 from onnxsparse import load_model, normalize
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
-from onnxsparse.passes.prune import plan_pruning, unfold_head_batch
+from onnxsparse.passes.attention_rewrites import rewrite_attention
+from onnxsparse.passes.prune import plan_pruning
 from onnxsparse.passes.prune_heads import prune_heads
 
 CORPUS = ROOT / "samples" / "corpus"
@@ -97,7 +98,7 @@ def test_prune_channels(name: str) -> None:
     model = load_model(CORPUS / f"{name}.onnx")
     normalize(model)  # the model as prune() analyses it
     model.ir_version = max(model.ir_version, 4)
-    unfold_head_batch(model)
+    rewrite_attention(model)
     dg = build_groups(model)
     internal = [r for g in dg.skipped for r in g.reasons if "internal error" in r]
     assert not internal, internal

@@ -2,7 +2,7 @@
 
 For every attention export of the corpus (``samples/corpus``), the Hugging Face samples
 (``samples/models/hf_*``) and the other attention samples: after ``normalize`` and the attention
-rewrites ``prune()`` runs (``unfold_head_batch`` -> ``rewrite_attention``), ``build_groups`` finds
+rewrites ``prune()`` runs (``rewrite_attention``), ``build_groups`` finds
 one prunable head group (``kind`` ``head`` or ``kv_group``) per attention block (one per Softmax;
 T5's relative-position bias is one per-head input of both layers, so both share one group),
 and removing unit 0 of every head group gives the same outputs as the original model with those
@@ -24,7 +24,7 @@ from helpers import ROOT, assert_pruned_matches_masked, runtime_bytes
 from onnxsparse import load_model, normalize
 from onnxsparse.graph import PrunePlan, apply_plan, build_groups, masked_copy
 from onnxsparse.graph.kinds import HEAD_KINDS
-from onnxsparse.passes.prune import unfold_head_batch
+from onnxsparse.passes.attention_rewrites import rewrite_attention
 
 CORPUS = ROOT / "samples" / "corpus"
 MODELS = ROOT / "samples" / "models"
@@ -83,7 +83,7 @@ def test_heads_found_and_exact(name: str) -> None:
     model = load_model(PATHS[name])
     normalize(model)  # the model as prune() analyses it
     model.ir_version = max(model.ir_version, 4)
-    unfold_head_batch(model)  # runs rewrite_attention
+    rewrite_attention(model)
     blocks = _softmax(model)
     dg = build_groups(model)
     heads = [g for g in dg.groups if g.kind in HEAD_KINDS]

@@ -15,7 +15,8 @@ from helpers import ROOT, sample
 from onnxsparse import load_model, normalize
 from onnxsparse.errors import UsageError
 from onnxsparse.graph import build_groups
-from onnxsparse.passes.prune import kind_ratios, plan_pruning, prune, unfold_head_batch
+from onnxsparse.passes.attention_rewrites import rewrite_attention
+from onnxsparse.passes.prune import kind_ratios, plan_pruning, prune
 
 HF = ROOT / "samples" / "models"
 
@@ -23,7 +24,7 @@ HF = ROOT / "samples" / "models"
 def _groups(path):
     model = load_model(path)
     normalize(model)
-    unfold_head_batch(model)
+    rewrite_attention(model)
     return build_groups(model)
 
 

@@ -27,7 +27,8 @@ from test_heads import masked_reference
 from onnxsparse import load_model, normalize
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
 from onnxsparse.io import max_runtime_ir_version, to_proto
-from onnxsparse.passes.prune import plan_pruning, unfold_head_batch
+from onnxsparse.passes.attention_rewrites import rewrite_attention
+from onnxsparse.passes.prune import plan_pruning
 from onnxsparse.passes.prune_heads import prune_heads
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -161,7 +162,7 @@ def _channel_model(name: str) -> ir.Model:
     """The model as ``prune()`` analyses it: normalised, heads-into-batch K^T unfolded."""
     model = normalize(load_model(SAMPLES / f"{name}.onnx"))
     model.ir_version = max(model.ir_version, 4)
-    unfold_head_batch(model)
+    rewrite_attention(model)
     return model
 
 

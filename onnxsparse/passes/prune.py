@@ -34,12 +34,13 @@ from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_
 from ..graph.dependency import internal_error
 from ..graph.kinds import HEAD_KINDS
 from ..io import ModelSource, load_model, own_weights
+from .attention_rewrites import rewrite_attention
 from .normalize import normalize
 from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
 
 __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
-           "default_repair", "default_criterion", "ROUND_TO_AUTO", "auto_round_to", "unfold_head_batch", "kind_ratios"]
+           "default_repair", "default_criterion", "ROUND_TO_AUTO", "auto_round_to", "kind_ratios"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,18 +203,6 @@ def _unit_round(dg: DependencyGraph, round_to: int | str) -> dict[int, int]:
             for g in dg.prunable}
 
 
-def unfold_head_batch(model: ir.Model) -> None:
-    """Put exported attention into the form the dependency graph reads (:mod:`.attention_rewrites`).
-
-    E.g. dynamo's heads-into-batch ``K^T`` ties Q and K's channels to the batch
-    axis, so without the rewrite their groups decline.  A model that ends up
-    unchanged is handed back as it was anyway.
-    """
-    from .attention_rewrites import rewrite_attention
-
-    rewrite_attention(model)
-
-
 def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, int]:
     """Symbolic input dims bound to 1 (per-sample MACs) unless ``shapes`` fixes them."""
     fixed = set(shapes or ())
@@ -336,7 +325,7 @@ def prune(
         normalize(model)
     # Initializers are no longer graph inputs after normalisation: IR >= 4 allows that.
     model.ir_version = max(int(model.ir_version), 4)
-    unfold_head_batch(model)
+    rewrite_attention(model)  # exporter forms that hide the head axis, rewritten exactly first
     t = step("normalize_s", t)
     dims = _mac_dims(model, shapes)
     before = _measure(model, shapes, dims) if measure else (0, None, 0)

@@ -233,13 +233,13 @@ def prepare(model) -> tuple[ir.Model, Any]:
     """The model as ``prune`` analyses it (own weights, normalised, attention rewritten) and its groups."""
     from ..graph import build_groups
     from ..io import load_model, own_weights
+    from .attention_rewrites import rewrite_attention
     from .normalize import normalize
-    from .prune import unfold_head_batch
 
     model = own_weights(load_model(model))
     normalize(model)
     model.ir_version = max(int(model.ir_version), 4)
-    unfold_head_batch(model)
+    rewrite_attention(model)
     return model, build_groups(model)
 
 
