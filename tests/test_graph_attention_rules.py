@@ -378,8 +378,8 @@ def test_gqa_packed_and_rotary_prune_exactly(packed: bool, rotary: bool) -> None
     dg = build_groups(model)
     g = _head_group(dg, node)
     assert g is not None and g.size == 2, [x.describe() for x in dg.groups]
-    # packed: one projection weight, so kinds.classify cannot tell a KV group from a head (see its docstring)
-    assert g.kind == ("head" if packed else "kv_group")
+    # the op declares its unit as a KV head read by 2 query heads, packed or not
+    assert g.kind == "kv_group" and dg.queries_per_unit(g) == 2
     if packed:  # one KV group: its 2 query heads, its key head and its value head in the packed axis
         d = 16 if rotary else 8
         assert dg.positions(g, ("qkv", 2)).tolist()[1] == [*range(2 * d, 4 * d), *range(5 * d, 6 * d),

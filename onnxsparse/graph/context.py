@@ -110,7 +110,7 @@ class CoupleContext(_NodeView):
         self.roles: list[tuple[SlotKey, Role]] = []
         self.contractions: list[Contraction] = []
         self.unknown: list[tuple[SlotKey, str]] = []
-        self.heads: list[SlotKey] = []
+        self.heads: list[tuple[SlotKey, int]] = []
 
     # -- slots -------------------------------------------------------------
     def same_shape(self, src: ir.Value | None, dst: ir.Value | None) -> None:
@@ -208,16 +208,18 @@ class CoupleContext(_NodeView):
                     self.couple(x, k, output, ko)
         return None
 
-    def head_axis(self, end: Endpoint, axis: int) -> None:
+    def head_axis(self, end: Endpoint, axis: int, queries: int = 1) -> None:
         """``axis`` of ``end`` indexes attention heads (or KV groups): a group through it is a head group.
 
         Rules say this where the op treats the axis as independent attention
         heads (a batch axis of ``Q @ K^T``, the heads of a fused attention op);
-        :func:`onnxsparse.graph.kinds.classify` reads it, nothing else does.
+        ``queries`` > 1 says each position is a KV head read by that many query
+        heads (grouped-query attention).  :func:`onnxsparse.graph.kinds.classify`
+        reads it.
         """
         key, size = self._end(end, axis)
         if size is not None and size > 1:
-            self.heads.append(key)
+            self.heads.append((key, int(queries)))
 
     def handled(self, value: ir.Value, axis: int) -> None:
         """Mark an axis as safe to leave unmapped (removing its positions changes nothing here)."""

@@ -143,7 +143,8 @@ class _Analysis:
         self.contractions: list[Contraction] = []
         self.node_rules: dict[str, OpRule | None] = {}
         self.node_versions: dict[str, int] = {}
-        self.heads: set[SlotKey] = set()
+        #: head axes rules declared -> query heads per position (1, or G under grouped-query attention)
+        self.heads: dict[SlotKey, int] = {}
         #: reasons that only say "this is a graph input/output" (heads may lift them, see build_groups)
         self.io_reasons: set[str] = set()
 
@@ -176,7 +177,8 @@ class _Analysis:
         for key, role in ctx.roles:
             self.roles.setdefault(key, set()).add(role)
         self.contractions.extend(ctx.contractions)
-        self.heads.update(ctx.heads)
+        for key, queries in ctx.heads:
+            self.heads[key] = max(queries, self.heads.get(key, 1))
         self.node_rules[ctx.name] = rule
         self.node_versions[ctx.name] = ctx.version
         touched = set(ctx.handled_axes)
@@ -298,6 +300,13 @@ class DependencyGraph:
             if gone.any():
                 masks[self._slot_keys[s]] = ~gone
         return masks
+
+    def queries_per_unit(self, group: Group) -> int:
+        """Query heads per unit of a head / KV group (1 for plain heads, G under grouped-query attention)."""
+        from .kinds import queries_per_unit
+
+        rows = {key: int(t.shape[1]) for key, t in self._tables[group.id].items()}
+        return queries_per_unit(group, self._an.heads, rows)
 
     def unattached_heads(self) -> list[tuple[str, tuple[str, ...]]]:
         """Head axes (declared by rules) that reach no weight, so form no head group: one entry per

@@ -21,6 +21,7 @@ groups, ``--ffn`` for neurons).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .slots import Role
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .dependency import Group
     from .slots import SlotKey
 
-__all__ = ["KINDS", "HEAD_KINDS", "classify"]
+__all__ = ["KINDS", "HEAD_KINDS", "classify", "queries_per_unit"]
 
 KINDS: tuple[str, ...] = ("channel", "head", "kv_group", "neuron")
 HEAD_KINDS = frozenset({"head", "kv_group"})
@@ -42,18 +43,28 @@ _NORM = frozenset({"LayerNormalization", "SimplifiedLayerNormalization", "SkipLa
                    "InstanceNormalization", "BatchNormalization"})
 
 
-def classify(group: Group, heads: set[SlotKey], node_ops: dict[str, str], row_lengths: dict[SlotKey, int],
+def queries_per_unit(group: Group, heads: Mapping[SlotKey, int], row_lengths: Mapping[SlotKey, int]) -> int:
+    """Query heads one unit of a head group holds: what a rule declared for its head axis (a fused
+    grouped-query op), else the ratio of positions per unit between the query projection and the
+    key/value projections (decomposed ``repeat_kv``); 1 for plain multi-head attention."""
+    declared = max((heads.get(m.slot.key, 1) for m in group.members), default=1)
+    if declared > 1:
+        return declared
+    produced = [row_lengths[m.slot.key] for m in group.members
+                if m.weight and Role.PRODUCE in m.roles and m.slot.key in row_lengths]
+    return max(produced) // min(produced) if produced and min(produced) > 0 else 1
+
+
+def classify(group: Group, heads: Mapping[SlotKey, int], node_ops: dict[str, str], row_lengths: dict[SlotKey, int],
              io_reasons: set[str]) -> str:
     """The kind of ``group`` (see the module docstring).
 
-    ``heads``: slots rules declared as heads; ``node_ops``: node name -> op type;
-    ``row_lengths``: positions per unit of each member slot; ``io_reasons``: the reasons that
-    only say "graph input/output".
+    ``heads``: slots rules declared as heads (-> query heads per position); ``node_ops``: node
+    name -> op type; ``row_lengths``: positions per unit of each member slot; ``io_reasons``: the
+    reasons that only say "graph input/output".
     """
     if any(m.slot.key in heads for m in group.members):
-        produced = {row_lengths[m.slot.key] for m in group.members
-                    if m.weight and Role.PRODUCE in m.roles and m.slot.key in row_lengths}
-        return "kv_group" if len(produced) > 1 else "head"
+        return "kv_group" if queries_per_unit(group, heads, row_lengths) > 1 else "head"
     roles = {r for m in group.members if m.weight for r in m.roles}
     one_sided = not (Role.PRODUCE in roles and Role.CONSUME in roles)
     model_end = one_sided and any(r in io_reasons for r in group.reasons)

@@ -103,10 +103,9 @@ def _describe_group(dg: DependencyGraph, group: Group, ops: Mapping[str, str],
     shared = dg.shared_names  # one constant of several layers names none of them
     weights = [m.slot.value for m in group.members if m.weight and m.slot.value not in shared]
     fused = sorted({ops.get(n) for n in group.nodes if ops.get(n) in _FUSED})
-    produce = [rows[m.slot.key] for m in group.members if m.weight and Role.PRODUCE in m.roles]
     per_unit = [r for r in rows.values() if r > 1]
     head_size = min(per_unit) if per_unit else 1
-    q_per_unit = (max(produce) // min(produce)) if produce and group.kind == "kv_group" else 1
+    q_per_unit = dg.queries_per_unit(group) if group.kind == "kv_group" else 1
     linear = [m for m in group.members if m.weight and Role.PRODUCE in m.roles]
     named = [n for n in group.nodes if ops.get(n) not in ("QuantizeLinear", "DequantizeLinear",
                                                          "com.microsoft.QuantizeLinear", "com.microsoft.DequantizeLinear")]

@@ -95,9 +95,10 @@ def _fill(y: ir.Value | None, dims: Sequence, like: ir.Value | None) -> None:
         y.dtype = like.dtype
 
 
-def _heads(ctx: CoupleContext, size: int) -> Virtual:
+def _heads(ctx: CoupleContext, size: int, queries: int = 1) -> Virtual:
+    """The op's unit slot: ``size`` heads, or KV heads each read by ``queries`` query heads."""
     unit = ctx.virtual(_UNIT, size)
-    ctx.head_axis(unit, 0)
+    ctx.head_axis(unit, 0, queries)
     return unit
 
 
@@ -184,7 +185,7 @@ def _couple_3d(ctx: CoupleContext, q: ir.Value, k: ir.Value, v: ir.Value, y: ir.
     yd = ctx.dims(y)
     if yd is None or len(yd) != 3 or yd[2] != hq * dv:
         return f"{ctx.describe()}: output is not [batch, seq, {hq * dv}]"
-    unit = _heads(ctx, hkv)
+    unit = _heads(ctx, hkv, g)
     ctx.couple(unit, 0, q, 2, Block(g * dq))
     ctx.couple(unit, 0, k, 2, Block(dk))
     ctx.couple(unit, 0, v, 2, Block(dv))
@@ -216,7 +217,7 @@ def _couple_packed_gqa(ctx: CoupleContext, qkv: ir.Value, y: ir.Value, hq: int, 
     yd = ctx.dims(y)
     if yd is None or len(yd) != 3 or yd[2] != hq * d:
         return f"{ctx.describe()}: output is not [batch, seq, {hq * d}]"
-    unit = _heads(ctx, hkv)
+    unit = _heads(ctx, hkv, g)
     ctx.couple(unit, 0, qkv, 2, Table(rows))
     ctx.couple(unit, 0, y, 2, Block(g * d))
     ctx.couple(qkv, 0, y, 0)
@@ -474,7 +475,7 @@ class OnnxAttentionRule(OpRule):
             d, dv = qd[3], vd[3]
             if yd is None or len(yd) != 4 or yd[1] != hq:
                 return f"{ctx.describe()}: output is not [B, {hq}, S, Dv] (shape {yd})"
-            unit = _heads(ctx, hkv)
+            unit = _heads(ctx, hkv, hq // hkv)
             g = hq // hkv
             ctx.couple(unit, 0, q, 1, Block(g))
             ctx.couple(unit, 0, k, 1)
