@@ -217,7 +217,7 @@ def _build(arch: str, attn: str):
     return wrapper().eval(), args, spec, used, fallback
 
 
-def _export(model, args, path: Path, spec: dict, *, dynamo: bool) -> None:
+def _export(model, args, path: Path, spec: dict, *, dynamo: bool, seq_max: int = 48) -> None:
     import torch
 
     with warnings.catch_warnings():
@@ -232,7 +232,7 @@ def _export(model, args, path: Path, spec: dict, *, dynamo: bool) -> None:
         for name in spec["names"]:
             axes = spec["dynamic"].get(name, {})
             shapes.append({a: dims.setdefault(d, torch.export.Dim(d, min=1 if d == "batch" else 2,
-                                                                    max=1024 if d == "batch" else 48))
+                                                                    max=1024 if d == "batch" else seq_max))
                            for a, d in axes.items()} or None)
         prog = torch.onnx.export(model, args, dynamo=True, opset_version=18, input_names=spec["names"],
                                  output_names=spec["outputs"], dynamic_shapes=tuple(shapes),
@@ -240,7 +240,8 @@ def _export(model, args, path: Path, spec: dict, *, dynamo: bool) -> None:
         prog.save(str(path), external_data=False)
 
 
-def _finalize(path: Path) -> dict[str, Any]:
+def _finalize(path: Path, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
+    """Cap the IR version, drop dynamo's per-node stack traces, check, size-cap and describe the export."""
     import onnx
 
     model = onnx.load(str(path))
@@ -254,8 +255,8 @@ def _finalize(path: Path) -> dict[str, Any]:
         extra.unlink()
     onnx.checker.check_model(str(path), full_check=True)
     size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise RuntimeError(f"{path.name}: {size} bytes > {MAX_BYTES}")
+    if size > max_bytes:
+        raise RuntimeError(f"{path.name}: {size} bytes > {max_bytes}")
     ops: dict[str, int] = {}
     for n in model.graph.node:
         key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"

@@ -19,17 +19,17 @@ import argparse
 import json
 import sys
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import export_corpus as ec  # noqa: E402  (export, finalise and check; numpy only at import time)
+
 MODELS = HERE / "models"
 MANIFEST_NAME = "hf_manifest.json"
 MAX_BYTES = int(__import__("os").environ.get("HF_MAX_BYTES", 400_000))
-MAX_IR_VERSION = 10
 SEED = 0
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -104,53 +104,14 @@ def _build(arch: str, attn: str):
     return wrapper().eval(), args, spec, config
 
 
-def _export(model, args, path: Path, spec: dict, *, dynamo: bool) -> None:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if not dynamo:
-            torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17,
-                              input_names=spec["names"], output_names=spec["outputs"],
-                              dynamic_axes=spec["dynamic"])
-            return
-        dims: dict[str, Any] = {}
-        shapes = []
-        for name in spec["names"]:
-            axes = spec["dynamic"].get(name, {})
-            shapes.append({a: dims.setdefault(d, torch.export.Dim(d, min=1 if d == "batch" else 2,
-                                                                    max=1024 if d == "batch" else 64))
-                           for a, d in axes.items()} or None)
-        prog = torch.onnx.export(model, args, dynamo=True, opset_version=18, input_names=spec["names"],
-                                 output_names=spec["outputs"], dynamic_shapes=tuple(shapes),
-                                 external_data=False)
-        prog.save(str(path), external_data=False)
-
-
 def _finalize(path: Path) -> dict[str, Any]:
+    """export_corpus's record of an export, with the op chain from each Softmax to its ``P V`` MatMul."""
     import onnx
 
-    model = onnx.load(str(path))
-    if model.ir_version > MAX_IR_VERSION:
-        model.ir_version = MAX_IR_VERSION
-    for node in model.graph.node:  # dynamo's per-node stack traces and module paths: most of the bytes
-        node.doc_string = ""
-        del node.metadata_props[:]
-    onnx.save(model, str(path))
-    for extra in path.parent.glob(path.name + ".data"):
-        extra.unlink()
-    onnx.checker.check_model(str(path), full_check=True)
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise RuntimeError(f"{path.name}: {size} bytes > {MAX_BYTES}")
-    ops: dict[str, int] = {}
-    for n in model.graph.node:
-        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-        ops[key] = ops.get(key, 0) + 1
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"bytes": size, "opset": opset, "ir_version": model.ir_version,
-            "producer": f"{model.producer_name} {model.producer_version}".strip(),
-            "ops": dict(sorted(ops.items())), "softmax_to_pv": _softmax_paths(model)}
+    record = ec._finalize(path, max_bytes=MAX_BYTES)
+    info = {k: record[k] for k in ("bytes", "opset", "ir_version", "producer", "ops")}
+    info["softmax_to_pv"] = _softmax_paths(onnx.load(str(path)))
+    return info
 
 
 def _softmax_paths(model) -> list[str]:
@@ -182,18 +143,6 @@ def _softmax_paths(model) -> list[str]:
     return sorted(set(paths))
 
 
-def _check(path: Path, spec: dict, args, ref) -> float:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {n: a.numpy() for n, a in zip(spec["names"], args)})[0]
-    expected = ref.detach().numpy()
-    err = float(np.abs(got - expected).max())
-    if err > 1e-4 * max(1.0, float(np.abs(expected).max())):
-        raise RuntimeError(f"{path.name}: onnxruntime differs from torch by {err}")
-    return err
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
@@ -219,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                 manifest["failed"].pop(name, None)
                 try:
                     model, args, spec, config = _build(arch, attn)
-                    _export(model, args, path, spec, dynamo=dynamo)
+                    ec._export(model, args, path, spec, dynamo=dynamo, seq_max=64)
                     info = _finalize(path)
                     with torch.no_grad():
                         ref = model(*args)
-                    info["max_abs_err_vs_torch"] = _check(path, spec, args, ref)
+                    info["max_abs_err_vs_torch"] = ec._check(path, spec, args, ref)
                     info.update(
                         arch=arch, attn_implementation=attn,
                         exporter=f"torch.onnx.export(dynamo={dynamo})",
