@@ -24,10 +24,10 @@ All models, no subset: about a minute on 2 cores.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import pytest
 from helpers import ROOT, assert_pruned_matches_masked, cli, runtime_bytes
@@ -39,12 +39,14 @@ from onnxsparse.passes.attention_rewrites import rewrite_attention
 from onnxsparse.passes.prune import plan_pruning
 from onnxsparse.passes.prune_heads import prune_heads
 
+sys.path.insert(0, str(ROOT / "samples"))
+import corpus_table  # noqa: E402  (the corpus feeds: ids in the vocabulary, one padded row)
+
 CORPUS = ROOT / "samples" / "corpus"
 MODELS = sorted(p.stem for p in CORPUS.glob("*.onnx")) if CORPUS.is_dir() else []
 pytestmark = pytest.mark.skipif(not MODELS, reason="samples/corpus absent: run samples/export_corpus.py")
 
 REL_TOL = 1e-4
-VOCAB = 128
 
 #: exports with no prunable channel group (the first reason that blocks their weights)
 NO_CHANNEL_GROUPS: dict[str, str] = {}
@@ -59,26 +61,10 @@ def _params(names: list[str], fails: dict[str, str]) -> list[Any]:
             for n in names]
 
 
-def _feeds(sess, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for arg in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else (seq if str(d) == "seq" else batch) for d in arg.shape]
-        if arg.name == "input_ids":
-            out[arg.name] = rng.integers(3, VOCAB, shape).astype(np.int64)
-        elif arg.name == "attention_mask":
-            mask = np.ones(shape, np.int64)
-            mask[0, -2:] = 0
-            out[arg.name] = mask
-        else:
-            out[arg.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
-
-
 def _check(name: str, original: Any, masked: Any, pruned: Any, batch: int, seq: int) -> None:
     """pruned == masked (relative to the output's peak), masked != original."""
     assert_pruned_matches_masked(f"{name} at batch {batch} seq {seq}", original, masked, pruned,
-                                 lambda s: _feeds(s, batch, seq), REL_TOL)
+                                 lambda s: corpus_table.feeds(s, batch, seq), REL_TOL)
 
 
 def test_corpus_files_and_manifest() -> None:
