@@ -241,6 +241,22 @@ def _couple_kv_state(ctx: CoupleContext, unit: Virtual, values: Sequence[ir.Valu
     return None
 
 
+def _couple_kv_cache(ctx: CoupleContext, unit: Virtual, past: tuple[ir.Value | None, ...], q: ir.Value,
+                     hkv: int, d: int, dv: int) -> str | None:
+    """Past key/value inputs and present key/value outputs 1, 2 (``[B, Hkv, T, D]``): the unit on axis 1
+    (present shapes filled in from the query's batch when inference left them out)."""
+    reason = _couple_kv_state(ctx, unit, past, hkv, d, "past state")
+    if reason:
+        return reason
+    b = _dim(q, 0)
+    for i, dd in ((1, d), (2, dv)):
+        reason = _couple_kv_state(ctx, unit, (ctx.output(i),), hkv, dd, "present state", like=q,
+                                  fill=[b, hkv, ir.SymbolicDim(None), dd])
+        if reason:
+            return reason
+    return None
+
+
 class MultiHeadAttentionRule(OpRule):
     """``com.microsoft::MultiHeadAttention`` with separate 3-D query/key/value."""
 
@@ -283,17 +299,7 @@ class MultiHeadAttentionRule(OpRule):
         reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=q)
         if reason:
             return reason
-        past = (ctx.input(6), ctx.input(7))
-        reason = _couple_kv_state(ctx, unit, past, h, d, "past state")
-        if reason:
-            return reason
-        b = _dim(q, 0)
-        for i, dd in ((1, d), (2, dv)):
-            reason = _couple_kv_state(ctx, unit, (ctx.output(i),), h, dd, "present state", like=q,
-                                      fill=[b, h, ir.SymbolicDim(None), dd])
-            if reason:
-                return reason
-        return None
+        return _couple_kv_cache(ctx, unit, (ctx.input(6), ctx.input(7)), q, h, d, dv)
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         keep = ctx.keep_virtual(_UNIT)
@@ -408,15 +414,9 @@ class GroupQueryAttentionRule(OpRule):
             return res
         unit, d, dv = res
         g = hq // hkv
-        reason = _couple_kv_state(ctx, unit, (ctx.input(3), ctx.input(4)), hkv, d, "past state")
+        reason = _couple_kv_cache(ctx, unit, (ctx.input(3), ctx.input(4)), q, hkv, d, dv)
         if reason:
             return reason
-        b = _dim(q, 0)
-        for i, dd in ((1, d), (2, dv)):
-            reason = _couple_kv_state(ctx, unit, (ctx.output(i),), hkv, dd, "present state", like=q,
-                                      fill=[b, hkv, ir.SymbolicDim(None), dd])
-            if reason:
-                return reason
         reason = _head_bias(ctx, ctx.input(10), unit, hq, g, "attention_bias", q=q)
         if reason:
             return reason
