@@ -43,12 +43,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 import onnxsparse
-from onnxsparse import load_model, normalize
+from onnxsparse import load_model
 from onnxsparse.analysis import model_stats
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
 from onnxsparse.io import max_runtime_ir_version
-from onnxsparse.passes.attention_rewrites import rewrite_attention
-from onnxsparse.passes.prune import plan_pruning
+from onnxsparse.passes.prune import plan_pruning, prepare_for_analysis
 from onnxsparse.passes.prune_heads import masked_heads_model, prune_heads
 
 HERE = Path(__file__).resolve().parent
@@ -112,12 +111,8 @@ def differs(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 def prepared(path: Path) -> ir.Model:
-    """The model as ``prune()`` analyses it: normalised, dynamo's batch-folded K^T unfolded."""
-    model = load_model(path)
-    normalize(model)
-    model.ir_version = max(model.ir_version, 4)
-    rewrite_attention(model)
-    return model
+    """The model as ``prune()`` analyses it: normalised, attention rewritten."""
+    return prepare_for_analysis(load_model(path))
 
 
 def _short(reason: str) -> str:

@@ -33,10 +33,9 @@ import pytest
 from helpers import ROOT, assert_pruned_matches_masked, cli, runtime_bytes
 from test_heads import masked_reference
 
-from onnxsparse import load_model, normalize
+from onnxsparse import load_model
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
-from onnxsparse.passes.attention_rewrites import rewrite_attention
-from onnxsparse.passes.prune import plan_pruning
+from onnxsparse.passes.prune import plan_pruning, prepare_for_analysis
 from onnxsparse.passes.prune_heads import prune_heads
 
 sys.path.insert(0, str(ROOT / "samples"))
@@ -81,10 +80,7 @@ def test_corpus_files_and_manifest() -> None:
 
 @pytest.mark.parametrize("name", _params(MODELS, NO_CHANNEL_GROUPS))
 def test_prune_channels(name: str) -> None:
-    model = load_model(CORPUS / f"{name}.onnx")
-    normalize(model)  # the model as prune() analyses it
-    model.ir_version = max(model.ir_version, 4)
-    rewrite_attention(model)
+    model = prepare_for_analysis(load_model(CORPUS / f"{name}.onnx"))  # the model as prune() analyses it
     dg = build_groups(model)
     internal = [r for g in dg.skipped for r in g.reasons if "internal error" in r]
     assert not internal, internal

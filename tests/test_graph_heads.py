@@ -21,10 +21,10 @@ import onnx_ir as ir
 import pytest
 from helpers import ROOT, assert_pruned_matches_masked, runtime_bytes
 
-from onnxsparse import load_model, normalize
+from onnxsparse import load_model
+from onnxsparse.passes.prune import prepare_for_analysis
 from onnxsparse.graph import PrunePlan, apply_plan, build_groups, masked_copy
 from onnxsparse.graph.kinds import HEAD_KINDS
-from onnxsparse.passes.attention_rewrites import rewrite_attention
 
 CORPUS = ROOT / "samples" / "corpus"
 MODELS = ROOT / "samples" / "models"
@@ -80,10 +80,7 @@ def _softmax(model: ir.Model) -> set[str]:
 
 @pytest.mark.parametrize("name", _params())
 def test_heads_found_and_exact(name: str) -> None:
-    model = load_model(PATHS[name])
-    normalize(model)  # the model as prune() analyses it
-    model.ir_version = max(model.ir_version, 4)
-    rewrite_attention(model)
+    model = prepare_for_analysis(load_model(PATHS[name]))  # the model as prune() analyses it
     blocks = _softmax(model)
     dg = build_groups(model)
     heads = [g for g in dg.groups if g.kind in HEAD_KINDS]

@@ -12,19 +12,16 @@ from collections import Counter
 import pytest
 from helpers import ROOT, sample
 
-from onnxsparse import load_model, normalize
+from onnxsparse import load_model
 from onnxsparse.errors import UsageError
 from onnxsparse.graph import build_groups
-from onnxsparse.passes.attention_rewrites import rewrite_attention
-from onnxsparse.passes.prune import kind_ratios, plan_pruning, prune
+from onnxsparse.passes.prune import kind_ratios, plan_pruning, prepare_for_analysis, prune
 
 HF = ROOT / "samples" / "models"
 
 
 def _groups(path):
-    model = load_model(path)
-    normalize(model)
-    rewrite_attention(model)
+    model = prepare_for_analysis(load_model(path))
     return build_groups(model)
 
 

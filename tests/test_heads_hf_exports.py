@@ -27,8 +27,7 @@ from test_heads import masked_reference
 from onnxsparse import load_model, normalize
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
 from onnxsparse.io import max_runtime_ir_version, to_proto
-from onnxsparse.passes.attention_rewrites import rewrite_attention
-from onnxsparse.passes.prune import plan_pruning
+from onnxsparse.passes.prune import plan_pruning, prepare_for_analysis
 from onnxsparse.passes.prune_heads import prune_heads
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -159,10 +158,8 @@ def test_heads_only_on_the_cli_path(name: str, tmp_path) -> None:
 
 
 def _channel_model(name: str) -> ir.Model:
-    """The model as ``prune()`` analyses it: normalised, heads-into-batch K^T unfolded."""
-    model = normalize(load_model(SAMPLES / f"{name}.onnx"))
-    model.ir_version = max(model.ir_version, 4)
-    rewrite_attention(model)
+    """The model as ``prune()`` analyses it: normalised, attention rewritten."""
+    model = prepare_for_analysis(load_model(SAMPLES / f"{name}.onnx"))
     return model
 
 

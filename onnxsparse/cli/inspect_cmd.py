@@ -121,12 +121,9 @@ def prunable_groups(path: str | Path) -> list[dict[str, Any]]:
     rewritten): channels, heads, KV groups and FFN neurons, each with its kind and reasons."""
     from ..graph import build_groups
     from ..io import load_model
-    from ..passes.attention_rewrites import rewrite_attention
-    from ..passes.normalize import normalize
+    from ..passes.prune import prepare_for_analysis
 
-    model = normalize(load_model(path))
-    rewrite_attention(model)
-    analysis = build_groups(model)
+    analysis = build_groups(prepare_for_analysis(load_model(path)))
     return [
         {
             "id": g.id,

@@ -40,7 +40,8 @@ from .prune_report import GroupReport, PruneReport, SkippedGroup
 from .prune_select import select, unit_multiple
 
 __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
-           "default_repair", "default_criterion", "ROUND_TO_AUTO", "auto_round_to", "kind_ratios"]
+           "default_repair", "default_criterion", "ROUND_TO_AUTO", "auto_round_to", "kind_ratios",
+           "prepare_for_analysis"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,17 @@ def _unit_round(dg: DependencyGraph, round_to: int | str) -> dict[int, int]:
             for g in dg.prunable}
 
 
+def prepare_for_analysis(model: ir.Model, *, normalized: bool = False) -> ir.Model:
+    """The model as the dependency analysis reads it, in place: normalised (unless ``normalized``),
+    and the exporter forms that hide the head axis rewritten exactly (:mod:`.attention_rewrites`)."""
+    if not normalized:
+        normalize(model)
+    # Initializers are no longer graph inputs after normalisation: IR >= 4 allows that.
+    model.ir_version = max(int(model.ir_version), 4)
+    rewrite_attention(model)
+    return model
+
+
 def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, int]:
     """Symbolic input dims bound to 1 (per-sample MACs) unless ``shapes`` fixes them."""
     fixed = set(shapes or ())
@@ -322,10 +334,7 @@ def prune(
     t = time.perf_counter()
     if not normalized:
         stage("normalise")
-        normalize(model)
-    # Initializers are no longer graph inputs after normalisation: IR >= 4 allows that.
-    model.ir_version = max(int(model.ir_version), 4)
-    rewrite_attention(model)  # exporter forms that hide the head axis, rewritten exactly first
+    prepare_for_analysis(model, normalized=normalized)
     t = step("normalize_s", t)
     dims = _mac_dims(model, shapes)
     before = _measure(model, shapes, dims) if measure else (0, None, 0)

@@ -233,13 +233,9 @@ def prepare(model) -> tuple[ir.Model, Any]:
     """The model as ``prune`` analyses it (own weights, normalised, attention rewritten) and its groups."""
     from ..graph import build_groups
     from ..io import load_model, own_weights
-    from .attention_rewrites import rewrite_attention
-    from .normalize import normalize
+    from .prune import prepare_for_analysis
 
-    model = own_weights(load_model(model))
-    normalize(model)
-    model.ir_version = max(int(model.ir_version), 4)
-    rewrite_attention(model)
+    model = prepare_for_analysis(own_weights(load_model(model)))
     return model, build_groups(model)
 
 
