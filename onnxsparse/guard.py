@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import ModelSaveError, OnnxSparseError
 
-__all__ = ["note_read", "read_files", "reset", "refuse_input", "regular_file", "same_file"]
+__all__ = ["input_file", "input_files", "note_read", "read_files", "reset", "refuse_input", "regular_file", "same_file"]
 
 #: resolved path -> (what it is, (st_dev, st_ino) or None)
 _READ: dict[Path, tuple[str, tuple[int, int] | None]] = {}
@@ -57,6 +57,24 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+def input_files(protect: tuple[str | os.PathLike | None, ...]) -> tuple[tuple[Path, str], ...]:
+    """The files behind paths a command was given to read, as (path, what) pairs: a model with its
+    external data files, every ``.npz`` of a data folder; ``None`` and ``"random"`` are skipped."""
+    from .io import external_data_files
+
+    files: list[tuple[Path, str]] = []
+    for item in protect:
+        if item is None or str(item) == "random":
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files += [(f, "input data file") for f in sorted(path.glob("*.npz"))]
+            continue
+        files.append((path, "input model" if path.suffix.lower() == ".onnx" else "input file"))
+        files += [(f, "external data file") for f in external_data_files(path)]
+    return tuple(files)
+
+
 def _clash(path: Path, extra: tuple[tuple[Path, str], ...]) -> tuple[Path, str] | None:
     resolved = path.resolve()
     try:
@@ -84,6 +102,13 @@ def refuse_input(path: str | os.PathLike, *, extra: tuple[tuple[Path, str], ...]
     if hit is not None:
         read, what = hit
         raise ModelSaveError(f"refusing to overwrite the {what} {read}: this command reads it ({role} {path})")
+
+
+def input_file(path: str | os.PathLike, what: str, error: type[OnnxSparseError]) -> Path:
+    """The check every reader makes before it opens ``path``: :func:`regular_file`, then :func:`note_read`."""
+    path = regular_file(path, what, error)
+    note_read(path, f"input {what}" if not what.startswith("input") else what)
+    return path
 
 
 _KINDS = (

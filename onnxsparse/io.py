@@ -537,21 +537,6 @@ def _write_typed(model: ir.Model, path: Path, data_name: str | None) -> None:
         path.write_bytes(proto.SerializeToString())
 
 
-def _inputs(protect: tuple[str | os.PathLike | None, ...]) -> tuple[tuple[Path, str], ...]:
-    """The files behind ``protect``: a model with its external data files, a folder's ``.npz`` files."""
-    files: list[tuple[Path, str]] = []
-    for item in protect:
-        if item is None or str(item) == "random":
-            continue
-        path = Path(item)
-        if path.is_dir():
-            files += [(f, "input data file") for f in sorted(path.glob("*.npz"))]
-            continue
-        files.append((path, "input model" if path.suffix.lower() == ".onnx" else "input file"))
-        files += [(f, "external data file") for f in external_data_files(path)]
-    return tuple(files)
-
-
 def check_output(
     path: str | os.PathLike,
     *,
@@ -563,13 +548,13 @@ def check_output(
 
     Commands call it before long work too, so a bad ``-o`` fails at once.  Never
     allowed, even with ``force``: the output or its ``OUT.data`` sidecar being a file
-    this command reads (``protect``, expanded by :func:`_inputs`, plus every file noted
+    this command reads (``protect``, expanded by :func:`.guard.input_files`, plus every file noted
     by :mod:`.guard`), or an existing output that is not a regular file.
     ``external_data``: whether ``OUT.data`` will be written (``None``: not known yet).
     """
     out = Path(path)
     try:
-        inputs = _inputs(protect)
+        inputs = guard.input_files(protect)
         sidecar = out.with_name(out.name + ".data")
         guard.refuse_input(out, extra=inputs)
         guard.refuse_input(sidecar, extra=inputs, role="external data of the output")

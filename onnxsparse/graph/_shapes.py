@@ -200,7 +200,11 @@ def _runtime_symbolic_named(model: ir.Model) -> dict[str, tuple[int | str | None
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        with _quiet_logging():
+        from .._workdir import scratch_dir
+
+        # When inference is incomplete it saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data``
+        # into the working directory before raising: let it write them somewhere that is removed.
+        with _quiet_logging(), scratch_dir():
             inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
     except Exception:  # noqa: BLE001 - best effort; onnx's shapes stand
         return {}
