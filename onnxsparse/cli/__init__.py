@@ -100,6 +100,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subcommand's parser (``parser`` itself when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; SIGINT/SIGTERM at any point exit 130/143 with one line (see :mod:`.._signals`)."""
     with signals_as_exceptions():
@@ -122,7 +130,9 @@ def _main(argv: Sequence[str] | None) -> int:
         warnings.filterwarnings("ignore")
     command = next((a for a in argv if not a.startswith("-")), None)  # top-level options take no values
     parser = build_parser(only=command if command in COMMANDS else "")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the command in the "see --help" hint, as its own errors do
+        _command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
