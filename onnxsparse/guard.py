@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import ModelSaveError, OnnxSparseError
 
-__all__ = ["input_file", "input_files", "note_read", "read_files", "reset", "refuse_input", "regular_file", "same_file"]
+__all__ = ["input_file", "input_files", "note_read", "read_files", "refuse_input", "regular_file", "reset", "same_file"]
 
 #: resolved path -> (what it is, (st_dev, st_ino) or None)
 _READ: dict[Path, tuple[str, tuple[int, int] | None]] = {}

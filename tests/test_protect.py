@@ -6,16 +6,19 @@ reads (the model, its external data, calibration/validation data, labels, recipe
 end in one line and exit 130/143 with no temporary or partial file; OS errors (no permission, disk
 full, a name too long) and bad options are one line and exit 2; no command leaves files in the
 working directory.  Every case checks the exit code, the one stderr line, that the inputs are
-byte-identical and that no stray file appeared.  Cases that concern the process (signals, named
-pipes, start-up) run ``python -m onnxsparse`` in a child process; the rest call the same ``main``.
+byte-identical and that no stray file appeared.  Cases that concern the process (signals,
+start-up) run ``python -m onnxsparse`` in a child process; the rest call the same ``main`` in-process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +59,7 @@ def _real_cli(*argv: str | Path, prelude: str = "", cwd: Path | None = None,
         cmd = [sys.executable, "-c", code, *map(str, argv)]
     else:
         cmd = [sys.executable, "-m", "onnxsparse", *map(str, argv)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=False)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -174,6 +177,29 @@ def test_existing_output_that_is_not_a_file_is_refused_even_with_force(tmp_path:
 # ------------------------------------------------------------------ non-regular inputs
 
 
+@contextlib.contextmanager
+def _unblock_after(pipe: Path, seconds: float) -> Iterator[None]:
+    """If a reader is still blocked on ``pipe`` after ``seconds``, open and close its write end:
+    the reader gets end-of-file and the test fails instead of hanging."""
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if done.wait(seconds):
+            return
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader: nothing to unblock
+            pass
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 @pytest.mark.parametrize("option", ["--calib", "--data", "--labels", "recipe", "data_folder"])
 def test_named_pipe_input_is_refused_before_it_is_opened(option: str, tmp_path: Path) -> None:
     model = _model(tmp_path)
@@ -191,7 +217,8 @@ def test_named_pipe_input_is_refused_before_it_is_opened(option: str, tmp_path: 
         "data_folder": ("prune", model, "-o", tmp_path / "o.onnx", "--channels", "0.3", "--calib", tmp_path / "data"),
     }[option]
     before = _snapshot(tmp_path)
-    line = one_line_error(*_real_cli(*argv, timeout=60))
+    with _unblock_after(pipe, seconds=30):
+        line = one_line_error(*cli(*argv))
     assert "is a named pipe, not a regular file" in line
     assert _snapshot(tmp_path) == before
 
@@ -244,6 +271,37 @@ def test_sigterm_during_save_leaves_the_previous_output_and_no_temp_files(tmp_pa
     assert _snapshot(tmp_path) == before  # no .onnxsparse-* folder, the old model and data untouched
 
 
+@pytest.mark.parametrize("delay", [0.5, 1.2])
+def test_sigterm_at_any_moment_leaves_nothing_or_the_whole_output(delay: float, tmp_path: Path) -> None:
+    """A real SIGTERM, not an injected one, at a few moments from start-up to the save.
+
+    Before Python runs our first line (interpreter start-up, ~50 ms) SIGTERM still kills the
+    process outright (-15, nothing printed); nothing has been written then either.
+    """
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "onnxsparse", "sparsify", str(sample("attn_ms_gqa")), "-o",
+                             str(out / "s.onnx"), "--sparsity", "0.5", "--external-data"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=120)
+    names = sorted(p.name for p in out.iterdir())
+    if proc.returncode == 0:  # it finished first: the whole output
+        assert names == ["s.onnx", "s.onnx.data"]
+        onnx.checker.check_model(str(out / "s.onnx"))
+    elif proc.returncode == -signal.SIGTERM:
+        assert (stdout, err, names) == ("", "", [])
+    else:
+        assert (proc.returncode, stdout, err.strip()) == (143, "", "onnxsparse: terminated")
+        assert names == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_sigint_during_start_up_is_one_line(tmp_path: Path) -> None:
     model = _model(tmp_path)
     code, stdout, err = _real_cli("inspect", model, prelude=_INT_DURING_IMPORTS)
@@ -254,8 +312,7 @@ def test_sigint_during_start_up_is_one_line(tmp_path: Path) -> None:
 
 
 def test_read_only_folder_and_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import onnxsparse.io as io
-    import onnxsparse.report as report
+    from onnxsparse import io, report
 
     model = _model(tmp_path)
     before = _snapshot(tmp_path)
