@@ -29,6 +29,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from . import guard
 from .errors import ModelLoadError, ModelSaveError
 
 __all__ = [
@@ -66,19 +67,19 @@ def load_proto(source: str | os.PathLike | bytes, *, load_external: bool = False
         base_dir: Path | None = None
     else:
         path = Path(source)
-        if not path.exists():
-            raise ModelLoadError(f"model file not found: {path}")
         if path.is_dir():
             raise ModelLoadError(f"expected an .onnx file, got a directory: {path}")
+        guard.regular_file(path, "model file", ModelLoadError)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        guard.note_read(path, "input model")
         proto = _parse_bytes(data, str(path))
         base_dir = path.resolve().parent
     _check_versions(proto)
     _check_external_data(proto, base_dir)
-    _densify_sparse_initializers(proto)
+    _densify_sparse_initializers(proto, base_dir)
     if load_external and base_dir is not None:
         onnx.external_data_helper.load_external_data_for_model(proto, str(base_dir))
     return proto
@@ -94,14 +95,16 @@ def load_model(source: ModelSource) -> ir.Model:
             copy = onnx.ModelProto()
             copy.CopyFrom(source)
             source = copy
-        _densify_sparse_initializers(source)
+        _densify_sparse_initializers(source, None)
         _stash_unsupported_types(source)
         return _remember_value_info(_deserialize(source), source)
     proto = load_proto(source)
     _stash_unsupported_types(proto)
     model = _remember_value_info(_deserialize(proto), proto)
     if not isinstance(source, (bytes, bytearray)):
-        ir.external_data.set_base_dir(model.graph, str(Path(source).resolve().parent))
+        base_dir = str(Path(source).resolve().parent)
+        for graph in (model.graph, *(function.graph for function in model.functions.values())):
+            ir.external_data.set_base_dir(graph, base_dir)
     return model
 
 
@@ -263,63 +266,153 @@ def _check_versions(proto: onnx.ModelProto) -> None:
             )
 
 
-def _iter_tensors(proto: onnx.ModelProto):
-    from onnx.external_data_helper import _get_all_tensors
+def _iter_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a model holds: initializers, sparse initializers (values and indices) and
+    tensor attributes (``Constant``'s ``value``/``sparse_value``, ...) of the graph, its subgraphs
+    (If/Loop/Scan bodies) and its functions.  onnx's own walker skips the sparse ones."""
 
-    return _get_all_tensors(proto)
+    def from_sparse(sparse: onnx.SparseTensorProto) -> Iterator[onnx.TensorProto]:
+        yield sparse.values
+        yield sparse.indices
+
+    def from_nodes(nodes) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("sparse_tensor"):
+                    yield from from_sparse(attr.sparse_tensor)
+                for sparse in attr.sparse_tensors:
+                    yield from from_sparse(sparse)
+                if attr.HasField("g"):
+                    yield from from_graph(attr.g)
+                for sub in attr.graphs:
+                    yield from from_graph(sub)
+
+    def from_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from from_sparse(sparse)
+        yield from from_nodes(graph.node)
+
+    yield from from_graph(proto.graph)
+    for function in proto.functions:
+        yield from from_nodes(function.node)
+
+
+def _external_int(info: dict[str, str], key: str, tensor: onnx.TensorProto) -> int | None:
+    text = info.get(key)
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ModelLoadError(f"tensor {tensor.name!r}: external data {key} {text!r} is not an integer") from None
+    if value < 0:
+        raise ModelLoadError(f"tensor {tensor.name!r}: external data {key} {value} is negative")
+    return value
+
+
+def _external_path(tensor: onnx.TensorProto, base_dir: Path | None) -> tuple[Path, str, dict[str, str]]:
+    """The checked data file of an external tensor, its ``location`` and its entries."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    if not location:
+        raise ModelLoadError(f"tensor {tensor.name!r} is external but names no data file")
+    if "\0" in location:
+        raise ModelLoadError(f"tensor {tensor.name!r}: external data location {location!r} contains a NUL byte")
+    if os.path.isabs(location) or Path(location).is_absolute() or location.startswith(("/", "\\")):
+        raise ModelLoadError(
+            f"tensor {tensor.name!r}: external data location {location!r} is an absolute path; "
+            "only files inside the model's folder are allowed"
+        )
+    if ".." in Path(location.replace("\\", "/")).parts:
+        raise ModelLoadError(
+            f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder"
+        )
+    if base_dir is None:
+        raise ModelLoadError(
+            f"tensor {tensor.name!r} uses external data; load the model from its file path, not bytes"
+        )
+    data_path = (base_dir / location).resolve()  # symlinks followed: the target must stay inside too
+    if base_dir != data_path and base_dir not in data_path.parents:
+        raise ModelLoadError(
+            f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder"
+        )
+    if not data_path.exists():
+        raise ModelLoadError(f"external data file missing: {location} (needed by tensor {tensor.name!r})")
+    guard.regular_file(data_path, "external data file", ModelLoadError)
+    return data_path, location, info
 
 
 def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None) -> None:
-    """Reject external data that escapes the model folder or is missing/short."""
+    """Reject external data that escapes the model folder, is missing or short, or has bad offsets.
+
+    Every external tensor is checked (sparse ones, subgraphs, functions and attributes too) and
+    resolved against the model's folder only; the files are noted as inputs (:mod:`.guard`).
+    """
     for tensor in _iter_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        if not location:
-            raise ModelLoadError(f"tensor {tensor.name!r} is external but names no data file")
-        if os.path.isabs(location) or Path(location).is_absolute() or location.startswith(("/", "\\")):
-            raise ModelLoadError(
-                f"tensor {tensor.name!r}: external data location {location!r} is an absolute path; "
-                "only files inside the model's folder are allowed"
-            )
-        if ".." in Path(location.replace("\\", "/")).parts:
-            raise ModelLoadError(
-                f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder"
-            )
-        if base_dir is None:
-            raise ModelLoadError(
-                f"tensor {tensor.name!r} uses external data; load the model from its file path, not bytes"
-            )
-        data_path = (base_dir / location).resolve()
-        if base_dir != data_path and base_dir not in data_path.parents:
-            raise ModelLoadError(
-                f"tensor {tensor.name!r}: external data location {location!r} escapes the model's folder"
-            )
-        if not data_path.is_file():
-            raise ModelLoadError(f"external data file missing: {location} (needed by tensor {tensor.name!r})")
-        offset = int(info.get("offset", 0) or 0)
+        data_path, location, info = _external_path(tensor, base_dir)
+        offset = _external_int(info, "offset", tensor) or 0
         size = data_path.stat().st_size
-        length = int(info["length"]) if info.get("length") else size - offset
-        if offset < 0 or length < 0 or offset + length > size:
+        length = _external_int(info, "length", tensor)
+        length = size - offset if length is None else length
+        if length < 0 or offset + length > size:
             raise ModelLoadError(
                 f"external data file {location} is too short for tensor {tensor.name!r} "
                 f"(needs bytes {offset}..{offset + length}, file has {size})"
             )
+        guard.note_read(data_path, "external data file")
 
 
-def _densify_sparse_initializers(proto: onnx.ModelProto) -> None:
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The external data files a model file names that exist inside its folder (no checks, no errors).
+
+    Cheap when the model has none (no tensor names a ``location``).
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or not _mentions(path, b"location"):
+            return []
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model we can read: load_proto will say why
+        return []
+    base = path.resolve().parent
+    files: list[Path] = []
+    for tensor in _iter_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        if not location or "\0" in location or os.path.isabs(location):
+            continue
+        data_path = (base / location).resolve()
+        if data_path.is_file() and (base in data_path.parents) and data_path not in files:
+            files.append(data_path)
+    return files
+
+
+def _densify_sparse_initializers(proto: onnx.ModelProto, base_dir: Path | None) -> None:
     """Turn ONNX COO ``sparse_initializer`` entries into dense initializers.
 
     ``onnx_ir`` drops sparse initializers on load, so they are densified here
-    (exactly; onnxruntime does the same at session creation).
+    (exactly; onnxruntime does the same at session creation).  External values
+    and indices are read from the model's folder (``base_dir``), never the working directory.
     """
     from onnx import numpy_helper
 
+    def array(tensor: onnx.TensorProto) -> np.ndarray:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _external_path(tensor, base_dir)  # a proto given in memory was not checked by load_proto
+            return numpy_helper.to_array(tensor, base_dir=str(base_dir))
+        return numpy_helper.to_array(tensor)
+
     def densify(graph: onnx.GraphProto) -> None:
         for sparse in list(graph.sparse_initializer):
-            values = numpy_helper.to_array(sparse.values)
-            indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+            values = array(sparse.values)
+            indices = array(sparse.indices).astype(np.int64)
             dims = tuple(sparse.dims)
             dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
             if indices.ndim == 2:
@@ -444,33 +537,39 @@ def _write_typed(model: ir.Model, path: Path, data_name: str | None) -> None:
         path.write_bytes(proto.SerializeToString())
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_output(
-    path: str | os.PathLike, *, protect: tuple[str | os.PathLike | None, ...] = (), force: bool = False
+    path: str | os.PathLike,
+    *,
+    protect: tuple[str | os.PathLike | None, ...] = (),
+    force: bool = False,
+    external_data: bool | None = None,
 ) -> Path:
     """Raise :class:`ModelSaveError` for an output :func:`save_model` would refuse.
 
-    Commands call it before long work too, so a bad ``-o`` fails at once.
+    Commands call it before long work too, so a bad ``-o`` fails at once.  Never
+    allowed, even with ``force``: the output or its ``OUT.data`` sidecar being a file
+    this command reads (``protect``, expanded by :func:`.guard.input_files`, plus every file noted
+    by :mod:`.guard`), or an existing output that is not a regular file.
+    ``external_data``: whether ``OUT.data`` will be written (``None``: not known yet).
     """
     out = Path(path)
-    for guarded in protect:
-        if guarded is None:
-            continue
-        guarded_path = Path(guarded)
-        if _same_file(out, guarded_path) or out.resolve() == guarded_path.resolve():
-            raise ModelSaveError(f"refusing to overwrite the input model {guarded_path}")
-    if out.is_dir():
-        raise ModelSaveError(f"output {out} is a directory")
-    if out.exists() and not force:
-        raise ModelSaveError(f"output {out} already exists (use --force to overwrite)")
-    if not out.resolve().parent.is_dir():
-        raise ModelSaveError(f"output folder does not exist: {out.resolve().parent}")
+    try:
+        inputs = guard.input_files(protect)
+        sidecar = out.with_name(out.name + ".data")
+        guard.refuse_input(out, extra=inputs)
+        guard.refuse_input(sidecar, extra=inputs, role="external data of the output")
+        if out.is_dir():
+            raise ModelSaveError(f"output {out} is a directory")
+        if out.exists() and not out.is_file():
+            raise ModelSaveError(f"output {out} exists and is not a regular file")
+        if out.exists() and not force:
+            raise ModelSaveError(f"output {out} already exists (use --force to overwrite)")
+        if external_data and sidecar.exists() and not force:
+            raise ModelSaveError(f"{sidecar} already exists (use --force to overwrite)")
+        if not out.resolve().parent.is_dir():
+            raise ModelSaveError(f"output folder does not exist: {out.resolve().parent}")
+    except OSError as exc:  # a name too long, a folder we may not search
+        raise ModelSaveError(f"cannot write {out}: {exc.strerror or exc}") from exc
     return out
 
 
@@ -478,29 +577,33 @@ def save_model(
     model: ir.Model,
     path: str | os.PathLike,
     *,
-    protect: tuple[str | os.PathLike, ...] = (),
+    protect: tuple[str | os.PathLike | None, ...] = (),
     force: bool = False,
     external_data: bool | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically; returns the path written.
 
-    ``protect`` lists files that must never be overwritten (the inputs).
+    ``protect`` lists files that must never be overwritten (the inputs; every file
+    noted by :mod:`.guard` is protected too).
     ``external_data``: ``True`` always, ``False`` never, ``None`` when the
     weights are too large for one protobuf.  The data file is ``<name>.data``.
     The IR version is lowered to what the installed onnxruntime reads.
+    Interrupted (an error, SIGINT, SIGTERM), it leaves the previous files as they were
+    and no temporary folder behind.
     """
-    out = check_output(path, protect=protect, force=force)
-    parent = out.resolve().parent
-
     if external_data is None:
         external_data = _tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    out = check_output(path, protect=protect, force=force, external_data=external_data)
+    parent = out.resolve().parent
     model.ir_version = min(model.ir_version, max_runtime_ir_version())
 
     data_name = out.name + ".data"
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxsparse-", dir=parent))
+    tmp_dir: Path | None = None
     moved_data: Path | None = None
     backup: Path | None = None
+    committed = False
     try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxsparse-", dir=parent))
         tmp_model = tmp_dir / out.name
         if external_data:
             _write(model, tmp_model, data_name)
@@ -515,15 +618,17 @@ def save_model(
         else:
             _write(model, tmp_model, None)
         os.replace(tmp_model, out)
+        committed = True
     except OSError as exc:
-        # The model rename is the commit point: undo the data-file move.
-        if moved_data is not None:
-            moved_data.unlink(missing_ok=True)
-        if backup is not None:
-            os.replace(backup, parent / data_name)
         raise ModelSaveError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not committed:  # the model rename is the commit point: undo the data-file move
+            if moved_data is not None:
+                moved_data.unlink(missing_ok=True)
+            if backup is not None:
+                os.replace(backup, parent / data_name)
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
 
 
@@ -541,17 +646,4 @@ def _mentions(path: Path, word: bytes) -> bool:
 def model_file_bytes(path: str | os.PathLike) -> int:
     """Bytes on disk of a model file plus the external data files it references."""
     path = Path(path)
-    total = path.stat().st_size
-    if not _mentions(path, b"location"):
-        return total  # no tensor names an external file: nothing to parse for (a 575 MB VGG: 0.4 s saved)
-    proto = onnx.load(str(path), load_external_data=False)
-    seen: set[str] = set()
-    for tensor in _iter_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = {e.key: e.value for e in tensor.external_data}.get("location")
-            if location and location not in seen:
-                seen.add(location)
-                data_path = path.parent / location
-                if data_path.is_file():
-                    total += data_path.stat().st_size
-    return total
+    return path.stat().st_size + sum(f.stat().st_size for f in external_data_files(path))

@@ -28,8 +28,10 @@ __all__ = [
 REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 
 
-def check_report_paths(paths: Sequence[str | os.PathLike] | None) -> None:
-    """Reject unknown report extensions and missing folders before a long run, not after it."""
+def check_report_paths(paths: Sequence[str | os.PathLike] | None, *, force: bool = False,
+                       protect: tuple[str | os.PathLike | None, ...] = ()) -> None:
+    """Reject unknown report extensions, missing folders, existing files (without ``force``) and
+    files the command reads (``protect`` and :mod:`onnxsparse.guard`'s) before a long run, not after it."""
     from .errors import UsageError
 
     for path in paths or []:
@@ -38,6 +40,21 @@ def check_report_paths(paths: Sequence[str | os.PathLike] | None) -> None:
             raise UsageError(f"unknown report format {suffix or '(none)'!r} for {path}: use .json, .md or .html")
         if not Path(path).resolve().parent.is_dir():
             raise UsageError(f"report folder does not exist: {Path(path).resolve().parent}")
+        _check_writable(Path(path), force=force, protect=protect)
+
+
+def _check_writable(path: Path, *, force: bool, protect: tuple[str | os.PathLike | None, ...] = ()) -> None:
+    from . import guard
+    from .errors import ModelSaveError
+
+    try:
+        guard.refuse_input(path, extra=guard.input_files(protect) if protect else (), role="report")
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            raise ModelSaveError(f"report {path} exists and is not a regular file")
+        if path.exists() and not force:
+            raise ModelSaveError(f"report {path} already exists (use --force to overwrite)")
+    except OSError as exc:
+        raise ModelSaveError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def human_bytes(n: float | None) -> str:
@@ -123,17 +140,24 @@ def dump_json(data: Any) -> str:
     return json.dumps(to_jsonable(data), indent=2, sort_keys=False)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text through a temporary file and rename, so readers never see half a file."""
+def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = False) -> None:
+    """Write text through a temporary file and rename, so readers never see half a file.
+
+    Never over a file the command reads (:mod:`onnxsparse.guard`); over an existing file only with
+    ``force``.  An interrupted write leaves no temporary file.
+    """
+    from .errors import ModelSaveError, UsageError
+
     path = Path(path)
     if not path.parent.is_dir():
-        from .errors import UsageError
-
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    _check_writable(path, force=force)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    except OSError as exc:  # read-only folder, disk full, name too long
+        raise ModelSaveError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -163,8 +187,10 @@ def _flat(value: Any) -> str:
     return _cell(value)
 
 
-def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = "onnxsparse report") -> Path:
-    """Write ``data`` as JSON, Markdown or HTML, chosen by the file extension."""
+def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = "onnxsparse report", *,
+                 force: bool = False) -> Path:
+    """Write ``data`` as JSON, Markdown or HTML, chosen by the file extension (over an existing file
+    only with ``force``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -184,5 +210,5 @@ def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = 
         from .errors import UsageError
 
         raise UsageError(f"unknown report format {path.suffix!r}: use .json, .md or .html")
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, force=force)
     return path

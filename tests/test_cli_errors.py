@@ -14,6 +14,7 @@ file is unchanged.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,9 @@ REPORTERS = ("inspect", "validate", "bench")
 INPUT_CASES = (
     "missing", "directory", "truncated", "random_bytes", "empty", "ir_too_new", "opset_too_new",
     "external_dotdot", "external_absolute", "external_missing", "external_short",
+    "external_nul", "external_offset_text", "external_length_negative", "external_symlink_out",
+    "sparse_external_cwd", "sparse_indices_dotdot", "constant_external_dotdot", "sparse_constant_absolute",
+    "subgraph_external_dotdot", "function_external_absolute", "fifo", "dev_zero",
 )  # fmt: skip
 OUTPUT_CASES = ("output_is_input", "output_folder_missing", "output_exists")
 
@@ -78,6 +82,44 @@ def _external(model: onnx.ModelProto, location: str, length: int | None = None) 
     return out
 
 
+def _set_external(tensor: TensorProto, location: str, offset: str = "0", length: str | None = None) -> None:
+    """Make ``tensor`` point at ``location`` instead of holding its bytes."""
+    size = len(tensor.raw_data) or 4 * int(np.prod(tensor.dims))
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.ClearField("int64_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", offset), ("length", length or str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _sparse_weight(location_values: str | None, location_indices: str | None) -> onnx.ModelProto:
+    """The small model with conv2.weight stored as an ONNX COO ``sparse_initializer``."""
+    model = _small_model()
+    dense = next(t for t in model.graph.initializer if t.name == "conv2.weight")
+    array = numpy_helper.to_array(dense)
+    model.graph.initializer.remove(dense)
+    flat = np.flatnonzero(array)
+    values = numpy_helper.from_array(array.reshape(-1)[flat], "conv2.weight")
+    indices = numpy_helper.from_array(flat.astype(np.int64), "conv2.weight.indices")
+    if location_values:
+        _set_external(values, location_values)
+    if location_indices:
+        _set_external(indices, location_indices)
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(array.shape)))
+    return model
+
+
+def _with_constant(model: onnx.ModelProto, attribute: onnx.AttributeProto) -> onnx.ModelProto:
+    """``model`` plus an unused Constant node carrying ``attribute``."""
+    node = helper.make_node("Constant", [], ["unused_const"], name="const")
+    node.attribute.append(attribute)
+    model.graph.node.append(node)
+    return model
+
+
 def _make_input(case: str, folder: Path) -> Path:
     """Write the hostile input for ``case`` into ``folder``; returns the path given to the command."""
     good = _small_model()
@@ -112,6 +154,59 @@ def _make_input(case: str, folder: Path) -> Path:
     elif case == "external_short":
         (folder / "weights.data").write_bytes(b"\0" * 16)
         path.write_bytes(_external(good, "weights.data").SerializeToString())
+    elif case in ("external_nul", "external_offset_text", "external_length_negative"):
+        (folder / "weights.data").write_bytes(b"\0" * 4096)
+        model = _external(good, "weights.data\0.x" if case == "external_nul" else "weights.data")
+        entries = {e.key: e for e in model.graph.initializer[0].external_data}
+        if case == "external_offset_text":
+            entries["offset"].value = "12abc"
+        elif case == "external_length_negative":
+            entries["length"].value = "-8"
+        path.write_bytes(model.SerializeToString())
+    elif case == "external_symlink_out":
+        (folder.parent / "outside.data").write_bytes(b"\0" * 4096)
+        (folder / "link.data").symlink_to(folder.parent / "outside.data")
+        path.write_bytes(_external(good, "link.data").SerializeToString())
+    elif case == "sparse_external_cwd":
+        # the values' file exists only in the working directory (the test's cwd): never read from there
+        path.write_bytes(_sparse_weight("cwd_only.data", None).SerializeToString())
+    elif case == "sparse_indices_dotdot":
+        (folder.parent / "outside.data").write_bytes(b"\0" * 4096)
+        path.write_bytes(_sparse_weight(None, "../outside.data").SerializeToString())
+    elif case == "constant_external_dotdot":
+        (folder.parent / "outside.data").write_bytes(b"\0" * 4096)
+        tensor = numpy_helper.from_array(np.ones(16, np.float32), "c")
+        _set_external(tensor, "../outside.data")
+        path.write_bytes(_with_constant(good, helper.make_attribute("value", tensor)).SerializeToString())
+    elif case == "sparse_constant_absolute":
+        (folder / "abs.data").write_bytes(b"\0" * 4096)
+        values = numpy_helper.from_array(np.ones(2, np.float32), "sv")
+        _set_external(values, str((folder / "abs.data").resolve()))
+        sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 3], np.int64), "si"), [4])
+        path.write_bytes(_with_constant(good, helper.make_attribute("sparse_value", sparse)).SerializeToString())
+    elif case == "subgraph_external_dotdot":
+        (folder.parent / "outside.data").write_bytes(b"\0" * 4096)
+        inner = numpy_helper.from_array(np.ones(4, np.float32), "inner_w")
+        _set_external(inner, "../outside.data")
+        branch = helper.make_graph([helper.make_node("Identity", ["inner_w"], ["b"])], "branch", [],
+                                   [helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])], [inner])
+        good.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+        good.graph.node.append(helper.make_node("If", ["cond"], ["unused_if"], then_branch=branch, else_branch=branch))
+        path.write_bytes(good.SerializeToString())
+    elif case == "function_external_absolute":
+        (folder / "abs.data").write_bytes(b"\0" * 4096)
+        tensor = numpy_helper.from_array(np.ones(4, np.float32), "fc")
+        _set_external(tensor, str((folder / "abs.data").resolve()))
+        const = helper.make_node("Constant", [], ["y"], value=tensor)
+        good.functions.append(helper.make_function("local", "F", [], ["y"], [const], [helper.make_opsetid("", 17)]))
+        good.opset_import.append(helper.make_opsetid("local", 1))
+        path.write_bytes(good.SerializeToString())
+    elif case == "fifo":
+        path = folder / "pipe.onnx"
+        os.mkfifo(path)  # opening it would block until a writer comes: must be refused before open
+        return path
+    elif case == "dev_zero":
+        return Path("/dev/zero")
     else:  # pragma: no cover
         raise AssertionError(case)
     return path
@@ -141,9 +236,13 @@ def test_every_registered_command_is_covered() -> None:
 
 @pytest.mark.parametrize("case", INPUT_CASES)
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_bad_input(command: str, case: str, tmp_path: Path) -> None:
+def test_bad_input(command: str, case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "work"
     folder.mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "cwd_only.data").write_bytes(b"\0" * 4096)
+    monkeypatch.chdir(cwd)
     model = _make_input(case, folder)
     good = folder / "good.onnx"
     good.write_bytes(_small_model().SerializeToString())
@@ -152,6 +251,22 @@ def test_bad_input(command: str, case: str, tmp_path: Path) -> None:
     code, stdout, err = cli(*COMMANDS[command](model, out, good))
     _assert_one_line_error(code, stdout, err)
     assert _snapshot(tmp_path) == before, "a file was written or changed"
+
+
+def test_hostile_inputs_are_valid_otherwise(tmp_path: Path) -> None:
+    """The sparse / subgraph / function cases fail for their external data alone: with the data
+    inside the model's folder the same structures load."""
+    from onnxsparse.io import load_proto
+
+    model = _sparse_weight("values.data", None)
+    values = model.graph.sparse_initializer[0].values
+    raw = numpy_helper.to_array(next(t for t in _small_model().graph.initializer if t.name == "conv2.weight"))
+    (tmp_path / "values.data").write_bytes(raw.reshape(-1).astype(np.float32).tobytes())
+    assert int(values.external_data[2].value) == raw.size * 4
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    proto = load_proto(tmp_path / "m.onnx")
+    dense = next(t for t in proto.graph.initializer if t.name == "conv2.weight")
+    np.testing.assert_array_equal(numpy_helper.to_array(dense), raw)
 
 
 @pytest.mark.parametrize("case", OUTPUT_CASES)

@@ -416,22 +416,33 @@ def _runtime_symbolic(proto: onnx.ModelProto) -> dict[str, Shape]:
     mask: ``[None, 12, 128, 128]`` after ``--shape input_ids=1x128``); with
     symbolic inputs it still gives ranks.  ``proto`` is the stripped copy.
     """
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        del copy.graph.value_info[:]
-        with _quiet_logging():
-            inferred = SymbolicShapeInference.infer_shapes(copy, auto_merge=True, guess_output_rank=False)
-    except Exception as exc:  # noqa: BLE001 - best effort; onnx's shapes stand
-        logger.debug("onnxruntime symbolic shape inference failed: %s", exc)
-        return {}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    del copy.graph.value_info[:]
+    inferred = runtime_symbolic_inference(copy)
     if inferred is None:
         return {}
     found: dict[str, Shape] = {}
     _collect(inferred.graph, found)
     return found
+
+
+def runtime_symbolic_inference(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnxruntime's symbolic shape inference (``auto_merge``), quietly; ``None`` when it fails.
+
+    When inference is incomplete it saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data``
+    into the working directory before raising: it runs in a scratch directory that is removed.
+    """
+    from .._workdir import scratch_dir
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with _quiet_logging(), scratch_dir():
+            return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+    except Exception as exc:  # noqa: BLE001 - best effort; onnx's shapes stand
+        logger.debug("onnxruntime symbolic shape inference failed: %s", exc)
+        return None
 
 
 @contextlib.contextmanager

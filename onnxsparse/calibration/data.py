@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .. import guard
 from ..errors import DataError, UsageError
 
 __all__ = ["InputSpec", "DataSource", "load_data", "model_input_specs", "parse_shapes", "onnx_to_numpy_dtype"]
@@ -170,6 +171,7 @@ class DataSource:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    guard.input_file(path, "data file", DataError)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not hasattr(npz, "files"):

@@ -9,11 +9,15 @@ into one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from .. import guard
+from .._signals import Terminated, signals_as_exceptions, stopped
 from .._version import __version__
 from ..errors import OnnxSparseError
 
@@ -48,8 +52,21 @@ SUMMARIES: dict[str, str] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line naming it and the problem, not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"onnxsparse: error: {message} (see {self.prog} --help)\n")
+
+
+#: OSError numbers that are the machine's or the user's doing (no room, no permission, a bad name),
+#: reported in one line with exit 2 wherever they surface.
+_USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                          errno.ENAMETOOLONG, errno.EFBIG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
+
+
 def _common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -60,7 +77,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser.  ``only``: build just that command's options and list the others by
     summary (what :func:`main` does, for a fast start); ``None`` builds every command."""
     common = _common_parser()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onnxsparse",
         description="Make exported ONNX models smaller and faster: inspect, prune, sparsify, quantize, validate.",
         parents=[common],
@@ -83,7 +100,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subcommand's parser (``parser`` itself when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; SIGINT/SIGTERM at any point exit 130/143 with one line (see :mod:`.._signals`)."""
+    with signals_as_exceptions():
+        try:
+            return _main(argv)
+        except (KeyboardInterrupt, Terminated) as exc:
+            return stopped(exc)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    guard.reset()  # the files this command reads are noted afresh
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     logging.basicConfig(
@@ -95,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore")
     command = next((a for a in argv if not a.startswith("-")), None)  # top-level options take no values
     parser = build_parser(only=command if command in COMMANDS else "")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the command in the "see --help" hint, as its own errors do
+        _command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -106,9 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"onnxsparse: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("onnxsparse: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:
+        if debug or exc.errno not in _USER_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"onnxsparse: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
         if debug:
             raise

@@ -10,12 +10,32 @@ from typing import Any
 
 from ..report import dump_json
 
-__all__ = ["progress_enabled", "print_result"]
+__all__ = ["progress_enabled", "print_result", "inputs", "add_report_force"]
+
+#: argparse destinations that name files a command reads: nothing it writes may land on them.
+_INPUT_DESTS = ("model", "models", "reference", "candidate", "recipe", "calib", "data", "labels")
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
     """Progress bars go to stderr: only when not ``--quiet`` and stderr is a terminal."""
     return not args.quiet and sys.stderr.isatty()
+
+
+def inputs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The paths on the command line that the command reads (see :mod:`onnxsparse.guard`)."""
+    found: list[str] = []
+    for dest in _INPUT_DESTS:
+        value = getattr(args, dest, None)
+        if isinstance(value, (list, tuple)):
+            found += [str(v) for v in value]
+        elif isinstance(value, str):
+            found.append(value)
+    return tuple(found)
+
+
+def add_report_force(p: argparse.ArgumentParser) -> None:
+    """``--force`` for commands whose only output is ``--report``."""
+    p.add_argument("--force", action="store_true", help="overwrite --report files that exist")
 
 
 def print_result(args: argparse.Namespace, result: Any, render_text: Callable[[Any], str],

@@ -7,7 +7,7 @@ import argparse
 
 from . import SUMMARIES
 from ..calibration.data import parse_shapes
-from ._common import print_result, progress_enabled
+from ._common import inputs, print_result, progress_enabled
 from .validate_cmd import add_run_options
 
 __all__ = ["register", "run"]
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..validate import bench, render_text, save_report
     from ..validate.reports import check_report_paths
 
-    check_report_paths(args.report)
+    check_report_paths(args.report, force=args.force, protect=inputs(args))
     result = bench(
         args.models,
         data=args.data,
@@ -56,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_enabled(args),
     )
     for path in args.report:
-        save_report(path, result)
+        save_report(path, result, force=args.force)
     print_result(args, result, render_text, args.report)
     return 0

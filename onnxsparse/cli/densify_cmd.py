@@ -19,6 +19,7 @@ from ..report import (
     human_bytes,
     write_report,
 )
+from ._common import inputs
 
 __all__ = ["register", "run"]
 
@@ -52,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_output, load_model, load_proto, model_file_bytes, save_model
     from ..passes.densify import densify
 
-    check_report_paths([args.report] if args.report else None)
-    check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
+    check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
+    check_output(args.output, protect=inputs(args), force=args.force,
+                 external_data=True if args.external_data else None)  # fail before the work, not after
     load_proto(args.model)  # vet the file first (clear errors for broken input)
     coo = _coo_count(args.model)
     model = load_model(args.model)
     expanded = densify(model)
-    out = save_model(model, args.output, protect=(args.model,), force=args.force,
+    out = save_model(model, args.output, protect=inputs(args), force=args.force,
                      external_data=True if args.external_data else None)
     formats: dict[str, int] = {}
     for fmt in expanded.values():
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "file_bytes_after": model_file_bytes(out),
     }
     if args.report:
-        write_report(args.report, result, title=f"onnxsparse densify {Path(args.model).name}")
+        write_report(args.report, result, title=f"onnxsparse densify {Path(args.model).name}", force=args.force)
     if args.json:
         print(dump_json(result))
     else:

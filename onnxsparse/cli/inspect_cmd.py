@@ -26,6 +26,8 @@ from ..report import (
     write_report,
 )
 
+from ._common import add_report_force, inputs
+
 __all__ = ["register", "run", "inspect_model"]
 
 
@@ -56,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--all", action="store_true", help="list every node, not just the top N")
     p.add_argument("--no-sparsity", action="store_true", help="do not read weight values (faster on huge models)")
     p.add_argument("--report", metavar="FILE", help="also write the full result to FILE (.json, .md or .html)")
+    add_report_force(p)
     p.set_defaults(func=run)
 
 
@@ -144,12 +147,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise UsageError("--top must be >= 0")
-    check_report_paths([args.report] if args.report else None)
+    check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     shapes = parse_shapes(args.shape)
     dims = parse_dims(args.dim)
     result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity)
     if args.report:
-        write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}")
+        write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}", force=args.force)
     if args.json:
         print(dump_json(result))
     else:

@@ -20,7 +20,7 @@ from typing import Any
 from . import SUMMARIES
 from ..errors import UsageError
 from ..report import check_report_paths, dump_json, write_report
-from ._common import progress_enabled
+from ._common import inputs, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     wants_heads = bool(args.heads or args.ffn)
     if args.channels is None and not wants_heads:
         raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn)")
-    check_report_paths([args.report] if args.report else None)
-    check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
+    check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
+    check_output(args.output, protect=inputs(args), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
     criterion = args.criterion or default_criterion(args.calib is not None)
     if args.calib is None:
@@ -171,14 +171,14 @@ def run(args: argparse.Namespace) -> int:
                                                  criterion=result.report.criterion, round_to=args.round_to)
     report = result.report
     model_out = result.model  # prune() hands back the input as it was when nothing was removed
-    out = save_model(model_out, args.output, protect=(args.model,), force=args.force)
+    out = save_model(model_out, args.output, protect=inputs(args), force=args.force)
     report.file_bytes_before = model_file_bytes(args.model)
     report.file_bytes_after = model_file_bytes(out)
     data: dict[str, Any] = {"input": str(args.model), "output": str(out), **report.to_dict()}
     if heads_report is not None:
         data["heads"] = heads_report
     if args.report:
-        write_report(args.report, data, title=f"onnxsparse prune {args.model}")
+        write_report(args.report, data, title=f"onnxsparse prune {args.model}", force=args.force)
     if args.json:
         print(dump_json(data))
     else:

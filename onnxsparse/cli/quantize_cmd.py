@@ -21,7 +21,7 @@ from ..quantize import (
     quantize,
 )
 from ..report import check_report_paths, dump_json, write_report
-from ._common import progress_enabled
+from ._common import inputs, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -104,7 +104,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_report_paths([args.report] if args.report else None)
+    check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     config = QuantizeConfig(
         mode=args.mode,
         format=args.format,
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     report = result.report
     data = report.as_dict()
     if args.report:
-        write_report(args.report, data, title=f"onnxsparse quantize: {report.mode}")
+        write_report(args.report, data, title=f"onnxsparse quantize: {report.mode}", force=args.force)
     if args.json:
         print(dump_json(data))
     else:

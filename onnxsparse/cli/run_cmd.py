@@ -14,7 +14,7 @@ import textwrap
 from . import SUMMARIES
 from ..errors import UsageError
 from ..report import dump_json, write_report
-from ._common import print_result, progress_enabled
+from ._common import inputs, print_result, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -79,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
     from ..recipe.render import render_plan, render_text, write_run_report
     from ..validate.reports import check_report_paths
 
-    check_report_paths(args.report)
+    check_report_paths(args.report, force=args.force, protect=inputs(args))
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     if args.dry_run:
         plan = plan_recipe(recipe, args.model, args.output, force=args.force)
         for path in args.report:
-            write_report(path, plan, title=f"onnxsparse run {recipe.name}: plan (dry run)")
+            write_report(path, plan, title=f"onnxsparse run {recipe.name}: plan (dry run)", force=args.force)
         print(dump_json(plan) if args.json else render_plan(plan, recipe))
         return 0
     if not args.output:
@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
                             progress=progress_enabled(args))
     except StepError as exc:
         for path in args.report:
-            write_run_report(path, exc.result)
+            write_run_report(path, exc.result, force=args.force)
         raise
     for path in args.report:
-        write_run_report(path, result)
+        write_run_report(path, result, force=args.force)
     print_result(args, result, render_text, args.report)
     return 0 if result.passed else 1

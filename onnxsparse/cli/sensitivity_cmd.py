@@ -16,7 +16,7 @@ import sys
 from ..errors import UsageError
 from ..report import check_report_paths, dump_json, write_report
 from . import SUMMARIES
-from ._common import progress_enabled
+from ._common import add_report_force, inputs, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="input shape for 'random' data and the MAC count (e.g. input_ids=1x128)")
     p.add_argument("--seed", type=int, default=0, help="seed for random data and the random criterion (default 0)")
     p.add_argument("--report", metavar="FILE", help="also write the report to FILE (.json, .md or .html)")
+    add_report_force(p)
     p.set_defaults(func=run)
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.sensitivity import parse_ratios, sensitivity
 
     ratios = parse_ratios(args.ratios)  # one-line UsageError before any work
-    check_report_paths([args.report] if args.report else None)
+    check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     shapes = parse_shapes(args.shape)
     report = sensitivity(
         args.model,
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--heads: {args.model} has no attention head group")
     data = report.to_dict()
     if args.report:
-        write_report(args.report, data, title=f"onnxsparse sensitivity {args.model}")
+        write_report(args.report, data, title=f"onnxsparse sensitivity {args.model}", force=args.force)
     if args.json:
         print(dump_json(data))
     else:

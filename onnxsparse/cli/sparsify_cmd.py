@@ -22,7 +22,7 @@ from ..report import (
     human_bytes,
     write_report,
 )
-from ._common import progress_enabled
+from ._common import inputs, progress_enabled
 
 __all__ = ["register", "run", "parse_ratio", "parse_block"]
 
@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_output, load_model, model_file_bytes
     from ..passes.sparsify import SparsifyConfig, sparsify
 
-    check_report_paths([args.report] if args.report else None)
-    check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
+    check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
+    check_output(args.output, protect=inputs(args), force=args.force,
+                 external_data=True if args.external_data else None)  # fail before the work, not after
     config = SparsifyConfig(
         sparsity=args.sparsity,
         pattern=args.pattern,
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     params_before = _params(model)
     report = sparsify(model, config, progress=_progress(args))
-    out = save_model(model, args.output, protect=(args.model,), force=args.force,
+    out = save_model(model, args.output, protect=inputs(args), force=args.force,
                      external_data=True if args.external_data else None)
     result: dict[str, Any] = {
         "input": str(args.model),
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     }
     result.update(report.to_dict())
     if args.report:
-        write_report(args.report, result, title=f"onnxsparse sparsify {Path(args.model).name}")
+        write_report(args.report, result, title=f"onnxsparse sparsify {Path(args.model).name}", force=args.force)
     if args.json:
         print(dump_json(result))
     else:

@@ -8,7 +8,7 @@ import argparse
 
 from . import SUMMARIES
 from ..calibration.data import parse_shapes
-from ._common import print_result, progress_enabled
+from ._common import add_report_force, inputs, print_result, progress_enabled
 
 __all__ = ["register", "run", "add_run_options"]
 
@@ -67,6 +67,7 @@ def add_run_options(p: argparse.ArgumentParser, *, multi: bool) -> None:
                    help="skip the peak-memory probe (a child process per model and provider, ~0.3 s each)")
     p.add_argument("--report", action="append", default=[], metavar="FILE",
                    help="write a report: .json (stable keys), .md, or .html (charts); repeatable")
+    add_report_force(p)
 
 
 def register(subparsers, common) -> None:
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..validate.reports import check_report_paths
     from ..validate.thresholds import THRESHOLDS
 
-    check_report_paths(args.report)
+    check_report_paths(args.report, force=args.force, protect=inputs(args))
     limits = {name: getattr(args, f"limit_{name}") for name in THRESHOLDS}
     result = validate(
         args.reference,
@@ -131,6 +132,6 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_enabled(args),
     )
     for path in args.report:
-        save_report(path, result)
+        save_report(path, result, force=args.force)
     print_result(args, result, render_text, args.report)
     return 0 if result.passed else 1

@@ -193,17 +193,11 @@ def _runtime_symbolic_named(model: ir.Model) -> dict[str, tuple[int | str | None
 
     A dim is an int, a symbol name (never onnx's made-up ``unk__N``), or ``None``.
     """
-    from ..analysis.shapes import _quiet_logging, shape_only_proto
+    from ..analysis.shapes import runtime_symbolic_inference, shape_only_proto
 
     proto = shape_only_proto(model)  # weights become shape-only inputs: inference reads no payload
     del proto.graph.value_info[:]
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        with _quiet_logging():
-            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
-    except Exception:  # noqa: BLE001 - best effort; onnx's shapes stand
-        return {}
+    inferred = runtime_symbolic_inference(proto)
     if inferred is None:
         return {}
     out: dict[str, tuple[int | str | None, ...]] = {}

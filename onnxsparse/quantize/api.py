@@ -302,7 +302,8 @@ def quantize(
 
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if output is not None:
-        check_output(Path(output), protect=(input_path,), force=force)
+        check_output(Path(output), protect=(input_path, calib if isinstance(calib, (str, os.PathLike)) else None),
+                     force=force)
     ir_model = load_model(model)
     bytes_before = model_file_bytes(input_path) if input_path else ir.to_proto(ir_model).ByteSize()
     warnings: list[str] = []

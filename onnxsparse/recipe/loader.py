@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import guard
 from ._fields import did_you_mean
 from ._yaml import parse_text
 from .config import Recipe, RecipeError, parse_recipe
@@ -19,7 +20,7 @@ RecipeSpec = Recipe | Mapping[str, Any] | str | os.PathLike
 
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
+    if not path.exists():
         hint = ""
         if path.suffix == "" and path.name in PRESETS:
             hint = f" (did you mean {PREFIX}{path.name}?)"
@@ -27,6 +28,7 @@ def _read(path: Path) -> Any:
             close = did_you_mean(path.name, PRESETS)
             hint = close.replace("(did you mean '", f"(did you mean '{PREFIX}") if close else ""
         raise RecipeError(f"recipe not found: {path}{hint}")
+    guard.input_file(path, "recipe", RecipeError)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

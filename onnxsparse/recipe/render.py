@@ -187,8 +187,8 @@ def render_html(result: RecipeResult) -> str:
     )
 
 
-def write_run_report(path: str | os.PathLike, result: RecipeResult) -> Path:
+def write_run_report(path: str | os.PathLike, result: RecipeResult, *, force: bool = False) -> Path:
     """``.json`` (stable keys, ``schema`` ``onnxsparse.run/1``), ``.md`` or ``.html``, written atomically."""
     from ..validate.reports import write_rendered
 
-    return write_rendered(path, result, render_markdown, render_html)
+    return write_rendered(path, result, render_markdown, render_html, force=force)

@@ -488,7 +488,7 @@ def plan_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
     recipe = load_recipe(recipe, overrides=overrides)
     input_path = Path(model) if _is_path(model) else None
     if output is not None:
-        check_output(Path(output), protect=(input_path,), force=force)
+        check_output(Path(output), protect=(input_path, recipe.calib), force=force)
     ir_model = load_model(model)
     notes = prepare_run(recipe, ir_model)
     mac_dims = _mac_dims(ir_model, recipe.shapes)
@@ -547,7 +547,7 @@ def run_recipe(
     out = Path(output) if output is not None else None
     input_path = Path(model) if _is_path(model) else None
     if out is not None:
-        check_output(out, protect=(input_path,), force=force)
+        check_output(out, protect=(input_path, recipe.calib), force=force)
     ir_model = load_model(model)
     notes = prepare_run(recipe, ir_model)
     mac_dims = _mac_dims(ir_model, recipe.shapes)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import guard
 from ..errors import DataError, UsageError
 
 __all__ = [
@@ -314,6 +315,8 @@ def resolve_metric(spec: str | Metric | Callable) -> Metric:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"metric {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    if getattr(module, "__file__", None):
+        guard.note_read(module.__file__, "metric module")
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)

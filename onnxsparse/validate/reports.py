@@ -58,17 +58,18 @@ def render_markdown(result: ValidationResult | BenchResult) -> str:
     return "\n".join(lines)
 
 
-def save_report(path: str | os.PathLike, result: ValidationResult | BenchResult) -> Path:
+def save_report(path: str | os.PathLike, result: ValidationResult | BenchResult, *, force: bool = False) -> Path:
     """Write ``result`` as .json (stable keys, see docs/validate.md), .md, or .html (with charts)."""
     html = validation_html if isinstance(result, ValidationResult) else bench_html
-    return write_rendered(path, result, render_markdown, html)
+    return write_rendered(path, result, render_markdown, html, force=force)
 
 
 def write_rendered(path: str | os.PathLike, result: Any, markdown: Callable[[Any], str],
-                   html: Callable[[Any], str]) -> Path:
+                   html: Callable[[Any], str], *, force: bool = False) -> Path:
     """Write ``result`` by ``path``'s extension, atomically: .json is ``result.to_dict()`` (stable keys),
-    .md/.markdown is ``markdown(result)``, anything else ``html(result)``; the path is checked first."""
-    check_report_paths([path])
+    .md/.markdown is ``markdown(result)``, anything else ``html(result)``; the path is checked first
+    (an existing file is replaced only with ``force``)."""
+    check_report_paths([path], force=force)
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -77,5 +78,5 @@ def write_rendered(path: str | os.PathLike, result: Any, markdown: Callable[[Any
         text = markdown(result)
     else:
         text = html(result)
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, force=force)
     return path

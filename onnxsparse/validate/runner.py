@@ -12,13 +12,13 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ..calibration.data import DataSource, load_data
+from .. import guard
 from ..errors import DataError, UsageError
 from ._common import (
     check_counts,
@@ -51,9 +51,7 @@ def load_labels(spec: str | os.PathLike | np.ndarray) -> np.ndarray:
     """Labels from an array, a ``.npy`` file, or an ``.npz`` holding one array."""
     if isinstance(spec, np.ndarray):
         return spec
-    path = Path(spec)
-    if not path.is_file():
-        raise DataError(f"labels file not found: {path}")
+    path = guard.input_file(spec, "labels file", DataError)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
