@@ -5,8 +5,10 @@ external-data files, calibration/validation data, labels, the recipe, a metric
 module.  Every writer (:func:`onnxsparse.io.check_output` for models and their
 ``.data`` sidecar, :func:`onnxsparse.report.atomic_write_text` for reports)
 asks :func:`refuse_input` first.  Paths compare by resolved path (symlinks)
-and by device/inode (hard links).  The CLI calls :func:`reset` per command;
-a library caller that runs several jobs in one process may too.
+and by device/inode (hard links).  Reads are noted inside a :func:`command`
+scope (each CLI command, each recipe run); outside one, a library caller's
+loads are not remembered, so a notebook may write a file it read an hour ago,
+while ``save_model(protect=...)`` still refuses the paths it is given.
 
 :func:`regular_file` is the check every reader makes before it opens a path:
 a named pipe, ``/dev/zero``, a socket or a folder would block or never end.
@@ -14,37 +16,58 @@ a named pipe, ``/dev/zero``, a socket or a folder would block or never end.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ModelSaveError, OnnxSparseError
 
-__all__ = ["input_file", "input_files", "note_read", "read_files", "refuse_input", "regular_file", "reset", "same_file"]
+__all__ = ["command", "input_file", "input_files", "note_read", "read_files", "refuse_input", "regular_file", "same_file"]
 
-#: resolved path -> (what it is, (st_dev, st_ino) or None)
-_READ: dict[Path, tuple[str, tuple[int, int] | None]] = {}
+_Noted = dict[Path, tuple[str, tuple[int, int] | None]]
+#: per command scope: resolved path -> (what it is, (st_dev, st_ino) or None); None outside a command
+_READ: contextvars.ContextVar[_Noted | None] = contextvars.ContextVar("onnxsparse_reads", default=None)
 
 
-def reset() -> None:
-    """Forget the files noted so far (a new command starts)."""
-    _READ.clear()
+@contextlib.contextmanager
+def command() -> Iterator[None]:
+    """The scope of one command: the files read inside it are protected from its writes.
+    Nested scopes share the outer one (a recipe run inside a CLI command)."""
+    if _READ.get() is not None:
+        yield
+        return
+    token = _READ.set({})
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
+def _noted() -> _Noted:
+    return _READ.get() or {}
 
 
 def note_read(path: str | os.PathLike, what: str) -> None:
-    """Remember that this command reads ``path`` (``what``: e.g. ``"input model"``)."""
+    """Remember that this command reads ``path`` (``what``: e.g. ``"input model"``); a no-op
+    outside a :func:`command` scope."""
+    noted = _READ.get()
+    if noted is None:
+        return
     resolved = Path(path).resolve()
     try:
         st = os.stat(resolved)
         ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except OSError:
         ident = None
-    _READ.setdefault(resolved, (what, ident))
+    noted.setdefault(resolved, (what, ident))
 
 
 def read_files() -> dict[Path, str]:
     """The files noted so far: resolved path -> what it is."""
-    return {path: what for path, (what, _) in _READ.items()}
+    return {path: what for path, (what, _) in _noted().items()}
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -82,7 +105,7 @@ def _clash(path: Path, extra: tuple[tuple[Path, str], ...]) -> tuple[Path, str] 
         ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except OSError:
         ident = None
-    for read, (what, read_ident) in _READ.items():
+    for read, (what, read_ident) in _noted().items():
         if read == resolved or (ident is not None and ident == read_ident):
             return read, what
     for read, what in extra:

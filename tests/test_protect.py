@@ -394,3 +394,21 @@ def test_each_command_starts_with_no_inputs_noted(tmp_path: Path) -> None:
     code, _, err = cli("sparsify", second, "-o", first, "--sparsity", "0.5", "--force")
     assert code == 0, err
     assert onnx.load(str(first)).graph.node  # replaced by the sparse model
+
+
+def test_reads_are_remembered_only_inside_a_command(tmp_path):
+    """A library caller's loads do not make the file unwritable for the rest of the process;
+    inside a command scope the same write is refused."""
+    import shutil
+
+    from onnxsparse import guard
+    from onnxsparse.errors import ModelSaveError
+    from onnxsparse.io import load_model, save_model
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(sample("digits_cnn"), path)
+    save_model(load_model(path), path, force=True)  # outside a command: allowed with --force
+    with guard.command():
+        model = load_model(path)
+        with pytest.raises(ModelSaveError, match="refusing to overwrite the input model"):
+            save_model(model, path, force=True)

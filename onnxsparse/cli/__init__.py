@@ -112,13 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; SIGINT/SIGTERM at any point exit 130/143 with one line (see :mod:`.._signals`)."""
     with signals_as_exceptions():
         try:
-            return _main(argv)
+            with guard.command():  # the files this command reads are protected from its writes
+                return _main(argv)
         except (KeyboardInterrupt, Terminated) as exc:
             return stopped(exc)
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    guard.reset()  # the files this command reads are noted afresh
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     logging.basicConfig(

@@ -28,6 +28,7 @@ from typing import Any
 import onnx_ir as ir
 
 from .._progress import progress_bar
+from .. import guard
 from ..errors import DataError, OnnxSparseError, UsageError
 from ..io import ModelSource, check_output, load_model, model_file_bytes
 from .config import (
@@ -542,6 +543,12 @@ def run_recipe(
     Raises :class:`RecipeError` (before any work) and :class:`StepError` (a step failed);
     a failed gate returns a result with ``passed == False``.
     """
+    with guard.command():  # the recipe, model and data it reads are protected from its writes
+        return _run_recipe(recipe, model, output, overrides=overrides, force=force, progress=progress)
+
+
+def _run_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLike | None, *,
+                overrides: Sequence[str], force: bool, progress: bool) -> RecipeResult:
     started = time.perf_counter()
     recipe = load_recipe(recipe, overrides=overrides)
     out = Path(output) if output is not None else None
