@@ -34,6 +34,7 @@ from .fusions import FusionComparison, compare_fusions
 from .compat import PreparedModel, check_inputs, match_outputs, parse_output_map, prepare_model
 from .latency import LatencyPlan, latency_plan, measure_interleaved
 from .memory import probe_memory
+from .batch_axis import batch_axis, batch_symbols, samples_first
 from .metrics import FidelityAccumulator, Metric, resolve_metric
 from .providers import ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
 from .result import MetricResult, ProviderResult, SessionResult, ValidationResult
@@ -128,9 +129,10 @@ def _run_provider(
     collected: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     label_index = ref_names.index(label_output) if label_output else 0
     usable = (len(source) // batch) * batch
+    ref_axes, cand_axes = _batch_axes(ref_s.session, ref_names), _batch_axes(cand_s.session, cand_names)
     for feeds in source.batches(batch, limit=usable):
-        ref_out = ref_s.session.run(ref_names, feeds)
-        cand_out = cand_s.session.run(cand_names, feeds)
+        ref_out = [samples_first(v, a(v, batch)) for v, a in zip(ref_s.session.run(ref_names, feeds), ref_axes)]
+        cand_out = [samples_first(v, a(v, batch)) for v, a in zip(cand_s.session.run(cand_names, feeds), cand_axes)]
         for acc, r, c in zip(accs, ref_out, cand_out):
             acc.update(r, c)
         if labels is not None:
@@ -165,6 +167,13 @@ def _run_provider(
                 model.path, spec, threads, feeds, available=available, runs=plan.probe_runs)
             bar.update(1)
     return result
+
+
+def _batch_axes(session, names: Sequence[str]) -> list:
+    """Per output, a function of (value, batch) giving its samples axis (:mod:`.batch_axis`)."""
+    symbols = batch_symbols([i.shape for i in session.get_inputs()])
+    declared = {o.name: o.shape for o in session.get_outputs()}
+    return [lambda v, b, d=declared.get(n): batch_axis(d, np.shape(v), b, symbols) for n in names]
 
 
 def _fusions(ref, cand, specs) -> FusionComparison | None:

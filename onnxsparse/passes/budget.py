@@ -1,0 +1,185 @@
+"""Prune as far as an accuracy budget allows: ``prune --max-accuracy-drop X --data D --labels L``.
+
+Users want "as fast as possible, at most one point lost", not a ratio.  The search walks one knob
+``f`` (the fraction of MACs, params or latency kept, fed to the allocation of ``prune --target``):
+``f = 1`` is the input (always within budget); it tries the most aggressive ``f`` first and bisects
+between the best fraction known to keep the budget and the least aggressive one known to break it.
+Every trial prunes the input afresh and scores the task metric on the search split of the user's
+data; the winner is then checked on the held-out split (never seen by the search), so the
+reported drop is an honest estimate.  Accuracy is not exactly monotone in ``f``: the winner is the
+most aggressive trial that kept the budget, whatever its order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ..calibration.data import DataSource
+from ..errors import UsageError
+from ..validate.batch_axis import batch_axis, batch_symbols, samples_first
+from ..validate.metrics import Metric
+
+__all__ = ["Trial", "BudgetSearch", "search_budget", "task_metric", "split_holdout"]
+
+
+@dataclass
+class Trial:
+    """One pruned candidate: the fraction asked for, what it measured, and whether it kept the budget."""
+
+    fraction: float
+    metric: float
+    drop: float
+    within_budget: bool
+    measured: dict[str, float] = field(default_factory=dict)  # e.g. macs_ratio, params_ratio
+    seconds: float = 0.0
+    note: str | None = None  # why the fraction could not be pruned to
+
+
+@dataclass
+class BudgetSearch:
+    """The trials in the order run, the winner (``None``: nothing beyond the input kept the budget)."""
+
+    metric: str
+    reference: float
+    max_drop: float
+    trials: list[Trial]
+    best: Trial | None
+    model: ir.Model | None = None
+    holdout: dict[str, float] | None = None  # reference / candidate metric and drop on the held-out split
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "reference": self.reference,
+            "max_drop": self.max_drop,
+            "trials": [asdict(t) for t in self.trials],
+            "best": None if self.best is None else asdict(self.best),
+            "holdout": self.holdout,
+            "reason": self.reason,
+        }
+
+    def table(self) -> str:
+        """The frontier tried, most aggressive first."""
+        keys = sorted({k for t in self.trials for k in t.measured})
+        head = ["fraction", self.metric, "drop", "ok", *keys]
+        rows = [head]
+        for t in sorted(self.trials, key=lambda t: t.fraction):
+            rows.append([f"{t.fraction:.3f}", f"{t.metric:.4f}", f"{t.drop:+.4f}", "yes" if t.within_budget else "no",
+                         *(f"{t.measured[k]:.3f}" if k in t.measured else "-" for k in keys)])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+        summary = (f"reference {self.metric} {self.reference:.4f}, budget {self.max_drop:g}: "
+                   + (f"best fraction {self.best.fraction:.3f} (drop {self.best.drop:+.4f})" if self.best
+                      else f"no pruned model kept the budget{': ' + self.reason if self.reason else ''}"))
+        if self.holdout is not None:
+            summary += (f"; held-out {self.metric} {self.holdout['reference']:.4f} -> {self.holdout['candidate']:.4f}"
+                        f" (drop {self.holdout['drop']:+.4f})")
+        return "\n".join([*lines, summary])
+
+
+def split_holdout(source: DataSource, labels: np.ndarray, fraction: float) -> tuple[tuple[DataSource, np.ndarray],
+                                                                                      tuple[DataSource, np.ndarray]]:
+    """(search split, held-out split): the last ``fraction`` of the samples are held out."""
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"--holdout must be in (0, 1), got {fraction}")
+    count = len(source)
+    held = int(round(count * fraction))
+    if held < 1 or count - held < 1:
+        raise UsageError(f"{count} labelled samples cannot be split {1 - fraction:g}/{fraction:g} into a search and a "
+                         "held-out part; give more data")
+    cut = count - held
+    first = DataSource({k: v[:cut] for k, v in source.arrays.items()}, source.origin)
+    rest = DataSource({k: v[cut:] for k, v in source.arrays.items()}, source.origin)
+    return (first, labels[:cut]), (rest, labels[cut:])
+
+
+def task_metric(model: ir.Model, source: DataSource, labels: np.ndarray, metric: Metric, *,
+                output: str | None = None, batch: int = 32) -> float:
+    """``metric`` of ``model``'s ``output`` (default: the first) over every sample of ``source``.
+
+    The output's samples axis is found as ``validate`` finds it (a time-major CTC output works).
+    """
+    from .sensitivity import _session
+
+    sess = _session(model)
+    outputs = sess.get_outputs()
+    name = output or outputs[0].name
+    declared = next((o.shape for o in outputs if o.name == name), None)
+    symbols = batch_symbols([i.shape for i in sess.get_inputs()])
+    wanted = {i.name for i in sess.get_inputs()}
+    parts: list[np.ndarray] = []
+    for feeds in source.batches(batch):
+        (value,) = sess.run([name], {k: v for k, v in feeds.items() if k in wanted})
+        fed = len(next(iter(feeds.values())))
+        parts.append(samples_first(np.asarray(value), batch_axis(declared, np.shape(value), fed, symbols)))
+    return float(metric(np.concatenate(parts), labels))
+
+
+def _drop(metric: Metric, reference: float, value: float) -> float:
+    return float(metric.drop(reference, value))
+
+
+def search_budget(
+    prune_at: Callable[[float], tuple[ir.Model, dict[str, float]]],
+    evaluate: Callable[[ir.Model], float],
+    metric: Metric,
+    reference: float,
+    max_drop: float,
+    *,
+    lowest: float = 0.25,
+    steps: int = 6,
+    tolerance: float = 0.02,
+    progress: Callable[[Trial], None] | None = None,
+) -> BudgetSearch:
+    """Bisect the kept fraction ``f`` in ``[lowest, 1)`` for the most aggressive candidate within ``max_drop``.
+
+    ``prune_at(f)`` returns a pruned model and what was measured on it (``macs_ratio``, ...);
+    ``evaluate(model)`` its task metric on the search split.  Stops after ``steps`` trials or when
+    the bracket is narrower than ``tolerance``.
+    """
+    if not max_drop >= 0:
+        raise UsageError(f"--max-accuracy-drop must be >= 0, got {max_drop}")
+    if not 0.0 < lowest < 1.0:
+        raise UsageError(f"the lowest fraction searched must be in (0, 1), got {lowest}")
+    trials: list[Trial] = []
+    best: tuple[Trial, ir.Model] | None = None
+    ok_hi, bad_lo = 1.0, None  # ok_hi: least aggressive known fraction within budget; bad_lo: most aggressive failing
+    fraction = lowest
+    for _ in range(steps):
+        start = time.perf_counter()
+        try:
+            model, measured = prune_at(fraction)
+        except UsageError as exc:  # the target cannot be met at this fraction: treat it as out of budget
+            trial = Trial(fraction, float("nan"), float("inf"), False, {}, time.perf_counter() - start, str(exc))
+            model = None
+        else:
+            value = evaluate(model)
+            drop = _drop(metric, reference, value)
+            trial = Trial(fraction, value, drop, drop <= max_drop + 1e-12, measured, time.perf_counter() - start)
+        trials.append(trial)
+        if progress is not None:
+            progress(trial)
+        if trial.within_budget and model is not None:
+            if best is None or trial.fraction < best[0].fraction:
+                best = (trial, model)
+            ok_hi = min(ok_hi, fraction)
+        else:
+            bad_lo = fraction if bad_lo is None else max(bad_lo, fraction)
+        if best is not None and best[0].fraction <= lowest:
+            break
+        low = bad_lo if bad_lo is not None else lowest
+        if ok_hi - low < tolerance:
+            break
+        fraction = (low + ok_hi) / 2
+    if best is None:
+        return BudgetSearch(metric.name, reference, max_drop, trials, None,
+                            reason=f"every fraction tried ({', '.join(f'{t.fraction:.3f}' for t in trials)}) "
+                                   f"lost more than {max_drop:g} {metric.name}")
+    return BudgetSearch(metric.name, reference, max_drop, trials, best[0], best[1])
