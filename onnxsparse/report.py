@@ -163,8 +163,10 @@ def _flat(value: Any) -> str:
     return _cell(value)
 
 
-def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = "onnxsparse report") -> Path:
-    """Write ``data`` as JSON, Markdown or HTML, chosen by the file extension."""
+def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = "onnxsparse report",
+                 *, html_extra: str = "") -> Path:
+    """Write ``data`` as JSON, Markdown or HTML, chosen by the file extension (``html_extra``: markup,
+    e.g. an SVG chart, placed before the text of an HTML report)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -176,7 +178,9 @@ def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = 
         text = (
             "<!doctype html><html><head><meta charset='utf-8'><title>"
             + html.escape(title)
-            + "</title></head><body><pre>"
+            + "</title></head><body>"
+            + html_extra
+            + "<pre>"
             + html.escape(body)
             + "</pre></body></html>\n"
         )
