@@ -45,9 +45,10 @@ def _member(dg: DependencyGraph, group: Group, weight: Any, in_file: set[str]) -
     shape = [int(d) for d in value.shape] if value is not None and value.shape is not None else []
     dtype = value.dtype.name.lower() if value is not None and value.dtype is not None else "unknown"
     positions = np.asarray(weight.positions, dtype=np.int64)
+    name = dg.shared_copies.get(weight.slot.value, weight.slot.value)  # a per-node copy of a shared constant
     return {
-        "initializer": weight.slot.value,
-        "in_file": weight.slot.value in in_file,
+        "initializer": name,
+        "in_file": name in in_file,
         "shape": shape,
         "dtype": dtype,
         "axis": weight.slot.axis,
