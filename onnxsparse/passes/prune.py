@@ -525,6 +525,7 @@ class PrunePass(ir.passes.InPlacePass):
         repair: str | None = None,
         sequential: bool | None = None,
         damp: float | None = None,
+        threshold: float | None = None,
     ) -> None:
         super().__init__()
         self.options = dict(
@@ -548,6 +549,7 @@ class PrunePass(ir.passes.InPlacePass):
             repair=repair,
             sequential=sequential,
             damp=damp,
+            threshold=threshold,
         )
         self.channels = channels
         self.report: PruneReport | None = None
