@@ -68,3 +68,14 @@ def test_threshold_replaces_the_ratios_everywhere(tmp_path) -> None:
     result = run_recipe({"steps": [{"prune": {"threshold": 1e9, "round_to": 1}}]}, sample("digits_cnn"))
     assert {k: tuple(v.shape) for k, v in result.model.graph.initializers.items()} == kept
     assert all(g["kept"] == 1 for g in result.steps[0].report["channels"]["groups"])
+
+
+def test_log_histogram_counts_per_decade_with_zeros_apart() -> None:
+    from onnxsparse.criteria.histogram import histogram_line, log_histogram
+
+    hist = log_histogram([0.0, 0.0, 1e-9, 0.5, 1.0, 10.0, 99.0, 1e-3])
+    assert hist["units"] == 8 and hist["zero"] == 2
+    counts = {round(np.log10(b["lo"])): b["count"] for b in hist["buckets"]}
+    assert counts == {-9: 1, -8: 0, -7: 0, -6: 0, -5: 0, -4: 0, -3: 1, -2: 0, -1: 1, 0: 1, 1: 2}
+    assert histogram_line(hist).startswith("0:2 | 1e-9:1 | 1e-8:0") and histogram_line(hist).endswith("1e0:1 | 1e1:2")
+    assert histogram_line(log_histogram([])) == "no scores"

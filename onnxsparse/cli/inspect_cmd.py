@@ -365,7 +365,7 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
         ]
         if table:
             out.append(format_table(["group", "kind", "root", "units", "channels", "prunable", "reason"], table))
-    if result.get("group_scores"):
+    if result.get("group_scores") and result["group_scores"]["histogram"]["units"]:
         from ..criteria.histogram import histogram_line
 
         scores = result["group_scores"]
