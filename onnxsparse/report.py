@@ -188,9 +188,9 @@ def _flat(value: Any) -> str:
 
 
 def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = "onnxsparse report", *,
-                 force: bool = False) -> Path:
+                 force: bool = False, html_extra: str = "") -> Path:
     """Write ``data`` as JSON, Markdown or HTML, chosen by the file extension (over an existing file
-    only with ``force``)."""
+    only with ``force``; ``html_extra``: markup, e.g. an SVG chart, placed before the text of an HTML report)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -202,7 +202,9 @@ def write_report(path: str | os.PathLike, data: Mapping[str, Any], title: str = 
         text = (
             "<!doctype html><html><head><meta charset='utf-8'><title>"
             + html.escape(title)
-            + "</title></head><body><pre>"
+            + "</title></head><body>"
+            + html_extra
+            + "<pre>"
             + html.escape(body)
             + "</pre></body></html>\n"
         )

@@ -287,7 +287,7 @@ JSON_KEYS = {
                   "stats_note"},
     "providers[]": {"provider", "ep", "device", "available", "reason", "failed_model", "active_providers", "samples",
                     "reference",
-                    "candidate", "latency_ratio", "speedup", "fidelity", "metrics"},
+                    "candidate", "latency_ratio", "speedup", "fidelity", "metrics", "noise"},
     "providers[].reference": {"session_seconds", "session_samples_s", "latency", "memory", "memory_note"},
     "providers[].reference.latency": {"runs", "batch", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms",
                                       "max_ms", "throughput", "stopped_by", "budget_seconds", "loop_seconds",
@@ -300,7 +300,7 @@ JSON_KEYS = {
     "checks[]": {"name", "limit", "observed", "where", "passed", "reason"},
     "settings": {"data", "samples", "labels", "metrics", "providers", "threads", "batch", "warmup", "runs",
                  "budget_seconds", "min_runs", "max_runs", "memory", "session_repeats", "seed", "output_pairs",
-                 "thresholds"},
+                 "thresholds", "noise"},
     "environment": {"onnxsparse", "onnxruntime", "available_providers", "python", "platform", "cpu", "cpu_count"},
 }
 

@@ -12,12 +12,14 @@ import argparse
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import SUMMARIES
 from ..errors import UsageError
 from ..report import (
+    atomic_write_text,
     check_report_paths,
     dump_json,
     format_table,
@@ -59,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--no-sparsity", action="store_true", help="do not read weight values (faster on huge models)")
     p.add_argument("--report", metavar="FILE", help="also write the full result to FILE (.json, .md or .html)")
     add_report_force(p)
+    p.add_argument("--groups", metavar="FILE.json",
+                   help="write every prunable group (members, index maps, units) as JSON for a training script "
+                        "(group lasso; format in docs/groups.md)")
     p.set_defaults(func=run)
 
 
@@ -79,8 +84,10 @@ def inspect_model(
     dims: dict[str, int] | None = None,
     *,
     sparsity: bool = True,
+    analysis: GroupAnalysis | None = None,
 ) -> dict[str, Any]:
-    """The full ``inspect`` result for a model file, as a JSON-ready dict."""
+    """The full ``inspect`` result for a model file, as a JSON-ready dict (``analysis``: the groups
+    when the caller already analysed them, see :func:`analyse_groups`)."""
     from ..analysis import model_stats
     from ..io import load_model, model_file_bytes
 
@@ -96,13 +103,45 @@ def inspect_model(
         result[key] = body.pop(key)
     result.update(body)
     try:
-        groups = prunable_groups(path)
+        analysis = analysis or analyse_groups(path)
+        groups = prunable_groups(analysis.graph)
     except Exception as exc:  # noqa: BLE001 - a secondary section must not hide the numbers above
         logging.getLogger(__name__).debug("prunable groups failed", exc_info=True)
         result["prunable_groups_error"] = f"{type(exc).__name__}: {exc}"
     else:
         result["prunable_groups"] = groups
+        result["group_scores"] = group_scores(analysis.graph)
     return result
+
+
+@dataclass(frozen=True)
+class GroupAnalysis:
+    """The dependency analysis of a model file, and the initializer names the file itself holds."""
+
+    graph: Any  # onnxsparse.graph.DependencyGraph
+    in_file: frozenset[str]
+
+
+def analyse_groups(path: str | Path) -> GroupAnalysis:
+    """The groups as ``prune`` analyses the model (normalised, attention rewritten)."""
+    from ..graph import build_groups
+    from ..io import load_model
+    from ..passes.prune import prepare_for_analysis
+
+    model = load_model(path)
+    in_file = frozenset(model.graph.initializers)
+    return GroupAnalysis(build_groups(prepare_for_analysis(model)), in_file)
+
+
+def group_scores(dg: Any, criterion: str = "l2") -> dict[str, Any]:
+    """Raw ``criterion`` scores of every unit of the prunable groups, as a log-bucket histogram:
+    ``prune --threshold T`` removes the units below ``T`` (see docs/prune.md, "Threshold")."""
+    from ..criteria.histogram import log_histogram
+    from ..passes.prune import score_groups
+
+    scores, _ = score_groups(dg, criterion)
+    values = [float(v) for s in scores.values() for v in s]
+    return {"criterion": criterion, "histogram": log_histogram(values)}
 
 
 def _check_dims(model, dims: dict[str, int]) -> None:
@@ -119,14 +158,9 @@ def _check_dims(model, dims: dict[str, int]) -> None:
         raise UsageError(f"--dim names unknown dim(s) {unknown}; the inputs' symbolic dims are: {have}")
 
 
-def prunable_groups(path: str | Path) -> list[dict[str, Any]]:
-    """The structured-pruning groups of the model, as ``prune`` analyses it (normalised, attention
-    rewritten): channels, heads, KV groups and FFN neurons, each with its kind and reasons."""
-    from ..graph import build_groups
-    from ..io import load_model
-    from ..passes.prune import prepare_for_analysis
-
-    analysis = build_groups(prepare_for_analysis(load_model(path)))
+def prunable_groups(analysis: Any) -> list[dict[str, Any]]:
+    """The structured-pruning groups of a :class:`~onnxsparse.graph.DependencyGraph`: channels, heads,
+    KV groups and FFN neurons, each with its kind and reasons."""
     return [
         {
             "id": g.id,
@@ -148,11 +182,23 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise UsageError("--top must be >= 0")
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
+    if args.groups and Path(args.groups).suffix.lower() != ".json":
+        raise UsageError(f"--groups writes JSON: give a .json file, got {args.groups!r}")
+    if args.groups:
+        check_report_paths([args.groups], force=args.force, protect=inputs(args))
     shapes = parse_shapes(args.shape)
     dims = parse_dims(args.dim)
-    result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity)
+    analysis = None
+    if args.groups:
+        from ..graph.export_groups import groups_document
+
+        analysis = analyse_groups(args.model)
+        doc = groups_document(analysis.graph, model=str(args.model), in_file=set(analysis.in_file))
+        atomic_write_text(Path(args.groups), dump_json(doc) + "\n")
+    result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity, analysis=analysis)
     if args.report:
-        write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}", force=args.force)
+        write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}", force=args.force,
+                     html_extra=_score_chart(result))
     if args.json:
         print(dump_json(result))
     else:
@@ -324,4 +370,24 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
         ]
         if table:
             out.append(format_table(["group", "kind", "root", "units", "channels", "prunable", "reason"], table))
+    if result.get("group_scores") and result["group_scores"]["histogram"]["units"]:
+        from ..criteria.histogram import histogram_line
+
+        scores = result["group_scores"]
+        out.append(f"{scores['criterion']} scores of {scores['histogram']['units']} units (count per decade; "
+                   f"prune --threshold T removes those below T): {histogram_line(scores['histogram'])}")
     return "\n".join(out)
+
+
+def _score_chart(result: dict[str, Any]) -> str:
+    """The score histogram as an SVG bar chart (HTML reports), or nothing without scores."""
+    from ..validate._svg import bar_chart
+
+    scores = result.get("group_scores")
+    if not scores or not scores["histogram"]["units"]:
+        return ""
+    hist = scores["histogram"]
+    labels = (["0"] if hist["zero"] else []) + [f"{b['lo']:.0e}" for b in hist["buckets"]]
+    counts = ([hist["zero"]] if hist["zero"] else []) + [b["count"] for b in hist["buckets"]]
+    return bar_chart(labels, counts, title=f"{scores['criterion']} score per unit of the prunable groups",
+                     xlabel="score decade (lower edge); prune --threshold T removes the units below T")

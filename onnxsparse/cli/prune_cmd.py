@@ -59,6 +59,13 @@ def _damp(text: str) -> float:
     return value
 
 
+def _threshold(text: str) -> float:
+    value = _damp(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError("must be finite")
+    return value
+
+
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -88,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     p.add_argument("--channels", type=_ratio, metavar="RATIO", help="fraction of channels to remove per group, in [0, 1)")
+    p.add_argument("--threshold", type=_threshold, metavar="T",
+                   help="instead of a ratio: remove every unit whose raw criterion score is below T in every "
+                        "prunable group (after group-lasso training: 1e-8; `inspect` shows the score histogram)")
     p.add_argument("--criterion", choices=criteria, default=None,
                    help=f"importance criterion (default {DEFAULT_CRITERION}; {DEFAULT_DATA_CRITERION} with --calib)")
     p.add_argument("--global", dest="global_ranking", action="store_true",
@@ -131,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
-    if args.channels is None and not wants_heads:
-        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn)")
+    if args.channels is None and not wants_heads and args.threshold is None:
+        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn, or --threshold T)")
+    if args.threshold is not None and (args.channels is not None or wants_heads):
+        raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn, not both")
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     check_output(args.output, protect=inputs(args), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
@@ -164,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         repair=repair,
         sequential=sequential,
         damp=args.damp,
+        threshold=args.threshold,
     )
     heads_report = None
     if wants_heads:
@@ -175,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     report.file_bytes_before = model_file_bytes(args.model)
     report.file_bytes_after = model_file_bytes(out)
     data: dict[str, Any] = {"input": str(args.model), "output": str(out), **report.to_dict()}
+    if args.threshold is not None:
+        data["threshold"] = args.threshold
     if heads_report is not None:
         data["heads"] = heads_report
     if args.report:
@@ -186,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         if args.channels is not None:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
         what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]
+        what += [f"score < {args.threshold:g}"] if args.threshold is not None else []
         print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
         print(report.summary())
         if heads_report is not None:

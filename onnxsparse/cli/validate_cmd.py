@@ -90,6 +90,9 @@ def register(subparsers, common) -> None:
                    help="reference output the metrics score (default: the first output)")
     p.add_argument("--output-map", action="append", default=[], metavar="REF=CAND",
                    help="pair a reference output with a differently named candidate output (repeatable)")
+    p.add_argument("--noise", type=float, default=None, metavar="SIGMA",
+                   help="also run both models on inputs with Gaussian noise of SIGMA x each float input's std "
+                        "(fixed --seed) and report fidelity and accuracy under noise beside the clean numbers")
     p.add_argument("--require-providers", action="store_true",
                    help="fail (exit 1) when a requested provider is unavailable instead of only reporting it")
     gates = p.add_argument_group("thresholds (exit 1 when one is not met)")
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds={k: v for k, v in limits.items() if v is not None},
         require_providers=args.require_providers,
         progress=progress_enabled(args),
+        noise=args.noise,
     )
     for path in args.report:
         save_report(path, result, force=args.force)

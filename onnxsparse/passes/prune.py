@@ -37,7 +37,7 @@ from ..io import ModelSource, load_model, own_weights
 from .attention_rewrites import rewrite_attention
 from .normalize import normalize
 from .prune_report import GroupReport, PruneReport, SkippedGroup
-from .prune_select import select, unit_multiple
+from .prune_select import select, select_threshold, unit_multiple
 
 __all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
            "default_repair", "default_criterion", "ROUND_TO_AUTO", "auto_round_to", "kind_ratios",
@@ -144,15 +144,21 @@ def plan_pruning(
     min_keep: int = 1,
     seed: int = 0,
     extras: Mapping[str, object] | None = None,
+    threshold: float | None = None,
 ) -> tuple[PrunePlan, dict[int, str]]:
     """Score and select: the plan for removing, from every prunable group, its kind's ratio of units
     (``channels``, ``heads`` for heads and KV groups, ``ffn`` for FFN neurons: :func:`kind_ratios`).
 
     ``global_ranking`` ranks the groups of one kind together.  ``extras`` reaches the criteria
-    (``{"calibration": Capture}`` for the data-driven ones).
+    (``{"calibration": Capture}`` for the data-driven ones).  ``threshold`` instead removes, from every
+    prunable group of any kind, the units whose raw score is below it (:func:`select_threshold`).
     """
     ratios = kind_ratios(channels, heads, ffn)
     name = get_criterion(criterion).name
+    if threshold is not None:
+        scores, used = score_groups(dg, criterion, seed=seed, extras=extras)
+        removed = select_threshold(scores, threshold, round_to=_unit_round(dg, round_to), min_keep=min_keep)
+        return PrunePlan.create(dg, removed), {**{g.id: name for g in dg.prunable}, **used}
     wanted = {g.id for g in dg.prunable if ratios.get(g.kind, 0.0) > 0}
     if not wanted:  # nothing to remove: no scores needed (data-driven criteria may have no data)
         return PrunePlan.create(dg, {}), {g.id: name for g in dg.prunable}
@@ -264,6 +270,7 @@ def prune(
     sequential: bool | None = None,
     damp: float | None = None,
     calib_batch: int = 32,
+    threshold: float | None = None,
 ) -> PruneResult:
     """Remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
     (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
@@ -288,6 +295,9 @@ def prune(
     ``"bias"``, ``"lstsq"``; ``None``: ``lstsq`` with data, else ``none``),
     ``sequential`` (default when repairing) or one-shot (``sequential=False``),
     with ridge ``damp`` (default 0.01).
+
+    ``threshold``: instead of ratios, remove every unit whose raw criterion score is below it
+    (``inspect`` shows the l2 scores' histogram); the ratios must then be 0.
     """
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
@@ -296,7 +306,9 @@ def prune(
     criterion = default_criterion(calib is not None) if criterion is None else criterion
 
     ratios = kind_ratios(channels, heads, ffn)
-    removing = any(r > 0 for r in ratios.values())
+    removing = any(r > 0 for r in ratios.values()) or threshold is not None
+    if threshold is not None and any(r > 0 for r in ratios.values()):
+        raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn, not both")
     crit = get_criterion(criterion)  # fail fast on unknown names
     repair = default_repair(calib is not None) if repair is None else repair
     if repair not in REPAIRS:
@@ -358,7 +370,7 @@ def prune(
         t = step("calibration_s", t)
     plan, used = plan_pruning(
         dg, channels, heads=heads, ffn=ffn, criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
-        seed=seed, extras=extras,
+        seed=seed, extras=extras, threshold=threshold,
     )
     t = step("scoring_s", t)
     repair_report = None
@@ -513,6 +525,7 @@ class PrunePass(ir.passes.InPlacePass):
         repair: str | None = None,
         sequential: bool | None = None,
         damp: float | None = None,
+        threshold: float | None = None,
     ) -> None:
         super().__init__()
         self.options = dict(
@@ -536,6 +549,7 @@ class PrunePass(ir.passes.InPlacePass):
             repair=repair,
             sequential=sequential,
             damp=damp,
+            threshold=threshold,
         )
         self.channels = channels
         self.report: PruneReport | None = None

@@ -13,6 +13,10 @@ Then the kept count of every group is rounded to a multiple of ``round_to``
 may be a mapping group id -> multiple (units of some groups hold several
 channels, see :func:`unit_multiple`).  Ties break by index, so selection is
 deterministic.
+
+* threshold (:func:`select_threshold`): every unit whose raw score is below an
+  absolute ``T`` goes, with no ratio (the way back from group-lasso training,
+  which drives whole groups to zero); rounding and ``min_keep`` only ever keep more.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["keep_count", "round_keep", "unit_multiple", "select_uniform", "select_global", "select"]
+__all__ = ["keep_count", "round_keep", "unit_multiple", "select_uniform", "select_global", "select",
+           "select_threshold"]
 
 RoundTo = Union[int, Mapping[int, int]]
 
@@ -146,3 +151,26 @@ def select(
     if global_ranking:
         return select_global(scores, ratio, round_to=round_to, min_keep=min_keep, norm=norm)
     return select_uniform(scores, ratio, round_to=round_to, min_keep=min_keep)
+
+
+def select_threshold(
+    scores: Mapping[int, np.ndarray], threshold: float, *, round_to: RoundTo = 1, min_keep: int = 1
+) -> dict[int, np.ndarray]:
+    """Remove the units scoring below ``threshold`` (raw criterion scores, as ``inspect`` shows them).
+
+    A unit at or above ``threshold`` is never removed: the kept count is raised to ``min_keep`` and
+    rounded *up* to a multiple of ``round_to`` (all units stay when no multiple fits).
+    """
+    if not math.isfinite(threshold) or threshold < 0:
+        raise UsageError(f"threshold must be a finite number >= 0, got {threshold}")
+    _check(0.0, round_to, min_keep)
+    removed: dict[int, np.ndarray] = {}
+    for gid, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        keep = max(int(np.count_nonzero(~(s < threshold))), min(min_keep, s.size))
+        multiple = _rt(round_to, gid)
+        if multiple > 1 and keep % multiple:
+            keep = min(s.size, multiple * math.ceil(keep / multiple))
+        if keep < s.size:
+            removed[gid] = _lowest(s, s.size - keep)
+    return removed

@@ -282,6 +282,7 @@ class PruneStep(Step):
     exclude: tuple[str, ...] = ()
     seed: int = 0
     allow_signature_change: bool = False
+    threshold: float | None = None
 
     @classmethod
     def field_specs(cls) -> tuple[FieldSpec, ...]:
@@ -302,6 +303,8 @@ class PruneStep(Step):
             FieldSpec("seed", "seed", F.integer(), "seed of the random criterion", "int"),
             FieldSpec("allow_signature_change", "allow_signature_change", F.boolean,
                       "allow pruning heads whose KV cache is a graph input/output", "bool"),
+            FieldSpec("threshold", "threshold", F.optional(F.number(0)),
+                      "instead of ratios: remove every unit whose raw criterion score is below this", "number >= 0"),
         )
 
     @classmethod
@@ -309,7 +312,7 @@ class PruneStep(Step):
         from ..passes.prune import prune
 
         covered = {"model", "channels", "heads", "ffn", "allow_signature_change", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
-                   "block", "registry", "shapes", "normalized", "measure", "progress"}
+                   "block", "registry", "shapes", "normalized", "measure", "progress", "threshold"}
         return _signature_extras(prune, covered)
 
     @property
@@ -317,9 +320,18 @@ class PruneStep(Step):
         """This step's own calibration data (a pass-through key of :func:`~onnxsparse.passes.prune.prune`)."""
         return dict(self.extra).get("calib")
 
+    def extra_kwargs(self) -> dict[str, Any]:
+        """The pass-through keys, and ``threshold`` (a typed key the runner's call does not name)."""
+        return {**dict(self.extra), **({} if self.threshold is None else {"threshold": self.threshold})}
+
     def check(self) -> None:
+        if self.threshold is not None:
+            if self.channels or self.heads or self.ffn:
+                raise Bad("threshold replaces the ratios: set threshold or channels/heads/ffn, not both",
+                          key="threshold")
+            return
         if not self.channels and not self.heads and not self.ffn:
-            raise Bad("nothing to prune: set channels, heads or ffn")
+            raise Bad("nothing to prune: set channels, heads or ffn (or threshold)")
 
 
 @register_step
@@ -577,6 +589,7 @@ class ValidateStep(Step):
     max_runs: int | None = None
     session_repeats: int = 3
     memory: bool = True
+    noise: float | None = None
     gates: tuple[tuple[str, float], ...] = ()
 
     @classmethod
@@ -604,6 +617,8 @@ class ValidateStep(Step):
                       "without runs: at most this many timed runs per model (default 100000)", "int >= 1"),
             FieldSpec("session_repeats", "session_repeats", F.integer(1), "session creations per model", "int >= 1"),
             FieldSpec("memory", "memory", F.boolean, "measure peak memory (a child process per model)", "bool"),
+            FieldSpec("noise", "noise", F.optional(F.number(0)),
+                      "also compare under Gaussian input noise of this many stds of each float input", "number > 0"),
         )
         gates = tuple(
             FieldSpec(name, f"gates.{name}", F.optional(F.number()), t.help, "gate")
@@ -617,7 +632,7 @@ class ValidateStep(Step):
 
         covered = {"reference", "candidate", "data", "labels", "metrics", "label_output", "providers", "threads",
                    "warmup", "runs", "budget", "min_runs", "max_runs", "batch", "shapes", "samples", "seed",
-                   "output_map", "memory", "session_repeats", "thresholds", "require_providers", "progress"}
+                   "output_map", "memory", "session_repeats", "thresholds", "require_providers", "progress", "noise"}
         return _signature_extras(validate, covered)
 
     def check(self) -> None:
@@ -630,6 +645,8 @@ class ValidateStep(Step):
             raise Bad("labels need data (labels of random inputs mean nothing)", key="labels")
         if self.metric and self.labels is None:
             raise Bad("metrics need labels", key="metric")
+        if self.noise == 0:
+            raise Bad("noise must be > 0 (a fraction of each input's std); leave it out for none", key="noise")
         for name in self.metric:
             try:
                 resolve_metric(name)
@@ -658,7 +675,7 @@ class ValidateStep(Step):
             budget=self.budget, min_runs=self.min_runs, max_runs=self.max_runs,
             batch=self.batch, samples=self.samples, seed=self.seed, output_map=dict(self.output_map) or None,
             memory=self.memory, session_repeats=self.session_repeats, thresholds=dict(self.gates),
-            require_providers=self.require_providers, **self.extra_kwargs(),
+            require_providers=self.require_providers, noise=self.noise, **self.extra_kwargs(),
         )
 
 

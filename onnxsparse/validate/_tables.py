@@ -112,12 +112,49 @@ def validation_tables(result: ValidationResult) -> list[Table]:
              "top5 overlap", "exact", "error"),
             fidelity_rows,
         ))
+    tables += _noise_tables(result)
     tables.append(Table(
         "Checks",
         ("check", "limit", "observed", "where", "result", "reason"),
         [[c.name, c.limit, _r(c.observed), c.where, "PASS" if c.passed else "FAIL", c.reason]
          for c in result.checks],
     ))
+    return tables
+
+
+def _noise_tables(result: ValidationResult) -> list[Table]:
+    """``validate --noise``: the perturbed numbers beside the clean ones (fidelity, then metrics)."""
+    runs = [p for p in result.available_providers if p.noise is not None]
+    if not runs:
+        return []
+    sigma = runs[0].noise.sigma
+    fidelity = [
+        [p.provider, f.name, _cos(clean.cosine), _cos(f.cosine), _r(clean.top1_agreement), _r(f.top1_agreement),
+         _cos(rs.cosine), _cos(cs.cosine), f.error]
+        for p in runs
+        for clean, f, rs, cs in zip(p.fidelity, p.noise.fidelity, p.noise.reference_shift, p.noise.candidate_shift)
+    ]
+    tables = [Table(
+        f"Under noise (Gaussian, {sigma:g} x each input's std, seed {result.settings['seed']}; "
+        "shift = a model's noisy vs its clean outputs)",
+        ("provider", "output", "cosine clean", "cosine noisy", "top1 agree clean", "top1 agree noisy",
+         "reference shift cos", "candidate shift cos", "error"),
+        fidelity,
+    )]
+    clean = {(p.provider, m.name): m for p in runs for m in p.metrics}
+    metrics = [
+        [p.provider, m["name"], _r(clean[(p.provider, m["name"])].reference), _r(m["reference"]),
+         _r(clean[(p.provider, m["name"])].candidate), _r(m["candidate"]), _r(clean[(p.provider, m["name"])].drop),
+         _r(m["drop"])]
+        for p in runs for m in p.noise.metrics
+    ]
+    if metrics:
+        tables.append(Table(
+            f"Accuracy under noise ({sigma:g} x std)",
+            ("provider", "metric", "reference clean", "reference noisy", "candidate clean", "candidate noisy",
+             "drop clean", "drop noisy"),
+            metrics,
+        ))
     return tables
 
 

@@ -13,6 +13,7 @@ from ..report import to_jsonable
 from .latency import LatencyStats
 from .memory import MemoryStats
 from .metrics import OutputFidelity
+from .noise import NoiseResult
 
 __all__ = [
     "SCHEMA",
@@ -84,6 +85,8 @@ class ProviderResult:
     latency_ratio: float | None = None
     fidelity: list[OutputFidelity] = field(default_factory=list)
     metrics: list[MetricResult] = field(default_factory=list)
+    #: both models on perturbed inputs (``validate --noise``)
+    noise: NoiseResult | None = None
 
     @property
     def speedup(self) -> float | None:

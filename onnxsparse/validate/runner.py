@@ -36,6 +36,7 @@ from .latency import LatencyPlan, latency_plan, measure_interleaved
 from .memory import probe_memory
 from .batch_axis import batch_axis, batch_symbols, samples_first
 from .metrics import FidelityAccumulator, Metric, resolve_metric
+from .noise import NoiseRun, Perturbation, check_sigma
 from .providers import ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
 from .result import MetricResult, ProviderResult, SessionResult, ValidationResult
 from .thresholds import check_threshold_inputs, evaluate_thresholds
@@ -105,6 +106,7 @@ def _run_provider(
     memory: bool,
     session_repeats: int,
     bar,
+    perturbation: Perturbation | None = None,
 ) -> ProviderResult:
     warm_up_runtime(spec, threads)
     ref_s, cand_s = open_sessions([reference.path, candidate.path], spec, threads, repeats=session_repeats,
@@ -130,14 +132,23 @@ def _run_provider(
     label_index = ref_names.index(label_output) if label_output else 0
     usable = (len(source) // batch) * batch
     ref_axes, cand_axes = _batch_axes(ref_s.session, ref_names), _batch_axes(cand_s.session, cand_names)
-    for feeds in source.batches(batch, limit=usable):
-        ref_out = [samples_first(v, a(v, batch)) for v, a in zip(ref_s.session.run(ref_names, feeds), ref_axes)]
-        cand_out = [samples_first(v, a(v, batch)) for v, a in zip(cand_s.session.run(cand_names, feeds), cand_axes)]
+
+    def run_both(feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Both models' outputs on one batch, each with its samples axis first."""
+        return ([samples_first(v, a(v, batch)) for v, a in zip(ref_s.session.run(ref_names, feeds), ref_axes)],
+                [samples_first(v, a(v, batch)) for v, a in zip(cand_s.session.run(cand_names, feeds), cand_axes)])
+
+    noise = None if perturbation is None else NoiseRun(perturbation, pairs)
+    batches = source.batches(batch, limit=usable)
+    for feeds, noisy in (((f, None) for f in batches) if perturbation is None else perturbation.stream(batches)):
+        ref_out, cand_out = run_both(feeds)
         for acc, r, c in zip(accs, ref_out, cand_out):
             acc.update(r, c)
         if labels is not None:
             collected[0].append(np.asarray(ref_out[label_index]))
             collected[1].append(np.asarray(cand_out[label_index]))
+        if noise is not None:  # the same perturbed batch through both models
+            noise.update(ref_out, cand_out, *run_both(noisy), label_index if labels is not None else None)
         bar.update(2)
     result.samples = usable
     result.fidelity = [acc.result() for acc in accs]
@@ -148,6 +159,8 @@ def _run_provider(
             r, c = metric(ref_all, used_labels), metric(cand_all, used_labels)
             result.metrics.append(MetricResult(metric.name, ref_names[label_index], r, c, metric.drop(r, c),
                                                metric.higher_is_better))
+    if noise is not None:
+        result.noise = noise.result(metrics, None if labels is None else labels[:usable], ref_names[label_index])
 
     bar.set_description(f"{spec.name}: latency")
     feeds = latency_feeds(source, batch)
@@ -212,6 +225,7 @@ def validate(
     budget: float | None = None,
     min_runs: int | None = None,
     max_runs: int | None = None,
+    noise: float | None = None,
     **limits: float,
 ) -> ValidationResult:
     """Compare ``candidate`` with ``reference``; see ``docs/validate.md``.
@@ -225,7 +239,10 @@ def validate(
     arguments (``max_latency_ratio=1.0``); see :data:`THRESHOLDS`.  Latency: ``runs``
     fixed rounds, or (default) rounds until ``budget`` seconds per model (default 1) and
     at least ``min_runs`` (10), at most ``max_runs`` (100000); see :func:`latency_plan`.
+    ``noise``: also run both models on the same inputs with Gaussian noise of ``noise`` times each
+    float input's std (seeded by ``seed``), reported beside the clean numbers (:mod:`.noise`).
     """
+    check_sigma(noise)
     plan = latency_plan(runs, budget, min_runs, max_runs)
     check_counts(warmup, plan.runs or plan.min_runs, session_repeats)
     all_limits = check_threshold_inputs({**dict(thresholds or {}), **limits}, labels=labels is not None,
@@ -269,6 +286,9 @@ def validate(
         if fusions is not None and fusions.note():
             notes.append(fusions.note())
 
+        perturbation = None if noise is None else Perturbation(source.arrays, noise, seed)
+        if perturbation is not None and not perturbation.inputs:
+            notes.append("--noise: no float input varies across the data (std 0), so nothing was perturbed")
         per_provider = 2 * (usable // batch) + 2 * (warmup + plan.progress_units()) + (2 if memory else 0)
         bar = progress_bar(per_provider * len(specs), progress, "validate")
         results: list[ProviderResult] = []
@@ -278,7 +298,7 @@ def validate(
                     spec, ref, cand, pairs=pairs, source=source, batch=batch, labels=label_array,
                     label_output=label_output, metrics=metric_list if label_array is not None else [],
                     threads=threads, warmup=warmup, plan=plan, memory=memory, session_repeats=session_repeats,
-                    bar=bar,
+                    bar=bar, perturbation=perturbation,
                 ))
         finally:
             bar.close()
@@ -298,6 +318,7 @@ def validate(
         "memory": memory,
         "session_repeats": session_repeats,
         "seed": seed,
+        "noise": noise,
         "output_pairs": [{"reference": r, "candidate": c} for r, c in pairs],
         "thresholds": all_limits,
     }
