@@ -9,6 +9,9 @@ Steps, each recorded in the :class:`SparsifyReport`:
 3. prune: with a sparsity, an ``N:M`` pattern or per-layer ratios, score the
    weights of linear ops with a criterion and zero the lowest units of the
    pattern (per tensor, or pooled across tensors with ``global_scope``);
+   ``allocate`` spreads a sparsity over the tensors (OWL outlier ratios or
+   measured sensitivity, :mod:`onnxsparse.sparsity.allocate`) keeping it the
+   parameter-weighted average;
    quantized weights are scored dequantized and zeroed to their zero point;
 4. store: every initializer with at least ``min_size`` elements is encoded in
    the requested format (``auto``: the smallest per tensor; near-ties go to the
@@ -51,6 +54,9 @@ from ..formats import (
 from ..formats._base import SUPPORTED_DTYPES
 from ..sparsity import (
     NM,
+    Magnitude,
+    ScoreContext,
+    Wanda,
     Pattern,
     Unstructured,
     PruneTarget,
@@ -63,6 +69,7 @@ from ..sparsity import (
     nm_violations,
     parse_pattern,
 )
+from ..sparsity.allocate import ALLOCATORS, AUTO, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD
 
 __all__ = ["SparsifyConfig", "SparsifyPass", "SparsifyReport", "TensorRow", "sparsify", "DEFAULT_MIN_SIZE",
            "Progress"]
@@ -84,6 +91,12 @@ class SparsifyConfig:
     criterion: str | SparsityCriterion = "magnitude"
     format: str = AUTO
     global_scope: bool = False
+    #: how ``sparsity`` is spread over tensors (its parameter-weighted average): uniform, owl, sensitivity;
+    #: auto: sensitivity when ``calib`` is given and the pattern's sparsity is free, else uniform
+    allocate: str = DEFAULT_ALLOCATOR
+    #: OWL: ratios span 2λ around the target; outliers are scores above M x the tensor's mean
+    owl_lambda: float = OWL_LAMBDA
+    owl_threshold: float = OWL_THRESHOLD
     #: per-layer sparsity: ``(glob, ratio)`` pairs matched against tensor and consumer node names, first wins
     ratios: Sequence[tuple[str, float]] | Mapping[str, float] = ()
     exclude: Sequence[str] = ()
@@ -158,9 +171,34 @@ class SparsifyConfig:
             raise UsageError(f"criterion {criterion.name} prunes layer by layer; --global does not apply")
         if self.global_scope and self.sparsity is None:
             raise UsageError("--global needs --sparsity")
+        self._check_allocation(pattern, need_data)
         if self.block is not None and (len(self.block) != 2 or min(self.block) < 1):
             raise UsageError(f"--block must be two positive sides, got {self.block}")
         return pattern, criterion
+
+    def allocation(self, pattern: Pattern) -> str:
+        """The allocation method that runs (``auto`` resolved)."""
+        if self.allocate != AUTO:
+            return self.allocate
+        free = self.sparsity is not None and pattern.fixed_sparsity is None and not self.global_scope
+        return "sensitivity" if free and self.calib is not None else "uniform"
+
+    def _check_allocation(self, pattern: Pattern, need_data: bool) -> None:
+        if self.allocate not in (AUTO, *ALLOCATORS):
+            raise UsageError(f"--allocate must be one of {', '.join((AUTO, *ALLOCATORS))}, got {self.allocate!r}")
+        if self.owl_lambda < 0 or self.owl_threshold <= 0:
+            raise UsageError("--owl-lambda must be >= 0 and --owl-threshold > 0")
+        if self.allocate in (AUTO, "uniform"):
+            return
+        if self.sparsity is None:
+            raise UsageError(f"--allocate {self.allocate} spreads --sparsity over the tensors: give --sparsity")
+        if pattern.fixed_sparsity is not None:
+            raise UsageError(f"pattern {pattern.spec} fixes every tensor's sparsity; --allocate does not apply")
+        if self.global_scope:
+            raise UsageError("--global already pools the tensors; --allocate does not apply")
+        if need_data and self.allocate == "sensitivity" and self.calib is None:
+            raise UsageError("--allocate sensitivity measures output errors: give --calib DATA "
+                             "(or use --allocate owl, which works from the weights alone)")
 
     def prunes(self, pattern: Pattern) -> bool:
         return self.sparsity is not None or pattern.fixed_sparsity is not None or bool(self.ratio_pairs())
@@ -173,6 +211,7 @@ class SparsifyConfig:
             "criterion": criterion.name,
             "format": self.format,
             "global": self.global_scope,
+            "allocate": self.allocation(pattern),
             "ratios": dict(self.ratio_pairs()),
             "exclude": list(self.exclude),
             "min_size": self.min_size,
@@ -308,6 +347,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         self.config = config or SparsifyConfig()
         self.progress = progress
         self.report: SparsifyReport | None = None
+        self._stats: Mapping[str, np.ndarray] | None = None
 
     def call(self, model: ir.Model) -> PassResult:
         config = self.config
@@ -408,6 +448,13 @@ class SparsifyPass(ir.passes.InPlacePass):
             prune_list.append(
                 PruneTarget(info, arrays[info.name], target, pooled=config.global_scope and override is None)
             )
+        pinned = {t.info.name for t in prune_list if _ratio_for(pairs, t.info)}
+        free = [t for t in prune_list if t.info.name not in pinned]
+        if config.allocation(pattern) != "uniform" and free:
+            if config.stats is not None or config.calib is not None:  # measured once for every pruned weight
+                self._activation_stats(model, [t.info for t in prune_list], notes)
+            for target, ratio in zip(free, self._allocate(model, free, pattern, criterion, notes)):
+                target.sparsity = targets[target.info.name] = ratio
         masks, updated = self._masks(model, prune_list, pattern, criterion, notes)
         for target in prune_list:
             name = target.info.name
@@ -436,9 +483,7 @@ class SparsifyPass(ir.passes.InPlacePass):
             updated = self._reconstruct(model, prune_list, pattern, notes)
             rest = [t for t in prune_list if t.info.name not in updated]
             return compute_masks(rest, pattern, get_criterion("magnitude")), updated
-        stats = config.stats
-        if stats is None:
-            stats = self._measure_activations(model, [t.info for t in prune_list], notes)
+        stats = self._activation_stats(model, [t.info for t in prune_list], notes)
         measured = [t for t in prune_list if t.info.name in stats]
         fallback = [t for t in prune_list if t.info.name not in stats]
         for target in fallback:
@@ -446,6 +491,59 @@ class SparsifyPass(ir.passes.InPlacePass):
         masks = compute_masks(measured, pattern, criterion, stats=stats)
         masks.update(compute_masks(fallback, pattern, get_criterion("magnitude")))
         return masks, {}
+
+    def _activation_stats(self, model: ir.Model, infos: Sequence[WeightInfo],
+                          notes: dict[str, str]) -> Mapping[str, np.ndarray]:
+        """Input-feature norms: given, or measured once per run (allocation and criterion share them)."""
+        if self._stats is None:
+            self._stats = self.config.stats if self.config.stats is not None else \
+                self._measure_activations(model, infos, notes)
+        return self._stats
+
+    def _allocate(self, model: ir.Model, free: Sequence[PruneTarget], pattern: Pattern,
+                  criterion: SparsityCriterion, notes: dict[str, str]) -> list[float]:
+        """Per-tensor ratios for ``free`` whose parameter-weighted average is ``config.sparsity``."""
+        from ..sparsity import allocate
+
+        config = self.config
+        assert config.sparsity is not None
+        has_data = config.stats is not None or config.calib is not None
+        stats = self._activation_stats(model, [t.info for t in free], notes) if has_data else {}
+        sizes = {t.info.name: int(t.raw.size) for t in free}
+
+        def scores(target: PruneTarget, scorer: SparsityCriterion) -> np.ndarray:
+            real = target.info.real(target.raw)
+            use = scorer if target.info.name in stats or not scorer.needs_activations else Magnitude()
+            return use.score(real, ScoreContext(target.info, stats))
+
+        method = config.allocation(pattern)
+        if method == "owl":
+            outliers = {t.info.name: allocate.outlier_ratio(scores(t, Wanda()), config.owl_threshold) for t in free}
+            ratios = allocate.owl(outliers, sizes, config.sparsity, config.owl_lambda)
+            detail = f"outlier ratios {min(outliers.values()):.4f}..{max(outliers.values()):.4f} " \
+                     f"({'wanda' if stats else 'magnitude'} scores > {config.owl_threshold:g}x mean)"
+        else:
+            from ..sparsity.layer_errors import layer_errors
+
+            scorer = criterion if not criterion.reconstructs else Wanda()  # sparsegpt: its masks before updates
+            by_name = {t.info.name: t for t in free}
+
+            def pruner(name: str, ratio: float) -> np.ndarray:
+                target = by_name[name]
+                keep = pattern.mask(scores(target, scorer), ratio, target.info)
+                return apply_mask(target.raw, keep, target.info.fill(target.raw.dtype))
+
+            source, samples = self._calibration_data(model)
+            ladder = [r for r in allocate.DEFAULT_LADDER if r <= allocate.DEFAULT_CAP]
+            curves = layer_errors(model, {t.info.name: t.raw for t in free}, pruner, ladder, source,
+                                  batch_size=config.calib_batch, limit=config.calib_samples,
+                                  progress=config.calib_progress)
+            ratios = allocate.lagrangian(curves, sizes, config.sparsity)
+            detail = f"output errors of {len(free)} tensors x {len(ladder)} ratios on {samples} samples"
+        values = [ratios[t.info.name] for t in free]
+        self._note(f"allocation {method}: ratios {min(values):.3f}..{max(values):.3f}, "
+                   f"parameter-weighted average {allocate.weighted_average(ratios, sizes):.4f}; {detail}")
+        return values
 
     def _reconstruct(self, model: ir.Model, prune_list: Sequence[PruneTarget], pattern: Pattern,
                      notes: dict[str, str]) -> dict[str, np.ndarray]:
