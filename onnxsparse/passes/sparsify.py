@@ -190,10 +190,10 @@ class SparsifyConfig:
             raise UsageError("--owl-lambda must be >= 0 and --owl-threshold > 0")
         if self.allocate in (AUTO, "uniform"):
             return
-        if self.sparsity is None:
-            raise UsageError(f"--allocate {self.allocate} spreads --sparsity over the tensors: give --sparsity")
         if pattern.fixed_sparsity is not None:
             raise UsageError(f"pattern {pattern.spec} fixes every tensor's sparsity; --allocate does not apply")
+        if self.sparsity is None:
+            raise UsageError(f"--allocate {self.allocate} spreads --sparsity over the tensors: give --sparsity")
         if self.global_scope:
             raise UsageError("--global already pools the tensors; --allocate does not apply")
         if need_data and self.allocate == "sensitivity" and self.calib is None:

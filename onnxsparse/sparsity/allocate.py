@@ -126,8 +126,8 @@ def lagrangian(curves: Mapping[str, Sequence[tuple[float, float]]], sizes: Mappi
     ``curves[name]`` are measured ``(ratio, error)`` points (error 0 at ratio 0 is implied).
     For a multiplier ``lam`` each tensor takes the grid ratio minimising
     ``error - lam * ratio * params`` (error plus ``lam`` x kept params, up to a constant);
-    ``lam`` is bisected to reach the target, then :func:`match_average` removes the grid's
-    rounding.
+    ``lam`` is bisected to reach the target; the tensors whose choice changes across the
+    final bracket (the marginal ones) are interpolated to hit it exactly.
     """
     names = list(curves)
     if not names:
@@ -149,5 +149,8 @@ def lagrangian(curves: Mapping[str, Sequence[tuple[float, float]]], sizes: Mappi
             lo = mid
         else:
             hi = mid
-    chosen = pick(hi)
+    below, above = pick(lo), pick(hi)  # averages just under and at/over the target
+    gap = float(np.dot(above - below, share))
+    alpha = (target - float(np.dot(below, share))) / gap if gap > 0 else 1.0
+    chosen = below + min(max(alpha, 0.0), 1.0) * (above - below)  # only the marginal tensors move
     return match_average({n: float(r) for n, r in zip(names, chosen)}, sizes, target, cap)
