@@ -148,3 +148,30 @@ def test_cli_allocate(tmp_path):
     targets = [t["target"] for t in result["tensors"] if t["pruned"]]
     assert max(targets) - min(targets) == pytest.approx(0.2, abs=1e-9)
     assert result["config"]["allocate"] == "owl"
+
+
+def test_target_size_bounds_the_written_file(tmp_path):
+    """digits_transformer, size=0.3: written 0.27x of the input (measured)."""
+    source, fraction = sample("digits_transformer"), 0.3
+    result = cli_json("sparsify", str(source), "-o", str(tmp_path / "o.onnx"), "--target", f"size={fraction}")
+    written = (tmp_path / "o.onnx").stat().st_size
+    assert result["file_bytes_after"] == written
+    assert fraction - 0.06 <= written / source.stat().st_size <= fraction
+    pruned = [t for t in result["tensors"] if t["pruned"]]
+    zeros = sum(t["sparsity"] * t["elements"] for t in pruned) / sum(t["elements"] for t in pruned)
+    assert zeros == pytest.approx(pruned[0]["target"], abs=1e-3)  # uniform: the chosen average everywhere
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(target_size=0.3, sparsity=0.5), "drop --sparsity"),
+    (dict(target_size=0.3, pattern="2:4"), "free sparsity"),
+    (dict(target_size=0.0), "R > 0"),
+])
+def test_target_size_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        SparsifyConfig(**kwargs).resolved()
+
+
+def test_unreachable_target_size_says_how_small_it_gets():
+    with pytest.raises(UsageError, match="even 0.99 sparsity gives"):
+        sparsify(load_model(sample("digits_transformer")), target_size=0.01, min_size=0)

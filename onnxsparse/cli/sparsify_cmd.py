@@ -24,7 +24,7 @@ from ..report import (
 )
 from ._common import progress_enabled
 
-__all__ = ["register", "run", "parse_ratio", "parse_block"]
+__all__ = ["register", "run", "parse_ratio", "parse_block", "parse_target"]
 
 #: tensors listed in the text table (the full list is in --json / --report)
 TEXT_ROWS = 30
@@ -67,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         f"session creation ~2x faster)")
     p.add_argument("--global", dest="global_scope", action="store_true",
                    help="one magnitude threshold across all tensors instead of per tensor")
+    p.add_argument("--target", metavar="size=R",
+                   help="instead of --sparsity: the smallest average sparsity whose written model is at most "
+                        "R x the input file (e.g. size=0.3), predicted by encoding each tensor; spread over the "
+                        "tensors by --allocate")
     p.add_argument("--allocate", default=DEFAULT_ALLOCATOR, choices=(AUTO, *ALLOCATORS),
                    help="spread --sparsity over the tensors, keeping it the parameter-weighted average: "
                         "uniform (every tensor R), owl (less sparsity where weights/activations have "
@@ -112,6 +116,19 @@ def parse_ratio(item: str) -> tuple[str, float]:
         return glob, float(value)
     except ValueError:
         raise UsageError(f"bad --ratio {item!r}: {value!r} is not a number") from None
+
+
+def parse_target(text: str | None) -> float | None:
+    """``size=R`` -> R (the only target so far: the written file as a fraction of the input)."""
+    if text is None:
+        return None
+    key, sep, value = text.partition("=")
+    if not sep or key.strip() != "size":
+        raise UsageError(f"bad --target {text!r}: expected size=R (e.g. size=0.3)")
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"bad --target {text!r}: {value!r} is not a number") from None
 
 
 def parse_block(text: str | None) -> tuple[int, int] | None:
@@ -169,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         format=args.format,
         global_scope=args.global_scope,
         allocate=args.allocate,
+        target_size=parse_target(args.target),
         owl_lambda=args.owl_lambda,
         owl_threshold=args.owl_threshold,
         ratios=[parse_ratio(item) for item in args.ratio],

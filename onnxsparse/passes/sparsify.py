@@ -69,7 +69,7 @@ from ..sparsity import (
     nm_violations,
     parse_pattern,
 )
-from ..sparsity.allocate import ALLOCATORS, AUTO, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD
+from ..sparsity.allocate import ALLOCATORS, AUTO, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD, weighted_average
 
 __all__ = ["SparsifyConfig", "SparsifyPass", "SparsifyReport", "TensorRow", "sparsify", "DEFAULT_MIN_SIZE",
            "Progress"]
@@ -80,6 +80,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MIN_SIZE = 4096
 #: Opset the preferred decode graphs need (ScatterElements with reduction=add).
 PREFERRED_OPSET = 16
+#: ``--target size``: metadata bytes per stored tensor besides its name (measured ~160 + 3 x name)
+_METADATA_BYTES = 200
+#: ``ratios(average)`` -> per-tensor ratios with that parameter-weighted average
+Allocator = Callable[[float], dict[str, float]]
 
 
 @dataclass
@@ -97,6 +101,8 @@ class SparsifyConfig:
     #: OWL: ratios span 2λ around the target; outliers are scores above M x the tensor's mean
     owl_lambda: float = OWL_LAMBDA
     owl_threshold: float = OWL_THRESHOLD
+    #: choose the average sparsity so the written model is at most this fraction of the input's bytes
+    target_size: float | None = None
     #: per-layer sparsity: ``(glob, ratio)`` pairs matched against tensor and consumer node names, first wins
     ratios: Sequence[tuple[str, float]] | Mapping[str, float] = ()
     exclude: Sequence[str] = ()
@@ -180,7 +186,8 @@ class SparsifyConfig:
         """The allocation method that runs (``auto`` resolved)."""
         if self.allocate != AUTO:
             return self.allocate
-        free = self.sparsity is not None and pattern.fixed_sparsity is None and not self.global_scope
+        free = ((self.sparsity is not None or self.target_size is not None) and pattern.fixed_sparsity is None
+                and not self.global_scope)
         return "sensitivity" if free and self.calib is not None else "uniform"
 
     def _check_allocation(self, pattern: Pattern, need_data: bool) -> None:
@@ -188,11 +195,18 @@ class SparsifyConfig:
             raise UsageError(f"--allocate must be one of {', '.join((AUTO, *ALLOCATORS))}, got {self.allocate!r}")
         if self.owl_lambda < 0 or self.owl_threshold <= 0:
             raise UsageError("--owl-lambda must be >= 0 and --owl-threshold > 0")
+        if self.target_size is not None:
+            if not 0.0 < self.target_size:
+                raise UsageError(f"--target size=R needs R > 0, got {self.target_size}")
+            if self.sparsity is not None:
+                raise UsageError("--target size=R chooses the sparsity: drop --sparsity")
+            if pattern.fixed_sparsity is not None or self.global_scope:
+                raise UsageError("--target size=R needs a pattern with a free sparsity and no --global")
         if self.allocate in (AUTO, "uniform"):
             return
         if pattern.fixed_sparsity is not None:
             raise UsageError(f"pattern {pattern.spec} fixes every tensor's sparsity; --allocate does not apply")
-        if self.sparsity is None:
+        if self.sparsity is None and self.target_size is None:
             raise UsageError(f"--allocate {self.allocate} spreads --sparsity over the tensors: give --sparsity")
         if self.global_scope:
             raise UsageError("--global already pools the tensors; --allocate does not apply")
@@ -201,7 +215,7 @@ class SparsifyConfig:
                              "(or use --allocate owl, which works from the weights alone)")
 
     def prunes(self, pattern: Pattern) -> bool:
-        return self.sparsity is not None or pattern.fixed_sparsity is not None or bool(self.ratio_pairs())
+        return self.sparsity is not None or self.target_size is not None or pattern.fixed_sparsity is not None or bool(self.ratio_pairs())
 
     def describe(self) -> dict[str, Any]:
         pattern, criterion = self.resolved()
@@ -212,6 +226,7 @@ class SparsifyConfig:
             "format": self.format,
             "global": self.global_scope,
             "allocate": self.allocation(pattern),
+            "target_size": self.target_size,
             "ratios": dict(self.ratio_pairs()),
             "exclude": list(self.exclude),
             "min_size": self.min_size,
@@ -348,10 +363,13 @@ class SparsifyPass(ir.passes.InPlacePass):
         self.progress = progress
         self.report: SparsifyReport | None = None
         self._stats: Mapping[str, np.ndarray] | None = None
+        self._input_bytes: int | None = None
 
     def call(self, model: ir.Model) -> PassResult:
         config = self.config
         pattern, criterion = config.resolved()
+        if config.target_size is not None:
+            self._input_bytes = ir.to_proto(model).ByteSize()
         reencoded = expand_all(model) if (read_storage(model) or _has_markers(model)) else {}
         if config.normalize:
             _normalize(model)
@@ -435,6 +453,8 @@ class SparsifyPass(ir.passes.InPlacePass):
         prune_list: list[PruneTarget] = []
         pairs = config.ratio_pairs()
         default = config.sparsity if config.sparsity is not None else pattern.fixed_sparsity
+        if config.target_size is not None:
+            default = 0.0  # chosen below, once the tensors are known
         for info in considered:
             override = _ratio_for(pairs, info)
             target = override[0] if override else default
@@ -450,11 +470,22 @@ class SparsifyPass(ir.passes.InPlacePass):
             )
         pinned = {t.info.name for t in prune_list if _ratio_for(pairs, t.info)}
         free = [t for t in prune_list if t.info.name not in pinned]
-        if config.allocation(pattern) != "uniform" and free:
+        if free and (config.allocation(pattern) != "uniform" or config.target_size is not None):
             if config.stats is not None or config.calib is not None:  # measured once for every pruned weight
                 self._activation_stats(model, [t.info for t in prune_list], notes)
-            for target, ratio in zip(free, self._allocate(model, free, pattern, criterion, notes)):
-                target.sparsity = targets[target.info.name] = ratio
+            ratios, detail = self._allocator(model, free, pattern, criterion, notes)
+            average = config.sparsity
+            if config.target_size is not None:
+                average = self._sparsity_for_size(model, considered, arrays, prune_list, free, ratios, pattern,
+                                                  criterion)
+            assert average is not None
+            chosen = ratios(average)
+            for target in free:
+                target.sparsity = targets[target.info.name] = chosen[target.info.name]
+            sizes = {t.info.name: t.raw.size for t in free}
+            self._note(f"allocation {config.allocation(pattern)}: ratios {min(chosen.values()):.3f}.."
+                       f"{max(chosen.values()):.3f}, parameter-weighted average "
+                       f"{weighted_average(chosen, sizes):.4f}; {detail}")
         masks, updated = self._masks(model, prune_list, pattern, criterion, notes)
         for target in prune_list:
             name = target.info.name
@@ -500,50 +531,94 @@ class SparsifyPass(ir.passes.InPlacePass):
                 self._measure_activations(model, infos, notes)
         return self._stats
 
-    def _allocate(self, model: ir.Model, free: Sequence[PruneTarget], pattern: Pattern,
-                  criterion: SparsityCriterion, notes: dict[str, str]) -> list[float]:
-        """Per-tensor ratios for ``free`` whose parameter-weighted average is ``config.sparsity``."""
+    def _allocator(self, model: ir.Model, free: Sequence[PruneTarget], pattern: Pattern,
+                   criterion: SparsityCriterion, notes: dict[str, str]) -> tuple[Allocator, str]:
+        """``ratios(average)`` for ``free`` (parameter-weighted average = ``average``), and what it measured."""
         from ..sparsity import allocate
 
         config = self.config
-        assert config.sparsity is not None
+        sizes = {t.info.name: int(t.raw.size) for t in free}
+        method = config.allocation(pattern)
+        if method == "uniform":
+            return (lambda average: {name: average for name in sizes}), "uniform"
         has_data = config.stats is not None or config.calib is not None
         stats = self._activation_stats(model, [t.info for t in free], notes) if has_data else {}
-        sizes = {t.info.name: int(t.raw.size) for t in free}
-
-        def scores(target: PruneTarget, scorer: SparsityCriterion) -> np.ndarray:
-            real = target.info.real(target.raw)
-            use = scorer if target.info.name in stats or not scorer.needs_activations else Magnitude()
-            return use.score(real, ScoreContext(target.info, stats))
-
-        method = config.allocation(pattern)
         if method == "owl":
-            outliers = {t.info.name: allocate.outlier_ratio(scores(t, Wanda()), config.owl_threshold) for t in free}
-            ratios = allocate.owl(outliers, sizes, config.sparsity, config.owl_lambda)
+            outliers = {t.info.name: allocate.outlier_ratio(_scores(t, Wanda(), stats), config.owl_threshold)
+                        for t in free}
             detail = f"outlier ratios {min(outliers.values()):.4f}..{max(outliers.values()):.4f} " \
                      f"({'wanda' if stats else 'magnitude'} scores > {config.owl_threshold:g}x mean)"
+            return (lambda average: allocate.owl(outliers, sizes, average, config.owl_lambda)), detail
+        from ..sparsity.layer_errors import layer_errors
+
+        scorer = _mask_scorer(criterion)
+        by_name = {t.info.name: t for t in free}
+
+        def pruner(name: str, ratio: float) -> np.ndarray:
+            return _pruned(by_name[name], _scores(by_name[name], scorer, stats), ratio, pattern)
+
+        source, samples = self._calibration_data(model)
+        ladder = [r for r in allocate.DEFAULT_LADDER if r <= allocate.DEFAULT_CAP]
+        curves = layer_errors(model, {t.info.name: t.raw for t in free}, pruner, ladder, source,
+                              batch_size=config.calib_batch, limit=config.calib_samples,
+                              progress=config.calib_progress)
+        detail = f"output errors of {len(free)} tensors x {len(ladder)} ratios on {samples} samples"
+        return (lambda average: allocate.lagrangian(curves, sizes, average)), detail
+
+    def _sparsity_for_size(self, model: ir.Model, considered: Sequence[WeightInfo], arrays: Mapping[str, np.ndarray],
+                           prune_list: Sequence[PruneTarget], free: Sequence[PruneTarget], ratios: Allocator,
+                           pattern: Pattern, criterion: SparsityCriterion) -> float:
+        """The smallest average sparsity whose predicted file is at most ``target_size`` x the input.
+
+        Each tensor's stored size is predicted by encoding it (``choose``, the same
+        choice the store step makes) after pruning it with the criterion's scores
+        (sparsegpt: Wanda's, its masks before the weight updates); tensors not pruned
+        keep their size.  Bisection over the average: sizes fall as sparsity grows.
+        """
+        from ..sparsity.allocate import DEFAULT_CAP
+
+        config = self.config
+        assert config.target_size is not None and self._input_bytes is not None
+        max_opset, _ = self._allowed_opset(model, model_opset(model))
+        options = CodecOptions(block=config.block)
+        stats = self._stats or {}
+        scorer = _mask_scorer(criterion)
+        scores = {t.info.name: _scores(t, scorer, stats) for t in prune_list}
+        infos = {info.name: info for info in considered}
+
+        def stored(name: str, array: np.ndarray) -> int:
+            tensor = TensorData(name, array, infos[name].fill(array.dtype))
+            chosen, _ = choose(tensor, config.format, options, max_opset, None, slack=config.auto_slack,
+                               decoders=config.decoders)
+            return chosen.stored_bytes + (_METADATA_BYTES + 3 * len(name) if chosen.format != "dense" else 0)
+
+        free_names = {t.info.name for t in free}
+        fixed = sum(stored(t.info.name, _pruned(t, scores[t.info.name], t.sparsity, pattern))
+                    for t in prune_list if t.info.name not in free_names)
+        pruned_names = {t.info.name for t in prune_list}
+        fixed += sum(stored(info.name, arrays[info.name]) for info in considered if info.name not in pruned_names)
+        base = self._input_bytes - sum(a.nbytes for a in arrays.values())
+        goal = config.target_size * self._input_bytes
+
+        def predicted(average: float) -> int:
+            chosen = ratios(average)
+            return base + fixed + sum(stored(t.info.name, _pruned(t, scores[t.info.name], chosen[t.info.name],
+                                                                   pattern)) for t in free)
+
+        if predicted(0.0) <= goal:
+            lo = hi = 0.0
         else:
-            from ..sparsity.layer_errors import layer_errors
-
-            scorer = criterion if not criterion.reconstructs else Wanda()  # sparsegpt: its masks before updates
-            by_name = {t.info.name: t for t in free}
-
-            def pruner(name: str, ratio: float) -> np.ndarray:
-                target = by_name[name]
-                keep = pattern.mask(scores(target, scorer), ratio, target.info)
-                return apply_mask(target.raw, keep, target.info.fill(target.raw.dtype))
-
-            source, samples = self._calibration_data(model)
-            ladder = [r for r in allocate.DEFAULT_LADDER if r <= allocate.DEFAULT_CAP]
-            curves = layer_errors(model, {t.info.name: t.raw for t in free}, pruner, ladder, source,
-                                  batch_size=config.calib_batch, limit=config.calib_samples,
-                                  progress=config.calib_progress)
-            ratios = allocate.lagrangian(curves, sizes, config.sparsity)
-            detail = f"output errors of {len(free)} tensors x {len(ladder)} ratios on {samples} samples"
-        values = [ratios[t.info.name] for t in free]
-        self._note(f"allocation {method}: ratios {min(values):.3f}..{max(values):.3f}, "
-                   f"parameter-weighted average {allocate.weighted_average(ratios, sizes):.4f}; {detail}")
-        return values
+            smallest = predicted(DEFAULT_CAP)
+            if smallest > goal:
+                raise UsageError(f"--target size={config.target_size:g}: even {DEFAULT_CAP:g} sparsity gives "
+                                 f"{smallest} bytes, {smallest / self._input_bytes:.3f} of the input")
+            lo, hi = 0.0, DEFAULT_CAP
+            while hi - lo > 1e-3:
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if predicted(mid) <= goal else (mid, hi)
+        self._note(f"target size {config.target_size:g} of {self._input_bytes} bytes: average sparsity {hi:.4f} "
+                   f"(predicted {predicted(hi)} bytes)")
+        return hi
 
     def _reconstruct(self, model: ir.Model, prune_list: Sequence[PruneTarget], pattern: Pattern,
                      notes: dict[str, str]) -> dict[str, np.ndarray]:
@@ -615,6 +690,22 @@ class SparsifyPass(ir.passes.InPlacePass):
                 return target, blocker
             blocker = blocker or reason
         return before, blocker
+
+
+def _mask_scorer(criterion: SparsityCriterion) -> SparsityCriterion:
+    """The scores a criterion's masks follow (sparsegpt: Wanda's, i.e. its masks before weight updates)."""
+    return Wanda() if criterion.reconstructs else criterion
+
+
+def _scores(target: PruneTarget, scorer: SparsityCriterion, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``scorer``'s scores, by magnitude where it needs statistics the weight has none of."""
+    use = scorer if target.info.name in stats or not scorer.needs_activations else Magnitude()
+    return use.score(target.info.real(target.raw), ScoreContext(target.info, stats))
+
+
+def _pruned(target: PruneTarget, scores: np.ndarray, ratio: float, pattern: Pattern) -> np.ndarray:
+    keep = pattern.mask(scores, ratio, target.info)
+    return apply_mask(target.raw, keep, target.info.fill(target.raw.dtype))
 
 
 def _normalize(model: ir.Model) -> None:
