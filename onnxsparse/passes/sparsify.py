@@ -162,7 +162,12 @@ class SparsifyConfig:
             raise UsageError(f"criterion {criterion.name} needs calibration data: give --calib DATA "
                              "(an .npz of model inputs, a folder of them, or 'random')")
         if isinstance(pattern, NM):
-            if self.sparsity is not None and abs(self.sparsity - pattern.fixed_sparsity) > 1e-9:
+            if self.allocate == "sensitivity" and self.sparsity is not None:
+                if not 0.0 < self.sparsity <= pattern.fixed_sparsity:
+                    raise UsageError(f"--allocate sensitivity with {pattern.spec}: --sparsity must be in "
+                                     f"(0, {pattern.fixed_sparsity:g}] (tensors are dense or keep <= {pattern.n} "
+                                     f"of {pattern.m})")
+            elif self.sparsity is not None and abs(self.sparsity - pattern.fixed_sparsity) > 1e-9:
                 raise UsageError(
                     f"pattern {pattern.spec} fixes the sparsity at {pattern.fixed_sparsity:g}; drop --sparsity"
                 )
@@ -185,10 +190,14 @@ class SparsifyConfig:
     def allocation(self, pattern: Pattern) -> str:
         """The allocation method that runs (``auto`` resolved)."""
         if self.allocate != AUTO:
-            return self.allocate
+            return "uniform" if self.allocate == "sensitivity" and self.nm_fixed(pattern) else self.allocate
         free = ((self.sparsity is not None or self.target_size is not None) and pattern.fixed_sparsity is None
                 and not self.global_scope)
         return "sensitivity" if free and self.calib is not None else "uniform"
+
+    def nm_fixed(self, pattern: Pattern) -> bool:
+        """An N:M pattern without ``--sparsity``: every tensor gets exactly N:M."""
+        return isinstance(pattern, NM) and self.sparsity is None
 
     def _check_allocation(self, pattern: Pattern, need_data: bool) -> None:
         if self.allocate not in (AUTO, *ALLOCATORS):
@@ -204,8 +213,14 @@ class SparsifyConfig:
                 raise UsageError("--target size=R needs a pattern with a free sparsity and no --global")
         if self.allocate in (AUTO, "uniform"):
             return
-        if pattern.fixed_sparsity is not None:
-            raise UsageError(f"pattern {pattern.spec} fixes every tensor's sparsity; --allocate does not apply")
+        if isinstance(pattern, NM) and self.allocate == "sensitivity" and self.sparsity is not None:
+            pass  # N:M levels per tensor (dense, or keep <= N of M), checked above
+        elif isinstance(pattern, NM) and self.allocate == "sensitivity":
+            raise UsageError(f"--allocate sensitivity with {pattern.spec} needs --sparsity R, the average "
+                             f"(<= {pattern.fixed_sparsity:g}) to spread over dense and <= {pattern.spec} tensors")
+        elif pattern.fixed_sparsity is not None:
+            raise UsageError(f"pattern {pattern.spec} fixes every tensor's sparsity; --allocate {self.allocate} "
+                             "does not apply (sensitivity with --sparsity R mixes dense and sparser N:M tensors)")
         if self.sparsity is None and self.target_size is None:
             raise UsageError(f"--allocate {self.allocate} spreads --sparsity over the tensors: give --sparsity")
         if self.global_scope:
@@ -482,6 +497,12 @@ class SparsifyPass(ir.passes.InPlacePass):
             chosen = ratios(average)
             for target in free:
                 target.sparsity = targets[target.info.name] = chosen[target.info.name]
+            if isinstance(pattern, NM):  # allocated dense: not pruned at all (sparsegpt would still update it)
+                dense = {t.info.name for t in free if chosen[t.info.name] == 0.0}
+                for name in dense:
+                    targets.pop(name)
+                    notes[name] = f"left dense by --allocate {config.allocation(pattern)}"
+                prune_list = [t for t in prune_list if t.info.name not in dense]
             sizes = {t.info.name: t.raw.size for t in free}
             self._note(f"allocation {config.allocation(pattern)}: ratios {min(chosen.values()):.3f}.."
                        f"{max(chosen.values()):.3f}, parameter-weighted average "
@@ -492,7 +513,7 @@ class SparsifyPass(ir.passes.InPlacePass):
             fill = target.info.fill(arrays[name].dtype)
             pruned = updated[name] if name in updated else apply_mask(arrays[name], masks[name], fill)
             if isinstance(pattern, NM) and target.info.in_axis is not None:
-                bad = nm_violations(pruned, pattern.n, pattern.m, target.info.in_axis, fill)
+                bad = nm_violations(pruned, pattern.kept(target.sparsity), pattern.m, target.info.in_axis, fill)
                 if bad:  # pragma: no cover - guarded invariant
                     raise AssertionError(f"{name}: {bad} groups break {pattern.spec}")
             arrays[name] = pruned
@@ -558,11 +579,14 @@ class SparsifyPass(ir.passes.InPlacePass):
             return _pruned(by_name[name], _scores(by_name[name], scorer, stats), ratio, pattern)
 
         source, samples = self._calibration_data(model)
-        ladder = [r for r in allocate.DEFAULT_LADDER if r <= allocate.DEFAULT_CAP]
+        levels = pattern.levels() if isinstance(pattern, NM) else None
+        ladder = [r for r in (levels or allocate.DEFAULT_LADDER) if 0.0 < r <= allocate.DEFAULT_CAP]
         curves = layer_errors(model, {t.info.name: t.raw for t in free}, pruner, ladder, source,
                               batch_size=config.calib_batch, limit=config.calib_samples,
                               progress=config.calib_progress)
         detail = f"output errors of {len(free)} tensors x {len(ladder)} ratios on {samples} samples"
+        if levels is not None:
+            return (lambda average: allocate.knapsack(curves, sizes, average, levels)), detail
         return (lambda average: allocate.lagrangian(curves, sizes, average)), detail
 
     def _sparsity_for_size(self, model: ir.Model, considered: Sequence[WeightInfo], arrays: Mapping[str, np.ndarray],
@@ -631,7 +655,6 @@ class SparsifyPass(ir.passes.InPlacePass):
         reasons = {name: layout for name, layout in layouts.items() if isinstance(layout, str)}
         source, samples = self._calibration_data(model)
         targets = {t.info.name: t for t in prune_list}
-        nm = (pattern.n, pattern.m) if isinstance(pattern, NM) else None
         updated: dict[str, np.ndarray] = {}
         for name, hessian in hessians(model, usable, source, batch_size=config.calib_batch,
                                       limit=config.calib_samples, progress=config.calib_progress):
@@ -639,6 +662,7 @@ class SparsifyPass(ir.passes.InPlacePass):
                 reasons[name] = hessian
                 continue
             target = targets[name]
+            nm = (pattern.kept(target.sparsity), pattern.m) if isinstance(pattern, NM) else None
             new = prune_weight(target.raw, usable[name], hessian, target.sparsity, nm)
             if new is None:
                 reasons[name] = "the Hessian could not be inverted"

@@ -38,6 +38,7 @@ __all__ = [
     "match_average",
     "outlier_ratio",
     "owl",
+    "knapsack",
     "lagrangian",
     "weighted_average",
 ]
@@ -154,3 +155,46 @@ def lagrangian(curves: Mapping[str, Sequence[tuple[float, float]]], sizes: Mappi
     alpha = (target - float(np.dot(below, share))) / gap if gap > 0 else 1.0
     chosen = below + min(max(alpha, 0.0), 1.0) * (above - below)  # only the marginal tensors move
     return match_average({n: float(r) for n, r in zip(names, chosen)}, sizes, target, cap)
+
+
+def knapsack(curves: Mapping[str, Sequence[tuple[float, float]]], sizes: Mapping[str, int], target: float,
+             levels: Sequence[float], bins: int = 20000) -> dict[str, float]:
+    """Each tensor at one of ``levels`` (N:M: dense or keep <= N of M), minimising the summed error with a
+    weighted average of at least ``target`` (up to rounding: ``tensors / (2 * bins)``).
+
+    Levels are few and far apart, so the Lagrangian's convex hull can miss the best mix
+    (e.g. every tensor at N:M): solved exactly by dynamic programming over the average,
+    discretised in ``bins`` steps (multiple-choice knapsack, METHODS.md).
+    """
+    names = list(curves)
+    if not names:
+        return {}
+    grid = np.array(sorted(set(float(level) for level in levels)), dtype=np.float64)
+    params = np.array([sizes[n] for n in names], dtype=np.float64)
+    share = params / params.sum()
+    errors = np.stack([_interpolate(curves[n], grid) for n in names])  # [tensors, levels]
+    width = bins + len(names) + 1
+    best = np.full(width, np.inf)
+    best[0] = 0.0
+    choice = np.zeros((len(names), width), dtype=np.int16)
+    for i in range(len(names)):
+        new = np.full(width, np.inf)
+        for j, level in enumerate(grid):
+            units = int(round(share[i] * level * bins))
+            shifted = np.full(width, np.inf)
+            shifted[units:] = best[: width - units] + errors[i, j]
+            better = shifted < new
+            new[better] = shifted[better]
+            choice[i, better] = j
+        best = new
+    need = int(round(target * bins)) - len(names) // 2  # each tensor's units are rounded by <= 1/2
+    feasible = np.arange(width) >= need
+    if not np.isfinite(best[feasible]).any():
+        raise UsageError(f"no mix of the levels {', '.join(f'{g:g}' for g in grid)} reaches {target:g}")
+    at = int(np.flatnonzero(feasible)[np.argmin(best[feasible])])
+    out: dict[str, float] = {}
+    for i in range(len(names) - 1, -1, -1):
+        j = int(choice[i, at])
+        out[names[i]] = float(grid[j])
+        at -= int(round(share[i] * grid[j] * bins))
+    return out

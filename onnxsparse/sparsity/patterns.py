@@ -176,15 +176,24 @@ class NM(Pattern):
             return f"reduction axis has {length} elements, not a multiple of M={self.m}"
         return None
 
+    def levels(self) -> tuple[float, ...]:
+        """Sparsities a tensor may get when ``--allocate`` spreads N:M: dense, or keep ``k <= N`` of every M
+        (still N:M for hardware that needs at most N non-zeros per group)."""
+        return (0.0, *((self.m - k) / self.m for k in range(self.n, 0, -1)))
+
+    def kept(self, sparsity: float) -> int:
+        """Weights kept per group of M at ``sparsity`` (``N`` at the pattern's own sparsity)."""
+        return int(round((1.0 - sparsity) * self.m))
+
     def mask(self, scores: np.ndarray, sparsity: float, info: WeightInfo) -> np.ndarray:
         axis = info.in_axis
         assert axis is not None
         moved = np.moveaxis(scores, axis, -1)
         groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // self.m, self.m)
-        # stable ascending order: the M-N lowest (earliest on ties) are dropped
+        # stable ascending order: the M-k lowest (earliest on ties) are dropped; k = N unless allocated
         order = np.argsort(groups, axis=-1, kind="stable")
         keep = np.ones(groups.shape, dtype=bool)
-        np.put_along_axis(keep, order[..., : self.m - self.n], False, axis=-1)
+        np.put_along_axis(keep, order[..., : self.m - self.kept(sparsity)], False, axis=-1)
         return np.moveaxis(keep.reshape(moved.shape), -1, axis)
 
 
