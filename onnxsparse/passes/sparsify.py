@@ -530,18 +530,18 @@ class SparsifyPass(ir.passes.InPlacePass):
         """
         config = self.config
         if not criterion.needs_activations or not prune_list:
-            return compute_masks(prune_list, pattern, criterion, stats=config.stats), {}
+            return _compute_masks(prune_list, pattern, criterion, config.stats), {}
         if criterion.reconstructs:
             updated = self._reconstruct(model, prune_list, pattern, notes)
             rest = [t for t in prune_list if t.info.name not in updated]
-            return compute_masks(rest, pattern, get_criterion("magnitude")), updated
+            return _compute_masks(rest, pattern, get_criterion("magnitude"), None), updated
         stats = self._activation_stats(model, [t.info for t in prune_list], notes)
         measured = [t for t in prune_list if t.info.name in stats]
         fallback = [t for t in prune_list if t.info.name not in stats]
         for target in fallback:
             notes.setdefault(target.info.name, f"{criterion.name}: no activation statistics; scored by magnitude")
-        masks = compute_masks(measured, pattern, criterion, stats=stats)
-        masks.update(compute_masks(fallback, pattern, get_criterion("magnitude")))
+        masks = _compute_masks(measured, pattern, criterion, stats)
+        masks.update(_compute_masks(fallback, pattern, get_criterion("magnitude"), None))
         return masks, {}
 
     def _activation_stats(self, model: ir.Model, infos: Sequence[WeightInfo],
@@ -727,8 +727,20 @@ def _scores(target: PruneTarget, scorer: SparsityCriterion, stats: Mapping[str, 
     return use.score(target.info.real(target.raw), ScoreContext(target.info, stats))
 
 
+def _compute_masks(targets: Sequence[PruneTarget], pattern: Pattern, criterion: SparsityCriterion,
+                   stats: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """``compute_masks``; N:M targets at allocated levels get their own ``k:M`` pattern."""
+    if not isinstance(pattern, NM):
+        return compute_masks(targets, pattern, criterion, stats=stats)
+    masks: dict[str, np.ndarray] = {}
+    for level in sorted({t.sparsity for t in targets}):
+        group = [t for t in targets if t.sparsity == level]
+        masks.update(compute_masks(group, pattern.at(level), criterion, stats=stats))
+    return masks
+
+
 def _pruned(target: PruneTarget, scores: np.ndarray, ratio: float, pattern: Pattern) -> np.ndarray:
-    keep = pattern.mask(scores, ratio, target.info)
+    keep = (pattern.at(ratio) if isinstance(pattern, NM) else pattern).mask(scores, ratio, target.info)
     return apply_mask(target.raw, keep, target.info.fill(target.raw.dtype))
 
 

@@ -185,15 +185,19 @@ class NM(Pattern):
         """Weights kept per group of M at ``sparsity`` (``N`` at the pattern's own sparsity)."""
         return int(round((1.0 - sparsity) * self.m))
 
+    def at(self, sparsity: float) -> NM:
+        """The ``k:M`` pattern of an allocated level (``mask`` keeps the pattern's own N, whatever ratio)."""
+        return NM(self.kept(sparsity), self.m)
+
     def mask(self, scores: np.ndarray, sparsity: float, info: WeightInfo) -> np.ndarray:
         axis = info.in_axis
         assert axis is not None
         moved = np.moveaxis(scores, axis, -1)
         groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // self.m, self.m)
-        # stable ascending order: the M-k lowest (earliest on ties) are dropped; k = N unless allocated
+        # stable ascending order: the M-N lowest (earliest on ties) are dropped
         order = np.argsort(groups, axis=-1, kind="stable")
         keep = np.ones(groups.shape, dtype=bool)
-        np.put_along_axis(keep, order[..., : self.m - self.kept(sparsity)], False, axis=-1)
+        np.put_along_axis(keep, order[..., : self.m - self.n], False, axis=-1)
         return np.moveaxis(keep.reshape(moved.shape), -1, axis)
 
 
