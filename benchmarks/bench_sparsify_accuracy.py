@@ -19,7 +19,8 @@ or per output row (``row``); onnxsim: ``apply_magnitude_pruning``,
 ``--allocate``: the same models at 50/70/80% unstructured, each criterion with the
 three ``--allocate`` methods side by side (top-1 on the held-out split); ``zeros`` is
 the parameter-weighted zero fraction of the pruned tensors, counted in the result
-(the target, up to rounding, whatever the allocation).
+(the target, up to rounding, whatever the allocation).  Row ``2:4``: uniform is 2:4
+in every tensor, sensitivity an average of 0.5 over tensors left dense or at 2:4/1:4.
 """
 
 from __future__ import annotations
@@ -66,20 +67,23 @@ def _ours(path: Path, calib: Path, target: str, criterion: str, pattern: str):
     return ir.to_proto(model)
 
 
-ALLOCATE_TARGETS = ("0.5", "0.7", "0.8")
+ALLOCATE_TARGETS = ("0.5", "0.7", "0.8", "2:4")
 
 
-def _allocated(path: Path, calib: Path, target: float, criterion: str, allocate: str):
-    """(pruned proto, zero fraction of the pruned tensors counted in it)."""
+def _allocated(path: Path, calib: Path, target: str, criterion: str, allocate: str):
+    """(pruned proto, zero fraction of the pruned tensors counted in it); target ``2:4``: uniform is
+    2:4 everywhere, sensitivity an average of 0.5 over dense and 2:4 / 1:4 tensors."""
     import onnx_ir as ir
 
     from onnxsparse.io import load_model
     from onnxsparse.passes.sparsify import sparsify
 
     model = load_model(path)
-    report = sparsify(model, sparsity=target, criterion=criterion, allocate=allocate, calib=str(calib),
-                      format="dense", min_size=0)
-    pruned = [r.name for r in report.tensors if r.pruned]
+    nm = ":" in target
+    sparsity = None if nm and allocate == "uniform" else 0.5 if nm else float(target)
+    report = sparsify(model, sparsity=sparsity, pattern=target if nm else "unstructured", criterion=criterion,
+                      allocate=allocate, calib=str(calib), format="dense", min_size=0)
+    pruned = [r.name for r in report.tensors if r.pruned or (r.note and "left dense" in r.note)]
     arrays = [model.graph.initializers[name].const_value.numpy() for name in pruned]
     zeros = sum(int(np.count_nonzero(a == 0)) for a in arrays) / sum(a.size for a in arrays)
     return ir.to_proto(model), zeros
@@ -102,8 +106,11 @@ def allocation_tables(models: list[str]) -> None:
             for criterion in ("magnitude", "wanda", "sparsegpt"):
                 row = [target, criterion]
                 for allocate in ALLOCATORS:
+                    if ":" in target and allocate == "owl":
+                        row.append("-")  # OWL's ratios are continuous; N:M has levels
+                        continue
                     start = time.perf_counter()
-                    proto, zeros = _allocated(path, calib, float(target), criterion, allocate)
+                    proto, zeros = _allocated(path, calib, target, criterion, allocate)
                     seconds = time.perf_counter() - start
                     row.append(f"{_top1(proto, data, labels):.4f} ({zeros:.3f}, {seconds:.1f} s)")
                 rows.append(row)

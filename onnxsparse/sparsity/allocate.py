@@ -15,8 +15,10 @@ orders of magnitude (METHODS.md, "Allocating per-group ratios").  Allocators:
   minimise the summed error at the target (Lagrangian relaxation: per tensor, the ratio
   minimising ``err + λ·kept_params``, bisecting ``λ``).
 
-Every allocation ends with :func:`match_average`, which shifts the ratios by one
-constant (clipped to ``[0, cap]``) so the parameter-weighted average is exactly the target.
+Every continuous allocation ends with :func:`match_average`, which shifts the ratios
+by one constant (clipped to ``[0, cap]``) so the parameter-weighted average is exactly
+the target.  N:M allows few levels per tensor (dense, or keep ``k <= N`` of M):
+:func:`knapsack` picks them exactly (average at least the target, up to rounding).
 """
 
 from __future__ import annotations
