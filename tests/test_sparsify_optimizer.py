@@ -124,3 +124,21 @@ def test_densify_evaluates_when_payload_initializers_are_renamed(caplog) -> None
     with caplog.at_level(logging.WARNING, logger="onnxsparse.formats.storage"):
         _assert_decodes(model, expected)
     assert any("missing initializers" in r.getMessage() for r in caplog.records)
+
+
+def test_densify_cli_warns_about_stale_metadata(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from onnxsparse.io import save_model
+
+    model, expected = _stored("bitmask", "scatter")
+    optimizer.fold_constants(model, input_size_limit=1 << 30, output_size_limit=1 << 30,
+                             should_fold=lambda node: True)
+    save_model(model, tmp_path / "stale.onnx")
+    done = subprocess.run([sys.executable, "-m", "onnxsparse", "densify", str(tmp_path / "stale.onnx"), "-o",
+                           str(tmp_path / "dense.onnx")], capture_output=True, text=True, check=False)
+    code, err = done.returncode, done.stderr  # the CLI's log handler writes to the process's stderr
+    assert code == 0, err
+    assert err.count("decode nodes are gone; dropping the entry") == len(expected)
+    assert not F.read_storage(load_model(tmp_path / "dense.onnx"))
