@@ -384,7 +384,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         config = self.config
         pattern, criterion = config.resolved()
         if config.target_size is not None:
-            self._input_bytes = ir.to_proto(model).ByteSize()
+            self._input_bytes = _model_bytes(model)
         reencoded = expand_all(model) if (read_storage(model) or _has_markers(model)) else {}
         if config.normalize:
             _normalize(model)
@@ -716,6 +716,13 @@ class SparsifyPass(ir.passes.InPlacePass):
         return before, blocker
 
 
+def _model_bytes(model: ir.Model) -> int:
+    """Serialised size of ``model`` with its external data (what ``--target size`` is a fraction of)."""
+    external = sum(value.const_value.nbytes for value in model.graph.initializers.values()
+                   if isinstance(value.const_value, ir.ExternalTensor))
+    return ir.to_proto(model).ByteSize() + external
+
+
 def _mask_scorer(criterion: SparsityCriterion) -> SparsityCriterion:
     """The scores a criterion's masks follow (sparsegpt: Wanda's, i.e. its masks before weight updates)."""
     return Wanda() if criterion.reconstructs else criterion
@@ -724,7 +731,8 @@ def _mask_scorer(criterion: SparsityCriterion) -> SparsityCriterion:
 def _scores(target: PruneTarget, scorer: SparsityCriterion, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     """``scorer``'s scores, by magnitude where it needs statistics the weight has none of."""
     use = scorer if target.info.name in stats or not scorer.needs_activations else Magnitude()
-    return use.score(target.info.real(target.raw), ScoreContext(target.info, stats))
+    scores = np.asarray(use.score(target.info.real(target.raw), ScoreContext(target.info, stats)))
+    return np.nan_to_num(scores, nan=np.inf)  # as compute_masks: NaN weights are never "small"
 
 
 def _compute_masks(targets: Sequence[PruneTarget], pattern: Pattern, criterion: SparsityCriterion,

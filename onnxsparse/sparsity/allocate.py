@@ -97,6 +97,7 @@ def match_average(ratios: Mapping[str, float], sizes: Mapping[str, int], target:
 def outlier_ratio(scores: np.ndarray, threshold: float = OWL_THRESHOLD) -> float:
     """Fraction of ``scores`` above ``threshold`` x their mean (OWL's ``D_l``)."""
     flat = np.abs(np.asarray(scores, dtype=np.float64)).reshape(-1)
+    flat = flat[np.isfinite(flat)]
     if flat.size == 0:
         return 0.0
     mean = float(flat.mean())
