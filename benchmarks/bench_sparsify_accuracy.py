@@ -1,6 +1,7 @@
 """Unstructured / 2:4 pruning quality on the two trained digits models: onnxsparse vs onnxsim 0.8.1.
 
     python benchmarks/bench_sparsify_accuracy.py          # both models, 50/60/70% and 2:4 (~10 s)
+    python benchmarks/bench_sparsify_accuracy.py --allocate   # per-layer allocation table (~2 min)
 
 For each model (``samples/models/digits_cnn.onnx``, ``digits_transformer.onnx``,
 trained on scikit-learn's digits; the held-out split is in ``samples/data``) and
@@ -14,6 +15,12 @@ every method), wall time of the pruning call.
 onnxsparse: ``magnitude`` and ``wanda`` criteria, per tensor (``unstructured``)
 or per output row (``row``); onnxsim: ``apply_magnitude_pruning``,
 ``apply_wanda_pruning``, ``apply_sparsegpt_pruning`` (Conv included).
+
+``--allocate``: the same models at 50/70/80% unstructured, each criterion with the
+three ``--allocate`` methods side by side (top-1 on the held-out split); ``zeros`` is
+the parameter-weighted zero fraction of the pruned tensors, counted in the result
+(the target, up to rounding, whatever the allocation).  Row ``2:4``: uniform is 2:4
+in every tensor, sensitivity an average of 0.5 over tensors left dense or at 2:4/1:4.
 """
 
 from __future__ import annotations
@@ -60,6 +67,59 @@ def _ours(path: Path, calib: Path, target: str, criterion: str, pattern: str):
     return ir.to_proto(model)
 
 
+ALLOCATE_TARGETS = ("0.5", "0.7", "0.8", "2:4")
+
+
+def _allocated(path: Path, calib: Path, target: str, criterion: str, allocate: str):
+    """(pruned proto, zero fraction of the pruned tensors counted in it); target ``2:4``: uniform is
+    2:4 everywhere, sensitivity an average of 0.5 over dense and 2:4 / 1:4 tensors."""
+    import onnx_ir as ir
+
+    from onnxsparse.io import load_model
+    from onnxsparse.passes.sparsify import sparsify
+
+    model = load_model(path)
+    nm = ":" in target
+    sparsity = None if nm and allocate == "uniform" else 0.5 if nm else float(target)
+    report = sparsify(model, sparsity=sparsity, pattern=target if nm else "unstructured", criterion=criterion,
+                      allocate=allocate, calib=str(calib), format="dense", min_size=0)
+    pruned = [r.name for r in report.tensors if r.pruned or (r.note and "left dense" in r.note)]
+    arrays = [model.graph.initializers[name].const_value.numpy() for name in pruned]
+    zeros = sum(int(np.count_nonzero(a == 0)) for a in arrays) / sum(a.size for a in arrays)
+    return ir.to_proto(model), zeros
+
+
+def allocation_tables(models: list[str]) -> None:
+    from onnxsparse.report import format_table
+    from onnxsparse.sparsity.allocate import ALLOCATORS
+
+    import onnx
+
+    for name in models:
+        calib_name, test_name = MODELS[name]
+        path = ROOT / "samples" / "models" / f"{name}.onnx"
+        calib = ROOT / "samples" / "data" / calib_name
+        data = dict(np.load(ROOT / "samples" / "data" / test_name))
+        labels = np.load(ROOT / "samples" / "data" / "digits_test_labels.npy")
+        rows = []
+        for target in ALLOCATE_TARGETS:
+            for criterion in ("magnitude", "wanda", "sparsegpt"):
+                row = [target, criterion]
+                for allocate in ALLOCATORS:
+                    if ":" in target and allocate == "owl":
+                        row.append("-")  # OWL's ratios are continuous; N:M has levels
+                        continue
+                    start = time.perf_counter()
+                    proto, zeros = _allocated(path, calib, target, criterion, allocate)
+                    seconds = time.perf_counter() - start
+                    row.append(f"{_top1(proto, data, labels):.4f} ({zeros:.3f}, {seconds:.1f} s)")
+                rows.append(row)
+        dense = _top1(onnx.load(str(path)), data, labels)
+        print(format_table(["target", "criterion", *(f"{a}: top-1 (zeros, time)" for a in ALLOCATORS)], rows,
+                           title=f"{name}: dense top-1 {dense:.4f}, {len(labels)} held-out images"))
+        print()
+
+
 def _peer(path: Path, calib_batches: list[dict[str, np.ndarray]], target: str, method: str):
     import onnx
     import onnxsim.pruning as peer
@@ -77,7 +137,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--quick", action="store_true", help="targets 0.5 and 2:4 only")
+    parser.add_argument("--allocate", action="store_true",
+                        help="compare the --allocate methods (uniform, owl, sensitivity) instead")
     args = parser.parse_args(argv)
+    if args.allocate:
+        warnings.filterwarnings("ignore")
+        allocation_tables(args.models)
+        return 0
     targets = ("0.5", "2:4") if args.quick else TARGETS
     warnings.filterwarnings("ignore")
 

@@ -369,7 +369,8 @@ def test_opset_is_raised_only_when_safe():
     model = load_model(mlp_model(rng, opset=13))
     report = sparsify(model, sparsity=0.8, format="csr", min_size=0)
     assert (report.opset_before, report.opset_after) == (13, 16)
-    assert all(r.format == "csr" for r in report.tensors if r.name != "b1")
+    # w2 (800 elements): csr + its optimizer guards (formats._graph) is a few bytes larger than dense
+    assert all(r.format == "csr" for r in report.tensors if r.name not in ("b1", "w2"))
 
     # ReduceMean changed at opset 18 (axes became an input): the model cannot be raised to 18,
     # but 13 -> 16 is fine; at opset 11 Squeeze/ReduceSum-style changes are checked per node.

@@ -24,7 +24,7 @@ from ..report import (
 )
 from ._common import inputs, progress_enabled
 
-__all__ = ["register", "run", "parse_ratio", "parse_block"]
+__all__ = ["register", "run", "parse_ratio", "parse_block", "parse_target"]
 
 #: tensors listed in the text table (the full list is in --json / --report)
 TEXT_ROWS = 30
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     from ..calibration.data import DEFAULT_CALIB_SAMPLES
     from ..passes.sparsify import DEFAULT_MIN_SIZE
     from ..sparsity import SPARSITY_CRITERIA, pattern_help
+    from ..sparsity.allocate import ALLOCATORS, AUTO, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD
 
     formats_help = "; ".join(f"{name}: {FORMATS.get(name).summary}" for name in format_choices()[1:])
     p = subparsers.add_parser(
@@ -53,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("-o", "--output", required=True, help="where to write the sparse model")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     p.add_argument("--sparsity", type=float, metavar="R",
-                   help="fraction of weights to zero in each tensor (0..1); omit for a lossless re-encode")
+                   help="fraction of weights to zero (0..1): in each tensor, or their parameter-weighted "
+                        "average with --allocate; omit for a lossless re-encode")
     p.add_argument("--pattern", default="unstructured", metavar="P", help=f"sparsity pattern: {pattern_help()}")
     p.add_argument("--criterion", default="magnitude", choices=SPARSITY_CRITERIA.names(),
                    help="how weights are scored (default magnitude)")
@@ -65,6 +67,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         f"session creation ~2x faster)")
     p.add_argument("--global", dest="global_scope", action="store_true",
                    help="one magnitude threshold across all tensors instead of per tensor")
+    p.add_argument("--target", metavar="size=R",
+                   help="instead of --sparsity: the smallest average sparsity whose written model is at most "
+                        "R x the input file (e.g. size=0.3), predicted by encoding each tensor; spread over the "
+                        "tensors by --allocate")
+    p.add_argument("--allocate", default=DEFAULT_ALLOCATOR, choices=(AUTO, *ALLOCATORS),
+                   help="spread --sparsity over the tensors, keeping it the parameter-weighted average: "
+                        "uniform (every tensor R), owl (less sparsity where weights/activations have "
+                        "outliers; data-free without --calib), sensitivity (measured output error of each "
+                        "tensor pruned alone; needs --calib); auto (default): sensitivity with --calib, "
+                        "else uniform")
+    p.add_argument("--owl-lambda", type=float, default=OWL_LAMBDA, metavar="L",
+                   help=f"owl: ratios span 2L around R (default {OWL_LAMBDA})")
+    p.add_argument("--owl-threshold", type=float, default=OWL_THRESHOLD, metavar="M",
+                   help=f"owl: an outlier scores above M x its tensor's mean (default {OWL_THRESHOLD:g})")
     p.add_argument("--ratio", action="append", default=[], metavar="GLOB=R",
                    help="per-layer sparsity for tensors/nodes matching GLOB (repeatable, first match wins)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -100,6 +116,19 @@ def parse_ratio(item: str) -> tuple[str, float]:
         return glob, float(value)
     except ValueError:
         raise UsageError(f"bad --ratio {item!r}: {value!r} is not a number") from None
+
+
+def parse_target(text: str | None) -> float | None:
+    """``size=R`` -> R (the only target so far: the written file as a fraction of the input)."""
+    if text is None:
+        return None
+    key, sep, value = text.partition("=")
+    if not sep or key.strip() != "size":
+        raise UsageError(f"bad --target {text!r}: expected size=R (e.g. size=0.3)")
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"bad --target {text!r}: {value!r} is not a number") from None
 
 
 def parse_block(text: str | None) -> tuple[int, int] | None:
@@ -157,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
         criterion=args.criterion,
         format=args.format,
         global_scope=args.global_scope,
+        allocate=args.allocate,
+        target_size=parse_target(args.target),
+        owl_lambda=args.owl_lambda,
+        owl_threshold=args.owl_threshold,
         ratios=[parse_ratio(item) for item in args.ratio],
         exclude=list(args.exclude),
         min_size=args.min_size,

@@ -8,6 +8,15 @@ Markers (short, because they are repeated in every node and input):
   name) has the node metadata ``onnxsparse.decode = <tensor name>``;
 * payload initializers are named ``<tensor>/onnxsparse/<role>``; small shared
   constants (scalars, lookup tables) ``onnxsparse:c:<digest>``, reused across tensors.
+
+No decode node reads only constants: when one would, one of its constant inputs is
+read through a *guard*, ``Tile(x, ConstantOfShape([rank], 1))`` (a copy) or, for an
+integer scalar, ``Add(x, ConstantOfShape([], 0))``.  onnxscript's constant folder never
+folds ``ConstantOfShape`` ("preserved by default", 0.5 and later), so every decode node
+has a non-constant input and ``onnxscript.optimizer.optimize`` folds none of them back
+into dense weights (or full-size fill buffers); onnxruntime still folds everything at
+session creation.  The guard is a copy, not a ``Reshape``: onnxscript rewrites a
+``Reshape`` whose output shape it knows to a constant shape.
 """
 
 from __future__ import annotations
@@ -82,6 +91,9 @@ class DecodeBuilder:
         self.index_dtype = index_dtype(self.n + 1)
         self.tid = tensor_id(target)
         self.nodes: list[ir.Node] = []
+        self._count = 0
+        self._guarded: dict[int, ir.Value] = {}
+        self._ones: dict[int, ir.Value] = {}
         self.payload: dict[str, ir.Value] = {}
         self.consts: dict[str, ir.Value] = {}
         self._new_consts: list[ir.Value] = []
@@ -124,11 +136,51 @@ class DecodeBuilder:
 
     # ------------------------------------------------------------------ nodes
     def op(self, op_type: str, *inputs: ir.Value | None, **attributes: Any) -> ir.Value:
-        label = f"{NODE_PREFIX}{self.tid}:{len(self.nodes)}"
+        if op_type != "ConstantOfShape" and all(v is None or v.producer() is None for v in inputs):
+            inputs = self._guard_one(inputs)
+        return self._node(op_type, *inputs, **attributes)
+
+    def _node(self, op_type: str, *inputs: ir.Value | None, **attributes: Any) -> ir.Value:
+        label = f"{NODE_PREFIX}{self.tid}:{self._count}"
+        self._count += 1
         node = ir.node(op_type, inputs=list(inputs), attributes=attributes or None, name=label)
         node.outputs[0].name = label
         self.nodes.append(node)
         return node.outputs[0]
+
+    # ---------------------------------------------------------------- guards
+    def _guard_one(self, inputs: Sequence[ir.Value | None]) -> tuple[ir.Value | None, ...]:
+        """``inputs`` with one constant routed through a guard (the data input if it can be)."""
+        out = list(inputs)
+        for index, value in enumerate(inputs):
+            if value is None:
+                continue
+            guarded = self._guarded.get(id(value)) or self._guard(value)
+            if guarded is not None:
+                self._guarded[id(value)] = guarded
+                out[index] = guarded
+                return tuple(out)
+        raise AssertionError(f"no input of a decode node of {self.target!r} can be guarded")  # pragma: no cover
+
+    def _guard(self, value: ir.Value) -> ir.Value | None:
+        """A bit-exact copy of constant ``value`` that onnxscript cannot fold, or None."""
+        rank = len(value.shape) if value.shape is not None else None
+        dtype = value.dtype
+        if rank is None or dtype is None:
+            return None
+        if rank == 0:
+            if not dtype.is_integer():
+                return None
+            zero = self._node("ConstantOfShape", self.const(np.zeros(0, np.int64)),
+                              value=ir.tensor(np.zeros(1, dtype.numpy())))
+            return self._node("Add", value, zero)  # x + 0: exact for integers
+        if rank not in self._ones:
+            self._ones[rank] = self._node("ConstantOfShape", self.shape_const([rank]),
+                                          value=ir.tensor(np.ones(1, np.int64)))
+        if dtype == ir.DataType.BFLOAT16:  # onnxruntime has no bfloat16 Tile: tile float32 (exact both ways)
+            wide = self._node("Cast", value, to=ir.DataType.FLOAT)
+            return self._node("Cast", self._node("Tile", wide, self._ones[rank]), to=ir.DataType.BFLOAT16)
+        return self._node("Tile", value, self._ones[rank])  # one repeat per axis: a copy
 
     # --------------------------------------------------------------- helpers
     @staticmethod
@@ -180,10 +232,15 @@ class DecodeBuilder:
         return self.op("Slice", counts, self.shape_const([0]), self.shape_const([total]))
 
     # ------------------------------------------------------------------ apply
-    def commit(self, output: ir.Value, shape: Sequence[int], like: ir.Value | None = None) -> ir.Value:
-        """Reshape ``output`` to ``shape``; register initializers and insert the nodes first in the graph."""
+    def finish(self, output: ir.Value, shape: Sequence[int]) -> ir.Value:
+        """Reshape ``output`` to ``shape``: the last node, marked with the tensor name."""
         final = self.op("Reshape", output, self.shape_const(shape))
         final.producer().metadata_props[NODE_META_KEY] = self.target
+        return final
+
+    def commit(self, output: ir.Value, shape: Sequence[int], like: ir.Value | None = None) -> ir.Value:
+        """Finish the subgraph; register initializers and insert the nodes first in the graph."""
+        final = self.finish(output, shape)
         if like is not None:
             final.shape = like.shape
             final.type = like.type

@@ -189,7 +189,7 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
                             tensor.shape, tensor.fill)
     stored = {role: builder.stored(role, array) for role, array in encoded.arrays.items()}
     output = codec.build(builder, encoded, stored, decoder)
-    builder.op("Reshape", output, builder.shape_const(tensor.shape))
+    builder.finish(output, tensor.shape)
     size = builder.payload_bytes() + builder.extra_bytes() + len(tensor.name) + 24  # + final-node metadata
     return Candidate(fmt, decoder, encoded, size, codec.min_opset(decoder, tensor.dtype))
 
@@ -347,6 +347,7 @@ def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndar
     output = next((v for n in nodes for v in n.outputs if v.name == target), None)
     if output is None:
         raise ModelLoadError(f"decode nodes for {target!r} do not produce it")
+    nodes = _ancestors(output)  # may include nodes an optimizer merged across subgraphs
     inputs = {v.name: v for n in nodes for v in n.inputs if v is not None and v.producer() is None}
     protos = []
     for name, value in inputs.items():
@@ -367,6 +368,26 @@ def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndar
     proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
     session = make_session(proto, session_options())
     return session.run(None, {})[0]
+
+
+def _ancestors(output: ir.Value) -> list[ir.Node]:
+    """The nodes ``output`` depends on, in topological order."""
+    order: list[ir.Node] = []
+    seen: set[int] = set()
+
+    def visit(node: ir.Node) -> None:  # decode graphs are a few nodes deep: recursion is fine
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for value in node.inputs:
+            if value is not None and value.producer() is not None:
+                visit(value.producer())
+        order.append(node)
+
+    producer = output.producer()
+    if producer is not None:
+        visit(producer)
+    return order
 
 
 def _inferred_dtype(nodes: list, initializers: list, target: str, opset: int) -> int:
@@ -401,10 +422,26 @@ def expand_stored(model: ir.Model, name: str, nodes: Sequence[ir.Node], array: n
     graph.register_initializer(value)
     output.replace_all_uses_with(value, replace_graph_outputs=True)
     feeds = {id(v): v for n in nodes for v in n.inputs if v is not None and v.producer() is None}
-    graph.remove(list(nodes), safe=True)
+    _remove_dead(graph, nodes)
     for fed in feeds.values():
         if fed.name in graph.initializers and not fed.uses() and not _is_graph_output(graph, fed):
             graph.initializers.pop(fed.name)
+
+
+def _remove_dead(graph: ir.Graph, nodes: Sequence[ir.Node]) -> None:
+    """Remove those of ``nodes`` whose outputs nobody reads (consumers first).
+
+    A node another decode subgraph still reads stays: common-subexpression
+    elimination (e.g. in ``onnxscript.optimizer.optimize``) merges identical
+    guard nodes across tensors, so one node may feed several subgraphs.
+    """
+    pending = list(nodes)
+    while True:
+        dead = [n for n in pending if not any(v.uses() or _is_graph_output(graph, v) for v in n.outputs)]
+        if not dead:
+            return
+        graph.remove(dead, safe=True)
+        pending = [n for n in pending if n not in dead]
 
 
 def _is_graph_output(graph: ir.Graph, value: ir.Value) -> bool:
@@ -426,6 +463,11 @@ def expand_all(model: ir.Model, names: Iterable[str] | None = None) -> dict[str,
                 logger.warning("metadata lists %s but its decode nodes are gone; dropping the entry", name)
                 specs.pop(name, None)
             continue
+        missing = [] if spec is None else [p for p in spec.inputs.values() if p not in graph.initializers]
+        if missing:
+            logger.warning("metadata of %s refers to missing initializers %s (a tool rewrote its decode graph); "
+                           "dropping the entry and evaluating the graph instead", name, ", ".join(missing))
+            spec = None
         if spec is not None:
             array = decode_stored(model, spec)
         else:
@@ -434,6 +476,7 @@ def expand_all(model: ir.Model, names: Iterable[str] | None = None) -> dict[str,
         specs.pop(name, None)
         done[name] = spec.format if spec else "unknown"
     write_storage(model, specs)
+    _remove_dead(graph, [node for node in graph if is_decode_node(node)])
     _drop_orphan_consts(graph)
     return done
 

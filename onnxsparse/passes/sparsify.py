@@ -9,6 +9,9 @@ Steps, each recorded in the :class:`SparsifyReport`:
 3. prune: with a sparsity, an ``N:M`` pattern or per-layer ratios, score the
    weights of linear ops with a criterion and zero the lowest units of the
    pattern (per tensor, or pooled across tensors with ``global_scope``);
+   ``allocate`` spreads a sparsity over the tensors (OWL outlier ratios or
+   measured sensitivity, :mod:`onnxsparse.sparsity.allocate`) keeping it the
+   parameter-weighted average;
    quantized weights are scored dequantized and zeroed to their zero point;
 4. store: every initializer with at least ``min_size`` elements is encoded in
    the requested format (``auto``: the smallest per tensor; near-ties go to the
@@ -51,6 +54,9 @@ from ..formats import (
 from ..formats._base import SUPPORTED_DTYPES
 from ..sparsity import (
     NM,
+    Magnitude,
+    ScoreContext,
+    Wanda,
     Pattern,
     Unstructured,
     PruneTarget,
@@ -63,6 +69,7 @@ from ..sparsity import (
     nm_violations,
     parse_pattern,
 )
+from ..sparsity.allocate import ALLOCATORS, AUTO, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD, weighted_average
 
 __all__ = ["SparsifyConfig", "SparsifyPass", "SparsifyReport", "TensorRow", "sparsify", "DEFAULT_MIN_SIZE",
            "Progress"]
@@ -73,6 +80,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MIN_SIZE = 4096
 #: Opset the preferred decode graphs need (ScatterElements with reduction=add).
 PREFERRED_OPSET = 16
+#: ``--target size``: metadata bytes per stored tensor besides its name (measured ~160 + 3 x name)
+_METADATA_BYTES = 200
+#: ``ratios(average)`` -> per-tensor ratios with that parameter-weighted average
+Allocator = Callable[[float], dict[str, float]]
 
 
 @dataclass
@@ -84,6 +95,14 @@ class SparsifyConfig:
     criterion: str | SparsityCriterion = "magnitude"
     format: str = AUTO
     global_scope: bool = False
+    #: how ``sparsity`` is spread over tensors (its parameter-weighted average): uniform, owl, sensitivity;
+    #: auto: sensitivity when ``calib`` is given and the pattern's sparsity is free, else uniform
+    allocate: str = DEFAULT_ALLOCATOR
+    #: OWL: ratios span 2λ around the target; outliers are scores above M x the tensor's mean
+    owl_lambda: float = OWL_LAMBDA
+    owl_threshold: float = OWL_THRESHOLD
+    #: choose the average sparsity so the written model is at most this fraction of the input's bytes
+    target_size: float | None = None
     #: per-layer sparsity: ``(glob, ratio)`` pairs matched against tensor and consumer node names, first wins
     ratios: Sequence[tuple[str, float]] | Mapping[str, float] = ()
     exclude: Sequence[str] = ()
@@ -143,7 +162,12 @@ class SparsifyConfig:
             raise UsageError(f"criterion {criterion.name} needs calibration data: give --calib DATA "
                              "(an .npz of model inputs, a folder of them, or 'random')")
         if isinstance(pattern, NM):
-            if self.sparsity is not None and abs(self.sparsity - pattern.fixed_sparsity) > 1e-9:
+            if self.allocate == "sensitivity" and self.sparsity is not None:
+                if not 0.0 < self.sparsity <= pattern.fixed_sparsity:
+                    raise UsageError(f"--allocate sensitivity with {pattern.spec}: --sparsity must be in "
+                                     f"(0, {pattern.fixed_sparsity:g}] (tensors are dense or keep <= {pattern.n} "
+                                     f"of {pattern.m})")
+            elif self.sparsity is not None and abs(self.sparsity - pattern.fixed_sparsity) > 1e-9:
                 raise UsageError(
                     f"pattern {pattern.spec} fixes the sparsity at {pattern.fixed_sparsity:g}; drop --sparsity"
                 )
@@ -158,12 +182,55 @@ class SparsifyConfig:
             raise UsageError(f"criterion {criterion.name} prunes layer by layer; --global does not apply")
         if self.global_scope and self.sparsity is None:
             raise UsageError("--global needs --sparsity")
+        self._check_allocation(pattern, need_data)
         if self.block is not None and (len(self.block) != 2 or min(self.block) < 1):
             raise UsageError(f"--block must be two positive sides, got {self.block}")
         return pattern, criterion
 
+    def allocation(self, pattern: Pattern) -> str:
+        """The allocation method that runs (``auto`` resolved)."""
+        if self.allocate != AUTO:
+            return "uniform" if self.allocate == "sensitivity" and self.nm_fixed(pattern) else self.allocate
+        free = ((self.sparsity is not None or self.target_size is not None) and pattern.fixed_sparsity is None
+                and not self.global_scope)
+        return "sensitivity" if free and self.calib is not None else "uniform"
+
+    def nm_fixed(self, pattern: Pattern) -> bool:
+        """An N:M pattern without ``--sparsity``: every tensor gets exactly N:M."""
+        return isinstance(pattern, NM) and self.sparsity is None
+
+    def _check_allocation(self, pattern: Pattern, need_data: bool) -> None:
+        if self.allocate not in (AUTO, *ALLOCATORS):
+            raise UsageError(f"--allocate must be one of {', '.join((AUTO, *ALLOCATORS))}, got {self.allocate!r}")
+        if self.owl_lambda < 0 or self.owl_threshold <= 0:
+            raise UsageError("--owl-lambda must be >= 0 and --owl-threshold > 0")
+        if self.target_size is not None:
+            if not 0.0 < self.target_size:
+                raise UsageError(f"--target size=R needs R > 0, got {self.target_size}")
+            if self.sparsity is not None:
+                raise UsageError("--target size=R chooses the sparsity: drop --sparsity")
+            if pattern.fixed_sparsity is not None or self.global_scope:
+                raise UsageError("--target size=R needs a pattern with a free sparsity and no --global")
+        if self.allocate in (AUTO, "uniform"):
+            return
+        if isinstance(pattern, NM) and self.allocate == "sensitivity" and self.sparsity is not None:
+            pass  # N:M levels per tensor (dense, or keep <= N of M), checked above
+        elif isinstance(pattern, NM) and self.allocate == "sensitivity":
+            raise UsageError(f"--allocate sensitivity with {pattern.spec} needs --sparsity R, the average "
+                             f"(<= {pattern.fixed_sparsity:g}) to spread over dense and <= {pattern.spec} tensors")
+        elif pattern.fixed_sparsity is not None:
+            raise UsageError(f"pattern {pattern.spec} fixes every tensor's sparsity; --allocate {self.allocate} "
+                             "does not apply (sensitivity with --sparsity R mixes dense and sparser N:M tensors)")
+        if self.sparsity is None and self.target_size is None:
+            raise UsageError(f"--allocate {self.allocate} spreads --sparsity over the tensors: give --sparsity")
+        if self.global_scope:
+            raise UsageError("--global already pools the tensors; --allocate does not apply")
+        if need_data and self.allocate == "sensitivity" and self.calib is None:
+            raise UsageError("--allocate sensitivity measures output errors: give --calib DATA "
+                             "(or use --allocate owl, which works from the weights alone)")
+
     def prunes(self, pattern: Pattern) -> bool:
-        return self.sparsity is not None or pattern.fixed_sparsity is not None or bool(self.ratio_pairs())
+        return self.sparsity is not None or self.target_size is not None or pattern.fixed_sparsity is not None or bool(self.ratio_pairs())
 
     def describe(self) -> dict[str, Any]:
         pattern, criterion = self.resolved()
@@ -173,6 +240,8 @@ class SparsifyConfig:
             "criterion": criterion.name,
             "format": self.format,
             "global": self.global_scope,
+            "allocate": self.allocation(pattern),
+            "target_size": self.target_size,
             "ratios": dict(self.ratio_pairs()),
             "exclude": list(self.exclude),
             "min_size": self.min_size,
@@ -308,10 +377,14 @@ class SparsifyPass(ir.passes.InPlacePass):
         self.config = config or SparsifyConfig()
         self.progress = progress
         self.report: SparsifyReport | None = None
+        self._stats: Mapping[str, np.ndarray] | None = None
+        self._input_bytes: int | None = None
 
     def call(self, model: ir.Model) -> PassResult:
         config = self.config
         pattern, criterion = config.resolved()
+        if config.target_size is not None:
+            self._input_bytes = _model_bytes(model)
         reencoded = expand_all(model) if (read_storage(model) or _has_markers(model)) else {}
         if config.normalize:
             _normalize(model)
@@ -395,6 +468,8 @@ class SparsifyPass(ir.passes.InPlacePass):
         prune_list: list[PruneTarget] = []
         pairs = config.ratio_pairs()
         default = config.sparsity if config.sparsity is not None else pattern.fixed_sparsity
+        if config.target_size is not None:
+            default = 0.0  # chosen below, once the tensors are known
         for info in considered:
             override = _ratio_for(pairs, info)
             target = override[0] if override else default
@@ -408,13 +483,37 @@ class SparsifyPass(ir.passes.InPlacePass):
             prune_list.append(
                 PruneTarget(info, arrays[info.name], target, pooled=config.global_scope and override is None)
             )
+        pinned = {t.info.name for t in prune_list if _ratio_for(pairs, t.info)}
+        free = [t for t in prune_list if t.info.name not in pinned]
+        if free and (config.allocation(pattern) != "uniform" or config.target_size is not None):
+            if config.stats is not None or config.calib is not None:  # measured once for every pruned weight
+                self._activation_stats(model, [t.info for t in prune_list], notes)
+            ratios, detail = self._allocator(model, free, pattern, criterion, notes)
+            average = config.sparsity
+            if config.target_size is not None:
+                average = self._sparsity_for_size(model, considered, arrays, prune_list, free, ratios, pattern,
+                                                  criterion)
+            assert average is not None
+            chosen = ratios(average)
+            for target in free:
+                target.sparsity = targets[target.info.name] = chosen[target.info.name]
+            if isinstance(pattern, NM):  # allocated dense: not pruned at all (sparsegpt would still update it)
+                dense = {t.info.name for t in free if chosen[t.info.name] == 0.0}
+                for name in dense:
+                    targets.pop(name)
+                    notes[name] = f"left dense by --allocate {config.allocation(pattern)}"
+                prune_list = [t for t in prune_list if t.info.name not in dense]
+            sizes = {t.info.name: t.raw.size for t in free}
+            self._note(f"allocation {config.allocation(pattern)}: ratios {min(chosen.values()):.3f}.."
+                       f"{max(chosen.values()):.3f}, parameter-weighted average "
+                       f"{weighted_average(chosen, sizes):.4f}; {detail}")
         masks, updated = self._masks(model, prune_list, pattern, criterion, notes)
         for target in prune_list:
             name = target.info.name
             fill = target.info.fill(arrays[name].dtype)
             pruned = updated[name] if name in updated else apply_mask(arrays[name], masks[name], fill)
             if isinstance(pattern, NM) and target.info.in_axis is not None:
-                bad = nm_violations(pruned, pattern.n, pattern.m, target.info.in_axis, fill)
+                bad = nm_violations(pruned, pattern.kept(target.sparsity), pattern.m, target.info.in_axis, fill)
                 if bad:  # pragma: no cover - guarded invariant
                     raise AssertionError(f"{name}: {bad} groups break {pattern.spec}")
             arrays[name] = pruned
@@ -431,21 +530,119 @@ class SparsifyPass(ir.passes.InPlacePass):
         """
         config = self.config
         if not criterion.needs_activations or not prune_list:
-            return compute_masks(prune_list, pattern, criterion, stats=config.stats), {}
+            return _compute_masks(prune_list, pattern, criterion, config.stats), {}
         if criterion.reconstructs:
             updated = self._reconstruct(model, prune_list, pattern, notes)
             rest = [t for t in prune_list if t.info.name not in updated]
-            return compute_masks(rest, pattern, get_criterion("magnitude")), updated
-        stats = config.stats
-        if stats is None:
-            stats = self._measure_activations(model, [t.info for t in prune_list], notes)
+            return _compute_masks(rest, pattern, get_criterion("magnitude"), None), updated
+        stats = self._activation_stats(model, [t.info for t in prune_list], notes)
         measured = [t for t in prune_list if t.info.name in stats]
         fallback = [t for t in prune_list if t.info.name not in stats]
         for target in fallback:
             notes.setdefault(target.info.name, f"{criterion.name}: no activation statistics; scored by magnitude")
-        masks = compute_masks(measured, pattern, criterion, stats=stats)
-        masks.update(compute_masks(fallback, pattern, get_criterion("magnitude")))
+        masks = _compute_masks(measured, pattern, criterion, stats)
+        masks.update(_compute_masks(fallback, pattern, get_criterion("magnitude"), None))
         return masks, {}
+
+    def _activation_stats(self, model: ir.Model, infos: Sequence[WeightInfo],
+                          notes: dict[str, str]) -> Mapping[str, np.ndarray]:
+        """Input-feature norms: given, or measured once per run (allocation and criterion share them)."""
+        if self._stats is None:
+            self._stats = self.config.stats if self.config.stats is not None else \
+                self._measure_activations(model, infos, notes)
+        return self._stats
+
+    def _allocator(self, model: ir.Model, free: Sequence[PruneTarget], pattern: Pattern,
+                   criterion: SparsityCriterion, notes: dict[str, str]) -> tuple[Allocator, str]:
+        """``ratios(average)`` for ``free`` (parameter-weighted average = ``average``), and what it measured."""
+        from ..sparsity import allocate
+
+        config = self.config
+        sizes = {t.info.name: int(t.raw.size) for t in free}
+        method = config.allocation(pattern)
+        if method == "uniform":
+            return (lambda average: {name: average for name in sizes}), "uniform"
+        has_data = config.stats is not None or config.calib is not None
+        stats = self._activation_stats(model, [t.info for t in free], notes) if has_data else {}
+        if method == "owl":
+            outliers = {t.info.name: allocate.outlier_ratio(_scores(t, Wanda(), stats), config.owl_threshold)
+                        for t in free}
+            detail = f"outlier ratios {min(outliers.values()):.4f}..{max(outliers.values()):.4f} " \
+                     f"({'wanda' if stats else 'magnitude'} scores > {config.owl_threshold:g}x mean)"
+            return (lambda average: allocate.owl(outliers, sizes, average, config.owl_lambda)), detail
+        from ..sparsity.layer_errors import layer_errors
+
+        scorer = _mask_scorer(criterion)
+        by_name = {t.info.name: t for t in free}
+
+        def pruner(name: str, ratio: float) -> np.ndarray:
+            return _pruned(by_name[name], _scores(by_name[name], scorer, stats), ratio, pattern)
+
+        source, samples = self._calibration_data(model)
+        levels = pattern.levels() if isinstance(pattern, NM) else None
+        ladder = [r for r in (levels or allocate.DEFAULT_LADDER) if 0.0 < r <= allocate.DEFAULT_CAP]
+        curves = layer_errors(model, {t.info.name: t.raw for t in free}, pruner, ladder, source,
+                              batch_size=config.calib_batch, limit=config.calib_samples,
+                              progress=config.calib_progress)
+        detail = f"output errors of {len(free)} tensors x {len(ladder)} ratios on {samples} samples"
+        if levels is not None:
+            return (lambda average: allocate.knapsack(curves, sizes, average, levels)), detail
+        return (lambda average: allocate.lagrangian(curves, sizes, average)), detail
+
+    def _sparsity_for_size(self, model: ir.Model, considered: Sequence[WeightInfo], arrays: Mapping[str, np.ndarray],
+                           prune_list: Sequence[PruneTarget], free: Sequence[PruneTarget], ratios: Allocator,
+                           pattern: Pattern, criterion: SparsityCriterion) -> float:
+        """The smallest average sparsity whose predicted file is at most ``target_size`` x the input.
+
+        Each tensor's stored size is predicted by encoding it (``choose``, the same
+        choice the store step makes) after pruning it with the criterion's scores
+        (sparsegpt: Wanda's, its masks before the weight updates); tensors not pruned
+        keep their size.  Bisection over the average: sizes fall as sparsity grows.
+        """
+        from ..sparsity.allocate import DEFAULT_CAP
+
+        config = self.config
+        assert config.target_size is not None and self._input_bytes is not None
+        max_opset, _ = self._allowed_opset(model, model_opset(model))
+        options = CodecOptions(block=config.block)
+        stats = self._stats or {}
+        scorer = _mask_scorer(criterion)
+        scores = {t.info.name: _scores(t, scorer, stats) for t in prune_list}
+        infos = {info.name: info for info in considered}
+
+        def stored(name: str, array: np.ndarray) -> int:
+            tensor = TensorData(name, array, infos[name].fill(array.dtype))
+            chosen, _ = choose(tensor, config.format, options, max_opset, None, slack=config.auto_slack,
+                               decoders=config.decoders)
+            return chosen.stored_bytes + (_METADATA_BYTES + 3 * len(name) if chosen.format != "dense" else 0)
+
+        free_names = {t.info.name for t in free}
+        fixed = sum(stored(t.info.name, _pruned(t, scores[t.info.name], t.sparsity, pattern))
+                    for t in prune_list if t.info.name not in free_names)
+        pruned_names = {t.info.name for t in prune_list}
+        fixed += sum(stored(info.name, arrays[info.name]) for info in considered if info.name not in pruned_names)
+        base = self._input_bytes - sum(a.nbytes for a in arrays.values())
+        goal = config.target_size * self._input_bytes
+
+        def predicted(average: float) -> int:
+            chosen = ratios(average)
+            return base + fixed + sum(stored(t.info.name, _pruned(t, scores[t.info.name], chosen[t.info.name],
+                                                                   pattern)) for t in free)
+
+        if predicted(0.0) <= goal:
+            lo = hi = 0.0
+        else:
+            smallest = predicted(DEFAULT_CAP)
+            if smallest > goal:
+                raise UsageError(f"--target size={config.target_size:g}: even {DEFAULT_CAP:g} sparsity gives "
+                                 f"{smallest} bytes, {smallest / self._input_bytes:.3f} of the input")
+            lo, hi = 0.0, DEFAULT_CAP
+            while hi - lo > 1e-3:
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if predicted(mid) <= goal else (mid, hi)
+        self._note(f"target size {config.target_size:g} of {self._input_bytes} bytes: average sparsity {hi:.4f} "
+                   f"(predicted {predicted(hi)} bytes)")
+        return hi
 
     def _reconstruct(self, model: ir.Model, prune_list: Sequence[PruneTarget], pattern: Pattern,
                      notes: dict[str, str]) -> dict[str, np.ndarray]:
@@ -458,7 +655,6 @@ class SparsifyPass(ir.passes.InPlacePass):
         reasons = {name: layout for name, layout in layouts.items() if isinstance(layout, str)}
         source, samples = self._calibration_data(model)
         targets = {t.info.name: t for t in prune_list}
-        nm = (pattern.n, pattern.m) if isinstance(pattern, NM) else None
         updated: dict[str, np.ndarray] = {}
         for name, hessian in hessians(model, usable, source, batch_size=config.calib_batch,
                                       limit=config.calib_samples, progress=config.calib_progress):
@@ -466,6 +662,7 @@ class SparsifyPass(ir.passes.InPlacePass):
                 reasons[name] = hessian
                 continue
             target = targets[name]
+            nm = (pattern.kept(target.sparsity), pattern.m) if isinstance(pattern, NM) else None
             new = prune_weight(target.raw, usable[name], hessian, target.sparsity, nm)
             if new is None:
                 reasons[name] = "the Hessian could not be inverted"
@@ -517,6 +714,42 @@ class SparsifyPass(ir.passes.InPlacePass):
                 return target, blocker
             blocker = blocker or reason
         return before, blocker
+
+
+def _model_bytes(model: ir.Model) -> int:
+    """Serialised size of ``model`` with its external data (what ``--target size`` is a fraction of)."""
+    external = sum(value.const_value.nbytes for value in model.graph.initializers.values()
+                   if isinstance(value.const_value, ir.ExternalTensor))
+    return ir.to_proto(model).ByteSize() + external
+
+
+def _mask_scorer(criterion: SparsityCriterion) -> SparsityCriterion:
+    """The scores a criterion's masks follow (sparsegpt: Wanda's, i.e. its masks before weight updates)."""
+    return Wanda() if criterion.reconstructs else criterion
+
+
+def _scores(target: PruneTarget, scorer: SparsityCriterion, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``scorer``'s scores, by magnitude where it needs statistics the weight has none of."""
+    use = scorer if target.info.name in stats or not scorer.needs_activations else Magnitude()
+    scores = np.asarray(use.score(target.info.real(target.raw), ScoreContext(target.info, stats)))
+    return np.nan_to_num(scores, nan=np.inf)  # as compute_masks: NaN weights are never "small"
+
+
+def _compute_masks(targets: Sequence[PruneTarget], pattern: Pattern, criterion: SparsityCriterion,
+                   stats: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """``compute_masks``; N:M targets at allocated levels get their own ``k:M`` pattern."""
+    if not isinstance(pattern, NM):
+        return compute_masks(targets, pattern, criterion, stats=stats)
+    masks: dict[str, np.ndarray] = {}
+    for level in sorted({t.sparsity for t in targets}):
+        group = [t for t in targets if t.sparsity == level]
+        masks.update(compute_masks(group, pattern.at(level), criterion, stats=stats))
+    return masks
+
+
+def _pruned(target: PruneTarget, scores: np.ndarray, ratio: float, pattern: Pattern) -> np.ndarray:
+    keep = (pattern.at(ratio) if isinstance(pattern, NM) else pattern).mask(scores, ratio, target.info)
+    return apply_mask(target.raw, keep, target.info.fill(target.raw.dtype))
 
 
 def _normalize(model: ir.Model) -> None:

@@ -351,6 +351,9 @@ class SparsifyStep(Step):
     criterion: str = "magnitude"
     format: str = "auto"
     global_scope: bool = False
+    allocate: str = "auto"
+    owl_lambda: float | None = None
+    owl_threshold: float | None = None
     ratio: tuple[tuple[str, float], ...] = ()
     exclude: tuple[str, ...] = ()
     min_size: int | None = None
@@ -371,12 +374,20 @@ class SparsifyStep(Step):
 
             return format_choices()
 
+        def allocators() -> tuple[str, ...]:
+            from ..sparsity.allocate import ALLOCATORS, AUTO
+
+            return (AUTO, *ALLOCATORS)
+
         return (
             FieldSpec("sparsity", "sparsity", F.optional(F.ratio), "fraction of weights zeroed per tensor (omit: lossless re-encode)", "ratio"),
             FieldSpec("pattern", "pattern", F.text, "unstructured, N:M (quote it: \"2:4\") or block:RxC", "pattern"),
             FieldSpec("criterion", "criterion", F.choice(criteria, "sparsity criterion"), "how weights are scored", "criterion"),
             FieldSpec("format", "format", F.choice(formats, "storage format"), "storage format (auto: smallest per tensor)", "format"),
             FieldSpec("global", "global_scope", F.boolean, "one threshold across all tensors", "bool"),
+            FieldSpec("allocate", "allocate", F.choice(allocators, "allocation"), "spread sparsity over tensors (its parameter-weighted average): auto (sensitivity with calib data, else uniform), uniform, owl, sensitivity", "allocation"),
+            FieldSpec("owl_lambda", "owl_lambda", F.optional(F.number(0.0)), "owl: ratios span 2x this around the target (default 0.08)", "number >= 0"),
+            FieldSpec("owl_threshold", "owl_threshold", F.optional(F.number(0.0)), "owl: outliers score above this x the tensor mean (default 5)", "number > 0"),
             FieldSpec("ratio", "ratio", F.ratio_map, "per-layer sparsity {glob: ratio}, first match wins", "mapping"),
             FieldSpec("exclude", "exclude", F.strings, "tensors / nodes left dense and unpruned (globs)", "list"),
             FieldSpec("min_size", "min_size", F.optional(F.integer(0)), "tensors with fewer elements stay dense (default 4096)", "int >= 0"),
@@ -391,7 +402,8 @@ class SparsifyStep(Step):
         from ..passes.sparsify import SparsifyConfig
 
         covered = {"sparsity", "pattern", "criterion", "format", "global_scope", "ratios", "exclude", "min_size",
-                   "block", "decoders", "raise_opset", "normalize", "stats"}
+                   "block", "decoders", "raise_opset", "normalize", "stats", "allocate", "owl_lambda",
+                   "owl_threshold"}
         return {f.name: str(f.type) for f in fields(SparsifyConfig) if f.name not in covered}
 
     @property
@@ -401,10 +413,11 @@ class SparsifyStep(Step):
 
     @property
     def needs_calibration(self) -> bool:
-        """An activation-aware criterion (wanda) scores the weights: calibration data is read."""
+        """An activation-aware criterion (wanda) scores the weights, or ``allocate: sensitivity`` measures
+        output errors: calibration data is read."""
         from ..sparsity import get_criterion
 
-        return get_criterion(self.criterion).needs_activations
+        return get_criterion(self.criterion).needs_activations or self.allocate == "sensitivity"
 
     def to_config(self):
         """The :class:`onnxsparse.passes.sparsify.SparsifyConfig` this step runs."""
@@ -412,11 +425,14 @@ class SparsifyStep(Step):
 
         kwargs: dict[str, Any] = dict(
             sparsity=self.sparsity, pattern=self.pattern, criterion=self.criterion, format=self.format,
-            global_scope=self.global_scope, ratios=list(self.ratio), exclude=list(self.exclude), block=self.block,
+            global_scope=self.global_scope, allocate=self.allocate, ratios=list(self.ratio), exclude=list(self.exclude), block=self.block,
             decoders=dict(self.decoder), raise_opset=self.raise_opset, normalize=self.normalize,
         )
         if self.min_size is not None:
             kwargs["min_size"] = self.min_size
+        for key in ("owl_lambda", "owl_threshold"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
         kwargs.update(self.extra_kwargs())
         return SparsifyConfig(**kwargs)
 

@@ -176,6 +176,19 @@ class NM(Pattern):
             return f"reduction axis has {length} elements, not a multiple of M={self.m}"
         return None
 
+    def levels(self) -> tuple[float, ...]:
+        """Sparsities a tensor may get when ``--allocate`` spreads N:M: dense, or keep ``k <= N`` of every M
+        (still N:M for hardware that needs at most N non-zeros per group)."""
+        return (0.0, *((self.m - k) / self.m for k in range(self.n, 0, -1)))
+
+    def kept(self, sparsity: float) -> int:
+        """Weights kept per group of M at ``sparsity`` (``N`` at the pattern's own sparsity)."""
+        return int(round((1.0 - sparsity) * self.m))
+
+    def at(self, sparsity: float) -> NM:
+        """The ``k:M`` pattern of an allocated level (``mask`` keeps the pattern's own N, whatever ratio)."""
+        return NM(self.kept(sparsity), self.m)
+
     def mask(self, scores: np.ndarray, sparsity: float, info: WeightInfo) -> np.ndarray:
         axis = info.in_axis
         assert axis is not None
