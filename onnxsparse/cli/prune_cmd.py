@@ -116,6 +116,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                             "one calibration pass per stage)")
     order.add_argument("--one-shot", dest="sequential", action="store_false",
                        help="repair every layer from the original activations (one pass; faster, less accurate)")
+    cal.add_argument("--dead", action="store_true",
+                     help="first remove the units that are dead (always 0) or constant on --calib, exactly: "
+                          "constants are folded into the consumers' biases (docs/activations.md); --channels "
+                          "then applies to what remains")
     cal.add_argument("--damp", type=_damp, default=DEFAULT_DAMP, metavar="F",
                      help=f"lstsq ridge: lambda = F * mean(diag(X X^T)) (default {DEFAULT_DAMP:g})")
     from ..passes.prune_heads import add_cli_arguments
@@ -131,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
-    if args.channels is None and not wants_heads:
-        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn)")
+    if args.channels is None and not wants_heads and not args.dead:
+        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn / --dead)")
+    if args.dead and args.calib is None:
+        raise UsageError("--dead needs calibration data: give --calib DATA (dead units are found on it)")
     check_report_paths([args.report] if args.report else None)
     check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
@@ -164,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         repair=repair,
         sequential=sequential,
         damp=args.damp,
+        dead=args.dead,
     )
     heads_report = None
     if wants_heads:
@@ -186,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         if args.channels is not None:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
         what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]
+        what += ["dead units"] if args.dead else []
         print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
         print(report.summary())
         if heads_report is not None:

@@ -264,6 +264,7 @@ def prune(
     sequential: bool | None = None,
     damp: float | None = None,
     calib_batch: int = 32,
+    dead: bool = False,
 ) -> PruneResult:
     """Remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
     (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
@@ -288,6 +289,10 @@ def prune(
     ``"bias"``, ``"lstsq"``; ``None``: ``lstsq`` with data, else ``none``),
     ``sequential`` (default when repairing) or one-shot (``sequential=False``),
     with ridge ``damp`` (default 0.01).
+
+    ``dead=True`` first removes the units that are dead or constant on ``calib`` exactly
+    (:mod:`.dead_units`: constants folded into the consumers' biases); ``channels`` etc. then apply
+    to what remains.
     """
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
@@ -310,13 +315,15 @@ def prune(
         if sequential:
             raise UsageError("--sequential needs calibration data (--calib) and a repair")
     sequential = (repair != "none") if sequential is None else bool(sequential)
+    if dead and calib is None:
+        raise UsageError("--dead needs calibration data: give --calib DATA (dead units are found on it)")
     if calib_samples is not None and calib_samples < 1:
         raise UsageError(f"--calib-samples must be >= 1, got {calib_samples}")
     damp = DEFAULT_DAMP if damp is None else float(damp)
     exclude = tuple(exclude)
     timings: dict[str, float] = {}
     wants_data = calib is not None and removing and (crit.requires_data or repair != "none")
-    steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
+    steps = ["normalise", "measure", *(["dead units"] if dead else []), "analyse", *(["calibrate"] if wants_data else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
     bar = progress_bar(len(steps), "prune", unit="step", enabled=progress)
 
@@ -339,6 +346,16 @@ def prune(
     dims = _mac_dims(model, shapes)
     before = _measure(model, shapes, dims) if measure else (0, None, 0)
     t = step("measure_s", t)
+    dead_report = None
+    if dead:
+        from .dead_units import remove_dead_units
+
+        stage("dead units")
+        dead_report = remove_dead_units(
+            model, _calibration_source(calib, model, shapes, calib_samples, seed), batch_size=calib_batch, seed=seed,
+            min_keep=min_keep, build=dict(registry=registry, exclude=exclude, block=block,
+                                          allow_signature_change=allow_signature_change))
+        t = step("dead_s", t)
     dg = build_groups(model, registry=registry, exclude=exclude, block=block,
                       allow_signature_change=allow_signature_change)
     t = step("analysis_s", t)
@@ -381,7 +398,7 @@ def prune(
     step("measure_s", t)
     if bar is not None:
         bar.close()
-    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "scoring_s", "repair_s",
+    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("dead_s", "analysis_s", "calibration_s", "scoring_s", "repair_s",
                                                               "rewrite_s"))
     timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
 
@@ -409,6 +426,7 @@ def prune(
             "capture_s": cap.seconds if cap is not None else 0.0,
         },
         repair=repair_report,
+        dead=dead_report,
     )
     for g in dg.prunable:
         kept = plan.kept(g.id)
@@ -433,7 +451,7 @@ def prune(
     logger.info(
         "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
     )
-    if not report.pruned_groups and isinstance(given, (str, os.PathLike)):
+    if not report.pruned_groups and not (dead_report and dead_report.removed) and isinstance(given, (str, os.PathLike)):
         # Nothing removed: hand back the input as it was, not its normalised form, so a no-op
         # run cannot change what onnxruntime fuses or how big the file is.
         model = load_model(given)

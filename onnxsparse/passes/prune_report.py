@@ -85,6 +85,8 @@ class PruneReport:
     #: ratio of heads / KV groups removed per attention block, and of FFN neurons (None: as ``channels``)
     heads: float = 0.0
     ffn: float | None = None
+    #: dead / constant units removed first (``prune --dead``), a :class:`~onnxsparse.passes.dead_units.DeadUnitsReport`
+    dead: Any = None
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
@@ -145,6 +147,7 @@ class PruneReport:
             "repair": None if self.repair is None else self.repair.to_dict(),
             "unchanged": self.unchanged,
             "no_groups_reason": self.no_groups_reason or None,
+            "dead": None if self.dead is None else self.dead.to_dict(),
         }
 
     def kind_counts(self) -> dict[str, dict[str, int]]:
@@ -213,6 +216,8 @@ class PruneReport:
 
     def summary(self, limit: int | None = 30) -> str:
         parts = [self.size_table(), "", self.groups_table(limit)]
+        if self.dead is not None:
+            parts += ["", self.dead.summary()]
         if self.no_groups_reason:
             parts.append(f"no channel groups: {self.no_groups_reason}")
         if self.unchanged:

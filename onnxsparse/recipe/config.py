@@ -318,8 +318,8 @@ class PruneStep(Step):
         return dict(self.extra).get("calib")
 
     def check(self) -> None:
-        if not self.channels and not self.heads and not self.ffn:
-            raise Bad("nothing to prune: set channels, heads or ffn")
+        if not self.channels and not self.heads and not self.ffn and not dict(self.extra).get("dead"):
+            raise Bad("nothing to prune: set channels, heads, ffn or dead")
 
 
 @register_step
