@@ -82,6 +82,7 @@ class DeadUnitsReport:
     #: per graph output: max |original - pruned| and that divided by max |original|, on the calibration data
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     max_rel_diff: dict[str, float] = field(default_factory=dict)
+    applied: bool = False  #: :func:`remove_dead_units` ran (``removed`` is what it removed)
     seconds: float = 0.0
 
     @property
@@ -108,7 +109,7 @@ class DeadUnitsReport:
         return {
             "data": self.data, "samples": self.samples, "units": self.units, "dead": self.dead,
             "constant": self.constant, "removable": self.removable, "removed_units": self.removed_units,
-            "removed": {str(k): list(v) for k, v in self.removed.items()},
+            "applied": self.applied, "removed": {str(k): list(v) for k, v in self.removed.items()},
             "max_abs_diff": dict(self.max_abs_diff), "max_rel_diff": dict(self.max_rel_diff),
             "groups": [g.to_dict() for g in self.groups if g.dead or g.constant], "seconds": self.seconds,
         }
@@ -116,14 +117,15 @@ class DeadUnitsReport:
     def summary(self) -> str:
         head = (f"dead units ({self.samples} samples of {self.data}): {self.dead} dead, {self.constant} constant "
                 f"of {self.units} units in {len(self.groups)} prunable groups; {self.removable} removable exactly")
-        if self.removed or self.max_abs_diff:
+        if self.applied:
             head += f", {self.removed_units} removed"
         lines = [head]
-        rows = [[g.group, g.kind, g.root, g.units, len(g.dead), len(g.constant), len(self.removed.get(g.group, ())),
-                 "; ".join(g.notes[:1]) or "-"]
+        rows = [[g.group, g.kind, g.root, g.units, len(g.dead), len(g.constant), len(g.removable),
+                 *([len(self.removed.get(g.group, ()))] if self.applied else []), "; ".join(g.notes[:1]) or "-"]
                 for g in self.groups if g.dead or g.constant]
         if rows:
-            lines.append(format_table(["group", "kind", "root", "units", "dead", "constant", "removed", "note"], rows))
+            lines.append(format_table(["group", "kind", "root", "units", "dead", "constant", "removable",
+                                       *(["removed"] if self.applied else []), "note"], rows))
         for name, diff in self.max_abs_diff.items():
             lines.append(f"output {name}: max |diff| {diff:.3g} (relative {self.max_rel_diff.get(name, 0.0):.3g}) "
                          "on the calibration data")
@@ -322,6 +324,7 @@ def remove_dead_units(
     report = detect(dg, cap, min_keep=min_keep, data=source.origin or "data")
     plan = PrunePlan.create(dg, {g.group: g.removable for g in report.groups if g.removable})
     report.removed = {gid: list(units) for gid, units in plan.removed.items()}
+    report.applied = True
     if not plan.empty:
         reference = model.clone() if measure else None
         rec = reconstruct(dg, plan, source, mode="bias", sequential=False, stats=cap, batch_size=batch_size,

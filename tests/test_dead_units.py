@@ -1,0 +1,270 @@
+"""Dead / constant units: detection per dependency group, exact removal (prune --dead), activation statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsparse.passes.activation_stats import activation_statistics
+from onnxsparse.passes.dead_units import find_dead_units
+from onnxsparse.passes.prune import prune
+
+ROOT = Path(__file__).resolve().parents[1]
+RNG_SEED = 7
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+def _model(nodes, inits, inp, out_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, inp)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def cnn() -> onnx.ModelProto:
+    """conv1 (3x3 pad 1) -> relu -> conv2 (1x1) -> relu -> conv3 (3x3 pad 1) -> relu -> GAP -> Gemm.
+
+    conv1: unit 2 dead (zero filter, bias -1), unit 5 constant 0.5 (read by the 1x1 conv2: folds);
+    conv2: unit 3 dead, unit 1 constant 0.7 (read by the padded conv3: kept);
+    conv3: unit 0 dead through negative weights on a ReLU input, unit 4 constant 0.3 (GAP -> Gemm: folds).
+    """
+    rng = np.random.default_rng(RNG_SEED)
+    w1, b1 = rng.normal(size=(8, 3, 3, 3)), rng.normal(scale=0.1, size=8)
+    w1[2], b1[2] = 0, -1.0
+    w1[5], b1[5] = 0, 0.5
+    w2, b2 = rng.normal(size=(8, 8, 1, 1)), rng.normal(scale=0.1, size=8)
+    w2[3], b2[3] = 0, -0.2
+    w2[1], b2[1] = 0, 0.7
+    w3, b3 = rng.normal(size=(6, 8, 3, 3)), rng.normal(scale=0.1, size=6)
+    w3[0], b3[0] = -np.abs(w3[0]), -0.1
+    w3[4], b3[4] = 0, 0.3
+    wg, bg = rng.normal(size=(4, 6)), rng.normal(size=4)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], name="fc", transB=1),
+    ]
+    inits = [_init(n, a) for n, a in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3),
+                                      ("wg", wg), ("bg", bg))]
+    return _model(nodes, inits, ["N", 3, 8, 8], ["N", 4])
+
+
+def mlp() -> onnx.ModelProto:
+    """MatMul+Add -> Relu -> MatMul+Add -> Relu -> Gemm; two dead and two constant units, all foldable."""
+    rng = np.random.default_rng(RNG_SEED + 1)
+    w1, b1 = rng.normal(size=(16, 12)), rng.normal(scale=0.1, size=12)
+    w1[:, 3], b1[3] = 0, -1.0
+    w1[:, 7], b1[7] = 0, 0.4
+    w2, b2 = rng.normal(size=(12, 10)), 0.5 + rng.normal(scale=0.1, size=10)  # live units stay live
+    w2[:, 2], b2[2] = -np.abs(w2[:, 2]), -0.1
+    w2[:, 5], b2[5] = 0, 1.2
+    wg, bg = rng.normal(size=(10, 3)), rng.normal(size=3)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="mm1"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="add1"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="mm2"),
+        helper.make_node("Add", ["m2", "b2"], ["a2"], name="add2"),
+        helper.make_node("Clip", ["a2", "zero", ""], ["r2"], name="clip2"),
+        helper.make_node("Gemm", ["r2", "wg", "bg"], ["y"], name="fc"),
+    ]
+    inits = [_init(n, a) for n, a in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("wg", wg), ("bg", bg),
+                                      ("zero", np.float32(0)))]
+    return _model(nodes, inits, ["N", 16], ["N", 3])
+
+
+def residual() -> onnx.ModelProto:
+    """r3 = relu(relu(convA x) + relu(convB relu(convA x))); unit 4 is dead in both branches, unit 2 only in B."""
+    rng = np.random.default_rng(RNG_SEED + 2)
+    wa, ba = rng.normal(size=(6, 4, 1, 1)), rng.normal(scale=0.1, size=6)
+    wa[4], ba[4] = 0, -1.0
+    wb, bb = rng.normal(size=(6, 6, 1, 1)), rng.normal(scale=0.1, size=6)
+    wb[2], bb[2] = 0, -1.0
+    wb[4], bb[4] = 0, -1.0
+    wc, bc = rng.normal(size=(5, 6, 1, 1)), 0.5 + rng.normal(scale=0.1, size=5)  # live units stay live
+    wg, bg = rng.normal(size=(2, 5)), rng.normal(size=2)
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["ca"], name="convA"),
+        helper.make_node("Relu", ["ca"], ["r1"], name="reluA"),
+        helper.make_node("Conv", ["r1", "wb", "bb"], ["cb"], name="convB"),
+        helper.make_node("Relu", ["cb"], ["r2"], name="reluB"),
+        helper.make_node("Add", ["r1", "r2"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r3"], name="reluS"),
+        helper.make_node("Conv", ["r3", "wc", "bc"], ["cc"], name="convC"),
+        helper.make_node("Relu", ["cc"], ["r4"], name="reluC"),
+        helper.make_node("GlobalAveragePool", ["r4"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], name="fc", transB=1),
+    ]
+    inits = [_init(n, a) for n, a in (("wa", wa), ("ba", ba), ("wb", wb), ("bb", bb), ("wc", wc), ("bc", bc),
+                                      ("wg", wg), ("bg", bg))]
+    return _model(nodes, inits, ["N", 4, 6, 6], ["N", 2])
+
+
+def _data(shape, n: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)}
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray, batch: int) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"x": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def _by_root(report) -> dict[str, tuple[list[int], list[int], list[int]]]:
+    return {g.root.split("[")[0]: (g.dead, g.constant, g.removable) for g in report.groups}
+
+
+def _assert_exact(original: onnx.ModelProto, pruned: onnx.ModelProto, x: np.ndarray) -> None:
+    ref = _run(original, x, len(x))
+    for batch in (len(x), 7):  # calibration ran with batch 4: the result must not depend on the batching
+        got = _run(pruned, x, batch)
+        assert got.shape == ref.shape
+        assert np.max(np.abs(got - ref)) < 1e-5 * np.max(np.abs(ref))
+
+
+def _widths(model) -> dict[str, tuple[int, ...]]:
+    import onnx_ir as ir
+
+    m = model if isinstance(model, ir.Model) else ir.from_proto(model)
+    return {name: tuple(v.const_value.shape) for name, v in m.graph.initializers.items() if v.const_value is not None}
+
+
+def test_cnn_detection_and_exact_removal():
+    model, data = cnn(), _data((3, 8, 8))
+    report = find_dead_units(model, data)
+    roots = _by_root(report)
+    assert roots["w1"] == ([2], [5], [2, 5])
+    assert roots["w2"] == ([3], [1], [3])  # the constant unit is read by a padded 3x3 conv: kept
+    assert roots["w3"] == ([0], [4], [0, 4])
+    assert (report.dead, report.constant, report.removable, report.units) == (3, 3, 5, 22)
+    note = next(g for g in report.groups if g.root.startswith("w2")).notes
+    assert any("zero-pads" in n for n in note)
+
+    result = prune(model, 0.0, dead=True, calib=data, calib_batch=4)
+    dead = result.report.dead
+    assert dead.removed_units == 5
+    widths = _widths(result.model)
+    shapes = sorted(s for s in widths.values() if len(s) == 4)
+    assert shapes == [(4, 7, 3, 3), (6, 3, 3, 3), (7, 6, 1, 1)]
+    assert all(d < 1e-5 for d in dead.max_rel_diff.values())
+    import onnx_ir as ir
+
+    _assert_exact(model, ir.to_proto(result.model), data["x"])
+    # other data: the constant-folded / dead units stay so (their filters are zero or never positive)
+    _assert_exact(model, ir.to_proto(result.model), _data((3, 8, 8), n=9, seed=3)["x"])
+
+
+def test_mlp_detection_and_exact_removal():
+    model, data = mlp(), _data((16,))
+    report = find_dead_units(model, data)
+    roots = {k: v for k, v in _by_root(report).items()}
+    assert sorted(roots.values()) == [([2], [5], [2, 5]), ([3], [7], [3, 7])]
+    import onnx_ir as ir
+
+    result = prune(model, 0.0, dead=True, calib=data, calib_batch=4)
+    assert result.report.dead.removed_units == 4
+    assert sorted(s for s in _widths(result.model).values() if len(s) == 2) == [(8, 3), (10, 8), (16, 10)]
+    _assert_exact(model, ir.to_proto(result.model), data["x"])
+
+
+def test_residual_unit_counts_only_if_every_branch_is_dead():
+    model, data = residual(), _data((4, 6, 6))
+    report = find_dead_units(model, data)
+    roots = _by_root(report)
+    assert sorted(roots) == ["wa", "wc"]  # convA, convB and the Add are one group
+    assert roots["wa"] == ([4], [], [4])  # unit 2 is dead after convB only: the stream still carries convA's
+    import onnx_ir as ir
+
+    result = prune(model, 0.0, dead=True, calib=data, calib_batch=4)
+    assert result.report.dead.removed_units == 1
+    _assert_exact(model, ir.to_proto(result.model), data["x"])
+
+
+def test_dead_then_channels_and_needs_data():
+    model, data = cnn(), _data((3, 8, 8))
+    result = prune(model, 0.5, dead=True, calib=data, round_to=1, repair="none")
+    kept = {g.root.split("[")[0]: (g.kept, g.total) for g in result.report.groups}
+    assert kept["w1"] == (3, 6)  # the ratio applies to the 6 units left after the dead ones
+    from onnxsparse.errors import UsageError
+
+    with pytest.raises(UsageError, match="--dead needs calibration data"):
+        prune(cnn(), 0.0, dead=True)
+
+
+def test_activation_statistics_on_constructed_model():
+    model, data = cnn(), _data((3, 8, 8))
+    stats = activation_statistics(model, data)
+    layers = {layer.node: layer for layer in stats.layers}
+    assert set(layers) == {"relu1", "relu2", "relu3"}
+    r1 = layers["relu1"]
+    assert (r1.units, r1.axis, r1.axis_from) == (8, 1, "group")
+    assert r1.dead == 1 and r1.constant == 1  # unit 2 (zeros) and unit 5 (0.5)
+    assert r1.per_unit_zero[2] == 1.0 and r1.per_unit_zero[5] == 0.0
+    assert layers["relu3"].dead == 1 and layers["relu3"].constant == 1
+    total = sum(layer.zeros for layer in stats.layers) / sum(layer.elements for layer in stats.layers)
+    assert stats.sparsity == pytest.approx(total)
+    assert stats.dead_units.removable == 5
+
+
+def test_activation_statistics_on_digits_cnn():
+    stats = activation_statistics(ROOT / "samples/models/digits_cnn.onnx", ROOT / "samples/data/digits_calib.npz")
+    assert stats.layers and stats.samples == 128
+    for layer in stats.layers:
+        assert 0.0 <= layer.zero_fraction <= 1.0
+        assert np.all((layer.per_unit_zero >= 0) & (layer.per_unit_zero <= 1))
+        assert 0 <= layer.dead <= layer.constant + layer.dead <= layer.units
+        assert layer.zero_fraction == pytest.approx(float(np.mean(layer.per_unit_zero)))
+        assert sum(layer.histogram) == layer.units
+    assert 0.0 < stats.sparsity < 1.0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "onnxsparse", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+
+
+def test_cli_inspect_calib_and_prune_dead(tmp_path):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(cnn(), path)
+    np.savez(tmp_path / "calib.npz", **_data((3, 8, 8)))
+    calib = str(tmp_path / "calib.npz")
+    html = tmp_path / "r.html"
+    res = _cli("inspect", str(path), "--calib", calib, "--json", "--report", str(html))
+    assert res.returncode == 0, res.stderr
+    act = json.loads(res.stdout)["activations"]
+    assert [layer["dead"] for layer in act["layers"]] == [1, 1, 1]
+    assert act["dead_units"]["removable"] == 5
+    page = html.read_text()
+    assert page.count("class='chart histogram'") == 1 + len(act["layers"])
+    text = _cli("inspect", str(path), "--calib", calib)
+    assert text.returncode == 0 and "Activations" in text.stdout and "relu2" in text.stdout
+
+    out = tmp_path / "small.onnx"
+    res = _cli("prune", str(path), "-o", str(out), "--dead", "--calib", calib, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["dead"]["removed_units"] == 5
+    _assert_exact(cnn(), onnx.load(out), _data((3, 8, 8))["x"])
+    bad = _cli("prune", str(path), "-o", str(tmp_path / "x.onnx"), "--dead")
+    assert bad.returncode == 2 and "needs calibration data" in bad.stderr
