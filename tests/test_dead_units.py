@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -239,32 +236,28 @@ def test_activation_statistics_on_digits_cnn():
     assert 0.0 < stats.sparsity < 1.0
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "onnxsparse", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
-
-
 def test_cli_inspect_calib_and_prune_dead(tmp_path):
+    from cli_asserts import one_line_error
+    from helpers import cli
+
     path = tmp_path / "cnn.onnx"
     onnx.save(cnn(), path)
     np.savez(tmp_path / "calib.npz", **_data((3, 8, 8)))
     calib = str(tmp_path / "calib.npz")
     html = tmp_path / "r.html"
-    res = _cli("inspect", str(path), "--calib", calib, "--json", "--report", str(html))
-    assert res.returncode == 0, res.stderr
-    act = json.loads(res.stdout)["activations"]
+    code, out, err = cli("inspect", path, "--calib", calib, "--json", "--report", html)
+    assert code == 0, err
+    act = json.loads(out)["activations"]
     assert [layer["dead"] for layer in act["layers"]] == [1, 1, 1]
     assert act["dead_units"]["removable"] == 5
     page = html.read_text()
     assert page.count("class='chart histogram'") == 1 + len(act["layers"])
-    text = _cli("inspect", str(path), "--calib", calib)
-    assert text.returncode == 0 and "Activations" in text.stdout and "relu2" in text.stdout
+    code, out, err = cli("inspect", path, "--calib", calib)
+    assert code == 0 and "Activations" in out and "relu2" in out and "would remove 5 units" in out
 
-    out = tmp_path / "small.onnx"
-    res = _cli("prune", str(path), "-o", str(out), "--dead", "--calib", calib, "--json")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["dead"]["removed_units"] == 5
-    _assert_exact(cnn(), onnx.load(out), _data((3, 8, 8))["x"])
-    bad = _cli("prune", str(path), "-o", str(tmp_path / "x.onnx"), "--dead")
-    assert bad.returncode == 2 and "needs calibration data" in bad.stderr
+    small = tmp_path / "small.onnx"
+    code, out, err = cli("prune", path, "-o", small, "--dead", "--calib", calib, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dead"]["removed_units"] == 5
+    _assert_exact(cnn(), onnx.load(small), _data((3, 8, 8))["x"])
+    assert "needs calibration data" in one_line_error(*cli("prune", path, "-o", tmp_path / "x.onnx", "--dead"))

@@ -4,6 +4,8 @@ Header (file, producer, IR, opsets, inputs/outputs), a summary line (params,
 MACs, bytes on disk, nodes), the layers with the most MACs, the op histogram
 and the existing sparsity.  ``--json`` prints the same with stable keys
 (docs/inspect.md); ``--report FILE`` writes it as .json/.md/.html.
+``--calib DATA`` adds activation statistics measured on data (zero fraction,
+dead and constant units per ReLU-family layer; histograms in the HTML report).
 """
 
 from __future__ import annotations
@@ -56,7 +58,72 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--all", action="store_true", help="list every node, not just the top N")
     p.add_argument("--no-sparsity", action="store_true", help="do not read weight values (faster on huge models)")
     p.add_argument("--report", metavar="FILE", help="also write the full result to FILE (.json, .md or .html)")
+    _add_calib_arguments(p)
     p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- --calib: activation statistics
+
+
+def _add_calib_arguments(p: argparse.ArgumentParser) -> None:
+    from ..calibration.data import DEFAULT_CALIB_SAMPLES
+
+    cal = p.add_argument_group("activation statistics (docs/activations.md)")
+    cal.add_argument("--calib", metavar="DATA",
+                     help="measure ReLU-family activations on DATA (.npz keyed by input name, a folder of them, or "
+                          "'random'): zero fraction, dead and constant units per layer, model-level sparsity")
+    cal.add_argument("--calib-samples", type=int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
+                     help=f"calibration samples used (default {DEFAULT_CALIB_SAMPLES})")
+
+
+def activations_section(path: str | Path, calib: Any, shapes: dict[str, tuple[int, ...]] | None,
+                        samples: int) -> dict[str, Any]:
+    """The ``activations`` entry of the result: :func:`onnxsparse.passes.activation_stats.activation_statistics`."""
+    from ..passes.activation_stats import activation_statistics
+
+    if samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {samples}")
+    return activation_statistics(path, calib, shapes=shapes, samples=samples).to_dict()
+
+
+def activations_text(act: dict[str, Any], top: int | None) -> str:
+    """Terminal table: per activation layer its units, mean zero fraction, dead and constant units."""
+    leaky = any(layer["op"] == "LeakyRelu" for layer in act["layers"])
+    rows = [[layer["node"], layer["op"], f"{layer['value']}[{layer['axis']}]", layer["units"],
+             f"{layer['zero_fraction']:.3f}", *([f"{layer['negative_fraction']:.3f}"] if leaky else []),
+             layer["dead"], layer["constant"]]
+            for layer in (act["layers"] if top is None else act["layers"][: max(top, 1)])]
+    title = (f"Activations on {act['samples']} samples of {act['data']}: sparsity {100 * act['sparsity']:.2f}% "
+             f"(zeros of all ReLU-family outputs), {act['dead']} dead and {act['constant']} constant of "
+             f"{act['units']} units")
+    out = [format_table(["layer", "op", "tensor[axis]", "units", "zero frac", *(["neg frac"] if leaky else []),
+                         "dead", "constant"], rows, title=title) if rows else title + " (no ReLU-family layer)"]
+    du = act.get("dead_units")
+    if du is not None:
+        out.append(f"prune --dead would remove {du['removable']} units exactly ({du['dead']} dead, {du['constant']} "
+                   f"constant where the next layers read them, in {len(du['groups'])} groups)")
+    return "\n".join(out)
+
+
+def activations_html(act: dict[str, Any]) -> str:
+    """SVG histograms of the per-unit zero fraction: all layers, then each layer."""
+    from ..validate._svg import histogram
+
+    label = "fraction of exact zeros per unit"
+    charts = [histogram(act["histogram"], title=f"All {act['units']} units (sparsity {100 * act['sparsity']:.1f}%)",
+                        xlabel=label, ylabel="units")]
+    for layer in act["layers"]:
+        charts.append(histogram(layer["histogram"], xlabel=label, ylabel="units",
+                                title=f"{layer['node']} ({layer['op']}): {layer['units']} units, "
+                                      f"{layer['dead']} dead"))
+    return "<h2>Activation sparsity</h2>\n<div>\n" + "\n".join(charts) + "\n</div>\n"
+
+
+def _write_activation_charts(path: str | Path, act: dict[str, Any]) -> None:
+    from ..report import atomic_write_text
+
+    page = Path(path).read_text()
+    atomic_write_text(path, page.replace("</body>", activations_html(act) + "</body>", 1))
 
 
 def parse_dims(items: list[str] | None) -> dict[str, int]:
@@ -76,8 +143,10 @@ def inspect_model(
     dims: dict[str, int] | None = None,
     *,
     sparsity: bool = True,
+    calib: Any = None,
+    calib_samples: int | None = None,
 ) -> dict[str, Any]:
-    """The full ``inspect`` result for a model file, as a JSON-ready dict."""
+    """The full ``inspect`` result for a model file, as a JSON-ready dict (``calib``: with activation statistics)."""
     from ..analysis import model_stats
     from ..io import load_model, model_file_bytes
 
@@ -99,6 +168,10 @@ def inspect_model(
         result["prunable_groups_error"] = f"{type(exc).__name__}: {exc}"
     else:
         result["prunable_groups"] = groups
+    if calib is not None:
+        from ..calibration.data import DEFAULT_CALIB_SAMPLES
+
+        result["activations"] = activations_section(path, calib, shapes, calib_samples or DEFAULT_CALIB_SAMPLES)
     return result
 
 
@@ -147,9 +220,12 @@ def run(args: argparse.Namespace) -> int:
     check_report_paths([args.report] if args.report else None)
     shapes = parse_shapes(args.shape)
     dims = parse_dims(args.dim)
-    result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity)
+    result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity, calib=args.calib,
+                           calib_samples=args.calib_samples)
     if args.report:
         write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}")
+        if "activations" in result and Path(args.report).suffix.lower() in (".html", ".htm"):
+            _write_activation_charts(args.report, result["activations"])
     if args.json:
         print(dump_json(result))
     else:
@@ -321,4 +397,6 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
         ]
         if table:
             out.append(format_table(["group", "kind", "root", "units", "channels", "prunable", "reason"], table))
+    if "activations" in result:
+        out += ["", activations_text(result["activations"], top)]
     return "\n".join(out)
