@@ -261,3 +261,19 @@ def test_cli_inspect_calib_and_prune_dead(tmp_path):
     assert json.loads(out)["dead"]["removed_units"] == 5
     _assert_exact(cnn(), onnx.load(small), _data((3, 8, 8))["x"])
     assert "needs calibration data" in one_line_error(*cli("prune", path, "-o", tmp_path / "x.onnx", "--dead"))
+
+
+def test_recipe_prune_dead(tmp_path):
+    from onnxsparse.recipe import RecipeError, run_recipe
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(cnn(), path)
+    np.savez(tmp_path / "calib.npz", **_data((3, 8, 8)))
+    out = tmp_path / "out.onnx"
+    result = run_recipe({"calib": str(tmp_path / "calib.npz"), "steps": [{"prune": {"dead": True}}]}, path, out)
+    step = result.to_dict()["steps"][0]
+    assert step["report"]["channels"]["dead"]["removed_units"] == 5
+    assert any(n.startswith("dead units: 5 removed") for n in step["notes"])
+    _assert_exact(cnn(), onnx.load(out), _data((3, 8, 8))["x"])
+    with pytest.raises(RecipeError, match="nothing to prune"):
+        run_recipe({"steps": [{"prune": {"dead": False}}]}, path, tmp_path / "o2.onnx")
