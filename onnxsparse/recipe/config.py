@@ -319,7 +319,7 @@ class PruneStep(Step):
 
     def check(self) -> None:
         if not self.channels and not self.heads and not self.ffn and not dict(self.extra).get("dead"):
-            raise Bad("nothing to prune: set channels, heads, ffn or dead")
+            raise Bad("nothing to prune: set channels, heads or ffn (or dead: true, with calibration data)")
 
 
 @register_step
