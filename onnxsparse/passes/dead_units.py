@@ -33,21 +33,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from ..calibration.capture import Capture, LayerRequest, LinearView, batching, capture, session_with_outputs
+from ..calibration.capture import (
+    Capture,
+    LayerRequest,
+    LinearView,
+    batching,
+    capture,
+    session_with_outputs,
+)
 from ..calibration.data import DataSource
-from ..graph import DependencyGraph, Group, PrunePlan, apply_plan, build_groups
+from ..graph import DependencyGraph, PrunePlan, apply_plan, build_groups
 from ..graph.slots import SlotKey
 from ..report import format_table
 
-__all__ = ["GroupUnits", "DeadUnitsReport", "read_slots", "dead_unit_requests", "detect", "find_dead_units",
-           "remove_dead_units", "output_difference"]
+__all__ = [
+    "DeadUnitsReport",
+    "GroupUnits",
+    "dead_unit_requests",
+    "detect",
+    "find_dead_units",
+    "output_difference",
+    "read_slots",
+    "remove_dead_units",
+]
 
 logger = logging.getLogger(__name__)
 
