@@ -125,7 +125,8 @@ def _data(shape, n: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _run(model: onnx.ModelProto, x: np.ndarray, batch: int) -> np.ndarray:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"x": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def _by_root(report) -> dict[str, tuple[list[int], list[int], list[int]]]:
@@ -207,6 +208,26 @@ def test_dead_then_channels_and_needs_data():
 
     with pytest.raises(UsageError, match="--dead needs calibration data"):
         prune(cnn(), 0.0, dead=True)
+
+
+def test_real_mobilenetv2_depthwise_constants_fold_exactly():
+    """Depthwise channels fed by a dead expansion channel are constant (bias -> BN -> ReLU6), read by a 1x1."""
+    import onnx_ir as ir
+
+    path = ROOT / "samples/models/real_torch_mobilenetv2_ts.onnx"
+    result = prune(path, 0.0, dead=True, calib="random", calib_samples=16)
+    dead = result.report.dead
+    assert dead.constant > 0 and dead.removed_units == dead.removable > dead.dead
+    assert result.report.params_after < result.report.params_before
+    original = onnx.load(path)
+    x = next(iter(_random_feeds(original, 16).values()))
+    _assert_exact(original, ir.to_proto(result.model), x)
+
+
+def _random_feeds(model: onnx.ModelProto, n: int) -> dict[str, np.ndarray]:
+    from onnxsparse.calibration import load_data
+
+    return load_data("random", model, samples=n).arrays
 
 
 def test_activation_statistics_on_constructed_model():

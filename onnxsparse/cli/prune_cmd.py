@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
         what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]
         what += ["dead units"] if args.dead else []
-        print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
+        scored = args.channels is not None or wants_heads  # --dead alone scores nothing
+        print(f"pruned {args.model} -> {out} ({f'{report.criterion}; ' if scored else ''}{'; '.join(what)})")
         print(report.summary())
         if heads_report is not None:
             print()
