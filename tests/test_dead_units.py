@@ -245,6 +245,42 @@ def test_activation_statistics_on_constructed_model():
     assert stats.dead_units.removable == 5
 
 
+
+def test_activation_statistics_match_numpy_leaky_hardswish():
+    """Per-unit zero / negative fractions equal numpy's on the captured outputs (LeakyRelu, HardSwish, Relu6)."""
+    rng = np.random.default_rng(3)
+    w1, w2, w3, w4 = (rng.normal(size=s) for s in ((6, 10), (10, 8), (8, 7), (7, 2)))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="mm1"),
+        helper.make_node("LeakyRelu", ["m1"], ["a1"], name="leaky", alpha=0.1),
+        helper.make_node("MatMul", ["a1", "w2"], ["m2"], name="mm2"),
+        helper.make_node("HardSwish", ["m2"], ["a2"], name="hswish"),
+        helper.make_node("MatMul", ["a2", "w3"], ["m3"], name="mm3"),
+        helper.make_node("Clip", ["m3", "zero", "six"], ["a3"], name="relu6"),
+        helper.make_node("Clip", ["a3", "minus", "six"], ["a4"], name="not_relu"),  # min -1: not ReLU-family
+        helper.make_node("MatMul", ["a4", "w4"], ["y"], name="mm4"),
+    ]
+    inits = [_init(n, a) for n, a in (("w1", w1), ("w2", w2), ("w3", w3), ("w4", w4), ("zero", np.float32(0)),
+                                      ("six", np.float32(6)), ("minus", np.float32(-1)))]
+    model = _model(nodes, inits, ["N", 6], ["N", 2])
+    data = _data((6,), n=50)
+    stats = activation_statistics(model, data)
+    layers = {layer.node: layer for layer in stats.layers}
+    assert sorted(layers) == ["hswish", "leaky", "relu6"]
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a1", "a2", "a3"))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    a1, a2, a3 = sess.run(["a1", "a2", "a3"], data)
+    for name, out in (("leaky", a1), ("hswish", a2), ("relu6", a3)):
+        layer = layers[name]
+        assert (layer.axis, layer.units) == (1, out.shape[1])
+        np.testing.assert_array_equal(layer.per_unit_zero, (out == 0).mean(axis=0))
+        assert layer.negative_fraction == pytest.approx(float((out < 0).mean()))
+        assert layer.dead == int(np.all(out == 0, axis=0).sum())
+    assert layers["leaky"].negative_fraction > 0.2 and layers["hswish"].zero_fraction > 0.05
+
 def test_activation_statistics_on_digits_cnn():
     stats = activation_statistics(ROOT / "samples/models/digits_cnn.onnx", ROOT / "samples/data/digits_calib.npz")
     assert stats.layers and stats.samples == 128

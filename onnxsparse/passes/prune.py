@@ -531,6 +531,7 @@ class PrunePass(ir.passes.InPlacePass):
         repair: str | None = None,
         sequential: bool | None = None,
         damp: float | None = None,
+        dead: bool = False,
     ) -> None:
         super().__init__()
         self.options = dict(
@@ -554,6 +555,7 @@ class PrunePass(ir.passes.InPlacePass):
             repair=repair,
             sequential=sequential,
             damp=damp,
+            dead=dead,
         )
         self.channels = channels
         self.report: PruneReport | None = None
@@ -561,4 +563,4 @@ class PrunePass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> PassResult:
         result = prune(model, self.channels, **self.options)
         self.report = result.report
-        return PassResult(model, modified=bool(result.report.pruned_groups))
+        return PassResult(model, modified=bool(result.report.pruned_groups or (result.report.dead and result.report.dead.removed)))
