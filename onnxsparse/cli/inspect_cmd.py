@@ -57,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--top", type=int, default=15, metavar="N", help="layers to list by MACs (default 15)")
     p.add_argument("--all", action="store_true", help="list every node, not just the top N")
     p.add_argument("--no-sparsity", action="store_true", help="do not read weight values (faster on huge models)")
-    p.add_argument("--report", metavar="FILE", help="also write the full result to FILE (.json, .md or .html)")
     _add_calib_arguments(p)
+    p.add_argument("--report", metavar="FILE", help="also write the full result to FILE (.json, .md or .html)")
     p.set_defaults(func=run)
 
 
@@ -224,12 +224,12 @@ def run(args: argparse.Namespace) -> int:
                            calib_samples=args.calib_samples)
     if args.report:
         write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}")
-        if "activations" in result and Path(args.report).suffix.lower() in (".html", ".htm"):
-            _write_activation_charts(args.report, result["activations"])
     if args.json:
         print(dump_json(result))
     else:
         print(render_text(result, top=None if args.all else args.top))
+    if args.report and "activations" in result and Path(args.report).suffix.lower() in (".html", ".htm"):
+        _write_activation_charts(args.report, result["activations"])
     return 0
 
 

@@ -135,10 +135,8 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
-    if args.channels is None and not wants_heads and not args.dead:
-        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn / --dead)")
-    if args.dead and args.calib is None:
-        raise UsageError("--dead needs calibration data: give --calib DATA (dead units are found on it)")
+    if args.channels is None and not wants_heads and not args.dead:  # --dead without --calib: prune() says so
+        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn)")
     check_report_paths([args.report] if args.report else None)
     check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
