@@ -258,13 +258,13 @@ def prune(
     normalized: bool = False,
     measure: bool = True,
     progress: bool = False,
+    dead: bool = False,
     calib: object | None = None,
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     repair: str | None = None,
     sequential: bool | None = None,
     damp: float | None = None,
     calib_batch: int = 32,
-    dead: bool = False,
 ) -> PruneResult:
     """Remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
     (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
@@ -282,6 +282,10 @@ def prune(
     MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
     :func:`~onnxsparse.normalize` when the caller already ran it.
 
+    ``dead=True`` first removes the units that are dead or constant on ``calib`` exactly
+    (:mod:`.dead_units`: constants folded into the consumers' biases); ``channels`` etc. then apply
+    to what remains.
+
     Calibration: ``calib`` is anything :func:`onnxsparse.calibration.load_data`
     accepts (``.npz`` path, folder, ``"random"``, dict of arrays, ``DataSource``);
     the first ``calib_samples`` samples are used.  It feeds the data-driven
@@ -289,10 +293,6 @@ def prune(
     ``"bias"``, ``"lstsq"``; ``None``: ``lstsq`` with data, else ``none``),
     ``sequential`` (default when repairing) or one-shot (``sequential=False``),
     with ridge ``damp`` (default 0.01).
-
-    ``dead=True`` first removes the units that are dead or constant on ``calib`` exactly
-    (:mod:`.dead_units`: constants folded into the consumers' biases); ``channels`` etc. then apply
-    to what remains.
     """
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
@@ -323,8 +323,9 @@ def prune(
     exclude = tuple(exclude)
     timings: dict[str, float] = {}
     wants_data = calib is not None and removing and (crit.requires_data or repair != "none")
-    steps = ["normalise", "measure", *(["dead units"] if dead else []), "analyse", *(["calibrate"] if wants_data else []), "score",
+    steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
+    steps += ["dead units"] if dead else []
     bar = progress_bar(len(steps), "prune", unit="step", enabled=progress)
 
     def stage(name: str) -> None:
