@@ -399,9 +399,10 @@ def prune(
     step("measure_s", t)
     if bar is not None:
         bar.close()
-    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("dead_s", "analysis_s", "calibration_s", "scoring_s", "repair_s",
+    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "scoring_s", "repair_s",
                                                               "rewrite_s"))
     timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
+    timings["prune_s"] += timings.get("dead_s", 0.0)
 
     report = PruneReport(
         channels=channels,
@@ -420,6 +421,7 @@ def prune(
         weight_bytes_after=after[2],
         mac_dims=dims,
         timings=timings,
+        dead=dead_report,
         analysis={k: v for k, v in dg.stats.items() if not k.endswith("_s")},
         calibration=None if source is None else {
             "data": getattr(source, "origin", "") or "data",
@@ -427,7 +429,6 @@ def prune(
             "capture_s": cap.seconds if cap is not None else 0.0,
         },
         repair=repair_report,
-        dead=dead_report,
     )
     for g in dg.prunable:
         kept = plan.kept(g.id)
@@ -527,12 +528,12 @@ class PrunePass(ir.passes.InPlacePass):
         registry: RuleRegistry | None = None,
         normalized: bool = False,
         measure: bool = True,
+        dead: bool = False,
         calib: object | None = None,
         calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
         repair: str | None = None,
         sequential: bool | None = None,
         damp: float | None = None,
-        dead: bool = False,
     ) -> None:
         super().__init__()
         self.options = dict(
@@ -550,13 +551,13 @@ class PrunePass(ir.passes.InPlacePass):
             shapes=None,
             normalized=normalized,
             measure=measure,
+            dead=dead,
             progress=False,
             calib=calib,
             calib_samples=calib_samples,
             repair=repair,
             sequential=sequential,
             damp=damp,
-            dead=dead,
         )
         self.channels = channels
         self.report: PruneReport | None = None
