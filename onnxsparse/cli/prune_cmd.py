@@ -166,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
         calib=args.calib,
         calib_samples=args.calib_samples,
         repair=repair,
+        dead=args.dead,
         sequential=sequential,
         damp=args.damp,
-        dead=args.dead,
     )
     heads_report = None
     if wants_heads:
@@ -187,13 +187,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(dump_json(data))
     else:
-        what = []
+        what = ["dead units first"] if args.dead else []
         if args.channels is not None:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
         what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]
-        what += ["dead units"] if args.dead else []
-        scored = args.channels is not None or wants_heads  # --dead alone scores nothing
-        print(f"pruned {args.model} -> {out} ({f'{report.criterion}; ' if scored else ''}{'; '.join(what)})")
+        print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
         print(report.summary())
         if heads_report is not None:
             print()
