@@ -107,15 +107,16 @@ def activations_text(act: dict[str, Any], top: int | None) -> str:
 
 def activations_html(act: dict[str, Any]) -> str:
     """SVG histograms of the per-unit zero fraction: all layers, then each layer."""
-    from ..validate._svg import histogram
+    from ..validate._svg import bar_chart
 
-    label = "fraction of exact zeros per unit"
-    charts = [histogram(act["histogram"], title=f"All {act['units']} units (sparsity {100 * act['sparsity']:.1f}%)",
-                        xlabel=label, ylabel="units")]
+    bins = act["histogram_bins"]
+    labels = [f"{i / bins:.1f}-{(i + 1) / bins:.1f}" for i in range(bins)]
+    label = "fraction of exact zeros per unit (bars: units)"
+    charts = [bar_chart(labels, act["histogram"], xlabel=label,
+                        title=f"All {act['units']} units (sparsity {100 * act['sparsity']:.1f}%)")]
     for layer in act["layers"]:
-        charts.append(histogram(layer["histogram"], xlabel=label, ylabel="units",
-                                title=f"{layer['node']} ({layer['op']}): {layer['units']} units, "
-                                      f"{layer['dead']} dead"))
+        charts.append(bar_chart(labels, layer["histogram"], xlabel=label,
+                                title=f"{layer['node']} ({layer['op']}): {layer['units']} units, {layer['dead']} dead"))
     return "<h2>Activation sparsity</h2>\n<div>\n" + "\n".join(charts) + "\n</div>\n"
 
 

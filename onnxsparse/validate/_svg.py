@@ -13,7 +13,8 @@ from html import escape
 
 import numpy as np
 
-__all__ = ["Series", "Point", "nice_ticks", "log_ticks", "box_plot", "scatter", "histogram", "bytes_unit", "PALETTE"]
+__all__ = ["Series", "Point", "nice_ticks", "log_ticks", "box_plot", "scatter", "bar_chart", "bytes_unit",
+           "PALETTE"]
 
 PALETTE = ("#3b6fd4", "#e8891c", "#2a9d6f", "#c43c5a", "#7b5cc4", "#8a6d3b", "#1b9aaa", "#6b7280")
 _FONT = "font-family='system-ui,-apple-system,Segoe UI,sans-serif' font-size='12'"
@@ -257,48 +258,30 @@ def scatter(
     return "\n".join(parts)
 
 
-def histogram(
-    counts: Sequence[int],
-    *,
-    title: str,
-    xlabel: str,
-    ylabel: str = "count",
-    lo: float = 0.0,
-    hi: float = 1.0,
-    color: str = PALETTE[0],
-    width: int = 420,
-    height: int = 220,
-) -> str:
-    """Bars of ``counts`` over equal bins of [lo, hi] (e.g. units per zero-fraction bin)."""
-    left, right, top, bottom = 50, 16, 30, 42
-    n = max(1, len(counts))
-    yt = nice_ticks(0.0, float(max(counts, default=0) or 1), 4)
+def bar_chart(labels: Sequence[str], counts: Sequence[int], *, title: str, xlabel: str, width: int = 760) -> str:
+    """Vertical bars, one per (label, count): a histogram whose buckets are already counted."""
+    left, right, top, bottom = 50, 20, 34, 52
+    height = 260
     plot_w, plot_h = width - left - right, height - top - bottom
-    step = (hi - lo) / n
-
-    def sy(v: float) -> float:
-        return top + plot_h - v / (yt[-1] or 1) * plot_h
-
+    peak = max([int(c) for c in counts] or [0]) or 1
+    ticks = nice_ticks(0, peak)
+    scale = plot_h / (ticks[-1] or 1)
+    step = plot_w / max(len(counts), 1)
     parts = [_open(width, height, title, "histogram")]
-    parts.append(f"<text x='{left}' y='18' {_FONT} font-weight='600'>{escape(title)}</text>")
-    for t in yt:
-        parts.append(f"<line x1='{left}' y1='{sy(t):.1f}' x2='{left + plot_w}' y2='{sy(t):.1f}' stroke='#e5e7eb'/>")
-        parts.append(f"<text x='{left - 6}' y='{sy(t) + 4:.1f}' {_FONT} text-anchor='end' fill='#4b5563'>{_fmt(t)}</text>")
-    for i in range(n + 1):
-        x = left + i * plot_w / n
-        if i % max(1, n // 5) == 0 or i == n:
-            parts.append(f"<text x='{x:.1f}' y='{top + plot_h + 16}' {_FONT} text-anchor='middle' "
-                         f"fill='#4b5563'>{_fmt(lo + i * step)}</text>")
-    for i, c in enumerate(counts):
-        x = left + i * plot_w / n
-        tip = f"{_fmt(lo + i * step)}-{_fmt(lo + (i + 1) * step)}: {c}"
-        parts.append(f"<rect class='bar' x='{x + 1:.1f}' y='{sy(c):.1f}' width='{max(1.0, plot_w / n - 2):.1f}' "
-                     f"height='{top + plot_h - sy(c):.1f}' fill='{color}' fill-opacity='0.7' data-value='{c}'>"
-                     f"<title>{escape(tip)}</title></rect>")
+    parts.append(f"<text x='{left}' y='20' {_FONT} font-weight='600'>{escape(title)}</text>")
+    for t in ticks:
+        y = top + plot_h - t * scale
+        parts.append(f"<line x1='{left}' y1='{y:.1f}' x2='{width - right}' y2='{y:.1f}' stroke='#e5e7eb'/>")
+        parts.append(f"<text x='{left - 6}' y='{y + 4:.1f}' {_FONT} text-anchor='end' fill='#4b5563'>{_fmt(t)}</text>")
+    for i, (label, count) in enumerate(zip(labels, counts)):
+        x, h = left + i * step, int(count) * scale
+        parts.append(f"<rect class='bar' x='{x + 2:.1f}' y='{top + plot_h - h:.1f}' width='{max(1.0, step - 4):.1f}' "
+                     f"height='{h:.1f}' fill='{PALETTE[0]}' data-value='{int(count)}'>"
+                     f"<title>{escape(label)}: {int(count)}</title></rect>")
+        parts.append(f"<text x='{x + step / 2:.1f}' y='{top + plot_h + 16}' {_FONT} text-anchor='middle' "
+                     f"fill='#4b5563'>{escape(label)}</text>")
     parts.append(f"<text x='{left + plot_w / 2:.1f}' y='{height - 8}' {_FONT} text-anchor='middle' "
                  f"fill='#374151'>{escape(xlabel)}</text>")
-    parts.append(f"<text transform='translate(14,{top + plot_h / 2:.1f}) rotate(-90)' {_FONT} "
-                 f"text-anchor='middle' fill='#374151'>{escape(ylabel)}</text>")
     parts.append("</svg>")
     return "\n".join(parts)
 
