@@ -143,11 +143,11 @@ def inspect_model(
     shapes: dict[str, tuple[int, ...]] | None = None,
     dims: dict[str, int] | None = None,
     *,
-    sparsity: bool = True,
-    calib: Any = None,
+    calib: Any = None,  # with activation statistics measured on this data (``--calib``)
     calib_samples: int | None = None,
+    sparsity: bool = True,
 ) -> dict[str, Any]:
-    """The full ``inspect`` result for a model file, as a JSON-ready dict (``calib``: with activation statistics)."""
+    """The full ``inspect`` result for a model file, as a JSON-ready dict."""
     from ..analysis import model_stats
     from ..io import load_model, model_file_bytes
 
@@ -162,6 +162,10 @@ def inspect_model(
     for key in ("params", "macs", "attention_macs", "weight_bytes", "nodes"):
         result[key] = body.pop(key)
     result.update(body)
+    if calib is not None:
+        from ..calibration.data import DEFAULT_CALIB_SAMPLES
+
+        result["activations"] = activations_section(path, calib, shapes, calib_samples or DEFAULT_CALIB_SAMPLES)
     try:
         groups = prunable_groups(path)
     except Exception as exc:  # noqa: BLE001 - a secondary section must not hide the numbers above
@@ -169,10 +173,6 @@ def inspect_model(
         result["prunable_groups_error"] = f"{type(exc).__name__}: {exc}"
     else:
         result["prunable_groups"] = groups
-    if calib is not None:
-        from ..calibration.data import DEFAULT_CALIB_SAMPLES
-
-        result["activations"] = activations_section(path, calib, shapes, calib_samples or DEFAULT_CALIB_SAMPLES)
     return result
 
 
