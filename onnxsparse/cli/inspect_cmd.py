@@ -161,11 +161,11 @@ def inspect_model(
         result[key] = body.pop(key)
     for key in ("params", "macs", "attention_macs", "weight_bytes", "nodes"):
         result[key] = body.pop(key)
-    result.update(body)
     if calib is not None:
         from ..calibration.data import DEFAULT_CALIB_SAMPLES
 
-        result["activations"] = activations_section(path, calib, shapes, calib_samples or DEFAULT_CALIB_SAMPLES)
+        body["activations"] = activations_section(path, calib, shapes, calib_samples or DEFAULT_CALIB_SAMPLES)
+    result.update(body)
     try:
         groups = prunable_groups(path)
     except Exception as exc:  # noqa: BLE001 - a secondary section must not hide the numbers above
@@ -380,6 +380,8 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
             f"{human_bytes(dense)} dense -> {human_bytes(stored)} stored ({stored / dense if dense else 0:.3f}x); "
             f"{storage['decode_nodes']} decode nodes (not counted above) that onnxruntime folds at session creation"
         )
+    if "activations" in result:
+        out += ["", activations_text(result["activations"], top)]
     if "prunable_groups_error" in result:
         out += ["", f"Prunable groups: not available ({result['prunable_groups_error']})"]
     if "prunable_groups" in result:
@@ -398,6 +400,4 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
         ]
         if table:
             out.append(format_table(["group", "kind", "root", "units", "channels", "prunable", "reason"], table))
-    if "activations" in result:
-        out += ["", activations_text(result["activations"], top)]
     return "\n".join(out)
