@@ -334,6 +334,7 @@ def capture(
     max_rows: int = DEFAULT_MAX_ROWS,
     seed: int = 0,
     progress: bool = False,
+    counts: bool = False,
 ) -> Capture:
     """Run ``model`` on ``source`` and accumulate statistics of intermediate values.
 
@@ -344,6 +345,8 @@ def capture(
     below ``OUTPUT_BUDGET`` bytes.  With ``reference``, the layers' inputs are also taken from
     that model on the same batch and rows (cross Gram, reference column sums):
     sequential reconstruction fits the current model's rows to the reference's.
+    ``counts`` makes the channel statistics also count zeros and keep min / max
+    (dead and constant channels).
     """
     import time
 
@@ -378,7 +381,7 @@ def capture(
             stats = result.channels.get((value, axis))
             if stats is None:  # sized on the first batch
                 ax = axis + x.ndim if axis < 0 else axis
-                stats = result.channels[(value, axis)] = ChannelStats(ax, int(x.shape[ax]))
+                stats = result.channels[(value, axis)] = ChannelStats(ax, int(x.shape[ax]), counts=counts)
             stats.update(x)
         for li, r in enumerate(layers):
             view, stats = r.view, result.layers[r.view.node]

@@ -5,7 +5,9 @@ sums and forgets it.
 
 * :class:`ChannelStats` - per channel (one axis of a tensor; every other axis
   counts as samples): count, sum, sum of squares, sum of ``|x|``.  Gives the
-  mean, variance, RMS and L2 norm the data-driven criteria use.
+  mean, variance, RMS and L2 norm the data-driven criteria use.  With
+  ``counts=True`` also exact zeros, negatives, minimum and maximum: dead
+  (always 0) and constant (``min == max``) channels, activation sparsity.
 * :class:`LayerStats` - a contraction node's input seen as rows of ``X^T``
   (``[rows, in]``, Conv through im2col; see
   :class:`onnxsparse.calibration.capture.LinearView`): exact column sums over
@@ -54,11 +56,25 @@ class ChannelStats(SecondMoments):
     sum: np.ndarray = field(default=None)  # type: ignore[assignment]
     sumsq: np.ndarray = field(default=None)  # type: ignore[assignment]
     sumabs: np.ndarray = field(default=None)  # type: ignore[assignment]
+    #: also count exact zeros and negatives and keep min / max (``zeros``, ``negatives``, ``min``, ``max``)
+    counts: bool = False
+    zeros: np.ndarray | None = None
+    negatives: np.ndarray | None = None
+    min: np.ndarray | None = None
+    max: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("sum", "sumsq", "sumabs"):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.channels, dtype=np.float64))
+        if self.counts:
+            for name in ("zeros", "negatives"):
+                if getattr(self, name) is None:
+                    setattr(self, name, np.zeros(self.channels, dtype=np.int64))
+            if self.min is None:
+                self.min = np.full(self.channels, np.inf)
+            if self.max is None:
+                self.max = np.full(self.channels, -np.inf)
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x)
@@ -70,6 +86,11 @@ class ChannelStats(SecondMoments):
         self.sum += flat.sum(axis=0)
         self.sumsq += np.einsum("ij,ij->j", flat, flat)
         self.sumabs += np.abs(flat).sum(axis=0)
+        if self.counts and flat.shape[0]:
+            self.zeros += np.count_nonzero(flat == 0, axis=0)
+            self.negatives += np.count_nonzero(flat < 0, axis=0)
+            np.minimum(self.min, flat.min(axis=0), out=self.min)
+            np.maximum(self.max, flat.max(axis=0), out=self.max)
 
     @property
     def mean(self) -> np.ndarray:
@@ -87,6 +108,34 @@ class ChannelStats(SecondMoments):
     @property
     def mean_abs(self) -> np.ndarray:
         return self.sumabs / max(self.count, 1)
+
+    # -- with ``counts=True`` --------------------------------------------------------
+    def _need_counts(self) -> None:
+        if not self.counts:
+            raise ValueError("zero / constant counts were not requested (ChannelStats(counts=True))")
+
+    @property
+    def zero_fraction(self) -> np.ndarray:
+        """Fraction of exact zeros per channel."""
+        self._need_counts()
+        return self.zeros / max(self.count, 1)
+
+    @property
+    def negative_fraction(self) -> np.ndarray:
+        self._need_counts()
+        return self.negatives / max(self.count, 1)
+
+    @property
+    def dead(self) -> np.ndarray:
+        """Channels that were exactly 0 at every sample and position."""
+        self._need_counts()
+        return (self.zeros == self.count) & (self.count > 0)
+
+    @property
+    def constant(self) -> np.ndarray:
+        """Channels that held one value at every sample and position (dead ones included)."""
+        self._need_counts()
+        return (self.min == self.max) & (self.count > 0)
 
 
 @dataclass

@@ -4,6 +4,8 @@ Header (file, producer, IR, opsets, inputs/outputs), a summary line (params,
 MACs, bytes on disk, nodes), the layers with the most MACs, the op histogram
 and the existing sparsity.  ``--json`` prints the same with stable keys
 (docs/inspect.md); ``--report FILE`` writes it as .json/.md/.html.
+``--calib DATA`` adds activation statistics measured on data (zero fraction,
+dead and constant units per ReLU-family layer; histograms in the HTML report).
 """
 
 from __future__ import annotations
@@ -59,12 +61,71 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--top", type=int, default=15, metavar="N", help="layers to list by MACs (default 15)")
     p.add_argument("--all", action="store_true", help="list every node, not just the top N")
     p.add_argument("--no-sparsity", action="store_true", help="do not read weight values (faster on huge models)")
+    _add_calib_arguments(p)
     p.add_argument("--report", metavar="FILE", help="also write the full result to FILE (.json, .md or .html)")
     add_report_force(p)
     p.add_argument("--groups", metavar="FILE.json",
                    help="write every prunable group (members, index maps, units) as JSON for a training script "
                         "(group lasso; format in docs/groups.md)")
     p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- --calib: activation statistics
+
+
+def _add_calib_arguments(p: argparse.ArgumentParser) -> None:
+    from ..calibration.data import DEFAULT_CALIB_SAMPLES
+
+    cal = p.add_argument_group("activation statistics (docs/activations.md)")
+    cal.add_argument("--calib", metavar="DATA",
+                     help="measure ReLU-family activations on DATA (.npz keyed by input name, a folder of them, or "
+                          "'random'): zero fraction, dead and constant units per layer, model-level sparsity")
+    cal.add_argument("--calib-samples", type=int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
+                     help=f"calibration samples used (default {DEFAULT_CALIB_SAMPLES})")
+
+
+def activations_section(path: str | Path, calib: Any, shapes: dict[str, tuple[int, ...]] | None,
+                        samples: int) -> dict[str, Any]:
+    """The ``activations`` entry of the result: :func:`onnxsparse.passes.activation_stats.activation_statistics`."""
+    from ..passes.activation_stats import activation_statistics
+
+    if samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {samples}")
+    return activation_statistics(path, calib, shapes=shapes, samples=samples).to_dict()
+
+
+def activations_text(act: dict[str, Any], top: int | None) -> str:
+    """Terminal table: per activation layer its units, mean zero fraction, dead and constant units."""
+    leaky = any(layer["op"] == "LeakyRelu" for layer in act["layers"])
+    rows = [[layer["node"], layer["op"], f"{layer['value']}[{layer['axis']}]", layer["units"],
+             f"{layer['zero_fraction']:.3f}", *([f"{layer['negative_fraction']:.3f}"] if leaky else []),
+             layer["dead"], layer["constant"]]
+            for layer in (act["layers"] if top is None else act["layers"][: max(top, 1)])]
+    title = (f"Activations on {act['samples']} samples of {act['data']}: sparsity {100 * act['sparsity']:.2f}% "
+             f"(zeros of all ReLU-family outputs), {act['dead']} dead and {act['constant']} constant of "
+             f"{act['units']} units")
+    out = [format_table(["layer", "op", "tensor[axis]", "units", "zero frac", *(["neg frac"] if leaky else []),
+                         "dead", "constant"], rows, title=title) if rows else title + " (no ReLU-family layer)"]
+    du = act.get("dead_units")
+    if du is not None:
+        out.append(f"prune --dead would remove {du['removable']} units exactly ({du['dead']} dead, {du['constant']} "
+                   f"constant where the next layers read them, in {len(du['groups'])} groups)")
+    return "\n".join(out)
+
+
+def activations_html(act: dict[str, Any]) -> str:
+    """SVG histograms of the per-unit zero fraction: all layers, then each layer."""
+    from ..validate._svg import bar_chart
+
+    bins = act["histogram_bins"]
+    labels = [f"{i / bins:.1f}-{(i + 1) / bins:.1f}" for i in range(bins)]
+    label = "fraction of exact zeros per unit (bars: units)"
+    charts = [bar_chart(labels, act["histogram"], xlabel=label,
+                        title=f"All {act['units']} units (sparsity {100 * act['sparsity']:.1f}%)")]
+    for layer in act["layers"]:
+        charts.append(bar_chart(labels, layer["histogram"], xlabel=label,
+                                title=f"{layer['node']} ({layer['op']}): {layer['units']} units, {layer['dead']} dead"))
+    return "<h2>Activation sparsity</h2>\n<div>\n" + "\n".join(charts) + "\n</div>\n"
 
 
 def parse_dims(items: list[str] | None) -> dict[str, int]:
@@ -83,6 +144,8 @@ def inspect_model(
     shapes: dict[str, tuple[int, ...]] | None = None,
     dims: dict[str, int] | None = None,
     *,
+    calib: Any = None,  # with activation statistics measured on this data (``--calib``)
+    calib_samples: int | None = None,
     sparsity: bool = True,
     analysis: GroupAnalysis | None = None,
 ) -> dict[str, Any]:
@@ -101,6 +164,10 @@ def inspect_model(
         result[key] = body.pop(key)
     for key in ("params", "macs", "attention_macs", "weight_bytes", "nodes"):
         result[key] = body.pop(key)
+    if calib is not None:
+        from ..calibration.data import DEFAULT_CALIB_SAMPLES
+
+        body["activations"] = activations_section(path, calib, shapes, calib_samples or DEFAULT_CALIB_SAMPLES)
     result.update(body)
     try:
         analysis = analysis or analyse_groups(path)
@@ -195,10 +262,12 @@ def run(args: argparse.Namespace) -> int:
         analysis = analyse_groups(args.model)
         doc = groups_document(analysis.graph, model=str(args.model), in_file=set(analysis.in_file))
         atomic_write_text(Path(args.groups), dump_json(doc) + "\n")
-    result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity, analysis=analysis)
+    result = inspect_model(args.model, shapes, dims, sparsity=not args.no_sparsity, analysis=analysis,
+                           calib=args.calib, calib_samples=args.calib_samples)
     if args.report:
         write_report(args.report, result, title=f"onnxsparse inspect {Path(args.model).name}", force=args.force,
-                     html_extra=_score_chart(result))
+                     html_extra=_score_chart(result) + (activations_html(result["activations"])
+                                                         if "activations" in result else ""))
     if args.json:
         print(dump_json(result))
     else:
@@ -352,6 +421,8 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
             f"{human_bytes(dense)} dense -> {human_bytes(stored)} stored ({stored / dense if dense else 0:.3f}x); "
             f"{storage['decode_nodes']} decode nodes (not counted above) that onnxruntime folds at session creation"
         )
+    if "activations" in result:
+        out += ["", activations_text(result["activations"], top)]
     if "prunable_groups_error" in result:
         out += ["", f"Prunable groups: not available ({result['prunable_groups_error']})"]
     if "prunable_groups" in result:

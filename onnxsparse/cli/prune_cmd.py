@@ -126,6 +126,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                             "one calibration pass per stage)")
     order.add_argument("--one-shot", dest="sequential", action="store_false",
                        help="repair every layer from the original activations (one pass; faster, less accurate)")
+    cal.add_argument("--dead", action="store_true",
+                     help="first remove the units that are dead (always 0) or constant on --calib, exactly: "
+                          "constants are folded into the consumers' biases (docs/activations.md); --channels "
+                          "then applies to what remains")
     cal.add_argument("--damp", type=_damp, default=DEFAULT_DAMP, metavar="F",
                      help=f"lstsq ridge: lambda = F * mean(diag(X X^T)) (default {DEFAULT_DAMP:g})")
     from ..passes.prune_heads import add_cli_arguments
@@ -141,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
-    if args.channels is None and not wants_heads and args.threshold is None:
-        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn, or --threshold T)")
+    if args.channels is None and not wants_heads and args.threshold is None and not args.dead:
+        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn, --threshold T, --dead)")
     if args.threshold is not None and (args.channels is not None or wants_heads):
         raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn, not both")
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
@@ -174,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         calib=args.calib,
         calib_samples=args.calib_samples,
         repair=repair,
+        dead=args.dead,
         sequential=sequential,
         damp=args.damp,
         threshold=args.threshold,
@@ -197,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(dump_json(data))
     else:
-        what = []
+        what = ["dead units first"] if args.dead else []
         if args.channels is not None:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
         what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]

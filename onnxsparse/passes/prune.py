@@ -264,6 +264,7 @@ def prune(
     normalized: bool = False,
     measure: bool = True,
     progress: bool = False,
+    dead: bool = False,
     calib: object | None = None,
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     repair: str | None = None,
@@ -287,6 +288,10 @@ def prune(
     ``(tensor name, axis)`` slots to a reason they must not change.  ``shapes`` fixes input shapes for the
     MAC count (symbolic dims count as 1 otherwise).  ``normalized=True`` skips
     :func:`~onnxsparse.normalize` when the caller already ran it.
+
+    ``dead=True`` first removes the units that are dead or constant on ``calib`` exactly
+    (:mod:`.dead_units`: constants folded into the consumers' biases); ``channels`` etc. then apply
+    to what remains.
 
     Calibration: ``calib`` is anything :func:`onnxsparse.calibration.load_data`
     accepts (``.npz`` path, folder, ``"random"``, dict of arrays, ``DataSource``);
@@ -322,6 +327,8 @@ def prune(
         if sequential:
             raise UsageError("--sequential needs calibration data (--calib) and a repair")
     sequential = (repair != "none") if sequential is None else bool(sequential)
+    if dead and calib is None:
+        raise UsageError("--dead needs calibration data: give --calib DATA (dead units are found on it)")
     if calib_samples is not None and calib_samples < 1:
         raise UsageError(f"--calib-samples must be >= 1, got {calib_samples}")
     damp = DEFAULT_DAMP if damp is None else float(damp)
@@ -330,6 +337,7 @@ def prune(
     wants_data = calib is not None and removing and (crit.requires_data or repair != "none")
     steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
+    steps += ["dead units"] if dead else []
     bar = progress_bar(len(steps), "prune", unit="step", enabled=progress)
 
     def stage(name: str) -> None:
@@ -351,6 +359,16 @@ def prune(
     dims = _mac_dims(model, shapes)
     before = _measure(model, shapes, dims) if measure else (0, None, 0)
     t = step("measure_s", t)
+    dead_report = None
+    if dead:
+        from .dead_units import remove_dead_units
+
+        stage("dead units")
+        dead_report = remove_dead_units(
+            model, _calibration_source(calib, model, shapes, calib_samples, seed), batch_size=calib_batch, seed=seed,
+            min_keep=min_keep, build=dict(registry=registry, exclude=exclude, block=block,
+                                          allow_signature_change=allow_signature_change))
+        t = step("dead_s", t)
     dg = build_groups(model, registry=registry, exclude=exclude, block=block,
                       allow_signature_change=allow_signature_change)
     t = step("analysis_s", t)
@@ -396,6 +414,7 @@ def prune(
     timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "scoring_s", "repair_s",
                                                               "rewrite_s"))
     timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
+    timings["prune_s"] += timings.get("dead_s", 0.0)
 
     report = PruneReport(
         channels=channels,
@@ -414,6 +433,7 @@ def prune(
         weight_bytes_after=after[2],
         mac_dims=dims,
         timings=timings,
+        dead=dead_report,
         analysis={k: v for k, v in dg.stats.items() if not k.endswith("_s")},
         calibration=None if source is None else {
             "data": getattr(source, "origin", "") or "data",
@@ -445,7 +465,7 @@ def prune(
     logger.info(
         "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
     )
-    if not report.pruned_groups and isinstance(given, (str, os.PathLike)):
+    if not report.pruned_groups and not (dead_report and dead_report.removed) and isinstance(given, (str, os.PathLike)):
         # Nothing removed: hand back the input as it was, not its normalised form, so a no-op
         # run cannot change what onnxruntime fuses or how big the file is.
         model = load_model(given)
@@ -520,6 +540,7 @@ class PrunePass(ir.passes.InPlacePass):
         registry: RuleRegistry | None = None,
         normalized: bool = False,
         measure: bool = True,
+        dead: bool = False,
         calib: object | None = None,
         calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
         repair: str | None = None,
@@ -543,6 +564,7 @@ class PrunePass(ir.passes.InPlacePass):
             shapes=None,
             normalized=normalized,
             measure=measure,
+            dead=dead,
             progress=False,
             calib=calib,
             calib_samples=calib_samples,
@@ -557,4 +579,4 @@ class PrunePass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> PassResult:
         result = prune(model, self.channels, **self.options)
         self.report = result.report
-        return PassResult(model, modified=bool(result.report.pruned_groups))
+        return PassResult(model, modified=bool(result.report.pruned_groups or (result.report.dead and result.report.dead.removed)))

@@ -78,6 +78,8 @@ class PruneReport:
     calibration: dict[str, Any] | None = None
     #: per-layer repairs and their errors, or None without a repair
     repair: RepairReport | None = None
+    #: dead / constant units removed first (``prune --dead``), a :class:`~onnxsparse.passes.dead_units.DeadUnitsReport`
+    dead: Any = None
     #: nothing was removed and the input model was handed back as it was (not normalised)
     unchanged: bool = False
     #: why no group was found at all (empty when there were groups)
@@ -143,6 +145,7 @@ class PruneReport:
             "analysis": dict(self.analysis),
             "calibration": None if self.calibration is None else dict(self.calibration),
             "repair": None if self.repair is None else self.repair.to_dict(),
+            "dead": None if self.dead is None else self.dead.to_dict(),
             "unchanged": self.unchanged,
             "no_groups_reason": self.no_groups_reason or None,
         }
@@ -219,6 +222,8 @@ class PruneReport:
             parts.append("nothing was removed: the output is the input model, unchanged")
         if self.repair is not None and self.repair.layers:
             parts += ["", self.repair.table()]
+        if self.dead is not None:
+            parts += ["", self.dead.summary()]
         if self.skipped:
             parts += ["", self.skipped_table(limit)]
         return "\n".join(parts)

@@ -330,8 +330,8 @@ class PruneStep(Step):
                 raise Bad("threshold replaces the ratios: set threshold or channels/heads/ffn, not both",
                           key="threshold")
             return
-        if not self.channels and not self.heads and not self.ffn:
-            raise Bad("nothing to prune: set channels, heads or ffn (or threshold)")
+        if not self.channels and not self.heads and not self.ffn and not dict(self.extra).get("dead"):
+            raise Bad("nothing to prune: set channels, heads or ffn (or threshold, or dead: true with calibration data)")
 
 
 @register_step

@@ -286,7 +286,11 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
         report["heads"] = heads_report(result, heads=step.heads, ffn=channel_report.ffn_ratio,
                                        criterion=channel_report.criterion, round_to=step.round_to)
         notes += _heads_notes(report["heads"])
-    if not channel_report.pruned_groups:
+    if channel_report.dead is not None:
+        dead = channel_report.dead
+        notes.append(f"dead units: {dead.removed_units} removed exactly ({dead.dead} dead, {dead.constant} constant "
+                     f"of {dead.units} on {dead.samples} calibration samples)")
+    if not channel_report.pruned_groups and not (channel_report.dead and channel_report.dead.removed):
         notes.append("no group was pruned" + (f": {channel_report.no_groups_reason}"
                                               if channel_report.no_groups_reason else ""))
     ctx.save(index, step.kind)
