@@ -335,3 +335,15 @@ def test_recipe_prune_dead(tmp_path):
     _assert_exact(cnn(), onnx.load(out), _data((3, 8, 8))["x"])
     with pytest.raises(RecipeError, match="nothing to prune"):
         run_recipe({"steps": [{"prune": {"dead": False}}]}, path, tmp_path / "o2.onnx")
+
+
+def test_dead_removal_keeps_kernel_friendly_widths():
+    """With a channel multiple, dead units are removed only in whole blocks (keeping one is exact too)."""
+    from onnxsparse.passes.dead_units import _round_to_multiple
+
+    dead = np.arange(20)
+    assert _round_to_multiple(64, dead, 1).tolist() == dead.tolist()
+    assert _round_to_multiple(64, dead, 16).tolist() == list(range(16))  # 48 kept, a multiple of 16
+    assert _round_to_multiple(64, dead[:3], 16).size == 0  # 61 would be off the blocked kernels
+    assert _round_to_multiple(24, dead[:10], 16).tolist() == list(range(8))
+    assert _round_to_multiple(20, dead[:3], 16).size == 0  # no multiple of 16 between 17 and 20

@@ -205,8 +205,19 @@ def dead_unit_requests(dg: DependencyGraph, *, fold: bool = False) -> tuple[list
     return channels, layers
 
 
-def detect(dg: DependencyGraph, cap: Capture, *, min_keep: int = 1, data: str = "data") -> DeadUnitsReport:
-    """Classify every prunable group's units from statistics captured with ``counts=True``."""
+def _round_to_multiple(size: int, removable: np.ndarray, multiple: int) -> np.ndarray:
+    """The removable units to remove so the kept width stays a multiple of ``multiple`` (the blocked
+    kernels' width): keeping a dead unit is exact too, and an odd width would run slower."""
+    if multiple <= 1 or removable.size == 0:
+        return removable
+    kept = -(-(size - removable.size) // multiple) * multiple
+    return removable[: max(0, size - kept)] if kept <= size else removable[:0]
+
+
+def detect(dg: DependencyGraph, cap: Capture, *, min_keep: int = 1, data: str = "data",
+           multiples: Mapping[int, int] | None = None) -> DeadUnitsReport:
+    """Classify every prunable group's units from statistics captured with ``counts=True``;
+    ``multiples`` (group id -> unit multiple, from ``round_to``) keeps widths kernel-friendly."""
     report = DeadUnitsReport(data, cap.samples)
     folds = _fold_reasons(dg)
     for gid, reads in read_slots(dg).items():
@@ -243,7 +254,12 @@ def detect(dg: DependencyGraph, cap: Capture, *, min_keep: int = 1, data: str = 
         if keep > 0:  # a group keeps at least min_keep units, dead or not
             notes.append(f"keeps {keep} removable unit(s): min_keep {max(min_keep, 1)}")
             removable = removable[keep:]
-        entry.removable = removable.tolist()
+        multiple = (multiples or {}).get(gid, 1)
+        rounded = _round_to_multiple(group.size, removable, multiple)
+        if rounded.size < removable.size:
+            notes.append(f"keeps {removable.size - rounded.size} removable unit(s): widths stay multiples of "
+                         f"{multiple} (--round-to)")
+        entry.removable = rounded.tolist()
         entry.notes = list(dict.fromkeys(notes))
     return report
 
@@ -270,13 +286,16 @@ def find_dead_units(
     batch_size: int = 32,
     seed: int = 0,
     min_keep: int = 1,
+    round_to: int | str = "auto",
 ) -> DeadUnitsReport:
-    """Dead and constant units of every prunable group of ``model`` on ``calib`` (nothing is changed).
+    """Dead and constant units of every prunable group of ``model`` on ``calib`` (nothing is changed);
+    ``removable`` are those ``prune --dead --round-to ROUND_TO`` removes.
 
     ``model`` is anything :func:`onnxsparse.io.load_model` reads (an ``ir.Model`` is normalised in
     place); ``calib`` anything :func:`onnxsparse.calibration.load_data` reads.
     """
     from ..calibration.data import DEFAULT_CALIB_SAMPLES
+    from .prune import _unit_round
 
     start = time.perf_counter()
     m = _prepared(model)
@@ -284,7 +303,7 @@ def find_dead_units(
     source = _source(calib, m, shapes, samples or DEFAULT_CALIB_SAMPLES, seed)
     channels, _ = dead_unit_requests(dg)
     cap = capture(m, source, channels=channels, batch_size=batch_size, seed=seed, counts=True)
-    report = detect(dg, cap, min_keep=min_keep, data=source.origin or "data")
+    report = detect(dg, cap, min_keep=min_keep, data=source.origin or "data", multiples=_unit_round(dg, round_to))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -321,6 +340,7 @@ def remove_dead_units(
     batch_size: int = 32,
     seed: int = 0,
     min_keep: int = 1,
+    round_to: int | str = "auto",
     measure: bool = True,
     build: Mapping[str, Any] | None = None,
 ) -> DeadUnitsReport:
@@ -328,15 +348,18 @@ def remove_dead_units(
 
     ``model`` must already be normalised (:func:`onnxsparse.passes.prune.prepare_for_analysis`);
     ``build`` holds keyword arguments of :func:`onnxsparse.graph.build_groups` (registry, exclude, block,
-    ...).  With ``measure`` the output difference to the unchanged model on ``source`` is measured.
+    ...).  ``round_to`` as in ``prune`` (``"auto"``: widths the CPU's blocked kernels run stay
+    multiples of their block).  With ``measure`` the output difference to the unchanged model on
+    ``source`` is measured.
     """
+    from .prune import _unit_round
     from .reconstruct import reconstruct
 
     start = time.perf_counter()
     dg = build_groups(model, **dict(build or {}))
     channels, layers = dead_unit_requests(dg, fold=True)
     cap = capture(model, source, channels=channels, layers=layers, batch_size=batch_size, seed=seed, counts=True)
-    report = detect(dg, cap, min_keep=min_keep, data=source.origin or "data")
+    report = detect(dg, cap, min_keep=min_keep, data=source.origin or "data", multiples=_unit_round(dg, round_to))
     plan = PrunePlan.create(dg, {g.group: g.removable for g in report.groups if g.removable})
     report.removed = {gid: list(units) for gid, units in plan.removed.items()}
     report.applied = True

@@ -366,7 +366,7 @@ def prune(
         stage("dead units")
         dead_report = remove_dead_units(
             model, _calibration_source(calib, model, shapes, calib_samples, seed), batch_size=calib_batch, seed=seed,
-            min_keep=min_keep, build=dict(registry=registry, exclude=exclude, block=block,
+            min_keep=min_keep, round_to=round_to, build=dict(registry=registry, exclude=exclude, block=block,
                                           allow_signature_change=allow_signature_change))
         t = step("dead_s", t)
     dg = build_groups(model, registry=registry, exclude=exclude, block=block,
