@@ -1,0 +1,205 @@
+"""Properties over random valid graphs (:mod:`graphgen`): residuals, concats, splits, grouped and
+depthwise convs, reshapes into tokens, MLPs and decomposed multi-head attention.
+
+1. ``prune(model, channels=r, heads=h)`` (criterion l2 or random) gives a model that passes the full
+   checker, keeps the I/O signature, runs at batch 3 (the graphs were checked at batch 2) and computes
+   what the original computes with the removed units masked (:func:`helpers.assert_pruned_matches_masked`).
+2. A pass twice is safe: pruning the pruned model at ratio 0 removes nothing and keeps the outputs bit
+   for bit; pruning it again at ``r`` passes the same oracle.
+3. ``sparsify`` in every format stores the zeroed weights so that ``densify`` gives them back bit-exactly
+   and the stored model's outputs equal the dense zeroed model's bit for bit; sparsifying the stored model
+   again changes nothing.
+4. The dependency graph's index maps stay inside their slots, units never share a position, slot sizes
+   are the tensors' sizes, and keep-masks remove exactly the mapped positions.
+
+Every property is ``derandomize=True`` (the same examples on every run).  Examples whose masking
+changes nothing (the removed units are dead, e.g. negative before a Relu, for the drawn inputs) prove
+nothing and are rejected, not passed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from graphgen import Graph, graphs
+from helpers import assert_pruned_matches_masked, random_feeds, run, runtime_bytes
+from hypothesis import event, given, reject, settings
+from hypothesis import strategies as st
+from test_formats_util import initializer_arrays, same_bits
+from test_prune_support import signature
+
+import onnxsparse
+from onnxsparse import load_model
+from onnxsparse.graph import PrunePlan, build_groups, masked_copy
+from onnxsparse.graph.kinds import HEAD_KINDS
+from onnxsparse.passes.prune import PruneResult, prepare_for_analysis
+
+#: the graphs are drawn (and checked) at batch 2; every property runs them at another batch
+BATCH = 3
+FORMATS = ("auto", "csr", "bsr", "bitmask", "delta", "coo")
+PROPERTY = settings(max_examples=40, deadline=None, derandomize=True)
+
+ratios = st.sampled_from([0.25, 0.5, 0.75])
+head_ratios = st.sampled_from([0.0, 0.5, 0.75])
+criteria = st.sampled_from(["l2", "random"])
+
+
+def _prune(proto: onnx.ModelProto, channels: float, heads: float, criterion: str) -> PruneResult:
+    return onnxsparse.prune(proto, channels=channels, heads=heads, criterion=criterion, round_to=1,
+                            measure=False)
+
+
+def _check_pruned(graph: Graph, source: onnx.ModelProto, result: PruneResult, seed: int = 1) -> onnx.ModelProto:
+    """The oracle for one ``prune`` run on ``source``: returns the pruned model as a proto."""
+    pruned = ir.to_proto(result.model)
+    assert signature(pruned) == signature(source), graph
+    pruned_bytes = runtime_bytes(pruned)
+    onnx.checker.check_model(pruned_bytes, full_check=True)
+    # The masked oracle needs the analysed model before the rewrite: redo the analysis on a fresh copy
+    # (deterministic: the same groups, asserted) and mask the groups prune removed.
+    fresh = prepare_for_analysis(load_model(source))
+    dg = build_groups(fresh)
+    assert [str(g.root) for g in dg.groups] == [str(g.root) for g in result.plan.graph.groups], graph
+    plan = PrunePlan.create(dg, dict(result.plan.removed))
+    assert plan.removed == result.plan.removed, graph
+    if not plan.removed:
+        event("nothing removed")
+        assert np.array_equal(run(pruned_bytes, _feeds(source, seed))[0], run(source, _feeds(source, seed))[0])
+        return pruned
+    kinds = {dg.groups[gid].kind for gid in plan.removed}
+    for kind in sorted(kinds):
+        event(f"removed {kind}s")
+    masked = runtime_bytes(masked_copy(fresh, plan))
+    try:
+        assert_pruned_matches_masked(repr(graph), runtime_bytes(fresh), masked, pruned_bytes, _feeds(source, seed))
+    except AssertionError as exc:
+        if "masking changed nothing" in str(exc):  # checked after every output matched: a vacuous example
+            reject()
+        raise
+    return pruned
+
+
+def _feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
+    return random_feeds(model, batch=BATCH, seed=seed)
+
+
+# ------------------------------------------------------------------ 1. prune matches the masked model
+
+
+@PROPERTY
+@given(graph=graphs(), channels=ratios, heads=head_ratios, criterion=criteria)
+def test_prune_matches_masked_model(graph: Graph, channels: float, heads: float, criterion: str) -> None:
+    _check_pruned(graph, graph.proto, _prune(graph.proto, channels, heads, criterion))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(graph=graphs(heads="tokens"), heads=st.sampled_from([0.34, 0.5, 0.75]), criterion=criteria)
+def test_prune_heads_matches_masked_model(graph: Graph, heads: float, criterion: str) -> None:
+    """Token graphs with attention, heads only: every drawn attention block has a head group."""
+    result = _prune(graph.proto, 0.0, heads, criterion)
+    blocks = sum(b.kind == "attention" and b.get("heads") > 1 for b in graph.spec.blocks)
+    head_groups = [g for g in result.plan.graph.prunable if g.kind in HEAD_KINDS]
+    assert len(head_groups) == blocks, (graph, [g.describe() for g in result.plan.graph.groups])
+    _check_pruned(graph, graph.proto, result)
+
+
+# ------------------------------------------------------------------ 2. a pass twice is safe
+
+
+@PROPERTY
+@given(graph=graphs(), channels=ratios, heads=head_ratios, criterion=criteria)
+def test_prune_twice_is_safe(graph: Graph, channels: float, heads: float, criterion: str) -> None:
+    once = _check_pruned(graph, graph.proto, _prune(graph.proto, channels, heads, criterion))
+    again = _prune(once, 0.0, 0.0, criterion)
+    assert not again.report.pruned_groups
+    noop = ir.to_proto(again.model)
+    assert signature(noop) == signature(once)
+    feeds = _feeds(once, seed=2)
+    for a, b in zip(run(runtime_bytes(noop), feeds), run(runtime_bytes(once), feeds)):
+        assert same_bits(a, b), graph
+    _check_pruned(graph, once, _prune(once, channels, heads, criterion), seed=3)
+
+
+# ------------------------------------------------------------------ 3. sparse storage round-trips exactly
+
+
+def _outputs_equal(a: ir.Model, b: ir.Model, feeds: dict[str, np.ndarray]) -> None:
+    for x, y in zip(run(a, feeds), run(b, feeds)):
+        assert same_bits(x, y)
+
+
+@PROPERTY
+@given(graph=graphs(), sparsity=st.sampled_from([0.5, 0.75, 0.9, 0.97]), fmt=st.sampled_from(FORMATS),
+       pattern=st.sampled_from(["unstructured", "2:4", "block:2x2"]))
+def test_sparsify_densify_round_trip_is_bit_exact(graph: Graph, sparsity: float, fmt: str, pattern: str) -> None:
+    kwargs = dict(sparsity=None if pattern == "2:4" else sparsity, pattern=pattern, min_size=0)
+    zeroed = load_model(graph.proto)
+    onnxsparse.sparsify(zeroed, format="dense", **kwargs)
+    stored = load_model(graph.proto)
+    report = onnxsparse.sparsify(stored, format=fmt, **kwargs)
+    for row in report.tensors:
+        if row.pruned:
+            event(f"a pruned weight stored as {row.format}")
+    dense = initializer_arrays(zeroed)
+    stored_proto = ir.to_proto(stored)
+    feeds = _feeds(graph.proto, seed=4)
+    _outputs_equal(zeroed, stored, feeds)
+
+    densified = load_model(stored_proto)
+    onnxsparse.densify(densified)
+    restored = initializer_arrays(densified)
+    assert sorted(restored) == sorted(dense)
+    for name, array in dense.items():
+        assert same_bits(restored[name], array), name
+
+    again = load_model(stored_proto)
+    onnxsparse.sparsify(again, format=fmt, min_size=0)
+    assert ir.to_proto(again).SerializeToString() == stored_proto.SerializeToString()
+    _outputs_equal(again, zeroed, feeds)
+
+
+# ------------------------------------------------------------------ 4. dependency-graph invariants
+
+
+@PROPERTY
+@given(graph=graphs(), seed=st.integers(0, 2**16))
+def test_index_maps_stay_inside_their_slots(graph: Graph, seed: int) -> None:
+    model = prepare_for_analysis(load_model(graph.proto))
+    dims = {v.name: tuple(v.shape) for v in _values(model) if v.shape is not None}
+    dg = build_groups(model)
+    owner: dict[tuple[str, int, int], int] = {}
+    for g in dg.groups:
+        assert g.size >= 1 and g.root in {m.slot for m in g.members}, g.describe()
+        for m in g.members:
+            table = m.index_map.table(g.size)
+            assert table.shape[0] == g.size and table.size, g.describe()
+            assert 0 <= table.min() and table.max() < m.slot.size, g.describe()
+            assert np.unique(table).size == table.size, g.describe()  # units never share a position
+            if not m.slot.virtual:
+                shape = dims[m.slot.value]
+                assert m.slot.axis < len(shape) and shape[m.slot.axis] == m.slot.size, (g.describe(), shape)
+            for position in table.reshape(-1):  # a position belongs to one unit of one group
+                key = (m.slot.value, m.slot.axis, int(position))
+                assert owner.setdefault(key, g.id) == g.id, (g.describe(), key)
+    rng = np.random.default_rng(seed)
+    removed = {g.id: rng.choice(g.size, rng.integers(1, g.size), replace=False)
+               for g in dg.prunable if g.size > 1}
+    masks = dg.keep_masks(removed)
+    for gid, units in removed.items():
+        g = dg.groups[gid]
+        for m in g.members:
+            mask = masks[m.slot.key]
+            assert mask.shape == (m.slot.size,)
+            table = m.index_map.table(g.size)
+            gone = np.zeros(g.size, bool)
+            gone[units] = True
+            # other groups may share the slot (a Concat output): only this group's positions are checked
+            assert not mask[table[gone]].any() and mask[table[~gone]].all(), g.describe()
+
+
+def _values(model: ir.Model) -> list[ir.Value]:
+    values = list(model.graph.inputs) + list(model.graph.initializers.values())
+    values += [out for node in model.graph for out in node.outputs]
+    return values
