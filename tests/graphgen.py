@@ -44,11 +44,15 @@ class Block:
     kind: str
     params: tuple[tuple[str, Any], ...] = ()
 
+    @classmethod
+    def of(cls, kind: str, **params: Any) -> Block:
+        return cls(kind, tuple(params.items()))
+
     def get(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
 
-    def __repr__(self) -> str:
-        return f"{self.kind}({', '.join(f'{k}={v!r}' for k, v in self.params)})"
+    def __repr__(self) -> str:  # evaluable: a failing example can be rebuilt from hypothesis' report
+        return f"Block.of({', '.join([repr(self.kind), *(f'{k}={v!r}' for k, v in self.params)])})"
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,8 @@ def _draw_conv(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
     group = draw(st.sampled_from(groups))
     if draw(st.booleans()) and cin > 1:  # depthwise (channel multiplier 1 or 2)
         cout, group = cin * draw(st.sampled_from([m for m in (1, 2) if cin * m <= MAX_CHANNELS])), cin
-    block = Block("conv", (("cout", cout), ("k", k), ("stride", stride), ("pad", pad), ("group", group),
-                           ("bias", draw(st.booleans())), ("bn", draw(st.booleans())), ("act", _act(draw))))
+    block = Block.of("conv", cout=cout, k=k, stride=stride, pad=pad, group=group, bias=draw(st.booleans()),
+                     bn=draw(st.booleans()), act=_act(draw))
     return block, cout, (side + 2 * pad - k) // stride + 1
 
 
@@ -104,8 +108,7 @@ def _draw_residual(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, in
     stride = draw(st.sampled_from([1, 2])) if side >= 3 else 1
     cout = draw(st.sampled_from([cin, draw(st.integers(2, MAX_CHANNELS))]))
     project = stride != 1 or cout != cin or draw(st.booleans())
-    block = Block("residual", (("cout", cout), ("stride", stride), ("project", project),
-                               ("act", _act(draw)), ("out_act", _act(draw))))
+    block = Block.of("residual", cout=cout, stride=stride, project=project, act=_act(draw), out_act=_act(draw))
     return block, cout, (side - 1) // stride + 1
 
 
@@ -115,8 +118,7 @@ def _draw_concat(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]
     room = MAX_CHANNELS - (cin if identity else 0)
     n = draw(st.integers(1 if identity else 2, min(3, room)))
     widths = tuple(draw(st.integers(1, room // n)) for _ in range(n))
-    block = Block("concat", (("widths", widths), ("k", draw(st.sampled_from([1, 3]))), ("identity", identity),
-                             ("act", _act(draw))))
+    block = Block.of("concat", widths=widths, k=draw(st.sampled_from([1, 3])), identity=identity, act=_act(draw))
     return block, sum(widths) + (cin if identity else 0), side
 
 
@@ -130,12 +132,12 @@ def _draw_split(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
     for i, (part, conv) in enumerate(zip(parts, convs)):  # the total stays <= MAX_CHANNELS
         rest = sum(1 if c else p for p, c in zip(parts[i + 1:], convs[i + 1:]))
         widths.append(draw(st.integers(1, MAX_CHANNELS - sum(widths) - rest)) if conv else part)
-    block = Block("split", (("parts", parts), ("convs", convs), ("widths", tuple(widths)), ("act", _act(draw))))
+    block = Block.of("split", parts=parts, convs=convs, widths=tuple(widths), act=_act(draw))
     return block, sum(widths), side
 
 
 def _draw_pool(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
-    return Block("maxpool"), cin, side // 2
+    return Block.of("maxpool"), cin, side // 2
 
 
 _CONV_BLOCKS = {"conv": _draw_conv, "residual": _draw_residual, "concat": _draw_concat, "split": _draw_split,
@@ -145,13 +147,12 @@ _CONV_BLOCKS = {"conv": _draw_conv, "residual": _draw_residual, "concat": _draw_
 def _draw_attention(draw: st.DrawFn, dim: int) -> Block:
     heads = draw(st.integers(1, 4))
     head_dim = draw(st.integers(1, max(1, MAX_CHANNELS // heads)))
-    return Block("attention", (("heads", heads), ("head_dim", head_dim), ("residual", draw(st.booleans())),
-                               ("merge", draw(st.sampled_from(["explicit", "infer"])))))
+    return Block.of("attention", heads=heads, head_dim=head_dim, residual=draw(st.booleans()),
+                    merge=draw(st.sampled_from(["explicit", "infer"])))
 
 
 def _draw_mlp(draw: st.DrawFn, dim: int) -> Block:
-    return Block("mlp", (("hidden", draw(st.integers(2, MAX_CHANNELS))), ("act", _act(draw)),
-                         ("residual", draw(st.booleans()))))
+    return Block.of("mlp", hidden=draw(st.integers(2, MAX_CHANNELS)), act=_act(draw), residual=draw(st.booleans()))
 
 
 @st.composite
@@ -159,9 +160,8 @@ def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> 
     """A random :class:`Spec`; ``heads="tokens"`` always ends in token blocks with attention."""
     in_channels = draw(st.integers(1, 4))
     side = input_side = draw(st.sampled_from([4, 5, 6, 8]))
-    stem = Block("conv", (("cout", draw(st.integers(4, MAX_CHANNELS))), ("k", 3), ("stride", 1), ("pad", 1),
-                          ("group", 1), ("bias", draw(st.booleans())), ("bn", draw(st.booleans())),
-                          ("act", _act(draw))))
+    stem = Block.of("conv", cout=draw(st.integers(4, MAX_CHANNELS)), k=3, stride=1, pad=1, group=1,
+                    bias=draw(st.booleans()), bn=draw(st.booleans()), act=_act(draw))
     blocks = [stem]
     channels = stem.get("cout")
     head = "tokens" if heads == "tokens" else draw(st.sampled_from(["gap", "flatten", "tokens"]))
@@ -172,7 +172,7 @@ def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> 
         block, channels, side = _CONV_BLOCKS[draw(st.sampled_from(kinds))](draw, channels, side)
         blocks.append(block)
     if head == "tokens":
-        blocks.append(Block("tokens", (("shape", draw(st.sampled_from(["explicit", "infer"]))),)))
+        blocks.append(Block.of("tokens", shape=draw(st.sampled_from(["explicit", "infer"]))))
         kinds = ["attention"] if heads == "tokens" else ["attention", "mlp"]
         drawn = [draw(st.sampled_from(kinds)) for _ in range(n_tokens)]
         if heads == "tokens" and "attention" not in drawn:
@@ -180,10 +180,10 @@ def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> 
         blocks.extend(_draw_attention(draw, channels) if k == "attention" else _draw_mlp(draw, channels)
                       for k in drawn)
     elif head == "flatten":
-        blocks.append(Block("flatten", (("hidden", draw(st.integers(2, MAX_CHANNELS))), ("act", _act(draw)))))
+        blocks.append(Block.of("flatten", hidden=draw(st.integers(2, MAX_CHANNELS)), act=_act(draw)))
     else:
-        blocks.append(Block("gap"))
-    blocks.append(Block("out", (("classes", draw(st.integers(2, 5))),)))
+        blocks.append(Block.of("gap"))
+    blocks.append(Block.of("out", classes=draw(st.integers(2, 5))))
     weights_as = draw(st.sampled_from(["initializer", "constant"]))
     return Spec(in_channels, input_side, tuple(blocks), draw(st.integers(0, 2**31 - 1)), weights_as)
 
