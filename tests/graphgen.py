@@ -2,11 +2,13 @@
 
 :func:`graphs` draws a :class:`Spec` -- a CNN trunk of composable blocks (Conv with bias, groups
 incl. depthwise, stride and padding; BatchNormalization; Relu/Sigmoid/HardSwish; residual Adds
-with an identity or 1x1-projected shortcut; Concat of branches; Split into branches; MaxPool)
-and a head (GlobalAveragePool or Flatten into Gemm, or the feature map reshaped and transposed
-into tokens for MLP and decomposed multi-head attention blocks) -- and builds it with the
+with an identity or 1x1-projected shortcut; Concat of branches; Split into branches; per-channel
+scales; MaxPool/AveragePool) and a head (GlobalAveragePool or Flatten into Gemm, or the feature map
+reshaped and transposed into tokens for MLP and decomposed multi-head attention blocks) -- and
+builds it with the
 samples' :class:`GraphBuilder` (weights drawn from the spec's seed, as initializers or as
-``Constant`` nodes the way Paddle exports them).  Every model is checked with
+``Constant`` nodes the way Paddle exports them), optionally with an intermediate tensor as a
+second graph output (whose channels must then stay).  Every model is checked with
 ``onnx.checker.check_model(full_check=True)``; its single input ``input`` has a symbolic
 ``batch`` dim.  Shapes stay small (<= 12 blocks, <= 16 channels) so one example runs in
 milliseconds.  The blocks are drawn one by one (so hypothesis shrinks them one by one), the
@@ -64,6 +66,7 @@ class Spec:
     blocks: tuple[Block, ...]
     seed: int
     weights_as: str = "initializer"
+    tap: int | None = None  #: the block whose output is also a graph output
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +92,7 @@ def _act(draw: st.DrawFn) -> str | None:
 
 
 def _draw_conv(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
-    """Conv (+bias) (+BN) (+activation): width, kernel, stride, padding and groups drawn."""
+    """Conv (+bias) (+BN) (+per-channel scale) (+activation): width, kernel, stride, padding, groups drawn."""
     k = draw(st.sampled_from([1, 3]))
     pad = draw(st.sampled_from(sorted({0, k // 2}))) if side >= k else k // 2
     stride = draw(st.sampled_from([1, 2])) if side >= 3 else 1
@@ -99,7 +102,7 @@ def _draw_conv(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
     if draw(st.booleans()) and cin > 1:  # depthwise (channel multiplier 1 or 2)
         cout, group = cin * draw(st.sampled_from([m for m in (1, 2) if cin * m <= MAX_CHANNELS])), cin
     block = Block.of("conv", cout=cout, k=k, stride=stride, pad=pad, group=group, bias=draw(st.booleans()),
-                     bn=draw(st.booleans()), act=_act(draw))
+                     bn=draw(st.booleans()), scale=draw(st.booleans()), act=_act(draw))
     return block, cout, (side + 2 * pad - k) // stride + 1
 
 
@@ -123,7 +126,7 @@ def _draw_concat(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]
 
 
 def _draw_split(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
-    """Split channels into branches, a conv (grouped or not) or just an activation on each, Concat back."""
+    """Split channels into branches, a 1x1 conv or just an activation on each, Concat back."""
     n = draw(st.integers(2, min(3, cin)))
     cuts = sorted(draw(st.lists(st.integers(1, cin - 1), min_size=n - 1, max_size=n - 1, unique=True)))
     parts = tuple(b - a for a, b in zip([0, *cuts], [*cuts, cin]))
@@ -137,18 +140,19 @@ def _draw_split(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
 
 
 def _draw_pool(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
-    return Block.of("maxpool"), cin, side // 2
+    return Block.of("pool", op=draw(st.sampled_from(["MaxPool", "AveragePool"]))), cin, side // 2
 
 
 _CONV_BLOCKS = {"conv": _draw_conv, "residual": _draw_residual, "concat": _draw_concat, "split": _draw_split,
-                "maxpool": _draw_pool}
+                "pool": _draw_pool}
 
 
 def _draw_attention(draw: st.DrawFn, dim: int) -> Block:
     heads = draw(st.integers(1, 4))
     head_dim = draw(st.integers(1, max(1, MAX_CHANNELS // heads)))
     return Block.of("attention", heads=heads, head_dim=head_dim, residual=draw(st.booleans()),
-                    merge=draw(st.sampled_from(["explicit", "infer"])))
+                    merge=draw(st.sampled_from(["explicit", "infer"])),
+                    keys=draw(st.sampled_from(["direct", "transposed"])))
 
 
 def _draw_mlp(draw: st.DrawFn, dim: int) -> Block:
@@ -168,7 +172,7 @@ def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> 
     n_tokens = draw(st.integers(1, 3)) if head == "tokens" else 0
     n_trunk = draw(st.integers(0, max_blocks - 3 - n_tokens))  # + stem, head, output: <= max_blocks
     for _ in range(n_trunk):
-        kinds = [k for k in _CONV_BLOCKS if (k != "maxpool" or side >= 2) and (k != "split" or channels >= 2)]
+        kinds = [k for k in _CONV_BLOCKS if (k != "pool" or side >= 2) and (k != "split" or channels >= 2)]
         block, channels, side = _CONV_BLOCKS[draw(st.sampled_from(kinds))](draw, channels, side)
         blocks.append(block)
     if head == "tokens":
@@ -180,12 +184,15 @@ def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> 
         blocks.extend(_draw_attention(draw, channels) if k == "attention" else _draw_mlp(draw, channels)
                       for k in drawn)
     elif head == "flatten":
-        blocks.append(Block.of("flatten", hidden=draw(st.integers(2, MAX_CHANNELS)), act=_act(draw)))
+        blocks.append(Block.of("flatten", hidden=draw(st.integers(2, MAX_CHANNELS)), act=_act(draw),
+                               trans_b=draw(st.booleans())))
     else:
         blocks.append(Block.of("gap"))
     blocks.append(Block.of("out", classes=draw(st.integers(2, 5))))
     weights_as = draw(st.sampled_from(["initializer", "constant"]))
-    return Spec(in_channels, input_side, tuple(blocks), draw(st.integers(0, 2**31 - 1)), weights_as)
+    # an intermediate block's output as a second graph output (its channels must then stay)
+    tap = draw(st.one_of(st.none(), st.integers(0, len(blocks) - 2)))
+    return Spec(in_channels, input_side, tuple(blocks), draw(st.integers(0, 2**31 - 1)), weights_as, tap)
 
 
 @st.composite
@@ -228,6 +235,9 @@ class _Builder:
                    bias=b.get("bias"), name=f"{p}.conv")
         if b.get("bn"):
             y = g.bn(y, cout, name=f"{p}.bn")
+        if b.get("scale"):
+            scale = g.weight(f"{p}.scale", g.rng.uniform(0.5, 1.5, (cout, 1, 1)).astype(np.float32))
+            y = g.op("Mul", [y, scale], name=f"{p}.scale")
         self.x, self.c = self.act(y, b.get("act")), cout
         self.side = (self.side + 2 * b.get("pad") - b.get("k")) // b.get("stride") + 1
 
@@ -262,8 +272,8 @@ class _Builder:
         self.x = g.op("Concat", joined, name=f"{p}.concat", axis=1)
         self.c = sum(b.get("widths"))
 
-    def _maxpool(self, b: Block, p: str) -> None:
-        self.x = self.g.op("MaxPool", [self.x], name=p, kernel_shape=[2, 2], strides=[2, 2])
+    def _pool(self, b: Block, p: str) -> None:
+        self.x = self.g.op(b.get("op"), [self.x], name=p, kernel_shape=[2, 2], strides=[2, 2])
         self.side //= 2
 
     def _tokens(self, b: Block, p: str) -> None:
@@ -283,7 +293,11 @@ class _Builder:
             return g.op("Transpose", [r], name=f"{name}.transpose", perm=perm)
 
         q = split_heads(self.linear(self.x, self.c, width, f"{p}.q"), [0, 2, 1, 3], f"{p}.q_heads")
-        k = split_heads(self.linear(self.x, self.c, width, f"{p}.k"), [0, 2, 3, 1], f"{p}.k_heads")
+        if b.get("keys") == "direct":
+            k = split_heads(self.linear(self.x, self.c, width, f"{p}.k"), [0, 2, 3, 1], f"{p}.k_heads")
+        else:  # [N, H, T, d], then transposed for the scores (how torch writes k.transpose(-2, -1))
+            k = split_heads(self.linear(self.x, self.c, width, f"{p}.k"), [0, 2, 1, 3], f"{p}.k_heads")
+            k = g.op("Transpose", [k], name=f"{p}.k_t", perm=[0, 1, 3, 2])
         v = split_heads(self.linear(self.x, self.c, width, f"{p}.v"), [0, 2, 1, 3], f"{p}.v_heads")
         scale = g.const(f"{p}.scale", np.array(1.0 / math.sqrt(head_dim), np.float32), np.float32)
         scores = g.op("Mul", [g.op("MatMul", [q, k], name=f"{p}.scores"), scale], name=f"{p}.scaled")
@@ -303,7 +317,12 @@ class _Builder:
     def _flatten(self, b: Block, p: str) -> None:
         features = self.c * self.side * self.side
         f = self.g.op("Flatten", [self.x], name=f"{p}.flatten", axis=1)
-        self.x = self.act(self.g.gemm(f, features, b.get("hidden"), name=f"{p}.fc"), b.get("act"))
+        if b.get("trans_b"):
+            y = self.g.gemm(f, features, b.get("hidden"), name=f"{p}.fc")
+        else:
+            w = self.g.weight(f"{p}.fc.weight", self.g.xavier((features, b.get("hidden")), features))
+            y = self.g.op("Gemm", [f, w], name=f"{p}.fc")
+        self.x = self.act(y, b.get("act"))
         self.c = b.get("hidden")
 
     def _gap(self, b: Block, p: str) -> None:
@@ -323,11 +342,17 @@ class _Builder:
 def build(spec: Spec) -> onnx.ModelProto:
     """The model of ``spec`` (opset 17, IR 8), checked with ``onnx.checker`` (full check)."""
     b = _Builder(spec)
+    tapped = None
     for i, block in enumerate(spec.blocks):
         b.add(block, f"b{i}.{block.kind}")
+        if i == spec.tap:
+            tapped = b.x
     out_dims = ["batch", b.side * b.side if b.tokens else None, b.c]
-    out_dims = [d for d in out_dims if d is not None]
+    outputs = [fvi("output", [d for d in out_dims if d is not None])]
     model = b.g.model("graphgen", [fvi("input", ["batch", spec.in_channels, spec.side, spec.side])],
-                      [fvi("output", out_dims)], doc=repr(spec))
+                      outputs, doc=repr(spec))
+    if tapped is not None and tapped != "input":
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        model.graph.output.append(next(v for v in inferred.graph.value_info if v.name == tapped))
     onnx.checker.check_model(model, full_check=True)
     return model
