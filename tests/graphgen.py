@@ -24,15 +24,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-from hypothesis import strategies as st
-from onnx import helper
-
 from helpers import ROOT
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(ROOT / "samples"))
-from build_samples import GraphBuilder, fvi  # noqa: E402  (the samples' builder: one way to build graphs)
+# the samples' builder: one way to build graphs
+from build_samples import GraphBuilder, fvi
 
-__all__ = ["Block", "Spec", "Graph", "graphs", "build", "MAX_CHANNELS", "MAX_BLOCKS"]
+__all__ = ["MAX_BLOCKS", "MAX_CHANNELS", "Block", "Graph", "Spec", "build", "graphs", "specs"]
 
 MAX_CHANNELS = 16
 MAX_BLOCKS = 12

@@ -7,8 +7,8 @@ depthwise convs, reshapes into tokens, MLPs and decomposed multi-head attention.
 2. A pass twice is safe: pruning the pruned model at ratio 0 removes nothing and keeps the outputs bit
    for bit; pruning it again at ``r`` passes the same oracle.
 3. ``sparsify`` in every format stores the zeroed weights so that ``densify`` gives them back bit-exactly
-   and the stored model's outputs equal the dense zeroed model's bit for bit; sparsifying the stored model
-   again changes nothing.
+   (in memory and through a saved file) and the stored model's outputs equal the dense zeroed model's bit
+   for bit; sparsifying the stored model again writes the same model.
 4. The dependency graph's index maps stay inside their slots, units never share a position, slot sizes
    are the tensors' sizes, and keep-masks remove exactly the mapped positions.
 
@@ -19,10 +19,12 @@ nothing and are rejected, not passed.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_ir as ir
-import pytest
 from graphgen import Graph, graphs
 from helpers import assert_pruned_matches_masked, random_feeds, run, runtime_bytes
 from hypothesis import event, given, reject, settings
@@ -67,9 +69,7 @@ def _check_pruned(graph: Graph, source: onnx.ModelProto, result: PruneResult, se
     assert plan.removed == result.plan.removed, graph
     if not plan.removed:
         event("nothing removed")
-        feeds = _feeds(source, seed)
-        for got, expected in zip(run(pruned_bytes, feeds), run(runtime_bytes(source), feeds)):
-            assert same_bits(got, expected), graph
+        _assert_same_outputs(pruned_bytes, runtime_bytes(source), _feeds(source, seed))
         return pruned
     kinds = {dg.groups[gid].kind for gid in plan.removed}
     for kind in sorted(kinds):
@@ -86,6 +86,14 @@ def _check_pruned(graph: Graph, source: onnx.ModelProto, result: PruneResult, se
 
 def _feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
     return random_feeds(model, batch=BATCH, seed=seed)
+
+
+def _assert_same_outputs(a: object, b: object, feeds: dict[str, np.ndarray]) -> None:
+    """Bit for bit (``a``, ``b``: anything :func:`helpers.run` takes)."""
+    outputs = run(a, feeds), run(b, feeds)
+    assert len(outputs[0]) == len(outputs[1])
+    for x, y in zip(*outputs):
+        assert same_bits(x, y)
 
 
 # ------------------------------------------------------------------ 1. prune matches the masked model
@@ -121,25 +129,18 @@ def test_prune_twice_is_safe(graph: Graph, channels: float, heads: float, criter
     assert not again.report.pruned_groups
     noop = ir.to_proto(again.model)
     assert signature(noop) == signature(once)
-    feeds = _feeds(once, seed=2)
-    for a, b in zip(run(runtime_bytes(noop), feeds), run(runtime_bytes(once), feeds)):
-        assert same_bits(a, b), graph
+    _assert_same_outputs(runtime_bytes(noop), runtime_bytes(once), _feeds(once, seed=2))
     _check_pruned(graph, once, _prune(once, channels, heads, criterion), seed=3)
 
 
 # ------------------------------------------------------------------ 3. sparse storage round-trips exactly
 
 
-def _outputs_equal(a: ir.Model, b: ir.Model, feeds: dict[str, np.ndarray]) -> None:
-    for x, y in zip(run(a, feeds), run(b, feeds)):
-        assert same_bits(x, y)
-
-
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(graph=graphs(), sparsity=st.sampled_from([0.75, 0.9, 0.97]), fmt=st.sampled_from(FORMATS),
        pattern=st.sampled_from(["unstructured", "2:4", "block:2x2"]))
 def test_sparsify_densify_round_trip_is_bit_exact(graph: Graph, sparsity: float, fmt: str, pattern: str) -> None:
-    kwargs = dict(sparsity=None if pattern == "2:4" else sparsity, pattern=pattern, min_size=0)
+    kwargs = {"sparsity": None if pattern == "2:4" else sparsity, "pattern": pattern, "min_size": 0}
     zeroed = load_model(graph.proto)
     onnxsparse.sparsify(zeroed, format="dense", **kwargs)
     stored = load_model(graph.proto)
@@ -150,19 +151,26 @@ def test_sparsify_densify_round_trip_is_bit_exact(graph: Graph, sparsity: float,
     dense = initializer_arrays(zeroed)
     stored_proto = ir.to_proto(stored)
     feeds = _feeds(graph.proto, seed=4)
-    _outputs_equal(zeroed, stored, feeds)
+    _assert_same_outputs(zeroed, stored, feeds)
 
-    densified = load_model(stored_proto)
-    onnxsparse.densify(densified)
-    restored = initializer_arrays(densified)
-    assert sorted(restored) == sorted(dense)
-    for name, array in dense.items():
-        assert same_bits(restored[name], array), name
+    _assert_densifies_to(load_model(stored_proto), dense)
 
     again = load_model(stored_proto)
     onnxsparse.sparsify(again, format=fmt, min_size=0)
     assert ir.to_proto(again).SerializeToString() == stored_proto.SerializeToString()
-    _outputs_equal(again, zeroed, feeds)
+
+    with tempfile.TemporaryDirectory() as folder:  # through a file (coo becomes ONNX sparse_initializer)
+        path = onnxsparse.save_model(stored, Path(folder) / "sparse.onnx")
+        _assert_same_outputs(path, zeroed, feeds)
+        _assert_densifies_to(load_model(path), dense)
+
+
+def _assert_densifies_to(model: ir.Model, dense: dict[str, np.ndarray]) -> None:
+    onnxsparse.densify(model)
+    restored = initializer_arrays(model)
+    assert sorted(restored) == sorted(dense)
+    for name, array in dense.items():
+        assert same_bits(restored[name], array), name
 
 
 # ------------------------------------------------------------------ 4. dependency-graph invariants
