@@ -66,14 +66,17 @@ class Spec:
     seed: int
     weights_as: str = "initializer"
     tap: int | None = None  #: the block whose output is also a graph output
+    width: int = 1  #: every drawn channel count (not the input's, not the classes) times this
 
 
-@dataclass(frozen=True, eq=False)
 class Graph:
-    """A drawn spec and its model (the repr shows the spec only)."""
+    """A drawn spec and its model; the repr (what hypothesis reports) is the spec: ``build(spec)``
+    rebuilds the model."""
 
-    spec: Spec
-    proto: onnx.ModelProto
+    __slots__ = ("proto", "spec")
+
+    def __init__(self, spec: Spec, proto: onnx.ModelProto) -> None:
+        self.spec, self.proto = spec, proto
 
     def __repr__(self) -> str:
         return f"Graph({self.spec!r})"
@@ -90,55 +93,55 @@ def _act(draw: st.DrawFn) -> str | None:
     return draw(st.sampled_from(ACTIVATIONS))
 
 
-def _draw_conv(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
+def _draw_conv(draw: st.DrawFn, cin: int, side: int, cmax: int) -> tuple[Block, int, int]:
     """Conv (+bias) (+BN) (+per-channel scale) (+activation): width, kernel, stride, padding, groups drawn."""
     k = draw(st.sampled_from([1, 3]))
     pad = draw(st.sampled_from(sorted({0, k // 2}))) if side >= k else k // 2
     stride = draw(st.sampled_from([1, 2])) if side >= 3 else 1
-    cout = draw(st.integers(2, MAX_CHANNELS))
+    cout = draw(st.integers(2, cmax))
     groups = [g for g in _divisors(cin) if cout % g == 0]
     group = draw(st.sampled_from(groups))
     if draw(st.booleans()) and cin > 1:  # depthwise (channel multiplier 1 or 2)
-        cout, group = cin * draw(st.sampled_from([m for m in (1, 2) if cin * m <= MAX_CHANNELS])), cin
+        cout, group = cin * draw(st.sampled_from([m for m in (1, 2) if cin * m <= cmax])), cin
     block = Block.of("conv", cout=cout, k=k, stride=stride, pad=pad, group=group, bias=draw(st.booleans()),
                      bn=draw(st.booleans()), scale=draw(st.booleans()), act=_act(draw))
     return block, cout, (side + 2 * pad - k) // stride + 1
 
 
-def _draw_residual(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
+def _draw_residual(draw: st.DrawFn, cin: int, side: int, cmax: int) -> tuple[Block, int, int]:
     """conv3x3-BN-act-conv3x3-BN + shortcut (identity, or a 1x1 conv (+BN) when the shape changes)."""
     stride = draw(st.sampled_from([1, 2])) if side >= 3 else 1
-    cout = draw(st.sampled_from([cin, draw(st.integers(2, MAX_CHANNELS))]))
+    cout = draw(st.sampled_from([cin, draw(st.integers(2, cmax))]))
     project = stride != 1 or cout != cin or draw(st.booleans())
     block = Block.of("residual", cout=cout, stride=stride, project=project, act=_act(draw), out_act=_act(draw))
     return block, cout, (side - 1) // stride + 1
 
 
-def _draw_concat(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
+def _draw_concat(draw: st.DrawFn, cin: int, side: int, cmax: int) -> tuple[Block, int, int]:
     """Branches (a conv each, or the input itself) joined by Concat on channels."""
-    identity = draw(st.booleans()) and cin <= MAX_CHANNELS - 2
-    room = MAX_CHANNELS - (cin if identity else 0)
+    identity = draw(st.booleans()) and cin <= cmax - 2
+    room = cmax - (cin if identity else 0)
     n = draw(st.integers(1 if identity else 2, min(3, room)))
     widths = tuple(draw(st.integers(1, room // n)) for _ in range(n))
     block = Block.of("concat", widths=widths, k=draw(st.sampled_from([1, 3])), identity=identity, act=_act(draw))
     return block, sum(widths) + (cin if identity else 0), side
 
 
-def _draw_split(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
+def _draw_split(draw: st.DrawFn, cin: int, side: int, cmax: int) -> tuple[Block, int, int]:
     """Split channels into branches, a 1x1 conv or just an activation on each, Concat back."""
     n = draw(st.integers(2, min(3, cin)))
     cuts = sorted(draw(st.lists(st.integers(1, cin - 1), min_size=n - 1, max_size=n - 1, unique=True)))
     parts = tuple(b - a for a, b in zip([0, *cuts], [*cuts, cin]))
     convs = tuple(draw(st.booleans()) for _ in parts)
     widths: list[int] = []
-    for i, (part, conv) in enumerate(zip(parts, convs)):  # the total stays <= MAX_CHANNELS
+    for i, (part, conv) in enumerate(zip(parts, convs)):  # the total stays <= cmax
         rest = sum(1 if c else p for p, c in zip(parts[i + 1:], convs[i + 1:]))
-        widths.append(draw(st.integers(1, MAX_CHANNELS - sum(widths) - rest)) if conv else part)
+        widths.append(draw(st.integers(1, cmax - sum(widths) - rest)) if conv else part)
     block = Block.of("split", parts=parts, convs=convs, widths=tuple(widths), act=_act(draw))
     return block, sum(widths), side
 
 
-def _draw_pool(draw: st.DrawFn, cin: int, side: int) -> tuple[Block, int, int]:
+def _draw_pool(draw: st.DrawFn, cin: int, side: int, cmax: int) -> tuple[Block, int, int]:
     return Block.of("pool", op=draw(st.sampled_from(["MaxPool", "AveragePool"]))), cin, side // 2
 
 
@@ -146,44 +149,44 @@ _CONV_BLOCKS = {"conv": _draw_conv, "residual": _draw_residual, "concat": _draw_
                 "pool": _draw_pool}
 
 
-def _draw_attention(draw: st.DrawFn, dim: int) -> Block:
+def _draw_attention(draw: st.DrawFn, cmax: int) -> Block:
     heads = draw(st.integers(1, 4))
-    head_dim = draw(st.integers(1, max(1, MAX_CHANNELS // heads)))
+    head_dim = draw(st.integers(1, max(1, cmax // heads)))
     return Block.of("attention", heads=heads, head_dim=head_dim, residual=draw(st.booleans()),
                     merge=draw(st.sampled_from(["explicit", "infer"])),
                     keys=draw(st.sampled_from(["direct", "transposed"])))
 
 
-def _draw_mlp(draw: st.DrawFn, dim: int) -> Block:
-    return Block.of("mlp", hidden=draw(st.integers(2, MAX_CHANNELS)), act=_act(draw), residual=draw(st.booleans()))
+def _draw_mlp(draw: st.DrawFn, cmax: int) -> Block:
+    return Block.of("mlp", hidden=draw(st.integers(2, cmax)), act=_act(draw), residual=draw(st.booleans()))
 
 
 @st.composite
-def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> Spec:
-    """A random :class:`Spec`; ``heads="tokens"`` always ends in token blocks with attention."""
+def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, attention: bool = False, cmax: int = MAX_CHANNELS,
+          width: int = 1) -> Spec:
+    """A random :class:`Spec` (at most ``cmax`` channels anywhere, times ``width``); ``attention=True``:
+    always token blocks, at least one of them attention."""
     in_channels = draw(st.integers(1, 4))
     side = input_side = draw(st.sampled_from([4, 5, 6, 8]))
-    stem = Block.of("conv", cout=draw(st.integers(4, MAX_CHANNELS)), k=3, stride=1, pad=1, group=1,
+    stem = Block.of("conv", cout=draw(st.integers(4, cmax)), k=3, stride=1, pad=1, group=1,
                     bias=draw(st.booleans()), bn=draw(st.booleans()), act=_act(draw))
     blocks = [stem]
     channels = stem.get("cout")
-    head = "tokens" if heads == "tokens" else draw(st.sampled_from(["gap", "flatten", "tokens"]))
+    head = "tokens" if attention else draw(st.sampled_from(["gap", "flatten", "tokens"]))
     n_tokens = draw(st.integers(1, 3)) if head == "tokens" else 0
     n_trunk = draw(st.integers(0, max_blocks - 3 - n_tokens))  # + stem, head, output: <= max_blocks
     for _ in range(n_trunk):
         kinds = [k for k in _CONV_BLOCKS if (k != "pool" or side >= 2) and (k != "split" or channels >= 2)]
-        block, channels, side = _CONV_BLOCKS[draw(st.sampled_from(kinds))](draw, channels, side)
+        block, channels, side = _CONV_BLOCKS[draw(st.sampled_from(kinds))](draw, channels, side, cmax)
         blocks.append(block)
     if head == "tokens":
         blocks.append(Block.of("tokens", shape=draw(st.sampled_from(["explicit", "infer"]))))
-        kinds = ["attention"] if heads == "tokens" else ["attention", "mlp"]
-        drawn = [draw(st.sampled_from(kinds)) for _ in range(n_tokens)]
-        if heads == "tokens" and "attention" not in drawn:
+        drawn = [draw(st.sampled_from(["attention", "mlp"])) for _ in range(n_tokens)]
+        if attention and "attention" not in drawn:
             drawn[0] = "attention"
-        blocks.extend(_draw_attention(draw, channels) if k == "attention" else _draw_mlp(draw, channels)
-                      for k in drawn)
+        blocks.extend(_draw_attention(draw, cmax) if k == "attention" else _draw_mlp(draw, cmax) for k in drawn)
     elif head == "flatten":
-        blocks.append(Block.of("flatten", hidden=draw(st.integers(2, MAX_CHANNELS)), act=_act(draw),
+        blocks.append(Block.of("flatten", hidden=draw(st.integers(2, cmax)), act=_act(draw),
                                trans_b=draw(st.booleans())))
     else:
         blocks.append(Block.of("gap"))
@@ -191,13 +194,14 @@ def specs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> 
     weights_as = draw(st.sampled_from(["initializer", "constant"]))
     # an intermediate block's output as a second graph output (its channels must then stay)
     tap = draw(st.one_of(st.none(), st.integers(0, len(blocks) - 2)))
-    return Spec(in_channels, input_side, tuple(blocks), draw(st.integers(0, 2**31 - 1)), weights_as, tap)
+    return Spec(in_channels, input_side, tuple(blocks), draw(st.integers(0, 2**31 - 1)), weights_as, tap, width)
 
 
 @st.composite
-def graphs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, heads: str = "any") -> Graph:
+def graphs(draw: st.DrawFn, max_blocks: int = MAX_BLOCKS, attention: bool = False,
+           cmax: int = MAX_CHANNELS, width: int = 1) -> Graph:
     """A random valid model (see the module docstring) with the spec it was built from."""
-    spec = draw(specs(max_blocks, heads))
+    spec = draw(specs(max_blocks, attention, cmax, width))
     return Graph(spec, build(spec))
 
 
@@ -225,7 +229,13 @@ class _Builder:
     def shape(self, name: str, dims: list[int]) -> str:
         return self.g.const(f"{name}.shape", np.array(dims, np.int64))
 
-    def add(self, block: Block, p: str) -> None:
+    def add(self, block: Block, p: str, width: int = 1) -> None:
+        if width > 1:  # a depthwise conv (group == input channels) stays depthwise
+            scaled = {"cout", "widths", "parts", "hidden", "head_dim"} | (
+                {"group"} if block.get("group", 1) > 1 and block.get("group") * width == self.c else set())
+            block = Block(block.kind, tuple(
+                (k, (tuple(x * width for x in v) if isinstance(v, tuple) else v * width) if k in scaled else v)
+                for k, v in block.params))
         getattr(self, f"_{block.kind}")(block, p)
 
     def _conv(self, b: Block, p: str) -> None:
@@ -343,7 +353,7 @@ def build(spec: Spec) -> onnx.ModelProto:
     b = _Builder(spec)
     tapped = None
     for i, block in enumerate(spec.blocks):
-        b.add(block, f"b{i}.{block.kind}")
+        b.add(block, f"b{i}.{block.kind}", spec.width)
         if i == spec.tap:
             tapped = b.x
     out_dims = ["batch", b.side * b.side if b.tokens else None, b.c]
