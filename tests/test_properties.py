@@ -1,12 +1,14 @@
 """Properties over random valid graphs (:mod:`graphgen`): residuals, concats, splits, grouped and
 depthwise convs, reshapes into tokens, MLPs and decomposed multi-head attention.
 
-1. ``prune(model, channels=r, heads=h)`` (criterion l2 or random) gives a model that passes the full
-   checker, keeps the I/O signature, runs at batch 3 (the graphs were checked at batch 2) and computes
-   what the original computes with the removed units masked (:func:`helpers.assert_pruned_matches_masked`).
+1. ``prune(model, channels=r, heads=h)`` (criterion l2 or random; round_to 1, 2 or auto; per-group or
+   global ranking) gives a model that passes the full checker, keeps the I/O signature (symbolic batch
+   included), runs at batch 3 (the MAC count binds the batch to 1) and computes what the original computes
+   with the removed units masked (:func:`helpers.assert_pruned_matches_masked`).  On graphs with attention,
+   every multi-head block is one head group and pruning heads alone passes the same oracle.
 2. A pass twice is safe: pruning the pruned model at ratio 0 removes nothing and keeps the outputs bit
    for bit; pruning it again at ``r`` passes the same oracle.
-3. ``sparsify`` in every format stores the zeroed weights so that ``densify`` gives them back bit-exactly
+3. ``sparsify`` (4x wider graphs, so that weights outgrow their decode graphs) in every format stores the zeroed weights so that ``densify`` gives them back bit-exactly
    (in memory and through a saved file) and the stored model's outputs equal the dense zeroed model's bit
    for bit; sparsifying the stored model again writes the same model.
 4. The dependency graph's index maps stay inside their slots, units never share a position, slot sizes
@@ -38,7 +40,7 @@ from onnxsparse.graph import PrunePlan, build_groups, masked_copy
 from onnxsparse.graph.kinds import HEAD_KINDS
 from onnxsparse.passes.prune import PruneResult, prepare_for_analysis
 
-#: the graphs are drawn (and checked) at batch 2; every property runs them at another batch
+#: the batch every property runs at (the analysis binds symbolic dims to 1 for its MAC count)
 BATCH = 3
 FORMATS = ("auto", "csr", "bsr", "bitmask", "delta", "coo")
 #: channel multiplier of the sparse-storage graphs: a decode graph costs ~0.4-6 KB, smaller weights stay dense
