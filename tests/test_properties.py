@@ -8,9 +8,10 @@ depthwise convs, reshapes into tokens, MLPs and decomposed multi-head attention.
    every multi-head block is one head group and pruning heads alone passes the same oracle.
 2. A pass twice is safe: pruning the pruned model at ratio 0 removes nothing and keeps the outputs bit
    for bit; pruning it again at ``r`` passes the same oracle.
-3. ``sparsify`` (4x wider graphs, so that weights outgrow their decode graphs) in every format stores the zeroed weights so that ``densify`` gives them back bit-exactly
-   (in memory and through a saved file) and the stored model's outputs equal the dense zeroed model's bit
-   for bit; sparsifying the stored model again writes the same model.
+3. ``sparsify`` (on 4x wider graphs, so that weights outgrow their decode graphs) in every format stores
+   the zeroed weights so that ``densify`` gives them back bit-exactly (in memory and through a saved file)
+   and the stored model's outputs equal the dense zeroed model's bit for bit; sparsifying the stored
+   model again writes the same model.
 4. The dependency graph's index maps stay inside their slots, units never share a position, slot sizes
    are the tensors' sizes, and keep-masks remove exactly the mapped positions.
 
