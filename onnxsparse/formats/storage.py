@@ -455,7 +455,17 @@ def expand_all(model: ir.Model, names: Iterable[str] | None = None) -> dict[str,
     groups = _decode_groups(graph)
     wanted = set(groups) | set(specs) if names is None else set(names)
     done: dict[str, str] = {}
-    for name in sorted(wanted):
+    # Expand in the order the tensors were stored (their payloads' order), not by name: the dense
+    # initializers then come back in that order, so sparsifying the result again writes the same file.
+    position = {name: i for i, name in enumerate(graph.initializers)}
+
+    def stored_order(name: str) -> tuple[int, str]:
+        spec = specs.get(name)
+        payload = spec.inputs.values() if spec is not None else (
+            v.name for n in groups.get(name, ()) for v in n.inputs if v is not None)  # may include shared constants
+        return min((position[p] for p in payload if p in position), default=len(position)), name
+
+    for name in sorted(wanted, key=stored_order):
         spec = specs.get(name)
         nodes = groups.get(name, [])
         if not nodes:
