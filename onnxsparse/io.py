@@ -29,6 +29,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from . import model_check
 from .errors import ModelLoadError, ModelSaveError
 
 __all__ = [
@@ -78,6 +79,7 @@ def load_proto(source: str | os.PathLike | bytes, *, load_external: bool = False
         base_dir = path.resolve().parent
     _check_versions(proto)
     _check_external_data(proto, base_dir)
+    model_check.check_model(proto, base_dir)
     _densify_sparse_initializers(proto)
     if load_external and base_dir is not None:
         onnx.external_data_helper.load_external_data_for_model(proto, str(base_dir))
