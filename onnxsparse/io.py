@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from . import model_check
+from . import limits, model_check
 from .errors import ModelLoadError, ModelSaveError
 
 __all__ = [
@@ -323,6 +323,7 @@ def _densify_sparse_initializers(proto: onnx.ModelProto) -> None:
             values = numpy_helper.to_array(sparse.values)
             indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
             dims = tuple(sparse.dims)
+            limits.check_alloc(f"sparse initializer {sparse.values.name!r}", dims, values.dtype)
             dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
             if indices.ndim == 2:
                 indices = np.ravel_multi_index(tuple(indices.T), dims)

@@ -111,12 +111,16 @@ def check_alloc(name: str, shape: Iterable[int], dtype: np.dtype | type | str) -
     return size
 
 
-def check_constant_of_shape(node) -> None:
-    """Before folding an ``onnx_ir`` ``ConstantOfShape`` node whose shape is known, check its output fits."""
+def check_constant_of_shape(node) -> bool:
+    """Before folding an ``onnx_ir`` ``ConstantOfShape`` node whose shape is known, check its output fits.
+
+    Returns ``True`` (so it can sit in a fold predicate); raises :class:`TooLarge` otherwise.
+    """
     shape_value = node.inputs[0] if node.inputs else None
     if shape_value is None or shape_value.const_value is None:
-        return
+        return True
     shape = np.asarray(shape_value.const_value.numpy()).reshape(-1)
     attr = node.attributes.get("value")
     dtype = attr.as_tensor().dtype.numpy() if attr is not None else np.dtype(np.float32)
-    check_alloc(f"ConstantOfShape {node.name or node.outputs[0].name!r}", shape, dtype)
+    check_alloc(f"ConstantOfShape {node.name or node.outputs[0].name!r} output", shape, dtype)
+    return True

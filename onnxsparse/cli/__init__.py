@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
+from .. import limits
 from ..errors import OnnxSparseError
 
 __all__ = ["main", "build_parser", "COMMANDS", "SUMMARIES"]
@@ -53,6 +54,8 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--max-memory", metavar="SIZE", default=argparse.SUPPRESS,
+                        help="largest tensor or data array to allocate, e.g. 4G (default: half the available RAM)")
     return common
 
 
@@ -100,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        limits.set_budget(getattr(args, "max_memory", None))
         return int(args.func(args) or 0)
     except OnnxSparseError as exc:
         if debug:

@@ -528,6 +528,7 @@ def _normalize(model: ir.Model) -> None:
     """
     from onnxscript.optimizer import fold_constants
 
+    from ..limits import check_constant_of_shape
     from .normalize import normalize
 
     unlimited = 1 << 62
@@ -535,7 +536,8 @@ def _normalize(model: ir.Model) -> None:
         model,
         input_size_limit=unlimited,
         output_size_limit=unlimited,
-        should_fold=lambda node: node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"),
+        should_fold=lambda node: node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx")
+        and check_constant_of_shape(node),
     )
     normalize(model, fold=False)
 
