@@ -40,7 +40,7 @@ import onnx_ir as ir
 from . import limits
 from .errors import DataError, ModelLoadError
 
-__all__ = ["check_model"]
+__all__ = ["check_model", "check_finite_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -378,3 +378,34 @@ def _run_onnx_checker(proto: onnx.ModelProto) -> None:
         onnx.checker.check_model(_skeleton(proto), full_check=False)
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"invalid model: {_one_line(str(exc))}") from None
+
+
+# ------------------------------------------------------------------------------ finite weights
+
+#: Ops whose constant inputs quantizers turn into integers with a scale from their range.
+_QUANTIZED_WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM", "GRU", "Attention"})
+
+
+def check_finite_weights(model: ir.Model, purpose: str) -> None:
+    """Raise :class:`ModelLoadError` if a weight read by a quantizable op holds NaN or Inf.
+
+    A scale computed from such a range is meaningless (onnxruntime's quantizer
+    stops with ``AssertionError: scale issue``).  Other constants may hold
+    ``-inf`` on purpose (attention masks) and are not looked at.
+    """
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_type not in _QUANTIZED_WEIGHT_OPS:
+                continue
+            for value in node.inputs:
+                tensor = value.const_value if value is not None else None
+                if tensor is None or tensor.dtype is None or not tensor.dtype.is_floating_point():
+                    continue
+                array = tensor.numpy()
+                finite = np.isfinite(array)
+                if not finite.all():
+                    bad = array[~finite]
+                    raise ModelLoadError(
+                        f"weight {value.name!r} of {node.op_type} {node.name!r} has {bad.size} non-finite values "
+                        f"({int(np.isnan(bad).sum())} NaN, {int(np.isinf(bad).sum())} Inf); {purpose} needs finite weights"
+                    )
