@@ -11,24 +11,26 @@ memory available when the process starts; ``--max-memory`` (e.g. ``4G``) or
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from .errors import DataError, UsageError
 
 __all__ = [
-    "parse_size",
-    "default_budget",
-    "set_budget",
+    "TooLarge",
     "budget",
-    "nbytes",
     "check_alloc",
     "check_constant_of_shape",
-    "TooLarge",
+    "default_budget",
+    "max_memory",
+    "nbytes",
+    "parse_size",
+    "set_budget",
 ]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -71,6 +73,18 @@ def set_budget(size: int | str | None) -> None:
     """Set the budget in bytes (or a ``parse_size`` string); ``None`` goes back to the machine default."""
     global _budget
     _budget = parse_size(size) if isinstance(size, str) else size
+
+
+@contextlib.contextmanager
+def max_memory(size: int | str | None) -> Iterator[None]:
+    """Within the block the budget is ``size`` (``None``: the machine default); the previous one is restored."""
+    global _budget
+    previous = _budget
+    set_budget(size)
+    try:
+        yield
+    finally:
+        _budget = previous
 
 
 def budget() -> int:

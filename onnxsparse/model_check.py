@@ -40,7 +40,7 @@ import onnx_ir as ir
 from . import limits
 from .errors import DataError, ModelLoadError
 
-__all__ = ["check_model", "check_finite_weights"]
+__all__ = ["check_finite_weights", "check_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ _CHECKER_INLINE_BYTES = 1024
 
 _KNOWN_TYPES = frozenset(v for v in onnx.TensorProto.DataType.values() if v != onnx.TensorProto.UNDEFINED)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-_STORAGE_KEY = "onnxsparse.storage"
 
 
 def check_model(proto: onnx.ModelProto, base_dir: Path | None = None) -> None:
@@ -61,9 +60,7 @@ def check_model(proto: onnx.ModelProto, base_dir: Path | None = None) -> None:
         _check_opsets(proto)
         names = _check_graph(proto.graph, set(), base_dir, "graph")
         _check_storage_metadata(proto, names)
-    except limits.TooLarge as exc:
-        raise ModelLoadError(str(exc)) from None
-    except DataError as exc:
+    except DataError as exc:  # limits.TooLarge: the budget speaks of data; here it is the model
         raise ModelLoadError(str(exc)) from None
     _run_onnx_checker(proto)
 
@@ -290,42 +287,44 @@ def _check_graph(graph: onnx.GraphProto, outer: set[str], base_dir: Path | None,
 
 def _check_storage_metadata(proto: onnx.ModelProto, initializers: set[str]) -> None:
     from .formats import FORMATS
-    from .formats.storage import StoredTensor
+    from .formats.storage import META_KEY, StoredTensor
 
-    text = next((p.value for p in reversed(proto.metadata_props) if p.key == _STORAGE_KEY), None)
+    text = next((p.value for p in reversed(proto.metadata_props) if p.key == META_KEY), None)
     if not text:
         return
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ModelLoadError(f"corrupt {_STORAGE_KEY} metadata: not JSON ({exc})") from None
+        raise ModelLoadError(f"corrupt {META_KEY} metadata: not JSON ({exc})") from None
     tensors = data.get("tensors") if isinstance(data, dict) else None
     if not isinstance(tensors, dict):
-        raise ModelLoadError(f"corrupt {_STORAGE_KEY} metadata: expected an object with a 'tensors' object")
+        raise ModelLoadError(f"corrupt {META_KEY} metadata: expected an object with a 'tensors' object")
     by_name = {t.name: t for t in proto.graph.initializer}
     for name, raw in tensors.items():
         try:
             spec = StoredTensor.from_json(name, raw)
             dtype = spec.numpy_dtype
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelLoadError(f"corrupt {_STORAGE_KEY} metadata for {name!r}: {type(exc).__name__}: {exc}") from None
+            raise ModelLoadError(f"corrupt {META_KEY} metadata for {name!r}: {type(exc).__name__}: {exc}") from None
         if spec.format not in FORMATS:
-            raise ModelLoadError(f"{_STORAGE_KEY} metadata: tensor {name!r} has unknown format {spec.format!r}")
+            raise ModelLoadError(f"{META_KEY} metadata: tensor {name!r} has unknown format {spec.format!r}")
         limits.check_alloc(f"stored tensor {name!r}", spec.shape, dtype)
         for role, init in spec.inputs.items():
             if init not in initializers:
-                raise ModelLoadError(f"{_STORAGE_KEY} metadata: {name!r} {role} refers to a missing initializer {init!r}")
+                raise ModelLoadError(f"{META_KEY} metadata: {name!r} {role} refers to a missing initializer {init!r}")
         _check_column_indices(spec, by_name)
 
 
 def _check_column_indices(spec, by_name: dict[str, onnx.TensorProto]) -> None:
     """Column indices of row-compressed formats (``col_indices``, ``block_col_indices``) lie inside the row."""
+    from .formats.storage import META_KEY
+
     try:
         cols = int(spec.params["cols"]) if "cols" in spec.params else None
         block = spec.params.get("block")
         bound = None if cols is None else (-(-cols // int(block[1])) if block else cols)
     except (TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
-        raise ModelLoadError(f"corrupt {_STORAGE_KEY} metadata for {spec.name!r}: bad params ({exc})") from None
+        raise ModelLoadError(f"corrupt {META_KEY} metadata for {spec.name!r}: bad params ({exc})") from None
     for role, init in spec.inputs.items():
         if not role.endswith("col_indices") or bound is None:
             continue
@@ -335,7 +334,7 @@ def _check_column_indices(spec, by_name: dict[str, onnx.TensorProto]) -> None:
         indices = onnx.numpy_helper.to_array(tensor).astype(np.int64, copy=False)
         if indices.size and (indices.min() < 0 or indices.max() >= bound):
             raise ModelLoadError(
-                f"{_STORAGE_KEY} metadata: stored tensor {spec.name!r} has {role} outside [0, {bound}) "
+                f"{META_KEY} metadata: stored tensor {spec.name!r} has {role} outside [0, {bound}) "
                 f"(min {indices.min()}, max {indices.max()})"
             )
 

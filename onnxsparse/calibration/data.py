@@ -180,9 +180,9 @@ def _read_npy_header(handle, where: str) -> tuple[tuple[int, ...], np.dtype, int
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
         else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
     except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"{where} is not a valid .npy array ({' '.join(str(exc).split())})") from None
     if dtype.hasobject:
@@ -217,7 +217,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             members = [info for info in archive.infolist() if not info.is_dir()]
             arrays: dict[str, np.ndarray] = {}
             for info in members:
-                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                key = info.filename.removesuffix(".npy")
                 where = f"{path}: array {key!r}"
                 with archive.open(info) as handle:
                     shape, dtype, offset = _read_npy_header(handle, where)

@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        limits.set_budget(getattr(args, "max_memory", None))
-        return int(args.func(args) or 0)
+        with limits.max_memory(getattr(args, "max_memory", None)):
+            return int(args.func(args) or 0)
     except OnnxSparseError as exc:
         if debug:
             raise
