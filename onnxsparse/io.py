@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from . import guard
+from . import guard, limits, model_check
 from .errors import ModelLoadError, ModelSaveError
 
 __all__ = [
@@ -79,6 +79,7 @@ def load_proto(source: str | os.PathLike | bytes, *, load_external: bool = False
         base_dir = path.resolve().parent
     _check_versions(proto)
     _check_external_data(proto, base_dir)
+    model_check.check_model(proto, base_dir)
     _densify_sparse_initializers(proto, base_dir)
     if load_external and base_dir is not None:
         onnx.external_data_helper.load_external_data_for_model(proto, str(base_dir))
@@ -414,6 +415,7 @@ def _densify_sparse_initializers(proto: onnx.ModelProto, base_dir: Path | None) 
             values = array(sparse.values)
             indices = array(sparse.indices).astype(np.int64)
             dims = tuple(sparse.dims)
+            limits.check_alloc(f"sparse initializer {sparse.values.name!r}", dims, values.dtype)
             dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
             if indices.ndim == 2:
                 indices = np.ravel_multi_index(tuple(indices.T), dims)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import guard
+from .. import guard, limits
 from ..errors import DataError, UsageError
 
-__all__ = ["InputSpec", "DataSource", "load_data", "model_input_specs", "parse_shapes", "onnx_to_numpy_dtype"]
+__all__ = ["InputSpec", "DataSource", "load_data", "model_input_specs", "parse_shapes", "onnx_to_numpy_dtype",
+           "read_arrays"]
 
 Dim = "int | str | None"
 
@@ -170,17 +172,144 @@ class DataSource:
                 self.arrays[spec.name] = arr.astype(spec.dtype)
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    guard.input_file(path, "data file", DataError)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npy_header(handle, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and header length of one ``.npy`` stream, read before any data is allocated."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise DataError(f"{path} is a .npy array, expected an .npz keyed by input name")
-            return {key: npz[key] for key in npz.files}
-    except DataError:
-        raise
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{where} is not a valid .npy array ({' '.join(str(exc).split())})") from None
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects (dtype {dtype}); only numeric arrays are read")
+    return tuple(int(d) for d in shape), np.dtype(dtype), handle.tell()
+
+
+def _check_header(shape: tuple[int, ...], dtype: np.dtype, data_bytes: int, where: str) -> None:
+    """Rank, budget and stored size of an array from its header, before loading it."""
+    if len(shape) == 0:
+        raise DataError(f"{where} is a scalar; every array needs a first axis of samples")
+    need = limits.check_alloc(where, shape, dtype)
+    if data_bytes < need:
+        raise DataError(f"{where} is truncated: its header says shape {list(shape)} {dtype} ({need} bytes), "
+                        f"the file holds {data_bytes}")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as handle:
+        shape, dtype, offset = _read_npy_header(handle, str(path))
+    _check_header(shape, dtype, path.stat().st_size - offset, str(path))
+    try:
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from exc
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, each header checked (rank, budget, stored size) before it is loaded."""
+    guard.input_file(path, "data file", DataError)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            arrays: dict[str, np.ndarray] = {}
+            for info in members:
+                key = info.filename.removesuffix(".npy")
+                where = f"{path}: array {key!r}"
+                with archive.open(info) as handle:
+                    shape, dtype, offset = _read_npy_header(handle, where)
+                _check_header(shape, dtype, info.file_size - offset, where)
+                with archive.open(info) as handle:
+                    arrays[key] = np.lib.format.read_array(handle, allow_pickle=False)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+        raise DataError(f"cannot read data file {path}: {' '.join(str(exc).split())}") from None
+    if not arrays:
+        raise DataError(f"{path} holds no arrays")
+    return arrays
+
+
+def read_arrays(path: Path) -> tuple[dict[str, np.ndarray], bool]:
+    """The arrays of an ``.npz`` or a plain ``.npy`` (keyed by file stem), headers checked before loading;
+    and whether the file was a plain ``.npy``."""
+    guard.input_file(path, "data file", DataError)
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {exc.strerror or exc}") from None
+    if magic == _NPY_MAGIC:
+        return {path.stem: _load_npy(path)}, True
+    return _load_npz(path), False
+
+
+def _read_file(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """An ``.npz``, or a plain ``.npy`` when the model has exactly one input (the array is its samples)."""
+    arrays, plain = read_arrays(path)
+    if not plain:
+        return arrays
+    if len(specs) != 1:
+        raise DataError(
+            f"{path} is a single .npy array but the model has {len(specs)} inputs "
+            f"{[spec.name for spec in specs]}: give an .npz keyed by input name"
+        )
+    return {specs[0].name: next(iter(arrays.values()))}
+
+
+def _nan_allowed(model) -> set[str]:
+    """Inputs that feed an op made for missing values (``IsNaN``, ``ai.onnx.ml`` ``Imputer``) may hold NaN."""
+    if isinstance(model, onnx.ModelProto):
+        reads = ((node.op_type, list(node.input)) for node in model.graph.node)
+    elif hasattr(model, "graph") and not hasattr(model, "get_inputs"):  # onnx_ir
+        reads = ((node.op_type, [v.name for v in node.inputs if v is not None]) for node in model.graph)
+    else:  # an onnxruntime session: no graph to look at
+        return set()
+    return {name for op_type, inputs in reads if op_type in ("IsNaN", "Imputer") for name in inputs}
+
+
+def _check_arrays(arrays: Mapping[str, np.ndarray], origin: str, nan_ok: set[str]) -> None:
+    """Every array: no Python objects, at least one sample, and finite (floats) unless the model handles NaN itself."""
+    for name, arr in arrays.items():
+        if arr.dtype.hasobject:
+            raise DataError(f"{origin}: array {name!r} holds Python objects; expected numbers, booleans or strings")
+        if arr.ndim == 0:
+            raise DataError(f"{origin}: array {name!r} is a scalar; every array needs a first axis of samples")
+        if arr.shape[0] == 0:
+            raise DataError(f"{origin}: array {name!r} holds zero samples (shape {list(arr.shape)})")
+        if arr.dtype.kind == "f" and name not in nan_ok:
+            finite = np.isfinite(arr)
+            if not finite.all():
+                bad = arr[~finite]
+                raise DataError(
+                    f"{origin}: array {name!r} has {bad.size} non-finite values "
+                    f"({int(np.isnan(bad).sum())} NaN, {int(np.isinf(bad).sum())} Inf)"
+                )
+
+
+def _concat_folder(path: Path, files: list[Path], parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One array per key from a folder's files, which must agree in keys, sample shape and dtype."""
+    first = parts[0]
+    for f, part in zip(files, parts):
+        if set(part) != set(first):
+            raise DataError(f"{f} has keys {sorted(part)}, expected {sorted(first)} like {files[0].name}")
+        for key, arr in part.items():
+            ref = first[key]
+            if arr.ndim == 0 or ref.ndim == 0:
+                raise DataError(f"{f}: array {key!r} is a scalar; every array needs a first axis of samples")
+            if arr.shape[1:] != ref.shape[1:] or arr.dtype != ref.dtype:
+                raise DataError(
+                    f"{f}: array {key!r} has samples of shape {list(arr.shape[1:])} {arr.dtype}, "
+                    f"{files[0].name} has {list(ref.shape[1:])} {ref.dtype}; files in {path} must agree"
+                )
+    total = sum(limits.nbytes(part[key].shape, part[key].dtype) for part in parts for key in part)
+    if total > limits.budget():
+        limits.check_alloc(f"data folder {path}", (total,), np.uint8)
+    return {k: np.concatenate([p[k] for p in parts]) for k in first}
 
 
 def _random_arrays(specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]], samples: int, seed: int):
@@ -209,7 +338,9 @@ def load_data(
     """Build a checked :class:`DataSource` for ``model`` from ``spec``.
 
     ``spec`` is an ``.npz`` path, a folder of ``.npz`` files, ``"random"`` or a
-    mapping of arrays.  ``model`` is anything :func:`model_input_specs` accepts.
+    mapping of arrays; for a model with one input, a plain ``.npy`` (its samples).
+    Headers are checked against the memory budget before loading; float arrays
+    must be finite unless they feed ``IsNaN``/``Imputer`` (made for missing values).  ``model`` is anything :func:`model_input_specs` accepts.
     """
     specs = model_input_specs(model)
     shapes = dict(shapes or {})
@@ -228,12 +359,10 @@ def load_data(
             if not files:
                 raise DataError(f"data folder {path} has no .npz files")
             parts = [_load_npz(f) for f in files]
-            keys = set(parts[0])
-            for f, part in zip(files, parts):
-                if set(part) != keys:
-                    raise DataError(f"{f} has keys {sorted(part)}, expected {sorted(keys)} like {files[0].name}")
-            source = DataSource({k: np.concatenate([p[k] for p in parts]) for k in keys}, str(path))
+            source = DataSource(_concat_folder(path, files, parts), str(path))
         else:
-            source = DataSource(_load_npz(path), str(path))
+            source = DataSource(_read_file(path, specs), str(path))
+    if not isinstance(spec, DataSource):
+        _check_arrays(source.arrays, source.origin, _nan_allowed(model))
     source.check_against(specs)
     return source

@@ -19,6 +19,7 @@ from typing import NoReturn
 from .. import guard
 from .._signals import Terminated, signals_as_exceptions, stopped
 from .._version import __version__
+from .. import limits
 from ..errors import OnnxSparseError
 
 __all__ = ["main", "build_parser", "COMMANDS", "SUMMARIES"]
@@ -70,6 +71,8 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--max-memory", metavar="SIZE", default=argparse.SUPPRESS,
+                        help="largest tensor or data array to allocate, e.g. 4G (default: half the available RAM)")
     return common
 
 
@@ -137,7 +140,8 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with limits.max_memory(getattr(args, "max_memory", None)):
+            return int(args.func(args) or 0)
     except OnnxSparseError as exc:
         if debug:
             raise

@@ -16,6 +16,8 @@ import onnx_ir.passes.common as common
 from onnx_ir.passes import PassResult
 from onnxscript.optimizer import fold_constants
 
+from ..limits import check_constant_of_shape
+
 __all__ = ["NormalizePass", "normalize"]
 
 logger = logging.getLogger(__name__)
@@ -155,7 +157,7 @@ def _fold_weight_generators(node: ir.Node) -> bool | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "ConstantOfShape":
-        return True
+        return check_constant_of_shape(node)
     if node.op_type in _QUANTIZATION:
         return False  # a quantized weight stays quantized (onnxscript 0.5 folds DequantizeLinear of constants)
     if node.op_type in _GROWING:

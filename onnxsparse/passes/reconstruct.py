@@ -553,8 +553,8 @@ def reconstruct(
     """
     if mode not in REPAIRS:
         raise UsageError(f"unknown repair {mode!r} (choose from {', '.join(REPAIRS)})")
-    if damp < 0:
-        raise UsageError(f"damping must be >= 0, got {damp}")
+    if not 0 <= damp < float("inf"):  # also refuses NaN
+        raise UsageError(f"damping must be a finite number >= 0, got {damp}")
     report = RepairReport(mode, sequential, damp, samples=len(source))
     rec = Reconstruction(report)
     if mode == "none" or plan.empty:

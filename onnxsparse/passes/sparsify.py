@@ -761,6 +761,7 @@ def _normalize(model: ir.Model) -> None:
     """
     from onnxscript.optimizer import fold_constants
 
+    from ..limits import check_constant_of_shape
     from .normalize import normalize
 
     unlimited = 1 << 62
@@ -768,7 +769,8 @@ def _normalize(model: ir.Model) -> None:
         model,
         input_size_limit=unlimited,
         output_size_limit=unlimited,
-        should_fold=lambda node: node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"),
+        should_fold=lambda node: node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx")
+        and check_constant_of_shape(node),
     )
     normalize(model, fold=False)
 

@@ -25,6 +25,7 @@ from .._ort import make_session, session_options
 from .._progress import progress_bar
 from ..calibration.data import DataSource, load_data, model_input_specs
 from ..errors import DataError, UsageError
+from ..model_check import check_finite_weights
 from ..io import (
     EXTERNAL_DATA_THRESHOLD,
     carry_value_info,
@@ -305,6 +306,7 @@ def quantize(
         check_output(Path(output), protect=(input_path, calib if isinstance(calib, (str, os.PathLike)) else None),
                      force=force)
     ir_model = load_model(model)
+    check_finite_weights(ir_model, "quantization")
     bytes_before = model_file_bytes(input_path) if input_path else ir.to_proto(ir_model).ByteSize()
     warnings: list[str] = []
     calib_source = _load_calibration(calib, ir_model, shapes, settings, quant_mode.needs_calibration)

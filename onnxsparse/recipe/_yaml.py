@@ -42,8 +42,33 @@ _Loader.add_implicit_resolver(
 )
 
 
+#: Recipes are small: deeper nesting or longer integers are a broken or hostile file, refused in one line
+#: (instead of a ``RecursionError`` or Python's 4300-digit int conversion error).
+MAX_DEPTH = 64
+MAX_INT_DIGITS = 40
+
+
+def _compose_node(self: yaml.SafeLoader, parent: Any, index: Any) -> Any:
+    depth = getattr(self, "_depth", 0)
+    if depth >= MAX_DEPTH:
+        raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                          self.peek_event().start_mark)
+    self._depth = depth + 1
+    try:
+        return yaml.SafeLoader.compose_node(self, parent, index)
+    finally:
+        self._depth = depth
+
+
+_Loader.compose_node = _compose_node  # type: ignore[method-assign]
+
+
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     text = loader.construct_scalar(node)
+    if len(text) > MAX_INT_DIGITS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"integer of {len(text)} digits is too long (at most {MAX_INT_DIGITS})", node.start_mark
+        )
     return int(text, 0) if text[:2] in ("0x", "0o") else int(text, 10)
 
 
@@ -81,8 +106,10 @@ def parse_text(text: str, origin: str, *, json_only: bool = False) -> Any:
             return json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{origin}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-        except ValueError as exc:
+        except ValueError as exc:  # duplicate keys, integers past Python's digit limit
             raise UsageError(f"{origin}: invalid JSON: {exc}") from None
+        except RecursionError:
+            raise UsageError(f"{origin}: invalid JSON: nested too deeply") from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:

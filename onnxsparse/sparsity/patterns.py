@@ -229,22 +229,25 @@ class Block(Pattern):
             return info.shape[0], int(np.prod(info.shape[1:], dtype=np.int64))
         return 1, int(np.prod(info.shape, dtype=np.int64))
 
-    def _padded(self, info: WeightInfo) -> tuple[int, int, int, int]:
+    def _padded(self, info: WeightInfo) -> tuple[int, int, int, int, int, int]:
+        """View rows/cols, block counts, and the block sides used: a side longer than the view is cut to it
+        (the same blocks, since padding adds only zeros), so a huge ``block:`` never allocates its padding."""
         rows, cols = self._view(info)
-        return rows, cols, -(-rows // self.rows), -(-cols // self.cols)
+        r, c = min(self.rows, max(rows, 1)), min(self.cols, max(cols, 1))
+        return rows, cols, -(-rows // r), -(-cols // c), r, c
 
     def unit_scores(self, scores: np.ndarray, info: WeightInfo) -> np.ndarray:
-        rows, cols, brows, bcols = self._padded(info)
-        padded = np.zeros((brows * self.rows, bcols * self.cols), dtype=np.float64 if scores.dtype == np.float64
+        rows, cols, brows, bcols, r, c = self._padded(info)
+        padded = np.zeros((brows * r, bcols * c), dtype=np.float64 if scores.dtype == np.float64
                           else np.float32)
         padded[:rows, :cols] = scores.reshape(rows, cols)
-        blocks = padded.reshape(brows, self.rows, bcols, self.cols)
+        blocks = padded.reshape(brows, r, bcols, c)
         return np.sqrt(np.square(blocks).sum(axis=(1, 3))).reshape(-1)
 
     def expand(self, keep_units: np.ndarray, info: WeightInfo) -> np.ndarray:
-        rows, cols, brows, bcols = self._padded(info)
+        rows, cols, brows, bcols, r, c = self._padded(info)
         grid = keep_units.reshape(brows, bcols)
-        full = np.repeat(np.repeat(grid, self.rows, axis=0), self.cols, axis=1)
+        full = np.repeat(np.repeat(grid, r, axis=0), c, axis=1)
         return full[:rows, :cols].reshape(info.shape)
 
 

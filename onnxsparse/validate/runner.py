@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ..calibration.data import DataSource, load_data
 from .. import guard
+from ..calibration.data import DataSource, load_data, read_arrays
 from ..errors import DataError, UsageError
 from ._common import (
     check_counts,
@@ -50,20 +50,18 @@ DEFAULT_SAMPLES = 8
 
 
 def load_labels(spec: str | os.PathLike | np.ndarray) -> np.ndarray:
-    """Labels from an array, a ``.npy`` file, or an ``.npz`` holding one array."""
+    """Labels from an array, a ``.npy`` file, or an ``.npz`` holding one array; float labels must be finite."""
     if isinstance(spec, np.ndarray):
-        return spec
-    path = guard.input_file(spec, "labels file", DataError)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read labels {path}: {exc}") from exc
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded as npz:
-        if len(npz.files) != 1:
-            raise DataError(f"labels file {path} holds {len(npz.files)} arrays {npz.files}; expected exactly one")
-        return npz[npz.files[0]]
+        labels, origin = spec, "labels"
+    else:
+        path = guard.input_file(spec, "labels file", DataError)
+        arrays, _ = read_arrays(path)
+        if len(arrays) != 1:
+            raise DataError(f"labels file {path} holds {len(arrays)} arrays {sorted(arrays)}; expected exactly one")
+        labels, origin = next(iter(arrays.values())), str(path)
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise DataError(f"{origin}: {int((~np.isfinite(labels)).sum())} labels are NaN or Inf")
+    return labels
 
 
 def _data_source(data: Any, model: PreparedModel, shapes, samples: int | None, seed: int) -> tuple[DataSource, int]:
