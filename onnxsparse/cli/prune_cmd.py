@@ -88,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     p.add_argument("--channels", type=_ratio, metavar="RATIO", help="fraction of channels to remove per group, in [0, 1)")
+    p.add_argument("--target", metavar="METRIC=R",
+                   help="instead of ratios: keep fraction R of the original's macs, params or latency (e.g. "
+                        "macs=0.7), with per-group widths allocated on a loss table measured on --calib and the "
+                        "result verified by measuring it (see docs/prune.md, Targets)")
     p.add_argument("--criterion", choices=criteria, default=None,
                    help=f"importance criterion (default {DEFAULT_CRITERION}; {DEFAULT_DATA_CRITERION} with --calib)")
     p.add_argument("--global", dest="global_ranking", action="store_true",
@@ -124,6 +128,23 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.set_defaults(func=run)
 
 
+def _check_target(args: argparse.Namespace) -> None:
+    """``--target`` allocates every ratio itself and measures its loss table on ``--calib``."""
+    if args.target is None:
+        return
+    from ..passes.prune_target import parse_target
+
+    parse_target(args.target)
+    given = [flag for flag, value in (("--channels", args.channels), ("--heads", args.heads or None),
+                                      ("--ffn", args.ffn), ("--global", args.global_ranking or None))
+             if value is not None]
+    if given:
+        raise UsageError(f"--target allocates the per-group ratios itself: drop {', '.join(given)}")
+    if args.calib is None:
+        raise UsageError(f"--target {args.target} needs calibration data (--calib DATA): the per-group loss "
+                         "table is measured on it")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..passes import prune_heads as heads_module
     from ..calibration.data import parse_shapes
@@ -131,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
-    if args.channels is None and not wants_heads:
-        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn)")
+    _check_target(args)
+    if args.channels is None and not wants_heads and args.target is None:
+        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn, or --target METRIC=R)")
     check_report_paths([args.report] if args.report else None)
     check_output(args.output, protect=(args.model,), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
@@ -164,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         repair=repair,
         sequential=sequential,
         damp=args.damp,
+        target=args.target,
     )
     heads_report = None
     if wants_heads:
@@ -186,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         if args.channels is not None:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
         what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]
+        if args.target is not None:
+            what.append(f"target {args.target}")
         print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
         print(report.summary())
         if heads_report is not None:

@@ -144,15 +144,19 @@ def plan_pruning(
     min_keep: int = 1,
     seed: int = 0,
     extras: Mapping[str, object] | None = None,
+    group_ratios: Mapping[int, float] | None = None,
 ) -> tuple[PrunePlan, dict[int, str]]:
     """Score and select: the plan for removing, from every prunable group, its kind's ratio of units
     (``channels``, ``heads`` for heads and KV groups, ``ffn`` for FFN neurons: :func:`kind_ratios`).
 
     ``global_ranking`` ranks the groups of one kind together.  ``extras`` reaches the criteria
-    (``{"calibration": Capture}`` for the data-driven ones).
+    (``{"calibration": Capture}`` for the data-driven ones).  ``group_ratios`` (group id -> ratio,
+    ``prune(target=...)``'s allocation) replaces the kind ratios.
     """
-    ratios = kind_ratios(channels, heads, ffn)
     name = get_criterion(criterion).name
+    if group_ratios is not None:
+        return _plan_per_group(dg, group_ratios, criterion, round_to, min_keep, seed, extras)
+    ratios = kind_ratios(channels, heads, ffn)
     wanted = {g.id for g in dg.prunable if ratios.get(g.kind, 0.0) > 0}
     if not wanted:  # nothing to remove: no scores needed (data-driven criteria may have no data)
         return PrunePlan.create(dg, {}), {g.id: name for g in dg.prunable}
@@ -166,6 +170,16 @@ def plan_pruning(
         removed.update(select({i: scores[i] for i in ids}, ratio, global_ranking=global_ranking,
                               round_to={i: multiples[i] for i in ids}, min_keep=min_keep,
                               norm=get_criterion(criterion).global_norm))
+    used.update({g.id: name for g in dg.prunable if g.id not in used})
+    return PrunePlan.create(dg, removed), used
+
+
+def _plan_per_group(dg: DependencyGraph, group_ratios: Mapping[int, float], criterion: str, round_to: int | str,
+                    min_keep: int, seed: int, extras: Mapping[str, object] | None) -> tuple[PrunePlan, dict[int, str]]:
+    name = get_criterion(criterion).name
+    wanted = {g.id for g in dg.prunable if group_ratios.get(g.id, 0.0) > 0}
+    scores, used = score_groups(dg, criterion, seed=seed, extras=extras, only=wanted) if wanted else ({}, {})
+    removed = select(scores, 0.0, round_to=_unit_round(dg, round_to), min_keep=min_keep, group_ratios=group_ratios)
     used.update({g.id: name for g in dg.prunable if g.id not in used})
     return PrunePlan.create(dg, removed), used
 
@@ -264,6 +278,7 @@ def prune(
     sequential: bool | None = None,
     damp: float | None = None,
     calib_batch: int = 32,
+    target: str | None = None,
 ) -> PruneResult:
     """Remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
     (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
@@ -288,6 +303,11 @@ def prune(
     ``"bias"``, ``"lstsq"``; ``None``: ``lstsq`` with data, else ``none``),
     ``sequential`` (default when repairing) or one-shot (``sequential=False``),
     with ridge ``damp`` (default 0.01).
+
+    ``target`` (``"macs=R"``, ``"params=R"`` or ``"latency=R"``, R the fraction of the original kept)
+    replaces the ratios: per-group widths are allocated on a loss table measured on ``calib`` so that
+    the pruned model meets the target, verified by measuring it (:mod:`.prune_target`); ``channels``
+    is then not used and ``heads``/``ffn`` must stay unset.
     """
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
@@ -296,7 +316,8 @@ def prune(
     criterion = default_criterion(calib is not None) if criterion is None else criterion
 
     ratios = kind_ratios(channels, heads, ffn)
-    removing = any(r > 0 for r in ratios.values())
+    target = None if target is None else _check_target(target, calib, heads, ffn)
+    removing = target is not None or any(r > 0 for r in ratios.values())
     crit = get_criterion(criterion)  # fail fast on unknown names
     repair = default_repair(calib is not None) if repair is None else repair
     if repair not in REPAIRS:
@@ -316,7 +337,8 @@ def prune(
     exclude = tuple(exclude)
     timings: dict[str, float] = {}
     wants_data = calib is not None and removing and (crit.requires_data or repair != "none")
-    steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
+    steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []),
+             *(["target"] if target is not None else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
     bar = progress_bar(len(steps), "prune", unit="step", enabled=progress)
 
@@ -356,9 +378,20 @@ def prune(
                       batch_size=calib_batch, seed=seed)
         extras[CALIBRATION_KEY] = cap
         t = step("calibration_s", t)
+    group_ratios = target_report = None
+    if target is not None:
+        from .prune_target import allocate_target
+
+        stage("target")
+        group_ratios, target_report = allocate_target(
+            model, dg, target, calib=source, multiples=_unit_round(dg, round_to), min_keep=min_keep,
+            criterion=criterion, samples=len(source), shapes=shapes, dims=dims, seed=seed,
+            build=lambda m: build_groups(m, registry=registry, exclude=exclude, block=block,
+                                         allow_signature_change=allow_signature_change))
+        t = step("target_s", t)
     plan, used = plan_pruning(
         dg, channels, heads=heads, ffn=ffn, criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
-        seed=seed, extras=extras,
+        seed=seed, extras=extras, group_ratios=group_ratios,
     )
     t = step("scoring_s", t)
     repair_report = None
@@ -381,8 +414,8 @@ def prune(
     step("measure_s", t)
     if bar is not None:
         bar.close()
-    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "scoring_s", "repair_s",
-                                                              "rewrite_s"))
+    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "target_s", "scoring_s",
+                                                              "repair_s", "rewrite_s"))
     timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
 
     report = PruneReport(
@@ -409,6 +442,7 @@ def prune(
             "capture_s": cap.seconds if cap is not None else 0.0,
         },
         repair=repair_report,
+        target=target_report,
     )
     for g in dg.prunable:
         kept = plan.kept(g.id)
@@ -478,6 +512,19 @@ def why_no_groups(model: ir.Model) -> str:
         kinds = ", ".join(f"{op} ({n})" for op, n in sorted(via.items()))
         return f"no Conv/Gemm/MatMul reads a constant weight: they are computed at run time by {kinds}"
     return f"the dependency analysis found no channel axis in the weights of its {len(weighted)} Conv/Gemm/MatMul nodes"
+
+
+def _check_target(target, calib, heads: float, ffn: float | None):
+    """The parsed target; it needs calibration data (the loss table) and replaces the ratios."""
+    from .prune_target import parse_target
+
+    parsed = parse_target(target)
+    if calib is None:
+        raise UsageError(f"--target {parsed} needs calibration data (--calib DATA): the per-group loss table is "
+                         "measured on it")
+    if heads or ffn is not None:
+        raise UsageError("--target allocates channels, heads and FFN neurons itself: drop --heads / --ffn")
+    return parsed
 
 
 def _calibration_source(calib, model: ir.Model, shapes, samples: int | None, seed: int):

@@ -282,6 +282,7 @@ class PruneStep(Step):
     exclude: tuple[str, ...] = ()
     seed: int = 0
     allow_signature_change: bool = False
+    target: str | None = None
 
     @classmethod
     def field_specs(cls) -> tuple[FieldSpec, ...]:
@@ -302,6 +303,9 @@ class PruneStep(Step):
             FieldSpec("seed", "seed", F.integer(), "seed of the random criterion", "int"),
             FieldSpec("allow_signature_change", "allow_signature_change", F.boolean,
                       "allow pruning heads whose KV cache is a graph input/output", "bool"),
+            FieldSpec("target", "target", F.optional(F.text),
+                      "instead of ratios: macs=R, params=R or latency=R kept, allocated per group on calibration data",
+                      "METRIC=R"),
         )
 
     @classmethod
@@ -309,7 +313,7 @@ class PruneStep(Step):
         from ..passes.prune import prune
 
         covered = {"model", "channels", "heads", "ffn", "allow_signature_change", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
-                   "block", "registry", "shapes", "normalized", "measure", "progress"}
+                   "target", "block", "registry", "shapes", "normalized", "measure", "progress"}
         return _signature_extras(prune, covered)
 
     @property
@@ -318,8 +322,19 @@ class PruneStep(Step):
         return dict(self.extra).get("calib")
 
     def check(self) -> None:
+        if self.target is not None:
+            from ..errors import UsageError
+            from ..passes.prune_target import parse_target
+
+            try:
+                parse_target(self.target)
+            except UsageError as exc:
+                raise Bad(str(exc)) from None
+            if self.channels is not None or self.heads or self.ffn is not None or self.global_ranking:
+                raise Bad("target allocates the per-group ratios itself: drop channels, heads, ffn and global")
+            return
         if not self.channels and not self.heads and not self.ffn:
-            raise Bad("nothing to prune: set channels, heads or ffn")
+            raise Bad("nothing to prune: set channels, heads or ffn (or target)")
 
 
 @register_step
