@@ -18,8 +18,9 @@ model.  Here (docs/prune.md "Targets"):
    measured (MACs / params counted on the pruned copy, latency timed with onnxruntime
    interleaved with the original).  The costs of several groups do not add exactly (a
    Conv between two pruned groups loses the product of their fractions), so when the
-   measurement misses the target the budget is scaled by ``target / measured`` and the
-   knapsack re-solved, for a few rounds; every round is reported.
+   measurement misses the target the budget is scaled by ``target / measured`` (or
+   bisected, when that leaves the bracket of budgets known to remove too much and too
+   little) and the knapsack re-solved, for a few rounds; every measured round is reported.
 """
 
 from __future__ import annotations
@@ -304,28 +305,37 @@ def allocate_target(
     costs = [[f - s for s in o.saved] for o, f in zip(options, full)]
     losses = [o.loss for o in options]
     budget = target.ratio
+    lo, hi = 0.0, 1.0  # budgets known to remove too much / too little (the next one is tried between)
     tried: dict[tuple[int, ...], int] = {}
     chosen_round: int | None = None
-    for index in range(MAX_ROUNDS[target.metric]):
+    for _ in range(4 * MAX_ROUNDS[target.metric]):
+        if len(report.rounds) >= MAX_ROUNDS[target.metric] or hi - lo < 1e-4:
+            break
         cap = sum(full) - (1.0 - budget) * total  # the summed option costs allowed (see the docstring)
         alloc = solve(losses, costs, max(cap, 0.0), solver) if cap >= min_cost(costs) - 1e-9 else None
         if alloc is None:
             alloc = solve(losses, costs, min_cost(costs), solver)  # the most the ladder removes
-        keep = {o.gid: o.keep[c] for o, c in zip(options, alloc.choice)}
-        predicted = (total - sum(o.saved[c] for o, c in zip(options, alloc.choice))) / total
-        if alloc.choice in tried:  # same widths again: the grid is too coarse to move further
-            report.rounds.append(TargetRound(budget, predicted, report.rounds[tried[alloc.choice]].measured,
-                                             alloc.loss, note="same widths as round %d" % (tried[alloc.choice] + 1)))
-            break
-        measured, extra = meter.ratio(_pruned_copy(model, build, keep, sizes))
-        tried[alloc.choice] = index
-        report.rounds.append(TargetRound(budget, predicted, measured, alloc.loss, keep=keep, timing=extra))
-        logger.info("target %s round %d: budget %.4f predicted %.4f measured %.4f", target, index + 1, budget,
-                    predicted, measured)
-        if _met(target.metric, measured, target.ratio):
-            chosen_round = index
-            break
-        budget = min(1.0, budget * target.ratio / measured)
+        if alloc.choice in tried:  # widths measured before: no need to measure them again
+            measured = report.rounds[tried[alloc.choice]].measured
+            logger.info("target %s: budget %.4f gives the widths of round %d", target, budget,
+                        tried[alloc.choice] + 1)
+        else:
+            keep = {o.gid: o.keep[c] for o, c in zip(options, alloc.choice)}
+            predicted = (total - sum(o.saved[c] for o, c in zip(options, alloc.choice))) / total
+            measured, extra = meter.ratio(_pruned_copy(model, build, keep, sizes))
+            tried[alloc.choice] = len(report.rounds)
+            report.rounds.append(TargetRound(budget, predicted, measured, alloc.loss, keep=keep, timing=extra))
+            logger.info("target %s round %d: budget %.4f predicted %.4f measured %.4f", target, len(report.rounds),
+                        budget, predicted, measured)
+            if _met(target.metric, measured, target.ratio):
+                chosen_round = len(report.rounds) - 1
+                break
+        if measured > target.ratio:
+            hi = min(hi, budget)
+        else:
+            lo = max(lo, budget)
+        guess = budget * target.ratio / measured
+        budget = guess if lo < guess < hi else 0.5 * (lo + hi)
     if chosen_round is None:
         chosen_round = _fallback(report.rounds, target)
         report.note = (f"no allocation landed within {TOLERANCE:.0%} of {target}: the widths the groups may keep "
