@@ -171,15 +171,20 @@ def test_target_params_counts_the_pruned_model():
     assert abs(measured - 0.5) <= 0.02 * 0.5
 
 
-def test_target_latency_mechanics(monkeypatch):
-    """Rounds time the pruned copy against the original and tighten the budget by target / measured
-    until it is met or the rounds run out (no timing is asserted)."""
+def test_target_latency_mechanics(monkeypatch, tmp_path):
+    """A lookup table times each group pruned alone to each width (cached on disk per model and machine);
+    rounds time the pruned copy against the original and tighten the budget until the target is met or
+    the rounds run out (no timing is asserted)."""
     from onnxsparse.passes.prune import prune
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(prune_target, "LATENCY_BUDGET_S", 0.02)
+    monkeypatch.setattr(prune_target, "TABLE_BUDGET_S", 0.01)
     result = prune(sample("digits_cnn"), calib=DATA / "digits_calib.npz", target="latency=0.6", round_to=8)
     target = result.report.target
-    assert target.metric == "latency" and target.cost_basis == "macs"
+    assert target.metric == "latency" and target.cost_basis == "latency table"
+    assert target.table_measured > 0 and target.table_cached == 0
+    assert [p.parent for p in tmp_path.rglob("*.json")] == [tmp_path / "onnxsparse" / "latency"]
     assert 1 <= len(target.rounds) <= prune_target.MAX_ROUNDS["latency"]
     for r in target.rounds:
         assert r.timing["candidate_p50_ms"] > 0 and r.measured == pytest.approx(
@@ -190,6 +195,9 @@ def test_target_latency_mechanics(monkeypatch):
     assert target.rounds[0].budget == 0.6
     assert target.met == (target.measured <= 0.6 * 1.02)
     assert target.table().startswith("target latency=0.6 (within 2% or below)")
+
+    again = prune(sample("digits_cnn"), calib=DATA / "digits_calib.npz", target="latency=0.6", round_to=8)
+    assert (again.report.target.table_measured, again.report.target.table_cached) == (0, target.table_measured)
 
 
 @pytest.mark.parametrize("extra, pattern", [

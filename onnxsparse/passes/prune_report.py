@@ -73,6 +73,8 @@ class TargetReport:
     ladder: tuple[float, ...]
     cost_basis: str  #: the per-group cost the knapsack allocates on (latency: MACs, corrected by timing)
     sensitivity_sessions: int = 0
+    table_measured: int = 0  #: latency lookup-table entries timed in this run
+    table_cached: int = 0  #: ... and read from the on-disk cache
     rounds: list[TargetRound] = field(default_factory=list)
     chosen_round: int | None = None
     measured: float | None = None
@@ -86,6 +88,8 @@ class TargetReport:
         return {"target": f"{self.metric}={self.ratio:g}", "metric": self.metric, "ratio": self.ratio,
                 "tolerance": self.tolerance, "solver": self.solver, "cost_basis": self.cost_basis,
                 "ladder": list(self.ladder), "sensitivity_sessions": self.sensitivity_sessions,
+                **({"latency_table": {"measured": self.table_measured, "cached": self.table_cached}}
+                   if self.table_measured or self.table_cached else {}),
                 "measured": self.measured, "met": self.met, "predicted_loss": self.predicted_loss,
                 "chosen_round": None if self.chosen_round is None else self.chosen_round + 1,
                 "rounds": [r.to_dict() for r in self.rounds],
@@ -99,7 +103,10 @@ class TargetReport:
         text = format_table(["round", "budget", "predicted", "measured", "pred. loss", ""], rows,
                             title=f"target {self.metric}={self.ratio:g} (within {self.tolerance:.0%}"
                                   f"{' or below' if self.metric == 'latency' else ''}): {verdict}; "
-                                  f"allocated on {self.cost_basis}, {self.solver} solver")
+                                  f"allocated on {self.cost_basis}"
+                                  + (f" ({self.table_measured} widths timed, {self.table_cached} cached)"
+                                     if self.table_measured or self.table_cached else "")
+                                  + f", {self.solver} solver")
         return text + (f"\n{self.note}" if self.note else "")
 
 

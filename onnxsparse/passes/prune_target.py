@@ -12,7 +12,12 @@ model.  Here (docs/prune.md "Targets"):
 3. **Cost table** - per option, the MACs or parameters the group's removed units carry,
    counted exactly from the analysis' keep-masks (MACs: each counted node loses the
    fraction of its pruned axis; params: each weight the fraction of its pruned axes).
-   ``latency`` allocates on the MAC cost and corrects by measurement.
+   ``latency`` allocates on a lookup table measured on the CPU provider (NetAdapt / HALP):
+   each group pruned alone to each width, timed interleaved with the original, the
+   fraction of the latency it saves (negative when a width falls off the blocked kernels).
+   The table is cached on disk per model, provider and machine
+   (``$XDG_CACHE_HOME/onnxsparse/latency/``, default ``~/.cache``); ``latency_table=False``
+   allocates on MACs instead.
 4. **Allocation** - :mod:`onnxsparse.passes.allocate` (a knapsack over the budget).
 5. **Verify and correct** - the chosen widths are applied to a copy and the result is
    measured (MACs / params counted on the pruned copy, latency timed with onnxruntime
@@ -25,11 +30,16 @@ model.  Here (docs/prune.md "Targets"):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
+import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -53,6 +63,8 @@ TOLERANCE = 0.02
 MAX_ROUNDS = {"macs": 6, "params": 6, "latency": 4}
 #: seconds of timed runs per model per latency round
 LATENCY_BUDGET_S = 1.0
+#: seconds of timed runs per model per entry of the latency lookup table
+TABLE_BUDGET_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -233,15 +245,75 @@ class _Meter:
                              "fix the input shapes with --shape NAME=D0xD1x...")
         return float(macs)
 
-    def ratio(self, candidate: ir.Model) -> tuple[float, dict[str, float]]:
+    def ratio(self, candidate: ir.Model, budget: float | None = None) -> tuple[float, dict[str, float]]:
         if self.metric != "latency":
             return self._count(candidate) / self.before, {}
         from ..validate.latency import measure_interleaved
 
         sess = _session(candidate)
         ref, cand = measure_interleaved([self.reference_session, sess], [self.feeds, self.feeds], batches=[1, 1],
-                                        warmup=10, budget=LATENCY_BUDGET_S)
+                                        warmup=10, budget=LATENCY_BUDGET_S if budget is None else budget)
         return cand.p50_ms / ref.p50_ms, {"reference_p50_ms": ref.p50_ms, "candidate_p50_ms": cand.p50_ms}
+
+
+def cache_dir() -> Path:
+    """Where latency lookup tables are kept: ``$XDG_CACHE_HOME/onnxsparse/latency`` (default ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "onnxsparse" / "latency"
+
+
+def _machine() -> str:
+    import onnxruntime as ort
+
+    from ..quantize.cpu import detect_cpu
+
+    return f"{platform.machine()}|{detect_cpu().model_name}|{os.cpu_count()}|onnxruntime {ort.__version__}|CPU"
+
+
+def _table_key(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> str:
+    from ..io import to_proto
+
+    digest = hashlib.sha256(to_proto(model).SerializeToString(deterministic=True))
+    digest.update(_machine().encode())
+    for name in sorted(feeds):
+        digest.update(f"{name}{tuple(feeds[name].shape)}{feeds[name].dtype}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _latency_costs(model: ir.Model, dg, options: Sequence[GroupOptions], build, sizes, meter: _Meter) -> tuple[int, int]:
+    """Fill ``saved`` with the fraction of the original's latency each option saves, measured alone
+    (cached on disk); returns (entries measured now, entries read from the cache)."""
+    path = cache_dir() / f"{_table_key(model, meter.feeds)}.json"
+    try:
+        cache = json.loads(path.read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        cache = {}
+    measured = hits = 0
+    for opt in options:
+        saved = []
+        root = str(dg.groups[opt.gid].root)
+        for k in opt.keep:
+            key = f"{opt.gid}|{root}|{k}"
+            if k == opt.size:
+                saved.append(0.0)
+            elif key in cache:
+                saved.append(float(cache[key]))
+                hits += 1
+            else:
+                ratio, _ = meter.ratio(_pruned_copy(model, build, {opt.gid: k}, sizes), TABLE_BUDGET_S)
+                cache[key] = 1.0 - ratio
+                saved.append(1.0 - ratio)
+                measured += 1
+        opt.saved = saved
+    if measured:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"machine": _machine(), "entries": cache}, indent=0))
+            tmp.replace(path)
+        except OSError as exc:  # a cache that cannot be written only costs time next run
+            logger.warning("latency table not cached at %s: %s", path, exc)
+    return measured, hits
 
 
 # -- the allocation ---------------------------------------------------------------------------
@@ -267,6 +339,7 @@ def allocate_target(
     dims=None,
     seed: int = 0,
     solver: str = "dp",
+    latency_table: bool = True,
 ) -> tuple[dict[int, float], TargetReport]:
     """Per-group removal ratios meeting ``target`` on ``model`` (prepared for analysis, not modified),
     whose groups are ``dg``; ``build(copy)`` makes the same analysis of a copy (for verification).
@@ -290,13 +363,19 @@ def allocate_target(
         keep, loss = group_options(sizes[gid], multiples.get(gid, 1), min_keep, measured)
         if len(keep) > 1:
             options.append(GroupOptions(gid, entry.kind, sizes[gid], keep, loss))
-    cost_metric = "macs" if target.metric == "latency" else target.metric
-    _cost_tables(model, dg, options, cost_metric, shapes, dims)
     feeds = {k: np.ascontiguousarray(v[:1]) for k, v in calib.arrays.items()} if target.metric == "latency" else {}
     meter = _Meter(target.metric, model, shapes, dims, feeds)
-    total = _model_cost(model, cost_metric, shapes, dims)
     report = TargetReport(metric=target.metric, ratio=target.ratio, tolerance=TOLERANCE, solver=solver,
-                          ladder=tuple(ratios), cost_basis=cost_metric, sensitivity_sessions=table.sessions)
+                          ladder=tuple(ratios), cost_basis=target.metric, sensitivity_sessions=table.sessions)
+    if target.metric == "latency" and latency_table:
+        report.cost_basis = "latency table"
+        report.table_measured, report.table_cached = _latency_costs(model, dg, options, build, sizes, meter)
+        total = 1.0
+    else:
+        cost_metric = "macs" if target.metric == "latency" else target.metric
+        report.cost_basis = cost_metric
+        _cost_tables(model, dg, options, cost_metric, shapes, dims)
+        total = _model_cost(model, cost_metric, shapes, dims)
     if not options or not total:
         report.note = "no prunable group has a width to choose" if not options else "the model has no cost to cut"
         report.seconds = time.perf_counter() - start
