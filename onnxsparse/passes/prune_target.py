@@ -65,6 +65,8 @@ MAX_ROUNDS = {"macs": 6, "params": 6, "latency": 4}
 LATENCY_BUDGET_S = 1.0
 #: seconds of timed runs per model per entry of the latency lookup table
 TABLE_BUDGET_S = 0.25
+#: warm-up runs and timed rounds at least per table entry (a 0.5 s model then costs ~3 s per entry)
+TABLE_WARMUP, TABLE_MIN_RUNS = 2, 3
 
 
 @dataclass(frozen=True)
@@ -245,14 +247,16 @@ class _Meter:
                              "fix the input shapes with --shape NAME=D0xD1x...")
         return float(macs)
 
-    def ratio(self, candidate: ir.Model, budget: float | None = None) -> tuple[float, dict[str, float]]:
+    def ratio(self, candidate: ir.Model, budget: float | None = None, *, warmup: int = 10,
+              min_runs: int | None = None) -> tuple[float, dict[str, float]]:
         if self.metric != "latency":
             return self._count(candidate) / self.before, {}
         from ..validate.latency import measure_interleaved
 
         sess = _session(candidate)
         ref, cand = measure_interleaved([self.reference_session, sess], [self.feeds, self.feeds], batches=[1, 1],
-                                        warmup=10, budget=LATENCY_BUDGET_S if budget is None else budget)
+                                        warmup=warmup, budget=LATENCY_BUDGET_S if budget is None else budget,
+                                        min_runs=min_runs)
         return cand.p50_ms / ref.p50_ms, {"reference_p50_ms": ref.p50_ms, "candidate_p50_ms": cand.p50_ms}
 
 
@@ -300,7 +304,8 @@ def _latency_costs(model: ir.Model, dg, options: Sequence[GroupOptions], build, 
                 saved.append(float(cache[key]))
                 hits += 1
             else:
-                ratio, _ = meter.ratio(_pruned_copy(model, build, {opt.gid: k}, sizes), TABLE_BUDGET_S)
+                ratio, _ = meter.ratio(_pruned_copy(model, build, {opt.gid: k}, sizes), TABLE_BUDGET_S,
+                                       warmup=TABLE_WARMUP, min_runs=TABLE_MIN_RUNS)
                 cache[key] = 1.0 - ratio
                 saved.append(1.0 - ratio)
                 measured += 1
