@@ -223,3 +223,32 @@ def test_cli_target_prints_and_reports_the_target(tmp_path):
     assert "target params=0.5" in stdout and "met (measured" in stdout
     data = json.loads(report.read_text())
     assert data["target"]["met"] and data["target"]["measured"] == pytest.approx(data["params"]["ratio"])
+
+
+def test_recipe_prune_target(tmp_path):
+    import json
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"calib: {DATA / 'digits_calib.npz'}\nsteps:\n  - prune: {{target: params=0.5, round_to: 8}}\n")
+    code, out, err = cli("run", recipe, sample("digits_cnn"), "-o", tmp_path / "o.onnx", "--json", "-q")
+    assert code == 0, err
+    target = json.loads(out)["steps"][0]["report"]["channels"]["target"]
+    assert target["met"] and abs(target["measured"] - 0.5) <= 0.01
+
+
+@pytest.mark.parametrize("step, pattern", [
+    ("{target: macs=0.7, channels: 0.3}", "target allocates the per-group ratios itself"),
+    ("{target: flops=0.7}", "'flops=0.7': expected macs=R|params=R|latency=R"),
+])
+def test_recipe_target_errors(tmp_path, step, pattern):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"calib: {DATA / 'digits_calib.npz'}\nsteps:\n  - prune: {step}\n")
+    line = one_line_error(*cli("run", recipe, sample("digits_cnn"), "-o", tmp_path / "o.onnx"))
+    assert pattern in line, line
+
+
+def test_recipe_target_needs_calibration(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("steps:\n  - prune: {target: macs=0.7}\n")
+    line = one_line_error(*cli("run", recipe, sample("digits_cnn"), "-o", tmp_path / "o.onnx"))
+    assert "target macs=0.7 needs calibration data" in line, line
