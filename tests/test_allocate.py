@@ -252,3 +252,14 @@ def test_recipe_target_needs_calibration(tmp_path):
     recipe.write_text("steps:\n  - prune: {target: macs=0.7}\n")
     line = one_line_error(*cli("run", recipe, sample("digits_cnn"), "-o", tmp_path / "o.onnx"))
     assert "target macs=0.7 needs calibration data" in line, line
+
+
+def test_target_with_a_weight_criterion_and_no_repair():
+    """The loss table needs the data even when neither the criterion nor a repair does."""
+    from onnxsparse.passes.prune import prune
+
+    result = prune(sample("digits_cnn"), calib=DATA / "digits_calib.npz", target="macs=0.6", criterion="l2",
+                   repair="none", round_to=4)
+    assert result.report.repair is None and result.report.target.met
+    assert result.report.criterion == "l2" and result.report.channels == 0.0
+    assert abs(_macs_ratio(result, sample("digits_cnn")) - 0.6) <= 0.02 * 0.6

@@ -315,8 +315,9 @@ def prune(
     given, model = model, own_weights(load_model(model))  # an ir.Model built from a proto reads weights once
     criterion = default_criterion(calib is not None) if criterion is None else criterion
 
-    ratios = kind_ratios(channels, heads, ffn)
     target = None if target is None else _check_target(target, calib, heads, ffn)
+    channels = 0.0 if target is not None else channels  # the allocation sets every group's ratio
+    ratios = kind_ratios(channels, heads, ffn)
     removing = target is not None or any(r > 0 for r in ratios.values())
     crit = get_criterion(criterion)  # fail fast on unknown names
     repair = default_repair(calib is not None) if repair is None else repair
@@ -336,7 +337,7 @@ def prune(
     damp = DEFAULT_DAMP if damp is None else float(damp)
     exclude = tuple(exclude)
     timings: dict[str, float] = {}
-    wants_data = calib is not None and removing and (crit.requires_data or repair != "none")
+    wants_data = calib is not None and removing and (crit.requires_data or repair != "none" or target is not None)
     steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []),
              *(["target"] if target is not None else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
@@ -560,6 +561,7 @@ class PrunePass(ir.passes.InPlacePass):
         repair: str | None = None,
         sequential: bool | None = None,
         damp: float | None = None,
+        target: str | None = None,
     ) -> None:
         super().__init__()
         self.options = dict(
@@ -583,6 +585,7 @@ class PrunePass(ir.passes.InPlacePass):
             repair=repair,
             sequential=sequential,
             damp=damp,
+            target=target,
         )
         self.channels = channels
         self.report: PruneReport | None = None
