@@ -49,6 +49,24 @@ def test_dp_is_exact_with_integer_costs():
             assert got.loss == pytest.approx(sum(losses[g][o] for g, o in enumerate(got.choice)), abs=1e-12)
 
 
+def test_dp_with_a_floor_is_exact_with_integer_costs():
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        losses, costs = _tables(rng, integer=True)
+        budget = float(rng.integers(0, 60))
+        floor = float(rng.integers(0, int(budget) + 1))
+        best = None
+        for choice in itertools.product(*[range(len(l)) for l in losses]):
+            cost = sum(costs[g][o] for g, o in enumerate(choice))
+            if floor <= cost <= budget:
+                loss = sum(losses[g][o] for g, o in enumerate(choice))
+                best = loss if best is None else min(best, loss)
+        got = solve_dp(losses, costs, budget, bins=None, floor=floor)
+        assert (got is None) == (best is None)
+        if got is not None:
+            assert floor <= got.cost <= budget and got.loss == pytest.approx(best, abs=1e-12)
+
+
 def test_dp_on_a_grid_fits_and_is_optimal_up_to_one_step_per_group():
     """Costs rounded up to the grid: the choice fits the real budget, and no worse than the optimum of a
     budget one grid step per group smaller."""

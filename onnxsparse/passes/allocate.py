@@ -80,12 +80,15 @@ def solve_dp(
     budget: float,
     *,
     bins: int | None = DEFAULT_BINS,
+    floor: float | None = None,
 ) -> Allocation | None:
-    """Least total loss with total cost ``<= budget`` (``None`` when no choice fits).
+    """Least total loss with total cost ``<= budget`` (and ``>= floor`` if given; ``None`` when no choice fits).
 
     The budget is split into ``bins`` steps and each cost rounded up to whole steps
-    (so a choice found fits the real budget).  ``bins=None``: integer costs and
-    budget are used as they are (exact), when the budget is at most ``EXACT_LIMIT``.
+    (so a choice found fits the real budget; ``floor`` is compared on the same grid).
+    ``bins=None``: integer costs and budget are used as they are (exact), when the budget
+    is at most ``EXACT_LIMIT``.  ``floor`` serves a target to land near, not just under: a
+    choice far below the budget can have the least loss and still miss the target.
     """
     tables = _tables(losses, costs)
     if budget < 0 or not math.isfinite(budget):
@@ -98,7 +101,10 @@ def solve_dp(
         step = float(budget) / size if budget > 0 else 1.0
     steps = [np.ceil(c / step - 1e-9).astype(np.int64) if budget > 0 else np.where(c > 0, size + 1, 0)
              for _, c in tables]
-    best = np.zeros(size + 1)  # best[b]: least loss of the groups so far within capacity b
+    # best[b]: least loss of the groups so far within capacity b (with a floor: at exactly b steps)
+    best = np.zeros(size + 1)
+    if floor is not None:
+        best[1:] = np.inf
     picks: list[np.ndarray] = []
     for (loss, _), cost in zip(tables, steps):
         new = np.full(size + 1, np.inf)
@@ -114,10 +120,15 @@ def solve_dp(
             arg[better] = o
         best = new
         picks.append(arg)
-    if not np.isfinite(best[size]):
+    b = size
+    if floor is not None:
+        low = max(0, min(size + 1, int(math.ceil(float(floor) / step - 1e-9))))
+        if low > size or not np.any(np.isfinite(best[low:])):
+            return None
+        b = low + int(np.argmin(best[low:]))
+    if not np.isfinite(best[b]):
         return None
     choice: list[int] = []
-    b = size
     for arg, cost in zip(reversed(picks), reversed(steps)):
         o = int(arg[b])
         choice.append(o)
@@ -170,10 +181,10 @@ def solve_lagrangian(
 SOLVERS = {"dp": solve_dp, "lagrangian": solve_lagrangian}
 
 
-def solve(losses, costs, budget: float, method: str = "dp") -> Allocation | None:
-    """:func:`solve_dp` or :func:`solve_lagrangian` by name."""
+def solve(losses, costs, budget: float, method: str = "dp", *, floor: float | None = None) -> Allocation | None:
+    """:func:`solve_dp` or :func:`solve_lagrangian` by name (``floor``: the DP only; the Lagrangian ignores it)."""
     try:
         solver = SOLVERS[method]
     except KeyError:
         raise ValueError(f"unknown allocation solver {method!r} (choose from {', '.join(SOLVERS)})") from None
-    return solver(losses, costs, budget)
+    return solver(losses, costs, budget, floor=floor) if method == "dp" else solver(losses, costs, budget)

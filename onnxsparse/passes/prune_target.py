@@ -18,7 +18,9 @@ model.  Here (docs/prune.md "Targets"):
    The table is cached on disk per model, provider and machine
    (``$XDG_CACHE_HOME/onnxsparse/latency/``, default ``~/.cache``); ``latency_table=False``
    allocates on MACs instead.
-4. **Allocation** - :mod:`onnxsparse.passes.allocate` (a knapsack over the budget).
+4. **Allocation** - :mod:`onnxsparse.passes.allocate` (a knapsack over the budget), first
+   within a window below the budget as wide as the tolerance band (the least loss far below
+   the budget would miss the target), then under the budget alone.
 5. **Verify and correct** - the chosen widths are applied to a copy and the result is
    measured (MACs / params counted on the pruned copy, latency timed with onnxruntime
    interleaved with the original).  The costs of several groups do not add exactly (a
@@ -396,7 +398,11 @@ def allocate_target(
         if len(report.rounds) >= MAX_ROUNDS[target.metric] or hi - lo < 1e-4:
             break
         cap = sum(full) - (1.0 - budget) * total  # the summed option costs allowed (see the docstring)
-        alloc = solve(losses, costs, max(cap, 0.0), solver) if cap >= min_cost(costs) - 1e-9 else None
+        floor = cap - 2 * TOLERANCE * target.ratio * total  # land in a window as wide as the tolerance band
+        alloc = None
+        if cap >= min_cost(costs) - 1e-9:
+            alloc = solve(losses, costs, max(cap, 0.0), solver, floor=max(floor, 0.0))
+            alloc = alloc or solve(losses, costs, max(cap, 0.0), solver)
         if alloc is None:
             alloc = solve(losses, costs, min_cost(costs), solver)  # the most the ladder removes
         if alloc.choice in tried:  # widths measured before: no need to measure them again
