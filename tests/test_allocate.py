@@ -198,6 +198,7 @@ def test_target_latency_mechanics(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(prune_target, "LATENCY_BUDGET_S", 0.02)
     monkeypatch.setattr(prune_target, "TABLE_BUDGET_S", 0.01)
+    monkeypatch.setattr(prune_target, "LATENCY_TABLE", True)
     result = prune(sample("digits_cnn"), calib=DATA / "digits_calib.npz", target="latency=0.6", round_to=8)
     target = result.report.target
     assert target.metric == "latency" and target.cost_basis == "latency table"
@@ -281,3 +282,14 @@ def test_target_with_a_weight_criterion_and_no_repair():
     assert result.report.repair is None and result.report.target.met
     assert result.report.criterion == "l2" and result.report.channels == 0.0
     assert abs(_macs_ratio(result, sample("digits_cnn")) - 0.6) <= 0.02 * 0.6
+
+
+def test_target_latency_allocates_on_macs_by_default(monkeypatch):
+    from onnxsparse.passes.prune import prune
+
+    monkeypatch.setattr(prune_target, "LATENCY_BUDGET_S", 0.02)
+    target = prune(sample("digits_cnn"), calib=DATA / "digits_calib.npz", target="latency=0.6",
+                   round_to=8).report.target
+    assert target.cost_basis == "macs" and (target.table_measured, target.table_cached) == (0, 0)
+    assert 1 <= len(target.rounds) <= prune_target.MAX_ROUNDS["latency"]
+    assert all(r.timing["reference_p50_ms"] > 0 for r in target.rounds)
