@@ -98,6 +98,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--threshold", type=_threshold, metavar="T",
                    help="instead of a ratio: remove every unit whose raw criterion score is below T in every "
                         "prunable group (after group-lasso training: 1e-8; `inspect` shows the score histogram)")
+    p.add_argument("--target", metavar="METRIC=R",
+                   help="instead of ratios: keep fraction R of the original's macs, params or latency (e.g. "
+                        "macs=0.7), with per-group widths allocated on a loss table measured on --calib and the "
+                        "result verified by measuring it (see docs/prune.md, Targets)")
     p.add_argument("--criterion", choices=criteria, default=None,
                    help=f"importance criterion (default {DEFAULT_CRITERION}; {DEFAULT_DATA_CRITERION} with --calib)")
     p.add_argument("--global", dest="global_ranking", action="store_true",
@@ -138,6 +142,23 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.set_defaults(func=run)
 
 
+def _check_target(args: argparse.Namespace) -> None:
+    """``--target`` allocates every ratio itself and measures its loss table on ``--calib``."""
+    if args.target is None:
+        return
+    from ..passes.prune_target import parse_target
+
+    parse_target(args.target)
+    given = [flag for flag, value in (("--channels", args.channels), ("--heads", args.heads or None),
+                                      ("--ffn", args.ffn), ("--global", args.global_ranking or None))
+             if value is not None]
+    if given:
+        raise UsageError(f"--target allocates the per-group ratios itself: drop {', '.join(given)}")
+    if args.calib is None:
+        raise UsageError(f"--target {args.target} needs calibration data (--calib DATA): the per-group loss "
+                         "table is measured on it")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..passes import prune_heads as heads_module
     from ..calibration.data import parse_shapes
@@ -145,10 +166,13 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
-    if args.channels is None and not wants_heads and args.threshold is None and not args.dead:
-        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn, --threshold T, --dead)")
-    if args.threshold is not None and (args.channels is not None or wants_heads):
-        raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn, not both")
+    _check_target(args)
+    if args.channels is None and not wants_heads and args.threshold is None and args.target is None and not args.dead:
+        raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn, --target METRIC=R, "
+                         "--threshold T, --dead)")
+    if args.threshold is not None and (args.channels is not None or wants_heads or args.target is not None):
+        raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn/--target, "
+                         "not both")
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     check_output(args.output, protect=inputs(args), force=args.force)  # fail before the work, not after
     shapes = parse_shapes(args.shape)
@@ -182,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         sequential=sequential,
         damp=args.damp,
         threshold=args.threshold,
+        target=args.target,
     )
     heads_report = None
     if wants_heads:
@@ -207,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             what.append(f"channels {args.channels:g}" + (", global" if args.global_ranking else ""))
         what += [f"{k} {r:g}" for k, r in (("heads", args.heads), ("ffn", args.ffn)) if r]
         what += [f"score < {args.threshold:g}"] if args.threshold is not None else []
+        if args.target is not None:
+            what.append(f"target {args.target}")
         print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(what)})")
         print(report.summary())
         if heads_report is not None:

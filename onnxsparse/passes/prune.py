@@ -51,6 +51,9 @@ _FALLBACK = "l2"
 ROUND_TO_AUTO = "auto"
 
 
+#: the channel ratio of ``prune()`` when neither a ratio nor another selection (target, threshold, dead) is given
+DEFAULT_CHANNELS = 0.3
+
 #: the criterion used when none is asked for: weights alone, or weights times activations with data
 DEFAULT_CRITERION = "l2"
 DEFAULT_DATA_CRITERION = "wanda"
@@ -145,20 +148,24 @@ def plan_pruning(
     seed: int = 0,
     extras: Mapping[str, object] | None = None,
     threshold: float | None = None,
+    group_ratios: Mapping[int, float] | None = None,
 ) -> tuple[PrunePlan, dict[int, str]]:
     """Score and select: the plan for removing, from every prunable group, its kind's ratio of units
     (``channels``, ``heads`` for heads and KV groups, ``ffn`` for FFN neurons: :func:`kind_ratios`).
 
     ``global_ranking`` ranks the groups of one kind together.  ``extras`` reaches the criteria
     (``{"calibration": Capture}`` for the data-driven ones).  ``threshold`` instead removes, from every
-    prunable group of any kind, the units whose raw score is below it (:func:`select_threshold`).
+    prunable group of any kind, the units whose raw score is below it (:func:`select_threshold`);
+    ``group_ratios`` (group id -> ratio, ``prune(target=...)``'s allocation) replaces the kind ratios.
     """
-    ratios = kind_ratios(channels, heads, ffn)
     name = get_criterion(criterion).name
     if threshold is not None:
         scores, used = score_groups(dg, criterion, seed=seed, extras=extras)
         removed = select_threshold(scores, threshold, round_to=_unit_round(dg, round_to), min_keep=min_keep)
         return PrunePlan.create(dg, removed), {**{g.id: name for g in dg.prunable}, **used}
+    if group_ratios is not None:
+        return _plan_per_group(dg, group_ratios, criterion, round_to, min_keep, seed, extras)
+    ratios = kind_ratios(channels, heads, ffn)
     wanted = {g.id for g in dg.prunable if ratios.get(g.kind, 0.0) > 0}
     if not wanted:  # nothing to remove: no scores needed (data-driven criteria may have no data)
         return PrunePlan.create(dg, {}), {g.id: name for g in dg.prunable}
@@ -172,6 +179,16 @@ def plan_pruning(
         removed.update(select({i: scores[i] for i in ids}, ratio, global_ranking=global_ranking,
                               round_to={i: multiples[i] for i in ids}, min_keep=min_keep,
                               norm=get_criterion(criterion).global_norm))
+    used.update({g.id: name for g in dg.prunable if g.id not in used})
+    return PrunePlan.create(dg, removed), used
+
+
+def _plan_per_group(dg: DependencyGraph, group_ratios: Mapping[int, float], criterion: str, round_to: int | str,
+                    min_keep: int, seed: int, extras: Mapping[str, object] | None) -> tuple[PrunePlan, dict[int, str]]:
+    name = get_criterion(criterion).name
+    wanted = {g.id for g in dg.prunable if group_ratios.get(g.id, 0.0) > 0}
+    scores, used = score_groups(dg, criterion, seed=seed, extras=extras, only=wanted) if wanted else ({}, {})
+    removed = select(scores, 0.0, round_to=_unit_round(dg, round_to), min_keep=min_keep, group_ratios=group_ratios)
     used.update({g.id: name for g in dg.prunable if g.id not in used})
     return PrunePlan.create(dg, removed), used
 
@@ -247,7 +264,7 @@ def _measure(model: ir.Model, shapes, dims) -> tuple[int, int | None, int]:
 
 def prune(
     model: ModelSource,
-    channels: float = 0.3,
+    channels: float | None = None,
     *,
     heads: float = 0.0,
     ffn: float | None = None,
@@ -272,8 +289,10 @@ def prune(
     damp: float | None = None,
     calib_batch: int = 32,
     threshold: float | None = None,
+    target: str | None = None,
 ) -> PruneResult:
-    """Remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
+    """Remove ``channels`` (a fraction; ``None``: 0.3, or 0 when ``target``, ``threshold`` or ``dead``
+    selects instead) of the channels of every prunable group, ``heads`` of the heads
     (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
     every FFN (``None``: ``channels``).  All three are groups of one dependency analysis
     (:mod:`onnxsparse.graph.kinds`); a block that cannot be pruned is a skipped group with its reason.
@@ -303,6 +322,11 @@ def prune(
 
     ``threshold``: instead of ratios, remove every unit whose raw criterion score is below it
     (``inspect`` shows the l2 scores' histogram); the ratios must then be 0.
+
+    ``target`` (``"macs=R"``, ``"params=R"`` or ``"latency=R"``, R the fraction of the original kept)
+    replaces the ratios: per-group widths are allocated on a loss table measured on ``calib`` so that
+    the pruned model meets the target, verified by measuring it (:mod:`.prune_target`); ``channels``
+    is then not used and ``heads``/``ffn`` must stay unset.
     """
     from .._progress import progress_bar
     from .reconstruct import DEFAULT_DAMP, REPAIRS
@@ -310,10 +334,16 @@ def prune(
     given, model = model, own_weights(load_model(model))  # an ir.Model built from a proto reads weights once
     criterion = default_criterion(calib is not None) if criterion is None else criterion
 
+    target = None if target is None else _check_target(target, calib, heads, ffn)
+    if channels is None:  # the ratio applies only when no other selection is asked for
+        channels = 0.0 if target is not None or threshold is not None or dead else DEFAULT_CHANNELS
+    elif target is not None and channels > 0:
+        raise UsageError("--target allocates every group's ratio itself: drop --channels")
     ratios = kind_ratios(channels, heads, ffn)
-    removing = any(r > 0 for r in ratios.values()) or threshold is not None
-    if threshold is not None and any(r > 0 for r in ratios.values()):
-        raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn, not both")
+    removing = target is not None or threshold is not None or any(r > 0 for r in ratios.values())
+    if threshold is not None and (target is not None or any(r > 0 for r in ratios.values())):
+        raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn/--target, "
+                         "not both")
     crit = get_criterion(criterion)  # fail fast on unknown names
     repair = default_repair(calib is not None) if repair is None else repair
     if repair not in REPAIRS:
@@ -334,8 +364,9 @@ def prune(
     damp = DEFAULT_DAMP if damp is None else float(damp)
     exclude = tuple(exclude)
     timings: dict[str, float] = {}
-    wants_data = calib is not None and removing and (crit.requires_data or repair != "none")
-    steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []), "score",
+    wants_data = calib is not None and removing and (crit.requires_data or repair != "none" or target is not None)
+    steps = ["normalise", "measure", "analyse", *(["calibrate"] if wants_data else []),
+             *(["target"] if target is not None else []), "score",
              *(["repair"] if wants_data and repair != "none" else []), "rewrite", "measure"]
     steps += ["dead units"] if dead else []
     bar = progress_bar(len(steps), "prune", unit="step", enabled=progress)
@@ -386,9 +417,20 @@ def prune(
                       batch_size=calib_batch, seed=seed)
         extras[CALIBRATION_KEY] = cap
         t = step("calibration_s", t)
+    group_ratios = target_report = None
+    if target is not None:
+        from .prune_target import allocate_target
+
+        stage("target")
+        group_ratios, target_report = allocate_target(
+            model, dg, target, calib=source, multiples=_unit_round(dg, round_to), min_keep=min_keep,
+            criterion=criterion, samples=len(source), shapes=shapes, dims=dims, seed=seed,
+            build=lambda m: build_groups(m, registry=registry, exclude=exclude, block=block,
+                                         allow_signature_change=allow_signature_change))
+        t = step("target_s", t)
     plan, used = plan_pruning(
         dg, channels, heads=heads, ffn=ffn, criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
-        seed=seed, extras=extras, threshold=threshold,
+        seed=seed, extras=extras, threshold=threshold, group_ratios=group_ratios,
     )
     t = step("scoring_s", t)
     repair_report = None
@@ -411,8 +453,8 @@ def prune(
     step("measure_s", t)
     if bar is not None:
         bar.close()
-    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "scoring_s", "repair_s",
-                                                              "rewrite_s"))
+    timings["prune_s"] = sum(timings.get(k, 0.0) for k in ("analysis_s", "calibration_s", "target_s", "scoring_s",
+                                                              "repair_s", "rewrite_s"))
     timings["total_s"] = sum(v for k, v in timings.items() if k != "prune_s")
     timings["prune_s"] += timings.get("dead_s", 0.0)
 
@@ -441,6 +483,7 @@ def prune(
             "capture_s": cap.seconds if cap is not None else 0.0,
         },
         repair=repair_report,
+        target=target_report,
     )
     for g in dg.prunable:
         kept = plan.kept(g.id)
@@ -512,6 +555,19 @@ def why_no_groups(model: ir.Model) -> str:
     return f"the dependency analysis found no channel axis in the weights of its {len(weighted)} Conv/Gemm/MatMul nodes"
 
 
+def _check_target(target, calib, heads: float, ffn: float | None):
+    """The parsed target; it needs calibration data (the loss table) and replaces the ratios."""
+    from .prune_target import parse_target
+
+    parsed = parse_target(target)
+    if calib is None:
+        raise UsageError(f"--target {parsed} needs calibration data (--calib DATA): the per-group loss table is "
+                         "measured on it")
+    if heads or ffn is not None:
+        raise UsageError("--target allocates channels, heads and FFN neurons itself: drop --heads / --ffn")
+    return parsed
+
+
 def _calibration_source(calib, model: ir.Model, shapes, samples: int | None, seed: int):
     from ..calibration.data import load_data
 
@@ -526,7 +582,7 @@ class PrunePass(ir.passes.InPlacePass):
 
     def __init__(
         self,
-        channels: float = 0.3,
+        channels: float | None = None,
         *,
         heads: float = 0.0,
         ffn: float | None = None,
@@ -547,6 +603,7 @@ class PrunePass(ir.passes.InPlacePass):
         sequential: bool | None = None,
         damp: float | None = None,
         threshold: float | None = None,
+        target: str | None = None,
     ) -> None:
         super().__init__()
         self.options = dict(
@@ -572,6 +629,7 @@ class PrunePass(ir.passes.InPlacePass):
             sequential=sequential,
             damp=damp,
             threshold=threshold,
+            target=target,
         )
         self.channels = channels
         self.report: PruneReport | None = None

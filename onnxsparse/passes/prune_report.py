@@ -11,7 +11,7 @@ from ..report import format_table, human_bytes, human_count
 if TYPE_CHECKING:
     from .reconstruct import RepairReport
 
-__all__ = ["GroupReport", "SkippedGroup", "PruneReport"]
+__all__ = ["GroupReport", "SkippedGroup", "PruneReport", "TargetReport", "TargetRound"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,71 @@ class SkippedGroup:
     reason: str
     reasons: tuple[str, ...] = ()
     kind: str = "channel"
+
+
+@dataclass
+class TargetRound:
+    """One allocation of ``prune --target`` and what the pruned copy measured."""
+
+    budget: float  #: the fraction the knapsack was asked to keep (scaled by target / measured between rounds)
+    predicted: float  #: the fraction the per-group costs add up to
+    measured: float  #: counted (MACs, params) or timed (latency p50 ratio) on the pruned copy
+    loss: float  #: the summed predicted loss (relative output error of each group pruned alone)
+    keep: dict[int, int] = field(default_factory=dict)  #: kept units per allocated group
+    timing: dict[str, float] = field(default_factory=dict)  #: latency rounds: reference / candidate p50 (ms)
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "predicted": self.predicted, "measured": self.measured, "loss": self.loss,
+                **({"timing": dict(self.timing)} if self.timing else {}), **({"note": self.note} if self.note else {})}
+
+
+@dataclass
+class TargetReport:
+    """How ``prune --target METRIC=R`` chose per-group widths (:mod:`onnxsparse.passes.prune_target`)."""
+
+    metric: str
+    ratio: float
+    tolerance: float
+    solver: str
+    ladder: tuple[float, ...]
+    cost_basis: str  #: the per-group cost the knapsack allocates on (latency: MACs, corrected by timing)
+    sensitivity_sessions: int = 0
+    table_measured: int = 0  #: latency lookup-table entries timed in this run
+    table_cached: int = 0  #: ... and read from the on-disk cache
+    rounds: list[TargetRound] = field(default_factory=list)
+    chosen_round: int | None = None
+    measured: float | None = None
+    met: bool = False
+    predicted_loss: float | None = None
+    groups: dict[int, tuple[int, int]] = field(default_factory=dict)  #: (kept, total) units per allocated group
+    note: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": f"{self.metric}={self.ratio:g}", "metric": self.metric, "ratio": self.ratio,
+                "tolerance": self.tolerance, "solver": self.solver, "cost_basis": self.cost_basis,
+                "ladder": list(self.ladder), "sensitivity_sessions": self.sensitivity_sessions,
+                **({"latency_table": {"measured": self.table_measured, "cached": self.table_cached}}
+                   if self.table_measured or self.table_cached else {}),
+                "measured": self.measured, "met": self.met, "predicted_loss": self.predicted_loss,
+                "chosen_round": None if self.chosen_round is None else self.chosen_round + 1,
+                "rounds": [r.to_dict() for r in self.rounds],
+                "groups": {str(g): {"kept": k, "total": t, "ratio": (t - k) / t} for g, (k, t) in self.groups.items()},
+                "note": self.note or None, "seconds": round(self.seconds, 3)}
+
+    def table(self) -> str:
+        rows = [[i + 1, f"{r.budget:.4f}", f"{r.predicted:.4f}", f"{r.measured:.4f}", f"{r.loss:.4g}",
+                 "chosen" if i == self.chosen_round else (r.note or "")] for i, r in enumerate(self.rounds)]
+        verdict = ("met" if self.met else "NOT met") + (f" (measured {self.measured:.4f})" if self.measured is not None else "")
+        text = format_table(["round", "budget", "predicted", "measured", "pred. loss", ""], rows,
+                            title=f"target {self.metric}={self.ratio:g} (within {self.tolerance:.0%}"
+                                  f"{' or below' if self.metric == 'latency' else ''}): {verdict}; "
+                                  f"allocated on {self.cost_basis}"
+                                  + (f" ({self.table_measured} widths timed, {self.table_cached} cached)"
+                                     if self.table_measured or self.table_cached else "")
+                                  + f", {self.solver} solver")
+        return text + (f"\n{self.note}" if self.note else "")
 
 
 def _ratio(after: int | None, before: int | None) -> float | None:
@@ -87,6 +152,8 @@ class PruneReport:
     #: ratio of heads / KV groups removed per attention block, and of FFN neurons (None: as ``channels``)
     heads: float = 0.0
     ffn: float | None = None
+    #: ``prune --target``: the target, the rounds and the widths chosen (None without a target)
+    target: TargetReport | None = None
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
@@ -148,6 +215,7 @@ class PruneReport:
             "dead": None if self.dead is None else self.dead.to_dict(),
             "unchanged": self.unchanged,
             "no_groups_reason": self.no_groups_reason or None,
+            "target": None if self.target is None else self.target.to_dict(),
         }
 
     def kind_counts(self) -> dict[str, dict[str, int]]:
@@ -216,6 +284,8 @@ class PruneReport:
 
     def summary(self, limit: int | None = 30) -> str:
         parts = [self.size_table(), "", self.groups_table(limit)]
+        if self.target is not None:
+            parts += ["", self.target.table()]
         if self.no_groups_reason:
             parts.append(f"no channel groups: {self.no_groups_reason}")
         if self.unchanged:

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import UsageError
 
 __all__ = ["keep_count", "round_keep", "unit_multiple", "select_uniform", "select_global", "select",
-           "select_threshold"]
+           "select_threshold", "select_per_group"]
 
 RoundTo = Union[int, Mapping[int, int]]
 
@@ -138,6 +138,20 @@ def select_global(
     return removed
 
 
+def select_per_group(
+    scores: Mapping[int, np.ndarray], ratios: Mapping[int, float], *, round_to: RoundTo = 1, min_keep: int = 1
+) -> dict[int, np.ndarray]:
+    """Each group loses its own ratio (``prune --target``'s allocation) of its lowest-scoring units."""
+    removed: dict[int, np.ndarray] = {}
+    for gid, s in scores.items():
+        ratio = float(ratios.get(gid, 0.0))
+        _check(ratio, round_to, min_keep)
+        keep = keep_count(s.size, ratio, _rt(round_to, gid), min_keep)
+        if keep < s.size:
+            removed[gid] = _lowest(s, s.size - keep)
+    return removed
+
+
 def select(
     scores: Mapping[int, np.ndarray],
     ratio: float,
@@ -146,8 +160,12 @@ def select(
     round_to: RoundTo = 1,
     min_keep: int = 1,
     norm: str = "mean",
+    group_ratios: Mapping[int, float] | None = None,
 ) -> dict[int, np.ndarray]:
-    """Uniform or global selection; ``norm`` is the global per-group score normalisation."""
+    """Uniform or global selection; ``norm`` is the global per-group score normalisation.
+    ``group_ratios`` (group id -> ratio) replaces ``ratio`` per group (groups not in it lose nothing)."""
+    if group_ratios is not None:
+        return select_per_group(scores, group_ratios, round_to=round_to, min_keep=min_keep)
     if global_ranking:
         return select_global(scores, ratio, round_to=round_to, min_keep=min_keep, norm=norm)
     return select_uniform(scores, ratio, round_to=round_to, min_keep=min_keep)

@@ -283,6 +283,7 @@ class PruneStep(Step):
     seed: int = 0
     allow_signature_change: bool = False
     threshold: float | None = None
+    target: str | None = None
 
     @classmethod
     def field_specs(cls) -> tuple[FieldSpec, ...]:
@@ -305,6 +306,9 @@ class PruneStep(Step):
                       "allow pruning heads whose KV cache is a graph input/output", "bool"),
             FieldSpec("threshold", "threshold", F.optional(F.number(0)),
                       "instead of ratios: remove every unit whose raw criterion score is below this", "number >= 0"),
+            FieldSpec("target", "target", F.optional(F.text),
+                      "instead of ratios: macs=R, params=R or latency=R kept, allocated per group on calibration data",
+                      "METRIC=R"),
         )
 
     @classmethod
@@ -312,7 +316,7 @@ class PruneStep(Step):
         from ..passes.prune import prune
 
         covered = {"model", "channels", "heads", "ffn", "allow_signature_change", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
-                   "block", "registry", "shapes", "normalized", "measure", "progress", "threshold"}
+                   "target", "block", "registry", "shapes", "normalized", "measure", "progress", "threshold"}
         return _signature_extras(prune, covered)
 
     @property
@@ -325,13 +329,24 @@ class PruneStep(Step):
         return {**dict(self.extra), **({} if self.threshold is None else {"threshold": self.threshold})}
 
     def check(self) -> None:
+        if self.target is not None:
+            from ..errors import UsageError
+            from ..passes.prune_target import parse_target
+
+            try:
+                parse_target(self.target)
+            except UsageError as exc:
+                raise Bad(str(exc)) from None
+            if self.channels is not None or self.heads or self.ffn is not None or self.global_ranking:
+                raise Bad("target allocates the per-group ratios itself: drop channels, heads, ffn and global")
+            return
         if self.threshold is not None:
             if self.channels or self.heads or self.ffn:
                 raise Bad("threshold replaces the ratios: set threshold or channels/heads/ffn, not both",
                           key="threshold")
             return
         if not self.channels and not self.heads and not self.ffn and not dict(self.extra).get("dead"):
-            raise Bad("nothing to prune: set channels, heads or ffn (or threshold, or dead: true with calibration data)")
+            raise Bad("nothing to prune: set channels, heads or ffn (or target, threshold, or dead: true with calibration data)")
 
 
 @register_step

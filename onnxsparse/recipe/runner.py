@@ -272,7 +272,8 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     result = prune(
         ctx.model, step.channels or 0.0, heads=step.heads, ffn=step.ffn, criterion=step.criterion,
         global_ranking=step.global_ranking, round_to=step.round_to, min_keep=step.min_keep, exclude=step.exclude,
-        allow_signature_change=step.allow_signature_change, seed=step.seed, shapes=ctx.shapes, **kwargs,
+        allow_signature_change=step.allow_signature_change, seed=step.seed, shapes=ctx.shapes, target=step.target,
+        **kwargs,
     )
     channel_report = result.report
     channel_report.file_bytes_before = model_file_bytes(ctx.path)
@@ -451,9 +452,12 @@ def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
                 raise RecipeError(f"{recipe.source}: {where}: criterion {step.criterion} needs calibration data: "
                                   "set calib in the step or the recipe (or --set calib=DATA)")
             checks.append((f"{where}.calib", calib))
-        elif isinstance(step, PruneStep) and step.channels and "calib" in PruneStep.passthrough_keys():
+        elif isinstance(step, PruneStep) and (step.channels or step.target) and "calib" in PruneStep.passthrough_keys():
             calib = step.calib or recipe.calib
             calib_used = calib_used or (step.calib is None and recipe.calib is not None)
+            if calib is None and step.target:
+                raise RecipeError(f"{recipe.source}: {where}: target {step.target} needs calibration data: "
+                                  "set calib in the step or the recipe (or --set calib=DATA)")
             if calib is not None:
                 checks.append((f"{where}.calib", calib))
     seen: set[str] = set()

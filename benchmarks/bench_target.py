@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Benchmark ``prune --target``: accuracy against the uniform ratio at the same MACs, and latency targets.
+
+    python benchmarks/bench_target.py            # both tables (~8 min on 2 shared cores)
+    python benchmarks/bench_target.py --quick    # the trained samples only (~1 min)
+
+**Accuracy** (the trained samples, ``samples/data``): for ``--target macs=R`` (R = 0.7, 0.5) with
+calibration data, the task accuracy on the test split next to the uniform ratio whose *measured*
+MACs are closest to what the target reached (searched over ratios 0.00..0.95; the transformer's
+uniform ratio applies to heads and FFN neurons, its only prunable groups), both with the same
+criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn`` uses ``--round-to 4`` in
+both (its 16/32-channel layers allow only 16 or 32 channels at the default 16-channel blocks).
+
+**Latency** (``--target latency=0.6``): the measured latency ratio of every correction round and a
+fresh interleaved measurement of the final model against the original (onnxruntime CPU, default
+threads, batch 1, 2 s per model).  Models: ResNet-18 at 224x224 (``bench_prune.build_resnet18``) and
+a BERT-base-width encoder (4 layers, hidden 768, 12 heads, FFN 3072, sequence 128,
+``samples/build_attention_samples.build_bert``), random weights and random calibration data (8
+samples; the loss table is then only a tie-breaker, the latency is what is measured), no repair
+(it does not change latency); with ``--quick`` the two trained samples instead (their latency is
+mostly per-run overhead, so the target is out of reach there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "samples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from onnxsparse.io import load_model, to_proto, max_runtime_ir_version  # noqa: E402
+from onnxsparse.passes.prune import prune  # noqa: E402
+from onnxsparse.report import format_table  # noqa: E402
+
+MODELS = ROOT / "samples" / "models"
+DATA = ROOT / "samples" / "data"
+
+#: (model, calibration data, test data, uniform ratio applies to, round_to)
+SAMPLES = (
+    ("digits_cnn", "digits_calib.npz", "digits_test.npz", "channels", 4),
+    ("digits_transformer", "digits_calib_tokens.npz", "digits_test_tokens.npz", "heads+ffn", "auto"),
+)
+
+
+def _session(model: ir.Model, threads: int | None = None):
+    from onnxsparse._ort import make_session, session_options
+
+    proto = to_proto(model)
+    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
+    return make_session(proto, session_options(threads=threads))
+
+
+def accuracy(model: ir.Model, test: str) -> float:
+    data = dict(np.load(DATA / test))
+    labels = np.load(DATA / "digits_test_labels.npy")
+    logits = _session(model).run(None, data)[0]
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def _uniform_kwargs(kind: str, ratio: float) -> dict:
+    return {"channels": ratio} if kind == "channels" else {"channels": 0.0, "heads": ratio, "ffn": ratio}
+
+
+def closest_uniform(name: str, kind: str, round_to, macs: float) -> tuple[float, float]:
+    """(ratio, MACs ratio) of the uniform ratio whose measured MACs are closest to ``macs``."""
+    best = (0.0, 1.0)
+    for ratio in np.round(np.arange(0.0, 0.96, 0.01), 2):
+        r = prune(MODELS / f"{name}.onnx", round_to=round_to, **_uniform_kwargs(kind, float(ratio))).report
+        got = r.macs_ratio if r.macs_ratio is not None else 1.0
+        if abs(got - macs) < abs(best[1] - macs):
+            best = (float(ratio), got)
+    return best
+
+
+def accuracy_table(targets: tuple[float, ...]) -> str:
+    rows = []
+    for name, calib, test, kind, round_to in SAMPLES:
+        path = MODELS / f"{name}.onnx"
+        original = accuracy(load_model(path), test)
+        rows.append([name, "original", "-", "1.000", "1.000", f"{original:.4f}", ""])
+        for r in targets:
+            t0 = time.perf_counter()
+            res = prune(path, calib=DATA / calib, target=f"macs={r}", round_to=round_to)
+            seconds = time.perf_counter() - t0
+            rep = res.report
+            widths = ", ".join(f"{g.kind[0]}{g.id}:{g.kept}/{g.total}" for g in rep.groups)
+            rows.append([name, f"target macs={r}", "met" if rep.target.met else "NOT met", f"{rep.macs_ratio:.3f}",
+                         f"{rep.params_ratio:.3f}", f"{accuracy(res.model, test):.4f}", f"{widths} ({seconds:.1f} s)"])
+            ratio, _ = closest_uniform(name, kind, round_to, rep.macs_ratio)
+            uni = prune(path, calib=DATA / calib, round_to=round_to, **_uniform_kwargs(kind, ratio))
+            widths = ", ".join(f"{g.kind[0]}{g.id}:{g.kept}/{g.total}" for g in uni.report.groups)
+            rows.append([name, f"uniform {kind} {ratio:g}", "", f"{uni.report.macs_ratio:.3f}",
+                         f"{uni.report.params_ratio:.3f}", f"{accuracy(uni.model, test):.4f}", widths])
+    return format_table(["model", "pruning", "target", "MACs", "params", "top-1", "widths kept (group: kept/total)"],
+                        rows, title="accuracy: --target macs=R vs the uniform ratio at the closest measured MACs "
+                                    "(wanda, lstsq repair, test split 360 samples)")
+
+
+def _latency_models(quick: bool):
+    if quick:
+        for name, calib, _, _, round_to in SAMPLES:
+            yield name, load_model(MODELS / f"{name}.onnx"), str(DATA / calib), None
+        return
+    from bench_prune import build_resnet18
+    from build_attention_samples import build_bert
+
+    yield "resnet18 224", ir.from_proto(build_resnet18(224)), "random", {"input": (1, 3, 224, 224)}
+    yield ("bert 4x768 seq128", ir.from_proto(build_bert(layers=4, hidden=768, heads=12, ffn=3072)), "random",
+           {"input": (1, 128, 768), "attention_mask": (1, 128)})
+
+
+def latency_table(ratio: float, quick: bool) -> str:
+    from onnxsparse.validate.latency import measure_interleaved
+
+    rows = []
+    for name, model, calib, shapes in _latency_models(quick):
+        original = model.clone()
+        t0 = time.perf_counter()
+        res = prune(model, calib=calib, calib_samples=8, target=f"latency={ratio}", shapes=shapes, repair="none")
+        seconds = time.perf_counter() - t0
+        target = res.report.target
+        rounds = "; ".join(f"{r.measured:.3f}" for r in target.rounds)
+        ref_sess, cand_sess = _session(original), _session(res.model)
+        feeds = {i.name: np.ascontiguousarray(v[:1]) for i, v in
+                 zip(ref_sess.get_inputs(), _feeds(ref_sess, calib, shapes))}
+        ref, cand = measure_interleaved([ref_sess, cand_sess], [feeds, feeds], batches=[1, 1], warmup=10, budget=2.0)
+        rows.append([name, f"latency={ratio}", "met" if target.met else "NOT met", target.cost_basis, rounds,
+                     f"{cand.p50_ms / ref.p50_ms:.3f}", f"{ref.p50_ms:.3f} -> {cand.p50_ms:.3f}",
+                     f"{res.report.macs_ratio:.3f}", f"{seconds:.0f}"])
+    return format_table(["model", "target", "", "allocated on", "measured per round", "re-measured", "p50 ms", "MACs", "prune s"],
+                        rows, title="latency: --target latency=R (onnxruntime CPU, batch 1, interleaved with the "
+                                    "original)")
+
+
+def _feeds(sess, calib: str, shapes) -> list[np.ndarray]:
+    if calib != "random":
+        data = np.load(calib)
+        return [data[i.name] for i in sess.get_inputs()]
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(shapes[i.name]).astype(np.float32) if i.name != "attention_mask"
+            else np.ones(shapes[i.name], np.float32) for i in sess.get_inputs()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the trained samples only")
+    parser.add_argument("--only", choices=("accuracy", "latency"), help="one of the two tables")
+    args = parser.parse_args(argv)
+    if args.only != "latency":
+        print(accuracy_table((0.7,) if args.quick else (0.7, 0.5)), flush=True)
+        print()
+    if args.only != "accuracy":
+        print(latency_table(0.6, args.quick), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

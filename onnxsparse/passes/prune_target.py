@@ -1,0 +1,461 @@
+"""``prune --target macs=R|params=R|latency=R``: per-group ratios that meet a target at the least predicted loss.
+
+A uniform ratio treats a layer whose removal costs nothing like one that breaks the
+model.  Here (docs/prune.md "Targets"):
+
+1. **Loss table** - :func:`onnxsparse.passes.sensitivity.sensitivity` measures, per
+   prunable group (channels, heads, KV groups, FFN neurons: all kinds in one allocation)
+   and per ratio of a ladder, the relative output error of pruning that group alone.
+2. **Options** - each group may keep only the widths ``prune`` would keep (multiples of
+   its ``round_to`` unit, at least ``min_keep``): the ladder is snapped to those widths
+   and the loss of a width the ladder did not measure is interpolated between measured ones.
+3. **Cost table** - per option, the MACs or parameters the group's removed units carry,
+   counted exactly from the analysis' keep-masks (MACs: each counted node loses the
+   fraction of its pruned axis; params: each weight the fraction of its pruned axes).
+   ``latency`` allocates on the MAC cost (widths already limited to the blocked-kernel
+   multiples) and corrects by timing.  ``LATENCY_TABLE = True`` allocates instead on a lookup
+   table measured on the CPU provider (NetAdapt / HALP): each group pruned alone to each
+   width, timed interleaved with the original, the fraction of the latency it saves; cached
+   on disk per model, provider and machine (``$XDG_CACHE_HOME/onnxsparse/latency/``, default
+   ``~/.cache``).  Not the default: on ResNet-18 and a BERT-width encoder the single-group
+   savings are small against timing noise and do not add up, and it missed latency=0.6 where
+   the MAC cost met it (docs/prune.md "Targets").
+4. **Allocation** - :mod:`onnxsparse.passes.allocate` (a knapsack over the budget), first
+   within a window below the budget as wide as the tolerance band (the least loss far below
+   the budget would miss the target), then under the budget alone.
+5. **Verify and correct** - the chosen widths are applied to a copy and the result is
+   measured (MACs / params counted on the pruned copy, latency timed with onnxruntime
+   interleaved with the original).  The costs of several groups do not add exactly (a
+   Conv between two pruned groups loses the product of their fractions), so when the
+   measurement misses the target the budget is scaled by ``target / measured`` (or
+   bisected, when that leaves the bracket of budgets known to remove too much and too
+   little) and the knapsack re-solved, for a few rounds; every measured round is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import UsageError
+from .allocate import min_cost, solve
+from .prune_report import TargetReport, TargetRound
+
+__all__ = ["TARGET_METRICS", "LADDER", "TOLERANCE", "Target", "parse_target", "GroupOptions", "group_options",
+           "allocate_target"]
+
+logger = logging.getLogger(__name__)
+
+#: what a target can bound: the fraction of the original's MACs, parameters or CPU latency kept
+TARGET_METRICS = ("macs", "params", "latency")
+#: removal ratios the loss table measures per group (snapped to the widths each group may keep)
+LADDER: tuple[float, ...] = tuple(i / 8 for i in range(1, 8))
+#: a result within this fraction of the target meets it (``|measured - R| <= TOLERANCE * R``; latency: ``<=``)
+TOLERANCE = 0.02
+#: correction rounds at most (latency: each round times two models)
+MAX_ROUNDS = {"macs": 6, "params": 6, "latency": 4}
+#: seconds of timed runs per model per latency round
+LATENCY_BUDGET_S = 1.0
+#: seconds of timed runs per model per entry of the latency lookup table
+TABLE_BUDGET_S = 0.25
+#: allocate ``latency`` targets on the measured lookup table instead of MACs (see the module docstring)
+LATENCY_TABLE = False
+#: warm-up runs and timed rounds at least per table entry (a 0.5 s model then costs ~3 s per entry)
+TABLE_WARMUP, TABLE_MIN_RUNS = 2, 3
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str
+    ratio: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.ratio:g}"
+
+
+def parse_target(text: str | Target) -> Target:
+    """``"macs=0.7"`` -> ``Target("macs", 0.7)``; :class:`UsageError` on anything else."""
+    if isinstance(text, Target):
+        return text
+    metric, sep, value = str(text).partition("=")
+    metric = metric.strip().lower()
+    if not sep or metric not in TARGET_METRICS:
+        raise UsageError(f"bad --target {text!r}: expected {'|'.join(f'{m}=R' for m in TARGET_METRICS)} "
+                         "(R = fraction of the original kept, e.g. macs=0.7)")
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise UsageError(f"bad --target {text!r}: {value.strip()!r} is not a number") from None
+    if not 0.0 < ratio < 1.0 or not math.isfinite(ratio):
+        raise UsageError(f"bad --target {text!r}: R must be in (0, 1), the fraction of the original kept")
+    return Target(metric, ratio)
+
+
+@dataclass
+class GroupOptions:
+    """The widths one group may keep, with the predicted loss and the cost saved of each (option 0: keep all)."""
+
+    gid: int
+    kind: str
+    size: int
+    keep: list[int]
+    loss: list[float]
+    saved: list[float] | None = None
+
+
+def _allowed(size: int, multiple: int, min_keep: int) -> list[int]:
+    """Kept counts ``prune`` can produce for a group (see ``prune_select.round_keep``), below ``size``."""
+    floor = min(max(min_keep, 1), size)
+    if multiple <= 1 or size < multiple:
+        return list(range(floor, size))
+    return [k for k in range(multiple, size, multiple) if k >= floor]
+
+
+def group_options(size: int, multiple: int, min_keep: int, measured: Mapping[int, float],
+                  ladder: Sequence[float] = LADDER) -> tuple[list[int], list[float]]:
+    """(kept widths, predicted losses) of one group: the ladder snapped to the allowed widths.
+
+    ``measured`` maps units removed -> loss.  A width whose removal was not measured gets the
+    loss interpolated linearly in units removed (0 removed: no loss); widths beyond the
+    largest measured removal are not offered.
+    """
+    allowed = _allowed(size, multiple, min_keep)
+    points = sorted((int(n), float(v)) for n, v in measured.items() if n > 0)
+    if not allowed or not points:
+        return [size], [0.0]
+    xs = np.array([0] + [n for n, _ in points], dtype=np.float64)
+    ys = np.array([0.0] + [v for _, v in points])
+    ys = np.where(np.isfinite(ys), ys, 1e30)
+    widths = {size}
+    for ratio in ladder:
+        want = size - math.floor(ratio * size + 1e-9)
+        widths.add(min(allowed, key=lambda k: (abs(k - want), -k)))
+    keep = sorted((k for k in widths if size - k <= xs[-1]), reverse=True)
+    loss = [0.0 if k == size else float(np.interp(size - k, xs, ys)) for k in keep]
+    return keep, loss
+
+
+def snapped_ratios(sizes: Sequence[tuple[int, int, int]], ladder: Sequence[float] = LADDER,
+                   limit: int = 16) -> tuple[float, ...]:
+    """The ladder plus the exact removal ratios the snapped widths need, when that stays within ``limit``
+    ratios (``sizes``: (size, multiple, min_keep) per group); else the ladder (the rest is interpolated)."""
+    extra: set[float] = set()
+    for size, multiple, min_keep in sizes:
+        allowed = _allowed(size, multiple, min_keep)
+        for ratio in ladder:
+            if not allowed:
+                break
+            want = size - math.floor(ratio * size + 1e-9)
+            k = min(allowed, key=lambda w: (abs(w - want), -w))
+            extra.add(round((size - k) / size, 12))
+    ratios = sorted(set(ladder) | extra)
+    return tuple(ratios) if len(ratios) <= limit else tuple(ladder)
+
+
+# -- cost tables ------------------------------------------------------------------------------
+
+def _node_macs(model: ir.Model, shapes, dims) -> dict[str, tuple[ir.Node, int]]:
+    from ..analysis import infer_shapes
+    from ..analysis.macs import macs_table
+
+    rows, _ = macs_table(model, infer_shapes(model, shapes, dims=dims))
+    nodes = {n.name: n for n in model.graph}
+    return {r.name: (nodes[r.name], int(r.macs)) for r in rows
+            if r.graph == "main" and r.macs and r.name in nodes}
+
+
+def _saved(metric: str, masks: Mapping[tuple[str, int], np.ndarray], macs, weights) -> float:
+    if metric == "params":
+        total = 0.0
+        for name, shape, numel in weights:
+            kept = 1.0
+            for axis in range(len(shape)):
+                mask = masks.get((name, axis))
+                if mask is not None and mask.size:
+                    kept *= float(mask.mean())
+            total += numel * (1.0 - kept)
+        return total
+    total = 0.0
+    for node, count in macs.values():
+        frac = 0.0
+        for value in (*node.inputs, *node.outputs):
+            if value is None or value.shape is None:
+                continue
+            for axis in range(len(value.shape)):
+                mask = masks.get((value.name or "", axis))
+                if mask is not None and mask.size:
+                    frac = max(frac, 1.0 - float(mask.mean()))
+        total += count * frac
+    return total
+
+
+def _cost_tables(model: ir.Model, dg, options: Sequence[GroupOptions], metric: str, shapes, dims) -> None:
+    """Fill ``saved`` of every option: the cost the group's removed units carry, the group pruned alone."""
+    from ..analysis.params import iter_weights
+
+    macs = _node_macs(model, shapes, dims) if metric != "params" else {}
+    weights = [(w.name, w.shape, w.numel) for w in iter_weights(model)] if metric == "params" else []
+    for opt in options:
+        opt.saved = [0.0 if k == opt.size else
+                     _saved(metric, dg.keep_masks({opt.gid: np.arange(opt.size - k)}), macs, weights)
+                     for k in opt.keep]
+
+
+# -- measurement ------------------------------------------------------------------------------
+
+def _pruned_copy(model: ir.Model, build: Callable[[ir.Model], object], keep: Mapping[int, int],
+                 sizes: Mapping[int, int]) -> ir.Model:
+    from ..graph import PrunePlan, apply_plan
+
+    copy = model.clone()
+    dg = build(copy)
+    removed = {gid: np.arange(sizes[gid] - k) for gid, k in keep.items() if k < sizes[gid]}
+    apply_plan(PrunePlan.create(dg, removed))
+    return copy
+
+
+def _session(model: ir.Model):
+    from .._ort import make_session, session_options
+    from ..io import max_runtime_ir_version, to_proto
+
+    proto = to_proto(model)
+    proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
+    return make_session(proto, session_options())
+
+
+class _Meter:
+    """The target metric of the original and of candidates (counted, or timed interleaved with the original)."""
+
+    def __init__(self, metric: str, model: ir.Model, shapes, dims, feeds: Mapping[str, np.ndarray]) -> None:
+        self.metric, self.shapes, self.dims, self.feeds = metric, shapes, dims, dict(feeds)
+        self.reference_session = _session(model) if metric == "latency" else None
+        self.before = self._count(model) if metric != "latency" else None
+
+    def _count(self, model: ir.Model) -> float:
+        from ..analysis import count_macs, count_params
+
+        if self.metric == "params":
+            return float(count_params(model))
+        macs = count_macs(model, self.shapes, dims=self.dims)
+        if macs is None:
+            raise UsageError("--target macs: the MACs of this model cannot be counted (unknown dims); "
+                             "fix the input shapes with --shape NAME=D0xD1x...")
+        return float(macs)
+
+    def ratio(self, candidate: ir.Model, budget: float | None = None, *, warmup: int = 10,
+              min_runs: int | None = None) -> tuple[float, dict[str, float]]:
+        if self.metric != "latency":
+            return self._count(candidate) / self.before, {}
+        from ..validate.latency import measure_interleaved
+
+        sess = _session(candidate)
+        ref, cand = measure_interleaved([self.reference_session, sess], [self.feeds, self.feeds], batches=[1, 1],
+                                        warmup=warmup, budget=LATENCY_BUDGET_S if budget is None else budget,
+                                        min_runs=min_runs)
+        return cand.p50_ms / ref.p50_ms, {"reference_p50_ms": ref.p50_ms, "candidate_p50_ms": cand.p50_ms}
+
+
+def cache_dir() -> Path:
+    """Where latency lookup tables are kept: ``$XDG_CACHE_HOME/onnxsparse/latency`` (default ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "onnxsparse" / "latency"
+
+
+def _machine() -> str:
+    import onnxruntime as ort
+
+    from ..quantize.cpu import detect_cpu
+
+    return f"{platform.machine()}|{detect_cpu().model_name}|{os.cpu_count()}|onnxruntime {ort.__version__}|CPU"
+
+
+def _table_key(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> str:
+    from ..io import to_proto
+
+    digest = hashlib.sha256(to_proto(model).SerializeToString(deterministic=True))
+    digest.update(_machine().encode())
+    for name in sorted(feeds):
+        digest.update(f"{name}{tuple(feeds[name].shape)}{feeds[name].dtype}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _latency_costs(model: ir.Model, dg, options: Sequence[GroupOptions], build, sizes, meter: _Meter) -> tuple[int, int]:
+    """Fill ``saved`` with the fraction of the original's latency each option saves, measured alone
+    (cached on disk); returns (entries measured now, entries read from the cache)."""
+    path = cache_dir() / f"{_table_key(model, meter.feeds)}.json"
+    try:
+        cache = json.loads(path.read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        cache = {}
+    measured = hits = 0
+    for opt in options:
+        saved = []
+        root = str(dg.groups[opt.gid].root)
+        for k in opt.keep:
+            key = f"{opt.gid}|{root}|{k}"
+            if k == opt.size:
+                saved.append(0.0)
+            elif key in cache:
+                saved.append(float(cache[key]))
+                hits += 1
+            else:
+                ratio, _ = meter.ratio(_pruned_copy(model, build, {opt.gid: k}, sizes), TABLE_BUDGET_S,
+                                       warmup=TABLE_WARMUP, min_runs=TABLE_MIN_RUNS)
+                cache[key] = 1.0 - ratio
+                saved.append(1.0 - ratio)
+                measured += 1
+        opt.saved = saved
+    if measured:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"machine": _machine(), "entries": cache}, indent=0))
+            tmp.replace(path)
+        except OSError as exc:  # a cache that cannot be written only costs time next run
+            logger.warning("latency table not cached at %s: %s", path, exc)
+    return measured, hits
+
+
+# -- the allocation ---------------------------------------------------------------------------
+
+def _met(metric: str, measured: float, ratio: float) -> bool:
+    if metric == "latency":
+        return measured <= ratio * (1 + TOLERANCE)
+    return abs(measured - ratio) <= TOLERANCE * ratio
+
+
+def allocate_target(
+    model: ir.Model,
+    dg,
+    target: Target,
+    *,
+    calib,
+    build: Callable[[ir.Model], object],
+    multiples: Mapping[int, int],
+    min_keep: int,
+    criterion: str,
+    samples: int,
+    shapes=None,
+    dims=None,
+    seed: int = 0,
+    solver: str = "dp",
+    latency_table: bool | None = None,
+) -> tuple[dict[int, float], TargetReport]:
+    """Per-group removal ratios meeting ``target`` on ``model`` (prepared for analysis, not modified),
+    whose groups are ``dg``; ``build(copy)`` makes the same analysis of a copy (for verification).
+    ``calib`` is the calibration :class:`~onnxsparse.calibration.data.DataSource` (keys: input names)."""
+    from .sensitivity import sensitivity
+
+    start = time.perf_counter()
+    groups = {g.id: g for g in dg.prunable}
+    sizes = {gid: g.size for gid, g in groups.items()}
+    ratios = snapped_ratios([(g.size, multiples.get(gid, 1), min_keep) for gid, g in groups.items()])
+    table = sensitivity(model.clone(), calib, ratios=ratios, criterion=criterion, samples=samples,
+                        shapes=shapes, seed=seed)
+    by_nodes = {(g.kind, tuple(g.nodes)): g.id for g in dg.prunable}
+    options: list[GroupOptions] = []
+    for entry in table.groups:
+        gid = by_nodes.get((entry.kind, tuple(entry.nodes)))
+        if gid is None or gid not in groups:
+            continue
+        measured = {r.units_removed: (r.rel_mse if r.rel_mse is not None else math.inf)
+                    for r in entry.results if r.units_removed > 0}
+        keep, loss = group_options(sizes[gid], multiples.get(gid, 1), min_keep, measured)
+        if len(keep) > 1:
+            options.append(GroupOptions(gid, entry.kind, sizes[gid], keep, loss))
+    feeds = {k: np.ascontiguousarray(v[:1]) for k, v in calib.arrays.items()} if target.metric == "latency" else {}
+    meter = _Meter(target.metric, model, shapes, dims, feeds)
+    report = TargetReport(metric=target.metric, ratio=target.ratio, tolerance=TOLERANCE, solver=solver,
+                          ladder=tuple(ratios), cost_basis=target.metric, sensitivity_sessions=table.sessions)
+    if target.metric == "latency" and (LATENCY_TABLE if latency_table is None else latency_table):
+        report.cost_basis = "latency table"
+        report.table_measured, report.table_cached = _latency_costs(model, dg, options, build, sizes, meter)
+        total = 1.0
+    else:
+        cost_metric = "macs" if target.metric == "latency" else target.metric
+        report.cost_basis = cost_metric
+        _cost_tables(model, dg, options, cost_metric, shapes, dims)
+        total = _model_cost(model, cost_metric, shapes, dims)
+    if not options or not total:
+        report.note = "no prunable group has a width to choose" if not options else "the model has no cost to cut"
+        report.seconds = time.perf_counter() - start
+        return {}, report
+    full = [max(o.saved) for o in options]
+    costs = [[f - s for s in o.saved] for o, f in zip(options, full)]
+    losses = [o.loss for o in options]
+    budget = target.ratio
+    lo, hi = 0.0, 1.0  # budgets known to remove too much / too little (the next one is tried between)
+    tried: dict[tuple[int, ...], int] = {}
+    chosen_round: int | None = None
+    for _ in range(4 * MAX_ROUNDS[target.metric]):
+        if len(report.rounds) >= MAX_ROUNDS[target.metric] or hi - lo < 1e-4:
+            break
+        cap = sum(full) - (1.0 - budget) * total  # the summed option costs allowed (see the docstring)
+        floor = cap - 2 * TOLERANCE * target.ratio * total  # land in a window as wide as the tolerance band
+        alloc = None
+        if cap >= min_cost(costs) - 1e-9:
+            alloc = solve(losses, costs, max(cap, 0.0), solver, floor=max(floor, 0.0))
+            alloc = alloc or solve(losses, costs, max(cap, 0.0), solver)
+        if alloc is None:
+            alloc = solve(losses, costs, min_cost(costs), solver)  # the most the ladder removes
+        if alloc.choice in tried:  # widths measured before: no need to measure them again
+            measured = report.rounds[tried[alloc.choice]].measured
+            logger.info("target %s: budget %.4f gives the widths of round %d", target, budget,
+                        tried[alloc.choice] + 1)
+        else:
+            keep = {o.gid: o.keep[c] for o, c in zip(options, alloc.choice)}
+            predicted = (total - sum(o.saved[c] for o, c in zip(options, alloc.choice))) / total
+            measured, extra = meter.ratio(_pruned_copy(model, build, keep, sizes))
+            tried[alloc.choice] = len(report.rounds)
+            report.rounds.append(TargetRound(budget, predicted, measured, alloc.loss, keep=keep, timing=extra))
+            logger.info("target %s round %d: budget %.4f predicted %.4f measured %.4f", target, len(report.rounds),
+                        budget, predicted, measured)
+            if _met(target.metric, measured, target.ratio):
+                chosen_round = len(report.rounds) - 1
+                break
+        if measured > target.ratio:
+            hi = min(hi, budget)
+        else:
+            lo = max(lo, budget)
+        guess = budget * target.ratio / measured
+        budget = guess if lo < guess < hi else 0.5 * (lo + hi)
+    if chosen_round is None:
+        chosen_round = _fallback(report.rounds, target)
+        report.note = (f"no allocation landed within {TOLERANCE:.0%} of {target}: the widths the groups may keep "
+                       f"(round-to, min-keep) and the ladder reach {report.rounds[chosen_round].measured:.3f}")
+    best = report.rounds[chosen_round]
+    report.chosen_round = chosen_round
+    report.measured = best.measured
+    report.met = _met(target.metric, best.measured, target.ratio)
+    report.predicted_loss = best.loss
+    report.groups = {gid: (k, sizes[gid]) for gid, k in best.keep.items()}
+    report.seconds = time.perf_counter() - start
+    return {gid: (sizes[gid] - k) / sizes[gid] for gid, k in best.keep.items() if k < sizes[gid]}, report
+
+
+def _fallback(rounds: Sequence[TargetRound], target: Target) -> int:
+    """The round to keep when none met the target: the least pruned that reaches it, else the most pruned."""
+    measured = [(i, r) for i, r in enumerate(rounds) if r.keep]
+    under = [(i, r) for i, r in measured if r.measured <= target.ratio * (1 + TOLERANCE)]
+    if under:
+        return max(under, key=lambda ir_: ir_[1].measured)[0]
+    return min(measured, key=lambda ir_: ir_[1].measured)[0]
+
+
+def _model_cost(model: ir.Model, metric: str, shapes, dims) -> float:
+    from ..analysis import count_macs, count_params
+
+    if metric == "params":
+        return float(count_params(model))
+    return float(count_macs(model, shapes, dims=dims) or 0)
