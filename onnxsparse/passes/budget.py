@@ -183,3 +183,74 @@ def search_budget(
                             reason=f"every fraction tried ({', '.join(f'{t.fraction:.3f}' for t in trials)}) "
                                    f"lost more than {max_drop:g} {metric.name}")
     return BudgetSearch(metric.name, reference, max_drop, trials, best[0], best[1])
+
+
+OBJECTIVES = ("macs", "params", "latency")
+
+
+def prune_within_budget(
+    model,
+    *,
+    max_drop: float,
+    data,
+    labels,
+    metric: str | Metric = "top1",
+    objective: str = "macs",
+    calib=None,
+    holdout: float = 0.3,
+    label_output: str | None = None,
+    batch: int = 32,
+    lowest: float = 0.25,
+    steps: int = 6,
+    progress: Callable[[Trial], None] | None = None,
+    **prune_kwargs: Any,
+) -> BudgetSearch:
+    """The most pruned model (``objective`` kept smallest: ``prune --target OBJECTIVE=f``) whose task
+    ``metric`` on ``data``/``labels`` drops by at most ``max_drop``.
+
+    The last ``holdout`` of the labelled samples is held out: the search never sees it and the winner's
+    drop on it is reported (``result.holdout``).  ``calib`` feeds the loss table and the repair (default:
+    the search split).  Other keyword arguments go to :func:`onnxsparse.prune` (criterion, repair, ...).
+    """
+    from ..calibration.data import load_data
+    from ..io import load_model
+    from ..validate.metrics import resolve_metric
+    from ..validate.runner import load_labels
+    from .prune import prune
+
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--max-accuracy-drop searches a target of {', '.join(OBJECTIVES)}, not {objective!r}")
+    for key in ("channels", "heads", "ffn", "threshold", "target"):
+        if prune_kwargs.get(key):
+            raise UsageError(f"--max-accuracy-drop chooses how much to prune itself: drop --{key}")
+    scorer = resolve_metric(metric)
+    original = load_model(model)
+    source = load_data(data, original)
+    label_array = load_labels(labels)
+    if len(label_array) != len(source):
+        raise UsageError(f"{len(label_array)} labels for {len(source)} data samples; they must match one to one")
+    (search, search_labels), (held, held_labels) = split_holdout(source, label_array, holdout)
+    calib_source = search if calib is None else calib
+
+    def score(m: ir.Model, split: DataSource, split_labels: np.ndarray) -> float:
+        return task_metric(m, split, split_labels, scorer, output=label_output, batch=batch)
+
+    reference = score(original, search, search_labels)
+
+    def prune_at(fraction: float) -> tuple[ir.Model, dict[str, float]]:
+        result = prune(original.clone(), target=f"{objective}={fraction:.6g}", calib=calib_source, **prune_kwargs)
+        r = result.report
+        measured = {"params_ratio": r.params_after / r.params_before if r.params_before else 1.0}
+        if r.macs_before:
+            measured["macs_ratio"] = (r.macs_after or 0) / r.macs_before
+        if r.target is not None and getattr(r.target, "measured", None) is not None and objective == "latency":
+            measured["latency_ratio"] = float(r.target.measured)
+        return result.model, measured
+
+    found = search_budget(prune_at, lambda m: score(m, search, search_labels), scorer, reference, max_drop,
+                          lowest=lowest, steps=steps, progress=progress)
+    if found.model is not None:
+        held_reference, held_candidate = score(original, held, held_labels), score(found.model, held, held_labels)
+        found.holdout = {"reference": held_reference, "candidate": held_candidate,
+                         "drop": float(scorer.drop(held_reference, held_candidate)), "samples": float(len(held))}
+    return found
