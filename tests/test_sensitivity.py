@@ -102,7 +102,8 @@ def test_bert_heads_and_neurons(bert_report) -> None:
         assert r.units_removed == 0 and r.rel_mse is None and r.note == "rounds to 0 units"
         assert g.at(0.25).units_removed == 1 and g.at(0.5).units_removed == 2
         assert g.at(0.5).rel_mse >= g.at(0.25).rel_mse * 0.9
-    assert bert_report.sessions == sum(1 for g in bert_report.groups for r in g.results if r.units_removed)
+    assert bert_report.sessions == sum(1 for g in bert_report.groups for r in g.results if r.units_removed) + len(
+        bert_report.blocks)
     # the residual stream's channel groups are skipped with their reason
     skipped = [s for s in bert_report.skipped if s.kind == "channel"]
     assert len(skipped) == 4 and all("LayerNormalization" in s.reason for s in skipped)

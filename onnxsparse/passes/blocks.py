@@ -22,6 +22,7 @@ only matches ``x`` for one batch/sequence size is declined.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import onnx_ir as ir
 
 from ..errors import UsageError
 
-__all__ = ["Block", "find_blocks", "remove_blocks", "RemoveBlocksPass"]
+__all__ = ["Block", "RemoveBlocksPass", "find_blocks", "quiet_folding", "remove_blocks", "remove_found"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,18 @@ def _branch_params(nodes: Sequence[ir.Node], const: set[int]) -> int:
     return total
 
 
+@contextlib.contextmanager
+def quiet_folding():
+    """Silence onnxscript's constant folder while inferring shapes: its failed folds only mean "not a constant"."""
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = folding.level
+    folding.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        folding.setLevel(level)
+
+
 def _node_macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> dict[int, int]:
     """MACs per main-graph node (keyed by ``id(node)``: exporters leave some nodes unnamed)."""
     from ..analysis import infer_shapes
@@ -176,7 +189,8 @@ def _node_macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) ->
     from .prune import _mac_dims
 
     try:
-        rows, _ = macs_table(model, infer_shapes(model, shapes, dims=_mac_dims(model, shapes)))
+        with quiet_folding():
+            rows, _ = macs_table(model, infer_shapes(model, shapes, dims=_mac_dims(model, shapes)))
     except Exception:  # noqa: BLE001 - MACs are informative, never fail the search on them
         logger.debug("MAC count failed", exc_info=True)
         return {}
@@ -200,7 +214,8 @@ def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = 
     graph = model.graph
     order = {id(n): i for i, n in enumerate(graph)}
     const = _constants(graph)
-    probe = infer_shapes(model, dims=_probe_dims(model))
+    with quiet_folding():
+        probe = infer_shapes(model, dims=_probe_dims(model))
     per_node: dict[int, int] | None = None
     blocks: list[Block] = []
     for add in graph:
@@ -321,37 +336,42 @@ class RemoveBlocksPass(ir.passes.InPlacePass):
                 raise UsageError(f"no residual block {i} (the model has {len(blocks)}: ids 0..{len(blocks) - 1})")
             if not block.removable:
                 raise UsageError(f"residual block {i} ({block.add}) cannot be removed: {block.reason}")
-        graph = model.graph
-        order = {id(n): i for i, n in enumerate(graph)}
-        by_name = {_label(n, order): n for n in graph}
-        chosen = [blocks[i] for i in self.ids]
-        doomed = {id(by_name[name]) for b in chosen for name in b.nodes}
-        weights = {id(v): v for b in chosen for name in b.nodes for v in by_name[name].inputs
-                   if v is not None and v.is_initializer()}
-        for block in chosen:  # graph order: an earlier block's rewiring is seen by a later one's Add
-            add = by_name[block.add]
-            if id(add) in doomed:
-                continue  # inside a branch removed anyway
-            x, out = add.inputs[block.x_index], add.outputs[0]
-            assert x is not None
-            if out.is_graph_output():
-                identity = ir.node("Identity", [x])
-                graph.insert_before(add, identity)
-                name = out.name
-                ir.convenience.replace_all_uses_with(out, identity.outputs[0], replace_graph_outputs=True)
-                graph.remove(add, safe=True)
-                identity.outputs[0].name = name
-            else:
-                ir.convenience.replace_all_uses_with(out, x)
-                graph.remove(add, safe=True)
-        graph.remove([n for n in graph if id(n) in doomed], safe=True)
-        for v in weights.values():
-            if not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
-                del graph.initializers[v.name]
-        logger.info("removed %d residual block(s): %s", len(chosen), ", ".join(b.add for b in chosen))
+        remove_found(model, [blocks[i] for i in self.ids])
         return ir.passes.PassResult(model, modified=True)
 
 
 def remove_blocks(model: ir.Model, ids: Iterable[int], shapes: Mapping[str, tuple[int, ...]] | None = None) -> ir.Model:
     """Remove the residual blocks ``ids`` of :func:`find_blocks` from ``model`` (in place); returns it."""
     return RemoveBlocksPass(ids, shapes)(model).model
+
+
+def remove_found(model: ir.Model, chosen: Sequence[Block]) -> None:
+    """Remove the branches of ``chosen`` (removable blocks :func:`find_blocks` returned for this model or an
+    identical copy: nodes are matched by name, or position for unnamed ones), in place, without a new search."""
+    graph = model.graph
+    order = {id(n): i for i, n in enumerate(graph)}
+    by_name = {_label(n, order): n for n in graph}
+    doomed = {id(by_name[name]) for b in chosen for name in b.nodes}
+    weights = {id(v): v for b in chosen for name in b.nodes for v in by_name[name].inputs
+               if v is not None and v.is_initializer()}
+    for block in sorted(chosen, key=lambda b: b.id):  # graph order: an earlier block's rewiring is seen by a later one's Add
+        add = by_name[block.add]
+        if id(add) in doomed:
+            continue  # inside a branch removed anyway
+        x, out = add.inputs[block.x_index], add.outputs[0]
+        assert x is not None
+        if out.is_graph_output():
+            identity = ir.node("Identity", [x])
+            graph.insert_before(add, identity)
+            name = out.name
+            ir.convenience.replace_all_uses_with(out, identity.outputs[0], replace_graph_outputs=True)
+            graph.remove(add, safe=True)
+            identity.outputs[0].name = name
+        else:
+            ir.convenience.replace_all_uses_with(out, x)
+            graph.remove(add, safe=True)
+    graph.remove([n for n in graph if id(n) in doomed], safe=True)
+    for v in weights.values():
+        if not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
+            del graph.initializers[v.name]
+    logger.info("removed %d residual block(s): %s", len(chosen), ", ".join(b.add for b in chosen))
