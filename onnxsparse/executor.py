@@ -37,8 +37,11 @@ __all__ = ["ExecutorSpec", "Setup", "TaskCache", "default_cache_dir", "default_w
 
 logger = logging.getLogger(__name__)
 
-#: fewer pending tasks per worker than this run in-process (spawning a worker costs an import and a setup)
+#: with ``workers=None``, fewer pending tasks per worker than this run in-process
 MIN_TASKS_PER_WORKER = 3
+#: the cost of a fresh worker process before its setup: importing onnxsparse, onnxruntime and onnxscript
+#: (2.5 s of CPU measured on the development machine; 5-7 s of wall time when its 2 cores were shared)
+WORKER_START_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -153,11 +156,17 @@ def run_tasks(
     progress: bool = False,
     desc: str = "evaluations",
     local_state: Any = None,
+    task_seconds: float | None = None,
+    setup_seconds: float = 0.0,
 ) -> list[Any]:
     """``[fn(state, task) for task in tasks]`` with ``state = setup.build()`` once per worker.
 
     With a ``cache``, results already stored under ``keys[i]`` are not recomputed and new ones are stored
     as they arrive.  ``workers``: processes (``local``) or actors (``ray``; ``None`` = the cluster's CPUs).
+    Locally, ``workers=None`` means up to :func:`default_workers` processes *when they pay off*: at least
+    ``MIN_TASKS_PER_WORKER`` tasks each and, given the estimated ``task_seconds`` (one task) and
+    ``setup_seconds`` (one ``setup.build()``), an expected saving larger than a worker's start-up
+    (``WORKER_START_SECONDS + setup_seconds``); otherwise, and with ``workers=1``, in this process.
     Results must be JSON-serialisable when cached.  ``local_state``: the state already built in this process,
     used instead of ``setup.build()`` when the tasks run here.
     """
@@ -189,7 +198,7 @@ def run_tasks(
         elif spec.kind == "ray":
             _run_ray(setup, fn, tasks, pending, done, spec.address, workers)
         else:
-            n = min(workers or default_workers(), len(pending) // MIN_TASKS_PER_WORKER)
+            n = _local_workers(workers, len(pending), task_seconds, setup_seconds)
             if n <= 1:
                 state = setup.build() if local_state is None else local_state
                 for i in pending:
@@ -200,6 +209,19 @@ def run_tasks(
         if bar is not None:
             bar.close()
     return results
+
+
+def _local_workers(workers: int | None, pending: int, task_seconds: float | None, setup_seconds: float) -> int:
+    if workers is not None:
+        return min(workers, pending)
+    n = min(default_workers(), pending // MIN_TASKS_PER_WORKER)
+    if n > 1 and task_seconds is not None:
+        saving = pending * task_seconds * (1 - 1 / n)
+        if saving <= WORKER_START_SECONDS + setup_seconds:
+            logger.info("running %d evaluations in-process: ~%.1f s saved by %d workers < their start-up",
+                        pending, saving, n)
+            return 1
+    return n
 
 
 def _run_processes(setup: Setup, fn, tasks, pending: list[int], done: Callable[[int, Any], None], n: int) -> None:

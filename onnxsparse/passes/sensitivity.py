@@ -439,7 +439,7 @@ def sensitivity(
     ``shapes`` fixes input shapes for ``"random"`` data.  See the module docstring for the metrics.
     ``blocks``: also remove every residual block whole (:mod:`.blocks`; with ``kinds``, only if it has
     ``"block"``).  ``workers``/``executor``: where the evaluations run (:func:`onnxsparse.executor.run_tasks`;
-    ``workers=None`` = ``min(cores, 4)``); ``cache``: a directory keeping every evaluation (resumable).
+    ``workers=None`` = up to ``min(cores, 4)`` processes when they pay off); ``cache``: a directory keeping every evaluation (resumable).
     """
     from ..calibration.data import DataSource
     from ..criteria import CALIBRATION_KEY, get_criterion
@@ -567,7 +567,8 @@ def sensitivity(
         keys = [_task_key(task) for task in tasks]
     local_state = _Evaluator.from_prepared(model, dg, source, bs, limit, float_outputs, reference)
     answers = run_tasks(setup, _evaluate, tasks, keys=keys, cache=store, executor=spec, workers=workers,
-                        progress=progress, desc="sensitivity", local_state=local_state)
+                        progress=progress, desc="sensitivity", local_state=local_state,
+                        task_seconds=timings["reference_s"], setup_seconds=timings["analysis_s"])
     report.sessions = len(tasks)
     report.cached = store.hits if store is not None else 0
     for (slot, group_id), answer in zip(slots, answers):
