@@ -159,7 +159,7 @@ def test_broadcast_branch_is_declined(tmp_path: Path) -> None:
     path = tmp_path / "se.onnx"
     _broadcast_model(path)
     (block,) = find_blocks(load_model(path))
-    assert not block.removable and "broadcasts" in block.reason and "x 3x4x5x5" in block.reason
+    assert not block.removable and "broadcasts" in block.reason and "x batchx4x5x5" in block.reason and "batchx4x1x1" in block.reason
 
 
 def test_graph_output_add_keeps_its_name(tmp_path: Path) -> None:
@@ -183,3 +183,18 @@ def test_graph_output_add_keeps_its_name(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(np.float32)
     (y,) = _run(model, {"x": x})
     np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_inspect_lists_found_and_declined_blocks() -> None:
+    from helpers import cli, cli_json
+
+    data = cli_json("inspect", str(sample("real_torch_resnet18_ts")), "--json")
+    blocks = data["residual_blocks"]
+    assert [b["removable"] for b in blocks] == [True, True, False, True, False, True, False, True]
+    assert all(b["macs"] > 0 and b["params"] > 0 for b in blocks if b["removable"])
+    assert all("batchx" in b["reason"] and "downsample" in b["reason"] for b in blocks if not b["removable"])
+    code, out, err = cli("inspect", str(sample("real_torch_resnet18_ts")))
+    assert code == 0, err
+    assert "Residual blocks (x + f(x), removable whole): 5 of 8" in out
+    code, out, err = cli("inspect", str(sample("densenet_block")))
+    assert code == 0 and "Residual blocks: none" in out, err

@@ -92,14 +92,38 @@ def inspect_model(
     for key in ("params", "macs", "attention_macs", "weight_bytes", "nodes"):
         result[key] = body.pop(key)
     result.update(body)
+    analysed = None
     try:
-        groups = prunable_groups(path)
+        analysed = _analysed(path)
+        groups = prunable_groups(analysed)
     except Exception as exc:  # noqa: BLE001 - a secondary section must not hide the numbers above
         logging.getLogger(__name__).debug("prunable groups failed", exc_info=True)
         result["prunable_groups_error"] = f"{type(exc).__name__}: {exc}"
     else:
         result["prunable_groups"] = groups
+    try:
+        blocks = residual_blocks(analysed if analysed is not None else _analysed(path), shapes)
+    except Exception as exc:  # noqa: BLE001 - a secondary section must not hide the numbers above
+        logging.getLogger(__name__).debug("residual blocks failed", exc_info=True)
+        result["residual_blocks_error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        result["residual_blocks"] = blocks
     return result
+
+
+def _analysed(path: str | Path):
+    """The model as ``prune`` and ``sensitivity`` analyse it (normalised, attention rewritten)."""
+    from ..io import load_model
+    from ..passes.prune import prepare_for_analysis
+
+    return prepare_for_analysis(load_model(path))
+
+
+def residual_blocks(model, shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
+    """Residual blocks ``x + f(x)`` found in the analysed model: removable whole, or declined with the reason."""
+    from ..passes.blocks import find_blocks
+
+    return [b.to_dict() for b in find_blocks(model, shapes)]
 
 
 def _check_dims(model, dims: dict[str, int]) -> None:
@@ -116,14 +140,13 @@ def _check_dims(model, dims: dict[str, int]) -> None:
         raise UsageError(f"--dim names unknown dim(s) {unknown}; the inputs' symbolic dims are: {have}")
 
 
-def prunable_groups(path: str | Path) -> list[dict[str, Any]]:
+def prunable_groups(path) -> list[dict[str, Any]]:
     """The structured-pruning groups of the model, as ``prune`` analyses it (normalised, attention
-    rewritten): channels, heads, KV groups and FFN neurons, each with its kind and reasons."""
+    rewritten): channels, heads, KV groups and FFN neurons, each with its kind and reasons.
+    ``path``: the file, or the model already analysed (:func:`_analysed`)."""
     from ..graph import build_groups
-    from ..io import load_model
-    from ..passes.prune import prepare_for_analysis
 
-    analysis = build_groups(prepare_for_analysis(load_model(path)))
+    analysis = build_groups(path if not isinstance(path, (str, Path)) else _analysed(path))
     return [
         {
             "id": g.id,
@@ -321,4 +344,26 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
         ]
         if table:
             out.append(format_table(["group", "kind", "root", "units", "channels", "prunable", "reason"], table))
+    out += _blocks_section(result, top)
     return "\n".join(out)
+
+
+def _blocks_section(result: dict[str, Any], top: int | None) -> list[str]:
+    if "residual_blocks_error" in result:
+        return ["", f"Residual blocks: not available ({result['residual_blocks_error']})"]
+    blocks = result.get("residual_blocks")
+    if not blocks:
+        return [] if blocks is None else ["", "Residual blocks: none (no Add joins x and a weighted branch f(x))"]
+    removable = sum(1 for b in blocks if b["removable"])
+    out = ["", f"Residual blocks (x + f(x), removable whole): {removable} of {len(blocks)}"]
+    shown = blocks if top is None else blocks[: max(top, 1)]
+    out.append(format_table(
+        ["block", "residual Add", "branch nodes", "params", "MACs", "removable", "reason"],
+        [[b["id"], b["add"], b["nodes"] or "-", human_count(b["params"]) if b["removable"] else "-",
+          human_count(b["macs"]) if b["removable"] else "-", "yes" if b["removable"] else "no",
+          _clip(b.get("reason") or "-", 110)] for b in shown]))
+    return out
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -37,8 +37,9 @@ __all__ = ["Block", "RemoveBlocksPass", "find_blocks", "quiet_folding", "remove_
 
 logger = logging.getLogger(__name__)
 
-#: distinct values for symbolic input dims while comparing shapes (a broadcast cannot hide)
-_PROBE_DIMS = (3, 5, 7, 11, 13, 17, 19, 23)
+#: distinct values for symbolic input dims while comparing shapes (a broadcast cannot hide); primes no
+#: real layer is likely to have, so messages can show them by their symbol names again
+_PROBE_DIMS = (97, 89, 83, 79, 73, 71, 67, 61)
 
 
 @dataclass(frozen=True)
@@ -140,16 +141,18 @@ def _probe_dims(model: ir.Model) -> dict[str, int]:
     return {s: _PROBE_DIMS[i % len(_PROBE_DIMS)] + 2 * (i // len(_PROBE_DIMS)) for i, s in enumerate(symbols)}
 
 
-def _fmt(dims) -> str:
-    return "?" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
+def _fmt(dims, names: Mapping[int, str]) -> str:
+    """``dims`` as ``batchx4x8x8``: probe values shown by their symbol names."""
+    return "?" if dims is None else "x".join("?" if d is None else names.get(d, str(d)) for d in dims)
 
 
-def _shape_reason(x: ir.Value, fx: ir.Value, out: ir.Value, shapes: Mapping[str, Any]) -> str | None:
+def _shape_reason(x: ir.Value, fx: ir.Value, out: ir.Value, shapes: Mapping[str, Any],
+                  names: Mapping[int, str]) -> str | None:
     sx, sf, so = (shapes.get(v.name or "") for v in (x, fx, out))
     if sx is None or sf is None or None in sx or None in sf:
-        return f"shapes unknown (x {_fmt(sx)}, f(x) {_fmt(sf)}): cannot check that dropping f keeps the output shape"
+        return f"shapes unknown (x {_fmt(sx, names)}, f(x) {_fmt(sf, names)}): cannot check that dropping f keeps the output shape"
     if tuple(sx) != tuple(sf) or (so is not None and tuple(so) != tuple(sx)):
-        return (f"f(x) has shape {_fmt(sf)}, x {_fmt(sx)}: the Add broadcasts, dropping f would change the "
+        return (f"f(x) has shape {_fmt(sf, names)}, x {_fmt(sx, names)}: the Add broadcasts, dropping f would change the "
                 "output shape")
     if x.dtype is not None and fx.dtype is not None and x.dtype != fx.dtype:
         return f"x is {x.dtype}, f(x) {fx.dtype}"
@@ -214,8 +217,10 @@ def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = 
     graph = model.graph
     order = {id(n): i for i, n in enumerate(graph)}
     const = _constants(graph)
+    probe_dims = _probe_dims(model)
+    names = {v: k for k, v in probe_dims.items()}
     with quiet_folding():
-        probe = infer_shapes(model, dims=_probe_dims(model))
+        probe = infer_shapes(model, dims=probe_dims)
     per_node: dict[int, int] | None = None
     blocks: list[Block] = []
     for add in graph:
@@ -231,7 +236,7 @@ def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = 
                 found = (x, fx, candidates)
                 break
         if found is None:
-            reason = _computed_shortcut(add, const, probe)
+            reason = _computed_shortcut(add, const, probe, names)
             if reason is not None:
                 blocks.append(Block(len(blocks), _label(add, order), "", "", reason=reason))
             continue
@@ -260,7 +265,7 @@ def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = 
         macs = sum(per_node.get(id(n), 0) for n in nodes) if per_node else None
         blocks.append(Block(len(blocks), _label(add, order), x.name or "", fx.name or "",
                             tuple(_label(n, order) for n in nodes), side, macs, _branch_params(nodes, const),
-                            _shape_reason(x, fx, add.outputs[0], probe), x_index=add.inputs.index(x)))
+                            _shape_reason(x, fx, add.outputs[0], probe, names), x_index=add.inputs.index(x)))
     return blocks
 
 
@@ -276,7 +281,8 @@ def _side_values(nodes: Sequence[ir.Node], x: ir.Value, const: set[int]) -> list
     return list(out.values())
 
 
-def _computed_shortcut(add: ir.Node, const: set[int], shapes: Mapping[str, Any]) -> str | None:
+def _computed_shortcut(add: ir.Node, const: set[int], shapes: Mapping[str, Any],
+                       names: Mapping[int, str]) -> str | None:
     """A reason when ``add`` joins two weighted branches of one source (a projection shortcut), else None."""
     a, b = add.inputs
     seen_a, _ = _ancestors(a, None)
@@ -299,7 +305,7 @@ def _computed_shortcut(add: ir.Node, const: set[int], shapes: Mapping[str, Any])
     if not (_weighted_mac(side_a, const) and _weighted_mac(side_b, const)):
         return None
     so, sx = shapes.get(add.outputs[0].name or ""), shapes.get(source.name or "")
-    change = f" ({_fmt(sx)} -> {_fmt(so)})" if sx is not None and so is not None and tuple(sx) != tuple(so) else ""
+    change = f" ({_fmt(sx, names)} -> {_fmt(so, names)})" if sx is not None and so is not None and tuple(sx) != tuple(so) else ""
     return (f"the shortcut is not the identity: both inputs are computed from {source.name!r}{change} "
             "(a projection/downsample shortcut); dropping either branch is not exact")
 
@@ -323,7 +329,7 @@ class RemoveBlocksPass(ir.passes.InPlacePass):
 
     def __init__(self, ids: Iterable[int], shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
         super().__init__()
-        self.ids = tuple(sorted(set(int(i) for i in ids)))
+        self.ids = tuple(sorted({int(i) for i in ids}))
         self.shapes = shapes
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -382,7 +382,6 @@ def output_errors(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]
 def _node_macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, int], int | None]:
     from ..analysis import infer_shapes
     from ..analysis.macs import macs_table
-
     from .blocks import quiet_folding
 
     try:
@@ -443,7 +442,7 @@ def sensitivity(
     """
     from ..calibration.data import DataSource
     from ..criteria import CALIBRATION_KEY, get_criterion
-    from ..graph import PrunePlan, masked_copy
+    from ..graph import PrunePlan
     from .prune import _calibration_source, score_groups
     from .prune_select import select_uniform
 
@@ -678,7 +677,7 @@ class _Evaluator:
         self.batch_size, self.limit, self.outputs, self.reference = batch_size, limit, outputs, reference
 
     @classmethod
-    def from_prepared(cls, model: ir.Model, dg, source, batch_size: int, limit: int, outputs, reference) -> "_Evaluator":
+    def from_prepared(cls, model: ir.Model, dg, source, batch_size: int, limit: int, outputs, reference) -> _Evaluator:
         self = cls.__new__(cls)
         self.model, self.dg, self.source = model, dg, source
         self.batch_size, self.limit, self.outputs, self.reference = batch_size, limit, tuple(outputs), reference
