@@ -232,9 +232,8 @@ def _run_processes(setup: Setup, fn, tasks, pending: list[int], done: Callable[[
         try:
             for future in concurrent.futures.as_completed(futures):
                 done(futures[future], future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
+        except BaseException:  # an error or Ctrl-C: do not start what is still queued
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 

@@ -25,6 +25,16 @@ Units are selected as ``prune --round-to 1 --min-keep 1`` selects them
 ``prune`` removing just that group's units at that ratio.  A ratio that removes 0 units of a
 group is reported as such (``units_removed == 0``, no error).
 
+Residual blocks (:mod:`.blocks`): every removable ``x + f(x)`` is also evaluated with its branch
+dropped (``report.blocks``, kind ``block``; declined ones in ``report.skipped_blocks``), with the
+same metrics; ``macs_saved`` is the branch's MACs.
+
+The evaluations are independent tasks (``("group", id, nodes, removed)``, ``("block", Block)``) run
+by :func:`onnxsparse.executor.run_tasks`: in this process, in local worker processes or on Ray, each
+worker rebuilding the analysis once from the model file; on 1 intra-op thread each is deterministic,
+so every executor gives bit-identical numbers.  With ``cache``, each is stored under a hash of the
+model file, criterion, data and the task, and an interrupted sweep resumes.
+
 Cost: one onnxruntime session per (group, ratio) with at least one unit removed: a model clone,
 the graph serialised without its large weights (they reach onnxruntime as in-memory initializers)
 and session creation, then the calibration samples in batches of ``batch_size`` on 1 intra-op
