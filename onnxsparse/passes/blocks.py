@@ -236,7 +236,7 @@ def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = 
                 found = (x, fx, candidates)
                 break
         if found is None:
-            reason = _computed_shortcut(add, const, probe, names)
+            reason = _computed_shortcut(add, const, order, probe, names)
             if reason is not None:
                 blocks.append(Block(len(blocks), _label(add, order), "", "", reason=reason))
             continue
@@ -281,33 +281,28 @@ def _side_values(nodes: Sequence[ir.Node], x: ir.Value, const: set[int]) -> list
     return list(out.values())
 
 
-def _computed_shortcut(add: ir.Node, const: set[int], shapes: Mapping[str, Any],
+def _computed_shortcut(add: ir.Node, const: set[int], order: Mapping[int, int], shapes: Mapping[str, Any],
                        names: Mapping[int, str]) -> str | None:
-    """A reason when ``add`` joins two weighted branches of one source (a projection shortcut), else None."""
+    """Why ``add`` is no block when it joins two weighted branches of one source ``s`` (a projection or
+    downsample shortcut; attention and MLP in parallel), else None (not a residual join at all)."""
     a, b = add.inputs
-    seen_a, _ = _ancestors(a, None)
-    seen_b, _ = _ancestors(b, None)
-    common = (seen_a & seen_b) - const
+    common = (_ancestors(a, None)[0] & _ancestors(b, None)[0]) - const
     if not common:
         return None
-    graph = add.graph
-    assert graph is not None
-    position = {id(v): i for i, n in enumerate(graph) for v in n.outputs}
-    position.update({id(v): -1 for v in graph.inputs})
-    source = None
-    for v in {id(v): v for v in _values(a, b) if id(v) in common}.values():
-        if source is None or position.get(id(v), -1) > position.get(id(source), -1):
-            source = v
+    position = {id(v): order[id(v.producer())] if v.producer() is not None else -1 for v in _values(a, b)}
+    source = max((v for v in _values(a, b) if id(v) in common), key=lambda v: position[id(v)], default=None)
     if source is None:
         return None
-    _, side_a = _ancestors(a, source)
-    _, side_b = _ancestors(b, source)
-    if not (_weighted_mac(side_a, const) and _weighted_mac(side_b, const)):
+    sides = [_owned(v, add, _ancestors(v, source)[1], order, any_fx_uses=True) for v in (a, b)]
+    if not all(_weighted_mac(side, const) for side in sides):
         return None
     so, sx = shapes.get(add.outputs[0].name or ""), shapes.get(source.name or "")
-    change = f" ({_fmt(sx, names)} -> {_fmt(so, names)})" if sx is not None and so is not None and tuple(sx) != tuple(so) else ""
-    return (f"the shortcut is not the identity: both inputs are computed from {source.name!r}{change} "
-            "(a projection/downsample shortcut); dropping either branch is not exact")
+    if sx is not None and so is not None and tuple(sx) != tuple(so):
+        return (f"the shortcut is not the identity: both inputs are computed from {source.name!r} "
+                f"({_fmt(sx, names)} -> {_fmt(so, names)}: a projection/downsample shortcut); "
+                "dropping the branch would change the shape")
+    return (f"no identity shortcut: both inputs are weighted branches of {source.name!r} (a projection "
+            "shortcut, or parallel branches such as attention and MLP side by side)")
 
 
 def _values(*roots: ir.Value) -> list[ir.Value]:
