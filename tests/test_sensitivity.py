@@ -294,5 +294,7 @@ def test_declined_blocks_are_listed_with_their_reason() -> None:
     path = sample("real_torch_resnet18_dynamo")
     report = sensitivity(path, "random", ratios=(0.5,), samples=2, kinds=("block",))
     assert not report.groups and len(report.blocks) == 5 and len(report.skipped_blocks) == 3
+    assert all(s.reason.endswith("not asked for (kinds: block)") for s in report.skipped if s.id is not None
+               and "graph" not in s.reason)
     assert all("projection/downsample" in b.reason for b in report.skipped_blocks)
     assert "not removable because" in report.table()

@@ -462,6 +462,7 @@ def sensitivity(
     if calib is None:
         raise UsageError("sensitivity needs calibration data: give --calib DATA "
                          "(an .npz keyed by input name, a folder of them, or 'random')")
+    kinds = None if kinds is None else tuple(kinds)
     wanted_kinds = None if kinds is None else set(kinds)
     with_blocks = blocks and (wanted_kinds is None or BLOCK_KIND in wanted_kinds)
     if wanted_kinds is not None:
@@ -596,7 +597,7 @@ def sensitivity(
         if g.prunable and g.id in scores:
             continue
         if g.prunable:  # not scored: another kind than asked, or the criterion failed (then dg.skip made it not prunable)
-            reason = f"kind {g.kind} not asked for (kinds: {', '.join(sorted(wanted_kinds or ()))})"
+            reason = f"kind {g.kind} not asked for (kinds: {', '.join(sorted(kinds or ()))})"
         else:
             reason = g.reason or "not prunable"
         if any(s.id == g.id for s in report.skipped):
