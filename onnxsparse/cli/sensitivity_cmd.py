@@ -64,8 +64,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help=f"calibration samples used (default {DEFAULT_SAMPLES})")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...",
                    help="input shape for 'random' data and the MAC count (e.g. input_ids=1x128)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random data and the random criterion (default 0)")
-    p.add_argument("--report", metavar="FILE", help="also write the report to FILE (.json, .md or .html)")
     p.add_argument("--no-blocks", action="store_true",
                    help="do not measure removing each residual block (x + f(x) -> x) whole")
     p.add_argument("--workers", type=_positive, default=None, metavar="N",
@@ -79,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     cache.add_argument("--cache", metavar="DIR", default=None,
                        help=f"keep every evaluation in DIR so an interrupted sweep resumes (default {default_cache_dir()})")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the evaluation cache")
+    p.add_argument("--seed", type=int, default=0, help="seed for random data and the random criterion (default 0)")
+    p.add_argument("--report", metavar="FILE", help="also write the report to FILE (.json, .md or .html)")
     p.set_defaults(func=run)
 
 
@@ -89,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.sensitivity import parse_ratios, sensitivity
 
     ratios = parse_ratios(args.ratios)  # one-line UsageError before any work
-    executor = parse_executor(args.executor)
-    cache = None if args.no_cache else (args.cache or default_cache_dir() / "sensitivity")
     check_report_paths([args.report] if args.report else None)
     shapes = parse_shapes(args.shape)
+
+    executor = parse_executor(args.executor)
+    cache = None if args.no_cache else (args.cache or default_cache_dir() / "sensitivity")
     report = sensitivity(
         args.model,
         args.calib,
