@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         "ray:ADDRESS joins a cluster) (default local)")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache", metavar="DIR", default=None,
-                       help=f"keep every evaluation in DIR so an interrupted sweep resumes (default {default_cache_dir()})")
+                       help="keep every evaluation in DIR so an interrupted sweep resumes "
+                            f"(default {default_cache_dir() / 'sensitivity'})")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the evaluation cache")
     p.add_argument("--seed", type=int, default=0, help="seed for random data and the random criterion (default 0)")
     p.add_argument("--report", metavar="FILE", help="also write the report to FILE (.json, .md or .html)")
