@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import sample
 
@@ -125,3 +126,29 @@ def test_sensitivity_on_ray_is_bit_identical(serial_report) -> None:
     finally:
         ray.shutdown()
     assert _numbers(report) == _numbers(serial_report)
+
+
+def test_cache_key_covers_external_data_and_ray_ships_it_inlined(tmp_path: Path) -> None:
+    """Changing only the external data file changes the namespace; remote workers get the weights inlined."""
+    import shutil
+
+    import onnx
+
+    from onnxsparse.passes.sensitivity import _cache_namespace, _model_source
+
+    src = sample("real_zoo_external_resnet18")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model = folder / src.name
+    shutil.copy(src, model)
+    shutil.copy(src.parent / (src.name + ".data"), folder / (src.name + ".data"))
+    arrays = {"x": np.zeros((1, 2), np.float32)}
+    before = _cache_namespace(model, "l2", arrays, 1, 1, ["y"])
+    data = folder / (src.name + ".data")
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 1
+    data.write_bytes(bytes(raw))
+    assert _cache_namespace(model, "l2", arrays, 1, 1, ["y"]) != before
+    shipped = onnx.load_from_string(_model_source(model, ship_bytes=True))
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in shipped.graph.initializer)
+    assert _model_source(model, ship_bytes=False) == str(model)

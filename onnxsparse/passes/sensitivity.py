@@ -49,6 +49,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -627,11 +628,30 @@ def _serialized(model) -> bytes:
     return to_proto(model).SerializeToString()
 
 
+def _external_files(path: str | os.PathLike) -> list[str]:
+    """The external data files the model file names (sorted), none when it names none."""
+    import onnx
+
+    from ..io import _iter_tensors, _mentions
+
+    if not _mentions(Path(path), b"location"):
+        return []
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    found = {dict((e.key, e.value) for e in t.external_data).get("location") for t in _iter_tensors(proto)
+             if t.data_location == onnx.TensorProto.EXTERNAL}
+    return sorted(os.path.join(os.path.dirname(os.fspath(path)), f) for f in found if f)
+
+
 def _model_source(model_arg: str | os.PathLike | bytes, *, ship_bytes: bool) -> str | bytes:
-    """What a worker rebuilds the analysis from: the file's path, or its bytes for remote workers."""
+    """What a worker rebuilds the analysis from: the file's path, or its bytes (external data inlined)
+    for workers that may run on other machines."""
     if isinstance(model_arg, bytes):
         return model_arg
     if ship_bytes:
+        if _external_files(model_arg):
+            import onnx
+
+            return onnx.load(os.fspath(model_arg)).SerializeToString()
         with open(model_arg, "rb") as f:
             return f.read()
     return os.fspath(model_arg)
@@ -649,17 +669,18 @@ def _sha256(*chunks: bytes | str) -> str:
 
 def _cache_namespace(model_arg, criterion: str, arrays: Mapping[str, np.ndarray], limit: int, batch_size: int,
                      outputs: Sequence[str]) -> str:
-    """sha256 of (model file, criterion, data, samples, batch size, outputs): what every evaluation depends on
-    besides its own task."""
+    """sha256 of (model file and its external data, criterion, data, samples, batch size, outputs): what every
+    evaluation depends on besides its own task."""
     import hashlib
 
     h = hashlib.sha256()
     if isinstance(model_arg, bytes):
         h.update(model_arg)
     else:
-        with open(model_arg, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        for name in (os.fspath(model_arg), *_external_files(model_arg)):
+            with open(name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
     data = [_sha256(name, str(a.dtype), repr(a.shape), np.ascontiguousarray(a).tobytes())
             for name, a in sorted(arrays.items())]
     from .._version import __version__
