@@ -72,8 +72,9 @@ def _constants(graph: ir.Graph) -> set[int]:
     """ids of values known before run time: initializers and outputs of nodes reading only those."""
     const = {id(v) for v in graph.initializers.values() if not v.is_graph_input()}
     for node in graph:
-        if node.op_type.startswith("Random") or node.attributes.get("seed") is not None:
-            continue
+        if node.op_type.startswith("Random") or node.attributes.get("seed") is not None or any(
+                a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+            continue  # random, or a body that may read outer values
         if all(v is None or id(v) in const for v in node.inputs):
             const.update(id(v) for v in node.outputs)
     return const
