@@ -299,9 +299,8 @@ def _computed_shortcut(add: ir.Node, const: set[int], order: Mapping[int, int], 
         return None
     so, sx = shapes.get(add.outputs[0].name or ""), shapes.get(source.name or "")
     if sx is not None and so is not None and tuple(sx) != tuple(so):
-        return (f"the shortcut is not the identity: both inputs are computed from {source.name!r} "
-                f"({_fmt(sx, names)} -> {_fmt(so, names)}: a projection/downsample shortcut); "
-                "dropping the branch would change the shape")
+        return (f"projection/downsample shortcut ({_fmt(sx, names)} -> {_fmt(so, names)}), not the identity: "
+                f"both inputs are computed from {source.name!r}; dropping the branch would change the shape")
     return (f"no identity shortcut: both inputs are weighted branches of {source.name!r} (a projection "
             "shortcut, or parallel branches such as attention and MLP side by side)")
 
