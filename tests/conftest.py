@@ -15,3 +15,9 @@ def _fixed_kernel_block(monkeypatch):
         prune_module, "auto_round_to",
         lambda: (16, "auto: onnxruntime's blocked NCHWc Conv kernels use 16-channel blocks on this CPU (test profile)"),
     )
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path_factory):
+    """Caches (``sensitivity --cache``'s default) go to a temporary folder, never the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

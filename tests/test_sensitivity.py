@@ -102,7 +102,8 @@ def test_bert_heads_and_neurons(bert_report) -> None:
         assert r.units_removed == 0 and r.rel_mse is None and r.note == "rounds to 0 units"
         assert g.at(0.25).units_removed == 1 and g.at(0.5).units_removed == 2
         assert g.at(0.5).rel_mse >= g.at(0.25).rel_mse * 0.9
-    assert bert_report.sessions == sum(1 for g in bert_report.groups for r in g.results if r.units_removed)
+    assert bert_report.sessions == sum(1 for g in bert_report.groups for r in g.results if r.units_removed) + len(
+        bert_report.blocks)
     # the residual stream's channel groups are skipped with their reason
     skipped = [s for s in bert_report.skipped if s.kind == "channel"]
     assert len(skipped) == 4 and all("LayerNormalization" in s.reason for s in skipped)
@@ -254,3 +255,46 @@ def test_data_driven_criterion() -> None:
     report = sensitivity(CNN, CNN_DATA, ratios=(0.25,), samples=16, criterion="wanda")
     assert report.criterion == "wanda" and len(report.groups) == 3
     assert all(g.criterion == "wanda" and g.at(0.25).rel_mse > 0 for g in report.groups)
+
+
+def test_block_errors_equal_real_removal_and_macs_are_the_branch() -> None:
+    """Each block's error is the error of ``remove_blocks`` on the analysed model; its MACs saved are the
+    MACs the removal takes out of the model; the CLI lists blocks in the table and the JSON."""
+    from onnxsparse.analysis import count_macs
+    from onnxsparse.calibration.data import load_data
+    from onnxsparse.passes.blocks import remove_blocks
+
+    report = sensitivity(BERT, "random", ratios=(0.5,), samples=8, shapes=BERT_SHAPES)
+    assert [b.id for b in sorted(report.blocks, key=lambda b: b.id)] == [0, 1, 2, 3] and not report.skipped_blocks
+    model, _ = prepare(BERT)
+    feeds = load_data("random", model, shapes=BERT_SHAPES, samples=8, seed=0).arrays
+    names = [o.name for o in model.graph.outputs]
+    reference = session(model).run(names, feeds)
+    before = count_macs(model, BERT_SHAPES)
+    for b in report.blocks:
+        removed, _ = prepare(BERT)
+        remove_blocks(removed, [b.id])
+        rel, cos, _ = output_errors(reference, session(removed).run(names, feeds), names)
+        assert rel == pytest.approx(b.rel_mse, rel=1e-3) and cos == pytest.approx(b.cosine, abs=1e-6), b.id
+        assert b.rel_mse > 0 and b.kind == "block"
+        assert b.macs_saved == before - count_macs(removed, BERT_SHAPES), b.id
+    assert report.sessions == 4 + 4  # 2 head + 2 neuron groups at 0.5, 4 blocks
+    data = report.to_dict()
+    assert [b["rel_mse"] for b in data["blocks"]] == sorted(b["rel_mse"] for b in data["blocks"])
+    code, out, err = cli("sensitivity", BERT, "--calib", "random", "--calib-samples", "4", "--ratios", "0.5",
+                         *BERT_SHAPE_ARGS, "--workers", "1")
+    assert code == 0, err
+    assert "residual blocks removed whole" in out and out.count(" block ") == 4
+    code, out, err = cli("sensitivity", BERT, "--calib", "random", "--calib-samples", "4", "--ratios", "0.5",
+                         *BERT_SHAPE_ARGS, "--workers", "1", "--no-blocks", "--json")
+    assert code == 0 and json.loads(out)["blocks"] == []
+
+
+def test_declined_blocks_are_listed_with_their_reason() -> None:
+    path = sample("real_torch_resnet18_dynamo")
+    report = sensitivity(path, "random", ratios=(0.5,), samples=2, kinds=("block",))
+    assert not report.groups and len(report.blocks) == 5 and len(report.skipped_blocks) == 3
+    assert all(s.reason.endswith("not asked for (kinds: block)") for s in report.skipped if s.id is not None
+               and "graph" not in s.reason)
+    assert all("projection/downsample" in b.reason for b in report.skipped_blocks)
+    assert "not removable because" in report.table()

@@ -178,6 +178,13 @@ def inspect_model(
     else:
         result["prunable_groups"] = groups
         result["group_scores"] = group_scores(analysis.graph)
+    try:
+        blocks = residual_blocks(analysis.graph.model if analysis is not None else _analysed(path), shapes)
+    except Exception as exc:  # noqa: BLE001 - a secondary section must not hide the numbers above
+        logging.getLogger(__name__).debug("residual blocks failed", exc_info=True)
+        result["residual_blocks_error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        result["residual_blocks"] = blocks
     return result
 
 
@@ -209,6 +216,21 @@ def group_scores(dg: Any, criterion: str = "l2") -> dict[str, Any]:
     scores, _ = score_groups(dg, criterion)
     values = [float(v) for s in scores.values() for v in s]
     return {"criterion": criterion, "histogram": log_histogram(values)}
+
+
+def _analysed(path: str | Path):
+    """The model as ``prune`` and ``sensitivity`` analyse it (normalised, attention rewritten)."""
+    from ..io import load_model
+    from ..passes.prune import prepare_for_analysis
+
+    return prepare_for_analysis(load_model(path))
+
+
+def residual_blocks(model, shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
+    """Residual blocks ``x + f(x)`` found in the analysed model: removable whole, or declined with the reason."""
+    from ..passes.blocks import find_blocks
+
+    return [b.to_dict() for b in find_blocks(model, shapes)]
 
 
 def _check_dims(model, dims: dict[str, int]) -> None:
@@ -447,6 +469,7 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
         scores = result["group_scores"]
         out.append(f"{scores['criterion']} scores of {scores['histogram']['units']} units (count per decade; "
                    f"prune --threshold T removes those below T): {histogram_line(scores['histogram'])}")
+    out += _blocks_section(result, top)
     return "\n".join(out)
 
 
@@ -462,3 +485,24 @@ def _score_chart(result: dict[str, Any]) -> str:
     counts = ([hist["zero"]] if hist["zero"] else []) + [b["count"] for b in hist["buckets"]]
     return bar_chart(labels, counts, title=f"{scores['criterion']} score per unit of the prunable groups",
                      xlabel="score decade (lower edge); prune --threshold T removes the units below T")
+
+
+def _blocks_section(result: dict[str, Any], top: int | None) -> list[str]:
+    if "residual_blocks_error" in result:
+        return ["", f"Residual blocks: not available ({result['residual_blocks_error']})"]
+    blocks = result.get("residual_blocks")
+    if not blocks:
+        return [] if blocks is None else ["", "Residual blocks: none (no Add joins x and a weighted branch f(x))"]
+    removable = sum(1 for b in blocks if b["removable"])
+    out = ["", f"Residual blocks (x + f(x), removable whole): {removable} of {len(blocks)}"]
+    shown = blocks if top is None else blocks[: max(top, 1)]
+    out.append(format_table(
+        ["block", "residual Add", "branch nodes", "params", "MACs", "removable", "reason"],
+        [[b["id"], b["add"], b["nodes"] or "-", human_count(b["params"]) if b["removable"] else "-",
+          human_count(b["macs"]) if b["removable"] else "-", "yes" if b["removable"] else "no",
+          _clip(b.get("reason") or "-", 110)] for b in shown]))
+    return out
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -4,7 +4,10 @@ For every prunable group (channels, heads, KV groups, FFN neurons) and every rat
 ``--ratios``, the lowest-scoring units of that group alone are masked out and the model is
 run with onnxruntime on the calibration samples; the table lists the output error (relative
 MSE) per ratio and the MACs the removal saves, least sensitive groups first.  Skipped groups
-are listed with their reason.  ``--json`` prints the whole report; ``--report FILE`` writes it.
+are listed with their reason.  Every residual block (``x + f(x)``) is also removed whole and
+measured (``--no-blocks``: not).  Evaluations run in ``--workers`` local processes or on Ray
+(``--executor ray[:ADDRESS]``) and are cached (``--cache DIR``, ``--no-cache``) so an interrupted
+sweep resumes.  ``--json`` prints the whole report; ``--report FILE`` writes it.
 See docs/sensitivity.md.
 """
 
@@ -33,6 +36,7 @@ def _positive(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from ..criteria import available_criteria
+    from ..executor import default_cache_dir, default_workers
     from ..passes.sensitivity import DEFAULT_RATIOS, DEFAULT_SAMPLES
 
     default_ratios = ",".join(f"{r:g}" for r in DEFAULT_RATIOS)
@@ -44,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             "For every prunable group and every ratio, remove that fraction of the group's lowest-scoring "
             "units alone (the rest of the model intact), run the model on the calibration data and report "
             "the output error against the original model (relative MSE; cosine in --json) and the MACs "
-            "saved. One onnxruntime session per (group, ratio)."
+            "saved; the same for every residual block removed whole. One onnxruntime session per (group, ratio) "
+            "and per block, run in parallel (--workers, --executor) and cached on disk (--cache)."
         ),
     )
     p.add_argument("model", help="the .onnx file to analyse (not modified)")
@@ -59,6 +64,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help=f"calibration samples used (default {DEFAULT_SAMPLES})")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...",
                    help="input shape for 'random' data and the MAC count (e.g. input_ids=1x128)")
+    p.add_argument("--no-blocks", action="store_true",
+                   help="do not measure removing each residual block (x + f(x) -> x) whole")
+    p.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help=f"parallel evaluations (local processes, or Ray actors); 1 = in this process "
+                        f"(default: up to min(cores, 4) = {default_workers()} processes when the sweep is long "
+                        "enough to pay for their start-up; on Ray, the cluster's CPUs)")
+    p.add_argument("--executor", default="local", metavar="local|ray[:ADDRESS]",
+                   help="where evaluations run: local processes, or Ray (pip install 'onnxsparse[ray]'; "
+                        "ray:ADDRESS joins a cluster) (default local)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache", metavar="DIR", default=None,
+                       help="keep every evaluation in DIR so an interrupted sweep resumes "
+                            f"(default {default_cache_dir() / 'sensitivity'})")
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write the evaluation cache")
     p.add_argument("--seed", type=int, default=0, help="seed for random data and the random criterion (default 0)")
     p.add_argument("--report", metavar="FILE", help="also write the report to FILE (.json, .md or .html)")
     add_report_force(p)
@@ -67,12 +86,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     from ..calibration.data import parse_shapes
+    from ..executor import default_cache_dir, parse_executor
     from ..graph.kinds import HEAD_KINDS
     from ..passes.sensitivity import parse_ratios, sensitivity
 
     ratios = parse_ratios(args.ratios)  # one-line UsageError before any work
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     shapes = parse_shapes(args.shape)
+
+    executor = parse_executor(args.executor)
+    cache = None if args.no_cache else (args.cache or default_cache_dir() / "sensitivity")
     report = sensitivity(
         args.model,
         args.calib,
@@ -83,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         shapes=shapes or None,
         seed=args.seed,
         progress=progress_enabled(args),
+        blocks=not args.no_blocks,
+        workers=args.workers,
+        executor=executor,
+        cache=cache,
     )
     if args.heads and not report.groups and not any(s.kind in HEAD_KINDS for s in report.skipped):
         raise UsageError(f"--heads: {args.model} has no attention head group")

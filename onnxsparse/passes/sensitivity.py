@@ -25,6 +25,16 @@ Units are selected as ``prune --round-to 1 --min-keep 1`` selects them
 ``prune`` removing just that group's units at that ratio.  A ratio that removes 0 units of a
 group is reported as such (``units_removed == 0``, no error).
 
+Residual blocks (:mod:`.blocks`): every removable ``x + f(x)`` is also evaluated with its branch
+dropped (``report.blocks``, kind ``block``; declined ones in ``report.skipped_blocks``), with the
+same metrics; ``macs_saved`` is the branch's MACs.
+
+The evaluations are independent tasks (``("group", id, nodes, removed)``, ``("block", Block)``) run
+by :func:`onnxsparse.executor.run_tasks`: in this process, in local worker processes or on Ray, each
+worker rebuilding the analysis once from the model file; on 1 intra-op thread each is deterministic,
+so every executor gives bit-identical numbers.  With ``cache``, each is stored under a hash of the
+model file, criterion, data and the task, and an interrupted sweep resumes.
+
 Cost: one onnxruntime session per (group, ratio) with at least one unit removed: a model clone,
 the graph serialised without its large weights (they reach onnxruntime as in-memory initializers)
 and session creation, then the calibration samples in batches of ``batch_size`` on 1 intra-op
@@ -39,15 +49,19 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from ..errors import UsageError
+from ..executor import ExecutorSpec, Setup, TaskCache, parse_executor, run_tasks
 from ..graph.kinds import HEAD_KINDS, KINDS
 
 __all__ = [
+    "BLOCK_KIND",
+    "BlockSensitivity",
     "DEFAULT_RATIOS",
     "DEFAULT_SAMPLES",
     "GroupSensitivity",
@@ -64,6 +78,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.25, 0.5)
 DEFAULT_SAMPLES = 32
+#: the kind of a whole residual block in reports (and in ``kinds``)
+BLOCK_KIND = "block"
+#: bump when what a cached evaluation means changes
+_CACHE_VERSION = 1
 
 
 @dataclass
@@ -123,6 +141,30 @@ class SkippedEntry:
 
 
 @dataclass
+class BlockSensitivity:
+    """One residual block removed whole (its branch dropped: ``x + f(x)`` becomes ``x``)."""
+
+    id: int  #: the id of :func:`onnxsparse.passes.blocks.find_blocks` on the analysed model
+    add: str  #: the residual Add node
+    x: str  #: the shortcut value
+    nodes: int  #: branch nodes removed
+    params: int  #: weights only the branch uses
+    rel_mse: float | None = None
+    cosine: float | None = None
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)
+    macs_saved: int | None = None  #: per sample: the branch's MACs
+    macs_saved_fraction: float | None = None
+    seconds: float = 0.0
+    kind: str = BLOCK_KIND
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "add": self.add, "x": self.x, "nodes": self.nodes,
+                "params": self.params, "rel_mse": self.rel_mse, "cosine": self.cosine,
+                "per_output": self.per_output, "macs_saved": self.macs_saved,
+                "macs_saved_fraction": self.macs_saved_fraction, "seconds": round(self.seconds, 4)}
+
+
+@dataclass
 class SensitivityReport:
     model: str
     criterion: str
@@ -137,6 +179,10 @@ class SensitivityReport:
     timings: dict[str, float] = field(default_factory=dict)
     sessions: int = 0
     ignored_outputs: tuple[str, ...] = ()
+    #: residual blocks removed whole, least sensitive first by rel_mse; declined ones in skipped_blocks
+    blocks: list[BlockSensitivity] = field(default_factory=list)
+    skipped_blocks: list[Any] = field(default_factory=list)  #: :class:`~onnxsparse.passes.blocks.Block`
+    cached: int = 0  #: evaluations read from the cache instead of run
 
     @property
     def middle_ratio(self) -> float:
@@ -162,7 +208,14 @@ class SensitivityReport:
             "sorted_by": f"rel_mse at ratio {self.middle_ratio:g}, least sensitive first",
             "groups": [g.to_dict() for g in self.sorted_groups()],
             "skipped": [s.to_dict() for s in self.skipped],
+            "blocks": [b.to_dict() for b in self.sorted_blocks()],
+            "skipped_blocks": [b.to_dict() for b in self.skipped_blocks],
+            "cached": self.cached,
         }
+
+    def sorted_blocks(self) -> list[BlockSensitivity]:
+        """Least sensitive first by ``rel_mse``."""
+        return sorted(self.blocks, key=lambda b: (b.rel_mse is None, b.rel_mse or 0.0, b.id))
 
     def table(self) -> str:
         from ..report import format_table, human_count
@@ -191,10 +244,25 @@ class SensitivityReport:
             lines.append(format_table(["group", "kind", "nodes", "units", "skipped because"],
                                       [[s.id if s.id is not None else "-", s.kind, _short_nodes(s.nodes), s.units,
                                         _clip(s.reason, 90)] for s in self.skipped]))
+        if self.blocks or self.skipped_blocks:
+            lines.append("")
+            lines.append(format_table(
+                ["block", "kind", "residual Add", "nodes", "params", "err", "cosine", "MACs"],
+                [[b.id, b.kind, _short_nodes([b.add]), b.nodes, b.params, b.rel_mse,
+                  None if b.cosine is None else round(b.cosine, 6),
+                  "-" if b.macs_saved_fraction is None else f"-{100 * b.macs_saved_fraction:.1f}%"]
+                 for b in self.sorted_blocks()],
+                title="residual blocks removed whole (x + f(x) -> x), least sensitive first"))
+        if self.skipped_blocks:
+            lines.append("")
+            lines.append(format_table(["block", "residual Add", "not removable because"],
+                                      [[b.id, _short_nodes([b.add]), _clip(b.reason or "", 100)]
+                                       for b in self.skipped_blocks]))
         total = self.timings.get("total_s")
         if total is not None:
             lines.append("")
-            lines.append(f"{self.sessions} onnxruntime sessions, {total:.2f} s"
+            lines.append(f"{self.sessions} onnxruntime sessions"
+                         + (f" ({self.cached} from the cache)" if self.cached else "") + f", {total:.2f} s"
                          + (f"; model MACs per sample {human_count(self.macs_total)}" if self.macs_total else ""))
         return "\n".join(lines)
 
@@ -325,17 +393,14 @@ def output_errors(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]
 def _node_macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, int], int | None]:
     from ..analysis import infer_shapes
     from ..analysis.macs import macs_table
+    from .blocks import quiet_folding
 
-    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
-    level = folding.level
-    folding.setLevel(logging.ERROR)  # its failed folds only mean "not a constant" here
     try:
-        rows, total = macs_table(model, infer_shapes(model, shapes))
+        with quiet_folding():
+            rows, total = macs_table(model, infer_shapes(model, shapes))
     except Exception:  # noqa: BLE001 - MACs are informative, never fail the analysis on them
         logger.debug("MAC count failed", exc_info=True)
         return {}, None
-    finally:
-        folding.setLevel(level)
     return {r.name: int(r.macs) for r in rows if r.graph == "main" and r.macs}, total
 
 
@@ -370,6 +435,10 @@ def sensitivity(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = False,
+    blocks: bool = True,
+    workers: int | None = 1,
+    executor: str | ExecutorSpec | None = "local",
+    cache: str | os.PathLike | None = None,
 ) -> SensitivityReport:
     """Per-group, per-ratio output error of removing that ratio of the group's lowest-scoring units alone.
 
@@ -378,11 +447,13 @@ def sensitivity(
     dict of arrays); the first ``samples`` are used.  ``kinds``: only groups of these kinds
     (``channel``, ``head``, ``kv_group``, ``neuron``); the others are listed as skipped.
     ``shapes`` fixes input shapes for ``"random"`` data.  See the module docstring for the metrics.
+    ``blocks``: also remove every residual block whole (:mod:`.blocks`; with ``kinds``, only if it has
+    ``"block"``).  ``workers``/``executor``: where the evaluations run (:func:`onnxsparse.executor.run_tasks`;
+    ``workers=None`` = up to ``min(cores, 4)`` processes when they pay off); ``cache``: a directory keeping every evaluation (resumable).
     """
-    from .._progress import progress_bar
     from ..calibration.data import DataSource
     from ..criteria import CALIBRATION_KEY, get_criterion
-    from ..graph import PrunePlan, masked_copy
+    from ..graph import PrunePlan
     from .prune import _calibration_source, score_groups
     from .prune_select import select_uniform
 
@@ -392,14 +463,22 @@ def sensitivity(
     if calib is None:
         raise UsageError("sensitivity needs calibration data: give --calib DATA "
                          "(an .npz keyed by input name, a folder of them, or 'random')")
+    kinds = None if kinds is None else tuple(kinds)
     wanted_kinds = None if kinds is None else set(kinds)
-    if wanted_kinds is not None and not wanted_kinds <= set(KINDS):
-        raise UsageError(f"unknown group kind(s) {sorted(wanted_kinds - set(KINDS))} (kinds: {', '.join(KINDS)})")
+    with_blocks = blocks and (wanted_kinds is None or BLOCK_KIND in wanted_kinds)
+    if wanted_kinds is not None:
+        wanted_kinds.discard(BLOCK_KIND)
+        if not wanted_kinds <= set(KINDS):
+            raise UsageError(f"unknown group kind(s) {sorted(wanted_kinds - set(KINDS))} "
+                             f"(kinds: {', '.join((*KINDS, BLOCK_KIND))})")
     crit = get_criterion(criterion)
     label = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "model"
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
 
+    model_arg = model
+    if not isinstance(model, (str, os.PathLike, bytes)):
+        model_arg = _serialized(model)  # workers rebuild the same analysis from these bytes
     model, dg = prepare(model)
     timings["analysis_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -443,51 +522,83 @@ def sensitivity(
     )
 
     todo = [g for g in dg.prunable if g.id in scores]
-    bar = progress_bar(len(todo), "sensitivity", unit="group", enabled=progress)
     t = time.perf_counter()
+    entries: list[GroupSensitivity] = []
+    declined: dict[int, str] = {}
+    tasks: list[tuple] = []
+    slots: list[tuple[RatioResult | BlockSensitivity, int | None]] = []  # where each task's answer goes
     for group in todo:
         entry = GroupSensitivity(group.id, group.kind, tuple(group.nodes), group.size, group.channels,
                                  used.get(group.id, crit.name))
-        skipped_reason = None
+        entries.append(entry)
         for ratio in ratios:
-            if bar is not None:
-                bar.set_postfix_str(f"group {group.id} ({group.kind}) at {ratio:g}")
-            start = time.perf_counter()
             removed = select_uniform({group.id: scores[group.id]}, ratio).get(group.id)
             if removed is None or len(removed) == 0:
                 entry.results.append(RatioResult(ratio, 0, note="rounds to 0 units"))
                 continue
             plan = PrunePlan.create(dg, {group.id: removed})
             if group.id not in plan.removed:  # check_rewrites declined it: dg.skip gave the reason
-                skipped_reason = dg.groups[group.id].reason or "the rewrite declined this group"
+                declined[group.id] = dg.groups[group.id].reason or "the rewrite declined this group"
                 break
-            masked = masked_copy(model, plan)
-            msess = _session(masked)
-            report.sessions += 1
-            outs = _run_all(msess, source, bs, limit, float_outputs)
-            del msess, masked
-            rel, cos, per = output_errors(reference, outs, float_outputs)
             saved = _macs_saved(model, plan.masks(), per_node) if per_node else None
-            entry.results.append(RatioResult(
-                ratio, len(removed), rel, cos, per, saved,
-                (saved / macs_total) if saved is not None and macs_total else None,
-                time.perf_counter() - start, removed=tuple(int(i) for i in removed)))
-        if skipped_reason is not None:
-            g = dg.groups[group.id]
-            report.skipped.append(SkippedEntry(g.id, g.kind, tuple(g.nodes), g.size, skipped_reason, tuple(g.reasons[:5])))
+            result = RatioResult(ratio, len(removed), macs_saved=saved,
+                                 macs_saved_fraction=(saved / macs_total) if saved is not None and macs_total else None,
+                                 removed=tuple(int(i) for i in removed))
+            entry.results.append(result)
+            tasks.append(("group", group.id, tuple(group.nodes), result.removed))
+            slots.append((result, group.id))
+
+    found = []
+    if with_blocks:
+        from .blocks import find_blocks
+
+        found = find_blocks(model, mac_shapes)
+        for block in found:
+            if not block.removable:
+                report.skipped_blocks.append(block)
+                continue
+            entry_b = BlockSensitivity(block.id, block.add, block.x, len(block.nodes), block.params,
+                                       macs_saved=block.macs,
+                                       macs_saved_fraction=(block.macs / macs_total)
+                                       if block.macs is not None and macs_total else None)
+            report.blocks.append(entry_b)
+            tasks.append(("block", block))
+            slots.append((entry_b, None))
+    timings["selection_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    spec = parse_executor(executor)
+    setup = Setup(_Evaluator, (_model_source(model_arg, ship_bytes=spec.kind == "ray"), dict(source.arrays),
+                               source.origin, bs, limit, tuple(float_outputs), reference))
+    keys = None
+    store = None
+    if cache is not None:
+        namespace = _cache_namespace(model_arg, crit.name, source.arrays, limit, bs, float_outputs)
+        store = TaskCache(cache, namespace)
+        keys = [_task_key(task) for task in tasks]
+    local_state = _Evaluator.from_prepared(model, dg, source, bs, limit, float_outputs, reference)
+    answers = run_tasks(setup, _evaluate, tasks, keys=keys, cache=store, executor=spec, workers=workers,
+                        progress=progress, desc="sensitivity", local_state=local_state,
+                        task_seconds=timings["reference_s"], setup_seconds=timings["analysis_s"])
+    report.sessions = len(tasks)
+    report.cached = store.hits if store is not None else 0
+    for (slot, group_id), answer in zip(slots, answers):
+        slot.rel_mse, slot.cosine = answer["rel_mse"], answer["cosine"]
+        slot.per_output, slot.seconds = answer["per_output"], answer["seconds"]
+    for entry in entries:
+        if entry.id in declined:
+            g = dg.groups[entry.id]
+            report.skipped.append(SkippedEntry(g.id, g.kind, tuple(g.nodes), g.size, declined[entry.id],
+                                               tuple(g.reasons[:5])))
         else:
             report.groups.append(entry)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     timings["masked_runs_s"] = time.perf_counter() - t
 
     for g in dg.groups:
         if g.prunable and g.id in scores:
             continue
         if g.prunable:  # not scored: another kind than asked, or the criterion failed (then dg.skip made it not prunable)
-            reason = f"kind {g.kind} not asked for (kinds: {', '.join(sorted(wanted_kinds or ()))})"
+            reason = f"kind {g.kind} not asked for (kinds: {', '.join(sorted(kinds or ()))})"
         else:
             reason = g.reason or "not prunable"
         if any(s.id == g.id for s in report.skipped):
@@ -502,3 +613,130 @@ def sensitivity(
     timings["total_s"] = time.perf_counter() - t0
     report.timings = timings
     return report
+
+
+# ---------------------------------------------------------------------------------------------- evaluations
+
+
+def _serialized(model) -> bytes:
+    import onnx
+
+    from ..io import to_proto
+
+    if isinstance(model, onnx.ModelProto):
+        return model.SerializeToString()
+    return to_proto(model).SerializeToString()
+
+
+def _external_files(path: str | os.PathLike) -> list[str]:
+    """The external data files the model file names (sorted), none when it names none."""
+    import onnx
+
+    from ..io import _iter_tensors, _mentions
+
+    if not _mentions(Path(path), b"location"):
+        return []
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    found = {dict((e.key, e.value) for e in t.external_data).get("location") for t in _iter_tensors(proto)
+             if t.data_location == onnx.TensorProto.EXTERNAL}
+    return sorted(os.path.join(os.path.dirname(os.fspath(path)), f) for f in found if f)
+
+
+def _model_source(model_arg: str | os.PathLike | bytes, *, ship_bytes: bool) -> str | bytes:
+    """What a worker rebuilds the analysis from: the file's path, or its bytes (external data inlined)
+    for workers that may run on other machines."""
+    if isinstance(model_arg, bytes):
+        return model_arg
+    if ship_bytes:
+        if _external_files(model_arg):
+            import onnx
+
+            return onnx.load(os.fspath(model_arg)).SerializeToString()
+        with open(model_arg, "rb") as f:
+            return f.read()
+    return os.fspath(model_arg)
+
+
+def _sha256(*chunks: bytes | str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk.encode() if isinstance(chunk, str) else chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _cache_namespace(model_arg, criterion: str, arrays: Mapping[str, np.ndarray], limit: int, batch_size: int,
+                     outputs: Sequence[str]) -> str:
+    """sha256 of (model file and its external data, criterion, data, samples, batch size, outputs): what every
+    evaluation depends on besides its own task."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(model_arg, bytes):
+        h.update(model_arg)
+    else:
+        for name in (os.fspath(model_arg), *_external_files(model_arg)):
+            with open(name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    data = [_sha256(name, str(a.dtype), repr(a.shape), np.ascontiguousarray(a).tobytes())
+            for name, a in sorted(arrays.items())]
+    from .._version import __version__
+
+    return _sha256(f"v{_CACHE_VERSION}", __version__, h.hexdigest(), criterion, *data, str(limit), str(batch_size),
+                   *outputs)[:40]
+
+
+def _task_key(task: tuple) -> str:
+    if task[0] == "group":
+        _, group_id, nodes, removed = task
+        return f"group {group_id} {_sha256(*nodes)[:16]} removed {_sha256(','.join(map(str, removed)))[:32]}"
+    block = task[1]
+    return f"block {block.id} {block.add} {_sha256(*block.nodes)[:16]}"
+
+
+class _Evaluator:
+    """A worker's state: the analysed model, its groups, the data and the reference outputs (built once)."""
+
+    def __init__(self, model_source, arrays: dict[str, np.ndarray], origin, batch_size: int, limit: int,
+                 outputs: tuple[str, ...], reference: list[np.ndarray]) -> None:
+        from ..calibration.data import DataSource
+
+        self.model, self.dg = prepare(model_source)
+        self.source = DataSource(arrays, origin)
+        self.batch_size, self.limit, self.outputs, self.reference = batch_size, limit, outputs, reference
+
+    @classmethod
+    def from_prepared(cls, model: ir.Model, dg, source, batch_size: int, limit: int, outputs, reference) -> _Evaluator:
+        self = cls.__new__(cls)
+        self.model, self.dg, self.source = model, dg, source
+        self.batch_size, self.limit, self.outputs, self.reference = batch_size, limit, tuple(outputs), reference
+        return self
+
+    def measure(self, candidate: ir.Model, start: float) -> dict[str, Any]:
+        sess = _session(candidate)
+        outs = _run_all(sess, self.source, self.batch_size, self.limit, self.outputs)
+        del sess
+        rel, cos, per = output_errors(self.reference, outs, self.outputs)
+        return {"rel_mse": rel, "cosine": cos, "per_output": per, "seconds": time.perf_counter() - start}
+
+
+def _evaluate(state: _Evaluator, task: tuple) -> dict[str, Any]:
+    """One evaluation: ``("group", id, nodes, removed)`` masks those units of one group; ``("block", Block)``
+    drops one residual branch.  Deterministic (1 intra-op thread), so every executor gives the same numbers."""
+    from ..graph import PrunePlan, masked_copy
+    from .blocks import remove_found
+
+    start = time.perf_counter()
+    if task[0] == "group":
+        _, group_id, nodes, removed = task
+        group = state.dg.groups[group_id]
+        if tuple(group.nodes) != tuple(nodes):  # pragma: no cover - the analysis is deterministic
+            raise RuntimeError(f"worker analysis differs: group {group_id} is {group.nodes[:2]}, not {nodes[:2]}")
+        plan = PrunePlan.create(state.dg, {group_id: list(removed)})
+        return state.measure(masked_copy(state.model, plan), start)
+    copy = state.model.clone()
+    remove_found(copy, [task[1]])
+    return state.measure(copy, start)
