@@ -95,3 +95,41 @@ def test_task_metric_matches_validate_on_the_digits_cnn():
                         warmup=0, memory=False).providers[0].metrics[0].reference
     assert value == pytest.approx(expected, abs=1e-12)
     assert 0.9 < value <= 1.0
+
+
+def test_cli_max_accuracy_drop_keeps_the_budget_on_held_out_data(tmp_path):
+    """The README's outcome: prune the bundled CNN as far as 1 point of top-1 allows, checked on data the
+    search never saw (the last 30% of the test split), and validated there."""
+    import json
+
+    from helpers import cli
+
+    out = tmp_path / "small.onnx"
+    code, stdout, err = cli("prune", SAMPLES / "digits_cnn.onnx", "-o", out, "--max-accuracy-drop", "0.01",
+                            "--data", DATA / "digits_test.npz", "--labels", DATA / "digits_test_labels.npy",
+                            "--calib", DATA / "digits_calib.npz", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    best, held = result["search"]["best"], result["search"]["holdout"]
+    assert best["within_budget"] and best["drop"] <= 0.01
+    assert best["measured"]["macs_ratio"] < 0.9  # it pruned, not just kept the input
+    assert held["samples"] == 108 and held["drop"] <= 0.01 + 1e-12
+    (accuracy,) = result["validation"]["providers"][0]["metrics"]
+    assert accuracy["reference"] == pytest.approx(held["reference"]) and accuracy["candidate"] == pytest.approx(
+        held["candidate"])  # validate on the held-out split agrees with the search's own scoring
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "needs labelled data"),
+    (("--labels", "x.npy", "--target", "macs=0.5"), "names what to minimise"),
+    (("--labels", "x.npy", "--channels", "0.3"), "drop --channels"),
+])
+def test_cli_max_accuracy_drop_usage_errors(tmp_path, extra, message):
+    from cli_asserts import one_line_error
+    from helpers import cli
+
+    args = ["prune", SAMPLES / "digits_cnn.onnx", "-o", tmp_path / "o.onnx", "--max-accuracy-drop", "0.01",
+            "--data", DATA / "digits_test.npz", *extra]
+    assert message in one_line_error(*cli(*args))
+    assert not (tmp_path / "o.onnx").exists()

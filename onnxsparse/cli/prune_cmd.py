@@ -15,6 +15,7 @@ sequentially by default), with per-layer errors in the report.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from . import SUMMARIES
@@ -136,6 +137,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                           "then applies to what remains")
     cal.add_argument("--damp", type=_damp, default=DEFAULT_DAMP, metavar="F",
                      help=f"lstsq ridge: lambda = F * mean(diag(X X^T)) (default {DEFAULT_DAMP:g})")
+    budget = p.add_argument_group("accuracy budget (instead of a ratio or a target fraction)")
+    budget.add_argument("--max-accuracy-drop", type=_damp, metavar="X", default=None,
+                        help="prune as far as the task metric on --data/--labels drops by at most X (e.g. 0.01): "
+                             "bisects --target OBJECTIVE=f (OBJECTIVE from --target macs|params|latency, default "
+                             "macs) and checks the winner on a held-out part of the data")
+    budget.add_argument("--data", metavar="DATA", help="labelled data for --max-accuracy-drop (.npz, folder)")
+    budget.add_argument("--labels", metavar="LABELS", help="labels of --data (.npy or .npz), one per sample")
+    budget.add_argument("--metric", default="top1", metavar="NAME",
+                        help="task metric: top1, top5 or module:function (default top1)")
+    budget.add_argument("--label-output", metavar="NAME", help="the output the labels score (default: the first)")
+    budget.add_argument("--holdout", type=float, default=0.3, metavar="F",
+                        help="fraction of --data held out from the search to check the winner (default 0.3)")
     from ..passes.prune_heads import add_cli_arguments
 
     add_cli_arguments(p)  # --heads / --ffn: groups of the same analysis (onnxsparse/graph/kinds.py)
@@ -166,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.prune import default_criterion, prune
 
     wants_heads = bool(args.heads or args.ffn)
+    if args.max_accuracy_drop is not None:
+        return _run_budget(args)
+    if args.data is not None or args.labels is not None:
+        raise UsageError("--data/--labels are for --max-accuracy-drop (calibration data is --calib)")
     _check_target(args)
     if args.channels is None and not wants_heads and args.threshold is None and args.target is None and not args.dead:
         raise UsageError("nothing to prune: give --channels RATIO (or --heads / --ffn, --target METRIC=R, "
@@ -239,4 +256,59 @@ def run(args: argparse.Namespace) -> int:
         if heads_report is not None:
             print()
             print(heads_module.report_table(heads_report))
+    return 0
+
+
+def _run_budget(args: argparse.Namespace) -> int:
+    """``--max-accuracy-drop``: search, save the winner, validate it on the held-out split."""
+    from ..calibration.data import parse_shapes
+    from ..io import check_output, save_model
+    from ..passes.budget import prune_within_budget
+    from ..validate import render_text as validation_text
+    from ..validate import validate
+
+    if args.data is None or args.labels is None:
+        raise UsageError("--max-accuracy-drop needs labelled data: give --data DATA --labels LABELS")
+    objective = args.target or "macs"
+    if "=" in objective:
+        raise UsageError("with --max-accuracy-drop, --target names what to minimise (macs, params or latency), "
+                         "not a fraction")
+    given = [flag for flag, value in (("--channels", args.channels), ("--heads", args.heads or None),
+                                      ("--ffn", args.ffn), ("--threshold", args.threshold)) if value is not None]
+    if given:
+        raise UsageError(f"--max-accuracy-drop chooses how much to prune itself: drop {', '.join(given)}")
+    check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
+    check_output(args.output, protect=inputs(args), force=args.force)
+    repair = args.repair or "lstsq"
+    found = prune_within_budget(
+        args.model, max_drop=args.max_accuracy_drop, data=args.data, labels=args.labels, metric=args.metric,
+        objective=objective, calib=args.calib, holdout=args.holdout, label_output=args.label_output,
+        criterion=args.criterion, round_to=args.round_to, min_keep=args.min_keep, exclude=args.exclude,
+        seed=args.seed, shapes=parse_shapes(args.shape) or None, repair=repair, damp=args.damp,
+        calib_samples=args.calib_samples, progress=(lambda t: print(
+            f"  fraction {t.fraction:.3f}: {args.metric} {t.metric:.4f} (drop {t.drop:+.4f})", file=sys.stderr))
+        if progress_enabled(args) else None,
+    )
+    data: dict[str, Any] = {"input": str(args.model), "objective": objective, "search": found.to_dict()}
+    validation = None
+    if found.model is not None:
+        out = save_model(found.model, args.output, protect=inputs(args), force=args.force)
+        held, held_labels = found.held_out
+        validation = validate(args.model, out, data=held.arrays, labels=held_labels, metrics=args.metric,
+                              label_output=args.label_output, memory=False, progress=progress_enabled(args))
+        data.update(output=str(out), validation=validation.to_dict())
+    if args.report:
+        write_report(args.report, data, title=f"onnxsparse prune {args.model} --max-accuracy-drop", force=args.force)
+    if args.json:
+        print(dump_json(data))
+    else:
+        print(found.table())
+        if validation is not None:
+            print()
+            print(f"wrote {data['output']}; checked on the {len(held_labels)} held-out samples:")
+            print(validation_text(validation))
+    if found.model is None:
+        print(f"onnxsparse: no pruned model kept {args.metric} within {args.max_accuracy_drop:g}; nothing written",
+              file=sys.stderr)
+        return 1
     return 0

@@ -53,6 +53,7 @@ class BudgetSearch:
     model: ir.Model | None = None
     holdout: dict[str, float] | None = None  # reference / candidate metric and drop on the held-out split
     reason: str | None = None
+    held_out: tuple[DataSource, np.ndarray] | None = None  # the split the search never saw (for validate)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -253,4 +254,5 @@ def prune_within_budget(
         held_reference, held_candidate = score(original, held, held_labels), score(found.model, held, held_labels)
         found.holdout = {"reference": held_reference, "candidate": held_candidate,
                          "drop": float(scorer.drop(held_reference, held_candidate)), "samples": float(len(held))}
+    found.held_out = (held, held_labels)
     return found
