@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxsparse.formats._base import bits_view
+from onnxsparse.formats.base import bits_view
 
 __all__ = [
     "same_bits",

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import sample
 from onnxsparse.errors import UsageError
-from onnxsparse.validate import _svg
+from onnxsparse.validate import svg as _svg
 from onnxsparse.validate._tables import bench_tables, validation_tables
 from onnxsparse.validate.bench import BenchResult, BenchRow
 from onnxsparse.validate.latency import (

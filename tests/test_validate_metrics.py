@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnxsparse.errors import DataError, UsageError
-from onnxsparse.validate._svg import log_ticks, nice_ticks
+from onnxsparse.validate.svg import log_ticks, nice_ticks
 from onnxsparse.validate.latency import latency_stats, measure_interleaved
 from onnxsparse.validate.metrics import (
     FidelityAccumulator,

@@ -115,7 +115,7 @@ def activations_text(act: dict[str, Any], top: int | None) -> str:
 
 def activations_html(act: dict[str, Any]) -> str:
     """SVG histograms of the per-unit zero fraction: all layers, then each layer."""
-    from ..validate._svg import bar_chart
+    from ..validate.svg import bar_chart
 
     bins = act["histogram_bins"]
     labels = [f"{i / bins:.1f}-{(i + 1) / bins:.1f}" for i in range(bins)]
@@ -475,7 +475,7 @@ def render_text(result: dict[str, Any], top: int | None = 15) -> str:
 
 def _score_chart(result: dict[str, Any]) -> str:
     """The score histogram as an SVG bar chart (HTML reports), or nothing without scores."""
-    from ..validate._svg import bar_chart
+    from ..validate.svg import bar_chart
 
     scores = result.get("group_scores")
     if not scores or not scores["histogram"]["units"]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .._registry import Registry
 from . import bitmask, bsr, coo, csr, delta, dense  # noqa: F401 - registers the codecs
-from ._base import SUPPORTED_DTYPES, Codec, CodecOptions, Encoded, TensorData, nonfill_mask
+from .base import SUPPORTED_DTYPES, Codec, CodecOptions, Encoded, TensorData, nonfill_mask
 from ._graph import CONST_PREFIX, NODE_META_KEY, NODE_PREFIX, DecodeBuilder, decode_target, is_decode_node
 from ._opset import model_opset, raise_blocker, set_model_opset
 from ._registry_instance import FORMATS

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from ._base import contiguous, index_dtype
+from .base import contiguous, index_dtype
 
 __all__ = [
     "DecodeBuilder",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._registry import Registry
-from ._base import Codec
+from .base import Codec
 
 __all__ = ["FORMATS"]
 

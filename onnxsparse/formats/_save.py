@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from ..errors import ModelSaveError
 from ..io import save_model as _io_save_model
-from ._base import contiguous
+from .base import contiguous
 from .storage import _decode_groups, _drop_orphan_consts, _initializer, read_storage, write_storage
 
 __all__ = ["save_model"]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, index_dtype, scatter_dense
+from .base import Codec, CodecOptions, Encoded, TensorData, index_dtype, scatter_dense
 from ._bits import bit_position_table, bit_table, popcount_table
 from ._registry_instance import FORMATS
 

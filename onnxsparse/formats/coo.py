@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, bits_view, scatter_dense
+from .base import Codec, CodecOptions, Encoded, TensorData, bits_view, scatter_dense
 from ._registry_instance import FORMATS
 
 if TYPE_CHECKING:

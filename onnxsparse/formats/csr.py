@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint, scatter_dense
+from .base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint, scatter_dense
 from ._registry_instance import FORMATS
 from ._rows import build_rows_from_pointers, row_pointers, rows_from_pointers
 

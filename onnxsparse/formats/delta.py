@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
+from .base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
 from ._bits import code_table, pack_codes, packed_size, unpack_codes
 from ._registry_instance import FORMATS
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Codec, CodecOptions, Encoded, TensorData
+from .base import Codec, CodecOptions, Encoded, TensorData
 from ._registry_instance import FORMATS
 
 __all__ = ["DenseCodec"]

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import ModelLoadError
-from ._base import SUPPORTED_DTYPES, Codec, CodecOptions, Encoded, TensorData, contiguous
+from .base import SUPPORTED_DTYPES, Codec, CodecOptions, Encoded, TensorData, contiguous
 from ._graph import CONST_PREFIX, NODE_PREFIX, DecodeBuilder, decode_group, decode_target, is_decode_node
 from ._registry_instance import FORMATS
 

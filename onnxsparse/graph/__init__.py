@@ -6,7 +6,7 @@ names root indices to remove; :func:`apply_plan` rewrites the model and
 :func:`masked_copy` builds the exact equivalence oracle.  See ``docs/prune.md``.
 """
 
-from ._weights import is_weight, weight_array
+from .weights import is_weight, weight_array
 from .context import CoupleContext, RewriteContext, Virtual
 from .dependency import DependencyGraph, Group, Member, WeightSlice, build_groups
 from .index_maps import Block, Composed, Identity, IndexMap, Offset, Stride, Table, simplify

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 import onnx_ir as ir
 
-from . import _shapes
-from ._weights import is_weight
+from . import value_facts as _shapes
+from .weights import is_weight
 from .index_maps import Identity, IndexMap
 from .slots import Contraction, Role, SlotKey
 

@@ -36,9 +36,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import UsageError
-from . import _shapes
+from . import value_facts as _shapes
 from ._sharing import reshare, unshare_small_constants
-from ._weights import is_weight, weight_array
+from .weights import is_weight, weight_array
 from .context import CoupleContext
 from .index_maps import IndexMap, simplify
 from .registry import OpRule, RuleRegistry

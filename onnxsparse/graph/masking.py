@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._weights import dequantize_node, zero_codes, zero_qoperator_codes
+from .weights import dequantize_node, zero_codes, zero_qoperator_codes
 from .plan import PrunePlan
 
 __all__ = ["masked_copy"]

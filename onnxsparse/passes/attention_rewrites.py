@@ -50,7 +50,7 @@ def _std(node: ir.Node | None) -> bool:
 
 def _from_attention(x: ir.Value | None) -> bool:
     """``x`` is ``P @ V`` (a MatMul of two activations), possibly through Transposes."""
-    from ..graph._weights import is_weight
+    from ..graph.weights import is_weight
 
     for _ in range(4):
         node = x.producer() if x is not None else None
@@ -78,7 +78,7 @@ def _initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
 
 def _static_piece(value: ir.Value) -> np.ndarray | None:
     """A 1-D piece of a shape vector whose entries are all constants or static dims read by ``Shape``."""
-    from ..graph import _runtime_shape, _shapes
+    from ..graph import runtime_shape as _runtime_shape, value_facts as _shapes
 
     entries = _runtime_shape.trace(value)
     if not entries or not any(e.is_dim for e in entries) or _shapes.dims(value) != (len(entries),):
@@ -137,7 +137,7 @@ _SCALAR_OPS = ("Div", "Mul", "Add", "Sub")
 
 def _sym(value: ir.Value | None) -> tuple | None:
     """Dims: ints, symbol names, ``None`` for unknown (onnx's made-up ``unk__N`` names none)."""
-    from ..graph import _shapes
+    from ..graph import value_facts as _shapes
 
     dims = _shapes.symbolic_dims(value)
     if dims is None:
@@ -159,7 +159,7 @@ def _fold(node: ir.Node) -> bool:
 
 def _scalar(value: ir.Value | None) -> bool:
     """A constant with one element, or a run-time scalar (rank 0): broadcasts alike against 3-D and 4-D."""
-    from ..graph import _shapes
+    from ..graph import value_facts as _shapes
 
     if value is None:
         return False
@@ -171,7 +171,7 @@ def _scalar(value: ir.Value | None) -> bool:
 def _trailing_read(node: ir.Node) -> bool:
     """``Shape(v)`` whose every reader takes only the last two entries, counted from the end (``[-2:-1]``,
     ``[-1:]``, ``Gather(-1)``): the same numbers for ``v`` 3-D ``[B*H, a, b]`` or 4-D ``[B, H, a, b]``."""
-    from ..graph import _shapes
+    from ..graph import value_facts as _shapes
 
     if node.op_type != "Shape" or node.attributes.get("start") is not None or node.attributes.get("end") is not None:
         return False
@@ -339,7 +339,7 @@ def unfold_batch_folded_matmuls(graph: ir.Graph, model: ir.Model | None = None) 
             done.append(unfold.name or "Reshape")
         unknown |= result is None
     if unknown and model is not None and any(_candidates(graph)):
-        from ..graph import _shapes
+        from ..graph import value_facts as _shapes
 
         try:
             _shapes.infer_missing(model)

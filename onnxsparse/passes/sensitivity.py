@@ -49,7 +49,6 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -630,16 +629,9 @@ def _serialized(model) -> bytes:
 
 def _external_files(path: str | os.PathLike) -> list[str]:
     """The external data files the model file names (sorted), none when it names none."""
-    import onnx
+    from ..io import external_data_files
 
-    from ..io import _iter_tensors, _mentions
-
-    if not _mentions(Path(path), b"location"):
-        return []
-    proto = onnx.load(os.fspath(path), load_external_data=False)
-    found = {dict((e.key, e.value) for e in t.external_data).get("location") for t in _iter_tensors(proto)
-             if t.data_location == onnx.TensorProto.EXTERNAL}
-    return sorted(os.path.join(os.path.dirname(os.fspath(path)), f) for f in found if f)
+    return sorted(os.fspath(f) for f in external_data_files(path))
 
 
 def _model_source(model_arg: str | os.PathLike | bytes, *, ship_bytes: bool) -> str | bytes:

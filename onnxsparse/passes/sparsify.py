@@ -51,7 +51,7 @@ from ..formats import (
     store,
     write_storage,
 )
-from ..formats._base import SUPPORTED_DTYPES
+from ..formats.base import SUPPORTED_DTYPES
 from ..sparsity import (
     NM,
     Magnitude,
@@ -69,7 +69,8 @@ from ..sparsity import (
     nm_violations,
     parse_pattern,
 )
-from ..sparsity.allocate import ALLOCATORS, AUTO, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD, weighted_average
+from ..sparsity.allocate import AUTO as AUTO_ALLOCATION
+from ..sparsity.allocate import ALLOCATORS, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD, weighted_average
 
 __all__ = ["SparsifyConfig", "SparsifyPass", "SparsifyReport", "TensorRow", "sparsify", "DEFAULT_MIN_SIZE",
            "Progress"]
@@ -189,7 +190,7 @@ class SparsifyConfig:
 
     def allocation(self, pattern: Pattern) -> str:
         """The allocation method that runs (``auto`` resolved)."""
-        if self.allocate != AUTO:
+        if self.allocate != AUTO_ALLOCATION:
             return "uniform" if self.allocate == "sensitivity" and self.nm_fixed(pattern) else self.allocate
         free = ((self.sparsity is not None or self.target_size is not None) and pattern.fixed_sparsity is None
                 and not self.global_scope)
@@ -200,8 +201,8 @@ class SparsifyConfig:
         return isinstance(pattern, NM) and self.sparsity is None
 
     def _check_allocation(self, pattern: Pattern, need_data: bool) -> None:
-        if self.allocate not in (AUTO, *ALLOCATORS):
-            raise UsageError(f"--allocate must be one of {', '.join((AUTO, *ALLOCATORS))}, got {self.allocate!r}")
+        if self.allocate not in (AUTO_ALLOCATION, *ALLOCATORS):
+            raise UsageError(f"--allocate must be one of {', '.join((AUTO_ALLOCATION, *ALLOCATORS))}, got {self.allocate!r}")
         if self.owl_lambda < 0 or self.owl_threshold <= 0:
             raise UsageError("--owl-lambda must be >= 0 and --owl-threshold > 0")
         if self.target_size is not None:
@@ -211,7 +212,7 @@ class SparsifyConfig:
                 raise UsageError("--target size=R chooses the sparsity: drop --sparsity")
             if pattern.fixed_sparsity is not None or self.global_scope:
                 raise UsageError("--target size=R needs a pattern with a free sparsity and no --global")
-        if self.allocate in (AUTO, "uniform"):
+        if self.allocate in (AUTO_ALLOCATION, "uniform"):
             return
         if isinstance(pattern, NM) and self.allocate == "sensitivity" and self.sparsity is not None:
             pass  # N:M levels per tensor (dense, or keep <= N of M), checked above

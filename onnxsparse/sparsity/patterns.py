@@ -274,7 +274,7 @@ def pattern_help() -> str:
 
 def nm_violations(array: np.ndarray, n: int, m: int, axis: int, fill: np.ndarray | float = 0) -> int:
     """Groups of ``m`` along ``axis`` holding more than ``n`` non-fill values (0 = pattern holds)."""
-    from ..formats._base import bits_view
+    from ..formats.base import bits_view
 
     fill_bits = bits_view(np.asarray(fill, dtype=array.dtype).reshape(1))[0]
     nonzero = bits_view(array) != fill_bits

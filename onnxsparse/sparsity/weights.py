@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from ..graph._shapes import constant
+from ..graph.value_facts import constant
 
 __all__ = ["QuantInfo", "WeightInfo", "Contraction", "contraction", "find_weights", "LINEAR_OPS"]
 

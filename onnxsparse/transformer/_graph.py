@@ -1,6 +1,6 @@
 """Small onnx_ir helpers shared by the exact attention rewrites.
 
-Shapes and constants are read with :mod:`onnxsparse.graph._shapes`, run-time shape
+Shapes and constants are read with :mod:`onnxsparse.graph.value_facts`, run-time shape
 targets with :mod:`onnxsparse.graph._runtime_shape`.  :func:`is_const` and the
 readers built on it add one rule those lack: an initializer that is also a graph
 input can be overridden at run time, so a rewrite that must stay exact never
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from ..graph._shapes import constant, constant_ints, dims
+from ..graph.value_facts import constant, constant_ints, dims
 
 __all__ = [
     "attr_int",
@@ -43,12 +43,12 @@ def is_const(value: ir.Value | None) -> bool:
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """:func:`~onnxsparse.graph._shapes.constant` of a value that is :func:`is_const` (``None`` otherwise)."""
+    """:func:`~onnxsparse.graph.value_facts.constant` of a value that is :func:`is_const` (``None`` otherwise)."""
     return constant(value) if is_const(value) else None
 
 
 def const_ints(value: ir.Value | None) -> list[int] | None:
-    """:func:`~onnxsparse.graph._shapes.constant_ints` of a value that is :func:`is_const`, as a list."""
+    """:func:`~onnxsparse.graph.value_facts.constant_ints` of a value that is :func:`is_const`, as a list."""
     ints = constant_ints(value) if is_const(value) else None
     return None if ints is None else list(ints)
 

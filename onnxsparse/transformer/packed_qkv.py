@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import _runtime_shape, _shapes
+from ..graph import runtime_shape as _runtime_shape, value_facts as _shapes
 from ._graph import const_array, const_ints, is_const, new_constant, onnx_domain
 
 __all__ = ["unpack_packed_qkv", "unpack_packed_columns", "fold_own_dim_targets"]

@@ -14,7 +14,7 @@ three nodes are exactly ``Transpose(K, perm=[.., r-1, r-2])``: merging the
 leading axes, swapping the last two and splitting the leading axes again moves
 no entry between leading indices.  The rewrite checks every entry of both
 targets symbolically (each must be the named dim of ``K`` read through
-``Shape``, as :func:`onnxsparse.graph._runtime_shape.trace` follows it, or the one ``-1``),
+``Shape``, as :func:`onnxsparse.graph.runtime_shape.trace` follows it, or the one ``-1``),
 replaces the pattern by that Transpose, and removes the shape reads nothing
 uses any more.  Anything else is left alone.  Like the packed-QKV split, the
 rewrite is kept even when no head is then removed.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ..graph import _runtime_shape
+from ..graph import runtime_shape as _runtime_shape
 from ._graph import (
     attr_int,
     attr_ints,
@@ -40,7 +40,7 @@ _SHAPE_READS = ("Shape", "Slice", "Gather", "Unsqueeze", "Concat", "Cast", "Tran
 
 
 def _dims_read(value: ir.Value | None) -> list[int | tuple[ir.Value, int] | None] | None:
-    """A shape vector as :func:`~onnxsparse.graph._runtime_shape.trace` reads it: constants as ints,
+    """A shape vector as :func:`~onnxsparse.graph.runtime_shape.trace` reads it: constants as ints,
     ``(x, axis)`` for the size of ``x``'s axis read through ``Shape`` (``None`` for a multiple of one)."""
     entries = _runtime_shape.trace(value)
     if entries is None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import _shapes
+from ..graph import value_facts as _shapes
 from ._graph import (
     attr_int,
     attr_ints,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from ._svg import PALETTE, Point, Series, box_plot, bytes_unit, scatter
+from .svg import PALETTE, Point, Series, box_plot, bytes_unit, scatter
 from ._tables import Table, bench_tables, summary_line, validation_tables, verdict
 from .bench import BenchResult
 from .result import ValidationResult

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .. import _shapes
+from .. import value_facts as _shapes
 from ..context import CoupleContext, RewriteContext
 from ..index_maps import Offset
 from ..registry import OpRule

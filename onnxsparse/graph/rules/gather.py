@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .. import _shapes
+from .. import value_facts as _shapes
 from ..context import CoupleContext
 from ..registry import OpRule
 

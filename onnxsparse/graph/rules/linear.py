@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from ..context import CoupleContext
 from ..registry import OpRule
-from .._weights import is_weight
+from ..weights import is_weight
 from ..slots import Role
 
 __all__ = ["GemmRule", "MatMulRule", "RULES"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .. import _shapes
+from .. import value_facts as _shapes
 from ..context import CoupleContext, RewriteContext
 from ..index_maps import Block
 from ..registry import OpRule

@@ -29,7 +29,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from .. import _runtime_shape, _shapes
+from .. import runtime_shape as _runtime_shape, value_facts as _shapes
 from ..context import CoupleContext, RewriteContext
 from ..index_maps import Block, Stride, Table
 from ..registry import OpRule
@@ -299,7 +299,7 @@ class ReshapeRule(OpRule):
 
     def _couple_runtime(self, node: ir.Node, ctx: CoupleContext, x: ir.Value, target: ir.Value,
                         y: ir.Value) -> str | None:
-        """A target built at run time from Shape reads and constants (see ``_runtime_shape``)."""
+        """A target built at run time from Shape reads and constants (see ``runtime_shape``)."""
         paired = runtime_runs(node)
         if isinstance(paired, str):
             return f"{ctx.describe()}: {paired}"

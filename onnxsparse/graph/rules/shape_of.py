@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .. import _runtime_shape, _shapes
+from .. import runtime_shape as _runtime_shape, value_facts as _shapes
 from ..context import CoupleContext
 from ..registry import OpRule
 

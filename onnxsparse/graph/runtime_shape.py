@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from . import _shapes
+from . import value_facts as _shapes
 
 __all__ = ["Entry", "trace", "Resolved", "resolve", "resolve_reshape", "resolve_expand", "shape_reads",
            "rewrite_entries", "set_entries", "set_shape"]

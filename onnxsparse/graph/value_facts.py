@@ -235,7 +235,7 @@ def infer_node(node: ir.Node, version: int) -> int:
     upstream has none: onnx cannot resolve a run-time Reshape target such as
     ``Concat(Shape(x)[0:1], [-1])`` whose ``-1`` must cancel a symbolic batch, so
     the Reshape output, the MatMul after it and everything downstream stay
-    unknown.  The Reshape rule proves such targets (``_runtime_shape``) and sets
+    unknown.  The Reshape rule proves such targets (``runtime_shape``) and sets
     the output's shape; running onnx's inference node by node during the analysis
     carries it on.  Returns how many outputs got a shape.
     """
