@@ -35,6 +35,8 @@ from test_heads import masked_reference
 
 from onnxsparse import load_model
 from onnxsparse.graph import apply_plan, build_groups, masked_copy
+from onnxsparse.graph.export_groups import groups_document
+from onnxsparse.schemas import check, load_schema
 from onnxsparse.passes.prune import plan_pruning, prepare_for_analysis
 from onnxsparse.passes.prune_heads import prune_heads
 
@@ -65,6 +67,8 @@ def _check(name: str, original: Any, masked: Any, pruned: Any, batch: int, seq: 
     assert_pruned_matches_masked(f"{name} at batch {batch} seq {seq}", original, masked, pruned,
                                  lambda s: corpus_table.feeds(s, batch, seq), REL_TOL)
 
+GROUPS_SCHEMA = load_schema("groups")
+
 
 def test_corpus_files_and_manifest() -> None:
     manifest = json.loads((CORPUS / "manifest.json").read_text())["models"]
@@ -80,10 +84,14 @@ def test_corpus_files_and_manifest() -> None:
 
 @pytest.mark.parametrize("name", _params(MODELS, NO_CHANNEL_GROUPS))
 def test_prune_channels(name: str) -> None:
-    model = prepare_for_analysis(load_model(CORPUS / f"{name}.onnx"))  # the model as prune() analyses it
+    loaded = load_model(CORPUS / f"{name}.onnx")
+    in_file = set(loaded.graph.initializers)
+    model = prepare_for_analysis(loaded)  # the model as prune() analyses it
     dg = build_groups(model)
     internal = [r for g in dg.skipped for r in g.reasons if "internal error" in r]
     assert not internal, internal
+    # the training hand-off (inspect --groups) is valid on every architecture
+    assert check(groups_document(dg, model=name, in_file=in_file), GROUPS_SCHEMA) == [], name
     plan, _ = plan_pruning(dg, 0.3, round_to=1)
     assert plan.removed, f"{name}: no prunable channel group: {sorted({g.reason for g in dg.skipped})[:3]}"
     original = runtime_bytes(model)
