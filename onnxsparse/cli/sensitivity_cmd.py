@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help=f"calibration samples used (default {DEFAULT_SAMPLES})")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...",
                    help="input shape for 'random' data and the MAC count (e.g. input_ids=1x128)")
+    p.add_argument("--repair", choices=("none", "bias", "lstsq"), default="none",
+                   help="measure each entry after the repair prune would apply to that group's consumers "
+                        "(prune --target measures its loss table with prune's repair; default none: masked only)")
     p.add_argument("--no-blocks", action="store_true",
                    help="do not measure removing each residual block (x + f(x) -> x) whole")
     p.add_argument("--workers", type=_positive, default=None, metavar="N",
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=progress_enabled(args),
         blocks=not args.no_blocks,
+        repair=args.repair,
         workers=args.workers,
         executor=executor,
         cache=cache,

@@ -424,7 +424,7 @@ def prune(
         stage("target")
         group_ratios, target_report = allocate_target(
             model, dg, target, calib=source, multiples=_unit_round(dg, round_to), min_keep=min_keep,
-            criterion=criterion, samples=len(source), shapes=shapes, dims=dims, seed=seed,
+            criterion=criterion, samples=len(source), shapes=shapes, dims=dims, seed=seed, repair=repair, damp=damp,
             build=lambda m: build_groups(m, registry=registry, exclude=exclude, block=block,
                                          allow_signature_change=allow_signature_change))
         t = step("target_s", t)

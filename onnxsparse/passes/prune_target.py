@@ -351,6 +351,8 @@ def allocate_target(
     seed: int = 0,
     solver: str = "dp",
     latency_table: bool | None = None,
+    repair: str = "none",
+    damp: float | None = None,
 ) -> tuple[dict[int, float], TargetReport]:
     """Per-group removal ratios meeting ``target`` on ``model`` (prepared for analysis, not modified),
     whose groups are ``dg``; ``build(copy)`` makes the same analysis of a copy (for verification).
@@ -362,7 +364,7 @@ def allocate_target(
     sizes = {gid: g.size for gid, g in groups.items()}
     ratios = snapped_ratios([(g.size, multiples.get(gid, 1), min_keep) for gid, g in groups.items()])
     table = sensitivity(model.clone(), calib, ratios=ratios, criterion=criterion, samples=samples,
-                        shapes=shapes, seed=seed)
+                        shapes=shapes, seed=seed, blocks=False, repair=repair, damp=damp)
     by_nodes = {(g.kind, tuple(g.nodes)): g.id for g in dg.prunable}
     options: list[GroupOptions] = []
     for entry in table.groups:
@@ -394,42 +396,56 @@ def allocate_target(
     full = [max(o.saved) for o in options]
     costs = [[f - s for s in o.saved] for o, f in zip(options, full)]
     losses = [o.loss for o in options]
-    budget = target.ratio
-    lo, hi = 0.0, 1.0  # budgets known to remove too much / too little (the next one is tried between)
     tried: dict[tuple[int, ...], int] = {}
-    chosen_round: int | None = None
-    for _ in range(4 * MAX_ROUNDS[target.metric]):
-        if len(report.rounds) >= MAX_ROUNDS[target.metric] or hi - lo < 1e-4:
-            break
-        cap = sum(full) - (1.0 - budget) * total  # the summed option costs allowed (see the docstring)
-        floor = cap - 2 * TOLERANCE * target.ratio * total  # land in a window as wide as the tolerance band
-        alloc = None
-        if cap >= min_cost(costs) - 1e-9:
-            alloc = solve(losses, costs, max(cap, 0.0), solver, floor=max(floor, 0.0))
-            alloc = alloc or solve(losses, costs, max(cap, 0.0), solver)
-        if alloc is None:
-            alloc = solve(losses, costs, min_cost(costs), solver)  # the most the ladder removes
-        if alloc.choice in tried:  # widths measured before: no need to measure them again
-            measured = report.rounds[tried[alloc.choice]].measured
-            logger.info("target %s: budget %.4f gives the widths of round %d", target, budget,
-                        tried[alloc.choice] + 1)
-        else:
-            keep = {o.gid: o.keep[c] for o, c in zip(options, alloc.choice)}
-            predicted = (total - sum(o.saved[c] for o, c in zip(options, alloc.choice))) / total
-            measured, extra = meter.ratio(_pruned_copy(model, build, keep, sizes))
-            tried[alloc.choice] = len(report.rounds)
-            report.rounds.append(TargetRound(budget, predicted, measured, alloc.loss, keep=keep, timing=extra))
-            logger.info("target %s round %d: budget %.4f predicted %.4f measured %.4f", target, len(report.rounds),
-                        budget, predicted, measured)
-            if _met(target.metric, measured, target.ratio):
-                chosen_round = len(report.rounds) - 1
+    met_rounds: list[int] = []
+    # Two searches, each correcting its budget by measuring: the least predicted loss within the budget
+    # (costs of several groups overlap, so a spread allocation may land under the target), then the
+    # least loss inside a window as wide as the tolerance band below it (lands near the target). The
+    # met round with the least predicted loss wins: landing near the target must not cost accuracy.
+    # A latency target is met anywhere below it, so it needs no window (and each round is timed).
+    for windowed in ((False,) if target.metric == "latency" else (False, True)):
+        budget, lo, hi = target.ratio, 0.0, 1.0  # budgets known to remove too much / too little
+        first = len(report.rounds)
+        for _ in range(4 * MAX_ROUNDS[target.metric]):
+            if len(report.rounds) - first >= MAX_ROUNDS[target.metric] or hi - lo < 1e-4:
                 break
-        if measured > target.ratio:
-            hi = min(hi, budget)
-        else:
-            lo = max(lo, budget)
-        guess = budget * target.ratio / measured
-        budget = guess if lo < guess < hi else 0.5 * (lo + hi)
+            cap = sum(full) - (1.0 - budget) * total  # the summed option costs allowed (see the docstring)
+            floor = cap - 2 * TOLERANCE * target.ratio * total if windowed else None
+            alloc = None
+            if cap >= min_cost(costs) - 1e-9:
+                if floor is not None:
+                    alloc = solve(losses, costs, max(cap, 0.0), solver, floor=max(floor, 0.0))
+                alloc = alloc or solve(losses, costs, max(cap, 0.0), solver)
+            if alloc is None:
+                alloc = solve(losses, costs, min_cost(costs), solver)  # the most the ladder removes
+            if alloc.choice in tried:  # widths measured before: no need to measure them again
+                index = tried[alloc.choice]
+                measured = report.rounds[index].measured
+                logger.info("target %s: budget %.4f gives the widths of round %d", target, budget, index + 1)
+            else:
+                keep = {o.gid: o.keep[c] for o, c in zip(options, alloc.choice)}
+                predicted = (total - sum(o.saved[c] for o, c in zip(options, alloc.choice))) / total
+                measured, extra = meter.ratio(_pruned_copy(model, build, keep, sizes))
+                index = tried[alloc.choice] = len(report.rounds)
+                report.rounds.append(TargetRound(budget, predicted, measured, alloc.loss, keep=keep, timing=extra))
+                logger.info("target %s round %d: budget %.4f predicted %.4f measured %.4f", target,
+                            len(report.rounds), budget, predicted, measured)
+            if _met(target.metric, measured, target.ratio):
+                met_rounds.append(index)
+                break
+            if measured > target.ratio:
+                hi = min(hi, budget)
+            else:
+                lo = max(lo, budget)
+            guess = budget * target.ratio / measured
+            budget = guess if lo < guess < hi else 0.5 * (lo + hi)
+    if not met_rounds and target.metric != "latency":
+        def predicted(keep: Mapping[int, int]) -> float:
+            return (total - sum(o.saved[o.keep.index(keep.get(o.gid, o.size))] for o in options)) / total
+
+        met_rounds += _refine(report, options, target, predicted,
+                              lambda keep: meter.ratio(_pruned_copy(model, build, keep, sizes)))
+    chosen_round = min(met_rounds, key=lambda i: report.rounds[i].loss) if met_rounds else None
     if chosen_round is None:
         chosen_round = _fallback(report.rounds, target)
         report.note = (f"no allocation landed within {TOLERANCE:.0%} of {target}: the widths the groups may keep "
@@ -442,6 +458,63 @@ def allocate_target(
     report.groups = {gid: (k, sizes[gid]) for gid, k in best.keep.items()}
     report.seconds = time.perf_counter() - start
     return {gid: (sizes[gid] - k) / sizes[gid] for gid, k in best.keep.items() if k < sizes[gid]}, report
+
+
+#: measurements the local refinement may add when no knapsack round met a MACs/params target
+REFINE_MEASUREMENTS = 8
+
+
+def _refine(report: TargetReport, options: Sequence[GroupOptions], target: Target,
+            predicted: Callable[[dict[int, int]], float],
+            measure: Callable[[dict[int, int]], tuple[float, dict[str, float]]]) -> list[int]:
+    """Indices of rounds (appended to ``report.rounds``) that meet the target, found by moving one group one
+    width at a time from the measured rounds nearest the target.
+
+    The knapsack adds per-group costs, but a layer between two pruned groups loses the product of their
+    fractions, so with coarse widths every budget may miss the tolerance band.  Starting from the round
+    nearest the target on each side, each step changes one group by one width toward the target, the
+    change with the least predicted loss increase first, and measures it."""
+    position = [{k: i for i, k in enumerate(o.keep)} for o in options]
+    seen = {tuple(sorted(r.keep.items())) for r in report.rounds}
+    met: list[int] = []
+    budget = REFINE_MEASUREMENTS
+    sides = ([r for r in report.rounds if r.keep and r.measured > target.ratio],
+             [r for r in report.rounds if r.keep and r.measured <= target.ratio])
+    starts = [min(side, key=lambda r: abs(r.measured - target.ratio)) for side in sides if side]
+    for start in starts:
+        current = start
+        while budget > 0 and not met:
+            more = current.measured > target.ratio  # keeps too much: remove more
+            moves = []
+            for o, pos in zip(options, position):
+                index = pos.get(current.keep.get(o.gid, o.size))
+                if index is None:
+                    continue
+                step = index + 1 if more else index - 1  # keep[] is ordered widest first
+                if 0 <= step < len(o.keep):
+                    moves.append((o.loss[step] - o.loss[index], o.gid, o.keep[step]))
+            moves.sort()
+            nearest = None
+            for delta, gid, width in moves:
+                keep = {**current.keep, gid: width}
+                key = tuple(sorted(keep.items()))
+                if key in seen or budget <= 0:
+                    continue
+                seen.add(key)
+                budget -= 1
+                measured, extra = measure(keep)
+                loss = current.loss + delta
+                report.rounds.append(TargetRound(current.budget, predicted(keep), measured, loss, keep=keep, timing=extra,
+                                                 note="refined: one group moved one width"))
+                if _met(target.metric, measured, target.ratio):
+                    met.append(len(report.rounds) - 1)
+                    break
+                if nearest is None or abs(measured - target.ratio) < abs(nearest.measured - target.ratio):
+                    nearest = report.rounds[-1]
+            if met or nearest is None or abs(nearest.measured - target.ratio) >= abs(current.measured - target.ratio):
+                break
+            current = nearest
+    return met
 
 
 def _fallback(rounds: Sequence[TargetRound], target: Target) -> int:

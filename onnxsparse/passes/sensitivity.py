@@ -438,6 +438,8 @@ def sensitivity(
     workers: int | None = 1,
     executor: str | ExecutorSpec | None = "local",
     cache: str | os.PathLike | None = None,
+    repair: str = "none",
+    damp: float | None = None,
 ) -> SensitivityReport:
     """Per-group, per-ratio output error of removing that ratio of the group's lowest-scoring units alone.
 
@@ -449,7 +451,10 @@ def sensitivity(
     ``blocks``: also remove every residual block whole (:mod:`.blocks`; with ``kinds``, only if it has
     ``"block"``).  ``workers``/``executor``: where the evaluations run (:func:`onnxsparse.executor.run_tasks`;
     ``workers=None`` = up to ``min(cores, 4)`` processes when they pay off); ``cache``: a directory keeping every evaluation (resumable).
+    ``repair``: the repair ``prune`` would apply (``"bias"``, ``"lstsq"``, one-shot, ridge ``damp``) is applied to
+    each group's consumers before measuring, so the table predicts the pruned *and repaired* model.
     """
+    from .reconstruct import DEFAULT_DAMP, REPAIRS
     from ..calibration.data import DataSource
     from ..criteria import CALIBRATION_KEY, get_criterion
     from ..graph import PrunePlan
@@ -457,6 +462,9 @@ def sensitivity(
     from .prune_select import select_uniform
 
     ratios = parse_ratios(ratios) if isinstance(ratios, str) else parse_ratios(list(ratios))
+    if repair not in REPAIRS:
+        raise UsageError(f"unknown repair {repair!r} (choose from {', '.join(REPAIRS)})")
+    damp = DEFAULT_DAMP if damp is None else float(damp)
     if samples is None or samples < 1:
         raise UsageError(f"--calib-samples must be >= 1, got {samples}")
     if calib is None:
@@ -568,14 +576,15 @@ def sensitivity(
     t = time.perf_counter()
     spec = parse_executor(executor)
     setup = Setup(_Evaluator, (_model_source(model_arg, ship_bytes=spec.kind == "ray"), dict(source.arrays),
-                               source.origin, bs, limit, tuple(float_outputs), reference))
+                               source.origin, bs, limit, tuple(float_outputs), reference, repair, damp))
     keys = None
     store = None
     if cache is not None:
-        namespace = _cache_namespace(model_arg, crit.name, source.arrays, limit, bs, float_outputs)
+        namespace = _cache_namespace(model_arg, f"{crit.name} repair {repair} damp {damp!r}", source.arrays, limit, bs,
+                                     float_outputs)
         store = TaskCache(cache, namespace)
         keys = [_task_key(task) for task in tasks]
-    local_state = _Evaluator.from_prepared(model, dg, source, bs, limit, float_outputs, reference)
+    local_state = _Evaluator.from_prepared(model, dg, source, bs, limit, float_outputs, reference, repair, damp)
     answers = run_tasks(setup, _evaluate, tasks, keys=keys, cache=store, executor=spec, workers=workers,
                         progress=progress, desc="sensitivity", local_state=local_state,
                         task_seconds=timings["reference_s"], setup_seconds=timings["analysis_s"])
@@ -693,19 +702,37 @@ class _Evaluator:
     """A worker's state: the analysed model, its groups, the data and the reference outputs (built once)."""
 
     def __init__(self, model_source, arrays: dict[str, np.ndarray], origin, batch_size: int, limit: int,
-                 outputs: tuple[str, ...], reference: list[np.ndarray]) -> None:
+                 outputs: tuple[str, ...], reference: list[np.ndarray], repair: str = "none",
+                 damp: float = 0.0) -> None:
         from ..calibration.data import DataSource
 
         self.model, self.dg = prepare(model_source)
         self.source = DataSource(arrays, origin)
         self.batch_size, self.limit, self.outputs, self.reference = batch_size, limit, outputs, reference
+        self.repair, self.damp = repair, damp
 
     @classmethod
-    def from_prepared(cls, model: ir.Model, dg, source, batch_size: int, limit: int, outputs, reference) -> _Evaluator:
+    def from_prepared(cls, model: ir.Model, dg, source, batch_size: int, limit: int, outputs, reference,
+                      repair: str = "none", damp: float = 0.0) -> _Evaluator:
         self = cls.__new__(cls)
         self.model, self.dg, self.source = model, dg, source
         self.batch_size, self.limit, self.outputs, self.reference = batch_size, limit, tuple(outputs), reference
+        self.repair, self.damp = repair, damp
         return self
+
+    def repaired(self, plan) -> ir.Model:
+        """The masked model, with the consumers of the removed units repaired as ``prune`` repairs them
+        (one-shot: the repair of one group alone needs no earlier stage)."""
+        from ..graph import masked_copy
+        from .reconstruct import reconstruct
+
+        candidate = masked_copy(self.model, plan)
+        if self.repair != "none":
+            source = self.source.take(self.limit) if len(self.source) > self.limit else self.source
+            rec = reconstruct(self.dg, plan, source, mode=self.repair, sequential=False, damp=self.damp,
+                              batch_size=self.batch_size, measure=False)
+            rec.apply_unpruned(candidate)
+        return candidate
 
     def measure(self, candidate: ir.Model, start: float) -> dict[str, Any]:
         sess = _session(candidate)
@@ -718,7 +745,7 @@ class _Evaluator:
 def _evaluate(state: _Evaluator, task: tuple) -> dict[str, Any]:
     """One evaluation: ``("group", id, nodes, removed)`` masks those units of one group; ``("block", Block)``
     drops one residual branch.  Deterministic (1 intra-op thread), so every executor gives the same numbers."""
-    from ..graph import PrunePlan, masked_copy
+    from ..graph import PrunePlan
     from .blocks import remove_found
 
     start = time.perf_counter()
@@ -728,7 +755,7 @@ def _evaluate(state: _Evaluator, task: tuple) -> dict[str, Any]:
         if tuple(group.nodes) != tuple(nodes):  # pragma: no cover - the analysis is deterministic
             raise RuntimeError(f"worker analysis differs: group {group_id} is {group.nodes[:2]}, not {nodes[:2]}")
         plan = PrunePlan.create(state.dg, {group_id: list(removed)})
-        return state.measure(masked_copy(state.model, plan), start)
+        return state.measure(state.repaired(plan), start)
     copy = state.model.clone()
     remove_found(copy, [task[1]])
     return state.measure(copy, start)
