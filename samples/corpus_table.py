@@ -327,7 +327,6 @@ def table(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
     ]
     for r in rows:
         name = r["name"]
-        entry = manifest.get("models", {}).get(name, {})
         exporter = "dynamo" if name.endswith("_dynamo") else "TorchScript"
         pct = f"{r['prunable_pct']:.1f}%" if "prunable_pct" in r else "—"
         soft = r.get("softmax", "—")
