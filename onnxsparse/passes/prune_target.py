@@ -186,18 +186,9 @@ def _saved(metric: str, masks: Mapping[tuple[str, int], np.ndarray], macs, weigh
                     kept *= float(mask.mean())
             total += numel * (1.0 - kept)
         return total
-    total = 0.0
-    for node, count in macs.values():
-        frac = 0.0
-        for value in (*node.inputs, *node.outputs):
-            if value is None or value.shape is None:
-                continue
-            for axis in range(len(value.shape)):
-                mask = masks.get((value.name or "", axis))
-                if mask is not None and mask.size:
-                    frac = max(frac, 1.0 - float(mask.mean()))
-        total += count * frac
-    return total
+    from .sensitivity import macs_removed
+
+    return macs_removed(macs.values(), masks)
 
 
 def _cost_tables(model: ir.Model, dg, options: Sequence[GroupOptions], metric: str, shapes, dims) -> None:

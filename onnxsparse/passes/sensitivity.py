@@ -67,6 +67,7 @@ __all__ = [
     "RatioResult",
     "SensitivityReport",
     "SkippedEntry",
+    "macs_removed",
     "output_errors",
     "parse_ratios",
     "prepare",
@@ -403,13 +404,11 @@ def _node_macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> tuple[
     return {r.name: int(r.macs) for r in rows if r.graph == "main" and r.macs}, total
 
 
-def _macs_saved(model: ir.Model, masks: Mapping[tuple[str, int], np.ndarray], per_node: Mapping[str, int]) -> int:
-    """MACs removed when the slots in ``masks`` lose their ``False`` positions (see the module docstring)."""
+def macs_removed(counted: Iterable[tuple[ir.Node, int]], masks: Mapping[tuple[str, int], np.ndarray]) -> float:
+    """MACs removed from ``(node, MACs)`` pairs when the slots in ``masks`` lose their ``False`` positions:
+    each node loses the largest fraction any of its inputs/outputs loses on one axis (module docstring)."""
     saved = 0.0
-    for node in model.graph:
-        macs = per_node.get(node.name or "")
-        if not macs:
-            continue
+    for node, macs in counted:
         frac = 0.0
         for value in (*node.inputs, *node.outputs):
             if value is None or value.shape is None:
@@ -419,7 +418,11 @@ def _macs_saved(model: ir.Model, masks: Mapping[tuple[str, int], np.ndarray], pe
                 if mask is not None and mask.size:
                     frac = max(frac, 1.0 - float(mask.mean()))
         saved += macs * frac
-    return round(saved)
+    return saved
+
+
+def _macs_saved(model: ir.Model, masks: Mapping[tuple[str, int], np.ndarray], per_node: Mapping[str, int]) -> int:
+    return round(macs_removed(((n, per_node[n.name or ""]) for n in model.graph if per_node.get(n.name or "")), masks))
 
 
 def sensitivity(
