@@ -133,3 +133,25 @@ def test_cli_max_accuracy_drop_usage_errors(tmp_path, extra, message):
             "--data", DATA / "digits_test.npz", *extra]
     assert message in one_line_error(*cli(*args))
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_says_when_the_held_out_split_breaks_the_budget(tmp_path, monkeypatch):
+    """The search split may promise more than unseen data keeps: then the model is written (it is the best
+    found) but the exit code is 1 and one line says so."""
+    import onnxsparse.passes.budget as budget
+    from helpers import cli
+
+    real = budget.prune_within_budget
+
+    def pessimistic(*args, **kwargs):
+        found = real(*args, **kwargs)
+        found.holdout = {**found.holdout, "drop": found.max_drop + 0.05}
+        return found
+
+    monkeypatch.setattr(budget, "prune_within_budget", pessimistic)
+    out = tmp_path / "small.onnx"
+    code, _, err = cli("prune", SAMPLES / "digits_cnn.onnx", "-o", out, "--max-accuracy-drop", "0.01",
+                       "--data", DATA / "digits_test.npz", "--labels", DATA / "digits_test_labels.npy",
+                       "--calib", DATA / "digits_calib.npz")
+    assert code == 1 and out.is_file()
+    assert err.strip().splitlines()[-1].startswith("onnxsparse: the winner loses 0.0600 top1 on the 108 held-out")

@@ -311,4 +311,9 @@ def _run_budget(args: argparse.Namespace) -> int:
         print(f"onnxsparse: no pruned model kept {args.metric} within {args.max_accuracy_drop:g}; nothing written",
               file=sys.stderr)
         return 1
+    if not found.holdout_within_budget:  # the search split promised more than the unseen data keeps
+        print(f"onnxsparse: the winner loses {found.holdout['drop']:.4f} {args.metric} on the "
+              f"{len(held_labels)} held-out samples, over the budget {args.max_accuracy_drop:g} it kept on the "
+              "search split: give more labelled data or a smaller budget", file=sys.stderr)
+        return 1
     return 0

@@ -55,8 +55,14 @@ class BudgetSearch:
     reason: str | None = None
     held_out: tuple[DataSource, np.ndarray] | None = None  # the split the search never saw (for validate)
 
+    @property
+    def holdout_within_budget(self) -> bool | None:
+        """Whether the winner also keeps the budget on the held-out split (``None``: no winner)."""
+        return None if self.holdout is None else self.holdout["drop"] <= self.max_drop + 1e-12
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "holdout_within_budget": self.holdout_within_budget,
             "metric": self.metric,
             "reference": self.reference,
             "max_drop": self.max_drop,
