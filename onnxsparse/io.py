@@ -527,7 +527,8 @@ def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
 
 def _write_typed(model: ir.Model, path: Path, data_name: str | None) -> None:
     if data_name:
-        ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
+        with inline_external_data(model):  # onnx_ir would release the source's memory maps (views held elsewhere)
+            ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
         if model.metadata_props.get(_TYPES_KEY) is not None:
             proto = restore_types(onnx.load(str(path), load_external_data=False))
             path.write_bytes(proto.SerializeToString())
@@ -582,19 +583,23 @@ def save_model(
     protect: tuple[str | os.PathLike | None, ...] = (),
     force: bool = False,
     external_data: bool | None = None,
+    source: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically; returns the path written.
 
     ``protect`` lists files that must never be overwritten (the inputs; every file
     noted by :mod:`.guard` is protected too).
-    ``external_data``: ``True`` always, ``False`` never, ``None`` when the
-    weights are too large for one protobuf.  The data file is ``<name>.data``.
+    ``external_data``: ``True`` always, ``False`` never, ``None`` when the weights are too large
+    for one protobuf or the model ``source`` it was made from kept its weights in external data
+    (a model that came with external data leaves with it, whatever its new size).
+    The data file is ``<name>.data``.
     The IR version is lowered to what the installed onnxruntime reads.
     Interrupted (an error, SIGINT, SIGTERM), it leaves the previous files as they were
     and no temporary folder behind.
     """
     if external_data is None:
-        external_data = _tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        external_data = _tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD or bool(
+            source is not None and external_data_files(source))
     out = check_output(path, protect=protect, force=force, external_data=external_data)
     parent = out.resolve().parent
     model.ir_version = min(model.ir_version, max_runtime_ir_version())

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     expanded = densify(model)
     out = save_model(model, args.output, protect=inputs(args), force=args.force,
-                     external_data=True if args.external_data else None)
+                     external_data=True if args.external_data else None, source=args.model)
     formats: dict[str, int] = {}
     for fmt in expanded.values():
         formats[fmt] = formats.get(fmt, 0) + 1

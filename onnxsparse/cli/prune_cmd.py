@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
                                                  criterion=result.report.criterion, round_to=args.round_to)
     report = result.report
     model_out = result.model  # prune() hands back the input as it was when nothing was removed
-    out = save_model(model_out, args.output, protect=inputs(args), force=args.force)
+    out = save_model(model_out, args.output, protect=inputs(args), force=args.force, source=args.model)
     report.file_bytes_before = model_file_bytes(args.model)
     report.file_bytes_after = model_file_bytes(out)
     data: dict[str, Any] = {"input": str(args.model), "output": str(out), **report.to_dict()}
@@ -292,7 +292,7 @@ def _run_budget(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"input": str(args.model), "objective": objective, "search": found.to_dict()}
     validation = None
     if found.model is not None:
-        out = save_model(found.model, args.output, protect=inputs(args), force=args.force)
+        out = save_model(found.model, args.output, protect=inputs(args), force=args.force, source=args.model)
         held, held_labels = found.held_out
         validation = validate(args.model, out, data=held.arrays, labels=held_labels, metrics=args.metric,
                               label_output=args.label_output, memory=False, progress=progress_enabled(args))

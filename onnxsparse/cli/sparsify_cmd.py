@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     params_before = _params(model)
     report = sparsify(model, config, progress=_progress(args))
     out = save_model(model, args.output, protect=inputs(args), force=args.force,
-                     external_data=True if args.external_data else None)
+                     external_data=True if args.external_data else None, source=args.model)
     result: dict[str, Any] = {
         "input": str(args.model),
         "output": str(out),

@@ -35,12 +35,13 @@ def save_model(
     protect: tuple[str | os.PathLike, ...] = (),
     force: bool = False,
     external_data: bool | None = None,
+    source: str | os.PathLike | None = None,
 ) -> Path:
     """Like :func:`onnxsparse.io.save_model`, writing ``coo`` tensors as ``sparse_initializer``."""
     specs = read_storage(model)
     coo = {name: spec for name, spec in specs.items() if spec.format == "coo"}
     if not coo:
-        return _io_save_model(model, path, protect=protect, force=force, external_data=external_data)
+        return _io_save_model(model, path, protect=protect, force=force, external_data=external_data, source=source)
 
     clone = model.clone()
     graph = clone.graph
@@ -75,7 +76,7 @@ def save_model(
     _drop_orphan_consts(graph)
     write_storage(clone, specs)
 
-    out = _io_save_model(clone, path, protect=protect, force=force, external_data=external_data)
+    out = _io_save_model(clone, path, protect=protect, force=force, external_data=external_data, source=source)
     proto = onnx.load(str(out), load_external_data=False)
     proto.graph.sparse_initializer.extend(sparse)
     proto.ir_version = max(proto.ir_version, _MIN_SPARSE_IR)

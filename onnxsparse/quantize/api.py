@@ -396,7 +396,7 @@ def quantize(
         saved: Path | None = None
         if output is not None:
             saved = save_model(result_model, output, protect=tuple(p for p in (input_path,) if p), force=force,
-                               external_data=True if external else None)
+                               external_data=True if external else None, source=input_path)
         # Unsaved: the size of onnxruntime's file (the saved one differs by a few hundred bytes of metadata).
         bytes_after = model_file_bytes(saved or quantized_path)
 

@@ -618,6 +618,6 @@ def _run_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
                 from ..formats import save_model
 
                 result.output = save_model(ctx.model, out, protect=(input_path,) if _is_path(model) else (),
-                                           force=force)
+                                           force=force, source=input_path if _is_path(model) else None)
     result.seconds = time.perf_counter() - started
     return result
