@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import guard
-from ._fields import did_you_mean
+from ..options.fields import did_you_mean
 from ._yaml import parse_text
 from .config import Recipe, RecipeError, parse_recipe
 from .overrides import apply_overrides

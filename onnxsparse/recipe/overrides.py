@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._fields import did_you_mean
+from ..options.fields import did_you_mean
 from ._yaml import parse_value
 from .config import STEP_TYPES, TOP_LEVEL_KEYS, RecipeError
 

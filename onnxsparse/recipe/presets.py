@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._fields import did_you_mean
+from ..options.fields import did_you_mean
 from .config import RecipeError
 
 __all__ = ["Preset", "PRESETS", "DEFAULT_PRESETS", "register_preset", "get_preset", "preset_names", "PREFIX"]

@@ -1,10 +1,11 @@
-"""Typed field specifications for recipe steps: parse, check and explain one value.
+"""Typed option fields: parse, check and explain one value, for recipes, flags and API keywords.
 
-Each step declares its keys as :class:`FieldSpec` rows (key, attribute, parser,
-help); the same rows drive parsing, ``--set`` key checks, the dry-run plan,
-``run --help`` and the key tables in ``docs/recipes.md`` (a test checks that the
-docs mention every key).  Parsers raise :class:`Bad` with the problem only; the
-caller prefixes where it happened (``recipe.yaml: steps.0.prune.channels: ...``).
+An operation declares each option once, as a dataclass field made with :func:`option` (parser,
+help, kind, and how it looks on the command line).  The same rows (:class:`FieldSpec`) drive
+recipe parsing, ``--set`` key checks, the dry-run plan, ``run --help``, the key tables in
+``docs/recipes.md`` (a test checks that the docs mention every key) and the generated command-line
+flags (:mod:`onnxsparse.options.cli`).  Parsers raise :class:`Bad` with the problem only; the caller
+prefixes where it happened (``recipe.yaml: steps.0.prune.channels: ...`` or ``--channels: ...``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, Field, dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "Bad",
+    "Cli",
     "FieldSpec",
+    "OPTION",
+    "option",
+    "spec_of",
     "ParseContext",
     "did_you_mean",
     "ratio",
@@ -62,18 +67,80 @@ Parser = Callable[[Any, ParseContext], Any]
 
 
 @dataclass(frozen=True)
+class Cli:
+    """How an option looks on the command line; the defaults derive everything from the key.
+
+    ``flag`` defaults to ``--key-with-dashes``; booleans that default to true get ``negative``
+    (``--no-memory``) instead; a field with ``kind == "list"`` takes ``nargs="+"`` and extends.
+    ``text`` turns the command-line text into the value the parser takes (default: numbers become
+    int/float, everything else stays text); ``help`` overrides the recipe help where a flag needs
+    other words.  ``group`` names the argparse group the flag is listed under.
+    """
+
+    flag: str | None = None
+    short: str | None = None
+    metavar: str | None = None
+    negative: str | None = None
+    group: str | None = None
+    help: str | None = None
+    text: Callable[[str], Any] | None = None
+    append: bool = False
+
+
+#: Key of a dataclass field's metadata that holds its :class:`FieldSpec`.
+OPTION = "onnxsparse.option"
+
+
+@dataclass(frozen=True)
 class FieldSpec:
-    """One recipe key of a step: ``key`` in the file, ``attr`` on the dataclass."""
+    """One option of an operation: ``key`` in a recipe, ``attr`` on the dataclass, ``cli`` on the
+    command line (``None``: recipe and API only)."""
 
     key: str
     attr: str
     parse: Parser
     help: str
     kind: str
+    cli: Cli | None = None
+    default: Any = None
 
     @property
     def is_path(self) -> bool:
         return self.kind.startswith("path")
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag (``--round-to``), whether or not the option is on the command line."""
+        if self.cli is not None and self.cli.flag:
+            return self.cli.flag
+        return "--" + self.key.replace("_", "-")
+
+
+def option(default: Any, *, parse: Parser, help: str, kind: str, key: str | None = None,
+           cli: Cli | bool = True) -> Any:
+    """A dataclass field that is an option: default, parser, help, kind (for docs), CLI look.
+
+    ``key`` is the recipe key / API keyword when it differs from the attribute (``global`` for
+    ``global_ranking``); ``cli=False`` keeps the option out of the command line.
+    """
+    spec = _PartialSpec(key, parse, help, kind, Cli() if cli is True else (cli or None))
+    return field(default=default, metadata={OPTION: spec})
+
+
+@dataclass(frozen=True)
+class _PartialSpec:
+    key: str | None
+    parse: Parser
+    help: str
+    kind: str
+    cli: Cli | None
+
+
+def spec_of(f: Field[Any]) -> FieldSpec:
+    """The :class:`FieldSpec` of a field made with :func:`option`."""
+    part: _PartialSpec = f.metadata[OPTION]
+    default = None if f.default is MISSING else f.default
+    return FieldSpec(part.key or f.name, f.name, part.parse, part.help, part.kind, part.cli, default)
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
