@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
@@ -30,6 +29,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from . import guard, limits, model_check
+from ._workdir import JOURNAL, make_owned_temp_dir
 from .errors import ModelLoadError, ModelSaveError
 
 __all__ = [
@@ -610,12 +610,13 @@ def save_model(
     backup: Path | None = None
     committed = False
     try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxsparse-", dir=parent))
+        tmp_dir = make_owned_temp_dir(parent, "save")
         tmp_model = tmp_dir / out.name
         if external_data:
             _write(model, tmp_model, data_name)
             tmp_data = tmp_dir / data_name
-            if tmp_data.exists():
+            if tmp_data.exists():  # a SIGKILL from here to the commit is undone by the next run's sweep
+                (tmp_dir / JOURNAL).write_text(json.dumps({"model": out.name, "data": data_name}))
                 final_data = parent / data_name
                 if final_data.exists():  # keep the old data until the model is in place
                     backup = tmp_dir / (data_name + ".old")

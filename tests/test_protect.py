@@ -319,7 +319,7 @@ def test_sigint_during_start_up_is_one_line(tmp_path: Path) -> None:
 
 
 def test_read_only_folder_and_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from onnxsparse import io, report
+    from onnxsparse import _workdir, io, report
 
     model = _model(tmp_path)
     before = _snapshot(tmp_path)
@@ -328,7 +328,7 @@ def test_read_only_folder_and_full_disk_are_one_line(tmp_path: Path, monkeypatch
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
 
     with monkeypatch.context() as patch:  # the tool runs as root here, so chmod would not stop it
-        patch.setattr(io.tempfile, "mkdtemp", read_only)
+        patch.setattr(_workdir.tempfile, "mkdtemp", read_only)
         line = one_line_error(*cli("sparsify", model, "-o", tmp_path / "o.onnx", "--sparsity", "0.5"))
     assert "Permission denied" in line and "internal error" not in line
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import onnx_ir as ir
 
 from .._ort import make_session, session_options
 from .._progress import progress_bar
+from .._workdir import owned_temp_dir
 from ..calibration.data import DataSource, load_data, model_input_specs
 from ..errors import DataError, UsageError
 from ..model_check import check_finite_weights
@@ -322,10 +322,7 @@ def quantize(
         )
 
     out_dir = Path(output).resolve().parent if output else None
-    with tempfile.TemporaryDirectory(
-        prefix=".onnxsparse-quantize-", dir=out_dir if out_dir and out_dir.is_dir() else None
-    ) as tmp_name:
-        tmp = Path(tmp_name)
+    with owned_temp_dir(out_dir if out_dir and out_dir.is_dir() else None, "quantize") as tmp:
         prepared = prepare(ir_model, tmp, preprocess=settings.preprocess, external_data=external,
                            half_weights=bool(half))
 

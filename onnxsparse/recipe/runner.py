@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from typing import Any
 import onnx_ir as ir
 
 from .._progress import progress_bar
+from .._workdir import owned_temp_dir
 from .. import guard
 from ..errors import DataError, OnnxSparseError, UsageError
 from ..io import ModelSource, check_output, load_model, model_file_bytes
@@ -567,8 +567,7 @@ def _run_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
     notes = prepare_run(recipe, ir_model)
     mac_dims = _mac_dims(ir_model, recipe.shapes)
     workdir_parent = out.resolve().parent if out is not None else None
-    with tempfile.TemporaryDirectory(prefix=".onnxsparse-run-", dir=workdir_parent) as tmp:
-        workdir = Path(tmp)
+    with owned_temp_dir(workdir_parent, "run") as workdir:
         if input_path is None:
             from ..io import save_model
 

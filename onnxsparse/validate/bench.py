@@ -7,13 +7,13 @@ interleaved (see :mod:`.latency`), so their numbers are comparable.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import onnxruntime as ort
 
+from .._workdir import owned_temp_dir
 from ..calibration.data import DataSource, load_data
 from ..errors import OnnxSparseError, UsageError
 from ..report import to_jsonable
@@ -178,7 +178,7 @@ def bench(
     if not model_list:
         raise UsageError("bench needs at least one model")
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="onnxsparse-bench-") as workdir:
+    with owned_temp_dir(kind="bench") as workdir:
         prepared = [prepare_model(m, f"model{i}", workdir) for i, m in enumerate(model_list)]
         many = len(prepared) > 1
         need = max([b for b in batch_list if b] + [1])

@@ -9,13 +9,13 @@ it with ``--output-map REF=CAND``).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
+from .._workdir import make_owned_temp_dir
 from ..calibration.data import InputSpec, model_input_specs, onnx_to_numpy_dtype
 from ..errors import OnnxSparseError, UsageError
 from ..io import load_proto, max_runtime_ir_version, model_file_bytes
@@ -88,7 +88,7 @@ def prepare_model(source, label: str, workdir: str | os.PathLike | None = None) 
         proto.ir_version = min(proto.ir_version, max_runtime_ir_version())
         data = proto.SerializeToString()
     if workdir is None:
-        workdir = tempfile.mkdtemp(prefix="onnxsparse-validate-")
+        workdir = str(make_owned_temp_dir(kind="validate"))
     path = Path(workdir) / f"{label}.onnx"
     path.write_bytes(data)
     return PreparedModel(

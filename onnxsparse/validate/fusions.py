@@ -13,12 +13,13 @@ fusions and are left out.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+
+from .._workdir import owned_temp_dir
 
 __all__ = ["FusionComparison", "optimized_ops", "compare_fusions"]
 
@@ -40,7 +41,7 @@ def optimized_ops(path: str | os.PathLike, provider: str = "CPUExecutionProvider
     path = Path(path)
     original = onnx.load(str(path), load_external_data=False)
     own = {_kind(node) for node in original.graph.node}
-    with tempfile.TemporaryDirectory(prefix="onnxsparse-fusions-") as tmp:
+    with owned_temp_dir(kind="fusions") as tmp:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")

@@ -14,13 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._workdir import owned_temp_dir
 from .providers import IDENTITY_MODEL, ProviderSpec, provider_chain, session_options
 
 __all__ = ["MemoryStats", "probe_memory", "PROBE_SCRIPT"]
@@ -58,7 +58,7 @@ def probe_memory(
     timeout: float = 900.0,
 ) -> tuple[MemoryStats | None, str | None]:
     """Measure in a child process; returns ``(stats, None)`` or ``(None, why it could not)``."""
-    with tempfile.TemporaryDirectory(prefix="onnxsparse-mem-") as tmp:
+    with owned_temp_dir(kind="mem") as tmp:
         tmp_path = Path(tmp)
         np.savez(tmp_path / "feeds.npz", **{k: np.ascontiguousarray(v) for k, v in feeds.items()})
         (tmp_path / "warm.onnx").write_bytes(IDENTITY_MODEL)

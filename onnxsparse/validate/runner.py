@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from .._workdir import owned_temp_dir
 from .. import guard
 from ..calibration.data import DataSource, load_data, read_arrays
 from ..errors import DataError, UsageError
@@ -254,7 +254,7 @@ def validate(
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
 
-    with tempfile.TemporaryDirectory(prefix="onnxsparse-validate-") as workdir:
+    with owned_temp_dir(kind="validate") as workdir:
         ref = prepare_model(reference, "reference", workdir)
         cand = prepare_model(candidate, "candidate", workdir)
         check_inputs(ref, cand)
