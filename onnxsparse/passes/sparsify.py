@@ -33,7 +33,7 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from ..calibration.data import DEFAULT_CALIB_SAMPLES
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 from ..formats import (
     AUTO,
     AUTO_SLACK,
@@ -476,7 +476,12 @@ class SparsifyPass(ir.passes.InPlacePass):
             target = override[0] if override else default
             if target is None:
                 continue
-            reason = info.reason if not info.prunable else pattern.check(info)
+            reason = info.reason
+            if reason is None:
+                try:
+                    pattern.check(info)
+                except Decline as exc:
+                    reason = str(exc)
             if reason:
                 notes[info.name] = f"not pruned: {reason}"
                 continue
