@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 from test_formats_util import mlp_model
 from test_prune_criteria import _model
@@ -27,11 +28,17 @@ from onnxsparse.graph import Group, Role, build_groups
 from onnxsparse.io import load_model
 from onnxsparse.passes.prune import score_groups
 from onnxsparse.passes.sparsify import sparsify
-from onnxsparse.recipe import load_recipe
+from onnxsparse.recipe import PruneStep, SparsifyStep, load_recipe
 from onnxsparse.sparsity import Magnitude, ScoreContext, SparsityCriterion, Wanda, find_weights
 
 STRUCTURED = {"l2", "l1", "bn", "random", "activation", "wanda", "flap"}
 ELEMENTWISE = {"magnitude", "wanda", "sparsegpt"}
+
+
+def _array(model: ir.Model, name: str) -> np.ndarray:
+    value = model.graph.initializers[name].const_value
+    assert value is not None
+    return value.numpy()
 
 
 def _criterion_choices(command: str) -> tuple[str, ...]:
@@ -88,7 +95,7 @@ class _SmallFirst(Criterion):
     description = "test only"
 
     def score(self, group: Group, ctx: ScoringContext) -> np.ndarray:
-        l1 = sum(w.per_unit("abs") for w in ctx.weights(group) if w.roles & {Role.PRODUCE, Role.CONSUME})
+        l1 = np.sum([w.per_unit("abs") for w in ctx.weights(group) if w.roles & {Role.PRODUCE, Role.CONSUME}], axis=0)
         return np.asarray(l1.max() - l1, dtype=np.float64)
 
     def score_weight(self, weight: np.ndarray, ctx: WeightContext) -> np.ndarray:
@@ -109,7 +116,9 @@ def test_a_plugin_registered_once_serves_prune_and_sparsify(plugin: str, tmp_pat
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"steps:\n  - prune: {{channels: 0.3, criterion: {plugin}}}\n"
                       f"  - sparsify: {{sparsity: 0.5, criterion: {plugin}}}\n")
-    assert [s.criterion for s in load_recipe(recipe).steps] == [plugin, plugin]
+    prune_step, sparsify_step = load_recipe(recipe).steps
+    assert isinstance(prune_step, PruneStep) and isinstance(sparsify_step, SparsifyStep)
+    assert prune_step.criterion == sparsify_step.criterion == plugin
 
     # structured: its scores reach the plan unchanged
     model, w = _model()
@@ -121,9 +130,9 @@ def test_a_plugin_registered_once_serves_prune_and_sparsify(plugin: str, tmp_pat
 
     # element-wise: sparsify zeroes the largest weights, exactly half of them
     m = load_model(mlp_model(np.random.default_rng(1)))
-    before = m.graph.initializers["w0"].const_value.numpy().copy()
+    before = _array(m, "w0").copy()
     sparsify(m, sparsity=0.5, criterion=plugin, exclude=["w1", "w2"], format="dense", min_size=0)
-    after = m.graph.initializers["w0"].const_value.numpy()
+    after = _array(m, "w0")
     zeroed = after == 0
     assert np.count_nonzero(zeroed) == before.size // 2
     assert np.abs(before[zeroed]).min() >= np.abs(before[~zeroed]).max()
@@ -148,7 +157,7 @@ def test_elementwise_decline_is_a_usage_error_with_its_reason() -> None:
     """The user picked the criterion for every weight: norms that do not fit one are the user's to fix."""
     model = load_model(mlp_model(np.random.default_rng(2)))
     info = next(i for i in find_weights(model) if i.name == "w0")
-    weight = model.graph.initializers["w0"].const_value.numpy()
+    weight = _array(model, "w0")
     with pytest.raises(Decline, match=r"'w0' needs 64 norms, got 3") as caught:
         Wanda().score_weight(weight, WeightContext(info, {"w0": np.ones(3)}))
     assert caught.value.subject == "w0" and not isinstance(caught.value, UsageError)
