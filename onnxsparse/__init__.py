@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 from ._version import __version__
-from .errors import DataError, ModelLoadError, ModelSaveError, OnnxSparseError, UsageError
+from .errors import DataError, Decline, ModelLoadError, ModelSaveError, OnnxSparseError, UsageError
 
 # Heavy entry points load on first use, so ``import onnxsparse`` and the CLI start fast.
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -70,6 +70,7 @@ __all__ = [
     "quantize",
     "validate",
     "OnnxSparseError",
+    "Decline",
     "ModelLoadError",
     "ModelSaveError",
     "DataError",

@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     from ..passes.prune import DEFAULT_CALIB_SAMPLES, DEFAULT_CRITERION, DEFAULT_DATA_CRITERION
     from ..passes.reconstruct import DEFAULT_DAMP, REPAIRS
 
-    criteria = available_criteria()
+    criteria = available_criteria("structured")
     p = subparsers.add_parser(
         "prune",
         parents=[common],

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--ratios", default=default_ratios, metavar="R1,R2,...",
                    help=f"fractions of each group's units to remove, each in (0, 1) (default {default_ratios})")
     p.add_argument("--heads", action="store_true", help="only attention head and KV groups")
-    p.add_argument("--criterion", choices=available_criteria(), default="l2",
+    p.add_argument("--criterion", choices=available_criteria("structured"), default="l2",
                    help="importance criterion choosing the units removed (default l2)")
     p.add_argument("--calib-samples", type=_positive, default=DEFAULT_SAMPLES, metavar="N",
                    help=f"calibration samples used (default {DEFAULT_SAMPLES})")

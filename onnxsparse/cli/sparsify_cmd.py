@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     from ..formats import AUTO_SLACK, FORMATS, format_choices
     from ..calibration.data import DEFAULT_CALIB_SAMPLES
     from ..passes.sparsify import DEFAULT_MIN_SIZE
-    from ..sparsity import SPARSITY_CRITERIA, pattern_help
+    from ..criteria import available_criteria
+    from ..sparsity import pattern_help
     from ..sparsity.allocate import ALLOCATORS, AUTO, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD
 
     formats_help = "; ".join(f"{name}: {FORMATS.get(name).summary}" for name in format_choices()[1:])
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                    help="fraction of weights to zero (0..1): in each tensor, or their parameter-weighted "
                         "average with --allocate; omit for a lossless re-encode")
     p.add_argument("--pattern", default="unstructured", metavar="P", help=f"sparsity pattern: {pattern_help()}")
-    p.add_argument("--criterion", default="magnitude", choices=SPARSITY_CRITERIA.names(),
+    p.add_argument("--criterion", default="magnitude", choices=available_criteria("elementwise"),
                    help="how weights are scored (default magnitude)")
     p.add_argument("--format", default="auto", choices=format_choices(),
                    help="storage format (default auto: the smallest per tensor)")

@@ -22,8 +22,12 @@ pooling) sums comparable terms; within one consumer the ranking is Wanda's.
 Criteria need :func:`onnxsparse.calibration.capture.capture` statistics under
 ``ScoringContext.extras["calibration"]``; the prune pass raises a
 :class:`~onnxsparse.errors.UsageError` without ``--calib``.  A group with no
-weighted consumer contraction returns ``None`` (the caller falls back to
-``l2`` and says so).
+weighted consumer contraction raises :class:`~onnxsparse.errors.Decline` (the
+caller falls back to ``l2`` and says so).
+
+``wanda`` also scores single weights for ``sparsify`` (:meth:`WandaCriterion.score_weight`):
+``|W_ij| * ||X_j||`` from per-input-feature norms measured by
+:mod:`onnxsparse.sparsity.activations`.
 
 :func:`score_positions` applies the same formulas to heads and FFN neurons
 (weights = output-projection rows, statistics = its input features).
@@ -37,9 +41,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import Decline
 from ..graph import Group
 from ._data import ConsumerTerm, Moments, consumer_terms
-from .base import Criterion, ScoringContext, register_criterion
+from .base import Criterion, ScoringContext, WeightContext, register_criterion
 
 __all__ = ["DataCriterion", "ActivationCriterion", "WandaCriterion", "FlapCriterion", "UnitTerm", "score_units"]
 
@@ -64,10 +69,10 @@ class DataCriterion(Criterion):
         # e.g. a grouped conv: one weight column serves one channel of every group
         return self.contribution(w_abs[wp].sum(axis=1), w_sq[wp].sum(axis=1), Moments.of(term.stats, ap).averaged())
 
-    def score(self, group: Group, ctx: ScoringContext) -> np.ndarray | None:
+    def score(self, group: Group, ctx: ScoringContext) -> np.ndarray:
         terms = consumer_terms(group, ctx)
         if not terms:
-            return None
+            raise Decline("no weighted consumer with calibration statistics")
         total = np.zeros(group.size, dtype=np.float64)
         for term in terms:
             total += self._term(term)
@@ -87,10 +92,34 @@ class ActivationCriterion(DataCriterion):
 
 @register_criterion("wanda")
 class WandaCriterion(DataCriterion):
-    description = "structured Wanda: sum_i |W[i,j]| * ||x_j|| over the consumers (needs --calib)"
+    """Wanda (Sun et al. 2023) at both granularities: ``|W_ij| * ||X_j||`` per weight, summed per channel."""
+
+    description = "Wanda: |W[i,j]| * ||x_j||, per weight or summed over a channel's consumers (needs --calib)"
 
     def contribution(self, w_abs: np.ndarray, w_sq: np.ndarray, act: Moments) -> np.ndarray:
         return w_abs * act.rms
+
+    def score_weight(self, weight: np.ndarray, ctx: WeightContext) -> np.ndarray:
+        """``ctx.stats[name]`` holds one norm per index of the weight's reduction axis (input channels
+        of a Conv, ``K`` of a MatMul), or an array already broadcastable to the weight (grouped Conv:
+        ``[O, C/group, 1, 1]``)."""
+        info = ctx.info
+        norms = None if ctx.stats is None else ctx.stats.get(info.name)
+        if norms is None:
+            raise Decline(f"criterion wanda needs input-feature norms for {info.name!r} (calibration data)",
+                          subject=info.name)
+        norms = np.asarray(norms)
+        if norms.ndim == weight.ndim and norms.ndim > 1:
+            return np.abs(weight) * norms
+        if info.in_axis is None:
+            raise Decline(f"criterion wanda: {info.name!r} has no single reduction axis", subject=info.name)
+        norms = np.asarray(norms, dtype=np.float64).reshape(-1)
+        if norms.size != weight.shape[info.in_axis]:
+            raise Decline(f"criterion wanda: {info.name!r} needs {weight.shape[info.in_axis]} norms, "
+                          f"got {norms.size}", subject=info.name)
+        shape = [1] * weight.ndim
+        shape[info.in_axis] = norms.size
+        return np.abs(weight) * norms.reshape(shape)
 
 
 @register_criterion("flap")
@@ -117,10 +146,13 @@ def _reduce(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return np.abs(a).sum(axis=1), np.square(a).sum(axis=1)
 
 
-def score_units(criterion: Criterion, terms: Sequence[UnitTerm], n_units: int) -> np.ndarray | None:
-    """Scores of heads / FFN neurons (units) by a :class:`DataCriterion`, or ``None`` if it is not one."""
-    if not isinstance(criterion, DataCriterion) or not terms:
-        return None
+def score_units(criterion: Criterion, terms: Sequence[UnitTerm], n_units: int) -> np.ndarray:
+    """Scores of heads / FFN neurons (units) by a :class:`DataCriterion`; :class:`Decline` for another
+    criterion or no terms."""
+    if not isinstance(criterion, DataCriterion):
+        raise Decline(f"criterion {criterion.name} is not activation-aware")
+    if not terms:
+        raise Decline("no consumer weight with calibration statistics")
     total = np.zeros(n_units, dtype=np.float64)
     for t in terms:
         w_abs, w_sq = _reduce(t.array, t.axis)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import Decline
 from ..graph import Group, Role
 from .base import Criterion, ScoringContext, register_criterion
 
@@ -18,10 +19,12 @@ __all__ = ["BNScaleCriterion"]
 class BNScaleCriterion(Criterion):
     description = "|gamma| of the BatchNorm (normalisation) scales in the group"
 
-    def score(self, group: Group, ctx: ScoringContext) -> np.ndarray | None:
-        total = None
+    def score(self, group: Group, ctx: ScoringContext) -> np.ndarray:
+        total: np.ndarray | None = None
         for w in ctx.weights(group):
             if Role.SCALE in w.roles:
                 part = w.per_unit("abs")
                 total = part if total is None else total + part
+        if total is None:
+            raise Decline("no normalisation scale in the group")
         return total

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from ..errors import ModelLoadError
+from ..errors import Decline, ModelLoadError
 from .base import SUPPORTED_DTYPES, Codec, CodecOptions, Encoded, TensorData, contiguous
 from ._graph import CONST_PREFIX, NODE_PREFIX, DecodeBuilder, decode_group, decode_target, is_decode_node
 from ._registry_instance import FORMATS
@@ -158,33 +158,33 @@ def dense_candidate(tensor: TensorData) -> Candidate:
 
 
 def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
-              graph: ir.Graph | None = None, decoder: str | None = None) -> Candidate | str:
-    """Encode ``tensor`` as ``fmt``; returns the candidate or why it cannot be used.
+              graph: ir.Graph | None = None, decoder: str | None = None) -> Candidate:
+    """Encode ``tensor`` as ``fmt``; raises :class:`~onnxsparse.errors.Decline` with why it cannot be used.
 
     ``decoder`` forces a decode-graph variant; otherwise the first one the opset allows.
     """
     if fmt == "dense":
         return dense_candidate(tensor)
     if tensor.dtype.name not in SUPPORTED_DTYPES:
-        return f"dtype {tensor.dtype.name} is not supported by the sparse formats"
+        raise Decline(f"dtype {tensor.dtype.name} is not supported by the sparse formats", subject=tensor.name)
     codec = get_codec(fmt)
     reason = codec.check(tensor, options)
     if reason:
-        return reason
+        raise Decline(reason, subject=tensor.name)
     refusals = {d: codec.decoder_refusal(d, tensor) for d in ([decoder] if decoder else codec.decoder_order(tensor))}
     variants = [d for d, refusal in refusals.items() if refusal is None]
     if not variants:
-        return "; ".join(r for r in refusals.values() if r)
+        raise Decline("; ".join(r for r in refusals.values() if r), subject=tensor.name)
     usable = [d for d in variants if codec.min_opset(d, tensor.dtype) <= max_opset]
     if not usable:
         need = min(codec.min_opset(d, tensor.dtype) for d in variants)
-        return f"{fmt} needs opset {need}, the model allows {max_opset}"
+        raise Decline(f"{fmt} needs opset {need}, the model allows {max_opset}", subject=tensor.name)
     decoder = usable[0]
     encoded = codec.layout(codec.encode(tensor, options), decoder)
     largest = codec.largest_intermediate(encoded, decoder, tensor)
     if largest > FOLD_LIMIT_BYTES:
-        return (f"{fmt} decode would compute a {largest / 2**30:.2f} GiB tensor; onnxruntime folds at most "
-                f"{FOLD_LIMIT_BYTES / 2**30:.0f} GiB, so it would decode at every inference")
+        raise Decline(f"{fmt} decode would compute a {largest / 2**30:.2f} GiB tensor; onnxruntime folds at most "
+                      f"{FOLD_LIMIT_BYTES / 2**30:.0f} GiB, so it would decode at every inference", subject=tensor.name)
     builder = DecodeBuilder(graph if graph is not None else ir.Graph([], [], nodes=[]), tensor.name,
                             tensor.shape, tensor.fill)
     stored = {role: builder.stored(role, array) for role, array in encoded.arrays.items()}
@@ -207,9 +207,10 @@ def choose(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
     if fmt == "dense":
         return dense, "format dense requested"
     if fmt != AUTO:
-        result = candidate(tensor, fmt, options, max_opset, graph, decoders.get(fmt))
-        if isinstance(result, str):
-            return dense, result
+        try:
+            result = candidate(tensor, fmt, options, max_opset, graph, decoders.get(fmt))
+        except Decline as exc:
+            return dense, str(exc)
         if result.stored_bytes >= dense.stored_bytes:
             return dense, f"{fmt} would take {result.stored_bytes} bytes, dense {dense.stored_bytes}"
         return result, None
@@ -218,11 +219,10 @@ def choose(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
     for name, cls in FORMATS.items():
         if name == "dense" or not cls.in_auto:
             continue
-        result = candidate(tensor, name, options, max_opset, graph, decoders.get(name))
-        if isinstance(result, Candidate):
-            options_tried.append(result)
-        else:
-            failures.append(f"{name}: {result}")
+        try:
+            options_tried.append(candidate(tensor, name, options, max_opset, graph, decoders.get(name)))
+        except Decline as exc:
+            failures.append(f"{name}: {exc}")
     smallest = min(c.stored_bytes for c in options_tried)
     near = [c for c in options_tried if c.stored_bytes <= smallest * (1 + slack)]
     best = min(near, key=lambda c: (FORMATS.get(c.format).cost_rank, c.stored_bytes))

@@ -35,7 +35,7 @@ import onnx_ir as ir
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 from . import value_facts as _shapes
 from ._sharing import reshare, unshare_small_constants
 from .weights import is_weight, weight_array
@@ -754,6 +754,8 @@ def build_groups(
             ctx = CoupleContext(an, node, version)
             try:
                 reason = rule.couple(node, ctx)
+            except Decline as exc:  # the same as returning the reason: the next candidate rule is tried
+                reason = str(exc)
             except Exception as exc:  # noqa: BLE001 - a failing rule blocks, it never crashes pruning
                 logger.debug("rule %r failed on %s", rule, node.name, exc_info=True)
                 reason = f"{node.op_type} '{node.name}': {internal_error('rule', type(rule).__name__, exc)}"

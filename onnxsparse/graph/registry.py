@@ -4,9 +4,10 @@ A rule knows one op family.  During analysis, :meth:`OpRule.couple` tells the
 :class:`~onnxsparse.graph.context.CoupleContext` which slots of the node's
 inputs and outputs move together (and with which index map), which weights
 play which role, and where the node contracts over a channel.  It returns
-``None`` when it handled the node, or a *reason* string to decline (the next
-candidate rule is then tried; if none accepts, the node blocks every slot it
-touches with that reason).  Any axis of an input or output the rule leaves
+``None`` when it handled the node, or a *reason* string to decline (raising
+:class:`~onnxsparse.errors.Decline` does the same; the next candidate rule is
+then tried; if none accepts, the node blocks every slot it touches with that
+reason).  Any axis of an input or output the rule leaves
 unmapped is blocked automatically, so a rule can never silently let a channel
 through an op it does not understand.
 

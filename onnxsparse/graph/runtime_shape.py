@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
 from . import value_facts as _shapes
 
 __all__ = ["Entry", "trace", "Resolved", "resolve", "resolve_reshape", "resolve_expand", "shape_reads",
@@ -413,7 +414,11 @@ def _accepted(node: ir.Node) -> bool:
         return resolve_expand(node) is not None
     from .rules.shape import runtime_runs
 
-    return not isinstance(runtime_runs(node), str)
+    try:
+        runtime_runs(node)
+    except Decline:
+        return False
+    return True
 
 
 def _negative_constant(value: ir.Value | None) -> bool:

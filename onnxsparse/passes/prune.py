@@ -27,10 +27,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from ..criteria import CALIBRATION_KEY, ScoringContext, get_criterion
+from ..criteria import CALIBRATION_KEY, Criterion, ScoringContext, get_criterion
 from ..calibration.data import DEFAULT_CALIB_SAMPLES
-from ..errors import UsageError
-from ..graph import DependencyGraph, PrunePlan, RuleRegistry, apply_plan, build_groups
+from ..errors import Decline, UsageError
+from ..graph import DependencyGraph, Group, PrunePlan, RuleRegistry, apply_plan, build_groups
 from ..graph.dependency import internal_error
 from ..graph.kinds import HEAD_KINDS
 from ..io import ModelSource, load_model, own_weights
@@ -85,7 +85,7 @@ def score_groups(
     only: set[int] | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Scores per prunable group id (those in ``only`` if given), and the criterion actually used for each."""
-    crit = get_criterion(criterion)
+    crit = get_criterion(criterion, "structured")
     fallback = get_criterion(_FALLBACK)
     extras = dict(extras or {})
     if crit.requires_data and extras.get(CALIBRATION_KEY) is None:
@@ -101,14 +101,7 @@ def score_groups(
             continue
         # -- begin: a criterion that raises on one group skips that group (dg.skip), the run goes on --
         try:
-            s = crit.score(group, ctx)
-            name = crit.name
-            if s is None:
-                s = fallback.score(group, ctx)
-                name = f"{fallback.name} ({crit.name}: not applicable)"
-            if s is None:
-                s = np.zeros(group.size)
-                name = "none (no weights)"
+            s, name = _score_one(group, ctx, crit, fallback)
             s = np.asarray(s, dtype=np.float64).reshape(-1)
             if s.size != group.size:
                 raise ValueError(f"criterion {crit.name} returned {s.size} scores for a group of {group.size}")
@@ -122,6 +115,18 @@ def score_groups(
         scores[group.id] = s
         used[group.id] = name
     return scores, used
+
+
+def _score_one(group: Group, ctx: ScoringContext, crit: Criterion, fallback: Criterion) -> tuple[np.ndarray, str]:
+    """``crit``'s scores and its name; where it declines the group, the fallback's, then zeros."""
+    try:
+        return crit.score(group, ctx), crit.name
+    except Decline:
+        pass
+    try:
+        return fallback.score(group, ctx), f"{fallback.name} ({crit.name}: not applicable)"
+    except Decline:
+        return np.zeros(group.size), "none (no weights)"
 
 
 def kind_ratios(channels: float, heads: float = 0.0, ffn: float | None = None) -> dict[str, float]:
@@ -344,7 +349,7 @@ def prune(
     if threshold is not None and (target is not None or any(r > 0 for r in ratios.values())):
         raise UsageError("--threshold replaces the ratios: give --threshold or --channels/--heads/--ffn/--target, "
                          "not both")
-    crit = get_criterion(criterion)  # fail fast on unknown names
+    crit = get_criterion(criterion, "structured")  # fail fast on unknown names
     repair = default_repair(calib is not None) if repair is None else repair
     if repair not in REPAIRS:
         raise UsageError(f"unknown repair {repair!r} (choose from {', '.join(REPAIRS)})")

@@ -33,7 +33,7 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from ..calibration.data import DEFAULT_CALIB_SAMPLES
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 from ..formats import (
     AUTO,
     AUTO_SLACK,
@@ -55,7 +55,6 @@ from ..formats.base import SUPPORTED_DTYPES
 from ..sparsity import (
     NM,
     Magnitude,
-    ScoreContext,
     Wanda,
     Pattern,
     Unstructured,
@@ -68,6 +67,7 @@ from ..sparsity import (
     get_criterion,
     nm_violations,
     parse_pattern,
+    score_weight,
 )
 from ..sparsity.allocate import AUTO as AUTO_ALLOCATION
 from ..sparsity.allocate import ALLOCATORS, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD, weighted_average
@@ -140,7 +140,7 @@ class SparsifyConfig:
         has calibration data (a recipe supplies its own later).
         """
         pattern = parse_pattern(self.pattern)
-        criterion = get_criterion(self.criterion)
+        criterion = get_criterion(self.criterion, "elementwise")
         if self.format != AUTO and self.format not in FORMATS:
             FORMATS.get(self.format)  # raises with the list of choices
         for name, decoder in self.decoders.items():
@@ -476,7 +476,12 @@ class SparsifyPass(ir.passes.InPlacePass):
             target = override[0] if override else default
             if target is None:
                 continue
-            reason = info.reason if not info.prunable else pattern.check(info)
+            reason = info.reason
+            if reason is None:
+                try:
+                    pattern.check(info)
+                except Decline as exc:
+                    reason = str(exc)
             if reason:
                 notes[info.name] = f"not pruned: {reason}"
                 continue
@@ -732,7 +737,7 @@ def _mask_scorer(criterion: SparsityCriterion) -> SparsityCriterion:
 def _scores(target: PruneTarget, scorer: SparsityCriterion, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     """``scorer``'s scores, by magnitude where it needs statistics the weight has none of."""
     use = scorer if target.info.name in stats or not scorer.needs_activations else Magnitude()
-    scores = np.asarray(use.score(target.info.real(target.raw), ScoreContext(target.info, stats)))
+    scores = np.asarray(score_weight(use, target.info, target.info.real(target.raw), stats))
     return np.nan_to_num(scores, nan=np.inf)  # as compute_masks: NaN weights are never "small"
 
 

@@ -65,7 +65,7 @@ def register_step(cls: type[Step]) -> type[Step]:
 def _criteria() -> tuple[str, ...]:
     from ..criteria import available_criteria
 
-    return available_criteria()
+    return available_criteria("structured")
 
 
 @register_step
@@ -188,9 +188,9 @@ class SparsifyStep(Step):
     @classmethod
     def field_specs(cls) -> tuple[FieldSpec, ...]:
         def criteria() -> tuple[str, ...]:
-            from ..sparsity import SPARSITY_CRITERIA
+            from ..criteria import available_criteria
 
-            return SPARSITY_CRITERIA.names()
+            return available_criteria("elementwise")
 
         def formats() -> tuple[str, ...]:
             from ..formats import format_choices
@@ -238,9 +238,9 @@ class SparsifyStep(Step):
     def needs_calibration(self) -> bool:
         """An activation-aware criterion (wanda) scores the weights, or ``allocate: sensitivity`` measures
         output errors: calibration data is read."""
-        from ..sparsity import get_criterion
+        from ..criteria import get_criterion
 
-        return get_criterion(self.criterion).needs_activations or self.allocate == "sensitivity"
+        return get_criterion(self.criterion).requires_data or self.allocate == "sensitivity"
 
     def to_config(self):
         """The :class:`onnxsparse.passes.sparsify.SparsifyConfig` this step runs."""

@@ -1,22 +1,22 @@
 """Choosing which weights become zero: patterns (unstructured, N:M, block) and criteria (magnitude, ...).
 
-Registries: :data:`PATTERNS` (families parsed from ``"unstructured"``,
-``"2:4"``, ``"block:4x4"``) and :data:`SPARSITY_CRITERIA`.  Storage of the
+Registry: :data:`PATTERNS` (families parsed from ``"unstructured"``,
+``"2:4"``, ``"block:4x4"``).  Criteria live in :mod:`onnxsparse.criteria` (one
+registry for ``prune`` and ``sparsify``; the names below are re-exported for
+compatibility, ``available_criteria("elementwise")`` lists the ones that score
+single weights).  Storage of the
 resulting zeros lives in :mod:`onnxsparse.formats`; the pass that does both is
 :mod:`onnxsparse.passes.sparsify`.
 """
 
 from __future__ import annotations
 
-from .criteria import (
-    DEFAULT_CRITERIA,
-    SPARSITY_CRITERIA,
-    Magnitude,
-    ScoreContext,
-    SparsityCriterion,
-    Wanda,
-    get_criterion,
-)
+from ..criteria import Criterion as SparsityCriterion
+from ..criteria import MagnitudeCriterion as Magnitude
+from ..criteria import SparseGPTCriterion as SparseGPT
+from ..criteria import WandaCriterion as Wanda
+from ..criteria import WeightContext as ScoreContext
+from ..criteria import available_criteria, get_criterion
 from .patterns import (
     DEFAULT_PATTERNS,
     NM,
@@ -28,7 +28,7 @@ from .patterns import (
     parse_pattern,
     pattern_help,
 )
-from .select import PruneTarget, apply_mask, compute_masks
+from .select import PruneTarget, apply_mask, compute_masks, score_weight
 from .weights import LINEAR_OPS, QuantInfo, WeightInfo, find_weights
 
 __all__ = [
@@ -41,13 +41,14 @@ __all__ = [
     "parse_pattern",
     "pattern_help",
     "nm_violations",
-    "SPARSITY_CRITERIA",
-    "DEFAULT_CRITERIA",
     "SparsityCriterion",
     "ScoreContext",
     "Magnitude",
     "Wanda",
+    "SparseGPT",
     "get_criterion",
+    "available_criteria",
+    "score_weight",
     "PruneTarget",
     "compute_masks",
     "apply_mask",

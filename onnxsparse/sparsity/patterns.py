@@ -26,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from .._registry import Registry
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 from .weights import WeightInfo
 
 __all__ = [
@@ -63,8 +63,9 @@ class Pattern:
     def parse(cls, spec: str) -> Pattern | None:
         raise NotImplementedError
 
-    def check(self, info: WeightInfo) -> str | None:
-        """``None`` if the pattern applies to this weight, else why not."""
+    def check(self, info: WeightInfo) -> None:
+        """Raises :class:`~onnxsparse.errors.Decline` with the reason if the pattern cannot apply to this weight
+        (the weight stays as it is, with the reason in its report row)."""
         return None
 
     def unit_scores(self, scores: np.ndarray, info: WeightInfo) -> np.ndarray:
@@ -124,8 +125,9 @@ class PerRow(Pattern):
     def parse(cls, spec: str) -> Pattern | None:
         return cls() if spec.strip().lower() == "row" else None
 
-    def check(self, info: WeightInfo) -> str | None:
-        return None if info.out_axis is not None else "no single output axis for per-row selection"
+    def check(self, info: WeightInfo) -> None:
+        if info.out_axis is None:
+            raise Decline("no single output axis for per-row selection", subject=info.name)
 
     def mask(self, scores: np.ndarray, sparsity: float, info: WeightInfo) -> np.ndarray:
         axis = info.out_axis
@@ -168,13 +170,12 @@ class NM(Pattern):
             raise UsageError(f"pattern {spec!r}: need 0 < N < M")
         return cls(n, m)
 
-    def check(self, info: WeightInfo) -> str | None:
+    def check(self, info: WeightInfo) -> None:
         if info.in_axis is None:
-            return "no single reduction axis for N:M"
+            raise Decline("no single reduction axis for N:M", subject=info.name)
         length = info.shape[info.in_axis]
         if length % self.m:
-            return f"reduction axis has {length} elements, not a multiple of M={self.m}"
-        return None
+            raise Decline(f"reduction axis has {length} elements, not a multiple of M={self.m}", subject=info.name)
 
     def levels(self) -> tuple[float, ...]:
         """Sparsities a tensor may get when ``--allocate`` spreads N:M: dense, or keep ``k <= N`` of every M

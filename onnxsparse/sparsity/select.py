@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .criteria import ScoreContext, SparsityCriterion
+from ..criteria import Criterion, WeightContext
+from ..errors import Decline, UsageError
 from .patterns import Pattern, select_lowest
 from .weights import WeightInfo
 
-__all__ = ["PruneTarget", "compute_masks", "apply_mask"]
+__all__ = ["PruneTarget", "compute_masks", "apply_mask", "score_weight"]
 
 
 @dataclass
@@ -25,12 +26,25 @@ class PruneTarget:
     pooled: bool = False
 
 
-def _scores(target: PruneTarget, criterion: SparsityCriterion,
+def score_weight(criterion: Criterion, info: WeightInfo, real: np.ndarray,
+                 stats: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    """``criterion``'s element-wise scores of one weight.
+
+    The user chose the criterion for every weight, so one it declines (norms of
+    the wrong size, no reduction axis) is a :class:`UsageError`, with the reason.
+    """
+    try:
+        return criterion.score_weight(real, WeightContext(info, stats))
+    except Decline as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _scores(target: PruneTarget, criterion: Criterion,
             stats: Mapping[str, np.ndarray] | None) -> np.ndarray:
     real = target.info.real(target.raw)
     # float32 scores (float64 only for float64 weights): half the memory on huge tensors
     dtype = np.float64 if real.dtype == np.float64 else np.float32
-    scores = np.asarray(criterion.score(real, ScoreContext(target.info, stats)), dtype=dtype)
+    scores = np.asarray(score_weight(criterion, target.info, real, stats), dtype=dtype)
     if scores.shape != target.raw.shape:
         raise ValueError(f"criterion {criterion.name} returned shape {scores.shape} for {target.raw.shape}")
     # NaN weights are never "small": keep them (they are someone else's problem)
@@ -40,7 +54,7 @@ def _scores(target: PruneTarget, criterion: SparsityCriterion,
 def compute_masks(
     targets: Sequence[PruneTarget],
     pattern: Pattern,
-    criterion: SparsityCriterion,
+    criterion: Criterion,
     *,
     stats: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:

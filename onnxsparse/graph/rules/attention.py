@@ -53,6 +53,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from ...errors import Decline
 from ..context import CoupleContext, RewriteContext, Virtual
 from ..index_maps import Block, Identity, Offset, Table
 from ..registry import OpRule
@@ -162,29 +163,29 @@ def _head_bias(ctx: CoupleContext, bias: ir.Value | None, unit: Virtual, hq: int
 
 
 def _couple_3d(ctx: CoupleContext, q: ir.Value, k: ir.Value, v: ir.Value, y: ir.Value, hq: int, hkv: int,
-               ) -> tuple[Virtual, int, int] | str:
+               ) -> tuple[Virtual, int, int]:
     """Couple 3-D ``[B, S, H*D]`` query/key/value and output to one unit per KV head.
 
-    Returns ``(units, head size, value head size)`` or a decline reason.
+    Returns ``(units, head size, value head size)``; raises :class:`Decline` with the reason if it cannot.
     """
     qd, kd, vd = ctx.dims(q), ctx.dims(k), ctx.dims(v)
     if qd is None or kd is None or vd is None or len(qd) != 3 or len(kd) != 3 or len(vd) != 3:
-        return f"{ctx.describe()}: query/key/value are not all [batch, seq, hidden] (packed or 4-D forms)"
+        raise Decline(f"{ctx.describe()}: query/key/value are not all [batch, seq, hidden] (packed or 4-D forms)")
     if qd[2] is None or kd[2] is None or vd[2] is None:
-        return f"{ctx.describe()}: hidden size of query/key/value unknown"
+        raise Decline(f"{ctx.describe()}: hidden size of query/key/value unknown")
     if not hq or not hkv or hq % hkv:
-        return f"{ctx.describe()}: head counts {hq}/{hkv} (query/KV) do not group"
+        raise Decline(f"{ctx.describe()}: head counts {hq}/{hkv} (query/KV) do not group")
     if qd[2] % hq or kd[2] % hkv or vd[2] % hkv:
-        return (f"{ctx.describe()}: hidden sizes {qd[2]}/{kd[2]}/{vd[2]} do not divide into "
-                f"{hq}/{hkv}/{hkv} heads")
+        raise Decline(f"{ctx.describe()}: hidden sizes {qd[2]}/{kd[2]}/{vd[2]} do not divide into "
+                      f"{hq}/{hkv}/{hkv} heads")
     dq, dk, dv = qd[2] // hq, kd[2] // hkv, vd[2] // hkv
     if dq != dk:
-        return f"{ctx.describe()}: query head size {dq} differs from key head size {dk}"
+        raise Decline(f"{ctx.describe()}: query head size {dq} differs from key head size {dk}")
     g = hq // hkv
     _fill(y, [_dim(q, 0), _dim(q, 1), hq * dv], q)
     yd = ctx.dims(y)
     if yd is None or len(yd) != 3 or yd[2] != hq * dv:
-        return f"{ctx.describe()}: output is not [batch, seq, {hq * dv}]"
+        raise Decline(f"{ctx.describe()}: output is not [batch, seq, {hq * dv}]")
     unit = _heads(ctx, hkv, g)
     ctx.couple(unit, 0, q, 2, Block(g * dq))
     ctx.couple(unit, 0, k, 2, Block(dk))
@@ -199,24 +200,25 @@ def _couple_3d(ctx: CoupleContext, q: ir.Value, k: ir.Value, v: ir.Value, y: ir.
 
 
 def _couple_packed_gqa(ctx: CoupleContext, qkv: ir.Value, y: ir.Value, hq: int, hkv: int,
-                       ) -> tuple[Virtual, int, int] | str:
+                       ) -> tuple[Virtual, int, int]:
     """GroupQueryAttention's packed ``[B, S, (Hq + 2*Hkv) * D]`` query (no key/value inputs).
 
     KV group ``j`` owns, in that one axis, its ``G`` query heads ``[j*G*D, (j+1)*G*D)``, its key head
-    at ``Hq*D + j*D`` and its value head at ``(Hq + Hkv)*D + j*D`` (a ``Table``).
+    at ``Hq*D + j*D`` and its value head at ``(Hq + Hkv)*D + j*D`` (a ``Table``).  Raises :class:`Decline`
+    with the reason if it cannot.
     """
     qd = ctx.dims(qkv)
     if qd is None or len(qd) != 3 or qd[2] is None:
-        return f"{ctx.describe()}: packed QKV is not [batch, seq, hidden] with a known hidden size"
+        raise Decline(f"{ctx.describe()}: packed QKV is not [batch, seq, hidden] with a known hidden size")
     if hq % hkv or qd[2] % (hq + 2 * hkv):
-        return f"{ctx.describe()}: packed QKV width {qd[2]} does not divide into {hq} + 2 x {hkv} heads"
+        raise Decline(f"{ctx.describe()}: packed QKV width {qd[2]} does not divide into {hq} + 2 x {hkv} heads")
     d, g = qd[2] // (hq + 2 * hkv), hq // hkv
     rows = np.concatenate([Block(g * d).table(hkv), hq * d + Block(d).table(hkv),
                            (hq + hkv) * d + Block(d).table(hkv)], axis=1)
     _fill(y, [_dim(qkv, 0), _dim(qkv, 1), hq * d], qkv)
     yd = ctx.dims(y)
     if yd is None or len(yd) != 3 or yd[2] != hq * d:
-        return f"{ctx.describe()}: output is not [batch, seq, {hq * d}]"
+        raise Decline(f"{ctx.describe()}: output is not [batch, seq, {hq * d}]")
     unit = _heads(ctx, hkv, g)
     ctx.couple(unit, 0, qkv, 2, Table(rows))
     ctx.couple(unit, 0, y, 2, Block(g * d))
@@ -282,10 +284,7 @@ class MultiHeadAttentionRule(OpRule):
         h = ctx.attr_int("num_heads")
         if not h:
             return f"{ctx.describe()}: num_heads missing"
-        res = _couple_3d(ctx, q, k, v, y, h, h)
-        if isinstance(res, str):
-            return res
-        unit, d, dv = res
+        unit, d, dv = _couple_3d(ctx, q, k, v, y, h, h)
         if bias is not None:
             bd = ctx.dims(bias)
             hidden = [ctx.dims(x)[2] for x in (q, k, v)]
@@ -407,12 +406,9 @@ class GroupQueryAttentionRule(OpRule):
         if _unreached(ctx, hkv, (q, k, v)):
             return None
         if k is None or v is None:
-            res = _couple_packed_gqa(ctx, q, y, hq, hkv)
+            unit, d, dv = _couple_packed_gqa(ctx, q, y, hq, hkv)
         else:
-            res = _couple_3d(ctx, q, k, v, y, hq, hkv)
-        if isinstance(res, str):
-            return res
-        unit, d, dv = res
+            unit, d, dv = _couple_3d(ctx, q, k, v, y, hq, hkv)
         g = hq // hkv
         reason = _couple_kv_cache(ctx, unit, (ctx.input(3), ctx.input(4)), q, hkv, d, dv)
         if reason:
@@ -460,10 +456,7 @@ class OnnxAttentionRule(OpRule):
             hq, hkv = ctx.attr_int("q_num_heads"), ctx.attr_int("kv_num_heads")
             if not hq or not hkv:
                 return f"{ctx.describe()}: 3-D inputs without q_num_heads/kv_num_heads"
-            res = _couple_3d(ctx, q, k, v, y, hq, hkv)
-            if isinstance(res, str):
-                return res
-            unit, d, dv = res
+            unit, d, dv = _couple_3d(ctx, q, k, v, y, hq, hkv)
             qb = q
         elif rq == rk == rv == 4:
             qd, kd, vd, yd = ctx.dims(q), ctx.dims(k), ctx.dims(v), ctx.dims(y)

@@ -29,6 +29,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from ...errors import Decline
 from .. import runtime_shape as _runtime_shape, value_facts as _shapes
 from ..context import CoupleContext, RewriteContext
 from ..index_maps import Block, Stride, Table
@@ -219,26 +220,26 @@ def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -
                 ctx.block(y, k, "reshape regroups axes")
 
 
-def runtime_runs(node: ir.Node) -> tuple[_runtime_shape.Resolved, list[Run]] | str:
-    """A Reshape with a run-time target: its resolved target and paired runs, or why it is refused.
+def runtime_runs(node: ir.Node) -> tuple[_runtime_shape.Resolved, list[Run]]:
+    """A Reshape with a run-time target: its resolved target and paired runs; :class:`Decline` says why not.
 
     ``_runtime_shape.shape_reads`` asks this too: a dim read only for a target the rule accepts is
     coupled by the rule; one read for a target it refuses is read as data.
     """
     res = _runtime_shape.resolve_reshape(node)
     if res is None:
-        return ("target shape is computed at run time from ops other than "
-                "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
+        raise Decline("target shape is computed at run time from ops other than "
+                      "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
     x = node.inputs[0]
     xt = _runtime_shape._tokens(x)
     xd = _shapes.dims(x)
     yd = tuple(d if isinstance(d, int) else None for d in res.out)
     runs = align_dims(list(xd), list(yd))
     if runs is None:
-        return "cannot pair input and output axes"
+        raise Decline("cannot pair input and output axes")
     for ai, aj in runs:  # an unknown dim may only pair with the same unknown dim
         if len(ai) == 1 and len(aj) == 1 and xd[ai[0]] is None and xt[ai[0]] != res.out[aj[0]]:
-            return f"cannot tell which output axis input axis {ai[0]} becomes"
+            raise Decline(f"cannot tell which output axis input axis {ai[0]} becomes")
     return res, runs
 
 
@@ -300,10 +301,10 @@ class ReshapeRule(OpRule):
     def _couple_runtime(self, node: ir.Node, ctx: CoupleContext, x: ir.Value, target: ir.Value,
                         y: ir.Value) -> str | None:
         """A target built at run time from Shape reads and constants (see ``runtime_shape``)."""
-        paired = runtime_runs(node)
-        if isinstance(paired, str):
-            return f"{ctx.describe()}: {paired}"
-        res, runs = paired
+        try:
+            res, runs = runtime_runs(node)
+        except Decline as exc:
+            raise Decline(f"{ctx.describe()}: {exc}", subject=node.name) from None
         _runtime_shape.set_shape(y, res.out)
         yd = tuple(d if isinstance(d, int) else None for d in res.out)
         ctx.handled_all(target)
@@ -337,14 +338,17 @@ class ReshapeRule(OpRule):
             ctx.set_input_constant(1, new)
 
 
-def _axes_arg(ctx, index: int) -> tuple[int, ...] | None | str:
+def _axes_arg(ctx, index: int) -> tuple[int, ...] | None:
+    """The ``axes`` attribute or constant input (``None``: not given); :class:`Decline` if computed at run time."""
     if ctx.version < 13:
         return ctx.attr_ints("axes")
     v = ctx.input(index)
     if v is None:
         return None
     axes = ctx.constant_ints(v)
-    return "dynamic" if axes is None else axes
+    if axes is None:
+        raise Decline(f"{ctx.describe()}: axes are not constant")
+    return axes
 
 
 class SqueezeRule(OpRule):
@@ -356,8 +360,6 @@ class SqueezeRule(OpRule):
         if x is None or y is None or xd is None:
             return f"{ctx.describe()}: input rank unknown"
         axes = _axes_arg(ctx, 1)
-        if axes == "dynamic":
-            return f"{ctx.describe()}: axes are not constant"
         ctx.handled_all(ctx.input(1))
         r = len(xd)
         if axes is None:
@@ -385,7 +387,7 @@ class UnsqueezeRule(OpRule):
         if x is None or y is None or r is None or ry is None:
             return f"{ctx.describe()}: ranks unknown"
         axes = _axes_arg(ctx, 1)
-        if axes is None or axes == "dynamic":
+        if axes is None:
             return f"{ctx.describe()}: axes are not constant"
         ctx.handled_all(ctx.input(1))
         inserted = {_shapes.norm_axis(a, ry) for a in axes}
