@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..options import fields as F
 from ..options.base import Options, OptionsError, signature_extras
 from ..options.fields import Bad, FieldSpec, ParseContext
+from ..options.sparsify import SparsifyOptions
 
 __all__ = [
     "RecipeError",
@@ -157,116 +158,9 @@ class PruneStep(Step):
             raise Bad("nothing to prune: set channels, heads or ffn (or target, threshold, or dead: true with calibration data)")
 
 
-@register_step
-@dataclass(frozen=True, kw_only=True)
-class SparsifyStep(Step):
-    """Zero weights to a pattern (optional) and store them compactly (``onnxsparse sparsify``)."""
-
-    kind: ClassVar[str] = "sparsify"
-    help: ClassVar[str] = "zero weights to a pattern and store them sparse (smaller file, same speed)"
-    refuses: ClassVar[Mapping[str, str]] = {
-        "sparse": "the model is already stored sparse; put all sparsify options in one step",
-    }
-    sets: ClassVar[frozenset[str]] = frozenset({"sparse"})
-
-    sparsity: float | None = None
-    pattern: str = "unstructured"
-    criterion: str = "magnitude"
-    format: str = "auto"
-    global_scope: bool = False
-    allocate: str = "auto"
-    owl_lambda: float | None = None
-    owl_threshold: float | None = None
-    ratio: tuple[tuple[str, float], ...] = ()
-    exclude: tuple[str, ...] = ()
-    min_size: int | None = None
-    block: tuple[int, int] | None = None
-    decoder: tuple[tuple[str, str], ...] = ()
-    raise_opset: bool = True
-    normalize: bool = True
-
-    @classmethod
-    def field_specs(cls) -> tuple[FieldSpec, ...]:
-        def criteria() -> tuple[str, ...]:
-            from ..sparsity import SPARSITY_CRITERIA
-
-            return SPARSITY_CRITERIA.names()
-
-        def formats() -> tuple[str, ...]:
-            from ..formats import format_choices
-
-            return format_choices()
-
-        def allocators() -> tuple[str, ...]:
-            from ..sparsity.allocate import ALLOCATORS, AUTO
-
-            return (AUTO, *ALLOCATORS)
-
-        return (
-            FieldSpec("sparsity", "sparsity", F.optional(F.ratio), "fraction of weights zeroed per tensor (omit: lossless re-encode)", "ratio"),
-            FieldSpec("pattern", "pattern", F.text, "unstructured, N:M (quote it: \"2:4\") or block:RxC", "pattern"),
-            FieldSpec("criterion", "criterion", F.choice(criteria, "sparsity criterion"), "how weights are scored", "criterion"),
-            FieldSpec("format", "format", F.choice(formats, "storage format"), "storage format (auto: smallest per tensor)", "format"),
-            FieldSpec("global", "global_scope", F.boolean, "one threshold across all tensors", "bool"),
-            FieldSpec("allocate", "allocate", F.choice(allocators, "allocation"), "spread sparsity over tensors (its parameter-weighted average): auto (sensitivity with calib data, else uniform), uniform, owl, sensitivity", "allocation"),
-            FieldSpec("owl_lambda", "owl_lambda", F.optional(F.number(0.0)), "owl: ratios span 2x this around the target (default 0.08)", "number >= 0"),
-            FieldSpec("owl_threshold", "owl_threshold", F.optional(F.number(0.0)), "owl: outliers score above this x the tensor mean (default 5)", "number > 0"),
-            FieldSpec("ratio", "ratio", F.ratio_map, "per-layer sparsity {glob: ratio}, first match wins", "mapping"),
-            FieldSpec("exclude", "exclude", F.strings, "tensors / nodes left dense and unpruned (globs)", "list"),
-            FieldSpec("min_size", "min_size", F.optional(F.integer(0)), "tensors with fewer elements stay dense (default 4096)", "int >= 0"),
-            FieldSpec("block", "block", F.optional(F.block_shape), "BSR block shape RxC (default: per tensor)", "RxC"),
-            FieldSpec("decoder", "decoder", F.str_map, "decode-graph variant per format, e.g. {bitmask: gather}", "mapping"),
-            FieldSpec("raise_opset", "raise_opset", F.boolean, "allow raising the opset for a decode graph", "bool"),
-            FieldSpec("normalize", "normalize", F.boolean, "lift Constant weights first", "bool"),
-        )
-
-    @classmethod
-    def passthrough_params(cls) -> dict[str, str]:
-        from ..passes.sparsify import SparsifyConfig
-
-        covered = {"sparsity", "pattern", "criterion", "format", "global_scope", "ratios", "exclude", "min_size",
-                   "block", "decoders", "raise_opset", "normalize", "stats", "allocate", "owl_lambda",
-                   "owl_threshold"}
-        return {f.name: str(f.type) for f in fields(SparsifyConfig) if f.name not in covered}
-
-    @property
-    def calib(self) -> Any:
-        """This step's own calibration data (a pass-through key of the sparsify config)."""
-        return dict(self.extra).get("calib")
-
-    @property
-    def needs_calibration(self) -> bool:
-        """An activation-aware criterion (wanda) scores the weights, or ``allocate: sensitivity`` measures
-        output errors: calibration data is read."""
-        from ..sparsity import get_criterion
-
-        return get_criterion(self.criterion).needs_activations or self.allocate == "sensitivity"
-
-    def to_config(self):
-        """The :class:`onnxsparse.passes.sparsify.SparsifyConfig` this step runs."""
-        from ..passes.sparsify import SparsifyConfig
-
-        kwargs: dict[str, Any] = dict(
-            sparsity=self.sparsity, pattern=self.pattern, criterion=self.criterion, format=self.format,
-            global_scope=self.global_scope, allocate=self.allocate, ratios=list(self.ratio), exclude=list(self.exclude), block=self.block,
-            decoders=dict(self.decoder), raise_opset=self.raise_opset, normalize=self.normalize,
-        )
-        if self.min_size is not None:
-            kwargs["min_size"] = self.min_size
-        for key in ("owl_lambda", "owl_threshold"):
-            if getattr(self, key) is not None:
-                kwargs[key] = getattr(self, key)
-        kwargs.update(self.extra_kwargs())
-        return SparsifyConfig(**kwargs)
-
-    def check(self) -> None:
-        from ..sparsity import parse_pattern
-
-        try:
-            parse_pattern(self.pattern)
-        except UsageError as exc:
-            raise Bad(str(exc), key="pattern") from None
-        self.to_config().resolved(need_data=False)  # the recipe's calib is checked with the data files
+#: ``sparsify``: the command's options are the step's keys (one dataclass, :mod:`onnxsparse.options.sparsify`).
+SparsifyStep = SparsifyOptions
+register_step(SparsifyStep)
 
 
 @register_step

@@ -305,9 +305,9 @@ def _run_sparsify(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     from ..passes.sparsify import sparsify
 
     assert isinstance(step, SparsifyStep)
-    config = step.to_config()
-    if step.needs_calibration and config.calib is None and ctx.recipe.calib is not None:
-        config = replace(config, calib=ctx.recipe.calib, shapes=config.shapes or ctx.shapes or None)
+    config = step
+    if step.needs_calibration and step.calib is None and ctx.recipe.calib is not None:
+        config = replace(step, calib=ctx.recipe.calib, shapes=step.shapes or ctx.shapes or None)
     report = sparsify(ctx.model, config)
     ctx.save(index, step.kind)
     totals = report.totals
