@@ -36,7 +36,7 @@ def test_cli_api_pass_and_recipe_write_the_same_bytes(tmp_path: Path) -> None:
     options = SparsifyOptions.from_kwargs(OPTIONS, "test")
     argv = to_argv(options)
     assert argv == ["--sparsity", "0.5", "--exclude", "*embed*", "--min-size", "1024"]
-    code, _, err = cli("sparsify", MODEL, "-o", tmp_path / "cli.onnx", "-q", *argv)
+    code, _, err = cli("sparsify", str(MODEL), "-o", str(tmp_path / "cli.onnx"), "-q", *argv)
     assert code == 0, err
 
     model = load_model(MODEL)
