@@ -1,4 +1,4 @@
-"""sparsify through the command line, the API, the pass and a recipe: one options dataclass, one file."""
+"""sparsify and densify through the command line, the API, the pass and a recipe: one options dataclass, one file."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from onnxsparse.formats import save_model
 from onnxsparse.io import load_model
 from onnxsparse.options.cli import add_arguments, from_args, to_argv
 from onnxsparse.options.sparsify import SparsifyOptions
-from onnxsparse.passes.densify import densify
+from onnxsparse.options.densify import DensifyOptions
+from onnxsparse.passes.densify import DensifyPass, densify
 from onnxsparse.passes.sparsify import SparsifyConfig, SparsifyPass, SparsifyResult
 from onnxsparse.recipe import run_recipe
 from onnxsparse.recipe.config import STEP_TYPES, SparsifyStep
@@ -115,3 +116,24 @@ def test_api_takes_the_recipe_keys_and_the_older_names() -> None:
 def test_api_errors_name_the_keyword(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(onnxsparse.errors.UsageError, match=message):
         onnxsparse.sparsify(load_model(MODEL), **kwargs)
+
+
+def test_densify_through_every_front_end_writes_the_same_bytes(tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse.onnx"
+    model = load_model(MODEL)
+    onnxsparse.sparsify(model, **OPTIONS)
+    save_model(model, sparse, source=MODEL)
+    code, _, err = cli("densify", str(sparse), "-o", str(tmp_path / "cli.onnx"))
+    assert code == 0, err
+    model = load_model(sparse)
+    assert len(onnxsparse.densify(model)) > 0
+    save_model(model, tmp_path / "api.onnx", source=sparse)
+    model = load_model(sparse)
+    result = ir.passes.PassManager([DensifyPass(DensifyOptions())], steps=2)(model)  # the second run finds nothing
+    assert isinstance(result.model, ir.Model)
+    save_model(result.model, tmp_path / "pass.onnx", source=sparse)
+    run_recipe({"steps": ["densify"]}, sparse, tmp_path / "recipe.onnx")
+    expected = (tmp_path / "pass.onnx").read_bytes()
+    for name in ("cli", "api", "recipe"):
+        assert (tmp_path / f"{name}.onnx").read_bytes() == expected, name
+    assert DensifyOptions.keys() == () and STEP_TYPES["densify"] is DensifyOptions

@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..options import fields as F
 from ..options.base import Options, OptionsError, signature_extras
 from ..options.fields import Bad, FieldSpec, ParseContext
+from ..options.densify import DensifyOptions
 from ..options.sparsify import SparsifyOptions
 
 __all__ = [
@@ -274,14 +275,9 @@ class QuantizeStep(Step):
         self.to_config()
 
 
-@register_step
-@dataclass(frozen=True, kw_only=True)
-class DensifyStep(Step):
-    """Turn onnxsparse sparse storage back into dense initializers (``onnxsparse densify``)."""
-
-    kind: ClassVar[str] = "densify"
-    help: ClassVar[str] = "decode sparse-stored weights back to dense (e.g. before pruning a sparse input)"
-    clears: ClassVar[frozenset[str]] = frozenset({"sparse"})
+#: ``densify``: no options (:mod:`onnxsparse.options.densify`).
+DensifyStep = DensifyOptions
+register_step(DensifyStep)
 
 
 def _thresholds() -> dict[str, Any]:
