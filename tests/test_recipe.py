@@ -67,7 +67,7 @@ steps:
     assert recipe.name == "edge" and recipe.source == str(path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         prune.channels = 0.5  # type: ignore[misc]
-    assert quant.to_config().weight_symmetric is True and quant.to_config().mode == "static"
+    assert quant.symmetric is True and quant.mode == "static"  # the step is the quantize options
     assert sparse.resolved()[0].spec == "2:4"  # the step is the sparsify options
 
 
@@ -75,7 +75,7 @@ def test_quantize_step_defaults_mirror_quantize_config():
     """The step re-declares QuantizeConfig's fields (YAML key ``symmetric``): the defaults must not drift."""
     from onnxsparse.quantize import QuantizeConfig
 
-    assert QuantizeStep().to_config() == QuantizeConfig()
+    assert QuantizeStep() == QuantizeConfig()
 
 
 def test_round_trip_and_json(tmp_path):

@@ -153,8 +153,8 @@ def from_args(cls: type[O], args: argparse.Namespace, **extra: Any) -> O:
             values[spec.attr] = value
     for group, items in grouped.items():
         values[group] = tuple(items.items())
-    options = cls(**values, **extra)
     try:
+        options = cls(**values, **extra)  # a class may check itself when built (QuantizeOptions)
         options.check()
     except Bad as exc:
         flag = specs[exc.key].flag if exc.key in specs else None

@@ -14,8 +14,8 @@ that registers a criterion can use it in a recipe.  Every problem is one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from ..options import fields as F
 from ..options.base import Options, OptionsError, signature_extras
 from ..options.fields import Bad, FieldSpec, ParseContext
 from ..options.densify import DensifyOptions
+from ..options.quantize import QuantizeOptions
 from ..options.sparsify import SparsifyOptions
 
 __all__ = [
@@ -164,115 +165,9 @@ SparsifyStep = SparsifyOptions
 register_step(SparsifyStep)
 
 
-@register_step
-@dataclass(frozen=True, kw_only=True)
-class QuantizeStep(Step):
-    """int8 dynamic/static or int4 weight-only quantization (``onnxsparse quantize``)."""
-
-    kind: ClassVar[str] = "quantize"
-    help: ClassVar[str] = "int8 dynamic/static or int4 weight-only quantization, pruned zeros kept exact"
-    refuses: ClassVar[Mapping[str, str]] = {
-        "quantized": "the model is already quantized",
-        "sparse": "quantizing folds the sparse storage back into dense weights (sparsify after quantize "
-                  "stores the int8 weights sparse)",
-    }
-    sets: ClassVar[frozenset[str]] = frozenset({"quantized"})
-
-    mode: str = "dynamic"
-    format: str | None = None
-    per_channel: bool | None = None
-    reduce_range: bool | None = None
-    calibrate: str = "minmax"
-    calib_samples: int | None = None
-    activation_type: str | None = None
-    weight_type: str = "int8"
-    symmetric: bool = True
-    exclude: tuple[str, ...] = ()
-    min_weight_elements: int = 0
-    block_size: int = 32
-    accuracy_level: int | None = None
-    preprocess: bool = True
-    calib: str | None = None
-    check_fp32: bool = True
-
-    @classmethod
-    def field_specs(cls) -> tuple[FieldSpec, ...]:
-        def table(name: str) -> Callable[[], tuple[str, ...]]:
-            def names() -> tuple[str, ...]:
-                from ..quantize import config
-
-                return tuple(getattr(config, name))
-
-            return names
-
-        def modes() -> tuple[str, ...]:
-            from ..quantize import mode_names
-
-            return mode_names()
-
-        from ..quantize.config import ACCURACY_LEVELS, BLOCK_SIZES  # plain tuples, cheap module
-
-        return (
-            FieldSpec("mode", "mode", F.choice(modes, "quantization mode"), "dynamic, static (needs calib) or int4", "mode"),
-            FieldSpec("format", "format", F.optional(F.choice(table("FORMATS"), "format")), "qdq or qoperator (default per mode)", "choice"),
-            FieldSpec("per_channel", "per_channel", F.optional(F.boolean), "per-channel weight scales (default: on)", "bool"),
-            FieldSpec("reduce_range", "reduce_range", F.optional(F.boolean), "7-bit weights (default: auto from the CPU)", "bool"),
-            FieldSpec("calibrate", "calibrate", F.choice(table("CALIBRATION_METHODS"), "calibration method"), "minmax, entropy or percentile", "choice"),
-            FieldSpec("calib_samples", "calib_samples", F.optional(F.integer(1)), "calibration samples used (default 256)", "int >= 1"),
-            FieldSpec("activation_type", "activation_type", F.optional(F.choice(table("QUANT_TYPES"), "activation type")), "uint8 or int8 (static)", "choice"),
-            FieldSpec("weight_type", "weight_type", F.choice(table("QUANT_TYPES"), "weight type"), "int8 or uint8", "choice"),
-            FieldSpec("symmetric", "symmetric", F.boolean, "symmetric weights (pruned zeros stay code 0)", "bool"),
-            FieldSpec("exclude", "exclude", F.strings, "nodes left in float (names or globs)", "list"),
-            FieldSpec("min_weight_elements", "min_weight_elements", F.integer(0), "smaller weights stay float", "int >= 0"),
-            FieldSpec("block_size", "block_size", F.int_choice(BLOCK_SIZES), "int4 block size", "int"),
-            FieldSpec("accuracy_level", "accuracy_level", F.optional(F.int_choice(ACCURACY_LEVELS)), "int4 MatMulNBits accuracy level", "int"),
-            FieldSpec("preprocess", "preprocess", F.boolean, "run onnxruntime's pre-processing", "bool"),
-            FieldSpec("calib", "calib", F.optional(F.data_path(random_ok=True)), "calibration data (default: the recipe's calib)", "path"),
-            FieldSpec("check", "check_fp32", F.boolean, "compare with fp32 on the calibration data", "bool"),
-        )
-
-    @classmethod
-    def passthrough_params(cls) -> dict[str, str]:
-        from ..quantize import QuantizeConfig, quantize
-
-        covered = {"mode", "format", "per_channel", "reduce_range", "calibrate", "calib_samples", "activation_type",
-                   "weight_type", "weight_symmetric", "exclude", "min_weight_elements", "block_size",
-                   "accuracy_level", "preprocess"}
-        config_extra = {f.name: str(f.type) for f in fields(QuantizeConfig) if f.name not in covered}
-        call_covered = {"model", "output", "mode", "calib", "shapes", "config", "force", "check", "cpu", "progress"}
-        return config_extra | signature_extras(quantize, call_covered)
-
-    def _config_extra(self) -> dict[str, Any]:
-        from ..quantize import QuantizeConfig
-
-        names = {f.name for f in fields(QuantizeConfig)}
-        return {k: v for k, v in self.extra if k in names}
-
-    def call_kwargs(self) -> dict[str, Any]:
-        """Pass-through keyword arguments of :func:`onnxsparse.quantize.quantize` itself."""
-        config_keys = set(self._config_extra())
-        return {k: v for k, v in self.extra if k not in config_keys}
-
-    def to_config(self):
-        """The validated :class:`onnxsparse.quantize.QuantizeConfig` this step runs."""
-        from ..quantize import QuantizeConfig
-
-        return QuantizeConfig(
-            mode=self.mode, format=self.format, per_channel=self.per_channel, reduce_range=self.reduce_range,
-            calibrate=self.calibrate, calib_samples=self.calib_samples, activation_type=self.activation_type,
-            weight_type=self.weight_type, weight_symmetric=self.symmetric, exclude=self.exclude,
-            min_weight_elements=self.min_weight_elements, block_size=self.block_size,
-            accuracy_level=self.accuracy_level, preprocess=self.preprocess, **self._config_extra(),
-        )
-
-    @property
-    def needs_calibration(self) -> bool:
-        from ..quantize import get_mode
-
-        return bool(get_mode(self.mode).needs_calibration)
-
-    def check(self) -> None:
-        self.to_config()
+#: ``quantize``: the command's options are the step's keys (:mod:`onnxsparse.options.quantize`).
+QuantizeStep = QuantizeOptions
+register_step(QuantizeStep)
 
 
 #: ``densify``: no options (:mod:`onnxsparse.options.densify`).
