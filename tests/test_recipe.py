@@ -139,7 +139,7 @@ ERRORS = [
     ("steps: [{prune: {channels: 0.3}}, {validate: {max_accuracy_drop: 0.01}}]",
      r"steps\.1\.validate\.max_accuracy_drop: max_accuracy_drop needs labels"),
     ("steps: [{prune: {channels: 0.3}}, {validate: {providers: 'cpu,gpuu'}}]", r"steps\.1\.validate\.providers: unknown"),
-    ("steps: [{prune: {channels: 0.3}}, {validate: {metric: top1}}]", r"steps\.1\.validate\.metric: metrics need labels"),
+    ("steps: [{prune: {channels: 0.3}}, {validate: {metric: top1}}]", r"steps\.1\.validate\.metric: metric needs labels"),  # the generated wording (--metric needs --labels)
     ("stepz: []", r"stepz: unknown key \(did you mean 'steps'\?\)"),
     ("steps: []", r"steps: a recipe needs a non-empty list of steps"),
     ("steps: [{prune: {channels: 0.3}, quantize: {}}]", r"steps\.0: a step is one mapping"),

@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import UsageError
 from ..options import fields as F
 from ..options.base import Options, OptionsError, signature_extras
 from ..options.fields import Bad, FieldSpec, ParseContext
 from ..options.densify import DensifyOptions
 from ..options.quantize import QuantizeOptions
 from ..options.sparsify import SparsifyOptions
+from ..options.validate import ValidateOptions
 
 __all__ = [
     "RecipeError",
@@ -175,132 +175,9 @@ DensifyStep = DensifyOptions
 register_step(DensifyStep)
 
 
-def _thresholds() -> dict[str, Any]:
-    from ..validate.thresholds import THRESHOLDS
-
-    return THRESHOLDS
-
-
-def _providers(value: Any, ctx: ParseContext) -> tuple[str, ...]:
-    items = F.strings(value, ctx)
-    return tuple(p.strip() for item in items for p in item.split(",") if p.strip())
-
-
-@register_step
-@dataclass(frozen=True, kw_only=True)
-class ValidateStep(Step):
-    """Compare the model so far with the recipe's input model; failing gates stop the run (exit 1)."""
-
-    kind: ClassVar[str] = "validate"
-    help: ClassVar[str] = "compare with the input model (fidelity, accuracy, latency, size); gates stop the run"
-    transforms: ClassVar[bool] = False
-
-    data: str = "random"
-    labels: str | None = None
-    metric: tuple[str, ...] = ()
-    label_output: str | None = None
-    output_map: tuple[tuple[str, str], ...] = ()
-    providers: tuple[str, ...] = ("cpu",)
-    require_providers: bool = False
-    threads: int | None = None
-    batch: int | None = None
-    samples: int | None = None
-    seed: int = 0
-    warmup: int = 10
-    runs: int | None = None
-    budget: float | None = None
-    min_runs: int | None = None
-    max_runs: int | None = None
-    session_repeats: int = 3
-    memory: bool = True
-    noise: float | None = None
-    gates: tuple[tuple[str, float], ...] = ()
-
-    @classmethod
-    def field_specs(cls) -> tuple[FieldSpec, ...]:
-        base = (
-            FieldSpec("data", "data", F.data_path(random_ok=True), ".npz keyed by input name, a folder of them, or random", "path"),
-            FieldSpec("labels", "labels", F.optional(F.data_path(random_ok=False)), "one label per data sample (.npy)", "path"),
-            FieldSpec("metric", "metric", F.strings, "task metrics with labels (default top1)", "list"),
-            FieldSpec("label_output", "label_output", F.optional(F.text), "output the metrics score (default: first)", "text"),
-            FieldSpec("output_map", "output_map", F.str_map, "{reference output: candidate output} pairs", "mapping"),
-            FieldSpec("providers", "providers", _providers, "execution providers (default cpu)", "list"),
-            FieldSpec("require_providers", "require_providers", F.boolean, "an unavailable provider fails the gate", "bool"),
-            FieldSpec("threads", "threads", F.optional(F.integer(1)), "intra-op threads (default: onnxruntime's)", "int >= 1"),
-            FieldSpec("batch", "batch", F.optional(F.integer(1)), "samples per run", "int >= 1"),
-            FieldSpec("samples", "samples", F.optional(F.integer(1)), "samples used (random: generated)", "int >= 1"),
-            FieldSpec("seed", "seed", F.integer(), "seed of random data", "int"),
-            FieldSpec("warmup", "warmup", F.integer(0), "untimed runs per model", "int >= 0"),
-            FieldSpec("runs", "runs", F.optional(F.integer(1)),
-                      "exactly this many timed runs per model instead of a time budget", "int >= 1"),
-            FieldSpec("budget", "budget", F.optional(F.number(0)),
-                      "without runs: time the models for this many seconds per model (default 1)", "seconds"),
-            FieldSpec("min_runs", "min_runs", F.optional(F.integer(1)),
-                      "without runs: at least this many timed runs per model (default 10)", "int >= 1"),
-            FieldSpec("max_runs", "max_runs", F.optional(F.integer(1)),
-                      "without runs: at most this many timed runs per model (default 100000)", "int >= 1"),
-            FieldSpec("session_repeats", "session_repeats", F.integer(1), "session creations per model", "int >= 1"),
-            FieldSpec("memory", "memory", F.boolean, "measure peak memory (a child process per model)", "bool"),
-            FieldSpec("noise", "noise", F.optional(F.number(0)),
-                      "also compare under Gaussian input noise of this many stds of each float input", "number > 0"),
-        )
-        gates = tuple(
-            FieldSpec(name, f"gates.{name}", F.optional(F.number()), t.help, "gate")
-            for name, t in _thresholds().items()
-        )
-        return base + gates
-
-    @classmethod
-    def passthrough_params(cls) -> dict[str, str]:
-        from ..validate import validate
-
-        covered = {"reference", "candidate", "data", "labels", "metrics", "label_output", "providers", "threads",
-                   "warmup", "runs", "budget", "min_runs", "max_runs", "batch", "shapes", "samples", "seed",
-                   "output_map", "memory", "session_repeats", "thresholds", "require_providers", "progress", "noise"}
-        return signature_extras(validate, covered)
-
-    def check(self) -> None:
-        from ..validate.latency import latency_plan
-        from ..validate.metrics import resolve_metric
-        from ..validate.providers import resolve_providers
-        from ..validate.thresholds import check_threshold_inputs
-
-        if self.labels is not None and self.data == "random":
-            raise Bad("labels need data (labels of random inputs mean nothing)", key="labels")
-        if self.metric and self.labels is None:
-            raise Bad("metrics need labels", key="metric")
-        if self.noise == 0:
-            raise Bad("noise must be > 0 (a fraction of each input's std); leave it out for none", key="noise")
-        for name in self.metric:
-            try:
-                resolve_metric(name)
-            except UsageError as exc:
-                raise Bad(str(exc), key="metric") from None
-        try:
-            resolve_providers(",".join(self.providers))
-        except UsageError as exc:
-            raise Bad(str(exc), key="providers") from None
-        try:
-            latency_plan(self.runs, self.budget, self.min_runs, self.max_runs)
-        except UsageError as exc:
-            raise Bad(str(exc), key=str(exc).split()[0].lstrip("-").replace("-", "_")) from None  # "--min-runs ..."
-        for name, _ in self.gates:
-            try:
-                check_threshold_inputs({name: dict(self.gates)[name]}, labels=self.labels is not None,
-                                       memory=self.memory)
-            except UsageError as exc:
-                raise Bad(str(exc), key=name) from None
-
-    def validate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`onnxsparse.validate.validate` (without models and shapes)."""
-        return dict(
-            data=self.data, labels=self.labels, metrics=list(self.metric) or None, label_output=self.label_output,
-            providers=",".join(self.providers), threads=self.threads, warmup=self.warmup, runs=self.runs,
-            budget=self.budget, min_runs=self.min_runs, max_runs=self.max_runs,
-            batch=self.batch, samples=self.samples, seed=self.seed, output_map=dict(self.output_map) or None,
-            memory=self.memory, session_repeats=self.session_repeats, thresholds=dict(self.gates),
-            require_providers=self.require_providers, noise=self.noise, **self.extra_kwargs(),
-        )
+#: ``validate``: the command's options are the step's keys (:mod:`onnxsparse.options.validate`).
+ValidateStep = ValidateOptions
+register_step(ValidateStep)
 
 
 # ------------------------------------------------------------------------------------------ recipe

@@ -347,7 +347,9 @@ def _run_validate(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     from ..validate import validate
 
     assert isinstance(step, ValidateStep)
-    result = validate(str(ctx.reference), str(ctx.path), shapes=ctx.shapes, progress=False, **step.validate_kwargs())
+    kwargs = step.validate_kwargs()
+    kwargs["shapes"] = kwargs["shapes"] or ctx.shapes
+    result = validate(str(ctx.reference), str(ctx.path), progress=False, **kwargs)
     return StepOutcome(result.to_dict(), _validate_notes(result), passed=result.passed, validation=result)
 
 
