@@ -430,7 +430,7 @@ def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
             if calib is None:
                 raise RecipeError(f"{recipe.source}: {where}: criterion {step.criterion} needs calibration data: "
                                   "set calib in the step or the recipe (or --set calib=DATA)")
-            checks.append((f"{where}.calib", calib))
+            checks.append((f"{where}.calib", str(calib)))  # recipe data are paths (or random)
         elif isinstance(step, PruneStep) and (step.channels or step.target) and "calib" in PruneStep.passthrough_keys():
             calib = step.calib or recipe.calib
             calib_used = calib_used or (step.calib is None and recipe.calib is not None)
