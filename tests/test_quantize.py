@@ -41,15 +41,15 @@ ARM = parse_cpuinfo("Features : fp asimd asimddp\n", "aarch64")
 SETTINGS = [
     ("dynamic", {}),
     ("dynamic", {"per_channel": False}),
-    ("dynamic", {"weight_symmetric": False, "weight_type": "uint8"}),
+    ("dynamic", {"symmetric": False, "weight_type": "uint8"}),
     ("static", {}),
     ("static", {"format": "qoperator"}),
     ("static", {"per_channel": False, "reduce_range": True}),
-    ("static", {"weight_symmetric": False}),
+    ("static", {"symmetric": False}),
     ("static", {"calibrate": "entropy"}),
     ("int4", {}),
     ("int4", {"block_size": 16}),
-    ("int4", {"weight_symmetric": False}),
+    ("int4", {"symmetric": False}),
     ("int4", {"format": "qdq"}),
 ]
 

@@ -67,15 +67,15 @@ steps:
     assert recipe.name == "edge" and recipe.source == str(path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         prune.channels = 0.5  # type: ignore[misc]
-    assert quant.to_config().weight_symmetric is True and quant.to_config().mode == "static"
-    assert sparse.to_config().resolved()[0].spec == "2:4"
+    assert quant.symmetric is True and quant.mode == "static"  # the step is the quantize options
+    assert sparse.resolved()[0].spec == "2:4"  # the step is the sparsify options
 
 
 def test_quantize_step_defaults_mirror_quantize_config():
     """The step re-declares QuantizeConfig's fields (YAML key ``symmetric``): the defaults must not drift."""
     from onnxsparse.quantize import QuantizeConfig
 
-    assert QuantizeStep().to_config() == QuantizeConfig()
+    assert QuantizeStep() == QuantizeConfig()
 
 
 def test_round_trip_and_json(tmp_path):
@@ -139,7 +139,7 @@ ERRORS = [
     ("steps: [{prune: {channels: 0.3}}, {validate: {max_accuracy_drop: 0.01}}]",
      r"steps\.1\.validate\.max_accuracy_drop: max_accuracy_drop needs labels"),
     ("steps: [{prune: {channels: 0.3}}, {validate: {providers: 'cpu,gpuu'}}]", r"steps\.1\.validate\.providers: unknown"),
-    ("steps: [{prune: {channels: 0.3}}, {validate: {metric: top1}}]", r"steps\.1\.validate\.metric: metrics need labels"),
+    ("steps: [{prune: {channels: 0.3}}, {validate: {metric: top1}}]", r"steps\.1\.validate\.metric: metric needs labels"),  # the generated wording (--metric needs --labels)
     ("stepz: []", r"stepz: unknown key \(did you mean 'steps'\?\)"),
     ("steps: []", r"steps: a recipe needs a non-empty list of steps"),
     ("steps: [{prune: {channels: 0.3}, quantize: {}}]", r"steps\.0: a step is one mapping"),

@@ -94,7 +94,7 @@ def test_text_output_and_reports(big_mlp, tmp_path):
     [
         (["--sparsity", "0.3", "--pattern", "2:4"], "fixes the sparsity"),
         (["--pattern", "block:0x4", "--sparsity", "0.5"], "block sides"),
-        (["--ratio", "fc0"], "expected GLOB=R"),
+        (["--ratio", "fc0"], "(GLOB=R), got"),
         (["--block", "4by4"], "expected RxC"),
         (["--decoder", "bitmask"], "FORMAT=VARIANT"),
         (["--sparsity", "2"], "[0, 1)"),

@@ -188,8 +188,8 @@ def test_extra_candidate_outputs_are_noted(tmp_path):
         (("--data", DIGITS_X, "--labels", DIGITS_Y, "--metric", "nope"), "unknown metric 'nope'"),
         (("--providers", "cuda,warp9"), "unknown execution provider 'warp9'"),
         (("--report", "out.pdf"), "unknown report format '.pdf'"),
-        (("--data", DIGITS_X, "--batch", "0"), "--batch must be >= 1"),
-        (("--runs", "0"), "--runs must be >= 1"),
+        (("--data", DIGITS_X, "--batch", "0"), "--batch: must be >= 1"),  # generated flag wording
+        (("--runs", "0"), "--runs: must be >= 1"),  # generated flag wording
         (("--budget", "2"), "--runs fixes the number of timed runs"),  # FAST passes --runs
         (("--data", "missing.npz"), "data not found"),
         (("--label-output", "nope"), "--label-output 'nope' is not a reference output"),

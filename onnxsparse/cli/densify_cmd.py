@@ -25,6 +25,9 @@ __all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..options.cli import add_arguments
+    from ..options.densify import DensifyOptions
+
     p = subparsers.add_parser(
         "densify",
         parents=[common],
@@ -37,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="where to write the dense model")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    add_arguments(p, DensifyOptions)  # the operation's options (none yet), generated from the one dataclass
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data")
     p.add_argument("--report", metavar="FILE", help="also write the result to FILE (.json, .md or .html)")
     p.set_defaults(func=run)
@@ -51,7 +55,9 @@ def _coo_count(path: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import check_output, load_model, load_proto, model_file_bytes, save_model
-    from ..passes.densify import densify
+    from ..options.cli import from_args
+    from ..options.densify import DensifyOptions
+    from ..passes.densify import DensifyPass, DensifyResult
 
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     check_output(args.output, protect=inputs(args), force=args.force,
@@ -59,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     load_proto(args.model)  # vet the file first (clear errors for broken input)
     coo = _coo_count(args.model)
     model = load_model(args.model)
-    expanded = densify(model)
+    outcome = DensifyPass(from_args(DensifyOptions, args))(model)
+    assert isinstance(outcome, DensifyResult)
+    expanded = outcome.expanded
     out = save_model(model, args.output, protect=inputs(args), force=args.force,
                      external_data=True if args.external_data else None, source=args.model)
     formats: dict[str, int] = {}

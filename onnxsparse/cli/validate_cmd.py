@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 
 from . import SUMMARIES
-from ..calibration.data import parse_shapes
 from ._common import add_report_force, inputs, print_result, progress_enabled
 
 __all__ = ["register", "run", "add_run_options"]
@@ -26,7 +25,10 @@ examples:
 
 
 def add_run_options(p: argparse.ArgumentParser, *, multi: bool) -> None:
-    """Options ``validate`` and ``bench`` share (``multi``: comma lists for threads/batch)."""
+    """The run options of ``bench`` (``multi``: comma lists for threads/batch).
+
+``validate`` generates its flags from :class:`onnxsparse.options.validate.ValidateOptions`.
+"""
     from ..validate.latency import DEFAULT_BUDGET, DEFAULT_MAX_RUNS, DEFAULT_MIN_RUNS
     from ..validate.providers import provider_names
 
@@ -71,8 +73,8 @@ def add_run_options(p: argparse.ArgumentParser, *, multi: bool) -> None:
 
 
 def register(subparsers, common) -> None:
-    from ..validate.metrics import METRICS
-    from ..validate.thresholds import THRESHOLDS
+    from ..options.cli import add_arguments
+    from ..options.validate import ValidateOptions
 
     p = subparsers.add_parser(
         "validate", parents=[common], help=SUMMARIES["validate"],
@@ -80,61 +82,22 @@ def register(subparsers, common) -> None:
     )
     p.add_argument("reference", help="the original model (.onnx)")
     p.add_argument("candidate", help="the transformed model (.onnx)")
-    add_run_options(p, multi=False)
-    p.add_argument("--labels", default=None, metavar="FILE",
-                   help="one label per data sample: .npy of ints, or .npz with one array")
-    p.add_argument("--metric", action="append", default=None, metavar="NAME",
-                   help=f"task metric(s) with --labels: {', '.join(METRICS)} or module:function "
-                        "(default top1; comma-separated or repeatable)")
-    p.add_argument("--label-output", default=None, metavar="NAME",
-                   help="reference output the metrics score (default: the first output)")
-    p.add_argument("--output-map", action="append", default=[], metavar="REF=CAND",
-                   help="pair a reference output with a differently named candidate output (repeatable)")
-    p.add_argument("--noise", type=float, default=None, metavar="SIGMA",
-                   help="also run both models on inputs with Gaussian noise of SIGMA x each float input's std "
-                        "(fixed --seed) and report fidelity and accuracy under noise beside the clean numbers")
-    p.add_argument("--require-providers", action="store_true",
-                   help="fail (exit 1) when a requested provider is unavailable instead of only reporting it")
-    gates = p.add_argument_group("thresholds (exit 1 when one is not met)")
-    for threshold in THRESHOLDS.values():
-        gates.add_argument(threshold.flag, dest=f"limit_{threshold.name}", type=float, default=None,
-                           metavar="X", help=threshold.help)
+    add_arguments(p, ValidateOptions)  # every option and gate, generated from the one dataclass (= recipe step)
+    p.add_argument("--report", action="append", default=[], metavar="FILE",
+                   help="write a report: .json (stable keys), .md, or .html (charts); repeatable")
+    add_report_force(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..options.cli import from_args
+    from ..options.validate import ValidateOptions
     from ..validate import render_text, save_report, validate
     from ..validate.reports import check_report_paths
-    from ..validate.thresholds import THRESHOLDS
 
     check_report_paths(args.report, force=args.force, protect=inputs(args))
-    limits = {name: getattr(args, f"limit_{name}") for name in THRESHOLDS}
-    result = validate(
-        args.reference,
-        args.candidate,
-        data=args.data,
-        labels=args.labels,
-        metrics=args.metric,
-        label_output=args.label_output,
-        providers=args.providers,
-        threads=args.threads,
-        warmup=args.warmup,
-        runs=args.runs,
-        budget=args.budget,
-        min_runs=args.min_runs,
-        max_runs=args.max_runs,
-        batch=args.batch,
-        shapes=parse_shapes(args.shape),
-        samples=args.samples,
-        seed=args.seed,
-        output_map=args.output_map,
-        memory=args.memory,
-        session_repeats=args.session_repeats,
-        thresholds={k: v for k, v in limits.items() if v is not None},
-        require_providers=args.require_providers,
-        progress=progress_enabled(args),
-        noise=args.noise,
-    )
+    options = from_args(ValidateOptions, args)
+    result = validate(args.reference, args.candidate, progress=progress_enabled(args), **options.validate_kwargs())
     for path in args.report:
         save_report(path, result, force=args.force)
     print_result(args, result, render_text, args.report)

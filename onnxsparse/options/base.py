@@ -117,8 +117,8 @@ class Options:
                 values[spec.attr] = parsed
         for group, items in grouped.items():
             values[group] = tuple(items.items())
-        step = cls(**values, extra=tuple(extra))
         try:
+            step = cls(**values, extra=tuple(extra))  # a class may check itself when built (QuantizeOptions)
             step.check()
         except Bad as exc:
             raise error(f"{where}{'.' + exc.key if exc.key else ''}: {cli_words(str(exc))}") from None

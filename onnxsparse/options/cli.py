@@ -121,7 +121,8 @@ def _collection(spec: FieldSpec, items: list[str]) -> Any:
         for item in items:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise Bad(f"expected KEY=VALUE, got {item!r}")
+                shape = spec.cli.metavar if spec.cli is not None and spec.cli.metavar else None
+                raise Bad(f"expected KEY=VALUE{f' ({shape})' if shape and shape != 'KEY=VALUE' else ''}, got {item!r}")
             pairs[key] = to_value(value)
         return pairs
     return [to_value(item) for item in items]
@@ -152,8 +153,8 @@ def from_args(cls: type[O], args: argparse.Namespace, **extra: Any) -> O:
             values[spec.attr] = value
     for group, items in grouped.items():
         values[group] = tuple(items.items())
-    options = cls(**values, **extra)
     try:
+        options = cls(**values, **extra)  # a class may check itself when built (QuantizeOptions)
         options.check()
     except Bad as exc:
         flag = specs[exc.key].flag if exc.key in specs else None

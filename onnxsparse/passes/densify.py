@@ -11,33 +11,52 @@ replaced by one initializer with the tensor's name.  ONNX COO
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from ..formats import expand_all
+from ..formats import expand_all, is_decode_node, read_storage
+from ..options.densify import DensifyOptions
 
-__all__ = ["DensifyPass", "densify"]
+__all__ = ["DensifyPass", "DensifyResult", "densify"]
 
 logger = logging.getLogger(__name__)
 
 
-class DensifyPass(ir.passes.InPlacePass):
-    """Replace decode subgraphs by dense initializers; ``self.expanded`` maps name -> format."""
+@dataclass
+class DensifyResult(PassResult):
+    """The pass result with ``expanded``: tensor name -> the format it was stored in."""
 
-    def __init__(self) -> None:
+    expanded: dict[str, str] = field(default_factory=dict, kw_only=True)
+
+
+class DensifyPass(ir.passes.InPlacePass):
+    """Replace decode subgraphs by dense initializers; :meth:`call` returns a :class:`DensifyResult`.
+
+    Idempotent: a second run finds nothing stored and reports no change.
+    """
+
+    def __init__(self, options: DensifyOptions | None = None) -> None:
         super().__init__()
+        self.options = options or DensifyOptions()
         self.expanded: dict[str, str] = {}
 
-    def call(self, model: ir.Model) -> PassResult:
+    def call(self, model: ir.Model) -> DensifyResult:
         self.expanded = expand_all(model)
         for name, fmt in self.expanded.items():
             logger.debug("densified %s (%s)", name, fmt)
-        return PassResult(model, modified=bool(self.expanded))
+        return DensifyResult(model, bool(self.expanded), expanded=dict(self.expanded))
+
+    def ensures(self, model: ir.Model) -> None:
+        """Nothing stored sparse is left: no storage metadata, no decode node."""
+        if read_storage(model) or any(is_decode_node(node) for node in model.graph):
+            raise ir.passes.PostconditionError("sparse storage left after densify")
 
 
-def densify(model: ir.Model) -> dict[str, str]:
+def densify(model: ir.Model, **options: Any) -> dict[str, str]:
     """Densify ``model`` in place; returns ``{tensor name: format it was stored in}``."""
-    densify_pass = DensifyPass()
-    densify_pass(model)
-    return densify_pass.expanded
+    result = DensifyPass(DensifyOptions.from_kwargs(options, "densify()"))(model)
+    assert isinstance(result, DensifyResult)
+    return result.expanded

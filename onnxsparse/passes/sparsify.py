@@ -32,12 +32,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from ..calibration.data import DEFAULT_CALIB_SAMPLES
 from ..errors import Decline, UsageError
+from ..options.sparsify import DEFAULT_MIN_SIZE, SparsifyOptions
 from ..formats import (
-    AUTO,
-    AUTO_SLACK,
-    FORMATS,
     Candidate,
     CodecOptions,
     TensorData,
@@ -57,7 +54,6 @@ from ..sparsity import (
     Magnitude,
     Wanda,
     Pattern,
-    Unstructured,
     PruneTarget,
     SparsityCriterion,
     WeightInfo,
@@ -66,19 +62,15 @@ from ..sparsity import (
     find_weights,
     get_criterion,
     nm_violations,
-    parse_pattern,
     score_weight,
 )
-from ..sparsity.allocate import AUTO as AUTO_ALLOCATION
-from ..sparsity.allocate import ALLOCATORS, DEFAULT_ALLOCATOR, OWL_LAMBDA, OWL_THRESHOLD, weighted_average
+from ..sparsity.allocate import weighted_average
 
-__all__ = ["SparsifyConfig", "SparsifyPass", "SparsifyReport", "TensorRow", "sparsify", "DEFAULT_MIN_SIZE",
+__all__ = ["SparsifyConfig", "SparsifyOptions", "SparsifyPass", "SparsifyResult", "SparsifyReport", "TensorRow", "sparsify", "DEFAULT_MIN_SIZE",
            "Progress"]
 
 logger = logging.getLogger(__name__)
 
-#: Tensors with fewer elements stay dense (a decode graph costs ~1-2 KB and some load time).
-DEFAULT_MIN_SIZE = 4096
 #: Opset the preferred decode graphs need (ScatterElements with reduction=add).
 PREFERRED_OPSET = 16
 #: ``--target size``: metadata bytes per stored tensor besides its name (measured ~160 + 3 x name)
@@ -87,172 +79,8 @@ _METADATA_BYTES = 200
 Allocator = Callable[[float], dict[str, float]]
 
 
-@dataclass
-class SparsifyConfig:
-    """What to prune and how to store it (see ``python -m onnxsparse sparsify --help``)."""
-
-    sparsity: float | None = None
-    pattern: str | Pattern = "unstructured"
-    criterion: str | SparsityCriterion = "magnitude"
-    format: str = AUTO
-    global_scope: bool = False
-    #: how ``sparsity`` is spread over tensors (its parameter-weighted average): uniform, owl, sensitivity;
-    #: auto: sensitivity when ``calib`` is given and the pattern's sparsity is free, else uniform
-    allocate: str = DEFAULT_ALLOCATOR
-    #: OWL: ratios span 2λ around the target; outliers are scores above M x the tensor's mean
-    owl_lambda: float = OWL_LAMBDA
-    owl_threshold: float = OWL_THRESHOLD
-    #: choose the average sparsity so the written model is at most this fraction of the input's bytes
-    target_size: float | None = None
-    #: per-layer sparsity: ``(glob, ratio)`` pairs matched against tensor and consumer node names, first wins
-    ratios: Sequence[tuple[str, float]] | Mapping[str, float] = ()
-    exclude: Sequence[str] = ()
-    min_size: int = DEFAULT_MIN_SIZE
-    #: BSR block shape (rows, cols); None = chosen per tensor
-    block: tuple[int, int] | None = None
-    #: decode-graph variant per format, e.g. ``{"bitmask": "gather"}``
-    decoders: Mapping[str, str] = field(default_factory=dict)
-    #: ``auto`` takes the cheapest-to-decode format within this fraction of the smallest
-    #: (0.08 picks delta over bitmask near 50% sparsity: ~6% larger, folds ~2x faster)
-    auto_slack: float = AUTO_SLACK
-    raise_opset: bool = True
-    normalize: bool = True
-    #: calibration statistics for activation-aware criteria (``weight name -> per-feature norms``);
-    #: measured from ``calib`` when not given
-    stats: Mapping[str, np.ndarray] | None = None
-    #: calibration data for activation-aware criteria: anything :func:`onnxsparse.calibration.load_data` takes
-    calib: object | None = None
-    calib_samples: int = DEFAULT_CALIB_SAMPLES
-    calib_batch: int = 32
-    #: input shapes for ``calib="random"`` (dynamic dims)
-    shapes: Mapping[str, tuple[int, ...]] | None = None
-    #: progress bar for the calibration pass
-    calib_progress: bool = False
-
-    def ratio_pairs(self) -> list[tuple[str, float]]:
-        items = self.ratios.items() if isinstance(self.ratios, Mapping) else self.ratios
-        return [(str(glob), float(ratio)) for glob, ratio in items]
-
-    def resolved(self, *, need_data: bool = True) -> tuple[Pattern, SparsityCriterion]:
-        """Validate and return the parsed pattern and criterion (raises UsageError).
-
-        ``need_data=False`` skips the check that an activation-aware criterion
-        has calibration data (a recipe supplies its own later).
-        """
-        pattern = parse_pattern(self.pattern)
-        criterion = get_criterion(self.criterion, "elementwise")
-        if self.format != AUTO and self.format not in FORMATS:
-            FORMATS.get(self.format)  # raises with the list of choices
-        for name, decoder in self.decoders.items():
-            codec = FORMATS.get(name)
-            if decoder not in codec.decoders:
-                raise UsageError(f"format {name} has no decode graph {decoder!r}; choose from {codec.decoders}")
-        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
-            raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        for glob, ratio in self.ratio_pairs():
-            if not 0.0 <= ratio < 1.0:
-                raise UsageError(f"ratio for {glob!r} must be in [0, 1), got {ratio}")
-        if self.min_size < 0:
-            raise UsageError("--min-size must be >= 0")
-        if not 0.0 <= self.auto_slack <= 1.0:
-            raise UsageError(f"--auto-slack must be in [0, 1], got {self.auto_slack}")
-        if self.calib_samples < 1:
-            raise UsageError(f"--calib-samples must be >= 1, got {self.calib_samples}")
-        if (need_data and criterion.needs_activations and self.stats is None and self.calib is None
-                and self.prunes(pattern)):
-            raise UsageError(f"criterion {criterion.name} needs calibration data: give --calib DATA "
-                             "(an .npz of model inputs, a folder of them, or 'random')")
-        if isinstance(pattern, NM):
-            if self.allocate == "sensitivity" and self.sparsity is not None:
-                if not 0.0 < self.sparsity <= pattern.fixed_sparsity:
-                    raise UsageError(f"--allocate sensitivity with {pattern.spec}: --sparsity must be in "
-                                     f"(0, {pattern.fixed_sparsity:g}] (tensors are dense or keep <= {pattern.n} "
-                                     f"of {pattern.m})")
-            elif self.sparsity is not None and abs(self.sparsity - pattern.fixed_sparsity) > 1e-9:
-                raise UsageError(
-                    f"pattern {pattern.spec} fixes the sparsity at {pattern.fixed_sparsity:g}; drop --sparsity"
-                )
-            if self.ratio_pairs():
-                raise UsageError(f"pattern {pattern.spec} fixes the sparsity; per-layer ratios do not apply")
-        if self.global_scope and not pattern.supports_global:
-            raise UsageError(f"pattern {pattern.spec} is chosen per group; --global does not apply")
-        if criterion.reconstructs and not isinstance(pattern, (Unstructured, NM)):
-            raise UsageError(f"criterion {criterion.name} supports the unstructured and N:M patterns, "
-                             f"not {pattern.spec}")
-        if criterion.reconstructs and self.global_scope:
-            raise UsageError(f"criterion {criterion.name} prunes layer by layer; --global does not apply")
-        if self.global_scope and self.sparsity is None:
-            raise UsageError("--global needs --sparsity")
-        self._check_allocation(pattern, need_data)
-        if self.block is not None and (len(self.block) != 2 or min(self.block) < 1):
-            raise UsageError(f"--block must be two positive sides, got {self.block}")
-        return pattern, criterion
-
-    def allocation(self, pattern: Pattern) -> str:
-        """The allocation method that runs (``auto`` resolved)."""
-        if self.allocate != AUTO_ALLOCATION:
-            return "uniform" if self.allocate == "sensitivity" and self.nm_fixed(pattern) else self.allocate
-        free = ((self.sparsity is not None or self.target_size is not None) and pattern.fixed_sparsity is None
-                and not self.global_scope)
-        return "sensitivity" if free and self.calib is not None else "uniform"
-
-    def nm_fixed(self, pattern: Pattern) -> bool:
-        """An N:M pattern without ``--sparsity``: every tensor gets exactly N:M."""
-        return isinstance(pattern, NM) and self.sparsity is None
-
-    def _check_allocation(self, pattern: Pattern, need_data: bool) -> None:
-        if self.allocate not in (AUTO_ALLOCATION, *ALLOCATORS):
-            raise UsageError(f"--allocate must be one of {', '.join((AUTO_ALLOCATION, *ALLOCATORS))}, got {self.allocate!r}")
-        if self.owl_lambda < 0 or self.owl_threshold <= 0:
-            raise UsageError("--owl-lambda must be >= 0 and --owl-threshold > 0")
-        if self.target_size is not None:
-            if not 0.0 < self.target_size:
-                raise UsageError(f"--target size=R needs R > 0, got {self.target_size}")
-            if self.sparsity is not None:
-                raise UsageError("--target size=R chooses the sparsity: drop --sparsity")
-            if pattern.fixed_sparsity is not None or self.global_scope:
-                raise UsageError("--target size=R needs a pattern with a free sparsity and no --global")
-        if self.allocate in (AUTO_ALLOCATION, "uniform"):
-            return
-        if isinstance(pattern, NM) and self.allocate == "sensitivity" and self.sparsity is not None:
-            pass  # N:M levels per tensor (dense, or keep <= N of M), checked above
-        elif isinstance(pattern, NM) and self.allocate == "sensitivity":
-            raise UsageError(f"--allocate sensitivity with {pattern.spec} needs --sparsity R, the average "
-                             f"(<= {pattern.fixed_sparsity:g}) to spread over dense and <= {pattern.spec} tensors")
-        elif pattern.fixed_sparsity is not None:
-            raise UsageError(f"pattern {pattern.spec} fixes every tensor's sparsity; --allocate {self.allocate} "
-                             "does not apply (sensitivity with --sparsity R mixes dense and sparser N:M tensors)")
-        if self.sparsity is None and self.target_size is None:
-            raise UsageError(f"--allocate {self.allocate} spreads --sparsity over the tensors: give --sparsity")
-        if self.global_scope:
-            raise UsageError("--global already pools the tensors; --allocate does not apply")
-        if need_data and self.allocate == "sensitivity" and self.calib is None:
-            raise UsageError("--allocate sensitivity measures output errors: give --calib DATA "
-                             "(or use --allocate owl, which works from the weights alone)")
-
-    def prunes(self, pattern: Pattern) -> bool:
-        return self.sparsity is not None or self.target_size is not None or pattern.fixed_sparsity is not None or bool(self.ratio_pairs())
-
-    def describe(self) -> dict[str, Any]:
-        pattern, criterion = self.resolved()
-        return {
-            "sparsity": self.sparsity if self.sparsity is not None else pattern.fixed_sparsity,
-            "pattern": pattern.spec,
-            "criterion": criterion.name,
-            "format": self.format,
-            "global": self.global_scope,
-            "allocate": self.allocation(pattern),
-            "target_size": self.target_size,
-            "ratios": dict(self.ratio_pairs()),
-            "exclude": list(self.exclude),
-            "min_size": self.min_size,
-            "block": list(self.block) if self.block else None,
-            "decoders": dict(self.decoders),
-            "auto_slack": self.auto_slack,
-            "lossless": not self.prunes(pattern),
-            "calibration_samples": self.calib_samples if criterion.needs_activations and self.calib is not None
-            else None,
-        }
+#: The options of a sparsify run: one frozen dataclass for the command, the API and the recipe step.
+SparsifyConfig = SparsifyOptions
 
 
 @dataclass
@@ -370,18 +198,44 @@ def _row(info: WeightInfo, tensor: TensorData, chosen: Candidate, sparsity_befor
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
 
-class SparsifyPass(ir.passes.InPlacePass):
-    """Prune (optionally) and store weights compactly; the report is in ``self.report``."""
+@dataclass
+class SparsifyResult(PassResult):
+    """The pass result with what was done: sizes, formats, skips (:class:`SparsifyReport`)."""
 
-    def __init__(self, config: SparsifyConfig | None = None, progress: Progress | None = None) -> None:
+    report: SparsifyReport = field(kw_only=True)
+
+
+class SparsifyPass(ir.passes.InPlacePass):
+    """Prune (optionally) and store weights compactly; :meth:`call` returns a :class:`SparsifyResult`.
+
+    Running it again on its own output is safe: stored tensors are expanded and re-encoded, and
+    magnitude pruning at the same sparsity finds the zeros it made (nothing more is zeroed).
+    """
+
+    def __init__(self, config: SparsifyOptions | None = None, progress: Progress | None = None) -> None:
         super().__init__()
-        self.config = config or SparsifyConfig()
+        self.config = config or SparsifyOptions()
         self.progress = progress
         self.report: SparsifyReport | None = None
         self._stats: Mapping[str, np.ndarray] | None = None
         self._input_bytes: int | None = None
 
-    def call(self, model: ir.Model) -> PassResult:
+    def requires(self, model: ir.Model) -> None:
+        try:
+            self.config.resolved()
+        except UsageError as exc:
+            raise ir.passes.PreconditionError(str(exc)) from exc
+
+    def ensures(self, model: ir.Model) -> None:
+        """Every tensor the report lists in a sparse format is recorded in the storage metadata."""
+        if self.report is None:
+            return
+        stored = read_storage(model)
+        missing = [r.name for r in self.report.tensors if r.format != "dense" and r.name not in stored]
+        if missing:
+            raise ir.passes.PostconditionError(f"stored tensors missing from the storage metadata: {missing[:5]}")
+
+    def call(self, model: ir.Model) -> SparsifyResult:
         config = self.config
         pattern, criterion = config.resolved()
         if config.target_size is not None:
@@ -390,7 +244,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         if config.normalize:
             _normalize(model)
         before = model_opset(model)
-        report = SparsifyReport(config.describe(), before, before, reencoded=reencoded)
+        report = SparsifyReport(config.describe_run(), before, before, reencoded=reencoded)
         self.report = report
 
         considered = self._select(model, report)
@@ -415,7 +269,7 @@ class SparsifyPass(ir.passes.InPlacePass):
             array = arrays[info.name]
             tensor = TensorData(info.name, array, info.fill(array.dtype))
             chosen, why = choose(tensor, config.format, options, max_opset, model.graph, slack=config.auto_slack,
-                                 decoders=config.decoders)
+                                 decoders=config.decoder_map())
             if why and "needs opset" in why:
                 if max_opset < 11:
                     why = f"the model's opset {max_opset} is too old for every decode graph ({blocker})"
@@ -435,7 +289,7 @@ class SparsifyPass(ir.passes.InPlacePass):
             report.notes.append(f"default-domain opset raised from {before} to {needed} for the decode graphs")
         report.opset_after = model_opset(model)
         modified = bool(targets) or any(r.format != "dense" for r in report.tensors) or bool(reencoded)
-        return PassResult(model, modified=modified)
+        return SparsifyResult(model, modified, report=report)
 
     def _select(self, model: ir.Model, report: SparsifyReport) -> list[WeightInfo]:
         """Initializers to consider; the others go to ``report.skipped`` with the reason."""
@@ -619,7 +473,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         def stored(name: str, array: np.ndarray) -> int:
             tensor = TensorData(name, array, infos[name].fill(array.dtype))
             chosen, _ = choose(tensor, config.format, options, max_opset, None, slack=config.auto_slack,
-                               decoders=config.decoders)
+                               decoders=config.decoder_map())
             return chosen.stored_bytes + (_METADATA_BYTES + 3 * len(name) if chosen.format != "dense" else 0)
 
         free_names = {t.info.name for t in free}
@@ -697,7 +551,9 @@ class SparsifyPass(ir.passes.InPlacePass):
         from ..calibration.data import load_data
 
         config = self.config
-        source = load_data(config.calib, model, shapes=config.shapes, samples=config.calib_samples)
+        if config.calib is None:
+            raise UsageError("calibration data needed: give --calib DATA (or stats= in the API)")
+        source = load_data(config.calib, model, shapes=config.shape_map(), samples=config.calib_samples)
         return source, min(len(source), config.calib_samples)
 
     def _note(self, text: str) -> None:
@@ -787,14 +643,17 @@ def _has_markers(model: ir.Model) -> bool:
     return any(is_decode_node(node) for node in model.graph)
 
 
-def sparsify(model: ir.Model, config: SparsifyConfig | None = None, *, progress: Progress | None = None,
+def sparsify(model: ir.Model, config: SparsifyOptions | None = None, *, progress: Progress | None = None,
              **kwargs: Any) -> SparsifyReport:
-    """Sparsify ``model`` in place; keyword arguments build a :class:`SparsifyConfig`."""
+    """Sparsify ``model`` in place; keyword arguments are the options (as :class:`SparsifyOptions`).
+
+    The command, the recipe step and :class:`SparsifyPass` run the same code with the same options.
+    """
     if config is None:
-        config = SparsifyConfig(**kwargs)
+        config = SparsifyOptions.from_kwargs(kwargs, "sparsify()")
     elif kwargs:
         raise TypeError("pass either a config or keyword arguments, not both")
-    sparsify_pass = SparsifyPass(config, progress)
-    sparsify_pass(model)
-    assert sparsify_pass.report is not None
-    return sparsify_pass.report
+    config.resolved()  # one-line UsageError here, not a PreconditionError from the pass machinery
+    result = SparsifyPass(config, progress)(model)
+    assert isinstance(result, SparsifyResult)
+    return result.report

@@ -16,7 +16,7 @@ import sys
 import types
 
 from ._ort import QuantizationError
-from .api import CHECK_SAMPLES, QuantizeResult, quantize
+from .api import CHECK_SAMPLES, QuantizePass, QuantizeResult, quantize, run_quantize
 from .config import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
@@ -34,6 +34,8 @@ from .weights import QuantizedWeight, ZeroCheck, check_zeros, find_quantized_wei
 
 __all__ = [
     "quantize",
+    "run_quantize",
+    "QuantizePass",
     "QuantizeResult",
     "QuantizeReport",
     "QuantizeConfig",

@@ -12,13 +12,14 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
 from .._ort import make_session, session_options
 from .._progress import progress_bar
@@ -39,19 +40,17 @@ from ._nodes import count_by_op, diff_nodes, origin_names, plan_nodes, rename_ro
 from ._ort import QuantizationError, first_line
 from ._prepare import prepare, save_proto
 from ._reader import DYNAMIC_BATCH, calibration_batch_size, make_reader
-from .config import QuantizeConfig, QuantizeSettings, resolve
+from .config import CHECK_SAMPLES, QuantizeConfig, QuantizeSettings, resolve
 from .cpu import CpuInfo, detect_cpu, target_cpu
 from .modes import RunContext, get_mode
 from .node_error import NodeError, node_errors
 from .report import QuantizeReport
 from .weights import ZeroCheck, check_zeros
 
-__all__ = ["quantize", "QuantizeResult", "CHECK_SAMPLES"]
+__all__ = ["quantize", "run_quantize", "QuantizePass", "QuantizeResult", "CHECK_SAMPLES"]
 
 logger = logging.getLogger("onnxsparse.quantize")
 
-#: Samples used to compare the quantized model with fp32 on this CPU.
-CHECK_SAMPLES = 64
 
 #: Relative L2 output error above which the report warns (int8, int4).  On the sample
 #: models we measured at most 0.11 (mobilenet_block, static, random calibration) and
@@ -65,12 +64,11 @@ _REMOVED_REASONS = {
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeResult(PassResult):
     """The quantized model (``onnx_ir``), where it was saved (if asked), and the report."""
 
-    model: ir.Model
-    path: Path | None
-    report: QuantizeReport
+    path: Path | None = field(kw_only=True)
+    report: QuantizeReport = field(kw_only=True)
 
 
 def _params(model: ir.Model) -> int | None:
@@ -261,45 +259,82 @@ def _warnings(outcome: _Outcome, settings: QuantizeSettings, cpu: CpuInfo, quant
     return out
 
 
+#: Options that were keywords of their own before the options dataclass; they may still accompany a ``config``.
+_DATA_KEYS = frozenset({"calib", "shapes", "shape", "check", "check_fp32", "check_samples"})
+
+
 def quantize(
     model: ModelSource,
     output: str | os.PathLike | None = None,
     *,
-    mode: str = "dynamic",
-    calib: str | os.PathLike | Mapping[str, np.ndarray] | DataSource | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
     config: QuantizeConfig | None = None,
     force: bool = False,
-    check: bool = True,
-    check_samples: int = CHECK_SAMPLES,
     cpu: CpuInfo | None = None,
     progress: bool = False,
     **options: Any,
 ) -> QuantizeResult:
     """Quantize ``model`` (path, bytes, ModelProto or ``onnx_ir`` model) with onnxruntime.
 
-    ``mode``: ``dynamic``, ``static`` (needs ``calib``) or ``int4``.  Other
-    options are the fields of :class:`QuantizeConfig` (``format``,
-    ``per_channel``, ``reduce_range``, ``calibrate``, ``exclude``,
-    ``block_size``, ...), or pass a whole ``config``.  ``calib`` is an ``.npz``
-    keyed by input name, a folder of them, ``"random"`` (with ``shapes``) or a
-    mapping of arrays; for dynamic/int4 it is only used for the check.  With
-    ``output`` the model is saved there atomically (never over the input).
-    ``check`` runs fp32 and quantized on this CPU and compares them; ``cpu``
-    (or the ``target`` option, a named deployment CPU) overrides the detected
-    CPU (for settings only).
+    The keywords are the options of :class:`QuantizeConfig` under the command's flag names
+    (``mode``, ``calib``, ``shape``, ``format``, ``per_channel``, ``symmetric``, ``exclude``,
+    ``block_size``, ``check``, ...), or pass a whole ``config`` (with at most the data keywords
+    ``calib``/``shape``/``check``/``check_samples`` beside it).  ``calib`` is an ``.npz`` keyed by
+    input name, a folder of them, ``"random"`` (with ``shape``) or a mapping of arrays; for
+    dynamic/int4 it is only used for the check.  With ``output`` the model is saved there
+    atomically (never over the input).  ``cpu`` (or the ``target`` option, a named deployment CPU)
+    overrides the detected CPU (for settings only).
     """
-    started = time.perf_counter()
     if config is None:
-        config = QuantizeConfig(mode=mode, **options)
-    elif options or (mode != "dynamic" and mode != config.mode):
-        raise UsageError("pass either config=QuantizeConfig(...) or individual options, not both")
+        config = QuantizeConfig.from_kwargs(options, "quantize()")
+    elif options:
+        if not set(options) <= _DATA_KEYS:
+            raise UsageError("pass either config=QuantizeConfig(...) or individual options, not both")
+        data = QuantizeConfig.from_kwargs(options, "quantize()")
+        given = {s.attr for s in QuantizeConfig.field_specs() if s.attr in options or s.key in options}
+        config = replace(config, **{attr: getattr(data, attr) for attr in given})
+    return run_quantize(model, output, config, force=force, cpu=cpu, progress=progress)
+
+
+class QuantizePass(ir.passes.FunctionalPass):
+    """Quantize with onnxruntime; :meth:`call` returns a :class:`QuantizeResult` (a new model and the report).
+
+    onnxruntime's quantizers read and write files: they live in a scratch folder removed afterwards.
+    A quantized model is refused (quantizing twice is not supported), and so is a sparse-stored one
+    (densify it first, or quantize before sparsify).
+    """
+
+    def __init__(self, options: QuantizeConfig | None = None, *, cpu: CpuInfo | None = None) -> None:
+        super().__init__()
+        self.options = options or QuantizeConfig()
+        self.cpu = cpu
+
+    def requires(self, model: ir.Model) -> None:
+        from ..model_state import model_state
+
+        state = model_state(model)
+        for name, reason in QuantizeConfig.refuses.items():
+            if name in state:
+                raise ir.passes.PreconditionError(f"{reason}: {state[name]}")
+
+    def call(self, model: ir.Model) -> QuantizeResult:
+        return run_quantize(model, None, self.options, cpu=self.cpu)
+
+    def ensures(self, model: ir.Model) -> None:
+        from ..model_state import model_state
+
+        if "quantized" not in model_state(model):
+            raise ir.passes.PostconditionError("no quantized operator in the result")
+
+
+def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: QuantizeConfig, *,
+                 force: bool = False, cpu: CpuInfo | None = None, progress: bool = False) -> QuantizeResult:
+    """The whole workflow, for every front end (the command, :func:`quantize`, the pass, a recipe)."""
+    started = time.perf_counter()
+    calib, check, check_samples = config.calib, config.check_fp32, config.check_samples
     cpu = cpu or (target_cpu(config.target) if config.target else detect_cpu())
     settings: QuantizeSettings = resolve(config, cpu)
     quant_mode = get_mode(settings.mode)
-    shapes = dict(shapes or {})
-    if settings.max_node_error is not None and not check:
-        raise UsageError("--max-node-error measures each node on the check data: drop --no-check")
+    shapes = config.shape_map()
 
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if output is not None:
@@ -436,4 +471,4 @@ def quantize(
         warnings=warnings,
         seconds=time.perf_counter() - started,
     )
-    return QuantizeResult(model=result_model, path=saved, report=report)
+    return QuantizeResult(result_model, True, path=saved, report=report)

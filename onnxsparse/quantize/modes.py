@@ -178,10 +178,10 @@ def _run_quantizer(what: str, fn: Callable[[], None]) -> None:
 def _weight_symmetry(config: QuantizeConfig, reasons: dict[str, str]) -> bool:
     reasons["weight_symmetric"] = (
         "symmetric: 0.0 is stored as code 0 (pruned zeros stay exact)"
-        if config.weight_symmetric
+        if config.symmetric
         else "asymmetric: 0.0 is stored as the integer zero point (still exact)"
     )
-    return config.weight_symmetric
+    return config.symmetric
 
 
 # --------------------------------------------------------------------------- dynamic
@@ -381,7 +381,7 @@ class Int4Mode(QuantMode):
             "block_size": f"{config.block_size} weights along K share one scale",
             "weight_symmetric": (
                 "symmetric: 0.0 is stored as the centre code (8) exactly, no zero-point tensor"
-                if config.weight_symmetric
+                if config.symmetric
                 else "asymmetric: per-block zero points (0.0 is stored as the integer zero point)"
             ),
             "reduce_range": "n/a (int4 weight-only: no u8s8 kernel)",
@@ -390,8 +390,8 @@ class Int4Mode(QuantMode):
         return QuantizeSettings(
             mode=self.name, format=fmt, per_channel=None, reduce_range=None, calibrate=None,
             calib_samples=None, activation_type="float (weight-only)",
-            weight_type="int4" if config.weight_symmetric else "uint4",
-            weight_symmetric=config.weight_symmetric, exclude=config.exclude,
+            weight_type="int4" if config.symmetric else "uint4",
+            weight_symmetric=config.symmetric, exclude=config.exclude,
             min_weight_elements=config.min_weight_elements, block_size=config.block_size,
             accuracy_level=config.accuracy_level, preprocess=config.preprocess, reasons=reasons,
         )

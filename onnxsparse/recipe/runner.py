@@ -31,6 +31,7 @@ from .._workdir import owned_temp_dir
 from .. import guard
 from ..errors import DataError, OnnxSparseError, UsageError
 from ..io import ModelSource, check_output, load_model, model_file_bytes
+from ..model_state import model_state
 from .config import (
     PruneStep,
     QuantizeStep,
@@ -62,14 +63,6 @@ logger = logging.getLogger(__name__)
 
 #: ``schema`` of the JSON report; changes when a key is renamed or removed.
 SCHEMA = "onnxsparse.run/1"
-
-#: Op types that mean "this model is already quantized".
-_QUANTIZED_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-    "MatMulInteger", "ConvInteger", "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeLSTM",
-    "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul",
-})
-
 
 class StepError(OnnxSparseError):
     """A step failed; ``index``/``kind`` say which, ``result`` holds the steps that ran before it.
@@ -305,9 +298,9 @@ def _run_sparsify(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     from ..passes.sparsify import sparsify
 
     assert isinstance(step, SparsifyStep)
-    config = step.to_config()
-    if step.needs_calibration and config.calib is None and ctx.recipe.calib is not None:
-        config = replace(config, calib=ctx.recipe.calib, shapes=config.shapes or ctx.shapes or None)
+    config = step
+    if step.needs_calibration and step.calib is None and ctx.recipe.calib is not None:
+        config = replace(step, calib=ctx.recipe.calib, shapes=step.shapes or ctx.shapes or None)
     report = sparsify(ctx.model, config)
     ctx.save(index, step.kind)
     totals = report.totals
@@ -321,14 +314,11 @@ def _run_sparsify(step: Step, ctx: RunContext, index: int) -> StepOutcome:
 
 @register_executor("quantize")
 def _run_quantize(step: Step, ctx: RunContext, index: int) -> StepOutcome:
-    from ..quantize import quantize
+    from ..quantize import run_quantize
 
     assert isinstance(step, QuantizeStep)
-    result = quantize(
-        str(ctx.path), ctx.next_path(index, step.kind), config=step.to_config(),
-        calib=step.calib or ctx.recipe.calib, shapes=ctx.shapes, check=step.check_fp32, progress=False,
-        **step.call_kwargs(),
-    )
+    options = replace(step, calib=step.calib or ctx.recipe.calib, shapes=step.shapes or tuple((ctx.shapes or {}).items()))
+    result = run_quantize(str(ctx.path), ctx.next_path(index, step.kind), options)
     assert result.path is not None
     ctx.model, ctx.path = result.model, result.path
     report = result.report
@@ -357,7 +347,9 @@ def _run_validate(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     from ..validate import validate
 
     assert isinstance(step, ValidateStep)
-    result = validate(str(ctx.reference), str(ctx.path), shapes=ctx.shapes, progress=False, **step.validate_kwargs())
+    kwargs = step.validate_kwargs()
+    kwargs["shapes"] = kwargs["shapes"] or ctx.shapes
+    result = validate(str(ctx.reference), str(ctx.path), progress=False, **kwargs)
     return StepOutcome(result.to_dict(), _validate_notes(result), passed=result.passed, validation=result)
 
 
@@ -416,19 +408,6 @@ def _stats(model: ir.Model, path: Path, shapes: Mapping[str, tuple[int, ...]] | 
     return Stats(stats.params, stats.macs, size, note)
 
 
-def _input_state(model: ir.Model) -> dict[str, str]:
-    from ..formats import is_decode_node, read_storage
-
-    state: dict[str, str] = {}
-    ops = {node.op_type for node in model.graph.all_nodes()}
-    quantized = sorted(ops & _QUANTIZED_OPS)
-    if quantized:
-        state["quantized"] = f"the input model is quantized (it has {', '.join(quantized[:3])})"
-    if read_storage(model) or any(is_decode_node(node) for node in model.graph):
-        state["sparse"] = "the input model stores weights sparse (onnxsparse sparsify)"
-    return state
-
-
 def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
     """Check every data file against the model's inputs now, not after an hour of work."""
     from ..calibration.data import load_data
@@ -442,7 +421,7 @@ def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
             calib = step.calib or recipe.calib
             calib_used = calib_used or step.calib is None and recipe.calib is not None
             if calib is not None and (step.needs_calibration or step.check_fp32):
-                checks.append((f"{where}.calib", calib))
+                checks.append((f"{where}.calib", str(calib)))  # recipe data are paths (or random)
         elif isinstance(step, ValidateStep):
             checks.append((f"{where}.data", step.data))
         elif isinstance(step, SparsifyStep) and step.needs_calibration:
@@ -451,7 +430,7 @@ def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
             if calib is None:
                 raise RecipeError(f"{recipe.source}: {where}: criterion {step.criterion} needs calibration data: "
                                   "set calib in the step or the recipe (or --set calib=DATA)")
-            checks.append((f"{where}.calib", calib))
+            checks.append((f"{where}.calib", str(calib)))  # recipe data are paths (or random)
         elif isinstance(step, PruneStep) and (step.channels or step.target) and "calib" in PruneStep.passthrough_keys():
             calib = step.calib or recipe.calib
             calib_used = calib_used or (step.calib is None and recipe.calib is not None)
@@ -480,7 +459,7 @@ def _data_checks(recipe: Recipe, model: ir.Model) -> list[str]:
 
 def prepare_run(recipe: Recipe, model: ir.Model) -> list[str]:
     """Checks that need the input model (state vs step order, data vs inputs); returns notes."""
-    check_order(recipe, _input_state(model))
+    check_order(recipe, model_state(model))
     return list(recipe.notes) + _data_checks(recipe, model)
 
 
@@ -508,7 +487,7 @@ def plan_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
         if isinstance(step, QuantizeStep):
             from ..quantize import detect_cpu, resolve
 
-            settings = resolve(step.to_config(), detect_cpu()).as_dict()
+            settings = resolve(step, detect_cpu()).as_dict()
             entry["resolved"] = {k: settings[k] for k in _RESOLVED_KEYS if settings.get(k) is not None}
         steps.append(entry)
     return {

@@ -29,10 +29,13 @@ from .result import (
     ValidationResult,
 )
 from .runner import load_labels, validate
+from .check_pass import ValidatePass, ValidateResult
 from .thresholds import THRESHOLDS, register_threshold
 
 __all__ = [
     "validate",
+    "ValidatePass",
+    "ValidateResult",
     "bench",
     "ValidationResult",
     "BenchResult",
