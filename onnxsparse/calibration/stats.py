@@ -22,11 +22,11 @@ sums and forgets it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-__all__ = ["SecondMoments", "ChannelStats", "LayerStats", "ErrorStats"]
+__all__ = ["SecondMoments", "ChannelStats", "Counts", "LayerStats", "ErrorStats"]
 
 
 class _HasMoments(Protocol):
@@ -52,6 +52,15 @@ class SecondMoments:
         """``sqrt(E[x^2])``: per channel ``||x_c||_2 / sqrt(count)``, the L2 norm independent of how many
         samples were seen."""
         return np.sqrt(self.mean_sq)
+
+
+class Counts(NamedTuple):
+    """Per channel: exact zeros, negatives, minimum and maximum (``ChannelStats(counts=True)``)."""
+
+    zeros: np.ndarray
+    negatives: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
 
 
 @dataclass
@@ -95,7 +104,7 @@ class ChannelStats(SecondMoments):
         self.sumsq += np.einsum("ij,ij->j", flat, flat)
         self.sumabs += np.abs(flat).sum(axis=0)
         if self.counts and flat.shape[0]:
-            zeros, negatives, lo, hi = self._count_arrays()  # the arrays themselves: updated in place
+            zeros, negatives, lo, hi = self.counted()  # the arrays themselves: updated in place
             zeros += np.count_nonzero(flat == 0, axis=0)
             negatives += np.count_nonzero(flat < 0, axis=0)
             np.minimum(lo, flat.min(axis=0), out=lo)
@@ -119,33 +128,33 @@ class ChannelStats(SecondMoments):
         return self.sumabs / max(self.count, 1)
 
     # -- with ``counts=True`` --------------------------------------------------------
-    def _count_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(zeros, negatives, min, max)``; an error when they were not requested."""
+    def counted(self) -> Counts:
+        """The zero / negative counts and min / max; an error when they were not requested."""
         if not self.counts or self.zeros is None or self.negatives is None or self.min is None or self.max is None:
             raise ValueError("zero / constant counts were not requested (ChannelStats(counts=True))")
-        return self.zeros, self.negatives, self.min, self.max
+        return Counts(self.zeros, self.negatives, self.min, self.max)
 
     @property
     def zero_fraction(self) -> np.ndarray:
         """Fraction of exact zeros per channel."""
-        zeros = self._count_arrays()[0]
+        zeros = self.counted().zeros
         return zeros / max(self.count, 1)
 
     @property
     def negative_fraction(self) -> np.ndarray:
-        negatives = self._count_arrays()[1]
+        negatives = self.counted().negatives
         return negatives / max(self.count, 1)
 
     @property
     def dead(self) -> np.ndarray:
         """Channels that were exactly 0 at every sample and position."""
-        zeros = self._count_arrays()[0]
+        zeros = self.counted().zeros
         return (zeros == self.count) & (self.count > 0)
 
     @property
     def constant(self) -> np.ndarray:
         """Channels that held one value at every sample and position (dead ones included)."""
-        _, _, lo, hi = self._count_arrays()
+        _, _, lo, hi = self.counted()
         return (lo == hi) & (self.count > 0)
 
 
