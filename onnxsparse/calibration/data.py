@@ -70,7 +70,7 @@ def model_input_specs(model) -> list[InputSpec]:
         from .._ort import ORT_TYPE_TO_NUMPY
 
         for arg in model.get_inputs():
-            dtype = np.dtype(ORT_TYPE_TO_NUMPY.get(arg.type, np.float32))
+            dtype: np.dtype = np.dtype(ORT_TYPE_TO_NUMPY.get(arg.type, np.float32))
             specs.append(InputSpec(arg.name, dtype, tuple(arg.shape)))
         return specs
     if isinstance(model, onnx.ModelProto):

@@ -22,28 +22,45 @@ sums and forgets it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-__all__ = ["SecondMoments", "ChannelStats", "LayerStats", "ErrorStats"]
+__all__ = ["SecondMoments", "ChannelStats", "Counts", "LayerStats", "ErrorStats"]
+
+
+class _HasMoments(Protocol):
+    """What :class:`SecondMoments` needs: ``mean`` and ``mean_sq`` as fields or as properties."""
+
+    @property
+    def mean(self) -> np.ndarray: ...
+
+    @property
+    def mean_sq(self) -> np.ndarray: ...
 
 
 class SecondMoments:
     """``var`` and ``rms`` of anything with ``mean`` and ``mean_sq`` (``E[x]``, ``E[x^2]``) arrays."""
 
-    mean: np.ndarray
-    mean_sq: np.ndarray
-
     @property
-    def var(self) -> np.ndarray:
+    def var(self: _HasMoments) -> np.ndarray:
         """Population variance (clipped at 0 against rounding)."""
         return np.maximum(self.mean_sq - self.mean**2, 0.0)
 
     @property
-    def rms(self) -> np.ndarray:
+    def rms(self: _HasMoments) -> np.ndarray:
         """``sqrt(E[x^2])``: per channel ``||x_c||_2 / sqrt(count)``, the L2 norm independent of how many
         samples were seen."""
         return np.sqrt(self.mean_sq)
+
+
+class Counts(NamedTuple):
+    """Per channel: exact zeros, negatives, minimum and maximum (``ChannelStats(counts=True)``)."""
+
+    zeros: np.ndarray
+    negatives: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
 
 
 @dataclass
@@ -53,9 +70,9 @@ class ChannelStats(SecondMoments):
     axis: int
     channels: int
     count: int = 0
-    sum: np.ndarray = field(default=None)  # type: ignore[assignment]
-    sumsq: np.ndarray = field(default=None)  # type: ignore[assignment]
-    sumabs: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sum: np.ndarray = field(init=False)  #: set by ``__post_init__`` (zeros of the right size)
+    sumsq: np.ndarray = field(init=False)  #: set by ``__post_init__`` (zeros of the right size)
+    sumabs: np.ndarray = field(init=False)  #: set by ``__post_init__`` (zeros of the right size)
     #: also count exact zeros and negatives and keep min / max (``zeros``, ``negatives``, ``min``, ``max``)
     counts: bool = False
     zeros: np.ndarray | None = None
@@ -64,9 +81,9 @@ class ChannelStats(SecondMoments):
     max: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        for name in ("sum", "sumsq", "sumabs"):
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros(self.channels, dtype=np.float64))
+        self.sum = np.zeros(self.channels, dtype=np.float64)
+        self.sumsq = np.zeros(self.channels, dtype=np.float64)
+        self.sumabs = np.zeros(self.channels, dtype=np.float64)
         if self.counts:
             for name in ("zeros", "negatives"):
                 if getattr(self, name) is None:
@@ -87,10 +104,11 @@ class ChannelStats(SecondMoments):
         self.sumsq += np.einsum("ij,ij->j", flat, flat)
         self.sumabs += np.abs(flat).sum(axis=0)
         if self.counts and flat.shape[0]:
-            self.zeros += np.count_nonzero(flat == 0, axis=0)
-            self.negatives += np.count_nonzero(flat < 0, axis=0)
-            np.minimum(self.min, flat.min(axis=0), out=self.min)
-            np.maximum(self.max, flat.max(axis=0), out=self.max)
+            zeros, negatives, lo, hi = self.counted()  # the arrays themselves: updated in place
+            zeros += np.count_nonzero(flat == 0, axis=0)
+            negatives += np.count_nonzero(flat < 0, axis=0)
+            np.minimum(lo, flat.min(axis=0), out=lo)
+            np.maximum(hi, flat.max(axis=0), out=hi)
 
     @property
     def mean(self) -> np.ndarray:
@@ -110,32 +128,34 @@ class ChannelStats(SecondMoments):
         return self.sumabs / max(self.count, 1)
 
     # -- with ``counts=True`` --------------------------------------------------------
-    def _need_counts(self) -> None:
-        if not self.counts:
+    def counted(self) -> Counts:
+        """The zero / negative counts and min / max; an error when they were not requested."""
+        if not self.counts or self.zeros is None or self.negatives is None or self.min is None or self.max is None:
             raise ValueError("zero / constant counts were not requested (ChannelStats(counts=True))")
+        return Counts(self.zeros, self.negatives, self.min, self.max)
 
     @property
     def zero_fraction(self) -> np.ndarray:
         """Fraction of exact zeros per channel."""
-        self._need_counts()
-        return self.zeros / max(self.count, 1)
+        zeros = self.counted().zeros
+        return zeros / max(self.count, 1)
 
     @property
     def negative_fraction(self) -> np.ndarray:
-        self._need_counts()
-        return self.negatives / max(self.count, 1)
+        negatives = self.counted().negatives
+        return negatives / max(self.count, 1)
 
     @property
     def dead(self) -> np.ndarray:
         """Channels that were exactly 0 at every sample and position."""
-        self._need_counts()
-        return (self.zeros == self.count) & (self.count > 0)
+        zeros = self.counted().zeros
+        return (zeros == self.count) & (self.count > 0)
 
     @property
     def constant(self) -> np.ndarray:
         """Channels that held one value at every sample and position (dead ones included)."""
-        self._need_counts()
-        return (self.min == self.max) & (self.count > 0)
+        _, _, lo, hi = self.counted()
+        return (lo == hi) & (self.count > 0)
 
 
 @dataclass
@@ -151,7 +171,7 @@ class LayerStats:
     want_gram: bool = False
     want_cross: bool = False
     rows: int = 0  #: rows behind the exact column sums
-    colsum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    colsum: np.ndarray = field(init=False)  #: set by ``__post_init__`` (zeros of the right size)
     ref_colsum: np.ndarray | None = None
     sampled: int = 0  #: rows behind the Gram matrices
     gram: np.ndarray | None = None
@@ -159,8 +179,7 @@ class LayerStats:
     sqsum: np.ndarray | None = None  #: sum of squares of every column over all rows (when requested)
 
     def __post_init__(self) -> None:
-        if self.colsum is None:
-            self.colsum = np.zeros(self.features, dtype=np.float64)
+        self.colsum = np.zeros(self.features, dtype=np.float64)
         if self.want_cross and self.ref_colsum is None:
             self.ref_colsum = np.zeros(self.features, dtype=np.float64)
         n = self.features + 1

@@ -171,9 +171,10 @@ def activation_statistics(
         s = cap.channel(*key)
         if s is None:
             continue
+        counted = s.counted()
         report.layers.append(ActivationLayer(
-            node.name or "", node.op_type, key[0], axis, origin, units=s.channels, zeros=int(s.zeros.sum()),
-            negatives=int(s.negatives.sum()), elements=s.count * s.channels, dead=int(s.dead.sum()),
+            node.name or "", node.op_type, key[0], axis, origin, units=s.channels, zeros=int(counted.zeros.sum()),
+            negatives=int(counted.negatives.sum()), elements=s.count * s.channels, dead=int(s.dead.sum()),
             constant=int((s.constant & ~s.dead).sum()), per_unit_zero=s.zero_fraction))
     report.dead_units = detect(dg, cap, data=report.data)
     report.seconds = time.perf_counter() - start

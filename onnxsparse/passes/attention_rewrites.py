@@ -13,6 +13,7 @@ channels are all found by the one engine in :mod:`onnxsparse.graph`.
 from __future__ import annotations
 
 import logging
+from typing import TypeGuard
 
 import numpy as np
 import onnx_ir as ir
@@ -44,7 +45,7 @@ def rewrite_attention(model: ir.Model) -> list[str]:
     return done
 
 
-def _std(node: ir.Node | None) -> bool:
+def _std(node: ir.Node | None) -> TypeGuard[ir.Node]:
     return node is not None and node.domain in ("", "ai.onnx")
 
 
@@ -120,7 +121,7 @@ def fold_static_merge_reads(graph: ir.Graph) -> list[str]:
             if array is None:
                 continue
             concat.replace_input_with(index, _initializer(graph, f"{piece.name}_static", array))
-            _remove_unused(graph, [piece.producer()] if piece.producer() is not None else [])
+            _remove_unused(graph, [p] if (p := piece.producer()) is not None else [])
             changed = True
         if changed:
             done.append(node.name or "Reshape")
@@ -135,7 +136,7 @@ def fold_static_merge_reads(graph: ir.Graph) -> list[str]:
 _SCALAR_OPS = ("Div", "Mul", "Add", "Sub")
 
 
-def _sym(value: ir.Value | None) -> tuple | None:
+def _sym(value: ir.Value | None) -> tuple[int | str | None, ...] | None:
     """Dims: ints, symbol names, ``None`` for unknown (onnx's made-up ``unk__N`` names none)."""
     from ..graph import value_facts as _shapes
 
@@ -208,10 +209,10 @@ def _folded_region(out: ir.Value) -> tuple[list[ir.Node], list[ir.Node]] | str |
     """
     region: list[ir.Node] = []
     folds: list[ir.Node] = []
-    stack = [out]
+    stack: list[ir.Value | None] = [out]
     while stack:
         value = stack.pop()
-        node = value.producer()
+        node = value.producer() if value is not None else None
         if not _std(node):
             return None
         if node in region or node in folds:
@@ -245,7 +246,7 @@ def _candidates(graph: ir.Graph):
             continue
         x, y = unfold.inputs[0], unfold.outputs[0]
         xs, ys = _sym(x), _sym(y)
-        if xs is None or ys is None or len(xs) != 3 or len(ys) != 4 or y.is_graph_output():
+        if x is None or xs is None or ys is None or len(xs) != 3 or len(ys) != 4 or y.is_graph_output():
             continue
         producer = x.producer()
         if not _std(producer) or producer.op_type != "MatMul" or any(
@@ -258,15 +259,17 @@ def _unfold_one(graph: ir.Graph, unfold: ir.Node) -> bool | None:
     """Rewrite one unfold Reshape; ``None`` when only unknown dims stand in the way."""
     x, y = unfold.inputs[0], unfold.outputs[0]
     xs, ys = _sym(x), _sym(y)
+    if x is None or xs is None or ys is None or y.shape is None:
+        return False  # not a candidate (``_candidates`` yields none of these)
     if not all(_same(xs[k], ys[k + 1]) for k in (1, 2)):
         return None if None in (*xs, *ys) else False
     found = _folded_region(x)
-    if found == "dims":
+    if isinstance(found, str):  # "dims"
         return None
     if found is None or not found[1]:
         return False
     region, folds = found
-    leads = {tuple(_sym(f.inputs[0])[:2]) for f in folds}
+    leads = {tuple((_sym(f.inputs[0]) or ())[:2]) for f in folds}  # 4-D: _fold checked
     if None in ys[:2] or any(None in lead for lead in leads):
         return None
     if len(leads) != 1 or next(iter(leads)) != tuple(ys[:2]):
@@ -295,14 +298,15 @@ def _unfold_one(graph: ir.Graph, unfold: ir.Node) -> bool | None:
             if o.shape is not None and len(o.shape) == 3:
                 o.shape = ir.Shape([*lead, *list(o.shape.dims)[1:]])
     for node in [*region, *folds]:  # Shape reads of the 4-D tensors now give 4 entries
-        for o in node.outputs if node in region else node.inputs[:1]:
-            for use in o.uses():
+        four_d = node.outputs if node in region else [v for v in node.inputs[:1] if v is not None]
+        for v in four_d:
+            for use in v.uses():
                 if use.node.op_type == "Shape" and use.node not in inside:
                     use.node.outputs[0].shape = ir.Shape([4])
     target = unfold.inputs[1]
     ir.convenience.replace_all_uses_with(y, x)
     graph.remove(unfold, safe=True)
-    _remove_unused(graph, [*folds, *([target.producer()] if target is not None and target.producer() else [])])
+    _remove_unused(graph, [*folds, *([p] if target is not None and (p := target.producer()) else [])])
     return True
 
 
@@ -313,7 +317,7 @@ def _remove_unused(graph: ir.Graph, start: list[ir.Node]) -> None:
         node = todo.pop()
         if node.graph is not graph or any(o.uses() or o.is_graph_output() for o in node.outputs):
             continue
-        feeding = [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+        feeding = [p for v in node.inputs if v is not None and (p := v.producer()) is not None]
         graph.remove(node, safe=True)
         todo.extend(p for p in feeding
                     if p.op_type in ("Shape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Concat", "Cast"))

@@ -175,7 +175,7 @@ def _broadcast_size(node: ir.Node) -> int | None:
     data, arg = (*node.inputs, None, None)[:2]
     if data is None or arg is None or data.const_value is None or arg.const_value is None:
         return None
-    shape = tuple(data.const_value.shape)
+    shape = tuple(data.const_value.shape.numpy())  # a tensor's shape is always concrete
     other = [int(d) for d in arg.const_value.numpy().reshape(-1)]
     try:
         if node.op_type == "Expand":
@@ -187,11 +187,11 @@ def _broadcast_size(node: ir.Node) -> int | None:
 
 def _static_size(value: ir.Value) -> int | None:
     shape = value.shape
-    if shape is None or not all(isinstance(d, int) for d in shape):
+    if shape is None or not shape.is_static():
         return None
     size = 1
-    for d in shape:
-        size *= int(d)
+    for d in shape.numpy():
+        size *= d
     return size
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from ..errors import UsageError
+from ..errors import DataError, UsageError
 from ..graph import DependencyGraph, Group
 from ..graph.kinds import HEAD_KINDS
 from ..graph.slots import Role
@@ -102,7 +102,7 @@ def _describe_group(dg: DependencyGraph, group: Group, ops: Mapping[str, str],
     rows = {m.slot.key: dg.positions(group, m.slot.key).shape[1] for m in group.members}
     shared = dg.shared_names  # one constant of several layers names none of them
     weights = [m.slot.value for m in group.members if m.weight and m.slot.value not in shared]
-    fused = sorted({ops.get(n) for n in group.nodes if ops.get(n) in _FUSED})
+    fused = sorted({op for n in group.nodes if (op := ops.get(n)) is not None and op in _FUSED})
     per_unit = [r for r in rows.values() if r > 1]
     head_size = min(per_unit) if per_unit else 1
     q_per_unit = dg.queries_per_unit(group) if group.kind == "kv_group" else 1
@@ -149,6 +149,8 @@ def _signature_changes(dg: DependencyGraph, group: Group, removed: Sequence[int]
         if kind is None:
             continue
         value = dg.value(m.slot.value)
+        if value is None:  # a graph input/output is always a value of the graph
+            raise ValueError(f"group {group.id} member {m.slot.value!r} is not a value of the graph")
         table = dg.positions(group, m.slot.key)
         gone = set(table[np.asarray(removed, dtype=np.int64)].reshape(-1).tolist())
         new = _shape_str(value)
@@ -171,7 +173,7 @@ def heads_report(result: PruneResult, *, heads: float, ffn: float, criterion: st
     }
     used = {g.id: g.criterion for g in result.report.groups}
     ops = _op_names(dg.model)
-    softmax_outputs = frozenset(o.name for n in dg.model.graph if n.op_type == "Softmax" for o in n.outputs if o is not None)
+    softmax_outputs = frozenset(o.name for n in dg.model.graph if n.op_type == "Softmax" for o in n.outputs if o.name)
     for group in dg.groups:
         attention = group.kind in HEAD_KINDS
         if group.kind not in ("head", "kv_group", "neuron") or (attention and not heads) or (not attention and not ffn):
@@ -316,6 +318,8 @@ def masked_heads_model(source: Any, report: Mapping[str, Any]) -> ir.Model:
     for entry in (*report["attention"], *report["ffn"]):
         for sink in entry["sinks"]:
             value = ref.graph.initializers[sink["weight"]]
+            if value.const_value is None:
+                raise DataError(f"initializer {value.name!r} has no data to mask")
             w = value.const_value.numpy().copy()
             index = [slice(None)] * w.ndim
             index[sink["axis"]] = sink["rows_removed"]

@@ -184,6 +184,13 @@ class Consumer:
         return self.node.name or ""
 
     @property
+    def weight_name(self) -> str:
+        """Name of the constant weight (only consumers with one are repaired)."""
+        if self.weight is None:
+            raise ValueError(f"{self.name}: no constant weight to repair")
+        return self.weight.name or ""
+
+    @property
     def cols_keep(self) -> np.ndarray:
         assert self.view is not None
         return np.repeat(self.in_keep, self.view.taps)
@@ -233,7 +240,8 @@ def find_consumers(dg: DependencyGraph, masks: Mapping[tuple[str, int], np.ndarr
         else:
             if key not in prunable_slots:
                 continue
-            size = dg.value(key[0]).shape[c.axis] if dg.value(key[0]) is not None else None
+            x_value = dg.value(key[0])
+            size = x_value.shape[c.axis] if x_value is not None and x_value.shape is not None else None
             keep = np.ones(int(size) if isinstance(size, int) else 0, dtype=bool)
         seen.add(c.node)
         cons = Consumer(node, key[0], c.axis, np.asarray(keep, dtype=bool))
@@ -242,6 +250,9 @@ def find_consumers(dg: DependencyGraph, masks: Mapping[tuple[str, int], np.ndarr
             cons.reason = "the other operand is not a constant weight"
             continue
         w = node.inputs[c.weight[0]]
+        if w is None:
+            cons.reason = "the weight input is missing"
+            continue
         cons.weight, cons.in_axis = w, c.weight[1]
         if c.input != 0:
             cons.reason = "the weight is the left operand"
@@ -279,7 +290,7 @@ def _bias_problem(node: ir.Node) -> str | None:
         return None
     if b.const_value is None:
         return f"{node.op_type} '{node.name}': the bias is computed at run time"
-    shape = tuple(int(d) for d in b.const_value.shape)
+    shape = tuple(b.const_value.shape.numpy())
     if node.op_type == "Gemm" and len(shape) == 2 and shape[0] != 1:
         return f"Gemm '{node.name}': bias of shape {list(shape)} is not per output channel"
     return None
@@ -302,8 +313,8 @@ def candidate_requests(dg: DependencyGraph) -> tuple[list[tuple[str, int]], list
     nodes = _node_map(dg.model)
     for c in dg.contractions:  # weight on the left, e.g. Gemm(A=const): channel statistics only
         node = nodes.get(c.node)
-        if node is not None and c.weight is not None and node.inputs[c.input] is not None:
-            channels.append((node.inputs[c.input].name or "", c.axis))
+        if node is not None and c.weight is not None and (x := node.inputs[c.input]) is not None:
+            channels.append((x.name or "", c.axis))
     prunable = {m.slot.key for g in dg.prunable for m in g.members}
     return [k for k in dict.fromkeys(channels) if k in prunable], layers
 
@@ -381,7 +392,7 @@ def _set_const(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) ->
         model.graph.initializers.pop(old.name or "", None)
 
 
-def _matmul_bias_add(node: ir.Node, out_channels: int) -> tuple[ir.Node, int] | None:
+def _matmul_bias_add(node: ir.Node, out_channels: int) -> tuple[ir.Node, int, np.ndarray] | None:
     y = node.outputs[0]
     uses = list(y.uses())
     if len(uses) != 1 or y.is_graph_output():
@@ -392,12 +403,12 @@ def _matmul_bias_add(node: ir.Node, out_channels: int) -> tuple[ir.Node, int] | 
     other = add.inputs[1 - idx]
     if other is None or other.const_value is None:
         return None
-    shape = tuple(int(d) for d in other.const_value.shape)
+    shape = tuple(other.const_value.shape.numpy())
     if not shape or shape[-1] != out_channels or any(d != 1 for d in shape[:-1]):
         return None
     if y.shape is not None and len(shape) > len(y.shape):
         return None
-    return add, 1 - idx
+    return add, 1 - idx, other.const_value.numpy()
 
 
 def add_bias(model: ir.Model, node_name: str, delta: np.ndarray) -> str:
@@ -433,10 +444,9 @@ def add_bias(model: ir.Model, node_name: str, delta: np.ndarray) -> str:
         raise ValueError(f"cannot add a bias to {node.op_type} '{node_name}'")
     found = _matmul_bias_add(node, n)
     if found is not None:
-        add, index = found
-        c = add.inputs[index]
-        old = np.asarray(c.const_value.numpy(), dtype=np.float64)
-        _set_const(model, add, index, (old + delta.reshape(old.shape)).astype(c.const_value.numpy().dtype))
+        add, index, constant = found
+        old = np.asarray(constant, dtype=np.float64)
+        _set_const(model, add, index, (old + delta.reshape(old.shape)).astype(constant.dtype))
         return "add"
     bias = _new_initializer(model, f"{node_name}_bias", delta.astype(dtype))
     uses = list(y.uses())
@@ -523,10 +533,10 @@ def _solve(cons: Consumer, stats: LayerStats, mode: str, damp: float, entry: Lay
         new = np.where(keep[None, :], w2d, 0.0)
         delta = solve_bias(w2d, keep, stats)
     entry.method = method
-    rec.weights[cons.weight.name or ""] = cons.unmatrix(new)
+    rec.weights[cons.weight_name] = cons.unmatrix(new)
     if np.any(delta != 0):
         rec.biases[cons.name] = delta
-        rec.out_masks[cons.name] = (cons.weight.name or "", cons.out_axis)
+        rec.out_masks[cons.name] = (cons.weight_name, cons.out_axis)
 
 
 def reconstruct(
@@ -577,13 +587,18 @@ def reconstruct(
         entries[cons.name].stage = stage_of.get(cons.name, 0)
 
     def request(cons: Consumer) -> LayerRequest:
+        view = cons.view
+        if view is None:
+            raise ValueError(f"{cons.name}: no linear view to capture")  # todo holds only consumers with one
         gram = mode == "lstsq"
-        if gram and cons.view is not None and cons.view.in_features > MAX_LSTSQ_FEATURES:
-            entries[cons.name].reason = f"{cons.view.in_features} input columns > {MAX_LSTSQ_FEATURES}: bias compensation instead"
+        if gram and view.in_features > MAX_LSTSQ_FEATURES:
+            entries[cons.name].reason = f"{view.in_features} input columns > {MAX_LSTSQ_FEATURES}: bias compensation instead"
             gram = False
-        return LayerRequest(cons.view, gram)  # type: ignore[arg-type]
+        return LayerRequest(view, gram)
 
-    opts = dict(batch_size=batch_size, max_rows=max_rows, seed=seed, progress=progress)
+    def run_capture(m: ir.Model, layers: list[LayerRequest], reference: ir.Model | None = None) -> Capture:
+        return capture(m, source, layers=layers, reference=reference, batch_size=batch_size, max_rows=max_rows,
+                       seed=seed, progress=progress)
     capture_s = 0.0
     if not sequential:
         requests = [request(c) for c in todo]
@@ -591,7 +606,7 @@ def reconstruct(
         missing = [r for r in requests if r.gram or r.view.node not in have]
         captured: dict[str, LayerStats] = {r.view.node: have[r.view.node] for r in requests if r.view.node in have}
         for chunk in chunk_requests(missing, GRAM_BUDGET):
-            cap = capture(model, source, layers=chunk, **opts)
+            cap = run_capture(model, chunk)
             captured.update(cap.layers)
             capture_s += cap.seconds
         for cons in todo:
@@ -603,7 +618,7 @@ def reconstruct(
             layer_cons = [c for c in todo if entries[c.name].stage == stage]
             stage_rec = Reconstruction(report)
             for chunk in chunk_requests([request(c) for c in layer_cons], GRAM_BUDGET, cross=True):
-                cap = capture(current, source, layers=chunk, reference=model, **opts)
+                cap = run_capture(current, chunk, reference=model)
                 capture_s += cap.seconds
                 for r in chunk:
                     cons = next(c for c in layer_cons if c.name == r.view.node)
@@ -615,7 +630,7 @@ def reconstruct(
         repaired = current
     report.timings["capture_s"] = capture_s
     report.timings["solve_s"] = time.perf_counter() - start - capture_s
-    if measure:
+    if measure and repaired is not None:  # repaired is None only when not measuring
         t = time.perf_counter()
         masked = masked_copy(model, plan)
         values = [c.node.outputs[0].name or "" for c in consumers]

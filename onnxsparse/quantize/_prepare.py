@@ -110,7 +110,7 @@ def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool
 
     pre = tmp / "preprocessed.onnx"
     pre_process = ort_quantization().quant_pre_process
-    attempts = (
+    attempts: tuple[tuple[str, dict[str, bool]], ...] = (
         ("symbolic shape inference + graph optimisation + ONNX shape inference", {}),
         ("graph optimisation + ONNX shape inference", {"skip_symbolic_shape": True}),
         ("ONNX shape inference", {"skip_symbolic_shape": True, "skip_optimization": True}),

@@ -32,6 +32,7 @@ def make_reader(
     """
     base = ort_quantization().CalibrationDataReader
 
+    # ignore: the base is onnxruntime's class looked up at run time (lazy import), not a static type
     class DataSourceReader(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             self.batches: list[dict[str, np.ndarray]] = [

@@ -122,6 +122,13 @@ def _enum(module_attr: str, table: dict[str, str], key: str):
     return getattr(getattr(ort_quantization(), module_attr), table[key])
 
 
+def _resolved(value: str | None, what: str) -> str:
+    """A setting static mode's ``resolve`` always fills in; ``None`` means settings resolved by another mode."""
+    if value is None:
+        raise UsageError(f"static quantization needs a {what}; resolve the settings with the static mode")
+    return value
+
+
 def _present(ops: dict[str, int], names: tuple[str, ...]) -> str:
     found = [f"{n} x{ops[n]}" for n in names if ops.get(n)]
     return ", ".join(found) if found else "none"
@@ -334,18 +341,19 @@ class StaticMode(QuantMode):
                 quant_format=_enum("QuantFormat", FORMATS, settings.format),
                 per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
-                activation_type=_enum("QuantType", QUANT_TYPES, settings.activation_type),
+                activation_type=_enum("QuantType", QUANT_TYPES, _resolved(settings.activation_type, "activation type")),
                 weight_type=_enum("QuantType", QUANT_TYPES, settings.weight_type),
                 nodes_to_exclude=list(ctx.exclude),
                 use_external_data_format=ctx.external_data,
-                calibrate_method=_enum("CalibrationMethod", CALIBRATION_METHODS, settings.calibrate),
+                calibrate_method=_enum("CalibrationMethod", CALIBRATION_METHODS, _resolved(settings.calibrate, "calibration method")),
                 extra_options=extra,
             )
 
         _run_quantizer(f"static mode ({settings.format})", call)
 
     def kernels(self, settings: QuantizeSettings, op_counts: dict[str, int]) -> str:
-        pair = f"{settings.activation_type[0]}8{settings.weight_type[0]}8".replace("i", "s")
+        act = _resolved(settings.activation_type, "activation type")
+        pair = f"{act[0]}8{settings.weight_type[0]}8".replace("i", "s")
         if settings.format == "qdq":
             return (
                 f"QDQ ({op_counts.get('QuantizeLinear', 0)} QuantizeLinear, {op_counts.get('DequantizeLinear', 0)} "

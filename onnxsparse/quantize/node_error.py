@@ -12,9 +12,10 @@ contributed, so a user (or ``max_node_error``) can keep the costly ones float.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -109,6 +110,12 @@ def _effective(fp32: onnx.ModelProto, quantized_names: set[str], tensor: str, pa
     return tensor if tensor in pairs else None
 
 
+class Runner(Protocol):
+    """The part of an onnxruntime ``InferenceSession`` the probe uses."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray], /) -> Sequence[np.ndarray]: ...
+
+
 def _with_outputs(path: Path, tensors: set[str], target: Path) -> Path:
     """A copy of the model at ``path`` (beside it, so external data still resolves) that also outputs ``tensors``."""
     model = onnx.load(str(path), load_external_data=False)
@@ -124,7 +131,7 @@ def node_errors(
     quantized_path: Path,
     nodes: list[onnx.NodeProto],
     batches: Callable[[], Iterable[dict[str, np.ndarray]]],
-    session: Callable[[Path], object],
+    session: Callable[[Path], Runner],
 ) -> list[NodeError]:
     """Per quantized node, the relative L2 error of its inputs and outputs (worst added error first)."""
     fp32 = onnx.load(str(fp32_path), load_external_data=False)

@@ -149,7 +149,7 @@ def format_summary(report: QuantizeReport, max_rows: int = 15) -> str:
     out = [format_table(["item", "value"], rows, title=f"onnxsparse quantize ({report.seconds:.1f} s)")]
     if report.excluded:
         shown = report.excluded[:max_rows]
-        table = [(r["node"], r["op_type"], r["reason"]) for r in shown]
+        table: list[tuple[Any, ...]] = [(r["node"], r["op_type"], r["reason"]) for r in shown]
         title = "excluded nodes" + (
             f" (first {max_rows} of {len(report.excluded)}; --report FILE lists all)"
             if len(report.excluded) > max_rows else ""

@@ -211,6 +211,13 @@ class _Graph:
             self._arrays[name] = numpy_helper.to_array(self.inits[name])
         return self._arrays[name]
 
+    def init_array(self, name: str) -> np.ndarray:
+        """The array of ``name``, which the caller has checked is an initializer."""
+        found = self.array(name)
+        if found is None:
+            raise KeyError(f"{name!r} is not an initializer")
+        return found
+
     def is_float_init(self, name: str) -> bool:
         return name in self.inits and self.inits[name].data_type in _FLOAT_TYPES
 
@@ -295,7 +302,7 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
         seen.update(_PARAMETER_INPUTS.get(op, lambda n: ())(node))  # scales, zero points (2-D when blocked)
         if op == "DequantizeLinear" and _input(node, 0) in g.inits:
             name = node.input[0]
-            q, scale, zp = arr(name), arr(_input(node, 1)), arr(_input(node, 2))
+            q, scale, zp = g.init_array(name), arr(_input(node, 1)), arr(_input(node, 2))
             if scale is None:
                 skip(name, f"{node.name}: scale is not a constant")
                 continue
@@ -309,12 +316,16 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
                 continue
             k, n, bits, block = int(a["K"]), int(a["N"]), int(a.get("bits", 4)), int(a["block_size"])
             k_blocks = (k + block - 1) // block
-            packed = arr(name).reshape(n, k_blocks, -1)
+            packed = g.init_array(name).reshape(n, k_blocks, -1)
             codes = unpack_nbits(packed, bits, block)  # [N, k_blocks, block]
-            scales = arr(_input(node, 2)).astype(np.float32).reshape(n, k_blocks)
+            scale_values = arr(_input(node, 2))
+            if scale_values is None:
+                skip(name, f"{node.name}: scales are not a constant")
+                continue
+            scales = scale_values.astype(np.float32).reshape(n, k_blocks)
             zp_name = _input(node, 3)
             if zp_name and zp_name in g.inits:
-                zps = arr(zp_name)
+                zps = g.init_array(zp_name)
                 if zps.dtype != np.uint8:  # float zero points: w = q * scale - zp (not written by our quantizer)
                     skip(name, f"{node.name}: float zero points not supported")
                     continue
@@ -330,7 +341,7 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
         elif op in ("QLinearConv", "QLinearMatMul", "QGemm"):
             name, scale, zp = _input(node, 3), arr(_input(node, 4)), arr(_input(node, 5))
             if name in g.inits and scale is not None:
-                q = arr(name)
+                q = g.init_array(name)
                 axis = 0 if op == "QLinearConv" or (op == "QGemm" and a.get("transB", 0)) else q.ndim - 1
                 add(name, node, _dequant(q, scale, zp, axis), scale, per_channel=_per_axis(scale))
             bias = _input(node, 8) if op == "QLinearConv" else (_input(node, 6) if op == "QGemm" else "")
@@ -338,13 +349,13 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
                 x_scale = arr(_input(node, 1))
                 if x_scale is not None and scale is not None:
                     bias_scale = (x_scale * scale).reshape(-1)
-                    add(bias, node, _dequant(arr(bias), bias_scale, None, 0), bias_scale, per_channel=_per_axis(scale))
+                    add(bias, node, _dequant(g.init_array(bias), bias_scale, None, 0), bias_scale, per_channel=_per_axis(scale))
         elif op in ("QLinearAdd", "QLinearMul"):
             # (A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp): either operand may be a constant.
             for data, scale_i, zp_i in ((0, 1, 2), (3, 4, 5)):
                 name, scale = _input(node, data), arr(_input(node, scale_i))
                 if name in g.inits and scale is not None:
-                    add(name, node, _dequant(arr(name), scale, arr(_input(node, zp_i)), 0), scale, per_channel=False)
+                    add(name, node, _dequant(g.init_array(name), scale, arr(_input(node, zp_i)), 0), scale, per_channel=False)
         elif op == "Gather" and _input(node, 0) in g.inits and g.inits[_input(node, 0)].data_type in _INT_TYPES:
             # Quantized embedding table: the DequantizeLinear after the Gather holds scale and zero point.
             name = node.input[0]
@@ -353,12 +364,12 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
             if scale is None or _per_axis(scale):
                 skip(name, f"{node.name}: no per-tensor DequantizeLinear after Gather")
                 continue
-            add(name, node, _dequant(arr(name), scale, arr(_input(dq, 2)), 0), scale, per_channel=False)
+            add(name, node, _dequant(g.init_array(name), scale, arr(_input(dq, 2)), 0), scale, per_channel=False)
         elif op == "QAttention" and _input(node, 1) in g.inits:
             # (input, weight, bias, input_scale, weight_scale, mask_index, input_zero_point, weight_zero_point, past)
             name, scale = node.input[1], arr(_input(node, 4))
             if scale is not None:
-                q = arr(name)
+                q = g.init_array(name)
                 add(name, node, _dequant(q, scale, arr(_input(node, 7)), q.ndim - 1), scale,
                     per_channel=_per_axis(scale))
         elif op == "DynamicQuantizeLSTM":
@@ -367,7 +378,7 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
                 name, scale = _input(node, data), arr(_input(node, scale_i))
                 if name not in g.inits or scale is None:
                     continue
-                q = arr(name).astype(np.int64)
+                q = g.init_array(name).astype(np.int64)
                 zp = arr(_input(node, zp_i))
                 shape = (q.shape[0], 1, q.shape[2] if scale.ndim == 2 else 1)
                 s_b = scale.astype(np.float32).reshape(shape)
@@ -378,7 +389,7 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
             name = _input(node, 1)
             if name not in g.inits:
                 continue
-            q = arr(name)
+            q = g.init_array(name)
             if op == "DynamicQuantizeMatMul":
                 scale, zp, why = arr(_input(node, 2)), arr(_input(node, 3)), f"{node.name}: B_scale is not a constant"
             else:
@@ -447,7 +458,7 @@ def _closest(before: _Graph, weight: QuantizedWeight, names: list[str]) -> tuple
     tolerance = weight.step * (1 + 1e-3) + 1e-7
     best: tuple[str | None, np.ndarray | None, int] = (None, None, weight.values.size + 1)
     for name in names:
-        source = before.array(name).astype(np.float32)
+        source = before.init_array(name).astype(np.float32)
         values = _align(weight.values, source)
         if values is None:
             continue

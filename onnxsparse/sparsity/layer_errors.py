@@ -11,9 +11,13 @@ unpruned model on the same batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
+
+if TYPE_CHECKING:  # annotations only: the data module is imported by whoever builds the source
+    from ..calibration.data import DataSource
 
 __all__ = ["Pruner", "layer_errors"]
 
@@ -43,7 +47,7 @@ def _weight_fed_session(model: ir.Model, names: Sequence[str]):
 
 
 def layer_errors(model: ir.Model, weights: Mapping[str, np.ndarray], pruner: Pruner, ratios: Sequence[float],
-                 source: object, *, batch_size: int = 32, limit: int | None = None,
+                 source: DataSource, *, batch_size: int = 32, limit: int | None = None,
                  progress: bool = False) -> dict[str, list[tuple[float, float]]]:
     """``{weight: [(ratio, rel_mse), ...]}`` for every weight in ``weights`` (name -> current array)."""
     from ..passes.sensitivity import output_errors

@@ -52,8 +52,10 @@ class Pattern:
     summary: ClassVar[str] = ""
     supports_global: ClassVar[bool] = True
 
-    #: sparsity the pattern implies (N:M), else None (the user gives it)
-    fixed_sparsity: float | None = None
+    @property
+    def fixed_sparsity(self) -> float | None:
+        """Sparsity the pattern implies (N:M), else None (the user gives it)."""
+        return None
 
     @property
     def spec(self) -> str:
@@ -153,7 +155,7 @@ class NM(Pattern):
     supports_global: ClassVar[bool] = False
 
     @property
-    def fixed_sparsity(self) -> float:  # type: ignore[override]
+    def fixed_sparsity(self) -> float:
         return 1.0 - self.n / self.m
 
     @property
