@@ -164,6 +164,14 @@ def _matches(globs: Sequence[str], info: WeightInfo) -> str | None:
     return None
 
 
+def _initializer_array(model: ir.Model, name: str) -> np.ndarray:
+    """The array of an initializer :func:`find_weights` reported (so it has a value)."""
+    value = model.graph.initializers[name].const_value
+    if value is None:  # pragma: no cover - find_weights returns only initializers that hold a value
+        raise AssertionError(f"initializer {name!r} has no value")
+    return value.numpy()
+
+
 def _ratio_for(pairs: Sequence[tuple[str, float]], info: WeightInfo) -> tuple[float, str] | None:
     for glob, ratio in pairs:
         if _matches([glob], info):
@@ -248,7 +256,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         self.report = report
 
         considered = self._select(model, report)
-        arrays = {info.name: model.graph.initializers[info.name].const_value.numpy() for info in considered}
+        arrays = {info.name: _initializer_array(model, info.name) for info in considered}
         before_sparsity = {
             info.name: TensorData(info.name, arrays[info.name], info.fill(arrays[info.name].dtype)).sparsity
             for info in considered
@@ -327,8 +335,8 @@ class SparsifyPass(ir.passes.InPlacePass):
             default = 0.0  # chosen below, once the tensors are known
         for info in considered:
             override = _ratio_for(pairs, info)
-            target = override[0] if override else default
-            if target is None:
+            ratio = override[0] if override else default
+            if ratio is None:
                 continue
             reason = info.reason
             if reason is None:
@@ -339,9 +347,9 @@ class SparsifyPass(ir.passes.InPlacePass):
             if reason:
                 notes[info.name] = f"not pruned: {reason}"
                 continue
-            targets[info.name] = target
+            targets[info.name] = ratio
             prune_list.append(
-                PruneTarget(info, arrays[info.name], target, pooled=config.global_scope and override is None)
+                PruneTarget(info, arrays[info.name], ratio, pooled=config.global_scope and override is None)
             )
         pinned = {t.info.name for t in prune_list if _ratio_for(pairs, t.info)}
         free = [t for t in prune_list if t.info.name not in pinned]
