@@ -124,11 +124,13 @@ def _is_const(node: ir.Node, index: int) -> bool:
     return value is not None and value.const_value is not None
 
 
-def linear_op(node: ir.Node, weight_input: int | None = None) -> LinearOp:
+def linear_op(node: ir.Node, weight_input: int | None = None, *, weight_rank: int | None = None) -> LinearOp:
     """The :class:`LinearOp` of ``node`` with ``weight_input`` as its weight, or raise :class:`Decline`.
 
     Without ``weight_input``: Gemm/Conv/quantized ops use their weight input;
     a MatMul uses whichever operand is a constant (the right one when both are).
+    ``weight_rank`` overrides the rank read from the node's input (a weight seen
+    through a Cast may carry no shape there).
     """
     if node.domain not in ("", "ai.onnx") or node.op_type not in LINEAR_KINDS:
         prefix = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
@@ -143,7 +145,7 @@ def linear_op(node: ir.Node, weight_input: int | None = None) -> LinearOp:
                 raise Decline(f"MatMul '{node.name}' multiplies two activations (no constant weight)")
             weight_input = 0
     weight = node.inputs[weight_input] if weight_input < len(node.inputs) else None
-    rank = _rank(weight)
+    rank = _rank(weight) if weight_rank is None else weight_rank
     base = LinearOp(node, kind.family, weight_input, kind.data, None, None, 1, weight_shape=_shape(weight),
                     scale_input=kind.scale, zero_point_input=kind.zero_point, bias_input=kind.bias)
     if op == "MatMul" and weight_input in (0, 1):

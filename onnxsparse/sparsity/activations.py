@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
 from .weights import WeightInfo, _uses, contraction
 
 __all__ = ["FeatureSource", "feature_sources", "input_feature_scales"]
@@ -42,14 +43,15 @@ class FeatureSource:
 
 
 def _source(node: ir.Node, index: int) -> FeatureSource | str:
-    found = contraction(node, index)
-    if isinstance(found, str):
-        return found
-    x = node.inputs[found.input_index]
+    try:
+        found = contraction(node, index)
+    except Decline as exc:
+        return str(exc)
+    x = node.inputs[found.data_input]
     if x is None or not x.name:
         return f"{node.op_type} without a named activation"
-    conv = node.op_type == "Conv" and found.group == 1  # measured per im2col column
-    return FeatureSource(x.name, found.axis, found.group, node if conv else None)
+    conv = found.family == "conv" and found.groups == 1  # measured per im2col column
+    return FeatureSource(x.name, found.data_axis, found.groups, node if conv else None)
 
 
 def feature_sources(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, list[FeatureSource] | str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
 from .weights import WeightInfo, _uses, contraction
 
 __all__ = ["LayerLayout", "layer_layouts", "sparsegpt", "hessians", "prune_weight"]
@@ -56,18 +57,15 @@ class LayerLayout:
 
 
 def _layout(node: ir.Node, index: int) -> LayerLayout | str:
-    found = contraction(node, index)
-    if isinstance(found, str):
-        return found
+    try:
+        found = contraction(node, index)
+    except Decline as exc:
+        return str(exc)
     if node.op_type in ("MatMul", "Gemm") and index != 1:
         return f"{node.op_type} weight on the left (input {index})"
-    if found.group != 1:
-        return f"grouped Conv (group={found.group})"
-    if node.op_type == "Gemm":
-        transpose = not node.attributes.get_int("transB", 0)  # B stored [in, out] unless transB
-    else:
-        transpose = node.op_type == "MatMul"  # MatMul weights are [in, out]; Conv [out, in, *kernel]
-    return LayerLayout(node, found.input_index, found.axis, transpose)
+    if found.groups != 1:
+        return f"grouped Conv (group={found.groups})"
+    return LayerLayout(node, found.data_input, found.data_axis, found.transposed)
 
 
 def layer_layouts(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, LayerLayout | str]:
