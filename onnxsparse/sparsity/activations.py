@@ -21,12 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from ..errors import Decline
 from .weights import WeightInfo, _uses, contraction
+
+if TYPE_CHECKING:  # only for annotations: this module reaches calibration lazily, inside functions
+    from ..calibration.data import DataSource
 
 __all__ = ["FeatureSource", "feature_sources", "input_feature_scales"]
 
@@ -101,7 +105,7 @@ def _scale(norms: np.ndarray, source: FeatureSource, info: WeightInfo) -> np.nda
 def input_feature_scales(
     model: ir.Model,
     infos: Sequence[WeightInfo],
-    source: object,
+    source: DataSource,
     *,
     batch_size: int = 32,
     limit: int | None = None,

@@ -194,7 +194,7 @@ def find_weights(model: ir.Model) -> list[WeightInfo]:
         tensor = value.const_value
         if tensor is None:
             continue
-        shape = tuple(int(d) for d in tensor.shape)
+        shape = tuple(tensor.shape.numpy())
         rank = len(shape)
         dtype = _dtype_name(tensor.dtype)
         roles: list[_Role] = []
