@@ -165,7 +165,7 @@ def test_conv_integer_grouped() -> None:
 
 def test_qlinear_forms_name_their_weight_inputs() -> None:
     x = RNG.integers(0, 255, (1, 2, 4, 4)).astype(np.uint8)
-    scalars = {"xs": np.array(0.1, np.float32), "xz": np.array(0, np.uint8), "ws": np.array(0.2, np.float32),
+    scalars: dict[str, np.ndarray] = {"xs": np.array(0.1, np.float32), "xz": np.array(0, np.uint8), "ws": np.array(0.2, np.float32),
                "wz": np.array(0, np.uint8), "ys": np.array(0.3, np.float32), "yz": np.array(0, np.uint8)}
     conv = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
     w = RNG.integers(0, 255, (3, 2, 2, 2)).astype(np.uint8)
