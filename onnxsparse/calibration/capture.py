@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ..graph.linear import linear_op
 from .data import DataSource
 from .stats import ChannelStats, ErrorStats, LayerStats
 
@@ -177,14 +178,13 @@ def linear_view(node: ir.Node, input_index: int, axis: int) -> LinearView | str:
             return f"{node.op_type} '{node.name}': the other operand is not a constant matrix"
         return LinearView(node.name or "", x.name or "", "dense", axis, channels)
     if node.op_type == "Conv" and input_index == 0 and axis == 1:
-        w = node.inputs[1]
-        if w is None or w.const_value is None:
+        op = linear_op(node)
+        weight = node.inputs[op.weight_input]
+        if weight is None or weight.const_value is None:
             return f"Conv '{node.name}': weight is not a constant"
-        wshape = tuple(int(d) for d in w.const_value.shape)
-        group = node.attributes.get_int("group", 1) or 1
-        if group != 1:
-            return f"Conv '{node.name}': grouped convolution (group={group}) has no single linear view"
-        kernel = wshape[2:]
+        if op.groups != 1:
+            return f"Conv '{node.name}': grouped convolution (group={op.groups}) has no single linear view"
+        kernel = op.kernel
         nd = len(kernel)
         if rank != nd + 2:
             return f"Conv '{node.name}': input rank {rank} does not match the kernel"
