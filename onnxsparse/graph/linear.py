@@ -75,6 +75,12 @@ class LinearOp:
             return self.weight_shape[2:]
         return ()
 
+    def matrix_axes(self) -> tuple[int, int]:
+        """``(in_axis, out_axis)`` of a weight with at least two axes; :class:`Decline` otherwise."""
+        if self.in_axis is None or self.out_axis is None:
+            raise Decline(f"{self.node.op_type} '{self.node.name}': weight rank unknown or below 2")
+        return self.in_axis, self.out_axis
+
     def channels_per_group(self, in_channels: int) -> int:
         """Data channels each group reads."""
         if in_channels % self.groups:
