@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ..graph.linear import linear_op
 from .data import DataSource
 from .stats import ChannelStats, ErrorStats, LayerStats
 
@@ -131,7 +132,8 @@ class LinearView:
             order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
             return win.transpose(order).reshape(-1, self.in_features)
         pos = np.unravel_index(index, (x.shape[0], *out))
-        picked = win[(pos[0], slice(None), *pos[1:])]  # [n, C, *kernel]
+        key: tuple[np.ndarray | slice, ...] = (pos[0], slice(None), *pos[1:])
+        picked = win[key]  # [n, C, *kernel]
         return picked.reshape(len(index), self.in_features)
 
     def colsum(self, x: np.ndarray) -> tuple[np.ndarray, int]:
@@ -177,14 +179,13 @@ def linear_view(node: ir.Node, input_index: int, axis: int) -> LinearView | str:
             return f"{node.op_type} '{node.name}': the other operand is not a constant matrix"
         return LinearView(node.name or "", x.name or "", "dense", axis, channels)
     if node.op_type == "Conv" and input_index == 0 and axis == 1:
-        w = node.inputs[1]
-        if w is None or w.const_value is None:
+        op = linear_op(node)
+        weight = node.inputs[op.weight_input]
+        if weight is None or weight.const_value is None:
             return f"Conv '{node.name}': weight is not a constant"
-        wshape = tuple(int(d) for d in w.const_value.shape)
-        group = node.attributes.get_int("group", 1) or 1
-        if group != 1:
-            return f"Conv '{node.name}': grouped convolution (group={group}) has no single linear view"
-        kernel = wshape[2:]
+        if op.groups != 1:
+            return f"Conv '{node.name}': grouped convolution (group={op.groups}) has no single linear view"
+        kernel = op.kernel
         nd = len(kernel)
         if rank != nd + 2:
             return f"Conv '{node.name}': input rank {rank} does not match the kernel"
@@ -384,19 +385,19 @@ def capture(
                 stats = result.channels[(value, axis)] = ChannelStats(ax, int(x.shape[ax]), counts=counts)
             stats.update(x)
         for li, r in enumerate(layers):
-            view, stats = r.view, result.layers[r.view.node]
+            view, layer = r.view, result.layers[r.view.node]
             x = arrays[view.value]
             xr = ref_arrays[view.value] if ref_arrays is not None else None
             colsum, count = view.colsum(x)
-            stats.add_colsum(colsum, count, view.colsum(xr)[0] if xr is not None else None)
+            layer.add_colsum(colsum, count, view.colsum(xr)[0] if xr is not None else None)
             if r.squares:
-                stats.add_sqsum(view.colsum(np.square(x, dtype=np.float64))[0])
+                layer.add_sqsum(view.colsum(np.square(x, dtype=np.float64))[0])
             if r.gram:
                 index = None
                 if count > max_rows:
                     rng = np.random.default_rng([seed, b, li])
                     index = np.sort(rng.choice(count, max_rows, replace=False))
-                stats.add_rows(view.rows(x, index), view.rows(xr, index) if xr is not None else None)
+                layer.add_rows(view.rows(x, index), view.rows(xr, index) if xr is not None else None)
         if bar is not None:
             bar.update(n)
     if bar is not None:

@@ -21,11 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
 from .weights import WeightInfo, _uses, contraction
+
+if TYPE_CHECKING:  # only for annotations: this module reaches calibration lazily, inside functions
+    from ..calibration.data import DataSource
 
 __all__ = ["FeatureSource", "feature_sources", "input_feature_scales"]
 
@@ -42,14 +47,15 @@ class FeatureSource:
 
 
 def _source(node: ir.Node, index: int) -> FeatureSource | str:
-    found = contraction(node, index)
-    if isinstance(found, str):
-        return found
-    x = node.inputs[found.input_index]
+    try:
+        found = contraction(node, index)
+    except Decline as exc:
+        return str(exc)
+    x = node.inputs[found.data_input]
     if x is None or not x.name:
         return f"{node.op_type} without a named activation"
-    conv = node.op_type == "Conv" and found.group == 1  # measured per im2col column
-    return FeatureSource(x.name, found.axis, found.group, node if conv else None)
+    conv = found.family == "conv" and found.groups == 1  # measured per im2col column
+    return FeatureSource(x.name, found.data_axis, found.groups, node if conv else None)
 
 
 def feature_sources(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, list[FeatureSource] | str]:
@@ -99,7 +105,7 @@ def _scale(norms: np.ndarray, source: FeatureSource, info: WeightInfo) -> np.nda
 def input_feature_scales(
     model: ir.Model,
     infos: Sequence[WeightInfo],
-    source: object,
+    source: DataSource,
     *,
     batch_size: int = 32,
     limit: int | None = None,

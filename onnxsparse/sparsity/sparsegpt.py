@@ -19,11 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
 from .weights import WeightInfo, _uses, contraction
+
+if TYPE_CHECKING:  # only for annotations: this module reaches calibration lazily, inside functions
+    from ..calibration.data import DataSource
 
 __all__ = ["LayerLayout", "layer_layouts", "sparsegpt", "hessians", "prune_weight"]
 
@@ -56,18 +61,15 @@ class LayerLayout:
 
 
 def _layout(node: ir.Node, index: int) -> LayerLayout | str:
-    found = contraction(node, index)
-    if isinstance(found, str):
-        return found
+    try:
+        found = contraction(node, index)
+    except Decline as exc:
+        return str(exc)
     if node.op_type in ("MatMul", "Gemm") and index != 1:
         return f"{node.op_type} weight on the left (input {index})"
-    if found.group != 1:
-        return f"grouped Conv (group={found.group})"
-    if node.op_type == "Gemm":
-        transpose = not node.attributes.get_int("transB", 0)  # B stored [in, out] unless transB
-    else:
-        transpose = node.op_type == "MatMul"  # MatMul weights are [in, out]; Conv [out, in, *kernel]
-    return LayerLayout(node, found.input_index, found.axis, transpose)
+    if found.groups != 1:
+        return f"grouped Conv (group={found.groups})"
+    return LayerLayout(node, found.data_input, found.data_axis, found.transposed)
 
 
 def layer_layouts(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, LayerLayout | str]:
@@ -89,7 +91,7 @@ def layer_layouts(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, Lay
     return out
 
 
-def hessians(model: ir.Model, layouts: dict[str, LayerLayout], source: object, *, batch_size: int = 32,
+def hessians(model: ir.Model, layouts: dict[str, LayerLayout], source: DataSource, *, batch_size: int = 32,
              limit: int | None = None, progress: bool = False) -> Iterator[tuple[str, np.ndarray | str]]:
     """``(weight, H [in, in] or why none)`` for every layout, one calibration pass per ``GRAM_BUDGET``.
 
@@ -139,10 +141,10 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray | None:
     dead = diag <= 0
     damp = DAMP * float(np.mean(np.where(dead, 1.0, diag)))
     for _ in range(6):
-        a = np.array(h, dtype=dtype, order="F", copy=True)
-        ad = np.einsum("ii->i", a)
-        ad[dead] = 1.0  # features never seen: any value keeps H definite
-        ad += damp
+        a: np.ndarray = np.array(h, dtype=dtype, order="F", copy=True)
+        diagonal = np.arange(a.shape[0])
+        a[diagonal[dead], diagonal[dead]] = 1.0  # features never seen: any value keeps H definite
+        a[diagonal, diagonal] += damp
         c, info = potrf(a, lower=1, overwrite_a=1)
         if info == 0:
             inv, info = potri(c, lower=1, overwrite_c=1)  # H^-1 in the lower triangle

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
+from ..graph.linear import LINEAR_KINDS, LinearOp, linear_op
 from ..graph.value_facts import constant
 
-__all__ = ["QuantInfo", "WeightInfo", "Contraction", "contraction", "find_weights", "LINEAR_OPS"]
+__all__ = ["QuantInfo", "WeightInfo", "contraction", "find_weights", "LINEAR_OPS"]
 
 _PASS_THROUGH = {"Cast", "Identity"}
 
@@ -83,29 +85,16 @@ class WeightInfo:
 # --------------------------------------------------------------- consumer table
 
 
-@dataclass(frozen=True)
-class Contraction:
-    """Which input of a float linear node multiplies one of its weights, and along which axis."""
+def contraction(node: ir.Node, index: int) -> LinearOp:
+    """The float MatMul/Gemm/Conv ``node`` with weight ``index``, whose data activation has statistics.
 
-    input_index: int
-    axis: int
-    group: int = 1  #: Conv groups
-
-
-def contraction(node: ir.Node, index: int) -> Contraction | str:
-    """The activation that ``node`` contracts with its input ``index`` (MatMul, Gemm, Conv), or why none."""
+    Raises :class:`Decline` for any other node or input.
+    """
     if node.domain not in ("", "ai.onnx"):
-        return f"{node.domain}::{node.op_type} has no activation statistics"
-    op = node.op_type
-    if op == "MatMul" and index in (0, 1):
-        return Contraction(1 - index, -1 if index == 1 else -2)
-    if op == "Gemm" and index == 1:  # A [M, K] (or [K, M] with transA) times the weight B
-        return Contraction(0, 0 if node.attributes.get_int("transA", 0) else 1)
-    if op == "Gemm" and index == 0:
-        return Contraction(1, 1 if node.attributes.get_int("transB", 0) else 0)
-    if op == "Conv" and index == 1:
-        return Contraction(0, 1, node.attributes.get_int("group", 1) or 1)
-    return f"{op} (input {index}) has no activation statistics"
+        raise Decline(f"{node.domain}::{node.op_type} has no activation statistics")
+    if node.op_type not in ("MatMul", "Gemm", "Conv") or index not in (0, 1):
+        raise Decline(f"{node.op_type} (input {index}) has no activation statistics")
+    return linear_op(node, index)
 
 
 @dataclass(frozen=True)
@@ -116,48 +105,15 @@ class _Role:
     quant: tuple[int | None, int | None, int] | None = None
 
 
-def _matmul(node: ir.Node, index: int, rank: int) -> _Role | None:
-    if index == 1:
-        return _Role(rank - 2, rank - 1) if rank >= 2 else _Role(0, None)
-    if index == 0:
-        return _Role(rank - 1, rank - 2) if rank >= 2 else _Role(0, None)
-    return None
-
-
-def _gemm(node: ir.Node, index: int, rank: int) -> _Role | None:
-    if index == 1:
-        return _Role(1, 0) if node.attributes.get_int("transB", 0) else _Role(0, 1)
-    if index == 0:
-        return _Role(0, 1) if node.attributes.get_int("transA", 0) else _Role(1, 0)
-    return None
-
-
-def _conv(node: ir.Node, index: int, rank: int) -> _Role | None:
-    return _Role(1, 0) if index == 1 else None
-
-
-def _conv_transpose(node: ir.Node, index: int, rank: int) -> _Role | None:
-    return _Role(0, 1) if index == 1 else None
-
-
-def _conv_integer(node: ir.Node, index: int, rank: int) -> _Role | None:
-    return _Role(1, 0, (None, 3, 0)) if index == 1 else None
-
-
-def _qlinear_conv(node: ir.Node, index: int, rank: int) -> _Role | None:
-    return _Role(1, 0, (4, 5, 0)) if index == 3 else None
-
-
-def _matmul_integer(node: ir.Node, index: int, rank: int) -> _Role | None:
-    if index == 1:
-        return _Role(rank - 2, rank - 1, (None, 3, rank - 1)) if rank >= 2 else None
-    return None
-
-
-def _qlinear_matmul(node: ir.Node, index: int, rank: int) -> _Role | None:
-    if index == 3:
-        return _Role(rank - 2, rank - 1, (4, 5, rank - 1)) if rank >= 2 else None
-    return None
+def _linear(node: ir.Node, index: int, rank: int) -> _Role | None:
+    try:
+        op = linear_op(node, index, weight_rank=rank)
+    except Decline:
+        return None
+    quant = None
+    if op.quantized and op.out_axis is not None:
+        quant = (op.scale_input, op.zero_point_input, op.out_axis)
+    return _Role(op.in_axis, op.out_axis, quant)
 
 
 def _rnn(node: ir.Node, index: int, rank: int) -> _Role | None:
@@ -166,14 +122,7 @@ def _rnn(node: ir.Node, index: int, rank: int) -> _Role | None:
 
 #: op type -> role of an input; ``None`` when that input is not a weight.
 LINEAR_OPS: dict[str, Callable[[ir.Node, int, int], _Role | None]] = {
-    "MatMul": _matmul,
-    "Gemm": _gemm,
-    "Conv": _conv,
-    "ConvTranspose": _conv_transpose,
-    "ConvInteger": _conv_integer,
-    "QLinearConv": _qlinear_conv,
-    "MatMulInteger": _matmul_integer,
-    "QLinearMatMul": _qlinear_matmul,
+    **{op: _linear for op in LINEAR_KINDS},
     "LSTM": _rnn,
     "GRU": _rnn,
     "RNN": _rnn,
@@ -245,7 +194,7 @@ def find_weights(model: ir.Model) -> list[WeightInfo]:
         tensor = value.const_value
         if tensor is None:
             continue
-        shape = tuple(int(d) for d in tensor.shape)
+        shape = tuple(tensor.shape.numpy())
         rank = len(shape)
         dtype = _dtype_name(tensor.dtype)
         roles: list[_Role] = []

@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from ..context import CoupleContext, RewriteContext
 from ..index_maps import Block, Stride
+from ..linear import linear_op
 from ..registry import OpRule
 from ..slots import Role
 
@@ -79,7 +80,7 @@ class ConvRule(OpRule):
         xd = ctx.dims(x)
         if wd is None or wd[0] is None or wd[1] is None or xd[1] is None:
             return f"{ctx.describe()}: channel counts unknown"
-        g = ctx.attr_int("group", 1) or 1
+        g = linear_op(node).groups
         ci, co, ci_g = xd[1], wd[0], wd[1]
         if ci != ci_g * g or co % g:
             return f"{ctx.describe()}: inconsistent group {g} for {ci} -> {co} channels"
@@ -108,7 +109,7 @@ class ConvTransposeRule(OpRule):
         wd, xd, yd = ctx.dims(w), ctx.dims(x), ctx.dims(y)
         if wd is None or wd[0] is None or wd[1] is None or yd[1] is None:
             return f"{ctx.describe()}: channel counts unknown"
-        g = ctx.attr_int("group", 1) or 1
+        g = linear_op(node).groups
         ci, co_g = wd[0], wd[1]
         co = co_g * g
         if xd[1] != ci or yd[1] != co or ci % g:

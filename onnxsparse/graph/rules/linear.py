@@ -13,6 +13,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from ..context import CoupleContext
+from ..linear import linear_op
 from ..registry import OpRule
 from ..weights import is_weight
 from ..slots import Role
@@ -30,10 +31,10 @@ class GemmRule(OpRule):
             return f"{ctx.describe()}: missing input"
         if ctx.rank(a) != 2 or ctx.rank(b) != 2 or ctx.rank(y) != 2:
             return f"{ctx.describe()}: operands must be 2-D with known rank"
-        ta = ctx.attr_int("transA", 0) or 0
-        tb = ctx.attr_int("transB", 0) or 0
-        a_m, a_k = (1, 0) if ta else (0, 1)
-        b_k, b_n = (1, 0) if tb else (0, 1)
+        view = linear_op(node, 1, weight_rank=2)  # B's axes; A contracts view.data_axis
+        b_k, b_n = view.matrix_axes()
+        a_k = view.data_axis
+        a_m = 1 - a_k
         ctx.couple(a, a_k, b, b_k)
         ctx.couple(a, a_m, y, 0)
         ctx.couple(b, b_n, y, 1)
