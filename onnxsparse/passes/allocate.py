@@ -69,7 +69,7 @@ def _finish(tables, choice: Sequence[int], lam: float | None = None) -> Allocati
     return Allocation(tuple(int(o) for o in choice), loss, cost, lam)
 
 
-def min_cost(costs: Sequence[Sequence[float]]) -> float:
+def min_cost(costs: Sequence[Sequence[float] | np.ndarray]) -> float:
     """The smallest total cost any choice reaches (the cheapest option of every group)."""
     return float(sum(np.min(np.asarray(c, dtype=np.float64)) for c in costs))
 
@@ -183,11 +183,11 @@ SOLVERS = {"dp": solve_dp, "lagrangian": solve_lagrangian}
 
 def solve(losses, costs, budget: float, method: str = "dp", *, floor: float | None = None) -> Allocation | None:
     """:func:`solve_dp` or :func:`solve_lagrangian` by name (``floor``: the DP only; the Lagrangian ignores it)."""
-    try:
-        solver = SOLVERS[method]
-    except KeyError:
-        raise ValueError(f"unknown allocation solver {method!r} (choose from {', '.join(SOLVERS)})") from None
-    return solver(losses, costs, budget, floor=floor) if method == "dp" else solver(losses, costs, budget)
+    if method == "dp":
+        return solve_dp(losses, costs, budget, floor=floor)
+    if method == "lagrangian":
+        return solve_lagrangian(losses, costs, budget)
+    raise ValueError(f"unknown allocation solver {method!r} (choose from {', '.join(SOLVERS)})")
 
 
 def pareto_merge(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[float]],

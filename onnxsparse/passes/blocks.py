@@ -292,6 +292,8 @@ def _computed_shortcut(add: ir.Node, const: set[int], order: Mapping[int, int], 
     """Why ``add`` is no block when it joins two weighted branches of one source ``s`` (a projection or
     downsample shortcut; attention and MLP in parallel), else None (not a residual join at all)."""
     a, b = add.inputs
+    if a is None or b is None:
+        return None
     common = (_ancestors(a, None)[0] & _ancestors(b, None)[0]) - const
     if not common:
         return None
@@ -378,7 +380,7 @@ def remove_found(model: ir.Model, chosen: Sequence[Block]) -> None:
             graph.remove(add, safe=True)
     graph.remove([n for n in graph if id(n) in doomed], safe=True)
     for v in weights.values():
-        if not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
+        if not v.uses() and not v.is_graph_output() and v.name is not None and v.name in graph.initializers:
             del graph.initializers[v.name]
     logger.info("removed %d residual block(s): %s", len(chosen), ", ".join(b.add for b in chosen))
 

@@ -235,8 +235,8 @@ class PruneReport:
             c["pruned"] += g.kept < g.total
             c["units_removed"] += g.removed
             c["units"] += g.total
-        for g in self.skipped:
-            c = out.setdefault(g.kind, dict(pruned=0, prunable=0, skipped=0, units_removed=0, units=0))
+        for s in self.skipped:
+            c = out.setdefault(s.kind, dict(pruned=0, prunable=0, skipped=0, units_removed=0, units=0))
             c["skipped"] += 1
         return out
 

@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -63,6 +64,9 @@ from ..errors import UsageError
 from .allocate import min_cost, pareto_merge, solve
 from .blocks import Block
 from .prune_report import TargetReport, TargetRound
+
+if TYPE_CHECKING:
+    from ..graph import DependencyGraph
 
 __all__ = ["TARGET_METRICS", "LADDER", "TOLERANCE", "Target", "parse_target", "GroupOptions", "group_options",
            "allocate_target"]
@@ -294,7 +298,7 @@ def _cost_tables(model: ir.Model, dg, options: Sequence[GroupOptions], metric: s
 
 # -- measurement ------------------------------------------------------------------------------
 
-def _pruned_copy(model: ir.Model, build: Callable[[ir.Model], object], keep: Mapping[int, int],
+def _pruned_copy(model: ir.Model, build: Callable[[ir.Model], DependencyGraph], keep: Mapping[int, int],
                  sizes: Mapping[int, int], blocks: Sequence[tuple[str, str]] = ()) -> ir.Model:
     """A copy with the widths ``keep`` applied, then the blocks ``(x, branch_output)`` removed."""
     from ..graph import PrunePlan, apply_plan
@@ -340,7 +344,7 @@ class _Meter:
 
     def ratio(self, candidate: ir.Model, budget: float | None = None, *, warmup: int = 10,
               min_runs: int | None = None) -> tuple[float, dict[str, float]]:
-        if self.metric != "latency":
+        if self.before is not None:  # counted (MACs, params); None: timed
             return self._count(candidate) / self.before, {}
         from ..validate.latency import measure_interleaved
 
@@ -437,7 +441,7 @@ def allocate_target(
     target: Target,
     *,
     calib,
-    build: Callable[[ir.Model], object],
+    build: Callable[[ir.Model], DependencyGraph],
     multiples: Mapping[int, int],
     min_keep: int,
     criterion: str,
@@ -529,6 +533,9 @@ def allocate_target(
                 alloc = alloc or solve(losses, costs, max(cap, 0.0), solver)
             if alloc is None:
                 alloc = solve(losses, costs, min_cost(costs), solver)  # the most the ladder removes
+            if alloc is None:  # the DP's rounded costs overshoot even the cheapest choice
+                logger.info("target %s: no allocation fits budget %.4f", target, budget)
+                break
             if alloc.choice in tried:  # widths measured before: no need to measure them again
                 index = tried[alloc.choice]
                 measured = report.rounds[index].measured
