@@ -11,6 +11,9 @@ uniform ratio applies to heads and FFN neurons, its only prunable groups), both 
 criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn`` uses ``--round-to 4`` in
 both (its 16/32-channel layers allow only 16 or 32 channels at the default 16-channel blocks).
 
+Whole residual blocks are candidates of the allocation (the widths column names the removed ones
+and how many were offered).
+
 **Latency** (``--target latency=0.6``): the measured latency ratio of every correction round and a
 fresh interleaved measurement of the final model against the original (onnxruntime CPU, default
 threads, batch 1, 2 s per model).  Models: ResNet-18 at 224x224 (``bench_prune.build_resnet18``) and
@@ -90,9 +93,13 @@ def accuracy_table(targets: tuple[float, ...]) -> str:
             t0 = time.perf_counter()
             res = prune(path, calib=DATA / calib, target=f"macs={r}", round_to=round_to)
             seconds = time.perf_counter() - t0
-            rep = res.report
+            rep, target = res.report, res.report.target
+            if target is None or rep.macs_ratio is None:
+                raise RuntimeError(f"{name}: prune --target gave no target report or MAC count")
             widths = ", ".join(f"{g.kind[0]}{g.id}:{g.kept}/{g.total}" for g in rep.groups)
-            rows.append([name, f"target macs={r}", "met" if rep.target.met else "NOT met", f"{rep.macs_ratio:.3f}",
+            widths += "".join(f", block {b['add']} removed" for b in target.blocks)
+            widths += f"; {target.block_candidates} block candidates"
+            rows.append([name, f"target macs={r}", "met" if target.met else "NOT met", f"{rep.macs_ratio:.3f}",
                          f"{rep.params_ratio:.3f}", f"{accuracy(res.model, test):.4f}", f"{widths} ({seconds:.1f} s)"])
             ratio, _ = closest_uniform(name, kind, round_to, rep.macs_ratio)
             uni = prune(path, calib=DATA / calib, round_to=round_to, **_uniform_kwargs(kind, ratio))
@@ -127,6 +134,8 @@ def latency_table(ratio: float, quick: bool) -> str:
         res = prune(model, calib=calib, calib_samples=8, target=f"latency={ratio}", shapes=shapes, repair="none")
         seconds = time.perf_counter() - t0
         target = res.report.target
+        if target is None:
+            raise RuntimeError(f"{name}: prune --target gave no target report")
         rounds = "; ".join(f"{r.measured:.3f}" for r in target.rounds)
         ref_sess, cand_sess = _session(original), _session(res.model)
         feeds = {i.name: np.ascontiguousarray(v[:1]) for i, v in

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Allocation", "solve_dp", "solve_lagrangian", "solve", "SOLVERS", "min_cost"]
+__all__ = ["Allocation", "solve_dp", "solve_lagrangian", "solve", "SOLVERS", "min_cost", "pareto_merge"]
 
 #: the grid the DP discretises a non-integer budget into
 DEFAULT_BINS = 4000
@@ -69,7 +69,7 @@ def _finish(tables, choice: Sequence[int], lam: float | None = None) -> Allocati
     return Allocation(tuple(int(o) for o in choice), loss, cost, lam)
 
 
-def min_cost(costs: Sequence[Sequence[float]]) -> float:
+def min_cost(costs: Sequence[Sequence[float] | np.ndarray]) -> float:
     """The smallest total cost any choice reaches (the cheapest option of every group)."""
     return float(sum(np.min(np.asarray(c, dtype=np.float64)) for c in costs))
 
@@ -183,8 +183,32 @@ SOLVERS = {"dp": solve_dp, "lagrangian": solve_lagrangian}
 
 def solve(losses, costs, budget: float, method: str = "dp", *, floor: float | None = None) -> Allocation | None:
     """:func:`solve_dp` or :func:`solve_lagrangian` by name (``floor``: the DP only; the Lagrangian ignores it)."""
-    try:
-        solver = SOLVERS[method]
-    except KeyError:
-        raise ValueError(f"unknown allocation solver {method!r} (choose from {', '.join(SOLVERS)})") from None
-    return solver(losses, costs, budget, floor=floor) if method == "dp" else solver(losses, costs, budget)
+    if method == "dp":
+        return solve_dp(losses, costs, budget, floor=floor)
+    if method == "lagrangian":
+        return solve_lagrangian(losses, costs, budget)
+    raise ValueError(f"unknown allocation solver {method!r} (choose from {', '.join(SOLVERS)})")
+
+
+def pareto_merge(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[float]],
+                 limit: int = 4096) -> list[tuple[float, float, tuple[int, ...]]]:
+    """The (loss, cost, choice) of the choices of several groups that no other choice beats on both.
+
+    Groups that share a fate (a residual block's inner groups, which the block's removal replaces)
+    become one knapsack item whose options are their combined choices; a dominated combination is
+    never in an optimum, so dropping it keeps the knapsack exact.  Merged one group at a time, the
+    frontier thinned to ``limit`` points (evenly by cost) only if it grows beyond that.
+    """
+    tables = _tables(losses, costs)
+    front: list[tuple[float, float, tuple[int, ...]]] = [(0.0, 0.0, ())]
+    for loss, cost in tables:
+        points = sorted(((fl + float(loss[o]), fc + float(cost[o]), (*ch, o))
+                         for fl, fc, ch in front for o in range(loss.size)), key=lambda p: (p[1], p[0]))
+        front = []
+        for p in points:  # cost ascending: keep a point only if it loses less than every cheaper one
+            if not front or p[0] < front[-1][0]:
+                front.append(p)
+        if len(front) > limit:
+            picks = np.unique(np.linspace(0, len(front) - 1, limit).round().astype(np.int64))
+            front = [front[i] for i in picks]
+    return front

@@ -33,7 +33,8 @@ import onnx_ir as ir
 
 from ..errors import UsageError
 
-__all__ = ["Block", "RemoveBlocksPass", "find_blocks", "quiet_folding", "remove_blocks", "remove_found"]
+__all__ = ["Block", "RemoveBlocksPass", "find_blocks", "quiet_folding", "remove_blocks", "remove_found", "remove_by_values",
+           "node_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +203,12 @@ def _node_macs(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) ->
     return {id(n): int(r.macs) for n, r in zip(model.graph, main) if r.macs is not None}
 
 
-def _label(node: ir.Node, order: Mapping[int, int]) -> str:
+def node_label(node: ir.Node, order: Mapping[int, int]) -> str:
+    """How :class:`Block` names a node: its name, or ``#position op`` (``order``: id(node) -> position)."""
     return node.name or f"#{order[id(node)]} {node.op_type}"
+
+
+_label = node_label
 
 
 def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Block]:
@@ -287,6 +292,8 @@ def _computed_shortcut(add: ir.Node, const: set[int], order: Mapping[int, int], 
     """Why ``add`` is no block when it joins two weighted branches of one source ``s`` (a projection or
     downsample shortcut; attention and MLP in parallel), else None (not a residual join at all)."""
     a, b = add.inputs
+    if a is None or b is None:
+        return None
     common = (_ancestors(a, None)[0] & _ancestors(b, None)[0]) - const
     if not common:
         return None
@@ -373,6 +380,25 @@ def remove_found(model: ir.Model, chosen: Sequence[Block]) -> None:
             graph.remove(add, safe=True)
     graph.remove([n for n in graph if id(n) in doomed], safe=True)
     for v in weights.values():
-        if not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
+        if not v.uses() and not v.is_graph_output() and v.name is not None and v.name in graph.initializers:
             del graph.initializers[v.name]
     logger.info("removed %d residual block(s): %s", len(chosen), ", ".join(b.add for b in chosen))
+
+
+def remove_by_values(model: ir.Model, blocks: Iterable[tuple[str, str]],
+                     shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Block]:
+    """Remove the blocks named by ``(x, branch_output)`` value names, found again on ``model`` (in place).
+
+    For a model rewritten since the blocks were found (widths pruned: node positions may move, value
+    names and the residual structure do not); :class:`UsageError` if one is no longer a removable block."""
+    wanted = list(dict.fromkeys(blocks))
+    if not wanted:
+        return []
+    found = {(b.x, b.branch_output): b for b in find_blocks(model, shapes) if b.removable}
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise UsageError(f"residual block(s) with branch output {', '.join(repr(m[1]) for m in missing)} "
+                         "are no longer removable in the rewritten model")
+    chosen = [found[w] for w in wanted]
+    remove_found(model, chosen)
+    return chosen

@@ -453,6 +453,11 @@ def prune(
         rec.write_biases(model, masks)
     else:
         apply_plan(plan)
+    if target_report is not None and target_report.blocks:  # blocks the allocation removes whole, after the widths
+        from .blocks import quiet_folding, remove_by_values
+
+        with quiet_folding():
+            remove_by_values(model, [(b["x"], b["branch_output"]) for b in target_report.blocks])
     t = step("rewrite_s", t)
     after = _measure(model, shapes, dims) if measure else (0, None, 0)
     step("measure_s", t)
@@ -513,7 +518,8 @@ def prune(
     logger.info(
         "pruned %d of %d prunable groups (%d skipped)", len(report.pruned_groups), len(report.groups), len(report.skipped)
     )
-    if not report.pruned_groups and not (dead_report and dead_report.removed) and isinstance(given, (str, os.PathLike)):
+    if (not report.pruned_groups and not (dead_report and dead_report.removed)
+            and not (target_report and target_report.blocks) and isinstance(given, (str, os.PathLike))):
         # Nothing removed: hand back the input as it was, not its normalised form, so a no-op
         # run cannot change what onnxruntime fuses or how big the file is.
         model = load_model(given)

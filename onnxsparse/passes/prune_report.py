@@ -54,11 +54,13 @@ class TargetRound:
     measured: float  #: counted (MACs, params) or timed (latency p50 ratio) on the pruned copy
     loss: float  #: the summed predicted loss (relative output error of each group pruned alone)
     keep: dict[int, int] = field(default_factory=dict)  #: kept units per allocated group
+    blocks: tuple[int, ...] = ()  #: residual blocks removed whole (ids of ``find_blocks``)
     timing: dict[str, float] = field(default_factory=dict)  #: latency rounds: reference / candidate p50 (ms)
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "predicted": self.predicted, "measured": self.measured, "loss": self.loss,
+                **({"blocks": list(self.blocks)} if self.blocks else {}),
                 **({"timing": dict(self.timing)} if self.timing else {}), **({"note": self.note} if self.note else {})}
 
 
@@ -81,6 +83,9 @@ class TargetReport:
     met: bool = False
     predicted_loss: float | None = None
     groups: dict[int, tuple[int, int]] = field(default_factory=dict)  #: (kept, total) units per allocated group
+    #: residual blocks removed whole: id, add, x, branch_output, loss (rel. error alone), saved (cost fraction)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    block_candidates: int = 0  #: removable blocks offered to the allocation
     note: str = ""
     seconds: float = 0.0
 
@@ -94,6 +99,7 @@ class TargetReport:
                 "chosen_round": None if self.chosen_round is None else self.chosen_round + 1,
                 "rounds": [r.to_dict() for r in self.rounds],
                 "groups": {str(g): {"kept": k, "total": t, "ratio": (t - k) / t} for g, (k, t) in self.groups.items()},
+                "block_candidates": self.block_candidates, "blocks_removed": [dict(b) for b in self.blocks],
                 "note": self.note or None, "seconds": round(self.seconds, 3)}
 
     def table(self) -> str:
@@ -107,7 +113,9 @@ class TargetReport:
                                   + (f" ({self.table_measured} widths timed, {self.table_cached} cached)"
                                      if self.table_measured or self.table_cached else "")
                                   + f", {self.solver} solver")
-        return text + (f"\n{self.note}" if self.note else "")
+        removed = "".join(f"\nremoved block {b['id']} ({b['add']}): predicted loss {b['loss']:.4g}, "
+                          f"saves {b['saved']:.2%} of {self.cost_basis}" for b in self.blocks)
+        return text + removed + (f"\n{self.note}" if self.note else "")
 
 
 def _ratio(after: int | None, before: int | None) -> float | None:

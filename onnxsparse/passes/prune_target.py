@@ -30,6 +30,17 @@ model.  Here (docs/prune.md "Targets"):
    measurement misses the target the budget is scaled by ``target / measured`` (or
    bisected, when that leaves the bracket of budgets known to remove too much and too
    little) and the knapsack re-solved, for a few rounds; every measured round is reported.
+
+**Whole blocks** (:mod:`.blocks`): every removable residual block ``x + f(x)`` is an action of the
+same knapsack, with the loss the sensitivity table measured for dropping its branch and the cost its
+branch carries (MACs or params of the branch nodes; the lookup table: timed alone).  The groups that
+lie wholly inside the branch and the block form one item: its options are the Pareto-optimal widths
+of those groups (:func:`~onnxsparse.passes.allocate.pareto_merge`) plus "remove the block", so a
+removed block's groups add no further cost or loss.  Groups reaching outside the branch (the residual
+stream's channels) stay items of their own; the part of their cost inside a removed branch is
+counted twice in the prediction and corrected by the measured rounds.  Blocks whose branches overlap
+are offered only once (the first).  The plan applies the widths, then removes the blocks (found
+again by their value names, which width pruning keeps).
 """
 
 from __future__ import annotations
@@ -44,13 +55,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from ..errors import UsageError
-from .allocate import min_cost, solve
+from .allocate import min_cost, pareto_merge, solve
+from .blocks import Block
 from .prune_report import TargetReport, TargetRound
+
+if TYPE_CHECKING:
+    from ..graph import DependencyGraph
 
 __all__ = ["TARGET_METRICS", "LADDER", "TOLERANCE", "Target", "parse_target", "GroupOptions", "group_options",
            "allocate_target"]
@@ -191,6 +207,83 @@ def _saved(metric: str, masks: Mapping[tuple[str, int], np.ndarray], macs, weigh
     return macs_removed(macs.values(), masks)
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """One option of a knapsack item: the narrowed groups' widths and the blocks it removes."""
+
+    keep: tuple[tuple[int, int], ...]
+    blocks: tuple[int, ...]
+    loss: float
+    saved: float
+
+
+@dataclass
+class BlockCandidate:
+    """A removable residual block offered to the allocation, with the groups wholly inside its branch."""
+
+    block: Block
+    loss: float
+    inner: tuple[int, ...]
+    saved: float = 0.0
+
+
+def block_candidates(model: ir.Model, dg, block_losses: Mapping[str, float | None],
+                     options: Sequence[GroupOptions]) -> list[BlockCandidate]:
+    """Removable blocks of ``model`` with a measured loss (``block_losses``: Add label -> rel. error),
+    branches pairwise disjoint (a block overlapping an earlier one is left out), and the option groups
+    all of whose nodes are inside each branch."""
+    from .blocks import find_blocks, quiet_folding
+
+    with quiet_folding():
+        found = find_blocks(model)
+    used: set[str] = set()
+    out: list[BlockCandidate] = []
+    for block in found:
+        loss = block_losses.get(block.add)
+        nodes = set(block.nodes)
+        if not block.removable or loss is None or not math.isfinite(loss) or nodes & used:
+            continue
+        used |= nodes | {block.add}
+        inner = tuple(o.gid for o in options if set(dg.groups[o.gid].nodes) <= nodes)
+        out.append(BlockCandidate(block, float(loss), inner))
+    return out
+
+
+def _block_saved(model: ir.Model, candidates: Sequence[BlockCandidate], metric: str, shapes) -> None:
+    """Fill ``saved`` of every candidate: the MACs (per sample) or the weights only its branch carries."""
+    from .blocks import _node_macs, node_label
+
+    per_node = _node_macs(model, shapes) if metric != "params" else {}
+    order = {id(n): i for i, n in enumerate(model.graph)}
+    labels = {node_label(n, order): id(n) for n in model.graph}
+    for c in candidates:
+        if metric == "params":
+            c.saved = float(c.block.params)
+        else:
+            c.saved = float(sum(per_node.get(labels[name], 0) for name in c.block.nodes if name in labels))
+
+
+def _items(options: Sequence[GroupOptions], candidates: Sequence[BlockCandidate]) -> list[list[_Choice]]:
+    """Knapsack items: one per group outside every candidate block; one per block (its inner groups'
+    Pareto-optimal widths, or the block removed)."""
+    inner = {gid for c in candidates for gid in c.inner}
+    by_gid = {o.gid: o for o in options}
+    items: list[list[_Choice]] = []
+    for o in options:
+        if o.gid in inner:
+            continue
+        items.append([_Choice(((o.gid, k),) if k < o.size else (), (), loss, saved)
+                      for k, loss, saved in zip(o.keep, o.loss, o.saved or [])])
+    for c in candidates:
+        groups = [by_gid[g] for g in c.inner]
+        full = [max(o.saved or [0.0]) for o in groups]
+        front = pareto_merge([o.loss for o in groups], [[f - s for s in o.saved or []] for o, f in zip(groups, full)])
+        choices = [_Choice(tuple((o.gid, o.keep[i]) for o, i in zip(groups, pick) if o.keep[i] < o.size), (),
+                           loss, sum(full) - cost) for loss, cost, pick in front]
+        items.append([*choices, _Choice((), (c.block.id,), c.loss, c.saved)])
+    return items
+
+
 def _cost_tables(model: ir.Model, dg, options: Sequence[GroupOptions], metric: str, shapes, dims) -> None:
     """Fill ``saved`` of every option: the cost the group's removed units carry, the group pruned alone."""
     from ..analysis.params import iter_weights
@@ -205,14 +298,19 @@ def _cost_tables(model: ir.Model, dg, options: Sequence[GroupOptions], metric: s
 
 # -- measurement ------------------------------------------------------------------------------
 
-def _pruned_copy(model: ir.Model, build: Callable[[ir.Model], object], keep: Mapping[int, int],
-                 sizes: Mapping[int, int]) -> ir.Model:
+def _pruned_copy(model: ir.Model, build: Callable[[ir.Model], DependencyGraph], keep: Mapping[int, int],
+                 sizes: Mapping[int, int], blocks: Sequence[tuple[str, str]] = ()) -> ir.Model:
+    """A copy with the widths ``keep`` applied, then the blocks ``(x, branch_output)`` removed."""
     from ..graph import PrunePlan, apply_plan
+    from .blocks import quiet_folding, remove_by_values
 
     copy = model.clone()
     dg = build(copy)
     removed = {gid: np.arange(sizes[gid] - k) for gid, k in keep.items() if k < sizes[gid]}
     apply_plan(PrunePlan.create(dg, removed))
+    if blocks:
+        with quiet_folding():
+            remove_by_values(copy, blocks)
     return copy
 
 
@@ -246,7 +344,7 @@ class _Meter:
 
     def ratio(self, candidate: ir.Model, budget: float | None = None, *, warmup: int = 10,
               min_runs: int | None = None) -> tuple[float, dict[str, float]]:
-        if self.metric != "latency":
+        if self.before is not None:  # counted (MACs, params); None: timed
             return self._count(candidate) / self.before, {}
         from ..validate.latency import measure_interleaved
 
@@ -281,7 +379,8 @@ def _table_key(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _latency_costs(model: ir.Model, dg, options: Sequence[GroupOptions], build, sizes, meter: _Meter) -> tuple[int, int]:
+def _latency_costs(model: ir.Model, dg, options: Sequence[GroupOptions], build, sizes, meter: _Meter,
+                   candidates: Sequence[BlockCandidate] = ()) -> tuple[int, int]:
     """Fill ``saved`` with the fraction of the original's latency each option saves, measured alone
     (cached on disk); returns (entries measured now, entries read from the cache)."""
     path = cache_dir() / f"{_table_key(model, meter.feeds)}.json"
@@ -307,6 +406,16 @@ def _latency_costs(model: ir.Model, dg, options: Sequence[GroupOptions], build, 
                 saved.append(1.0 - ratio)
                 measured += 1
         opt.saved = saved
+    for c in candidates:
+        key = f"block|{c.block.x}|{c.block.branch_output}"
+        if key in cache:
+            hits += 1
+        else:
+            ratio, _ = meter.ratio(_pruned_copy(model, build, {}, sizes, [(c.block.x, c.block.branch_output)]),
+                                   TABLE_BUDGET_S, warmup=TABLE_WARMUP, min_runs=TABLE_MIN_RUNS)
+            cache[key] = 1.0 - ratio
+            measured += 1
+        c.saved = float(cache[key])
     if measured:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +441,7 @@ def allocate_target(
     target: Target,
     *,
     calib,
-    build: Callable[[ir.Model], object],
+    build: Callable[[ir.Model], DependencyGraph],
     multiples: Mapping[int, int],
     min_keep: int,
     criterion: str,
@@ -344,10 +453,13 @@ def allocate_target(
     latency_table: bool | None = None,
     repair: str = "none",
     damp: float | None = None,
+    blocks: bool = True,
 ) -> tuple[dict[int, float], TargetReport]:
     """Per-group removal ratios meeting ``target`` on ``model`` (prepared for analysis, not modified),
     whose groups are ``dg``; ``build(copy)`` makes the same analysis of a copy (for verification).
-    ``calib`` is the calibration :class:`~onnxsparse.calibration.data.DataSource` (keys: input names)."""
+    ``calib`` is the calibration :class:`~onnxsparse.calibration.data.DataSource` (keys: input names).
+    ``blocks``: also offer every removable residual block whole (the report lists those removed; the caller
+    removes them after applying the widths, :func:`~onnxsparse.passes.blocks.remove_by_values`)."""
     from .sensitivity import sensitivity
 
     start = time.perf_counter()
@@ -355,38 +467,50 @@ def allocate_target(
     sizes = {gid: g.size for gid, g in groups.items()}
     ratios = snapped_ratios([(g.size, multiples.get(gid, 1), min_keep) for gid, g in groups.items()])
     table = sensitivity(model.clone(), calib, ratios=ratios, criterion=criterion, samples=samples,
-                        shapes=shapes, seed=seed, blocks=False, repair=repair, damp=damp)
+                        shapes=shapes, seed=seed, blocks=blocks, repair=repair, damp=damp)
     by_nodes = {(g.kind, tuple(g.nodes)): g.id for g in dg.prunable}
     options: list[GroupOptions] = []
     for entry in table.groups:
         gid = by_nodes.get((entry.kind, tuple(entry.nodes)))
         if gid is None or gid not in groups:
             continue
-        measured = {r.units_removed: (r.rel_mse if r.rel_mse is not None else math.inf)
-                    for r in entry.results if r.units_removed > 0}
-        keep, loss = group_options(sizes[gid], multiples.get(gid, 1), min_keep, measured)
-        if len(keep) > 1:
-            options.append(GroupOptions(gid, entry.kind, sizes[gid], keep, loss))
+        by_removed = {r.units_removed: (r.rel_mse if r.rel_mse is not None else math.inf)
+                      for r in entry.results if r.units_removed > 0}
+        widths, width_losses = group_options(sizes[gid], multiples.get(gid, 1), min_keep, by_removed)
+        if len(widths) > 1:
+            options.append(GroupOptions(gid, entry.kind, sizes[gid], widths, width_losses))
     feeds = {k: np.ascontiguousarray(v[:1]) for k, v in calib.arrays.items()} if target.metric == "latency" else {}
     meter = _Meter(target.metric, model, shapes, dims, feeds)
+    candidates = block_candidates(model, dg, {b.add: b.rel_mse for b in table.blocks}, options) if blocks else []
     report = TargetReport(metric=target.metric, ratio=target.ratio, tolerance=TOLERANCE, solver=solver,
-                          ladder=tuple(ratios), cost_basis=target.metric, sensitivity_sessions=table.sessions)
+                          ladder=tuple(ratios), cost_basis=target.metric, sensitivity_sessions=table.sessions,
+                          block_candidates=len(candidates))
     if target.metric == "latency" and (LATENCY_TABLE if latency_table is None else latency_table):
         report.cost_basis = "latency table"
-        report.table_measured, report.table_cached = _latency_costs(model, dg, options, build, sizes, meter)
+        report.table_measured, report.table_cached = _latency_costs(model, dg, options, build, sizes, meter,
+                                                                    candidates)
         total = 1.0
     else:
         cost_metric = "macs" if target.metric == "latency" else target.metric
         report.cost_basis = cost_metric
         _cost_tables(model, dg, options, cost_metric, shapes, dims)
+        _block_saved(model, candidates, cost_metric, shapes)
         total = _model_cost(model, cost_metric, shapes, dims)
-    if not options or not total:
+    if not (options or candidates) or not total:
         report.note = "no prunable group has a width to choose" if not options else "the model has no cost to cut"
         report.seconds = time.perf_counter() - start
         return {}, report
-    full = [max(o.saved) for o in options]
-    costs = [[f - s for s in o.saved] for o, f in zip(options, full)]
-    losses = [o.loss for o in options]
+    items = _items(options, candidates)
+    by_id = {c.block.id: c for c in candidates}
+    inside = {gid: c.block.id for c in candidates for gid in c.inner}
+    full = [max(ch.saved for ch in item) for item in items]
+    costs = [[f - ch.saved for ch in item] for item, f in zip(items, full)]
+    losses = [[ch.loss for ch in item] for item in items]
+
+    def measure(keep: dict[int, int], removed: tuple[int, ...]) -> tuple[float, dict[str, float]]:
+        pairs = [(by_id[b].block.x, by_id[b].block.branch_output) for b in removed]
+        return meter.ratio(_pruned_copy(model, build, keep, sizes, pairs))
+
     tried: dict[tuple[int, ...], int] = {}
     met_rounds: list[int] = []
     # Two searches, each correcting its budget by measuring: the least predicted loss within the budget
@@ -409,18 +533,24 @@ def allocate_target(
                 alloc = alloc or solve(losses, costs, max(cap, 0.0), solver)
             if alloc is None:
                 alloc = solve(losses, costs, min_cost(costs), solver)  # the most the ladder removes
+            if alloc is None:  # the DP's rounded costs overshoot even the cheapest choice
+                logger.info("target %s: no allocation fits budget %.4f", target, budget)
+                break
             if alloc.choice in tried:  # widths measured before: no need to measure them again
                 index = tried[alloc.choice]
                 measured = report.rounds[index].measured
                 logger.info("target %s: budget %.4f gives the widths of round %d", target, budget, index + 1)
             else:
-                keep = {o.gid: o.keep[c] for o, c in zip(options, alloc.choice)}
-                predicted = (total - sum(o.saved[c] for o, c in zip(options, alloc.choice))) / total
-                measured, extra = meter.ratio(_pruned_copy(model, build, keep, sizes))
+                picks = [item[c] for item, c in zip(items, alloc.choice)]
+                keep = {gid: k for ch in picks for gid, k in ch.keep}
+                removed = tuple(sorted(b for ch in picks for b in ch.blocks))
+                predicted = (total - sum(ch.saved for ch in picks)) / total
+                measured, extra = measure(keep, removed)
                 index = tried[alloc.choice] = len(report.rounds)
-                report.rounds.append(TargetRound(budget, predicted, measured, alloc.loss, keep=keep, timing=extra))
-                logger.info("target %s round %d: budget %.4f predicted %.4f measured %.4f", target,
-                            len(report.rounds), budget, predicted, measured)
+                report.rounds.append(TargetRound(budget, predicted, measured, alloc.loss, keep=keep, blocks=removed,
+                                                 timing=extra))
+                logger.info("target %s round %d: budget %.4f predicted %.4f measured %.4f blocks %s", target,
+                            len(report.rounds), budget, predicted, measured, list(removed))
             if _met(target.metric, measured, target.ratio):
                 met_rounds.append(index)
                 break
@@ -431,11 +561,13 @@ def allocate_target(
             guess = budget * target.ratio / measured
             budget = guess if lo < guess < hi else 0.5 * (lo + hi)
     if not met_rounds and target.metric != "latency":
-        def predicted(keep: Mapping[int, int]) -> float:
-            return (total - sum(o.saved[o.keep.index(keep.get(o.gid, o.size))] for o in options)) / total
+        def predicted_of(keep: dict[int, int], removed: tuple[int, ...]) -> float:
+            saved = sum(by_id[b].saved for b in removed)
+            saved += sum((o.saved or [0.0])[o.keep.index(keep.get(o.gid, o.size))] for o in options
+                         if inside.get(o.gid) not in removed)
+            return (total - saved) / total
 
-        met_rounds += _refine(report, options, target, predicted,
-                              lambda keep: meter.ratio(_pruned_copy(model, build, keep, sizes)))
+        met_rounds += _refine(report, options, target, predicted_of, measure, inside)
     chosen_round = min(met_rounds, key=lambda i: report.rounds[i].loss) if met_rounds else None
     if chosen_round is None:
         chosen_round = _fallback(report.rounds, target)
@@ -447,6 +579,9 @@ def allocate_target(
     report.met = _met(target.metric, best.measured, target.ratio)
     report.predicted_loss = best.loss
     report.groups = {gid: (k, sizes[gid]) for gid, k in best.keep.items()}
+    report.blocks = [{"id": b, "add": by_id[b].block.add, "x": by_id[b].block.x,
+                      "branch_output": by_id[b].block.branch_output, "nodes": len(by_id[b].block.nodes),
+                      "loss": by_id[b].loss, "saved": by_id[b].saved / total} for b in best.blocks]
     report.seconds = time.perf_counter() - start
     return {gid: (sizes[gid] - k) / sizes[gid] for gid, k in best.keep.items() if k < sizes[gid]}, report
 
@@ -456,21 +591,24 @@ REFINE_MEASUREMENTS = 8
 
 
 def _refine(report: TargetReport, options: Sequence[GroupOptions], target: Target,
-            predicted: Callable[[dict[int, int]], float],
-            measure: Callable[[dict[int, int]], tuple[float, dict[str, float]]]) -> list[int]:
+            predicted: Callable[[dict[int, int], tuple[int, ...]], float],
+            measure: Callable[[dict[int, int], tuple[int, ...]], tuple[float, dict[str, float]]],
+            inside: Mapping[int, int] | None = None) -> list[int]:
     """Indices of rounds (appended to ``report.rounds``) that meet the target, found by moving one group one
     width at a time from the measured rounds nearest the target.
 
     The knapsack adds per-group costs, but a layer between two pruned groups loses the product of their
     fractions, so with coarse widths every budget may miss the tolerance band.  Starting from the round
     nearest the target on each side, each step changes one group by one width toward the target, the
-    change with the least predicted loss increase first, and measures it."""
+    change with the least predicted loss increase first, and measures it.  The blocks a round removes stay
+    removed, and the groups inside them (``inside``: group id -> block id) do not move."""
+    inside = inside or {}
     position = [{k: i for i, k in enumerate(o.keep)} for o in options]
-    seen = {tuple(sorted(r.keep.items())) for r in report.rounds}
+    seen = {(tuple(sorted(r.keep.items())), r.blocks) for r in report.rounds}
     met: list[int] = []
     budget = REFINE_MEASUREMENTS
-    sides = ([r for r in report.rounds if r.keep and r.measured > target.ratio],
-             [r for r in report.rounds if r.keep and r.measured <= target.ratio])
+    sides = ([r for r in report.rounds if (r.keep or r.blocks) and r.measured > target.ratio],
+             [r for r in report.rounds if (r.keep or r.blocks) and r.measured <= target.ratio])
     starts = [min(side, key=lambda r: abs(r.measured - target.ratio)) for side in sides if side]
     for start in starts:
         current = start
@@ -479,7 +617,7 @@ def _refine(report: TargetReport, options: Sequence[GroupOptions], target: Targe
             moves = []
             for o, pos in zip(options, position):
                 index = pos.get(current.keep.get(o.gid, o.size))
-                if index is None:
+                if index is None or inside.get(o.gid, -1) in current.blocks:
                     continue
                 step = index + 1 if more else index - 1  # keep[] is ordered widest first
                 if 0 <= step < len(o.keep):
@@ -488,14 +626,15 @@ def _refine(report: TargetReport, options: Sequence[GroupOptions], target: Targe
             nearest = None
             for delta, gid, width in moves:
                 keep = {**current.keep, gid: width}
-                key = tuple(sorted(keep.items()))
+                key = (tuple(sorted(keep.items())), current.blocks)
                 if key in seen or budget <= 0:
                     continue
                 seen.add(key)
                 budget -= 1
-                measured, extra = measure(keep)
+                measured, extra = measure(keep, current.blocks)
                 loss = current.loss + delta
-                report.rounds.append(TargetRound(current.budget, predicted(keep), measured, loss, keep=keep, timing=extra,
+                report.rounds.append(TargetRound(current.budget, predicted(keep, current.blocks), measured, loss,
+                                                 keep=keep, blocks=current.blocks, timing=extra,
                                                  note="refined: one group moved one width"))
                 if _met(target.metric, measured, target.ratio):
                     met.append(len(report.rounds) - 1)
@@ -510,7 +649,7 @@ def _refine(report: TargetReport, options: Sequence[GroupOptions], target: Targe
 
 def _fallback(rounds: Sequence[TargetRound], target: Target) -> int:
     """The round to keep when none met the target: the least pruned that reaches it, else the most pruned."""
-    measured = [(i, r) for i, r in enumerate(rounds) if r.keep]
+    measured = [(i, r) for i, r in enumerate(rounds) if r.keep or r.blocks]
     under = [(i, r) for i, r in measured if r.measured <= target.ratio * (1 + TOLERANCE)]
     if under:
         return max(under, key=lambda ir_: ir_[1].measured)[0]
