@@ -78,13 +78,15 @@ class BsrCodec(Codec):
         brows, bcols = rows // r, cols // c
         occupied = _occupied(tensor, (r, c)).reshape(-1)
         where = np.flatnonzero(occupied)
-        blocks = tensor.array.reshape(brows, r, bcols, c).transpose(0, 2, 1, 3).reshape(brows * bcols, r, c)
+        # Index the blocked view directly: flattening it to (blocks, r, c) first would copy the whole tensor.
+        grid = tensor.array.reshape(brows, r, bcols, c).transpose(0, 2, 1, 3)
+        block_rows, block_cols = np.divmod(where, bcols)
         return Encoded(
             self.name,
             {
-                "values": np.ascontiguousarray(blocks[where]),
-                "block_col_indices": (where % bcols).astype(narrowest_uint(bcols - 1)),
-                "block_row_ptr": row_pointers(where // bcols, brows).astype(narrowest_uint(where.size)),
+                "values": np.ascontiguousarray(grid[block_rows, block_cols]),
+                "block_col_indices": block_cols.astype(narrowest_uint(bcols - 1)),
+                "block_row_ptr": row_pointers(block_rows, brows).astype(narrowest_uint(where.size)),
             },
             {"rows": rows, "cols": cols, "block": [r, c], "count": int(where.size)},
         )

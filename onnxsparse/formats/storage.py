@@ -213,24 +213,39 @@ def choose(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
         if result.stored_bytes >= dense.stored_bytes:
             return dense, f"{fmt} would take {result.stored_bytes} bytes, dense {dense.stored_bytes}"
         return result, None
+    # Only the provisional winner keeps its payload: every format's encoding of a large tensor alive at
+    # once cost several times the tensor (issue 16). A winner whose payload was dropped is encoded again.
     options_tried: list[Candidate] = [dense]
     failures: list[str] = []
+    best = dense
     for name, cls in FORMATS.items():
         if name == "dense" or not cls.in_auto:
             continue
         result = candidate(tensor, name, options, max_opset, graph, decoders.get(name))
-        if isinstance(result, Candidate):
-            options_tried.append(result)
-        else:
+        if isinstance(result, str):
             failures.append(f"{name}: {result}")
-    smallest = min(c.stored_bytes for c in options_tried)
-    near = [c for c in options_tried if c.stored_bytes <= smallest * (1 + slack)]
-    best = min(near, key=lambda c: (FORMATS.get(c.format).cost_rank, c.stored_bytes))
+            continue
+        options_tried.append(result)
+        best = _auto_pick(options_tried, slack)
+        for other in options_tried:
+            if other is not best:
+                other.encoded = None
     if best.format == "dense":
         if len(options_tried) == 1 and failures:
             return best, "no format applies (" + "; ".join(failures) + ")"
         return best, "dense is smallest"
+    if best.encoded is None:
+        again = candidate(tensor, best.format, options, max_opset, graph, decoders.get(best.format))
+        assert isinstance(again, Candidate) and again.stored_bytes == best.stored_bytes  # encoding is deterministic
+        best = again
     return best, None
+
+
+def _auto_pick(tried: Sequence[Candidate], slack: float) -> Candidate:
+    """Among the candidates within ``slack`` of the smallest, the one cheapest to decode."""
+    smallest = min(c.stored_bytes for c in tried)
+    near = [c for c in tried if c.stored_bytes <= smallest * (1 + slack)]
+    return min(near, key=lambda c: (FORMATS.get(c.format).cost_rank, c.stored_bytes))
 
 
 # ------------------------------------------------------------------- storing

@@ -412,7 +412,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         if self.progress is not None:
             loop = self.progress(considered, len(considered), "encode")
         for info in loop:
-            array = arrays[info.name]
+            array = arrays.pop(info.name)  # no dense copy outlives its encoding (issue 16: peak memory)
             tensor = TensorData(info.name, array, info.fill(array.dtype))
             chosen, why = choose(tensor, config.format, options, max_opset, model.graph, slack=config.auto_slack,
                                  decoders=config.decoders)
