@@ -118,3 +118,17 @@ def test_auto_choice_and_bytes_match_keeping_every_candidate(tensor: TensorData)
     assert chosen.encoded.params == expected.encoded.params
     assert {k: v.tobytes() for k, v in chosen.encoded.arrays.items()} == \
         {k: v.tobytes() for k, v in expected.encoded.arrays.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_select_lowest_is_the_stable_argsort_prefix(dtype: type) -> None:
+    from onnxsparse.sparsity.patterns import select_lowest
+
+    rng = np.random.default_rng(3)
+    scores: np.ndarray = rng.integers(0, 20, size=5000).astype(dtype)  # many ties
+    if np.dtype(dtype).kind == "f":
+        scores[rng.random(scores.size) < 0.1] = np.nan
+        scores[:7] = -0.0
+    for count in (0, 1, 17, 2500, 4600, 4999, 5000):
+        expected = np.sort(np.argsort(scores, kind="stable")[:count])
+        assert np.array_equal(select_lowest(scores, count), expected)

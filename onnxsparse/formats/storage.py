@@ -191,7 +191,19 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
     output = codec.build(builder, encoded, stored, decoder)
     builder.finish(output, tensor.shape)
     size = builder.payload_bytes() + builder.extra_bytes() + len(tensor.name) + 24  # + final-node metadata
+    _detach(builder.nodes)
     return Candidate(fmt, decoder, encoded, size, codec.min_opset(decoder, tensor.dtype))
+
+
+def _detach(nodes: Sequence[ir.Node]) -> None:
+    """Drop the uses a trial decode graph put on the model's shared constants.
+
+    Left in place, they kept every trial graph, with its payload, alive as long as the model
+    (issue 16: several times a large tensor) and made unused constants look used.
+    """
+    for node in nodes:
+        for index in range(len(node.inputs)):
+            node.replace_input_with(index, None)
 
 
 def choose(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,

@@ -23,6 +23,7 @@ Without a sparsity the pass is lossless: it only re-encodes zeros already there.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -367,6 +368,9 @@ def _row(info: WeightInfo, tensor: TensorData, chosen: Candidate, sparsity_befor
 
 
 #: ``progress(items, total, description)`` wraps the per-tensor loop (e.g. a tqdm bar)
+#: after encoding a tensor this large, collect garbage at once (the cycles hold its dense copy)
+COLLECT_BYTES = 16 << 20
+
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
 
@@ -403,6 +407,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         notes: dict[str, str] = {}
         if config.prunes(pattern):
             targets, notes = self._prune(model, considered, arrays, pattern, criterion)
+            gc.collect()  # the replaced weights sit in reference cycles of the graph until collected
         max_opset, blocker = self._allowed_opset(model, before)
 
         options = CodecOptions(block=config.block)
@@ -429,6 +434,9 @@ class SparsifyPass(ir.passes.InPlacePass):
             note = "; ".join(x for x in (notes.get(info.name), why if chosen.format == "dense" else None) if x)
             report.tensors.append(_row(info, tensor, chosen, before_sparsity[info.name], targets.get(info.name),
                                        note or None))
+            if tensor.n * tensor.dtype.itemsize >= COLLECT_BYTES:
+                del array, tensor, chosen
+                gc.collect()  # the dense tensor and its trial encodings, before the next large one
         write_storage(model, specs)
         if needed > before:
             set_model_opset(model, needed)
