@@ -93,6 +93,10 @@ def test_bsr_values_match_reference(tensor: TensorData) -> None:
         where = np.flatnonzero(np.any(blocks != 0, axis=(1, 2)))
         assert encoded.arrays["values"].tobytes() == np.ascontiguousarray(blocks[where]).tobytes()
         assert np.array_equal(encoded.arrays["block_col_indices"], where % (cols // c))
+        pointers = np.concatenate([[0], np.cumsum(np.bincount(where // (cols // c), minlength=rows // r))])
+        assert np.array_equal(encoded.arrays["block_row_ptr"], pointers)
+        assert encoded.arrays["block_row_ptr"].dtype == np.dtype(np.uint8 if where.size < 256 else np.uint16
+                                                                 if where.size < 1 << 16 else np.int32)
 
 
 @pytest.mark.parametrize("tensor", _tensors(), ids=lambda t: t.name)

@@ -525,7 +525,7 @@ class SparsifyPass(ir.passes.InPlacePass):
                 bad = nm_violations(pruned, pattern.kept(target.sparsity), pattern.m, target.info.in_axis, fill)
                 if bad:  # pragma: no cover - guarded invariant
                     raise AssertionError(f"{name}: {bad} groups break {pattern.spec}")
-            arrays[name] = pruned
+            arrays[name] = target.raw = pruned  # the original (often a mapped file) is released now
             model.graph.initializers[name].const_value = ir.Tensor(pruned, name=name)
         return targets, notes
 
