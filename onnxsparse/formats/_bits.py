@@ -10,6 +10,10 @@ __all__ = ["pack_codes", "unpack_codes", "packed_size", "code_table", "popcount_
            "bit_table"]
 
 
+#: bytes packed per chunk by :func:`pack_codes`
+_PACK_CHUNK = 1 << 20
+
+
 def packed_size(count: int, width: int) -> int:
     """Bytes used by ``count`` codes of ``width`` bits (widths 2, 4, 8, 16)."""
     if width >= 8:
@@ -20,16 +24,21 @@ def packed_size(count: int, width: int) -> int:
 
 def pack_codes(codes: np.ndarray, width: int) -> np.ndarray:
     """Pack non-negative integers < 2**width; sub-byte codes fill each byte from the low bits."""
-    codes = np.asarray(codes, dtype=np.int64)
+    codes = np.asarray(codes)
     if width == 16:
         return codes.astype("<u2")
     if width == 8:
         return codes.astype(np.uint8)
     per = 8 // width
-    padded = np.zeros(-(-codes.size // per) * per, dtype=np.int64)
-    padded[: codes.size] = codes
     shifts = width * np.arange(per, dtype=np.int64)
-    return (padded.reshape(-1, per) << shifts).sum(axis=1).astype(np.uint8)
+    out = np.empty(-(-codes.size // per), dtype=np.uint8)
+    step = per * _PACK_CHUNK  # in chunks: whole-tensor int64 temporaries cost several times the tensor
+    for start in range(0, codes.size, step):
+        part = codes[start:start + step]
+        padded = np.zeros(-(-part.size // per) * per, dtype=np.int64)
+        padded[: part.size] = part
+        out[start // per: start // per + padded.size // per] = (padded.reshape(-1, per) << shifts).sum(axis=1)
+    return out
 
 
 def unpack_codes(packed: np.ndarray, width: int, count: int) -> np.ndarray:

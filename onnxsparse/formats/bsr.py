@@ -17,7 +17,7 @@ import numpy as np
 
 from .base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint
 from ._registry_instance import FORMATS
-from ._rows import build_rows_from_pointers, row_pointers, rows_from_pointers
+from ._rows import build_rows_from_pointers, rows_from_pointers
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -76,17 +76,23 @@ class BsrCodec(Codec):
         candidates = self.blocks(tensor, options)
         r, c = min(candidates, key=lambda b: (_size(tensor, b), -b[0] * b[1]))
         brows, bcols = rows // r, cols // c
-        occupied = _occupied(tensor, (r, c)).reshape(-1)
-        where = np.flatnonzero(occupied)
-        blocks = tensor.array.reshape(brows, r, bcols, c).transpose(0, 2, 1, 3).reshape(brows * bcols, r, c)
+        # No per-block int64 temporaries beyond the column indices (issue 16): values come from a boolean
+        # index of the blocked view (row-major, as the indices), row pointers from per-row counts.
+        occupied = _occupied(tensor, (r, c))
+        grid = tensor.array.reshape(brows, r, bcols, c).transpose(0, 2, 1, 3)
+        values = np.ascontiguousarray(grid[occupied])
+        columns = np.flatnonzero(occupied)
+        count = int(columns.size)
+        columns %= bcols
+        pointers = np.concatenate([[0], np.cumsum(np.count_nonzero(occupied, axis=1))]).astype(np.int64)
         return Encoded(
             self.name,
             {
-                "values": np.ascontiguousarray(blocks[where]),
-                "block_col_indices": (where % bcols).astype(narrowest_uint(bcols - 1)),
-                "block_row_ptr": row_pointers(where // bcols, brows).astype(narrowest_uint(where.size)),
+                "values": values,
+                "block_col_indices": columns.astype(narrowest_uint(bcols - 1)),
+                "block_row_ptr": pointers.astype(narrowest_uint(count)),
             },
-            {"rows": rows, "cols": cols, "block": [r, c], "count": int(where.size)},
+            {"rows": rows, "cols": cols, "block": [r, c], "count": count},
         )
 
     def decode(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],

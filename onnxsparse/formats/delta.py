@@ -53,10 +53,21 @@ def _entry_positions(tensor: TensorData) -> np.ndarray:
     return positions
 
 
+def _sizes(gaps: np.ndarray, entries: int, tensor: TensorData, options: CodecOptions) -> dict[int, int]:
+    """Payload bytes for each allowed width, from the gaps between ``entries`` consecutive positions."""
+    out = {}
+    for width in options.delta_widths:
+        count = int(_steps_needed(gaps, width).sum()) + min(entries, 1)
+        out[width] = packed_size(count, width) + count * tensor.dtype.itemsize
+    return out
+
+
 def _steps_needed(gaps: np.ndarray, width: int) -> np.ndarray:
     """Entries each gap between consecutive positions needs at this width (1 + fillers)."""
     span = _max_step(width)
-    return (gaps + span - 1) // span
+    needed = gaps + (span - 1)
+    needed //= span
+    return needed
 
 
 @FORMATS.register("delta")
@@ -76,31 +87,42 @@ class DeltaCodec(Codec):
     def sizes(self, tensor: TensorData, options: CodecOptions) -> dict[int, int]:
         """Payload bytes for each allowed width."""
         entries = _entry_positions(tensor)
-        gaps = np.diff(entries)
-        out = {}
-        for width in options.delta_widths:
-            count = int(_steps_needed(gaps, width).sum()) + min(entries.size, 1)
-            out[width] = packed_size(count, width) + count * tensor.dtype.itemsize
-        return out
+        return _sizes(np.diff(entries), entries.size, tensor, options)
 
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
-        sizes = self.sizes(tensor, options)
+        # In-place steps and early ``del``: a large tensor's int64 temporaries bound the peak (issue 16).
+        entries = _entry_positions(tensor)
+        size = entries.size
+        index = np.dtype(np.int32 if tensor.n < np.iinfo(np.int32).max else np.int64)  # positions and counts fit
+        gaps = np.subtract(entries[1:], entries[:-1], out=np.empty(max(size - 1, 0), dtype=index), casting="unsafe")
+        del entries
+        sizes = _sizes(gaps, size, tensor, options)
         width = min(sizes, key=lambda w: (sizes[w], w))
         span = _max_step(width)
-        entries = _entry_positions(tensor)
-        gaps = np.diff(entries)
-        reps = _steps_needed(gaps, width)
-        count = int(reps.sum()) + min(entries.size, 1)
-        steps = np.full(count, span, dtype=np.int64)
+        after = _steps_needed(gaps, width)  # entries each gap needs, then (cumulated) the index of each real entry
+        count = int(after.sum()) + min(size, 1)
+        np.cumsum(after, out=after)
+        gaps -= 1  # the step from a real entry's last filler to the next real entry: ((gap - 1) % span) + 1
+        gaps %= span
+        gaps += 1
+        steps = np.full(count, span, dtype=index)
         steps[-1:] = 1  # the last entry's step is never read
-        real = np.concatenate([[0], np.cumsum(reps)]).astype(np.int64)[: entries.size]  # entry index of each
-        steps[real[1:] - 1] = gaps - (reps - 1) * span
+        after -= 1
+        steps[after] = gaps
+        after += 1
+        del gaps
         values = np.full(count, tensor.fill, dtype=tensor.dtype)
-        values[real[entries.size - tensor.k:]] = tensor.values
-        codes = steps - 1 if width < 8 else steps
+        if size > tensor.k:  # an anchor at 0: every real value sits after it
+            values[after] = tensor.values
+        elif size:
+            values[0] = tensor.values[0]
+            values[after] = tensor.values[1:]
+        del after
+        if width < 8:
+            steps -= 1  # sub-byte codes store step - 1
         return Encoded(
             self.name,
-            {"gaps": pack_codes(codes, width), "values": values},
+            {"gaps": pack_codes(steps, width), "values": values},
             {"width": width, "count": count, "anchored": True},
         )
 

@@ -191,7 +191,19 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
     output = codec.build(builder, encoded, stored, decoder)
     builder.finish(output, tensor.shape)
     size = builder.payload_bytes() + builder.extra_bytes() + len(tensor.name) + 24  # + final-node metadata
+    _detach(builder.nodes)
     return Candidate(fmt, decoder, encoded, size, codec.min_opset(decoder, tensor.dtype))
+
+
+def _detach(nodes: Sequence[ir.Node]) -> None:
+    """Drop the uses a trial decode graph put on the model's shared constants.
+
+    Left in place, they kept every trial graph, with its payload, alive as long as the model
+    (issue 16: several times a large tensor) and made unused constants look used.
+    """
+    for node in nodes:
+        for index in range(len(node.inputs)):
+            node.replace_input_with(index, None)
 
 
 def choose(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
@@ -214,23 +226,40 @@ def choose(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
         if result.stored_bytes >= dense.stored_bytes:
             return dense, f"{fmt} would take {result.stored_bytes} bytes, dense {dense.stored_bytes}"
         return result, None
+    # Only the provisional winner keeps its payload: every format's encoding of a large tensor alive at
+    # once cost several times the tensor (issue 16). A winner whose payload was dropped is encoded again.
     options_tried: list[Candidate] = [dense]
     failures: list[str] = []
+    best = dense
     for name, cls in FORMATS.items():
         if name == "dense" or not cls.in_auto:
             continue
         try:
-            options_tried.append(candidate(tensor, name, options, max_opset, graph, decoders.get(name)))
+            result = candidate(tensor, name, options, max_opset, graph, decoders.get(name))
         except Decline as exc:
             failures.append(f"{name}: {exc}")
-    smallest = min(c.stored_bytes for c in options_tried)
-    near = [c for c in options_tried if c.stored_bytes <= smallest * (1 + slack)]
-    best = min(near, key=lambda c: (FORMATS.get(c.format).cost_rank, c.stored_bytes))
+            continue
+        options_tried.append(result)
+        best = _auto_pick(options_tried, slack)
+        for other in options_tried:
+            if other is not best:
+                other.encoded = None
     if best.format == "dense":
         if len(options_tried) == 1 and failures:
             return best, "no format applies (" + "; ".join(failures) + ")"
         return best, "dense is smallest"
+    if best.encoded is None:
+        again = candidate(tensor, best.format, options, max_opset, graph, decoders.get(best.format))
+        assert isinstance(again, Candidate) and again.stored_bytes == best.stored_bytes  # encoding is deterministic
+        best = again
     return best, None
+
+
+def _auto_pick(tried: Sequence[Candidate], slack: float) -> Candidate:
+    """Among the candidates within ``slack`` of the smallest, the one cheapest to decode."""
+    smallest = min(c.stored_bytes for c in tried)
+    near = [c for c in tried if c.stored_bytes <= smallest * (1 + slack)]
+    return min(near, key=lambda c: (FORMATS.get(c.format).cost_rank, c.stored_bytes))
 
 
 # ------------------------------------------------------------------- storing

@@ -101,6 +101,19 @@ def _shape_preserving_ml_outputs(proto: onnx.ModelProto) -> int:
     return added
 
 
+def _forget_removed_inputs(graph: ir.Graph) -> None:
+    """Drop the zero counts ``call_onnx_api`` leaves in ``graph.inputs``' reference counter.
+
+    It lists every initializer as a graph input for the call and removes it after; onnx_ir 1.1
+    keeps each removed value as a zero-count key, so every weight (even one replaced later, e.g. by
+    a sparse encoding) stayed alive as long as the model (issue 16: peak memory).
+    """
+    counter = getattr(graph.inputs, "_ref_counter", None)  # private: no public way to prune it
+    if counter is not None:
+        for value in [v for v, count in counter.items() if count <= 0]:
+            del counter[value]
+
+
 def _infer_shapes(model: ir.Model) -> bool:
     """onnx shape inference (with data propagation) merged into ``model``'s values.
 
@@ -121,6 +134,7 @@ def _infer_shapes(model: ir.Model) -> bool:
         return inferred
 
     inferred = ir.serde.deserialize_model(_c_api_utils.call_onnx_api(infer, model))
+    _forget_removed_inputs(model.graph)
     modified = False
     for graph, new_graph in zip(model.graphs(), inferred.graphs()):
         known = ir.convenience.create_value_mapping(new_graph)

@@ -23,6 +23,7 @@ Without a sparsity the pass is lossless: it only re-encodes zeros already there.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -203,6 +204,9 @@ def _row(info: WeightInfo, tensor: TensorData, chosen: Candidate, sparsity_befor
 
 
 #: ``progress(items, total, description)`` wraps the per-tensor loop (e.g. a tqdm bar)
+#: after encoding a tensor this large, collect garbage at once (the cycles hold its dense copy)
+COLLECT_BYTES = 16 << 20
+
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
 
@@ -265,6 +269,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         notes: dict[str, str] = {}
         if config.prunes(pattern):
             targets, notes = self._prune(model, considered, arrays, pattern, criterion)
+            gc.collect()  # the replaced weights sit in reference cycles of the graph until collected
         max_opset, blocker = self._allowed_opset(model, before)
 
         options = CodecOptions(block=config.block)
@@ -274,7 +279,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         if self.progress is not None:
             loop = self.progress(considered, len(considered), "encode")
         for info in loop:
-            array = arrays[info.name]
+            array = arrays.pop(info.name)  # no dense copy outlives its encoding (issue 16: peak memory)
             tensor = TensorData(info.name, array, info.fill(array.dtype))
             chosen, why = choose(tensor, config.format, options, max_opset, model.graph, slack=config.auto_slack,
                                  decoders=config.decoder_map())
@@ -291,6 +296,9 @@ class SparsifyPass(ir.passes.InPlacePass):
             note = "; ".join(x for x in (notes.get(info.name), why if chosen.format == "dense" else None) if x)
             report.tensors.append(_row(info, tensor, chosen, before_sparsity[info.name], targets.get(info.name),
                                        note or None))
+            if tensor.n * tensor.dtype.itemsize >= COLLECT_BYTES:
+                del array, tensor, chosen
+                gc.collect()  # the dense tensor and its trial encodings, before the next large one
         write_storage(model, specs)
         if needed > before:
             set_model_opset(model, needed)
@@ -384,7 +392,7 @@ class SparsifyPass(ir.passes.InPlacePass):
                 bad = nm_violations(pruned, pattern.kept(target.sparsity), pattern.m, target.info.in_axis, fill)
                 if bad:  # pragma: no cover - guarded invariant
                     raise AssertionError(f"{name}: {bad} groups break {pattern.spec}")
-            arrays[name] = pruned
+            arrays[name] = target.raw = pruned  # the original (often a mapped file) is released now
             model.graph.initializers[name].const_value = ir.Tensor(pruned, name=name)
         return targets, notes
 

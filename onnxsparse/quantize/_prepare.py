@@ -136,7 +136,9 @@ def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool
         break
     if not done:
         return Prepared(normalized, steps, skipped, external_data, names)
-    proto = onnx.load(str(pre), load_external_data=True)
-    if strip_initializer_value_info(proto):
+    # The weights are loaded only when the file must be rewritten (issue 16: a whole model in memory).
+    if strip_initializer_value_info(onnx.load(str(pre), load_external_data=False)):
+        proto = onnx.load(str(pre), load_external_data=True)
+        strip_initializer_value_info(proto)
         save_proto(proto, pre, external_data)
     return Prepared(pre, steps, skipped, external_data, names)

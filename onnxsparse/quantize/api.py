@@ -7,6 +7,7 @@ load -> check data -> prepare (normalize, name, pre-process) -> plan exclusions
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -360,6 +361,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
     with owned_temp_dir(out_dir if out_dir and out_dir.is_dir() else None, "quantize") as tmp:
         prepared = prepare(ir_model, tmp, preprocess=settings.preprocess, external_data=external,
                            half_weights=bool(half))
+        gc.collect()  # pre-processing's model copies sit in reference cycles; free them before quantizing
 
         # fp32 reference outputs first: data the model cannot run on fails here, in one line.
         check_source, check_skip = (None, "disabled") if not check else _check_source(calib_source, ir_model, shapes)
@@ -404,6 +406,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
         try:
             quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
             after = onnx.load(str(quantized_path), load_external_data=True)
+            gc.collect()  # the quantizer's model copies, before our checks open sessions
             outcome = _analyse(planned, proto, after, plan, supported)
             errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
             costly = [] if settings.max_node_error is None else [

@@ -48,7 +48,8 @@ def _scores(target: PruneTarget, criterion: Criterion,
     if scores.shape != target.raw.shape:
         raise ValueError(f"criterion {criterion.name} returned shape {scores.shape} for {target.raw.shape}")
     # NaN weights are never "small": keep them (they are someone else's problem)
-    return np.nan_to_num(scores, nan=np.inf)
+    fresh = scores is not real and scores.flags.owndata  # the criterion's own output: clean it in place
+    return np.nan_to_num(scores, nan=np.inf, copy=not fresh)
 
 
 def compute_masks(

@@ -8,6 +8,7 @@ interleaved on one fixed batch, and peak memory in child processes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -278,6 +279,7 @@ def validate(
 
         stat_shapes = _sample_shapes(source, fixed_batch(ref.inputs) or 1)
         ref_info, cand_info = model_info(ref, stat_shapes), model_info(cand, stat_shapes)
+        gc.collect()  # the models loaded for their statistics map every weight; release them before the sessions
         notes += [f"{info.role}: {info.stats_note}" for info in (ref_info, cand_info) if info.stats_note]
 
         fusions = _fusions(ref, cand, specs)
