@@ -49,6 +49,11 @@ class Entry:
     def is_dim(self) -> bool:
         return self.dim_of is not None
 
+    @property
+    def read(self) -> tuple[ir.Value, int] | None:
+        """``(value, axis)`` whose dim a dim entry reads; ``None`` for a constant entry."""
+        return None if self.dim_of is None or self.axis is None else (self.dim_of, self.axis)
+
 
 def _opset(node: ir.Node) -> int:
     graph = node.graph
