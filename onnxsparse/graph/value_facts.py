@@ -60,6 +60,13 @@ def constant_ints(value: ir.Value | None) -> tuple[int, ...] | None:
     return tuple(int(x) for x in arr.reshape(-1))
 
 
+def copy_dtype(dst: ir.Value, src: ir.Value) -> None:
+    """Give ``dst`` the element type of ``src``; nothing when that is unknown (onnx_ir would record a
+    tensor type without an element type)."""
+    if src.dtype is not None:
+        dst.dtype = src.dtype
+
+
 def norm_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 

@@ -21,6 +21,7 @@ __all__ = [
     "attr_ints",
     "const_array",
     "const_ints",
+    "drop_if_unused",
     "is_const",
     "new_constant",
     "onnx_domain",
@@ -88,6 +89,14 @@ def new_constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
+    """Remove the initializer ``value`` once nothing reads it (and it is no graph output)."""
+    if value is None or value.name is None or value.uses() or value.is_graph_output():
+        return
+    if graph.initializers.get(value.name) is value:
+        graph.initializers.pop(value.name)
+
+
 def producer(value: ir.Value | None, op: str) -> ir.Node | None:
     """The standard-domain ``op`` node producing ``value`` (``None`` for anything else)."""
     node = None if value is None else value.producer()
@@ -144,5 +153,4 @@ def remove_dead(graph: ir.Graph, pattern: list[ir.Node], ops: tuple[str, ...]) -
                 candidates.discard(node)
                 changed = True
     for value in consts:
-        if not value.uses() and not value.is_graph_output() and graph.initializers.get(value.name) is value:
-            graph.initializers.pop(value.name)
+        drop_if_unused(graph, value)
