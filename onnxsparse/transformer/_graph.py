@@ -10,6 +10,7 @@ reads (and bakes in) its value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 _STANDARD = ("", "ai.onnx")
+
+Found = TypeVar("Found")
 
 
 def onnx_domain(node: ir.Node) -> bool:
@@ -105,8 +108,8 @@ def producer(value: ir.Value | None, op: str) -> ir.Node | None:
     return node
 
 
-def rewrite_matches(graph: ir.Graph, match: Callable[[ir.Node], object | None],
-                    rewrite: Callable[[ir.Graph, object], tuple[str, list[ir.Node]]],
+def rewrite_matches(graph: ir.Graph, match: Callable[[ir.Node], Found | None],
+                    rewrite: Callable[[ir.Graph, Found], tuple[str, list[ir.Node]]],
                     dead_ops: tuple[str, ...]) -> list[str]:
     """Try ``match`` on every node still in ``graph``; ``rewrite`` each match and remove what it left dead.
 
