@@ -63,6 +63,13 @@ class _NodeView:
     def dims(value: ir.Value | None) -> tuple[int | None, ...] | None:
         return _shapes.dims(value)
 
+    def required_dims(self, value: ir.Value | None) -> tuple[int | None, ...]:
+        """Dims of ``value`` in a rewrite, where its rule's ``couple`` already refused unknown ranks."""
+        d = _shapes.dims(value)
+        if d is None:
+            raise AssertionError(f"{self.describe()}: rank no longer known although its rule accepted it")
+        return d
+
     @staticmethod
     def rank(value: ir.Value | None) -> int | None:
         d = _shapes.dims(value)
