@@ -19,7 +19,7 @@ def dims(value: ir.Value | None) -> Dims | None:
     if shape is None:
         const = value.const_value
         if const is not None:
-            return tuple(int(d) for d in const.shape)
+            return tuple(d if isinstance(d, int) else None for d in const.shape)  # a tensor's dims are ints
         return None
     out: list[int | None] = []
     for d in shape:
@@ -108,7 +108,8 @@ def missing_shapes(graph: ir.Graph) -> int:
     onnx's made-up ``unk__N``: a TorchScript head split behind ``Shape -> Gather -> Concat`` targets);
     initializers and graph inputs excepted."""
     return sum(1 for node in graph for v in node.outputs
-               if v is not None and v.name and (dims(v) is None or any(_unnamed(d) for d in v.shape.dims)))
+               if v is not None and v.name and (v.shape is None or dims(v) is None
+                                                or any(_unnamed(d) for d in v.shape.dims)))
 
 
 def _unnamed(d) -> bool:
@@ -180,12 +181,12 @@ def _symbolic_ints(model: ir.Model) -> int:
     found = _runtime_symbolic_named(model)
     changed = 0
     for name, value in todo.items():
-        other = found.get(name)
-        if other is None or len(other) != len(value.shape):
+        other, shape = found.get(name), value.shape
+        if other is None or shape is None or len(other) != len(shape):
             continue
-        new = [b if _unnamed(a) and b is not None else a for a, b in zip(value.shape.dims, other)]
-        new = [ir.SymbolicDim(d) if isinstance(d, str) else d for d in new]
-        if [_dim_key(d) for d in new] != [_dim_key(d) for d in value.shape.dims]:
+        merged = [b if _unnamed(a) and b is not None else a for a, b in zip(shape.dims, other)]
+        new = [ir.SymbolicDim(d) if isinstance(d, str) else d for d in merged]
+        if [_dim_key(d) for d in new] != [_dim_key(d) for d in shape.dims]:
             value.shape = ir.Shape(new)
             changed += 1
     return changed
@@ -269,7 +270,7 @@ def infer_node(node: ir.Node, version: int) -> int:
                                                         input_data)
     filled = 0
     for v in missing:
-        tp = out_types.get(v.name)
+        tp = out_types.get(v.name or "")
         if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
             continue
         v.shape = ir.Shape([
