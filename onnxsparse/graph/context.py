@@ -64,7 +64,7 @@ class _NodeView:
         return _shapes.dims(value)
 
     def required_dims(self, value: ir.Value | None) -> tuple[int | None, ...]:
-        """Dims of ``value`` in a rewrite, where its rule's ``couple`` already refused unknown ranks."""
+        """Dims of ``value`` whose rank the rule already checked (in ``couple``, or ``couple`` before a rewrite)."""
         d = _shapes.dims(value)
         if d is None:
             raise AssertionError(f"{self.describe()}: rank no longer known although its rule accepted it")
