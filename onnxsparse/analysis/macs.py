@@ -168,7 +168,7 @@ def _matmul_like(a_index: int, trans_attr: str | None = None) -> MacCounter:
         y = ctx.known(ctx.output(node, 0))
         if a is None or y is None or not a:
             return None
-        transposed = bool(trans_attr and node.attributes.get_int(trans_attr, 0)) and len(a) >= 2
+        transposed = bool(trans_attr) and bool(node.attributes.get_int(trans_attr or "", 0)) and len(a) >= 2
         k = a[-2] if transposed else a[-1]
         # Y holds the broadcast batch dims and M x N; every element is a K-long dot product.
         return _prod(y) * k

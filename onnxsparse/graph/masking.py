@@ -75,7 +75,7 @@ def masked_copy(model: ir.Model, plan: PrunePlan) -> ir.Model:
         rank = len(x.shape) if x.shape is not None else None
         if rank is None:  # pragma: no cover - slots need a known rank
             raise AssertionError(f"rank of {x.name} unknown")
-        dtype = x.dtype.numpy() if x.dtype is not None else np.float32
+        dtype: np.dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
         shape = [1] * rank
         shape[c.axis] = mask.size
         name = f"{x.name}__mask{counter}"

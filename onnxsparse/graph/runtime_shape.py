@@ -163,7 +163,7 @@ def trace(vec: ir.Value | None, depth: int = 0) -> list[Entry] | None:
     if op == "ConstantOfShape":
         length = sub(0)
         tensor = node.attributes.get_tensor("value", None)
-        fill = 0 if tensor is None else tensor.numpy().reshape(-1)
+        fill = np.zeros((), np.int64) if tensor is None else tensor.numpy().reshape(-1)  # default: int 0
         count = _entry_dim(length[0]) if length is not None and len(length) == 1 else None
         if not isinstance(count, int) or count < 0 or np.size(fill) != 1 or np.asarray(fill).dtype.kind not in "iu":
             return None

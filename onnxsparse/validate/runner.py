@@ -251,9 +251,14 @@ def validate(
                                         memory=memory)
     if metrics is not None and labels is None:
         raise UsageError("--metric needs --labels")
-    metric_specs = [metrics] if isinstance(metrics, str) else list(metrics or ["top1"])
-    metric_list = [resolve_metric(m) for part in metric_specs
-                   for m in (part.split(",") if isinstance(part, str) else [part]) if m != ""]
+    metric_specs: list[str | Metric] = [metrics] if isinstance(metrics, str) else list(metrics or ["top1"])
+    pieces: list[str | Metric] = []
+    for part in metric_specs:
+        if isinstance(part, str):
+            pieces += part.split(",")
+        else:
+            pieces.append(part)
+    metric_list = [resolve_metric(m) for m in pieces if m != ""]
     specs = resolve_providers(providers)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")

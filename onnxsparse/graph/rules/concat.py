@@ -240,7 +240,7 @@ class SliceRule(OpRule):
             ctx.set_attr_ints("ends", new_ends)
         else:
             old = ctx.constant(ctx.input(1))
-            dtype = np.int64 if old is None else old.dtype  # a constant: bounds computed at run time returned above
+            dtype: np.dtype = np.dtype(np.int64) if old is None else old.dtype  # a constant: bounds computed at run time returned above
             ctx.set_input_constant(1, np.array(new_starts, dtype=dtype))
             ctx.set_input_constant(2, np.array(new_ends, dtype=dtype))
 
