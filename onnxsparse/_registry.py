@@ -28,7 +28,8 @@ class Registry(Generic[T]):
         """Decorator: ``@REGISTRY.register("csr")`` on a class or function."""
 
         def decorator(obj: T) -> T:
-            key = (name or getattr(obj, "name", None) or getattr(obj, "__name__", "")).lower()
+            label = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
+            key = label.lower() if isinstance(label, str) else ""
             if not key:
                 raise ValueError(f"cannot register {obj!r} in {self.kind} registry without a name")
             if key in self._items and not replace:

@@ -96,7 +96,7 @@ def _check_opsets(proto: onnx.ModelProto) -> None:
 # --------------------------------------------------------------------------------------- tensors
 
 
-def _dims(tensor: onnx.TensorProto, what: str) -> tuple[int, ...]:
+def _dims(tensor: onnx.TensorProto | onnx.SparseTensorProto, what: str) -> tuple[int, ...]:
     dims = tuple(int(d) for d in tensor.dims)
     if any(d < 0 for d in dims):
         raise ModelLoadError(f"{what} has a negative dimension in its dims {list(dims)}")
@@ -177,7 +177,7 @@ def _warn_nonfinite(values: np.ndarray, what: str) -> None:
 def _check_sparse(sparse: onnx.SparseTensorProto, base_dir: Path | None) -> str:
     name = sparse.values.name
     what = f"sparse initializer {name!r}"
-    dims = _dims(sparse, what)  # type: ignore[arg-type] - SparseTensorProto has dims too
+    dims = _dims(sparse, what)
     values_dims, dtype = _check_tensor(sparse.values, f"{what} values", base_dir)
     index_dims, _ = _check_tensor(sparse.indices, f"{what} indices", base_dir)
     limits.check_alloc(f"{what} (dense)", dims, dtype)
@@ -404,8 +404,8 @@ def check_finite_weights(model: ir.Model, purpose: str) -> None:
             if node.op_type not in _QUANTIZED_WEIGHT_OPS:
                 continue
             for value in node.inputs:
-                tensor = value.const_value if value is not None else None
-                if tensor is None or tensor.dtype is None or not tensor.dtype.is_floating_point():
+                tensor = None if value is None else value.const_value
+                if value is None or tensor is None or tensor.dtype is None or not tensor.dtype.is_floating_point():
                     continue
                 array = tensor.numpy()
                 finite = np.isfinite(array)

@@ -1,5 +1,6 @@
 """House rules checked on the source: no package imports another package's private modules or names,
-and the linter (pyflakes errors, syntax, unused names) is clean."""
+the linter (pyflakes errors, syntax, unused names) and the type checker (mypy, configured in pyproject.toml)
+are clean."""
 
 from __future__ import annotations
 
@@ -65,4 +66,13 @@ def test_ruff_is_clean():
         pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
     done = subprocess.run([str(ruff), "check", "--no-cache", "onnxsparse", "tests", "samples", "benchmarks",
                            "examples"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_is_clean(tmp_path):
+    """mypy with the ``[tool.mypy]`` settings of pyproject.toml; a cold cache in ``tmp_path`` so a stale cache
+    (another mypy version, a moved checkout) can never hide an error (~15-35 s on 2 cores)."""
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install -e '.[test]' installs it)")
+    done = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy"), "onnxsparse"],
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -168,7 +168,7 @@ def _matmul_like(a_index: int, trans_attr: str | None = None) -> MacCounter:
         y = ctx.known(ctx.output(node, 0))
         if a is None or y is None or not a:
             return None
-        transposed = bool(trans_attr and node.attributes.get_int(trans_attr, 0)) and len(a) >= 2
+        transposed = bool(trans_attr) and bool(node.attributes.get_int(trans_attr or "", 0)) and len(a) >= 2
         k = a[-2] if transposed else a[-1]
         # Y holds the broadcast batch dims and M x N; every element is a K-long dot product.
         return _prod(y) * k
@@ -196,9 +196,10 @@ def _matmul_nbits(node: ir.Node, ctx: MacContext) -> int | None:
 @register_macs("Einsum")
 def _einsum(node: ir.Node, ctx: MacContext) -> int | None:
     equation = node.attributes.get_string("equation", "").replace(" ", "")
-    operands = [ctx.known(v) for v in node.inputs]
+    known = [ctx.known(v) for v in node.inputs]
+    operands = [o for o in known if o is not None]
     y = ctx.known(ctx.output(node, 0))
-    if y is None or any(o is None for o in operands):
+    if y is None or len(operands) != len(known):
         return None
     if len(operands) < 2:
         return 0
@@ -243,7 +244,7 @@ def _attention_core(batch: int, q_len: int, kv_len: int, qk_width: int, v_width:
 
 
 @register_macs("Attention", domain="com.microsoft")
-def _ms_attention(node: ir.Node, ctx: MacContext) -> int | None:
+def _ms_attention(node: ir.Node, ctx: MacContext) -> int | Macs | None:
     x = ctx.known(ctx.input(node, 0))
     w = ctx.known(ctx.input(node, 1))
     if x is None or w is None or len(x) != 3:
@@ -263,7 +264,7 @@ def _ms_attention(node: ir.Node, ctx: MacContext) -> int | None:
 
 
 @register_macs("MultiHeadAttention", domain="com.microsoft")
-def _ms_mha(node: ir.Node, ctx: MacContext) -> int | None:
+def _ms_mha(node: ir.Node, ctx: MacContext) -> int | Macs | None:
     q = ctx.known(ctx.input(node, 0))
     if q is None:
         return None
@@ -293,7 +294,7 @@ def _ms_mha(node: ir.Node, ctx: MacContext) -> int | None:
 
 
 @register_macs("GroupQueryAttention", domain="com.microsoft")
-def _ms_gqa(node: ir.Node, ctx: MacContext) -> int | None:
+def _ms_gqa(node: ir.Node, ctx: MacContext) -> int | Macs | None:
     q = ctx.known(ctx.input(node, 0))
     heads = node.attributes.get_int("num_heads", 0)
     kv_heads = node.attributes.get_int("kv_num_heads", 0) or heads
@@ -316,7 +317,7 @@ def _ms_gqa(node: ir.Node, ctx: MacContext) -> int | None:
 
 
 @register_macs("Attention")
-def _onnx_attention(node: ir.Node, ctx: MacContext) -> int | None:
+def _onnx_attention(node: ir.Node, ctx: MacContext) -> int | Macs | None:
     q = ctx.known(ctx.input(node, 0))
     k = ctx.known(ctx.input(node, 1))
     v = ctx.known(ctx.input(node, 2))
@@ -415,13 +416,14 @@ def _graph_rows(graph: ir.Graph, ctx: MacContext, label: str, rows: list[NodeMac
             elif attr.type == ir.AttributeType.GRAPHS:
                 for i, sub in enumerate(attr.as_graphs()):
                     sub_totals.append(_graph_rows(sub, ctx, f"{label}/{node.name}.{attr.name}[{i}]", rows))
-        if total is None or macs is None or any(t is None for t in sub_totals):
+        known = [t for t in sub_totals if t is not None]
+        if total is None or macs is None or len(known) != len(sub_totals):
             total = None
             continue
         total += macs
-        if sub_totals:
+        if known:
             # An If runs one branch: charge the costlier.  Loop/Scan bodies: once.
-            total += max(sub_totals) if node.op_type == "If" else sum(sub_totals)  # type: ignore[arg-type]
+            total += max(known) if node.op_type == "If" else sum(known)
     return total
 
 

@@ -182,7 +182,8 @@ def _all_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
 def _is_run_time_scale(value: ir.Value | None) -> bool:
     """The scale a ``DynamicQuantizeLinear`` computes for an activation (its second output)."""
     producer = value.producer() if value is not None else None
-    return producer is not None and producer.op_type == "DynamicQuantizeLinear" and value.index() == 1
+    return (value is not None and producer is not None and producer.op_type == "DynamicQuantizeLinear"
+            and value.index() == 1)
 
 
 def _metadata_inputs(node: ir.Node) -> frozenset[int]:
@@ -342,7 +343,7 @@ def _evaluate(model: ir.Model, refs: list[WeightRef]) -> dict[int, np.ndarray]:
             continue
         nodes[id(node)] = node
         stack.extend(v for v in node.inputs if v is not None)
-    if sum(v.const_value.nbytes for v in tensors.values()) > EVALUATE_LIMIT_BYTES:  # type: ignore[union-attr]
+    if sum(v.const_value.nbytes for v in tensors.values() if v.const_value is not None) > EVALUATE_LIMIT_BYTES:
         return {}
     order = {id(n): i for i, n in enumerate(model.graph)}
     try:

@@ -59,7 +59,7 @@ def input_dim_bindings(
     fixed dims, or one symbol given two different values.
     """
     shapes = dict(shapes or {})
-    inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer()}
+    inputs = {v.name or "": v for v in model.graph.inputs if not v.is_initializer()}
     unknown = sorted(set(shapes) - set(inputs))
     if unknown:
         raise UsageError(f"--shape names unknown input(s) {unknown}; model inputs are {sorted(inputs)}")
@@ -211,20 +211,20 @@ def _payload_free(model: ir.Model) -> Iterator[None]:
     model is serialised, so ``ir.to_proto`` copies no weight bytes: shape inference needs only their
     dims (:func:`_strip_large_tensors` turns them into inputs).  143M float weights cost 0.5 s of
     copying per serialisation otherwise.  The real tensors are put back on exit."""
-    swapped: list[tuple[ir.Value, object]] = []
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
     try:
         for value in model.graph.initializers.values():
             tensor = value.const_value
             if tensor is None or tensor.size <= _STRIP_ABOVE_ELEMENTS:
                 continue
-            stand_in = ir.ExternalTensor("shape-only", 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,
+            stand_in = ir.ExternalTensor("shape-only", 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()),
                                          name=value.name or "")
             swapped.append((value, tensor))
             value.const_value = stand_in
         yield
     finally:
         for value, tensor in swapped:
-            value.const_value = tensor  # type: ignore[assignment]
+            value.const_value = tensor
 
 
 def shape_only_proto(model: ir.Model) -> onnx.ModelProto:
@@ -337,7 +337,7 @@ def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
 def _unknown_count(graph: onnx.GraphProto, shapes: Mapping[str, Shape]) -> int:
     return sum(
         1 for node in graph.node for name in node.output
-        if name and (shapes.get(name) is None or None in shapes[name])  # type: ignore[operator]
+        if name and ((shape := shapes.get(name)) is None or None in shape)
     )
 
 

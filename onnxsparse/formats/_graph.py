@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx_ir as ir
 
 from .base import contiguous, index_dtype
@@ -75,7 +76,7 @@ def decode_target(node: ir.Node) -> str | None:
     return node.metadata_props.get(NODE_META_KEY)
 
 
-def _dtype(value: np.dtype | ir.DataType) -> ir.DataType:
+def _dtype(value: npt.DTypeLike | ir.DataType) -> ir.DataType:
     return value if isinstance(value, ir.DataType) else ir.DataType.from_numpy(np.dtype(value))
 
 
@@ -184,13 +185,13 @@ class DecodeBuilder:
 
     # --------------------------------------------------------------- helpers
     @staticmethod
-    def ir_dtype(dtype: np.dtype | ir.DataType) -> ir.DataType:
+    def ir_dtype(dtype: npt.DTypeLike | ir.DataType) -> ir.DataType:
         return _dtype(dtype)
 
     def to_index(self, value: ir.Value) -> ir.Value:
         return self.op("Cast", value, to=_dtype(self.index_dtype))
 
-    def fill(self, fill: np.ndarray, count: int | ir.Value, *, shape: Sequence[int] | None = None) -> ir.Value:
+    def fill(self, fill: np.ndarray, count: int, *, shape: Sequence[int] | None = None) -> ir.Value:
         """A tensor of ``count`` (or ``shape``) copies of the fill value."""
         dims = self.shape_const(shape if shape is not None else [count])
         fill = np.asarray(fill)
@@ -235,7 +236,10 @@ class DecodeBuilder:
     def finish(self, output: ir.Value, shape: Sequence[int]) -> ir.Value:
         """Reshape ``output`` to ``shape``: the last node, marked with the tensor name."""
         final = self.op("Reshape", output, self.shape_const(shape))
-        final.producer().metadata_props[NODE_META_KEY] = self.target
+        node = final.producer()
+        if node is None:  # pragma: no cover - op() returns the output of the node it adds
+            raise AssertionError("decode output without its node")
+        node.metadata_props[NODE_META_KEY] = self.target
         return final
 
     def commit(self, output: ir.Value, shape: Sequence[int], like: ir.Value | None = None) -> ir.Value:

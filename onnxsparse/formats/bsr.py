@@ -36,7 +36,7 @@ CANDIDATE_BLOCKS: tuple[tuple[int, int], ...] = (
 def _occupied(tensor: TensorData, block: tuple[int, int]) -> np.ndarray:
     rows, cols = tensor.matrix_shape()
     r, c = block
-    return tensor.mask.reshape(rows // r, r, cols // c, c).any(axis=(1, 3))
+    return np.asarray(tensor.mask.reshape(rows // r, r, cols // c, c).any(axis=(1, 3)))
 
 
 def _size(tensor: TensorData, block: tuple[int, int]) -> int:

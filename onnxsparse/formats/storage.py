@@ -354,14 +354,14 @@ def _decode_groups(graph: ir.Graph) -> dict[str, list[ir.Node]]:
         if target is None:  # metadata dropped: the output not named like a decode node is the tensor
             inner = {id(n) for n in nodes}
             finals = [
-                v for n in nodes for v in n.outputs
+                v.name for n in nodes for v in n.outputs
                 if v.name and not v.name.startswith(NODE_PREFIX)
                 and not all(id(user) in inner for user, _ in v.uses())
             ]
             if len(finals) != 1:
                 logger.warning("cannot tell which tensor decode nodes %s produce", nodes[0].name)
                 continue
-            target = finals[0].name
+            target = finals[0]
         groups[target] = nodes
     return groups
 
@@ -377,7 +377,7 @@ def _evaluate(graph: ir.Graph, nodes: Sequence[ir.Node], target: str) -> np.ndar
     if output is None:
         raise ModelLoadError(f"decode nodes for {target!r} do not produce it")
     nodes = _ancestors(output)  # may include nodes an optimizer merged across subgraphs
-    inputs = {v.name: v for n in nodes for v in n.inputs if v is not None and v.producer() is None}
+    inputs = {v.name or "": v for n in nodes for v in n.inputs if v is not None and v.producer() is None}
     protos = []
     for name, value in inputs.items():
         if value.const_value is None:
@@ -409,8 +409,9 @@ def _ancestors(output: ir.Value) -> list[ir.Node]:
             return
         seen.add(id(node))
         for value in node.inputs:
-            if value is not None and value.producer() is not None:
-                visit(value.producer())
+            producer = value.producer() if value is not None else None
+            if producer is not None:
+                visit(producer)
         order.append(node)
 
     producer = output.producer()
@@ -453,7 +454,8 @@ def expand_stored(model: ir.Model, name: str, nodes: Sequence[ir.Node], array: n
     feeds = {id(v): v for n in nodes for v in n.inputs if v is not None and v.producer() is None}
     _remove_dead(graph, nodes)
     for fed in feeds.values():
-        if fed.name in graph.initializers and not fed.uses() and not _is_graph_output(graph, fed):
+        if fed.name is not None and fed.name in graph.initializers and not fed.uses() \
+                and not _is_graph_output(graph, fed):
             graph.initializers.pop(fed.name)
 
 

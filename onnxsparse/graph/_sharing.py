@@ -27,7 +27,7 @@ def unshare_small_constants(model: ir.Model, limit: int = SMALL_SHARED_LIMIT) ->
         tensor = value.const_value
         if tensor is None or value.is_graph_output() or value.is_graph_input():
             continue
-        dims = [int(d) for d in tensor.shape]
+        dims = [d for d in tensor.shape if isinstance(d, int)]  # a tensor's dims are ints
         if sum(d > 1 for d in dims) != 1 or int(np.prod(dims)) > limit:
             continue  # scalars need no copy; matrices/filters are tied weights
         nodes: list[ir.Node] = []
@@ -58,6 +58,8 @@ def reshare(model: ir.Model, copies: dict[str, str]) -> None:
         if copy is None or orig is None:
             continue
         a, b = copy.const_value, orig.const_value
+        if a is None or b is None:
+            continue
         if a is not b:
             if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Union, overload
 
 import numpy as np
 import onnx_ir as ir
@@ -52,9 +52,23 @@ class _NodeView:
         outputs = self.node.outputs
         return outputs[index] if index < len(outputs) else None
 
+    def required_output(self, index: int) -> ir.Value:
+        """Output ``index`` of a node whose rule accepted it (``couple`` refuses a node without it)."""
+        value = self.output(index)
+        if value is None:
+            raise AssertionError(f"{self.describe()}: no output {index} although its rule accepted it")
+        return value
+
     @staticmethod
     def dims(value: ir.Value | None) -> tuple[int | None, ...] | None:
         return _shapes.dims(value)
+
+    def required_dims(self, value: ir.Value | None) -> tuple[int | None, ...]:
+        """Dims of ``value`` whose rank the rule already checked (in ``couple``, or ``couple`` before a rewrite)."""
+        d = _shapes.dims(value)
+        if d is None:
+            raise AssertionError(f"{self.describe()}: rank no longer known although its rule accepted it")
+        return d
 
     @staticmethod
     def rank(value: ir.Value | None) -> int | None:
@@ -69,8 +83,18 @@ class _NodeView:
     def constant_ints(value: ir.Value | None) -> tuple[int, ...] | None:
         return _shapes.constant_ints(value)
 
+    @overload
+    def attr_int(self, name: str, default: int) -> int: ...
+    @overload
+    def attr_int(self, name: str, default: None = None) -> int | None: ...
+
     def attr_int(self, name: str, default: int | None = None) -> int | None:
         return self.node.attributes.get_int(name, default)
+
+    @overload
+    def attr_ints(self, name: str, default: Sequence[int]) -> tuple[int, ...]: ...
+    @overload
+    def attr_ints(self, name: str, default: None = None) -> tuple[int, ...] | None: ...
 
     def attr_ints(self, name: str, default: Sequence[int] | None = None) -> tuple[int, ...] | None:
         value = self.node.attributes.get_ints(name, None)
@@ -78,12 +102,22 @@ class _NodeView:
             return None if default is None else tuple(default)
         return tuple(int(v) for v in value)
 
+    @overload
+    def attr_float(self, name: str, default: float) -> float: ...
+    @overload
+    def attr_float(self, name: str, default: None = None) -> float | None: ...
+
     def attr_float(self, name: str, default: float | None = None) -> float | None:
         return self.node.attributes.get_float(name, default)
 
     def attr_floats(self, name: str) -> tuple[float, ...] | None:
         value = self.node.attributes.get_floats(name, None)
         return None if value is None else tuple(float(v) for v in value)
+
+    @overload
+    def attr_string(self, name: str, default: str) -> str: ...
+    @overload
+    def attr_string(self, name: str, default: None = None) -> str | None: ...
 
     def attr_string(self, name: str, default: str | None = None) -> str | None:
         return self.node.attributes.get_string(name, default)
@@ -294,11 +328,16 @@ class RewriteContext(_NodeView):
     def keep_virtual(self, name: str) -> np.ndarray | None:
         return self._state.masks.get((f"#{self.name}#{name}", 0))
 
+    def kept_size(self, value: ir.Value | None, axis: int) -> int | None:
+        """How many positions of ``axis`` are kept; ``None`` if the axis is unchanged."""
+        mask = self.keep(value, axis)
+        return None if mask is None else int(mask.sum())
+
     def new_dim(self, value: ir.Value, axis: int) -> int | None:
         """Size of ``axis`` after pruning (the old size if unchanged)."""
-        mask = self.keep(value, axis)
-        if mask is not None:
-            return int(mask.sum())
+        kept = self.kept_size(value, axis)
+        if kept is not None:
+            return kept
         d = self.dims(value)
         return None if d is None else d[_shapes.norm_axis(axis, len(d))]
 

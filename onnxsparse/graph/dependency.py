@@ -187,11 +187,11 @@ class _Analysis:
             if value is None:
                 continue
             d = _shapes.dims(value)
-            for axis, size in enumerate(d or ()):
+            for axis, dim in enumerate(d or ()):
                 key = (value.name or "", axis)
                 if key not in ctx.handled_axes:
-                    self.block(key, size, f"{ctx.describe()} does not map axis {axis} of '{key[0]}'")
-                if size:
+                    self.block(key, dim, f"{ctx.describe()} does not map axis {axis} of '{key[0]}'")
+                if dim:
                     touched.add(key)
         for key in touched:
             nodes = self.slot_nodes.setdefault(key, [])
@@ -201,6 +201,8 @@ class _Analysis:
 
 class DependencyGraph:
     """Result of :func:`build_groups`: the groups of a model and how to act on them."""
+
+    groups: tuple[Group, ...]
 
     def __init__(
         self,
@@ -470,13 +472,13 @@ class DependencyGraph:
                 key = keys[s]
                 b, z = int(bases[s]), int(sizes[s])
                 seg = self._labels[b : b + z]
-                p = np.nonzero(group_of_label[seg] == gid)[0]
-                r = rank_of_label[seg[p]]
-                order = np.lexsort((p, r))
+                hits = np.nonzero(group_of_label[seg] == gid)[0]
+                r = rank_of_label[seg[hits]]
+                order = np.lexsort((hits, r))
                 weight = self._is_weight(key)
                 slot = Slot(key[0], key[1], z)
                 try:
-                    table = p[order].reshape(n, -1)
+                    table = hits[order].reshape(n, -1)
                     index_map = simplify(table)
                 except Exception as exc:  # noqa: BLE001 - one malformed group is skipped, the others go on
                     logger.debug("group %d: slot %s", gid, key, exc_info=True)
@@ -505,7 +507,7 @@ class DependencyGraph:
                     reasons=tuple(reasons),
                 )
             )
-        self.groups: tuple[Group, ...] = self._classified(groups)
+        self.groups = self._classified(groups)
         self.stats.update(
             slots=len(keys),
             positions=total,
@@ -564,6 +566,8 @@ class DependencyGraph:
             rank = (kind, c)
             if best is None or rank < best[0]:
                 best = (rank, s)
+        if best is None:  # pragma: no cover - a group has at least one slot
+            raise AssertionError("group without slots")
         return best[1]
 
 

@@ -42,7 +42,7 @@ def map_spec(index_map: IndexMap) -> dict[str, Any]:
 
 def _member(dg: DependencyGraph, group: Group, weight: Any, in_file: set[str]) -> dict[str, Any]:
     value = dg.value(weight.slot.value)
-    shape = [int(d) for d in value.shape] if value is not None and value.shape is not None else []
+    shape = list(value.shape.numpy()) if value is not None and value.shape is not None else []
     dtype = value.dtype.name.lower() if value is not None and value.dtype is not None else "unknown"
     positions = np.asarray(weight.positions, dtype=np.int64)
     name = dg.shared_copies.get(weight.slot.value, weight.slot.value)  # a per-node copy of a shared constant
@@ -72,7 +72,7 @@ def groups_document(dg: DependencyGraph, *, model: str = "", in_file: set[str] |
     ``in_file``: initializer names of the model file as given, so a member made by normalisation
     (a split packed QKV weight, a lifted constant) says it has no counterpart there.
     """
-    names = in_file if in_file is not None else {v.name for v in dg.model.graph.initializers.values()}
+    names = in_file if in_file is not None else set(dg.model.graph.initializers)
     groups = []
     for g in dg.groups:
         members = [_member(dg, g, w, names) for w in dg.weights(g)]

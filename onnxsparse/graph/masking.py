@@ -60,21 +60,22 @@ def masked_copy(model: ir.Model, plan: PrunePlan) -> ir.Model:
                 array = zero_qoperator_codes(w, c.weight[1], ~w_mask)  # QLinearConv & co: zero point
                 if array is None:
                     array = np.array(w.const_value.numpy())  # copy
-                    index = [slice(None)] * array.ndim
+                    index: list[slice | np.ndarray] = [slice(None)] * array.ndim
                     index[c.weight[1]] = ~w_mask
                     array[tuple(index)] = 0
                 w.const_value = ir.Tensor(array, name=w.name)
                 continue
             dq = dequantize_node(w) if w is not None and w_mask is not None else None
-            if dq is not None and len(dq.inputs[0].uses()) == 1 and not dq.inputs[0].is_graph_output():
-                codes = dq.inputs[0]
+            codes = dq.inputs[0] if dq is not None else None
+            if dq is not None and codes is not None and w_mask is not None and len(codes.uses()) == 1 \
+                    and not codes.is_graph_output():
                 array = zero_codes(dq, c.weight[1], ~w_mask)
                 codes.const_value = ir.Tensor(array, name=codes.name)
                 continue
         rank = len(x.shape) if x.shape is not None else None
         if rank is None:  # pragma: no cover - slots need a known rank
             raise AssertionError(f"rank of {x.name} unknown")
-        dtype = x.dtype.numpy() if x.dtype is not None else np.float32
+        dtype: np.dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
         shape = [1] * rank
         shape[c.axis] = mask.size
         name = f"{x.name}__mask{counter}"

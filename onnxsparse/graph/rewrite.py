@@ -65,7 +65,8 @@ class _RewriteState:
         value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
         graph.register_initializer(value)
         node.replace_input_with(index, value)
-        if old is not None and old.is_initializer() and not old.uses() and not old.is_graph_output():
+        if old is not None and old.name is not None and old.is_initializer() and not old.uses() \
+                and not old.is_graph_output():
             graph.initializers.pop(old.name, None)
 
 

@@ -16,14 +16,18 @@ safely (the target's rule couples them) and which it reads as data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from ..errors import Decline
 from . import value_facts as _shapes
+
+if TYPE_CHECKING:  # typing_extensions ships with every type checker; TypeIs is in typing only from 3.13
+    from typing_extensions import TypeIs
 
 __all__ = ["Entry", "trace", "Resolved", "resolve", "resolve_reshape", "resolve_expand", "shape_reads",
            "rewrite_entries", "set_entries", "set_shape"]
@@ -50,6 +54,11 @@ class Entry:
     def is_dim(self) -> bool:
         return self.dim_of is not None
 
+    @property
+    def read(self) -> tuple[ir.Value, int] | None:
+        """``(value, axis)`` whose dim a dim entry reads; ``None`` for a constant entry."""
+        return None if self.dim_of is None or self.axis is None else (self.dim_of, self.axis)
+
 
 def _opset(node: ir.Node) -> int:
     graph = node.graph
@@ -57,7 +66,7 @@ def _opset(node: ir.Node) -> int:
     return node.version or model_opsets.get("", model_opsets.get("ai.onnx", 1))
 
 
-def _std(node: ir.Node | None) -> bool:
+def _std(node: ir.Node | None) -> TypeIs[ir.Node]:
     return node is not None and node.domain in ("", "ai.onnx")
 
 
@@ -150,16 +159,16 @@ def trace(vec: ir.Value | None, depth: int = 0) -> list[Entry] | None:
         entries = sub(index)
         if entries is None or (c <= 0 and any(e.is_dim for e in entries)):
             return None
-        return [Entry(dim_of=e.dim_of, axis=e.axis, scale=e.scale * c) if e.is_dim else Entry(const=e.const * c)
-                for e in entries]
+        return [Entry(dim_of=e.dim_of, axis=e.axis, scale=e.scale * c) if e.is_dim
+                else Entry(const=None if e.const is None else e.const * c) for e in entries]
     if op == "ConstantOfShape":
         length = sub(0)
         tensor = node.attributes.get_tensor("value", None)
-        fill = 0 if tensor is None else tensor.numpy().reshape(-1)
-        n = _entry_dim(length[0]) if length is not None and len(length) == 1 else None
-        if not isinstance(n, int) or n < 0 or np.size(fill) != 1 or np.asarray(fill).dtype.kind not in "iu":
+        fill = np.zeros((), np.int64) if tensor is None else tensor.numpy().reshape(-1)  # default: int 0
+        count = _entry_dim(length[0]) if length is not None and len(length) == 1 else None
+        if not isinstance(count, int) or count < 0 or np.size(fill) != 1 or np.asarray(fill).dtype.kind not in "iu":
             return None
-        return [Entry(const=int(np.asarray(fill).reshape(-1)[0]))] * n
+        return [Entry(const=int(np.asarray(fill).reshape(-1)[0]))] * count
     if op == "Where":  # torch's expand: ``Where(Equal(v, -1), ones, v)`` keeps every dim of ``v``
         return _trace_where(node, sub)
     return None
@@ -180,7 +189,7 @@ def _scales_dim(node: ir.Node, index: int) -> bool:
     return factor is not None and factor[0] == index and factor[1] > 0
 
 
-def _trace_where(node: ir.Node, sub) -> list[Entry] | None:
+def _trace_where(node: ir.Node, sub: Callable[[int], list[Entry] | None]) -> list[Entry] | None:
     cond = node.inputs[0]
     eq = cond.producer() if cond is not None else None
     if not _std(eq) or eq.op_type != "Equal":
@@ -230,12 +239,13 @@ def _tokens(value: ir.Value) -> list[int | Token] | None:
 
 
 def _entry_dim(entry: Entry) -> int | Token | None:
-    if not entry.is_dim:
+    read = entry.read
+    if read is None:
         return entry.const
-    toks = _tokens(entry.dim_of)
-    if toks is None or entry.axis >= len(toks):
+    toks = _tokens(read[0])
+    if toks is None or read[1] >= len(toks):
         return None
-    tok = toks[entry.axis]
+    tok = toks[read[1]]
     if entry.scale == 1:
         return tok
     return tok * entry.scale if isinstance(tok, int) else None
@@ -382,13 +392,7 @@ def shape_reads(shape_out: ir.Value, length: int) -> set[int] | None:
                 kept = trace_positions(node, len(mapping))
                 new = None if kept is None else [mapping[i] for i in kept]
             elif op == "Concat" and (node.attributes.get_int("axis", 0) or 0) in (0, -1):
-                lengths: list[int] | None = []
-                for inp in node.inputs:
-                    d = _shapes.dims(inp)
-                    if d is None or len(d) > 1 or (d and d[0] is None):
-                        lengths = None
-                        break
-                    lengths.append(d[0] if d else 1)
+                lengths = _vector_lengths(node.inputs)
                 if lengths is None:
                     new = None
                 else:
@@ -408,6 +412,20 @@ def shape_reads(shape_out: ir.Value, length: int) -> set[int] | None:
     return read
 
 
+def _vector_lengths(values: Sequence[ir.Value | None]) -> list[int] | None:
+    """Lengths of vectors (a scalar counts 1), or ``None`` when one is unknown or not a vector."""
+    lengths: list[int] = []
+    for value in values:
+        d = _shapes.dims(value)
+        if d is None or len(d) > 1:
+            return None
+        length = d[0] if d else 1
+        if length is None:
+            return None
+        lengths.append(length)
+    return lengths
+
+
 def _accepted(node: ir.Node) -> bool:
     """The rule of this Reshape/Expand accepts its run-time target (so it couples the dims it reads)."""
     if node.op_type == "Expand":
@@ -424,7 +442,7 @@ def _accepted(node: ir.Node) -> bool:
 def _negative_constant(value: ir.Value | None) -> bool:
     """``value`` is a constant int vector (possibly computed: ``ConstantOfShape(..) * -1``), all negative."""
     entries = trace(value)
-    return bool(entries) and all(not e.is_dim and e.const is not None and e.const < 0 for e in entries)
+    return entries is not None and len(entries) > 0 and all(not e.is_dim and e.const is not None and e.const < 0 for e in entries)
 
 
 def trace_positions(node: ir.Node, n: int) -> list[int] | None:
@@ -456,7 +474,7 @@ def _slice_bounds(node: ir.Node, n: int) -> tuple[int, int] | None:
 
 def set_shape(value: ir.Value, dims: Sequence[int | Token]) -> None:
     """Record dims a rule proved on ``value`` when shape inference left them out."""
-    new = []
+    new: list[int | ir.SymbolicDim] = []
     for d in dims:
         if isinstance(d, int):
             new.append(d)
@@ -519,8 +537,8 @@ def set_entries(node: ir.Node, target_index: int, entries: Sequence[Entry], edit
                          type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
         graph.register_initializer(value)
         src_node.replace_input_with(index, value)
-        if old is not None and old.is_initializer() and not old.uses() and not old.is_graph_output() \
-                and graph.initializers.get(old.name) is old:
+        if old is not None and old.name is not None and old.is_initializer() and not old.uses() \
+                and not old.is_graph_output() and graph.initializers.get(old.name) is old:
             graph.initializers.pop(old.name)
 
     _set_entries(set_constant, False, node, target_index, entries, edits, suffix)
@@ -531,11 +549,12 @@ def _set_entries(set_constant, dry_run: bool, node: ir.Node, target_index: int, 
                  edits: dict[int, int], suffix: str) -> None:
     """The work of :func:`rewrite_entries` / :func:`set_entries`; ``set_constant(node, index, array)``
     gives a node's input a new constant."""
-    edits = {i: v for i, v in edits.items() if entries[i].source is not None and entries[i].const != v}
-    if not edits:
+    sources = {i: source for i, v in edits.items() if (source := entries[i].source) is not None
+               and entries[i].const != v}
+    if not sources:
         return
     path_nodes: list[ir.Node] = []
-    for i in edits:
+    for i in sources:
         for n in entries[i].path:
             if n not in path_nodes:
                 path_nodes.append(n)
@@ -546,10 +565,12 @@ def _set_entries(set_constant, dry_run: bool, node: ir.Node, target_index: int, 
     clones: dict[ir.Node, ir.Node] = {}
     if shared:
         graph = node.graph
+        if graph is None:
+            raise ValueError(f"{node.op_type} node {node.name!r} is not in a graph")
         order = {n: k for k, n in enumerate(graph)}
         for n in sorted(path_nodes, key=lambda n: order.get(n, 0)):
-            inputs = [clones[v.producer()].outputs[0] if v is not None and v.producer() in clones else v
-                      for v in n.inputs]
+            inputs = [clones[src].outputs[0] if v is not None and (src := v.producer()) is not None and src in clones
+                      else v for v in n.inputs]
             clone = ir.Node(n.domain, n.op_type, inputs, attributes=list(n.attributes.values()),
                             name=f"{n.name}{suffix}", version=n.version)
             out, old = clone.outputs[0], n.outputs[0]
@@ -557,14 +578,13 @@ def _set_entries(set_constant, dry_run: bool, node: ir.Node, target_index: int, 
             out.shape, out.type = old.shape, old.type
             graph.insert_before(node, clone)
             clones[n] = clone
-        producer = target.producer()
-        if producer not in clones:  # pragma: no cover - the target's producer is on every path
+        producer = None if target is None else target.producer()
+        if producer is None or producer not in clones:  # pragma: no cover - the target's producer is on every path
             raise AssertionError("run-time target producer not on the constant's path")
         node.replace_input_with(target_index, clones[producer].outputs[0])
     by_source: dict[tuple[ir.Node, int], dict[int, int]] = {}
-    for i, v in edits.items():
-        src_node, index, element = entries[i].source
-        by_source.setdefault((clones.get(src_node, src_node), index), {})[element] = v
+    for i, (src_node, index, element) in sources.items():
+        by_source.setdefault((clones.get(src_node, src_node), index), {})[element] = edits[i]
     for (src_node, index), elements in by_source.items():
         array = np.array(_shapes.constant(src_node.inputs[index]), copy=True)
         flat = array.reshape(-1)

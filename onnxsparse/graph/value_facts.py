@@ -19,7 +19,7 @@ def dims(value: ir.Value | None) -> Dims | None:
     if shape is None:
         const = value.const_value
         if const is not None:
-            return tuple(int(d) for d in const.shape)
+            return tuple(d if isinstance(d, int) else None for d in const.shape)  # a tensor's dims are ints
         return None
     out: list[int | None] = []
     for d in shape:
@@ -58,6 +58,13 @@ def constant_ints(value: ir.Value | None) -> tuple[int, ...] | None:
     if arr is None or arr.dtype.kind not in "iu":
         return None
     return tuple(int(x) for x in arr.reshape(-1))
+
+
+def copy_dtype(dst: ir.Value, src: ir.Value) -> None:
+    """Give ``dst`` the element type of ``src``; nothing when that is unknown (onnx_ir would record a
+    tensor type without an element type)."""
+    if src.dtype is not None:
+        dst.dtype = src.dtype
 
 
 def norm_axis(axis: int, rank: int) -> int:
@@ -101,7 +108,8 @@ def missing_shapes(graph: ir.Graph) -> int:
     onnx's made-up ``unk__N``: a TorchScript head split behind ``Shape -> Gather -> Concat`` targets);
     initializers and graph inputs excepted."""
     return sum(1 for node in graph for v in node.outputs
-               if v is not None and v.name and (dims(v) is None or any(_unnamed(d) for d in v.shape.dims)))
+               if v is not None and v.name and (v.shape is None or dims(v) is None
+                                                or any(_unnamed(d) for d in v.shape.dims)))
 
 
 def _unnamed(d) -> bool:
@@ -173,12 +181,12 @@ def _symbolic_ints(model: ir.Model) -> int:
     found = _runtime_symbolic_named(model)
     changed = 0
     for name, value in todo.items():
-        other = found.get(name)
-        if other is None or len(other) != len(value.shape):
+        other, shape = found.get(name), value.shape
+        if other is None or shape is None or len(other) != len(shape):
             continue
-        new = [b if _unnamed(a) and b is not None else a for a, b in zip(value.shape.dims, other)]
-        new = [ir.SymbolicDim(d) if isinstance(d, str) else d for d in new]
-        if [_dim_key(d) for d in new] != [_dim_key(d) for d in value.shape.dims]:
+        merged = [b if _unnamed(a) and b is not None else a for a, b in zip(shape.dims, other)]
+        new = [ir.SymbolicDim(d) if isinstance(d, str) else d for d in merged]
+        if [_dim_key(d) for d in new] != [_dim_key(d) for d in shape.dims]:
             value.shape = ir.Shape(new)
             changed += 1
     return changed
@@ -262,7 +270,7 @@ def infer_node(node: ir.Node, version: int) -> int:
                                                         input_data)
     filled = 0
     for v in missing:
-        tp = out_types.get(v.name)
+        tp = out_types.get(v.name or "")
         if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
             continue
         v.shape = ir.Shape([

@@ -45,6 +45,16 @@ def dequantize_params(node: ir.Node) -> tuple[int, int]:
     return axis, node.attributes.get_int("block_size", 0) or 0
 
 
+def _constant_input(node: ir.Node, index: int) -> np.ndarray:
+    """Input ``index`` of ``node``, a constant (callers found the node through :func:`dequantize_node` or
+    a rule that checked it)."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    tensor = None if value is None else value.const_value
+    if tensor is None:
+        raise ValueError(f"{node.op_type} node {node.name!r}: input {index} is not a constant")
+    return tensor.numpy()
+
+
 def is_weight(value: ir.Value | None) -> bool:
     """An initializer, or a value dequantized from constants (a QDQ weight or bias)."""
     return value is not None and (value.const_value is not None or dequantize_node(value) is not None)
@@ -64,8 +74,8 @@ def _param(arr: np.ndarray, rank: int, axis: int, block: int, shape: tuple[int, 
 
 def dequantized(node: ir.Node, codes: np.ndarray | None = None) -> np.ndarray:
     """``(x - zero_point) * scale`` of a ``DequantizeLinear`` of constants, as float32."""
-    x = np.asarray(node.inputs[0].const_value.numpy() if codes is None else codes)
-    scale = node.inputs[1].const_value.numpy()
+    x = np.asarray(_constant_input(node, 0) if codes is None else codes)
+    scale = _constant_input(node, 1)
     zp_value = node.inputs[2] if len(node.inputs) > 2 else None
     zp = zp_value.const_value.numpy() if zp_value is not None and zp_value.const_value is not None else None
     axis, block = dequantize_params(node)
@@ -84,7 +94,7 @@ def qoperator_weight(value: ir.Value | None) -> tuple[np.ndarray, np.ndarray | N
     """``(scale, zero point, per-channel axis)`` of an int8 weight read by a QOperator node (else ``None``)."""
     if value is None or value.const_value is None:
         return None
-    uses = value.uses()
+    uses = list(value.uses())
     if len(uses) != 1:
         return None
     node, index = uses[0].node, uses[0].idx
@@ -101,15 +111,17 @@ def qoperator_weight(value: ir.Value | None) -> tuple[np.ndarray, np.ndarray | N
         axis = 1
     else:
         axis = 0 if node.attributes.get_int("transB", 0) else 1
-    zp = z_in.const_value.numpy() if z_in is not None else None
+    zp = z_in.const_value.numpy() if z_in is not None and z_in.const_value is not None else None
     return s_in.const_value.numpy(), zp, axis
 
 
-def _zero_at(x: np.ndarray, zp: np.ndarray | None, q_axis: int, axis: int, removed: np.ndarray) -> np.ndarray:
+def _zero_at(x: np.ndarray, zp: np.ndarray | None, q_axis: int, axis: int, removed: np.ndarray,
+             block: int = 0) -> np.ndarray:
+    """A copy of the codes ``x`` with positions ``removed`` along ``axis`` set to their zero point."""
     x = np.array(x)  # a copy
-    zp = np.zeros((), dtype=x.dtype) if zp is None else _param(zp, x.ndim, q_axis, 0, x.shape)
+    zp = np.zeros((), dtype=x.dtype) if zp is None else _param(zp, x.ndim, q_axis, block, x.shape)
     full = np.broadcast_to(zp, x.shape).astype(x.dtype)
-    index = [slice(None)] * x.ndim
+    index: list[slice | np.ndarray] = [slice(None)] * x.ndim
     index[axis] = np.asarray(removed, dtype=bool)
     x[tuple(index)] = full[tuple(index)]
     return x
@@ -121,7 +133,10 @@ def zero_qoperator_codes(value: ir.Value, axis: int, removed: np.ndarray) -> np.
     if params is None:
         return None
     _, zp, q_axis = params
-    return _zero_at(value.const_value.numpy(), zp, q_axis, axis, removed)
+    tensor = value.const_value
+    if tensor is None:  # pragma: no cover - qoperator_weight reads constants only
+        return None
+    return _zero_at(tensor.numpy(), zp, q_axis, axis, removed)
 
 
 def zero_codes(node: ir.Node, axis: int, removed: np.ndarray) -> np.ndarray:
@@ -131,22 +146,16 @@ def zero_codes(node: ir.Node, axis: int, removed: np.ndarray) -> np.ndarray:
     quantized weight without leaving the quantized form (onnxruntime then runs the same
     integer kernels on the masked and on the pruned model).
     """
-    x = np.array(node.inputs[0].const_value.numpy())  # a copy
+    x = _constant_input(node, 0)
     zp_value = node.inputs[2] if len(node.inputs) > 2 else None
     if zp_value is None or zp_value.const_value is None:
-        zp = np.zeros((), dtype=x.dtype)
-    else:
-        q_axis, block = dequantize_params(node)
-        zp = _param(zp_value.const_value.numpy(), x.ndim, q_axis, block, x.shape)
-    full = np.broadcast_to(zp, x.shape).astype(x.dtype)
-    index = [slice(None)] * x.ndim
-    index[axis] = np.asarray(removed, dtype=bool)
-    x[tuple(index)] = full[tuple(index)]
-    return x
+        return _zero_at(x, None, 0, axis, removed)
+    q_axis, block = dequantize_params(node)
+    return _zero_at(x, zp_value.const_value.numpy(), q_axis, axis, removed, block)
 
 
 def _matmul_nbits_user(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
+    uses = list(value.uses())
     if len(uses) != 1:
         return None
     node, index = uses[0].node, uses[0].idx
@@ -160,14 +169,14 @@ def matmul_nbits_dequantized(node: ir.Node) -> np.ndarray:
     bits = node.attributes.get_int("bits", 4)
     n = node.attributes.get_int("N")
     block = node.attributes.get_int("block_size")
-    packed = np.asarray(node.inputs[1].const_value.numpy(), dtype=np.uint8)
+    packed = np.asarray(_constant_input(node, 1), dtype=np.uint8)
     n_blocks = packed.shape[1]
     if bits == 4:
         q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, n_blocks, -1)[..., :block]
     else:
         q = packed.reshape(n, n_blocks, -1)[..., :block]
     q = q.astype(np.float32)
-    scales = np.asarray(node.inputs[2].const_value.numpy(), dtype=np.float32).reshape(n, n_blocks)
+    scales = np.asarray(_constant_input(node, 2), dtype=np.float32).reshape(n, n_blocks)
     zp_value = node.inputs[3] if len(node.inputs) > 3 else None
     default = float(1 << (bits - 1))
     if zp_value is None or zp_value.const_value is None:

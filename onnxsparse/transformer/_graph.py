@@ -10,6 +10,7 @@ reads (and bakes in) its value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -21,6 +22,7 @@ __all__ = [
     "attr_ints",
     "const_array",
     "const_ints",
+    "drop_if_unused",
     "is_const",
     "new_constant",
     "onnx_domain",
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 _STANDARD = ("", "ai.onnx")
+
+Found = TypeVar("Found")
 
 
 def onnx_domain(node: ir.Node) -> bool:
@@ -88,6 +92,14 @@ def new_constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
+    """Remove the initializer ``value`` once nothing reads it (and it is no graph output)."""
+    if value is None or value.name is None or value.uses() or value.is_graph_output():
+        return
+    if graph.initializers.get(value.name) is value:
+        graph.initializers.pop(value.name)
+
+
 def producer(value: ir.Value | None, op: str) -> ir.Node | None:
     """The standard-domain ``op`` node producing ``value`` (``None`` for anything else)."""
     node = None if value is None else value.producer()
@@ -96,8 +108,8 @@ def producer(value: ir.Value | None, op: str) -> ir.Node | None:
     return node
 
 
-def rewrite_matches(graph: ir.Graph, match: Callable[[ir.Node], object | None],
-                    rewrite: Callable[[ir.Graph, object], tuple[str, list[ir.Node]]],
+def rewrite_matches(graph: ir.Graph, match: Callable[[ir.Node], Found | None],
+                    rewrite: Callable[[ir.Graph, Found], tuple[str, list[ir.Node]]],
                     dead_ops: tuple[str, ...]) -> list[str]:
     """Try ``match`` on every node still in ``graph``; ``rewrite`` each match and remove what it left dead.
 
@@ -144,5 +156,4 @@ def remove_dead(graph: ir.Graph, pattern: list[ir.Node], ops: tuple[str, ...]) -
                 candidates.discard(node)
                 changed = True
     for value in consts:
-        if not value.uses() and not value.is_graph_output() and graph.initializers.get(value.name) is value:
-            graph.initializers.pop(value.name)
+        drop_if_unused(graph, value)

@@ -28,8 +28,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from collections.abc import Iterable
+
 from ..graph import runtime_shape as _runtime_shape, value_facts as _shapes
-from ._graph import const_array, const_ints, is_const, new_constant, onnx_domain
+from ._graph import const_array, const_ints, drop_if_unused, is_const, new_constant, onnx_domain
 
 __all__ = ["unpack_packed_qkv", "unpack_packed_columns", "fold_own_dim_targets"]
 
@@ -42,6 +44,38 @@ def _target_consts(node: ir.Node, index: int) -> list[int | None] | None:
         return None  # an overridable input is no constant
     entries = _runtime_shape.trace(target)
     return None if entries is None else [None if e.is_dim else e.const for e in entries]
+
+
+def _ints_arg(node: ir.Node, index: int, attr: str) -> list[int] | None:
+    """Ints a node takes as constant input ``index`` (newer opsets) or else as attribute ``attr`` (older)."""
+    arr = const_array(node.inputs[index]) if len(node.inputs) > index and node.inputs[index] is not None else None
+    if arr is not None:
+        return [int(v) for v in arr.reshape(-1)]
+    ints = node.attributes.get_ints(attr, None)
+    return None if ints is None else [int(v) for v in ints]
+
+
+def _slice_consts(node: ir.Node) -> tuple[int, int, int, int] | None:
+    """(start, end, axis, step) of a one-axis ``Slice`` whose bounds are constants (axis 0, step 1 by default)."""
+    ins = node.inputs
+
+    def one(index: int, default: int | None) -> int | None:
+        if index >= len(ins) or ins[index] is None:
+            return default
+        arr = const_array(ins[index])
+        return None if arr is None or arr.size != 1 else int(arr.reshape(-1)[0])
+
+    start, end, axis, step = one(1, None), one(2, None), one(3, 0), one(4, 1)
+    if start is None or end is None or axis is None or step is None:
+        return None
+    return start, end, axis, step
+
+
+def _earliest_producer(graph: ir.Graph, values: Iterable[ir.Value]) -> ir.Node:
+    """The producer of ``values`` that comes first in ``graph``: new nodes go before it, so before every reader."""
+    order = {n: k for k, n in enumerate(graph)}
+    producers = [p for v in values if (p := v.producer()) is not None]
+    return min(producers, key=order.__getitem__)
 
 
 def _single_use(value: ir.Value) -> ir.Node | None:
@@ -78,10 +112,8 @@ def _axis0_pieces(value: ir.Value) -> list[ir.Value] | None:
         split = uses[0]
         if (split.attributes.get_int("axis", 0) or 0) != 0 or len(split.outputs) != 3:
             return None
-        sizes = const_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
-        if sizes is None:
-            sizes = split.attributes.get_ints("split", None)
-        if sizes is not None and list(np.asarray(sizes).reshape(-1)) != [1, 1, 1]:
+        sizes = _ints_arg(split, 1, "split")
+        if sizes is not None and sizes != [1, 1, 1]:
             return None
         pieces = []
         for out in split.outputs:
@@ -100,15 +132,11 @@ def _axis0_pieces(value: ir.Value) -> list[ir.Value] | None:
                 return None
             found[int(idx) % 3] = node.outputs[0]
         elif node.op_type == "Slice":
-            starts, ends = const_array(node.inputs[1]), const_array(node.inputs[2])
-            axes = const_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else np.array([0])
-            steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else np.array([1])
-            if any(a is None or a.size != 1 for a in (starts, ends, axes, steps)):
+            bounds = _slice_consts(node)
+            if bounds is None or bounds[2] != 0 or bounds[3] != 1:
                 return None
-            if int(axes.reshape(-1)[0]) != 0 or int(steps.reshape(-1)[0]) != 1:
-                return None
-            start = int(starts.reshape(-1)[0]) % 3
-            if int(ends.reshape(-1)[0]) not in (start + 1, start + 1 - 3):
+            start = bounds[0] % 3
+            if bounds[1] not in (start + 1, start + 1 - 3):
                 return None
             squeeze = _single_use(node.outputs[0])
             if squeeze is None or squeeze.op_type != "Squeeze" or not _squeezes_axis0(squeeze):
@@ -120,10 +148,7 @@ def _axis0_pieces(value: ir.Value) -> list[ir.Value] | None:
 
 
 def _squeezes_axis0(node: ir.Node) -> bool:
-    axes = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    if axes is None:
-        axes = node.attributes.get_ints("axes", None)
-    return axes is not None and list(np.asarray(axes).reshape(-1)) == [0]
+    return _ints_arg(node, 1, "axes") == [0]
 
 
 def _split_pieces(value: ir.Value, width: int) -> list[ir.Value] | None:
@@ -134,10 +159,8 @@ def _split_pieces(value: ir.Value, width: int) -> list[ir.Value] | None:
     axis = node.attributes.get_int("axis", 0) or 0
     if rank is None or axis not in (-1, rank - 1):
         return None
-    sizes = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    if sizes is None:
-        sizes = node.attributes.get_ints("split", None)
-    if sizes is not None and list(np.asarray(sizes).reshape(-1)) != [width] * 3:
+    sizes = _ints_arg(node, 1, "split")
+    if sizes is not None and sizes != [width] * 3:
         return None
     return list(node.outputs)
 
@@ -153,7 +176,7 @@ def _stacked(value: ir.Value, width: int) -> tuple[int, int, list[ir.Value]] | N
         return None
     consts = _target_consts(reshape, 1)
     three, h, d = consts[2:5] if consts is not None and len(consts) >= 5 else (None, None, None)
-    dims = list(out_shape)
+    dims = [dim if isinstance(dim, int) else None for dim in out_shape]
     three = three if three not in (None, 0, -1) else dims[2]
     h = h if h not in (None, 0, -1) else dims[3]
     d = d if d not in (None, 0, -1) else dims[4]
@@ -188,16 +211,22 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
         stacked = None if split is not None else _stacked(packed, width)
     except Exception:  # noqa: BLE001
         return None
-    if split is None and stacked is None:
+    if split is not None:
+        targets = split
+    elif stacked is not None:
+        targets = stacked[2]
+    else:
         return None
-    targets = split if split is not None else stacked[2]
     if any(t.is_graph_output() for t in targets):
         return None  # a graph output keeps its name: not rewritten
     w_value = matmul.inputs[1]
+    if w_value is None:  # pragma: no cover - _projection read the weight from it
+        return None
     b_value = None if add is None else (add.inputs[1] if add.inputs[0] is packed or add.inputs[0] is matmul.outputs[0] else add.inputs[0])
+    # the bias with its Add and its value (_projection returns them together)
+    bias_add = (bias, add, b_value) if bias is not None and add is not None and b_value is not None else None
     names = ("q", "k", "v")
-    order = {n: k for k, n in enumerate(graph)}
-    anchor = min((t.producer() for t in targets), key=order.__getitem__)  # before every reader of a piece
+    anchor = _earliest_producer(graph, targets)  # before every reader of a piece
     base_shape = _dims(packed)[:-1]
     for i, (role, old) in enumerate(zip(names, targets)):
         cols = slice(i * width, (i + 1) * width)
@@ -205,14 +234,15 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
         mm = ir.Node("", "MatMul", [x, w_i], name=f"{matmul.name}.{role}")
         out = mm.outputs[0]
         out.name = f"{packed.name}.{role}"
-        out.dtype = packed.dtype
+        _shapes.copy_dtype(out, packed)
         out.shape = ir.Shape([*base_shape, width]) if base_shape else None
         new_nodes = [mm]
-        if bias is not None:
-            b_i = new_constant(graph, f"{b_value.name}.{role}", bias[cols])
-            ad = ir.Node("", "Add", [out, b_i], name=f"{add.name}.{role}")
+        if bias_add is not None:
+            b_i = new_constant(graph, f"{bias_add[2].name}.{role}", bias_add[0][cols])
+            ad = ir.Node("", "Add", [out, b_i], name=f"{bias_add[1].name}.{role}")
             ad.outputs[0].name = f"{packed.name}.{role}.biased"
-            ad.outputs[0].dtype, ad.outputs[0].shape = packed.dtype, out.shape
+            _shapes.copy_dtype(ad.outputs[0], packed)
+            ad.outputs[0].shape = out.shape
             out = ad.outputs[0]
             new_nodes.append(ad)
         if stacked is not None:
@@ -220,12 +250,12 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
             target = new_constant(graph, f"{matmul.name}.{role}.heads_shape", np.array([0, 0, h, d], dtype=np.int64))
             rs = ir.Node("", "Reshape", [out, target], name=f"{matmul.name}.{role}.split_heads")
             rs.outputs[0].name = f"{packed.name}.{role}.heads"
-            rs.outputs[0].dtype = packed.dtype
+            _shapes.copy_dtype(rs.outputs[0], packed)
             rs.outputs[0].shape = ir.Shape([*base_shape, h, d]) if len(base_shape) == 2 else None
             tr = ir.Node("", "Transpose", [rs.outputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])],
                          name=f"{matmul.name}.{role}.transpose")
             tr.outputs[0].name = f"{packed.name}.{role}.bhsd"
-            tr.outputs[0].dtype = packed.dtype
+            _shapes.copy_dtype(tr.outputs[0], packed)
             tr.outputs[0].shape = old.shape
             out = tr.outputs[0]
             new_nodes += [rs, tr]
@@ -233,8 +263,7 @@ def _unpack_one(graph: ir.Graph, matmul: ir.Node) -> str | None:
         old.replace_all_uses_with(out)
     _remove_dead(graph, matmul)
     for value in (w_value, b_value):
-        if value is not None and not value.uses() and not value.is_graph_output() and value.name in graph.initializers:
-            graph.initializers.pop(value.name)
+        drop_if_unused(graph, value)
     return matmul.name
 
 
@@ -319,7 +348,7 @@ def _gemm_weight(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
     return weight, bias
 
 
-def _packed_projection(node: ir.Node):
+def _packed_projection(node: ir.Node) -> tuple[ir.Value, ir.Value, np.ndarray, np.ndarray | None, list[ir.Node]] | None:
     """(x, output, W [K, N], bias or None, nodes of the projection) or None."""
     if not onnx_domain(node) or node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2:
         return None
@@ -332,9 +361,10 @@ def _packed_projection(node: ir.Node):
             return None
         weight, bias = found
     else:
-        weight, bias = const_array(node.inputs[1]), None
-        if weight is None or weight.ndim != 2:
+        matrix = const_array(node.inputs[1])
+        if matrix is None or matrix.ndim != 2:
             return None
+        weight, bias = matrix, None
     nodes = [node]
     out = node.outputs[0]
     if bias is None:
@@ -376,8 +406,10 @@ def _shape_ints(value: ir.Value | None, depth: int = 0) -> tuple[list[int | None
         start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else end)
         return [None if d is None else int(d) for d in dims[max(0, start):min(rank, end)]], False
     ins = [_shape_ints(i, depth + 1) if i is not None else None for i in node.inputs]
-    if op in ("Add", "Sub", "Mul", "Div") and len(ins) == 2 and all(i is not None for i in ins):
-        (a, sa), (b, sb) = ins
+    if op in ("Add", "Sub", "Mul", "Div"):
+        if len(ins) != 2 or ins[0] is None or ins[1] is None:
+            return None
+        (a, sa), (b, sb) = ins[0], ins[1]
         if len(a) != len(b):
             if len(a) == 1:
                 a = a * len(b)
@@ -416,20 +448,19 @@ def _shape_ints(value: ir.Value | None, depth: int = 0) -> tuple[list[int | None
             return None
         return ins[0][0], scalar
     if op == "Slice" and len(ins) >= 3 and ins[0] is not None:
-        starts, ends = const_array(node.inputs[1]), const_array(node.inputs[2])
-        axes = const_array(node.inputs[3]) if len(ins) > 3 and node.inputs[3] is not None else np.array([0])
-        steps = const_array(node.inputs[4]) if len(ins) > 4 and node.inputs[4] is not None else np.array([1])
-        if any(a is None or a.size != 1 for a in (starts, ends, axes, steps)):
-            return None
-        if int(axes.reshape(-1)[0]) not in (0, -1) or int(steps.reshape(-1)[0]) != 1:
+        bounds = _slice_consts(node)
+        if bounds is None or bounds[2] not in (0, -1) or bounds[3] != 1:
             return None
         data = ins[0][0]
         n = len(data)
-        st, en = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+        st, en = bounds[0], bounds[1]
         st, en = (st + n if st < 0 else st), (en + n if en < 0 else en)
         return data[max(0, min(st, n)):max(0, min(en, n))], False
-    if op == "Concat" and all(i is not None for i in ins):
-        return [v for i in ins for v in i[0]], False
+    if op == "Concat":
+        parts = [i for i in ins if i is not None]
+        if len(parts) != len(ins):
+            return None
+        return [v for i in parts for v in i[0]], False
     return None
 
 
@@ -443,7 +474,8 @@ def _bound(value: ir.Value | None) -> int | None:
 def _depends_on(value: ir.Value, target: ir.Value, graph: ir.Graph, limit: int = 2000) -> bool:
     """True when ``value`` may be computed from ``target`` (nodes before target's producer cannot)."""
     order = {nd: k for k, nd in enumerate(graph)}
-    start = order.get(target.producer(), -1)
+    origin = target.producer()
+    start = -1 if origin is None else order.get(origin, -1)
     seen, stack = set(), [value]
     while stack:
         v = stack.pop()
@@ -474,14 +506,11 @@ def _last_axis_pieces(value: ir.Value, rank: int, width: int) -> list[tuple[int,
         if axis % rank != rank - 1:
             return None
         n = len(split.outputs)
-        sizes = const_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
-        if sizes is None:
-            sizes = split.attributes.get_ints("split", None)
+        sizes = _ints_arg(split, 1, "split")
         if sizes is None:
             if width % n:
                 return None
             sizes = [width // n] * n
-        sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
         if len(sizes) != n or sum(sizes) != width:
             return None
         start = 0
@@ -494,9 +523,9 @@ def _last_axis_pieces(value: ir.Value, rank: int, width: int) -> list[tuple[int,
                 return None
             ins = list(node.inputs) + [None] * (5 - len(node.inputs))
             s, e = _bound(ins[1]), _bound(ins[2])
-            axis = _bound(ins[3]) if ins[3] is not None else 0
+            slice_axis = _bound(ins[3]) if ins[3] is not None else 0
             step = _bound(ins[4]) if ins[4] is not None else 1
-            if s is None or e is None or axis is None or step != 1 or axis % rank != rank - 1:
+            if s is None or e is None or slice_axis is None or step != 1 or slice_axis % rank != rank - 1:
                 return None
             s = s + width if s < 0 else s
             e = e + width if e < 0 else e
@@ -512,7 +541,7 @@ def _last_axis_pieces(value: ir.Value, rank: int, width: int) -> list[tuple[int,
     return found if len(found) >= 2 else None
 
 
-def _last_settable(target: ir.Value) -> bool:
+def _last_settable(target: ir.Value | None) -> bool:
     """The last entry of a shape target is a constant :func:`_retarget` can set."""
     if const_ints(target) is not None:
         return True
@@ -545,12 +574,15 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         x, packed, weight, bias, proj_nodes = found
         n = weight.shape[1]
         value, reshape, transpose = packed, None, None
+        reshape_rank: int | None = None
         last = n
         nxt = _single_use(value)
         if nxt is not None and nxt.op_type == "Reshape" and onnx_domain(nxt) and nxt.inputs[0] is value:
             entries = _target_consts(nxt, 1)
-            if entries is None or not _last_settable(nxt.inputs[1]):
+            shape_target = nxt.inputs[1]
+            if entries is None or shape_target is None or not _last_settable(shape_target):
                 return None
+            reshape_rank = len(entries)
             in_rank = len(value.shape) if value.shape is not None else None
             L = entries[-1] if entries else None
             if in_rank is None or not isinstance(L, int) or L <= 0 or n % L:
@@ -558,7 +590,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
             if (nxt.attributes.get_int("allowzero", 0) or 0) == 0 and len(entries) > in_rank - 1 \
                     and entries[in_rank - 1] == 0:
                 return None  # a 0 entry would copy the packed width
-            if _depends_on(nxt.inputs[1], packed, graph):
+            if _depends_on(shape_target, packed, graph):
                 return None
             reshape, value, last = nxt, nxt.outputs[0], L
             nxt = _single_use(value)
@@ -569,8 +601,8 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
                 transpose, value = nxt, nxt.outputs[0]
         rank = len(value.shape) if value.shape is not None else (
             len(list(transpose.attributes.get_ints("perm"))) if transpose is not None else None)
-        if rank is None and reshape is not None:
-            rank = len(entries)
+        if rank is None:
+            rank = reshape_rank
         if rank is None:
             return None
         pieces = _last_axis_pieces(value, rank, last)
@@ -580,9 +612,10 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         return None
     groups = n // last
     roles = ("q", "k", "v") if len(pieces) == 3 else tuple(f"p{i}" for i in range(len(pieces)))
-    order = {nd: k for k, nd in enumerate(graph)}
-    anchor = min((p[2].producer() for p in pieces), key=order.__getitem__)
+    anchor = _earliest_producer(graph, (p[2] for p in pieces))
     w_value = first.inputs[1]
+    if w_value is None:  # pragma: no cover - _packed_projection read the weight from it
+        return None
     b_value = None
     if first.op_type == "Gemm" and len(first.inputs) > 2:
         b_value = first.inputs[2]
@@ -590,6 +623,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         add = proj_nodes[1]
         b_value = add.inputs[1] if add.inputs[0] is first.outputs[0] else add.inputs[0]
     out_dims = _dims(packed)
+    b_name = None if b_value is None else b_value.name
     for role, (s, e, old) in zip(roles, pieces):
         cols = np.array([g * last + c for g in range(groups) for c in range(s, e)], dtype=np.int64)
         w_i = weight[:, cols]
@@ -598,19 +632,20 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
             w_store = w_i.T if (first.attributes.get_int("transB", 0) or 0) == 1 else w_i
             ins = [x, new_constant(graph, f"{w_value.name}.{role}", w_store)]
             if bias is not None:
-                ins.append(new_constant(graph, f"{b_value.name}.{role}", bias[cols]))
+                ins.append(new_constant(graph, f"{b_name}.{role}", bias[cols]))
             mm = ir.Node("", "Gemm", ins, attributes=list(first.attributes.values()), name=base)
         else:
             mm = ir.Node("", "MatMul", [x, new_constant(graph, f"{w_value.name}.{role}", w_i)], name=base)
         out = mm.outputs[0]
         out.name = f"{packed.name}.{role}"
-        out.dtype = packed.dtype
+        _shapes.copy_dtype(out, packed)
         out.shape = ir.Shape([*out_dims[:-1], len(cols)]) if out_dims else None
         new_nodes = [mm]
         if bias is not None and first.op_type != "Gemm":
-            ad = ir.Node("", "Add", [out, new_constant(graph, f"{b_value.name}.{role}", bias[cols])], name=f"{base}.bias")
+            ad = ir.Node("", "Add", [out, new_constant(graph, f"{b_name}.{role}", bias[cols])], name=f"{base}.bias")
             ad.outputs[0].name = f"{packed.name}.{role}.biased"
-            ad.outputs[0].dtype, ad.outputs[0].shape = packed.dtype, out.shape
+            _shapes.copy_dtype(ad.outputs[0], packed)
+            ad.outputs[0].shape = out.shape
             out = ad.outputs[0]
             new_nodes.append(ad)
         rs = None
@@ -618,7 +653,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
             rs = ir.Node("", "Reshape", [out, reshape.inputs[1]], attributes=list(reshape.attributes.values()),
                          name=f"{base}.reshape")
             rs.outputs[0].name = f"{packed.name}.{role}.reshaped"
-            rs.outputs[0].dtype = packed.dtype
+            _shapes.copy_dtype(rs.outputs[0], packed)
             r_dims = _dims(reshape.outputs[0])
             rs.outputs[0].shape = ir.Shape([*r_dims[:-1], e - s]) if r_dims else None
             new_nodes.append(rs)
@@ -627,7 +662,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
                 tr = ir.Node("", "Transpose", [out], attributes=list(transpose.attributes.values()),
                              name=f"{base}.transpose")
                 tr.outputs[0].name = f"{packed.name}.{role}.transposed"
-                tr.outputs[0].dtype = packed.dtype
+                _shapes.copy_dtype(tr.outputs[0], packed)
                 new_nodes.append(tr)
                 out = tr.outputs[0]
         out.shape = old.shape
@@ -638,8 +673,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
     chain = (*proj_nodes, *(nd for nd in (reshape, transpose) if nd is not None))
     _remove_dead(graph, first, chain)
     for v in (w_value, b_value):
-        if v is not None and not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
-            graph.initializers.pop(v.name)
+        drop_if_unused(graph, v)
     return first.name or first.op_type
 
 
@@ -686,7 +720,7 @@ def fold_own_dim_targets(graph: ir.Graph) -> list[str]:
             continue
         value = new_constant(graph, f"{node.name}.shape", np.array(got[0], dtype=np.int64))
         node.replace_input_with(1, value)
-        done.append(node.name)
+        done.append(node.name or node.op_type)
     if done:
         _remove_dead(graph, None)
     return done

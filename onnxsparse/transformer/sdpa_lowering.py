@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ..graph import runtime_shape as _runtime_shape
+from ..graph import runtime_shape as _runtime_shape, value_facts as _shapes
 from ._graph import (
     attr_int,
     attr_ints,
@@ -45,7 +45,7 @@ def _dims_read(value: ir.Value | None) -> list[int | tuple[ir.Value, int] | None
     entries = _runtime_shape.trace(value)
     if entries is None:
         return None
-    return [e.const if not e.is_dim else (e.dim_of, e.axis) if e.scale == 1 else None for e in entries]
+    return [e.const if (read := e.read) is None else read if e.scale == 1 else None for e in entries]
 
 
 def _match(r2: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
@@ -84,7 +84,8 @@ def _rewrite(graph: ir.Graph, found: tuple[ir.Value, list[ir.Node]]) -> tuple[st
     name = f"{r2.name or 'sdpa'}.transpose_k"
     new = ir.Node("", "Transpose", [k], attributes=[ir.AttrInt64s("perm", perm)], name=name)
     out = new.outputs[0]
-    out.name, out.dtype = f"{name}:0", k.dtype
+    out.name = f"{name}:0"
+    _shapes.copy_dtype(out, k)
     if k.shape is not None:
         out.shape = ir.Shape([k.shape.dims[p] for p in perm])
     graph.insert_before(r2, new)

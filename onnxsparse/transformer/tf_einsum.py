@@ -107,7 +107,7 @@ def _match(mm: ir.Node) -> tuple | None:
         return None
     xa, nb, ra, _ = fa
     xb, _, rb, _ = fb
-    uses = mm.outputs[0].uses()
+    uses = list(mm.outputs[0].uses())
     if len(uses) != 1 or mm.outputs[0].is_graph_output():
         return None
     out_rs = uses[0].node
@@ -142,7 +142,7 @@ def _match(mm: ir.Node) -> tuple | None:
     final = out_rs.outputs[0]
     pattern = [mm, tr, out_rs, concat, mx, *fa[3], *fb[3]]
     if ones:
-        uses = final.uses()
+        uses = list(final.uses())
         if len(uses) != 1 or final.is_graph_output():
             return None
         sq = uses[0].node
@@ -176,7 +176,8 @@ def _squeeze(graph: ir.Graph, x: ir.Value, axes: list[int], name: str) -> tuple[
     else:
         node = ir.Node("", "Squeeze", [x], attributes=[ir.AttrInt64s("axes", axes)], name=name)
     out = node.outputs[0]
-    out.name, out.dtype = f"{name}:0", x.dtype
+    out.name = f"{name}:0"
+    _shapes.copy_dtype(out, x)
     if x.shape is not None:
         out.shape = ir.Shape([d for k, d in enumerate(x.shape.dims) if k not in axes])
     return out, [node]
@@ -191,11 +192,13 @@ def _rewrite(graph: ir.Graph, found: tuple) -> tuple[str, list[ir.Node]]:
     nodes += more
     perm = [*range(nb), nb + 1, nb]
     tr = ir.Node("", "Transpose", [b], attributes=[ir.AttrInt64s("perm", perm)], name=f"{base}.transpose_b")
-    tr.outputs[0].name, tr.outputs[0].dtype = f"{base}.transpose_b:0", b.dtype
+    tr.outputs[0].name = f"{base}.transpose_b:0"
+    _shapes.copy_dtype(tr.outputs[0], b)
     if b.shape is not None:
         tr.outputs[0].shape = ir.Shape([b.shape.dims[p] for p in perm])
     new = ir.Node("", "MatMul", [a, tr.outputs[0]], name=f"{base}.batched")
-    new.outputs[0].name, new.outputs[0].dtype, new.outputs[0].shape = f"{base}.batched:0", final.dtype, final.shape
+    new.outputs[0].name, new.outputs[0].shape = f"{base}.batched:0", final.shape
+    _shapes.copy_dtype(new.outputs[0], final)
     nodes += [tr, new]
     graph.insert_before(mm, nodes)
     final.replace_all_uses_with(new.outputs[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 # Running a file puts its folder first on sys.path; our module names must not shadow anything.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +74,8 @@ def main(spec_path: str) -> dict:
     warm.run(None, {warm.get_inputs()[0].name: np.zeros((1,), np.float32)})
 
     status = _proc_status()
+    baseline: int | None
+    read_peak: Callable[[], int | None]
     if "VmRSS" in status and _reset_peak() and _proc_status().get("VmHWM", 0) <= status["VmRSS"] * 1.05:
         method, baseline = "linux VmHWM (reset after warm-up)", _proc_status()["VmRSS"]
         read_peak = lambda: _proc_status()["VmHWM"]  # noqa: E731

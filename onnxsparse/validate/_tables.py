@@ -124,15 +124,15 @@ def validation_tables(result: ValidationResult) -> list[Table]:
 
 def _noise_tables(result: ValidationResult) -> list[Table]:
     """``validate --noise``: the perturbed numbers beside the clean ones (fidelity, then metrics)."""
-    runs = [p for p in result.available_providers if p.noise is not None]
+    runs = [(p, p.noise) for p in result.available_providers if p.noise is not None]
     if not runs:
         return []
-    sigma = runs[0].noise.sigma
+    sigma = runs[0][1].sigma
     fidelity = [
         [p.provider, f.name, _cos(clean.cosine), _cos(f.cosine), _r(clean.top1_agreement), _r(f.top1_agreement),
          _cos(rs.cosine), _cos(cs.cosine), f.error]
-        for p in runs
-        for clean, f, rs, cs in zip(p.fidelity, p.noise.fidelity, p.noise.reference_shift, p.noise.candidate_shift)
+        for p, noise in runs
+        for clean, f, rs, cs in zip(p.fidelity, noise.fidelity, noise.reference_shift, noise.candidate_shift)
     ]
     tables = [Table(
         f"Under noise (Gaussian, {sigma:g} x each input's std, seed {result.settings['seed']}; "
@@ -141,12 +141,12 @@ def _noise_tables(result: ValidationResult) -> list[Table]:
          "reference shift cos", "candidate shift cos", "error"),
         fidelity,
     )]
-    clean = {(p.provider, m.name): m for p in runs for m in p.metrics}
+    clean = {(p.provider, m.name): m for p, _ in runs for m in p.metrics}
     metrics = [
         [p.provider, m["name"], _r(clean[(p.provider, m["name"])].reference), _r(m["reference"]),
          _r(clean[(p.provider, m["name"])].candidate), _r(m["candidate"]), _r(clean[(p.provider, m["name"])].drop),
          _r(m["drop"])]
-        for p in runs for m in p.noise.metrics
+        for p, noise in runs for m in noise.metrics
     ]
     if metrics:
         tables.append(Table(

@@ -98,7 +98,7 @@ class LatencyPlan:
     @property
     def probe_runs(self) -> int:
         """Runs of the memory probe (a few are enough to reach the steady-state peak)."""
-        return min(self.runs if self.fixed else self.min_runs, 5)
+        return min(self.runs if self.runs is not None else self.min_runs, 5)
 
     def progress_units(self) -> int:
         """Progress-bar units of one model's timed loop (see :func:`measure_interleaved`)."""

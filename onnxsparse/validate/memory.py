@@ -60,7 +60,8 @@ def probe_memory(
     """Measure in a child process; returns ``(stats, None)`` or ``(None, why it could not)``."""
     with owned_temp_dir(kind="mem") as tmp:
         tmp_path = Path(tmp)
-        np.savez(tmp_path / "feeds.npz", **{k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        # numpy's stub lets the ``**arrays`` mapping bind savez's ``allow_pickle: bool`` keyword
+        np.savez(tmp_path / "feeds.npz", **{k: np.ascontiguousarray(v) for k, v in feeds.items()})  # type: ignore[arg-type]
         (tmp_path / "warm.onnx").write_bytes(IDENTITY_MODEL)
         job = {
             "model": os.fspath(Path(model_path).resolve()),

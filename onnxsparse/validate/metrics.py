@@ -185,7 +185,7 @@ class FidelityAccumulator:
         out.classifier = self._positions > 0
         if self._positions:
             out.top1_agreement = self._top1 / self._positions
-            if self._shape[-1] > TOP_K:
+            if self._shape is not None and self._shape[-1] > TOP_K:
                 out.top5_overlap = self._topk / self._positions
         return out
 
@@ -315,9 +315,10 @@ def resolve_metric(spec: str | Metric | Callable) -> Metric:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"metric {spec!r}: cannot import module {module_name!r}: {exc}") from exc
-    if getattr(module, "__file__", None):
-        guard.note_read(module.__file__, "metric module")
-    fn = module
+    source = getattr(module, "__file__", None)
+    if source:
+        guard.note_read(source, "metric module")
+    fn: object = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:

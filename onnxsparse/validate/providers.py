@@ -246,13 +246,18 @@ def open_sessions(
     for round_index in range(max(1, repeats)):
         for k in range(len(models)):
             i = (round_index + k) % len(models)
-            if results[i] is not None and not results[i].available:
+            previous = results[i]
+            if previous is not None and not previous.available:
                 continue
             results[i] = None  # release the previous session before creating the next
             opened = open_session(models[i], spec, threads, label=labels[i])
             times[i] += opened.creation_seconds
             results[i] = opened
-    for opened, seconds in zip(results, times):
-        opened.creation_seconds = seconds
-        opened.seconds = min(seconds) if seconds else None
-    return results
+    sessions: list[ProviderSession] = []
+    for session, seconds in zip(results, times):
+        if session is None:  # pragma: no cover - the first round opens every model
+            raise AssertionError("a model was never opened")
+        session.creation_seconds = seconds
+        session.seconds = min(seconds) if seconds else None
+        sessions.append(session)
+    return sessions

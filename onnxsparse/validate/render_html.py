@@ -139,7 +139,7 @@ def bench_html(result: BenchResult, title: str = "onnxsparse bench") -> str:
         config = (first[0].provider, first[0].threads, first[0].batch)
         sizes = {info.path: info.file_bytes for info in result.models}
         points = [Point(_short(row.model), sizes[row.model], row.latency.p50_ms, colors[row.model])
-                  for row in first if (row.provider, row.threads, row.batch) == config]
+                  for row in first if row.latency is not None and (row.provider, row.threads, row.batch) == config]
         charts.append(scatter(points, title=f"p50 latency vs size ({config[0]}, threads {config[1] or 'auto'}, "
                                             f"batch {config[2]})", xlabel="size on disk", ylabel="p50 ms",
                               xunit=bytes_unit([p.x for p in points])))

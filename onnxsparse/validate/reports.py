@@ -60,7 +60,9 @@ def render_markdown(result: ValidationResult | BenchResult) -> str:
 
 def save_report(path: str | os.PathLike, result: ValidationResult | BenchResult, *, force: bool = False) -> Path:
     """Write ``result`` as .json (stable keys, see docs/validate.md), .md, or .html (with charts)."""
-    html = validation_html if isinstance(result, ValidationResult) else bench_html
+    html: Callable[[Any], str] = bench_html
+    if isinstance(result, ValidationResult):
+        html = validation_html
     return write_rendered(path, result, render_markdown, html, force=force)
 
 

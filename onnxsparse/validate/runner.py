@@ -122,6 +122,10 @@ def _run_provider(
         return result
     result.available = True
     result.active_providers = ref_s.active
+    ref_sess, cand_sess = ref_s.session, cand_s.session
+    if ref_sess is None or cand_sess is None:  # pragma: no cover - an available ProviderSession has a session
+        raise AssertionError(f"{spec.name}: an available provider session without a session")
+    ref_run, cand_run = ref_sess.run, cand_sess.run
 
     bar.set_description(f"{spec.name}: outputs")
     ref_names = [r for r, _ in pairs]
@@ -130,12 +134,12 @@ def _run_provider(
     collected: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     label_index = ref_names.index(label_output) if label_output else 0
     usable = (len(source) // batch) * batch
-    ref_axes, cand_axes = _batch_axes(ref_s.session, ref_names), _batch_axes(cand_s.session, cand_names)
+    ref_axes, cand_axes = _batch_axes(ref_sess, ref_names), _batch_axes(cand_sess, cand_names)
 
     def run_both(feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Both models' outputs on one batch, each with its samples axis first."""
-        return ([samples_first(v, a(v, batch)) for v, a in zip(ref_s.session.run(ref_names, feeds), ref_axes)],
-                [samples_first(v, a(v, batch)) for v, a in zip(cand_s.session.run(cand_names, feeds), cand_axes)])
+        return ([samples_first(v, a(v, batch)) for v, a in zip(ref_run(ref_names, feeds), ref_axes)],
+                [samples_first(v, a(v, batch)) for v, a in zip(cand_run(cand_names, feeds), cand_axes)])
 
     noise = None if perturbation is None else NoiseRun(perturbation, pairs)
     batches = source.batches(batch, limit=usable)
@@ -146,7 +150,7 @@ def _run_provider(
         if labels is not None:
             collected[0].append(np.asarray(ref_out[label_index]))
             collected[1].append(np.asarray(cand_out[label_index]))
-        if noise is not None:  # the same perturbed batch through both models
+        if noise is not None and noisy is not None:  # the same perturbed batch through both models
             noise.update(ref_out, cand_out, *run_both(noisy), label_index if labels is not None else None)
         bar.update(2)
     result.samples = usable
@@ -155,16 +159,16 @@ def _run_provider(
         ref_all, cand_all = np.concatenate(collected[0]), np.concatenate(collected[1])
         used_labels = labels[:usable]
         for metric in metrics:
-            r, c = metric(ref_all, used_labels), metric(cand_all, used_labels)
-            result.metrics.append(MetricResult(metric.name, ref_names[label_index], r, c, metric.drop(r, c),
-                                               metric.higher_is_better))
+            ref_score, cand_score = metric(ref_all, used_labels), metric(cand_all, used_labels)
+            result.metrics.append(MetricResult(metric.name, ref_names[label_index], ref_score, cand_score,
+                                               metric.drop(ref_score, cand_score), metric.higher_is_better))
     if noise is not None:
         result.noise = noise.result(metrics, None if labels is None else labels[:usable], ref_names[label_index])
 
     bar.set_description(f"{spec.name}: latency")
     feeds = latency_feeds(source, batch)
     ref_lat, cand_lat = measure_interleaved(
-        [ref_s.session, cand_s.session], [feeds, feeds], batches=[batch, batch], warmup=warmup, plan=plan,
+        [ref_sess, cand_sess], [feeds, feeds], batches=[batch, batch], warmup=warmup, plan=plan,
         tick=bar.update,
     )
     result.reference = SessionResult(ref_s.seconds, ref_lat, session_samples_s=ref_s.creation_seconds)
@@ -248,9 +252,14 @@ def validate(
                                         memory=memory)
     if metrics is not None and labels is None:
         raise UsageError("--metric needs --labels")
-    metric_specs = [metrics] if isinstance(metrics, str) else list(metrics or ["top1"])
-    metric_list = [resolve_metric(m) for part in metric_specs
-                   for m in (part.split(",") if isinstance(part, str) else [part]) if m != ""]
+    metric_specs: list[str | Metric] = [metrics] if isinstance(metrics, str) else list(metrics or ["top1"])
+    pieces: list[str | Metric] = []
+    for part in metric_specs:
+        if isinstance(part, str):
+            pieces += part.split(",")
+        else:
+            pieces.append(part)
+    metric_list = [resolve_metric(m) for m in pieces if m != ""]
     specs = resolve_providers(providers)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
@@ -283,8 +292,9 @@ def validate(
         notes += [f"{info.role}: {info.stats_note}" for info in (ref_info, cand_info) if info.stats_note]
 
         fusions = _fusions(ref, cand, specs)
-        if fusions is not None and fusions.note():
-            notes.append(fusions.note())
+        fusion_note = None if fusions is None else fusions.note()
+        if fusion_note:
+            notes.append(fusion_note)
 
         perturbation = None if noise is None else Perturbation(source.arrays, noise, seed)
         if perturbation is not None and not perturbation.inputs:

@@ -200,7 +200,8 @@ def evaluate_thresholds(
                                          "(output not comparable or not finite)"))
             continue
         pick = max if threshold.bound == "max" else min
-        where, worst = pick(observations, key=lambda item: item[1])
+        known = [(where, value) for where, value in observations if value is not None]  # all: none is bad
+        where, worst = pick(known, key=lambda item: item[1])
         ok = worst <= limit if threshold.bound == "max" else worst >= limit
         checks.append(ThresholdCheck(name, limit, worst, where, ok))
     return checks

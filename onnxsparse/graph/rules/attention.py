@@ -49,6 +49,7 @@ definition (the output ``[B, S, H*Dv]``, present KV ``[B, H, ?, D]``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -58,6 +59,9 @@ from ..context import CoupleContext, RewriteContext, Virtual
 from ..index_maps import Block, Identity, Offset, Table
 from ..registry import OpRule
 from ..slots import Role
+
+if TYPE_CHECKING:  # typing_extensions ships with every type checker; TypeIs is in typing only from 3.13
+    from typing_extensions import TypeIs
 
 __all__ = [
     "MultiHeadAttentionRule",
@@ -71,7 +75,7 @@ MS = "com.microsoft"
 _UNIT = "heads"  # name of the virtual slot (heads, or KV groups)
 
 
-def _present(value: ir.Value | None) -> bool:
+def _present(value: ir.Value | None) -> TypeIs[ir.Value]:
     return value is not None and bool(value.name)
 
 
@@ -227,10 +231,11 @@ def _couple_packed_gqa(ctx: CoupleContext, qkv: ir.Value, y: ir.Value, hq: int, 
     return unit, d, d
 
 
-def _couple_kv_state(ctx: CoupleContext, unit: Virtual, values: Sequence[ir.Value | None], hkv: int, d: int,
-                     what: str, *, head_axis: int = 1, like: ir.Value | None = None,
+def _couple_kv_state(ctx: CoupleContext, unit: Virtual, values: Sequence[ir.Value | None], hkv: int,
+                     d: int | None, what: str, *, head_axis: int = 1, like: ir.Value | None = None,
                      fill: Sequence | None = None) -> str | None:
-    """Past/present KV ``[B, Hkv, T, D]``: axis ``head_axis`` is the unit index (identity)."""
+    """Past/present KV ``[B, Hkv, T, D]``: axis ``head_axis`` is the unit index (identity); ``d`` ``None``:
+    any head size."""
     for value in values:
         if not _present(value):
             continue
@@ -287,8 +292,8 @@ class MultiHeadAttentionRule(OpRule):
         unit, d, dv = _couple_3d(ctx, q, k, v, y, h, h)
         if bias is not None:
             bd = ctx.dims(bias)
-            hidden = [ctx.dims(x)[2] for x in (q, k, v)]
-            if bd is None or len(bd) != 1 or bd[0] != sum(hidden):
+            hidden = [xd[2] for x in (q, k, v) if (xd := ctx.dims(x)) is not None and xd[2] is not None]
+            if bd is None or len(bd) != 1 or len(hidden) != 3 or bd[0] != sum(hidden):
                 return f"{ctx.describe()}: bias shape {bd} is not [{sum(hidden)}] (query | key | value)"
             offset = 0
             for x, n in zip((q, k, v), hidden):
@@ -330,15 +335,16 @@ class MsAttentionRule(OpRule):
             return f"{ctx.describe()}: num_heads missing"
         if xd is None or len(xd) != 3 or xd[2] is None:
             return f"{ctx.describe()}: input is not [batch, seq, hidden] with a known hidden size"
-        if wd is None or len(wd) != 2 or None in wd or wd[0] != xd[2]:
+        w_in, width = (wd[0], wd[1]) if wd is not None and len(wd) == 2 else (None, None)
+        if w_in is None or width is None or w_in != xd[2]:
             return f"{ctx.describe()}: weights are not a [{xd[2]}, 3*hidden] matrix (shape {wd})"
         sizes = ctx.attr_ints("qkv_hidden_sizes")
         if sizes is None:
-            if wd[1] % 3:
-                return f"{ctx.describe()}: weight width {wd[1]} is not 3 equal pieces (no qkv_hidden_sizes)"
-            sizes = (wd[1] // 3,) * 3
-        if len(sizes) != 3 or sum(sizes) != wd[1] or any(s <= 0 or s % h for s in sizes):
-            return f"{ctx.describe()}: qkv sizes {sizes} do not fill width {wd[1]} or divide into {h} heads"
+            if width % 3:
+                return f"{ctx.describe()}: weight width {width} is not 3 equal pieces (no qkv_hidden_sizes)"
+            sizes = (width // 3,) * 3
+        if len(sizes) != 3 or sum(sizes) != width or any(s <= 0 or s % h for s in sizes):
+            return f"{ctx.describe()}: qkv sizes {sizes} do not fill width {width} or divide into {h} heads"
         dq, dk, dv = (s // h for s in sizes)
         if dq != dk:
             return f"{ctx.describe()}: query head size {dq} differs from key head size {dk}"
@@ -360,8 +366,8 @@ class MsAttentionRule(OpRule):
         ctx.contract(0, 2, weight=(1, 0))
         if bias is not None:
             bd = ctx.dims(bias)
-            if bd is None or len(bd) != 1 or bd[0] != wd[1]:
-                return f"{ctx.describe()}: bias shape {bd} is not [{wd[1]}]"
+            if bd is None or len(bd) != 1 or bd[0] != width:
+                return f"{ctx.describe()}: bias shape {bd} is not [{width}]"
             ctx.couple(unit, 0, bias, 0, columns)
             ctx.role(bias, 0, Role.BIAS)
         reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=x)
@@ -452,6 +458,8 @@ class OnnxAttentionRule(OpRule):
         if _unreached(ctx, ctx.attr_int("kv_num_heads"), (q, k, v)):
             return None
         rq, rk, rv = ctx.rank(q), ctx.rank(k), ctx.rank(v)
+        d: int | None  # head sizes (``None``: unknown, any size)
+        dv: int | None
         if rq == rk == rv == 3:
             hq, hkv = ctx.attr_int("q_num_heads"), ctx.attr_int("kv_num_heads")
             if not hq or not hkv:
@@ -460,6 +468,8 @@ class OnnxAttentionRule(OpRule):
             qb = q
         elif rq == rk == rv == 4:
             qd, kd, vd, yd = ctx.dims(q), ctx.dims(k), ctx.dims(v), ctx.dims(y)
+            if qd is None or kd is None or vd is None:  # pragma: no cover - all three ranks are 4
+                return f"{ctx.describe()}: query/key/value ranks unknown"
             hq, hkv = qd[1], kd[1]
             if hq is None or hkv is None or vd[1] != hkv:
                 return f"{ctx.describe()}: head counts of 4-D query/key/value unknown or unequal ({qd}, {kd}, {vd})"

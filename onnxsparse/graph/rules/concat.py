@@ -33,9 +33,11 @@ class ConcatRule(OpRule):
         axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
         offset = 0
         inputs = [x for x in node.inputs if x is not None]
-        if any(ctx.dims(x) is None or len(ctx.dims(x)) != r for x in inputs):
+        in_dims = [d for x in inputs if (d := ctx.dims(x)) is not None and len(d) == r]
+        if len(in_dims) != len(inputs):
             return f"{ctx.describe()}: input ranks unknown"
-        unknown = next((x for x in inputs if ctx.dims(x)[axis] is None), None)
+        sizes = [d[axis] for d in in_dims]
+        unknown = next((x for x, size in zip(inputs, sizes) if size is None), None)
         if unknown is not None:  # offsets unknown: the concat axis is blocked, the others pass through
             reason = f"size of input '{unknown.name}' along the concat axis is unknown"
             for x in inputs:
@@ -46,19 +48,16 @@ class ConcatRule(OpRule):
                         ctx.couple(x, k, y, k)
             ctx.block(y, axis, reason)
             return None
-        for x in node.inputs:
-            if x is None:
-                continue
-            xd = ctx.dims(x)
+        for x, size in zip(inputs, sizes):
             for k in range(r):
                 if k == axis:
-                    if xd[k]:
+                    if size:
                         ctx.couple(x, k, y, k, Offset(offset))
                     else:
                         ctx.handled(x, k)
                 else:
                     ctx.couple(x, k, y, k)
-            offset += xd[axis]
+            offset += size or 0  # never None: checked above
         return None
 
 
@@ -90,9 +89,10 @@ class SplitRule(OpRule):
             return f"{ctx.describe()}: input rank unknown"
         r = len(xd)
         axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
-        if xd[axis] is None:
+        dim = xd[axis]
+        if dim is None:
             return f"{ctx.describe()}: size of the split axis is unknown"
-        sizes = _split_sizes(ctx, xd[axis], len(node.outputs))
+        sizes = _split_sizes(ctx, dim, len(node.outputs))
         if sizes is None:
             return f"{ctx.describe()}: split sizes are not constant"
         ctx.handled_all(ctx.input(1))
@@ -111,10 +111,10 @@ class SplitRule(OpRule):
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         x = ctx.input(0)
-        axis = _shapes.norm_axis(ctx.attr_int("axis", 0), ctx.rank(x))
+        axis = _shapes.norm_axis(ctx.attr_int("axis", 0), len(ctx.required_dims(x)))
         if ctx.keep(x, axis) is None:
             return
-        sizes = [ctx.new_dim(out, axis) for out in node.outputs]
+        sizes = [ctx.new_dim(out, axis) or 0 for out in node.outputs]  # all known: couple() read them
         if ctx.version >= 13:
             ctx.remove_attr("num_outputs")
             ctx.set_input_constant(1, np.array(sizes, dtype=np.int64))
@@ -122,9 +122,13 @@ class SplitRule(OpRule):
             ctx.set_attr_ints("split", sizes)
 
 
-def _slice_params(ctx: CoupleContext | RewriteContext):
+Ints = tuple[int, ...]
+
+
+def _slice_params(ctx: CoupleContext | RewriteContext) -> tuple[Ints | None, Ints | None, Ints, Ints] | None:
     """(starts, ends, axes, steps) as int tuples; ``starts``/``ends`` are ``None`` when computed at run time
     (rotate_half's ``x[..., : x.shape[-1] // 2]``).  ``None`` when the axes or steps are not constant."""
+    n: int | None
     if ctx.version < 10:
         starts, ends = ctx.attr_ints("starts"), ctx.attr_ints("ends")
         axes = ctx.attr_ints("axes")
@@ -194,10 +198,11 @@ class SliceRule(OpRule):
                 ctx.block(x, k, f"slice step {step} on axis {k}")
                 ctx.block(y, k, f"slice step {step} on axis {k}")
                 continue
-            if xd[k] is None:
+            size = xd[k]
+            if size is None:
                 ctx.block(y, k, f"size of sliced axis {k} unknown")
                 continue
-            s, e = _clamp(start, xd[k]), _clamp(end, xd[k])
+            s, e = _clamp(start, size), _clamp(end, size)
             if e > s:
                 ctx.couple(y, k, x, k, Offset(s))
             else:
@@ -207,8 +212,11 @@ class SliceRule(OpRule):
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         x = ctx.input(0)
-        xd = ctx.dims(x)
-        starts, ends, axes, steps = _slice_params(ctx)
+        xd = ctx.required_dims(x)
+        params = _slice_params(ctx)
+        if params is None:  # pragma: no cover - couple() accepted constant axes and steps
+            return
+        starts, ends, axes, _ = params
         if starts is None or ends is None:  # run-time bounds: their axes are blocked, nothing to rewrite
             return
         new_starts, new_ends = list(starts), list(ends)
@@ -218,7 +226,10 @@ class SliceRule(OpRule):
             keep = ctx.keep(x, axis)
             if keep is None:
                 continue
-            s, e = _clamp(start, xd[axis]), _clamp(end, xd[axis])
+            size = xd[axis]
+            if size is None:  # pragma: no cover - couple() blocked an axis of unknown size
+                continue
+            s, e = _clamp(start, size), _clamp(end, size)
             new_starts[i] = int(keep[:s].sum())
             new_ends[i] = new_starts[i] + int(keep[s:e].sum())
             changed = True
@@ -228,7 +239,8 @@ class SliceRule(OpRule):
             ctx.set_attr_ints("starts", new_starts)
             ctx.set_attr_ints("ends", new_ends)
         else:
-            dtype = ctx.constant(ctx.input(1)).dtype
+            old = ctx.constant(ctx.input(1))
+            dtype: np.dtype = np.dtype(np.int64) if old is None else old.dtype  # a constant: bounds computed at run time returned above
             ctx.set_input_constant(1, np.array(new_starts, dtype=dtype))
             ctx.set_input_constant(2, np.array(new_ends, dtype=dtype))
 

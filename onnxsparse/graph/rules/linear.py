@@ -81,6 +81,8 @@ class MatMulRule(OpRule):
         n_batch_y = ry - (ra >= 2) - (rb >= 2)
         for x, rx in ((a, ra), (b, rb)):
             xd = ctx.dims(x)
+            if xd is None or yd is None:  # pragma: no cover - every rank is known above
+                return f"{ctx.describe()}: operand ranks unknown"
             n_batch_x = max(rx - 2, 0)
             for k in range(n_batch_x):
                 ky = n_batch_y - n_batch_x + k

@@ -58,7 +58,8 @@ class InstanceNormRule(OpRule):
 
     def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
         x, scale, bias, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
-        if x is None or y is None or ctx.rank(x) is None or ctx.rank(x) < 2:
+        r = ctx.rank(x)
+        if x is None or y is None or r is None or r < 2:
             return f"{ctx.describe()}: input rank unknown"
         ctx.same_shape(x, y)
         ctx.couple(x, 0, y, 0)

@@ -42,6 +42,8 @@ zero point.  ``QLinearMatMul`` of two activations, ``MatMulInteger``/``ConvInteg
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import onnx_ir as ir
 
 from ..context import CoupleContext, RewriteContext
@@ -224,8 +226,9 @@ def _fill(y: ir.Value | None, dims: list | None, like: ir.Value | None, dtype: i
         return
     if y.shape is None and dims is not None:
         y.shape = ir.Shape(dims)
-    if y.dtype is None:
-        y.dtype = dtype if dtype is not None else (like.dtype if like is not None else None)
+    dtype = dtype if dtype is not None else (like.dtype if like is not None else None)
+    if y.dtype is None and dtype is not None:
+        y.dtype = dtype
 
 
 def _scalars(ctx: CoupleContext, *values: ir.Value | None) -> str | None:
@@ -271,7 +274,10 @@ class QLinearConvRule(OpRule):
         if reason:
             return reason
         g = ctx.attr_int("group", 1) or 1
-        ci, co, ci_g = xd[1], wd[0], wd[1]
+        ci = xd[1]
+        co, ci_g = (wd[0], wd[1]) if wd is not None and len(wd) >= 2 else (None, None)
+        if co is None or ci_g is None:
+            return f"{ctx.describe()}: weight shape unknown"
         if ci != ci_g * g or co % g:
             return f"{ctx.describe()}: inconsistent group {g}"
         if g > 1 and ci_g != 1:
@@ -288,8 +294,9 @@ class QLinearConvRule(OpRule):
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         g = ctx.attr_int("group", 1) or 1
-        if g > 1:
-            ctx.set_attr_int("group", ctx.new_dim(ctx.input(0), 1))
+        kept = ctx.kept_size(ctx.input(0), 1)
+        if g > 1 and kept is not None:  # depthwise (couple() refuses other groups): one group per channel
+            ctx.set_attr_int("group", kept)
 
 
 class QLinearMatMulRule(OpRule):
@@ -341,8 +348,10 @@ class QGemmRule(OpRule):
         tb = ctx.attr_int("transB", 0) or 0
         b_k, b_n = (1, 0) if tb else (0, 1)
         ad, bd = ctx.dims(a), ctx.dims(b)
-        y_s = ctx.input(7)
-        _fill(y, [ad[0], bd[b_n]], None, ctx.input(8).dtype if y_s is not None and ctx.input(8) is not None
+        if ad is None or bd is None:  # pragma: no cover - both ranks are 2
+            return f"{ctx.describe()}: needs a 2-D A and a constant 2-D B"
+        y_s, y_zp = ctx.input(7), ctx.input(8)
+        _fill(y, [ad[0], bd[b_n]], None, y_zp.dtype if y_s is not None and y_zp is not None
               else (ir.DataType.FLOAT if y_s is None else a.dtype))
         reason = _scalars(ctx, ctx.input(1), ctx.input(2), y_s, ctx.input(8))
         if reason:
@@ -361,8 +370,9 @@ class QGemmRule(OpRule):
             reason = ctx.broadcast([c], y)
             if reason:
                 return reason
-            if c.const_value is not None and (ctx.dims(c) or (1,))[-1] not in (None, 1):
-                ctx.role(c, len(ctx.dims(c)) - 1, Role.BIAS)
+            cd = ctx.dims(c)
+            if c.const_value is not None and cd and cd[-1] not in (None, 1):
+                ctx.role(c, len(cd) - 1, Role.BIAS)
         return None
 
 
@@ -375,15 +385,17 @@ class QLinearElementwiseRule(OpRule):
     def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
         y = ctx.output(0)
         binary = node.op_type in ("QLinearAdd", "QLinearMul")
-        data = [ctx.input(0), ctx.input(3)] if binary else [ctx.input(0)]
+        inputs = [ctx.input(0), ctx.input(3)] if binary else [ctx.input(0)]
         params = [ctx.input(i) for i in ((1, 2, 4, 5, 6, 7) if binary else (1, 2, 3, 4))]
-        if y is None or any(v is None for v in data):
+        data = [v for v in inputs if v is not None]
+        if y is None or len(data) != len(inputs):
             return f"{ctx.describe()}: missing input"
-        if y.shape is None and all(v.shape is not None for v in data):
-            rank = max(len(v.shape) for v in data)
+        shapes = [v.shape for v in data if v.shape is not None]
+        if y.shape is None and len(shapes) == len(data):
+            rank = max(len(s) for s in shapes)
             dims: list = []
             for k in range(rank):  # numpy broadcasting on possibly symbolic dims: a dim other than 1 wins
-                cands = [v.shape[k - rank + len(v.shape)] for v in data if k - rank + len(v.shape) >= 0]
+                cands = [s[k - rank + len(s)] for s in shapes if k - rank + len(s) >= 0]
                 dims.append(next((d for d in cands if d != 1), 1))
             _fill(y, dims, data[0])
         _fill(y, None, data[0])
@@ -444,7 +456,7 @@ _QOPERATOR_REASON = ("QOperator form ({op}): no rule slices it (QLinearConv, QLi
 
 
 class QOperatorRule(OpRule):
-    op_types = _QOPERATOR
+    op_types: ClassVar[tuple[str, ...]] = _QOPERATOR
 
     def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
         return f"{ctx.describe()}: " + _QOPERATOR_REASON.format(op=node.op_type)

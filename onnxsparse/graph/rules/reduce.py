@@ -27,7 +27,7 @@ _AXES_AS_INPUT = {"ReduceSum": 13}
 
 
 def _couple_kept(ctx: CoupleContext, x: ir.Value, y: ir.Value, reduced: set[int], keepdims: bool) -> None:
-    r = ctx.rank(x)
+    r = len(ctx.required_dims(x))
     j = 0
     for k in range(r):
         if k in reduced:

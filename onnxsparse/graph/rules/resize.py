@@ -68,13 +68,13 @@ class ResizeRule(OpRule):
         if sizes is None:
             return
         x = ctx.input(0)
-        r = ctx.rank(x)
-        axes = self._axes(ctx, r)
+        axes = self._axes(ctx, len(ctx.required_dims(x)))
         new = np.array(sizes, copy=True)
         changed = False
         for i, k in enumerate(axes):
-            if ctx.keep(x, k) is not None:
-                new[i] = ctx.new_dim(x, k)
+            kept = ctx.kept_size(x, k)
+            if kept is not None:
+                new[i] = kept
                 changed = True
         if changed:
             ctx.set_input_constant(3, new)

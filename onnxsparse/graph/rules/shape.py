@@ -32,7 +32,7 @@ import onnx_ir as ir
 from ...errors import Decline
 from .. import runtime_shape as _runtime_shape, value_facts as _shapes
 from ..context import CoupleContext, RewriteContext
-from ..index_maps import Block, Stride, Table
+from ..index_maps import Block, IndexMap, Stride, Table
 from ..registry import OpRule
 
 __all__ = [
@@ -78,13 +78,14 @@ def align_dims(in_dims, out_dims) -> list[Run] | None:
         suffix_out.setdefault(p, j)  # the longest tail of each product (dims of 1 included)
     for i in range(i0, n):
         p = math.prod(in_dims[i:])
-        j = suffix_out.get(p)
-        if j is None or j == m:
+        start = suffix_out.get(p)
+        if start is None or start == m:
             continue
-        tail = _align_forward(list(in_dims[i:]), list(out_dims[j:]))
+        tail = _align_forward(list(in_dims[i:]), list(out_dims[start:]))
         if tail is None:
             continue
-        return [(list(range(i)), list(range(j)))] + [([a + i for a in ai], [b + j for b in aj]) for ai, aj in tail]
+        return ([(list(range(i)), list(range(start)))]
+                + [([a + i for a in ai], [b + start for b in aj]) for ai, aj in tail])
     return None
 
 
@@ -128,7 +129,7 @@ def _is_shuffle_split(ctx: CoupleContext, y: ir.Value, o: list[int]) -> bool:
     """``y``'s only consumer is a Transpose swapping axes ``o[0]`` and ``o[1]``."""
     if len(o) != 2:
         return False
-    uses = y.uses()
+    uses = list(y.uses())
     if len(uses) != 1:
         return False
     node = uses[0].node
@@ -158,22 +159,39 @@ def _channels_last_axis(x: ir.Value, axes: list[int]) -> int | None:
     return rank - 1 if rank - 1 in axes and rank - 1 != axes[0] else None
 
 
+def _known(dims: tuple[int | None, ...], axes: list[int]) -> dict[int, int] | None:
+    """``{axis: size}`` of ``axes``, or ``None`` when one size is unknown."""
+    sizes = {k: d for k in axes if (d := dims[k]) is not None}
+    return sizes if len(sizes) == len(axes) else None
+
+
 def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -> None:
     xd, yd = ctx.dims(x), ctx.dims(y)
+    if xd is None or yd is None:
+        for ai, aj in runs:
+            for k in ai:
+                ctx.block(x, k, "reshape shape unknown")
+            for k in aj:
+                ctx.block(y, k, "reshape shape unknown")
+        return
     for ai, aj in runs:
-        if (len(ai) > 1 or len(aj) > 1) and (None in [xd[k] for k in ai] or None in [yd[k] for k in aj]):
+        xs, ys = _known(xd, ai), _known(yd, aj)
+        if xs is None or ys is None:
+            if len(ai) == 1 and len(aj) == 1:  # one unknown dim paired with the same unknown dim
+                ctx.couple(x, ai[0], y, aj[0])
+                continue
             for k in ai:
                 ctx.block(x, k, "reshape regroups axes of unknown size")
             for k in aj:
                 ctx.block(y, k, "reshape regroups axes of unknown size")
             continue
-        big_i = [k for k in ai if xd[k] != 1]
-        big_j = [k for k in aj if yd[k] != 1]
+        big_i = [k for k in ai if xs[k] != 1]
+        big_j = [k for k in aj if ys[k] != 1]
         for k in ai:
-            if xd[k] == 1:
+            if xs[k] == 1:
                 ctx.handled(x, k)
         for k in aj:
-            if yd[k] == 1:
+            if ys[k] == 1:
                 ctx.handled(y, k)
         if not big_i and not big_j:
             continue
@@ -182,15 +200,16 @@ def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -
         elif len(big_j) == 1:  # merge
             pick = _channels_last_axis(x, big_i) if len(big_i) > 1 else None
             if pick is None:
-                inner = math.prod(xd[k] for k in big_i[1:])
+                inner = math.prod(xs[k] for k in big_i[1:])
                 ctx.couple(x, big_i[0], y, big_j[0], Block(inner))
                 for k in big_i[1:]:
                     ctx.block(x, k, f"axis {k} is an inner factor of merged axis {big_j[0]}")
             else:  # NHWC flatten (tf2onnx): the channel is an inner factor, positions strided
                 pos = big_i.index(pick)
-                inner = math.prod(xd[k] for k in big_i[pos + 1 :])
-                outer = math.prod(xd[k] for k in big_i[:pos])
-                size = xd[pick]
+                inner = math.prod(xs[k] for k in big_i[pos + 1 :])
+                outer = math.prod(xs[k] for k in big_i[:pos])
+                size = xs[pick]
+                index_map: IndexMap
                 if inner == 1:
                     index_map = Stride(size, outer)
                 elif outer == 1:
@@ -206,10 +225,10 @@ def couple_runs(ctx: CoupleContext, x: ir.Value, y: ir.Value, runs: list[Run]) -
         elif len(big_i) == 1:  # split
             if _is_shuffle_split(ctx, y, big_j):
                 outer, inner_axis = big_j
-                ctx.couple(y, inner_axis, x, big_i[0], Stride(yd[inner_axis], yd[outer]))
+                ctx.couple(y, inner_axis, x, big_i[0], Stride(ys[inner_axis], ys[outer]))
                 ctx.block(y, outer, f"axis {outer} is the group factor of a channel shuffle")
             else:
-                inner = math.prod(yd[k] for k in big_j[1:])
+                inner = math.prod(ys[k] for k in big_j[1:])
                 ctx.couple(y, big_j[0], x, big_i[0], Block(inner))
                 for k in big_j[1:]:
                     ctx.block(y, k, f"axis {k} is an inner factor of split axis {big_i[0]}")
@@ -310,29 +329,31 @@ class ReshapeRule(OpRule):
         ctx.handled_all(target)
         couple_runs(ctx, x, y, runs)
         for j, entry in enumerate(res.entries):
-            if entry.is_dim and entry.dim_of is not x:
-                d = ctx.dims(entry.dim_of)
-                if d is not None and d[entry.axis] is not None and d[entry.axis] * entry.scale == yd[j]:
+            if (read := entry.read) is not None and read[0] is not x:
+                d = ctx.dims(read[0])
+                size = None if d is None else d[read[1]]
+                if size is not None and size * entry.scale == yd[j]:
                     # the size read is the size written (times a constant: each unit owns a block)
-                    ctx.couple(entry.dim_of, entry.axis, y, j, *((Block(entry.scale),) if entry.scale != 1 else ()))
+                    ctx.couple(read[0], read[1], y, j, *((Block(entry.scale),) if entry.scale != 1 else ()))
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
-        y = ctx.output(0)
+        y = ctx.required_output(0)
         target = ctx.constant(ctx.input(1))
         if target is None:
             res = _runtime_shape.resolve_reshape(node)
             if res is None:  # pragma: no cover - couple() accepted it
                 raise AssertionError(f"{node.name}: run-time target no longer traceable")
-            edits = {k: ctx.new_dim(y, k) for k, e in enumerate(res.entries)
-                     if ctx.keep(y, k) is not None and not e.is_dim and e.const and e.const > 0}
+            edits = {k: kept for k, e in enumerate(res.entries)
+                     if (kept := ctx.kept_size(y, k)) is not None and not e.is_dim and e.const and e.const > 0}
             _runtime_shape.rewrite_entries(ctx, node, 1, res.entries, edits)
             return
         new = np.array(target, copy=True)
         changed = False
         for k in range(new.size):
-            if ctx.keep(y, k) is not None and new[k] > 0:
-                new[k] = ctx.new_dim(y, k)
+            kept = ctx.kept_size(y, k)
+            if kept is not None and new[k] > 0:
+                new[k] = kept
                 changed = True
         if changed:
             ctx.set_input_constant(1, new)
@@ -419,27 +440,32 @@ class ExpandRule(OpRule):
             if reason:
                 return reason
             yd = ctx.dims(y)
+            if yd is None:
+                return f"{ctx.describe()}: output rank unknown"
             offset = len(yd) - len(res.entries)
             for i, entry in enumerate(res.entries):
-                if entry.is_dim:
-                    d = ctx.dims(entry.dim_of)
-                    if d is not None and d[entry.axis] is not None and d[entry.axis] * entry.scale == yd[offset + i] != 1:
-                        ctx.couple(entry.dim_of, entry.axis, y, offset + i,
+                if (read := entry.read) is not None:
+                    d = ctx.dims(read[0])
+                    size = None if d is None else d[read[1]]
+                    if size is not None and size * entry.scale == yd[offset + i] != 1:
+                        ctx.couple(read[0], read[1], y, offset + i,
                                    *((Block(entry.scale),) if entry.scale != 1 else ()))
             return None
         ctx.handled_all(shape)
         return ctx.broadcast([x], y)
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
-        y = ctx.output(0)
+        y = ctx.required_output(0)
         ry = ctx.rank(y)
+        if ry is None:  # pragma: no cover - couple() broadcast onto it
+            raise AssertionError(f"{ctx.describe()}: output rank no longer known")
         if ctx.constant(ctx.input(1)) is None:
             res = _runtime_shape.resolve_expand(node)
             if res is None:  # pragma: no cover - couple() accepted it
                 raise AssertionError(f"{node.name}: run-time shape no longer traceable")
             offset = ry - len(res.entries)
-            edits = {i: ctx.new_dim(y, i + offset) for i, e in enumerate(res.entries)
-                     if i + offset >= 0 and ctx.keep(y, i + offset) is not None and not e.is_dim
+            edits = {i: kept for i, e in enumerate(res.entries)
+                     if i + offset >= 0 and (kept := ctx.kept_size(y, i + offset)) is not None and not e.is_dim
                      and e.const not in (None, 1)}
             _runtime_shape.rewrite_entries(ctx, node, 1, res.entries, edits)
             return
@@ -448,8 +474,8 @@ class ExpandRule(OpRule):
         changed = False
         for k in range(ry):
             i = k - offset
-            if i >= 0 and ctx.keep(y, k) is not None and shape[i] != 1:
-                shape[i] = ctx.new_dim(y, k)
+            if i >= 0 and (kept := ctx.kept_size(y, k)) is not None and shape[i] != 1:
+                shape[i] = kept
                 changed = True
         if changed:
             ctx.set_input_constant(1, shape)
