@@ -114,7 +114,8 @@ class LinearView:
     def _windows(self, xp: np.ndarray) -> np.ndarray:
         nd = len(self.kernel)
         eff = tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
-        win = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + nd)))
+        axes: tuple[int, ...] = tuple(range(2, 2 + nd))
+        win = np.lib.stride_tricks.sliding_window_view(xp, list(eff), axis=axes)  # type: ignore[call-overload, unused-ignore]  # numpy < 1.26 stubs take one int axis
         index = (slice(None), slice(None), *(slice(None, None, s) for s in self.strides),
                  *(slice(None, None, d) for d in self.dilations))
         return win[index]  # [N, C, *out, *kernel]

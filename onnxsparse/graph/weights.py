@@ -11,6 +11,8 @@ point) is what prunes it.  Criteria score :func:`weight_array`: the dequantized 
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import numpy as np
 import onnx_ir as ir
 
@@ -55,7 +57,7 @@ def _constant_input(node: ir.Node, index: int) -> np.ndarray:
     return tensor.numpy()
 
 
-def is_weight(value: ir.Value | None) -> bool:
+def is_weight(value: ir.Value | None) -> TypeGuard[ir.Value]:
     """An initializer, or a value dequantized from constants (a QDQ weight or bias)."""
     return value is not None and (value.const_value is not None or dequantize_node(value) is not None)
 

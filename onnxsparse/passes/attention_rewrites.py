@@ -13,6 +13,7 @@ channels are all found by the one engine in :mod:`onnxsparse.graph`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TypeGuard
 
 import numpy as np
@@ -28,7 +29,7 @@ def rewrite_attention(model: ir.Model) -> list[str]:
     from ..transformer.sdpa_lowering import unlower_sdpa_transposes
     from ..transformer.tf_einsum import unlower_tf_batch_matmuls
 
-    steps = (
+    steps: tuple[tuple[Callable[..., list[str]], str], ...] = (
         (unpack_packed_qkv, "split packed Q/K/V (or gate/up) projection(s) into one per piece"),
         (unlower_tf_batch_matmuls, "rewrote tf2onnx batch-flattened MatMul(s) as broadcasting MatMul"),
         (unlower_sdpa_transposes, "rewrote batch-folded K^T as Transpose"),

@@ -161,13 +161,14 @@ def search_budget(
     fraction = lowest
     for _ in range(steps):
         start = time.perf_counter()
+        model: ir.Model | None = None
         try:
-            model, measured = prune_at(fraction)
+            pruned, measured = prune_at(fraction)
         except UsageError as exc:  # the target cannot be met at this fraction: treat it as out of budget
             trial = Trial(fraction, float("nan"), float("inf"), False, {}, time.perf_counter() - start, str(exc))
-            model = None
         else:
-            value = evaluate(model)
+            model = pruned
+            value = evaluate(pruned)
             drop = _drop(metric, reference, value)
             trial = Trial(fraction, value, drop, drop <= max_drop + 1e-12, measured, time.perf_counter() - start)
         trials.append(trial)
@@ -250,8 +251,9 @@ def prune_within_budget(
         measured = {"params_ratio": r.params_after / r.params_before if r.params_before else 1.0}
         if r.macs_before:
             measured["macs_ratio"] = (r.macs_after or 0) / r.macs_before
-        if r.target is not None and getattr(r.target, "measured", None) is not None and objective == "latency":
-            measured["latency_ratio"] = float(r.target.measured)
+        latency = getattr(r.target, "measured", None) if r.target is not None else None
+        if latency is not None and objective == "latency":
+            measured["latency_ratio"] = float(latency)
         return result.model, measured
 
     found = search_budget(prune_at, lambda m: score(m, search, search_labels), scorer, reference, max_drop,

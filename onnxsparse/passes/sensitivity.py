@@ -280,7 +280,7 @@ def _short_nodes(nodes: Sequence[str]) -> str:
 
 def parse_ratios(text: str | Iterable[float]) -> tuple[float, ...]:
     """``"0.1,0.25,0.5"`` (or numbers) -> sorted unique ratios, each in (0, 1); :class:`UsageError` otherwise."""
-    items = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)
+    items: list[str | float] = [t.strip() for t in text.split(",")] if isinstance(text, str) else [*text]
     values: list[float] = []
     for item in items:
         if item == "":

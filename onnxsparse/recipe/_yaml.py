@@ -60,7 +60,7 @@ def _compose_node(self: yaml.SafeLoader, parent: Any, index: Any) -> Any:
         self._depth = depth
 
 
-_Loader.compose_node = _compose_node  # type: ignore[method-assign]
+_Loader.compose_node = _compose_node
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:

@@ -31,11 +31,12 @@ OVERRIDE_HELP = ("KEY=VALUE: steps.N.KIND.KEY (step N, from 0), KIND.KEY (the on
 def _entry(steps: list[Any], index: int) -> tuple[str, dict[str, Any]]:
     """Normalise step ``index`` to ``{kind: {options}}`` and return its kind and options."""
     item = steps[index]
+    options: dict[str, Any]
     if isinstance(item, str):
         kind, options = item, {}
     elif isinstance(item, Mapping) and len(item) == 1:
-        kind, options = next(iter(item.items()))
-        options = dict(options or {})
+        kind, raw = next(iter(item.items()))
+        options = dict(raw or {})
     else:
         raise RecipeError(f"steps.{index}: a step is one mapping {{kind: {{options}}}}")
     steps[index] = {kind: options}
@@ -86,7 +87,9 @@ def _apply_one(data: dict[str, Any], item: str) -> None:
     elif parts[0] in STEP_TYPES:
         if len(parts) != 2:
             raise RecipeError(f"--set {item}: expected {parts[0]}.KEY=VALUE")
-        kinds = [_entry(steps, i)[0] for i in range(len(steps))] if isinstance(steps, list) else []
+        if not isinstance(steps, list):
+            raise RecipeError(f"--set {item}: the recipe has no list of steps")
+        kinds = [_entry(steps, i)[0] for i in range(len(steps))]
         found = [i for i, k in enumerate(kinds) if k == parts[0]]
         if not found:
             raise RecipeError(f"--set {item}: the recipe has no {parts[0]} step")

@@ -61,7 +61,7 @@ def probe_memory(
     with owned_temp_dir(kind="mem") as tmp:
         tmp_path = Path(tmp)
         # numpy's stub lets the ``**arrays`` mapping bind savez's ``allow_pickle: bool`` keyword
-        np.savez(tmp_path / "feeds.npz", **{k: np.ascontiguousarray(v) for k, v in feeds.items()})  # type: ignore[arg-type]
+        np.savez(tmp_path / "feeds.npz", **{k: np.ascontiguousarray(v) for k, v in feeds.items()})  # type: ignore[arg-type, unused-ignore]
         (tmp_path / "warm.onnx").write_bytes(IDENTITY_MODEL)
         job = {
             "model": os.fspath(Path(model_path).resolve()),

@@ -68,6 +68,13 @@ def couple_filter_inputs(ctx: CoupleContext, x: ir.Value, w: ir.Value, b: ir.Val
         ctx.couple(ctx.virtual("out_j", co_g), 0, y, 1, Stride(co_g, group))
 
 
+def _set_group(ctx: RewriteContext, x: ir.Value) -> None:
+    """A depthwise conv's ``group`` is its input channel count, after pruning too."""
+    channels = ctx.new_dim(x, 1)
+    if channels is not None:
+        ctx.set_attr_int("group", channels)
+
+
 class ConvRule(OpRule):
     op_types = ("Conv",)
 
@@ -78,7 +85,7 @@ class ConvRule(OpRule):
         x, w, b, y = operands
         wd = ctx.dims(w)
         xd = ctx.dims(x)
-        if wd is None or wd[0] is None or wd[1] is None or xd[1] is None:
+        if wd is None or xd is None or wd[0] is None or wd[1] is None or xd[1] is None:
             return f"{ctx.describe()}: channel counts unknown"
         g = linear_op(node).groups
         ci, co, ci_g = xd[1], wd[0], wd[1]
@@ -91,11 +98,9 @@ class ConvRule(OpRule):
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         g = ctx.attr_int("group", 1) or 1
-        w = ctx.input(1)
-        wd = ctx.dims(w)
-        if g > 1 and wd is not None and wd[1] == 1:
-            new_ci = ctx.new_dim(ctx.input(0), 1)
-            ctx.set_attr_int("group", new_ci)
+        x, wd = ctx.input(0), ctx.dims(ctx.input(1))
+        if g > 1 and x is not None and wd is not None and wd[1] == 1:  # depthwise: group follows channels
+            _set_group(ctx, x)
 
 
 class ConvTransposeRule(OpRule):
@@ -107,7 +112,7 @@ class ConvTransposeRule(OpRule):
             return operands
         x, w, b, y = operands
         wd, xd, yd = ctx.dims(w), ctx.dims(x), ctx.dims(y)
-        if wd is None or wd[0] is None or wd[1] is None or yd[1] is None:
+        if wd is None or xd is None or yd is None or wd[0] is None or wd[1] is None or yd[1] is None:
             return f"{ctx.describe()}: channel counts unknown"
         g = linear_op(node).groups
         ci, co_g = wd[0], wd[1]
@@ -138,14 +143,15 @@ class ConvTransposeRule(OpRule):
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         g = ctx.attr_int("group", 1) or 1
-        xd = ctx.dims(ctx.input(0))
-        if g > 1 and xd is not None and xd[1] == g:  # depthwise: group follows channels
-            ctx.set_attr_int("group", ctx.new_dim(ctx.input(0), 1))
-        if ctx.attr_ints("output_shape") is not None:
-            shape = list(ctx.attr_ints("output_shape"))
-            if len(shape) == (ctx.rank(ctx.output(0)) or 0):  # full shape form: fix channels
-                shape[1] = ctx.new_dim(ctx.output(0), 1)
-                ctx.set_attr_ints("output_shape", shape)
+        x, y = ctx.input(0), ctx.output(0)
+        xd = ctx.dims(x)
+        if g > 1 and x is not None and xd is not None and xd[1] == g:  # depthwise: group follows channels
+            _set_group(ctx, x)
+        output_shape = ctx.attr_ints("output_shape")
+        if output_shape is not None and y is not None and len(output_shape) == (ctx.rank(y) or 0):
+            channels = ctx.new_dim(y, 1)  # full shape form: fix channels
+            if channels is not None:
+                ctx.set_attr_ints("output_shape", [output_shape[0], channels, *output_shape[2:]])
 
 
 RULES: tuple[OpRule, ...] = (ConvRule(), ConvTransposeRule())

@@ -250,8 +250,10 @@ def runtime_runs(node: ir.Node) -> tuple[_runtime_shape.Resolved, list[Run]]:
         raise Decline("target shape is computed at run time from ops other than "
                       "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
     x = node.inputs[0]
-    xt = _runtime_shape._tokens(x)
+    xt = _runtime_shape._tokens(x) if x is not None else None
     xd = _shapes.dims(x)
+    if xt is None or xd is None:
+        raise Decline("input rank unknown")
     yd = tuple(d if isinstance(d, int) else None for d in res.out)
     runs = align_dims(list(xd), list(yd))
     if runs is None:
