@@ -136,10 +136,9 @@ def test_global_ranking_and_round_to_prune_exactly() -> None:
 
 def test_prune_pass_composes() -> None:
     model = load_model(sample("digits_cnn_bn"))
-    p = PrunePass(0.5, criterion="bn")
-    result = p(model)
-    assert result.modified and p.report is not None and p.report.pruned_groups
-    assert p.report.params_after < p.report.params_before
+    result = PrunePass(channels=0.5, criterion="bn")(model)
+    assert result.modified and result.report.pruned_groups
+    assert result.report.params_after < result.report.params_before
     assert run(result.model, random_feeds(result.model))[0].shape == (2, 10)
 
 

@@ -125,7 +125,7 @@ class PruneOptions(Options):
     @property
     def selects(self) -> bool:
         """Whether anything chooses units to remove (a ratio, target, threshold, dead units or a budget)."""
-        return bool(self.channels or self.heads or self.ffn or self.target is not None
+        return bool(self.channels is not None or self.heads or self.ffn or self.target is not None
                     or self.threshold is not None or self.dead or self.max_accuracy_drop is not None)
 
     def check(self) -> None:
