@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import inspect
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 import pytest
-from helpers import DATA, cli, cli_json, sample
+from helpers import DATA, sample
+from helpers import cli as _cli
+from helpers import cli_json as _cli_json
 
 from onnxsparse.analysis import count_params
 from onnxsparse.cli import prune_cmd
@@ -22,6 +25,14 @@ from onnxsparse.recipe.config import STEP_TYPES, PruneStep
 TOKENS = DATA / "digits_calib_tokens.npz"
 MODEL = sample("digits_transformer")
 HEADS = ("--heads", "0.25", "--ffn", "0.25")
+
+
+def cli(*argv: object) -> tuple[int, str, str]:
+    return _cli(*map(str, argv))
+
+
+def cli_json(*argv: object) -> dict[str, Any]:
+    return _cli_json(*map(str, argv))
 
 
 def _recipe(tmp_path: Path, step: str, calib: Path | None = None) -> Path:

@@ -130,6 +130,7 @@ def _run_budget(args: argparse.Namespace, options: PruneOptions) -> int:
     validation = None
     if found.model is not None:
         out = save_model(found.model, args.output, protect=inputs(args), force=args.force, source=args.model)
+        assert found.held_out is not None  # the search sets it with every model it keeps
         held, held_labels = found.held_out
         validation = validate(args.model, out, data=held.arrays, labels=held_labels, metrics=options.metric,
                               label_output=options.label_output, memory=False, progress=progress_enabled(args))
@@ -149,6 +150,7 @@ def _run_budget(args: argparse.Namespace, options: PruneOptions) -> int:
               file=sys.stderr)
         return 1
     if not found.holdout_within_budget:  # the search split promised more than the unseen data keeps
+        assert found.holdout is not None  # measured with the kept model's validation
         print(f"onnxsparse: the winner loses {found.holdout['drop']:.4f} {options.metric} on the "
               f"{len(held_labels)} held-out samples, over the budget {options.max_accuracy_drop:g} it kept on the "
               "search split: give more labelled data or a smaller budget", file=sys.stderr)

@@ -77,7 +77,7 @@ class PruneResult(PassResult):
     and, when heads or FFN neurons were asked for, the per-block heads report."""
 
     report: PruneReport
-    plan: PrunePlan | None = None
+    plan: PrunePlan
     heads: dict[str, Any] | None = None
 
 
