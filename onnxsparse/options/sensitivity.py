@@ -21,9 +21,11 @@ __all__ = ["SensitivityOptions"]
 
 
 def _ratios(value: Any, ctx: ParseContext) -> tuple[float, ...]:
-    """``"0.1,0.25,0.5"`` or a list of numbers, each in (0, 1)."""
+    """``"0.1,0.25,0.5"``, or a list of numbers / such texts (``--ratios 0.1 0.25``), each in (0, 1)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
     if not isinstance(value, (str, list, tuple)):
         raise Bad(f"expected R1,R2,... or a list of ratios, got {type(value).__name__}")
     try:
@@ -44,7 +46,7 @@ class SensitivityOptions(Options):
         None, parse=F.optional(F.data_path(random_ok=True)), kind="path or random", cli=Cli(metavar="DATA"),
         help="calibration data (required): .npz keyed by input name (axis 0 = samples), a folder of them, or 'random'")
     ratios: tuple[float, ...] = option(
-        DEFAULT_RATIOS, parse=_ratios, kind="ratios", cli=Cli(metavar="R1,R2,...", text=str),
+        DEFAULT_RATIOS, parse=_ratios, kind="list", cli=Cli(metavar="R1,R2,...", text=str),
         help=f"fractions of each group's units to remove, each in (0, 1) (default {','.join(map(str, DEFAULT_RATIOS))})")
     heads: bool = option(False, parse=F.boolean, kind="bool", help="only attention head and KV groups")
     criterion: str = option("l2", parse=F.choice(criteria, "criterion"), kind="criterion",
