@@ -5,8 +5,9 @@ groups (:func:`onnxsparse.graph.build_groups`), scores every prunable group
 with a criterion (:mod:`onnxsparse.criteria`), removes the lowest-scoring
 ``channels`` fraction of each group (or globally with ``global_ranking``) and
 rewrites the graph (:func:`onnxsparse.graph.apply_plan`).  Inputs and outputs
-keep their names and shapes.  :class:`PrunePass` is the same as an
-``onnx_ir`` pass.
+keep their names and shapes.  The options are :class:`~onnxsparse.options.prune.PruneOptions`
+(the command's flags, the recipe step's keys, ``prune()``'s keywords); :func:`run_prune` does the
+work for every front end and :class:`PrunePass` is the same as an ``onnx_ir`` pass.
 
 With calibration data (``calib=``), activations are captured with onnxruntime
 (:mod:`onnxsparse.calibration.capture`) for the data-driven criteria
@@ -52,9 +53,6 @@ _FALLBACK = "l2"
 #: ``round_to="auto"``: what the CPU's kernels want (see :func:`auto_round_to`).
 ROUND_TO_AUTO = "auto"
 
-
-#: the channel ratio of ``prune()`` when neither a ratio nor another selection (target, threshold, dead) is given
-DEFAULT_CHANNELS = 0.3
 
 #: the criterion used when none is asked for: weights alone, or weights times activations with data
 DEFAULT_CRITERION = "l2"
@@ -274,7 +272,7 @@ def _measure(model: ir.Model, shapes, dims) -> tuple[int, int | None, int]:
 
 def _prune(
     model: ModelSource,
-    channels: float | None = None,
+    channels: float,
     *,
     heads: float = 0.0,
     ffn: float | None = None,
@@ -301,8 +299,7 @@ def _prune(
     threshold: float | None = None,
     target: str | None = None,
 ) -> PruneResult:
-    """Remove ``channels`` (a fraction; ``None``: 0.3, or 0 when ``target``, ``threshold`` or ``dead``
-    selects instead) of the channels of every prunable group, ``heads`` of the heads
+    """The work of :func:`run_prune`: remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
     (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
     every FFN (``None``: ``channels``).  All three are groups of one dependency analysis
     (:mod:`onnxsparse.graph.kinds`); a block that cannot be pruned is a skipped group with its reason.
@@ -345,9 +342,7 @@ def _prune(
     criterion = default_criterion(calib is not None) if criterion is None else criterion
 
     target = None if target is None else _check_target(target, calib, heads, ffn)
-    if channels is None:  # the ratio applies only when no other selection is asked for
-        channels = 0.0 if target is not None or threshold is not None or dead else DEFAULT_CHANNELS
-    elif target is not None and channels > 0:
+    if target is not None and channels > 0:
         raise UsageError("--target allocates every group's ratio itself: drop --channels")
     ratios = kind_ratios(channels, heads, ffn)
     removing = target is not None or threshold is not None or any(r > 0 for r in ratios.values())
