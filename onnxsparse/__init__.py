@@ -3,8 +3,8 @@
 Each entry point is also a subcommand of ``python -m onnxsparse``:
 
 - :func:`model_stats` (``inspect``): params, MACs per node, sparsity;
-- :func:`prune` (``prune --channels``) and :func:`prune_heads` (``--heads/--ffn``):
-  structured pruning into a smaller dense model;
+- :func:`prune` (``prune``; its keywords are the command's options, :class:`PruneOptions`) and
+  :func:`prune_heads`: structured pruning into a smaller dense model;
 - :func:`sparsify` / :func:`densify`: sparse storage that decodes with standard ops,
   and :func:`session` to load such a model with a fast numpy decode;
 - :func:`quantize`: int8 dynamic/static and int4 weight-only, keeping zeros exact;
@@ -28,6 +28,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "count_macs": (".analysis", "count_macs"),
     "prune": (".passes.prune", "prune"),
     "PrunePass": (".passes.prune", "PrunePass"),
+    "PruneOptions": (".options.prune", "PruneOptions"),
+    "PruneResult": (".passes.prune", "PruneResult"),
     "prune_heads": (".passes.prune_heads", "prune_heads"),
     "sparsify": (".passes.sparsify", "sparsify"),
     "SparsifyConfig": (".passes.sparsify", "SparsifyConfig"),
@@ -62,6 +64,8 @@ __all__ = [
     "count_macs",
     "prune",
     "PrunePass",
+    "PruneOptions",
+    "PruneResult",
     "prune_heads",
     "sparsify",
     "SparsifyConfig",

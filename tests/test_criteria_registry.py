@@ -46,7 +46,17 @@ def _criterion_choices(command: str) -> tuple[str, ...]:
     parser = build_parser(command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     action = next(a for a in sub.choices[command]._actions if a.dest == "criterion")
-    return tuple(action.choices or ())
+    if action.choices:
+        return tuple(action.choices)
+    # flags generated from an Options dataclass check the name in their type converter, at parse time
+    accepted = []
+    for name in available_criteria():
+        try:
+            action.type(name)
+        except argparse.ArgumentTypeError:
+            continue
+        accepted.append(name)
+    return tuple(accepted)
 
 
 def _accepts(command: str, criterion: str) -> bool:

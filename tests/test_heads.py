@@ -24,7 +24,7 @@ from helpers import ROOT, sample, session
 
 from onnxsparse.io import load_model
 from onnxsparse.passes.normalize import normalize
-from onnxsparse.passes.prune_heads import add_cli_arguments, masked_heads_model, prune_heads, report_table
+from onnxsparse.passes.prune_heads import masked_heads_model, prune_heads, report_table
 
 sys.path.insert(0, str(ROOT / "samples"))
 import build_attention_samples as attn_samples  # noqa: E402
@@ -317,11 +317,15 @@ def test_bad_ratio_and_criterion() -> None:
 # ----------------------------------------------------------------------------------------
 
 def test_cli_glue() -> None:
+    from onnxsparse.options.cli import add_arguments, from_args
+    from onnxsparse.options.prune import PruneOptions
+
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
-    args = parser.parse_args(["--heads", "0.5", "--ffn", "0.25"])
-    assert (args.heads, args.ffn) == (0.5, 0.25)
-    assert parser.parse_args([]).ffn is None  # FFN neurons follow --channels unless --ffn is given
+    add_arguments(parser, PruneOptions)
+    options = from_args(PruneOptions, parser.parse_args(["--heads", "0.5", "--ffn", "0.25"]))
+    assert (options.heads, options.ffn) == (0.5, 0.25)
+    # FFN neurons follow --channels unless --ffn is given
+    assert from_args(PruneOptions, parser.parse_args(["--heads", "0.5"])).ffn is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--heads", "1.5"])
 

@@ -18,7 +18,7 @@ from test_prune_support import check_oracle, expose_logits, make_model, randomiz
 from onnxsparse import load_model, normalize
 from onnxsparse.analysis import count_macs, count_params
 from onnxsparse.graph import build_groups
-from onnxsparse.passes.prune import PrunePass, plan_pruning, prune
+from onnxsparse.passes.prune import PrunePass, PruneResult, plan_pruning, prune
 
 #: samples with at least one prunable channel group (the others: every group blocked, see below)
 PRUNABLE_SAMPLES = [
@@ -136,10 +136,9 @@ def test_global_ranking_and_round_to_prune_exactly() -> None:
 
 def test_prune_pass_composes() -> None:
     model = load_model(sample("digits_cnn_bn"))
-    p = PrunePass(0.5, criterion="bn")
-    result = p(model)
-    assert result.modified and p.report is not None and p.report.pruned_groups
-    assert p.report.params_after < p.report.params_before
+    result = PrunePass(channels=0.5, criterion="bn")(model)
+    assert isinstance(result, PruneResult) and result.modified and result.report.pruned_groups
+    assert result.report.params_after < result.report.params_before
     assert run(result.model, random_feeds(result.model))[0].shape == (2, 10)
 
 

@@ -159,16 +159,13 @@ def test_validation_errors_are_one_line_exit_2(tmp_path, text, pattern):
     assert not out.exists()
 
 
-def test_passthrough_keys_of_the_underlying_api_are_checked(tmp_path):
-    """Keys prune() accepts but the step does not model are passed through, type-checked from the signature."""
-    extra = PruneStep.passthrough_params()
-    if "calib_samples" not in extra:
-        pytest.skip("prune() takes no calib_samples")
+def test_prune_calibration_keys_are_typed(tmp_path):
+    """calib_samples is a declared prune key now (PruneOptions), checked like every other key."""
     line = one_line_error(*cli("run", write(tmp_path, "steps: [{prune: {channels: 0.3, calib_samples: many}}]"),
                                sample("digits_cnn"), "-o", tmp_path / "o.onnx"))
     assert "steps.0.prune.calib_samples: expected an integer" in line
     recipe = load_recipe({"calib": str(CALIB), "steps": [{"prune": {"channels": 0.3, "calib_samples": 16}}]})
-    assert recipe.steps[0].extra_kwargs() == {"calib_samples": 16}
+    assert recipe.steps[0].calib_samples == 16 and recipe.steps[0].extra_kwargs() == {}
 
 
 def test_data_that_does_not_fit_the_model_fails_before_work(tmp_path):

@@ -175,7 +175,7 @@ def test_cli_bad_ratios_exit_2_with_one_line(ratios: str) -> None:
     code, out, err = cli("sensitivity", CNN, "--calib", CNN_DATA, "--ratios", ratios)
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("onnxsparse: error: bad --ratios"), err
+    assert len(lines) == 1 and lines[0].startswith("onnxsparse: error: --ratios: bad --ratios"), err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -5,8 +5,9 @@ groups (:func:`onnxsparse.graph.build_groups`), scores every prunable group
 with a criterion (:mod:`onnxsparse.criteria`), removes the lowest-scoring
 ``channels`` fraction of each group (or globally with ``global_ranking``) and
 rewrites the graph (:func:`onnxsparse.graph.apply_plan`).  Inputs and outputs
-keep their names and shapes.  :class:`PrunePass` is the same as an
-``onnx_ir`` pass.
+keep their names and shapes.  The options are :class:`~onnxsparse.options.prune.PruneOptions`
+(the command's flags, the recipe step's keys, ``prune()``'s keywords); :func:`run_prune` does the
+work for every front end and :class:`PrunePass` is the same as an ``onnx_ir`` pass.
 
 With calibration data (``calib=``), activations are captured with onnxruntime
 (:mod:`onnxsparse.calibration.capture`) for the data-driven criteria
@@ -21,7 +22,8 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -37,9 +39,10 @@ from ..io import ModelSource, load_model, own_weights
 from .attention_rewrites import rewrite_attention
 from .normalize import normalize
 from .prune_report import GroupReport, PruneReport, SkippedGroup
+from ..options.prune import PruneOptions
 from .prune_select import select, select_threshold, unit_multiple
 
-__all__ = ["prune", "PrunePass", "PruneResult", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
+__all__ = ["prune", "run_prune", "PrunePass", "PruneResult", "PruneOptions", "API_ONLY", "PruneReport", "plan_pruning", "score_groups", "DEFAULT_CALIB_SAMPLES",
            "default_repair", "default_criterion", "ROUND_TO_AUTO", "auto_round_to", "kind_ratios",
            "prepare_for_analysis"]
 
@@ -50,9 +53,6 @@ _FALLBACK = "l2"
 #: ``round_to="auto"``: what the CPU's kernels want (see :func:`auto_round_to`).
 ROUND_TO_AUTO = "auto"
 
-
-#: the channel ratio of ``prune()`` when neither a ratio nor another selection (target, threshold, dead) is given
-DEFAULT_CHANNELS = 0.3
 
 #: the criterion used when none is asked for: weights alone, or weights times activations with data
 DEFAULT_CRITERION = "l2"
@@ -70,10 +70,13 @@ def default_repair(has_data: bool) -> str:
 
 
 @dataclass
-class PruneResult:
-    model: ir.Model
+class PruneResult(PassResult):
+    """What a prune run did: the model (``modified`` when units were removed), its report, the plan
+    and, when heads or FFN neurons were asked for, the per-block heads report."""
+
     report: PruneReport
     plan: PrunePlan
+    heads: dict[str, Any] | None = None
 
 
 def score_groups(
@@ -267,9 +270,9 @@ def _measure(model: ir.Model, shapes, dims) -> tuple[int, int | None, int]:
     return count_params(model), macs, weight_bytes(model)
 
 
-def prune(
+def _prune(
     model: ModelSource,
-    channels: float | None = None,
+    channels: float,
     *,
     heads: float = 0.0,
     ffn: float | None = None,
@@ -296,8 +299,7 @@ def prune(
     threshold: float | None = None,
     target: str | None = None,
 ) -> PruneResult:
-    """Remove ``channels`` (a fraction; ``None``: 0.3, or 0 when ``target``, ``threshold`` or ``dead``
-    selects instead) of the channels of every prunable group, ``heads`` of the heads
+    """The work of :func:`run_prune`: remove ``channels`` (a fraction) of the channels of every prunable group, ``heads`` of the heads
     (KV groups under grouped-query attention) of every attention block and ``ffn`` of the neurons of
     every FFN (``None``: ``channels``).  All three are groups of one dependency analysis
     (:mod:`onnxsparse.graph.kinds`); a block that cannot be pruned is a skipped group with its reason.
@@ -340,9 +342,7 @@ def prune(
     criterion = default_criterion(calib is not None) if criterion is None else criterion
 
     target = None if target is None else _check_target(target, calib, heads, ffn)
-    if channels is None:  # the ratio applies only when no other selection is asked for
-        channels = 0.0 if target is not None or threshold is not None or dead else DEFAULT_CHANNELS
-    elif target is not None and channels > 0:
+    if target is not None and channels > 0:
         raise UsageError("--target allocates every group's ratio itself: drop --channels")
     ratios = kind_ratios(channels, heads, ffn)
     removing = target is not None or threshold is not None or any(r > 0 for r in ratios.values())
@@ -526,7 +526,8 @@ def prune(
         report.unchanged = True
         report.params_after, report.macs_after, report.weight_bytes_after = (
             report.params_before, report.macs_before, report.weight_bytes_before)
-    return PruneResult(model, report, plan)
+    modified = bool(report.pruned_groups or (dead_report and dead_report.removed))
+    return PruneResult(model, modified, report, plan)
 
 
 #: Ops whose weight input makes channel groups (a weight reaching them through anything else does not).
@@ -588,64 +589,115 @@ def _calibration_source(calib, model: ir.Model, shapes, samples: int | None, see
     return source
 
 
+
+
+#: Keywords of :func:`prune` that are Python objects, not options (no flag, no recipe key).
+API_ONLY = ("registry", "block", "shapes", "normalized", "measure", "progress")
+
+
+def run_prune(
+    model: ModelSource,
+    options: PruneOptions,
+    *,
+    data: object | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    registry: RuleRegistry | None = None,
+    block: Mapping[tuple[str, int], str] | None = None,
+    normalized: bool = False,
+    measure: bool = True,
+    progress: bool = False,
+) -> PruneResult:
+    """Prune ``model`` as ``options`` say: what the CLI, :func:`prune`, :class:`PrunePass` and a recipe
+    step all run, so they write the same model.
+
+    ``data`` is in-memory calibration data (a dict of arrays or ``DataSource``) used instead of
+    ``options.calib``; ``shapes`` (input name -> dims) replaces ``options.shape``.  The accuracy-budget
+    search (``max_accuracy_drop``) is :func:`onnxsparse.passes.budget.prune_within_budget`: it
+    validates a saved model on held-out data, which only the ``prune`` command does.
+    """
+    from ..calibration.data import parse_shapes
+    from .prune_heads import heads_report
+
+    if options.max_accuracy_drop is not None:
+        raise UsageError("--max-accuracy-drop runs from the command line (onnxsparse prune): it searches, saves "
+                         "and validates the winner on held-out data")
+    if shapes is None and options.shape:
+        shapes = parse_shapes(list(options.shape))
+    calib = data if data is not None else options.calib
+    result = _prune(
+        model, options.channels or 0.0, heads=options.heads, ffn=options.ffn, criterion=options.criterion,
+        global_ranking=options.global_ranking, round_to=options.round_to, min_keep=options.min_keep,
+        exclude=options.exclude, block=block, allow_signature_change=options.allow_signature_change,
+        seed=options.seed, registry=registry, shapes=shapes or None, normalized=normalized, measure=measure,
+        progress=progress, dead=options.dead, calib=calib, calib_samples=options.calib_samples,
+        repair=options.repair, sequential=options.sequential, damp=options.damp, calib_batch=options.calib_batch,
+        threshold=options.threshold, target=options.target,
+    )
+    if options.heads or options.ffn:
+        result.heads = heads_report(result, heads=options.heads, ffn=result.report.ffn_ratio,
+                                    criterion=result.report.criterion, round_to=options.round_to)
+    return result
+
+
+def prune(model: ModelSource, channels: float | None = None, **kwargs: Any) -> PruneResult:
+    """``onnxsparse prune`` from Python: the keywords are the command's options (:class:`PruneOptions`,
+    ``--round-to`` -> ``round_to``, ``--global`` -> ``global_ranking``), checked the same way.
+
+    ``model`` is a path, bytes, ``ModelProto`` or ``onnx_ir.Model`` (modified in place).  Beyond the
+    options: ``calib`` may also be in-memory data (a dict of arrays or a ``DataSource``), and
+    ``registry``, ``block``, ``shapes``, ``normalized``, ``measure``, ``progress`` go to
+    :func:`run_prune`.  ``prune("m.onnx", heads=0.25, ffn=0.25, calib="data.npz")`` writes what
+    ``onnxsparse prune m.onnx --heads 0.25 --ffn 0.25 --calib data.npz`` writes.
+    """
+    extra = {k: kwargs.pop(k) for k in API_ONLY if k in kwargs}
+    calib = kwargs.get("calib")
+    data = None
+    if calib is not None and not isinstance(calib, (str, os.PathLike)):
+        data = kwargs.pop("calib")
+    if channels is not None:
+        kwargs["channels"] = channels
+    options = PruneOptions.from_kwargs(kwargs, "prune()")
+    return run_prune(model, options, data=data, **extra)
+
+
+#: Key of the ``ir.Model.meta`` entry a :class:`PrunePass` leaves: the options it applied, and its result.
+_APPLIED = "onnxsparse.prune"
+
+
 class PrunePass(ir.passes.InPlacePass):
-    """:func:`prune` as an ``onnx_ir`` pass; the report of the last run is ``self.report``."""
+    """:func:`run_prune` as an ``onnx_ir`` pass; the result carries the report.
 
-    def __init__(
-        self,
-        channels: float | None = None,
-        *,
-        heads: float = 0.0,
-        ffn: float | None = None,
-        criterion: str | None = None,
-        global_ranking: bool = False,
-        round_to: int | str = ROUND_TO_AUTO,
-        min_keep: int = 1,
-        exclude: Iterable[str] = (),
-        allow_signature_change: bool = False,
-        seed: int = 0,
-        registry: RuleRegistry | None = None,
-        normalized: bool = False,
-        measure: bool = True,
-        dead: bool = False,
-        calib: object | None = None,
-        calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
-        repair: str | None = None,
-        sequential: bool | None = None,
-        damp: float | None = None,
-        threshold: float | None = None,
-        target: str | None = None,
-    ) -> None:
+    A ratio is relative to the model it meets, so pruning again would remove it again: the pass
+    records what it applied in the model's (in-memory) ``meta`` and a second run of the same options
+    on that model changes nothing (``PassManager(steps=3)`` prunes once, then stops).
+    """
+
+    def __init__(self, options: PruneOptions | None = None, /, **kwargs: Any) -> None:
         super().__init__()
-        self.options = dict(
-            heads=heads,
-            ffn=ffn,
-            criterion=criterion,
-            global_ranking=global_ranking,
-            round_to=round_to,
-            min_keep=min_keep,
-            exclude=tuple(exclude),
-            block=None,
-            allow_signature_change=allow_signature_change,
-            seed=seed,
-            registry=registry,
-            shapes=None,
-            normalized=normalized,
-            measure=measure,
-            dead=dead,
-            progress=False,
-            calib=calib,
-            calib_samples=calib_samples,
-            repair=repair,
-            sequential=sequential,
-            damp=damp,
-            threshold=threshold,
-            target=target,
-        )
-        self.channels = channels
-        self.report: PruneReport | None = None
+        if options is not None and kwargs:
+            raise UsageError("PrunePass: give a PruneOptions or keywords, not both")
+        self.runtime = {k: kwargs.pop(k) for k in API_ONLY if k in kwargs}
+        self.options = options if options is not None else PruneOptions.from_kwargs(kwargs, "PrunePass()")
 
-    def call(self, model: ir.Model) -> PassResult:
-        result = prune(model, self.channels, **self.options)
-        self.report = result.report
-        return PassResult(model, modified=bool(result.report.pruned_groups or (result.report.dead and result.report.dead.removed)))
+    def requires(self, model: ir.Model) -> None:
+        """Sparse-stored weights live in decode subgraphs the dependency analysis cannot slice."""
+        from ..formats import is_decode_node, read_storage
+
+        if read_storage(model) or any(is_decode_node(node) for node in model.graph):
+            raise ir.passes.PreconditionError(f"PrunePass: {PruneOptions.refuses['sparse']}: densify it first")
+
+    def call(self, model: ir.Model) -> PruneResult:
+        applied = model.meta.get(_APPLIED)
+        if applied is not None and applied[0] == self.options:
+            previous: PruneResult = applied[1]
+            return PruneResult(model, False, previous.report, previous.plan, previous.heads)
+        result = run_prune(model, self.options, normalized=False, **self.runtime)
+        if result.model is not model:  # nothing removed: prune hands back the input unchanged
+            result = replace(result, model=model)
+        model.meta[_APPLIED] = (self.options, result)
+        return result
+
+    def ensures(self, model: ir.Model) -> None:
+        applied = model.meta.get(_APPLIED)
+        if applied is None or applied[0] != self.options:
+            raise ir.passes.PostconditionError("PrunePass: the model does not record the prune it ran")

@@ -9,13 +9,12 @@ every block left alone with its reason.
 
 The ratio is the fraction of units removed *per block* (at least one head /
 KV group / neuron is kept).  Removing a KV group removes the query heads that
-read it.  The prune command adds ``--heads`` / ``--ffn`` with
-:func:`add_cli_arguments`.
+read it.  ``--heads`` / ``--ffn`` are options of the prune command
+(:class:`onnxsparse.options.prune.PruneOptions`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,6 @@ __all__ = [
     "HeadPruneResult",
     "PruneHeadsPass",
     "prune_heads",
-    "add_cli_arguments",
     "heads_report",
     "report_table",
     "masked_heads_model",
@@ -59,16 +57,6 @@ class HeadPruneResult:
     @property
     def modified(self) -> bool:
         return any(b["removed"] for b in self.report.get("attention", []) + self.report.get("ffn", []))
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {value}")
-    return value
 
 
 def _prefix(names: Sequence[str]) -> str:
@@ -265,18 +253,6 @@ class PruneHeadsPass(ir.passes.InPlacePass):
         result = prune_heads(model, **self.options)
         self.report = result.report
         return PassResult(model, modified=result.modified)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--heads`` and ``--ffn`` to the prune command."""
-    group = parser.add_argument_group("transformer heads and FFN neurons")
-    group.add_argument("--heads", type=_ratio, default=0.0, metavar="RATIO",
-                       help="fraction of attention heads (KV groups for grouped-query attention) removed per block; "
-                            "at least one is kept")
-    group.add_argument("--ffn", type=_ratio, default=None, metavar="RATIO",
-                       help="fraction of FFN intermediate neurons removed per block (default: --channels)")
-    group.add_argument("--allow-signature-change", action="store_true",
-                       help="prune heads whose KV cache is a graph input/output (changes those shapes)")
 
 
 def report_table(report: dict[str, Any]) -> str:

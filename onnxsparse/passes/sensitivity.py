@@ -49,7 +49,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -58,10 +58,14 @@ from ..errors import UsageError
 from ..executor import ExecutorSpec, Setup, TaskCache, parse_executor, run_tasks
 from ..graph.kinds import HEAD_KINDS, KINDS
 
+if TYPE_CHECKING:  # options.sensitivity reads this module's defaults
+    from ..options.sensitivity import SensitivityOptions
+
 __all__ = [
     "BLOCK_KIND",
     "BlockSensitivity",
     "DEFAULT_RATIOS",
+    "run_sensitivity",
     "DEFAULT_SAMPLES",
     "GroupSensitivity",
     "RatioResult",
@@ -762,3 +766,28 @@ def _evaluate(state: _Evaluator, task: tuple) -> dict[str, Any]:
     copy = state.model.clone()
     remove_found(copy, [task[1]])
     return state.measure(copy, start)
+
+
+def run_sensitivity(model: Any, options: SensitivityOptions, *, data: object | None = None,
+                    shapes: Mapping[str, tuple[int, ...]] | None = None,
+                    progress: bool = False) -> SensitivityReport:
+    """:func:`sensitivity` as ``options`` say (what ``onnxsparse sensitivity`` runs): ``heads`` -> head kinds,
+    the default cache directory, ``shape`` parsed; ``data`` is in-memory calibration data instead of
+    ``options.calib`` and ``shapes`` replaces ``options.shape``."""
+    from ..calibration.data import parse_shapes
+    from ..executor import default_cache_dir
+
+    if shapes is None and options.shape:
+        shapes = parse_shapes(list(options.shape))
+    cache = None if not options.use_cache else (options.cache or default_cache_dir() / "sensitivity")
+    report = sensitivity(
+        model, data if data is not None else options.calib, ratios=options.ratios, criterion=options.criterion,
+        samples=options.calib_samples, kinds=sorted(HEAD_KINDS) if options.heads else None, shapes=shapes or None,
+        batch_size=options.calib_batch, seed=options.seed, progress=progress, blocks=options.blocks,
+        workers=options.workers, executor=parse_executor(options.executor), cache=cache, repair=options.repair,
+        damp=options.damp,
+    )
+    if options.heads and not report.groups and not any(s.kind in HEAD_KINDS for s in report.skipped):
+        raise UsageError(f"--heads: {model if isinstance(model, (str, os.PathLike)) else 'the model'} has no "
+                         "attention head group")
+    return report

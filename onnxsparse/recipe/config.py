@@ -17,15 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ..options import fields as F
-from ..options.base import Options, OptionsError, signature_extras
-from ..options.fields import Bad, FieldSpec, ParseContext
+from ..options.base import Options, OptionsError
+from ..options.fields import Bad, ParseContext
 from ..options.densify import DensifyOptions
 from ..options.quantize import QuantizeOptions
 from ..options.sparsify import SparsifyOptions
 from ..options.validate import ValidateOptions
+from ..options.prune import PruneOptions
 
 __all__ = [
     "RecipeError",
@@ -65,99 +66,9 @@ def register_step(cls: type[Step]) -> type[Step]:
     return cls
 
 
-def _criteria() -> tuple[str, ...]:
-    from ..criteria import available_criteria
-
-    return available_criteria("structured")
-
-
-@register_step
-@dataclass(frozen=True, kw_only=True)
-class PruneStep(Step):
-    """Structured pruning: channels (``prune --channels``), attention heads and FFN neurons."""
-
-    kind: ClassVar[str] = "prune"
-    help: ClassVar[str] = "structured pruning: channels, attention heads, FFN neurons (a smaller dense model)"
-    refuses: ClassVar[Mapping[str, str]] = {
-        "quantized": "pruning a quantized model is not supported",
-        "sparse": "pruning a sparse-stored model is not supported",
-    }
-
-    channels: float | None = None
-    heads: float = 0.0
-    ffn: float | None = None
-    criterion: str | None = None
-    global_ranking: bool = False
-    round_to: int | str = "auto"
-    min_keep: int = 1
-    exclude: tuple[str, ...] = ()
-    seed: int = 0
-    allow_signature_change: bool = False
-    threshold: float | None = None
-    target: str | None = None
-
-    @classmethod
-    def field_specs(cls) -> tuple[FieldSpec, ...]:
-        crit = F.choice(_criteria, "criterion")
-        return (
-            FieldSpec("channels", "channels", F.optional(F.ratio), "fraction of channels removed from every prunable group", "ratio"),
-            FieldSpec("heads", "heads", F.ratio, "fraction of attention heads (KV groups) removed per block", "ratio"),
-            FieldSpec("ffn", "ffn", F.optional(F.ratio),
-                      "fraction of FFN intermediate neurons removed per block (default: channels)", "ratio"),
-            FieldSpec("criterion", "criterion", F.optional(crit),
-                      "importance criterion (onnxsparse.criteria registry; default l2, wanda with calibration data)",
-                      "criterion"),
-            FieldSpec("global", "global_ranking", F.boolean, "rank channels across groups", "bool"),
-            FieldSpec("round_to", "round_to", F.integer_or("auto", 1),
-                      "keep channel / FFN widths multiples of N; auto: this CPU's blocked-kernel width", "int >= 1 or auto"),
-            FieldSpec("min_keep", "min_keep", F.integer(1), "channels every group keeps", "int >= 1"),
-            FieldSpec("exclude", "exclude", F.strings, "node / block names or fnmatch patterns left alone", "list"),
-            FieldSpec("seed", "seed", F.integer(), "seed of the random criterion", "int"),
-            FieldSpec("allow_signature_change", "allow_signature_change", F.boolean,
-                      "allow pruning heads whose KV cache is a graph input/output", "bool"),
-            FieldSpec("threshold", "threshold", F.optional(F.number(0)),
-                      "instead of ratios: remove every unit whose raw criterion score is below this", "number >= 0"),
-            FieldSpec("target", "target", F.optional(F.text),
-                      "instead of ratios: macs=R, params=R or latency=R kept, allocated per group on calibration data",
-                      "METRIC=R"),
-        )
-
-    @classmethod
-    def passthrough_params(cls) -> dict[str, str]:
-        from ..passes.prune import prune
-
-        covered = {"model", "channels", "heads", "ffn", "allow_signature_change", "criterion", "global_ranking", "round_to", "min_keep", "exclude", "seed",
-                   "target", "block", "registry", "shapes", "normalized", "measure", "progress", "threshold"}
-        return signature_extras(prune, covered)
-
-    @property
-    def calib(self) -> Any:
-        """This step's own calibration data (a pass-through key of :func:`~onnxsparse.passes.prune.prune`)."""
-        return dict(self.extra).get("calib")
-
-    def extra_kwargs(self) -> dict[str, Any]:
-        """The pass-through keys, and ``threshold`` (a typed key the runner's call does not name)."""
-        return {**dict(self.extra), **({} if self.threshold is None else {"threshold": self.threshold})}
-
-    def check(self) -> None:
-        if self.target is not None:
-            from ..errors import UsageError
-            from ..passes.prune_target import parse_target
-
-            try:
-                parse_target(self.target)
-            except UsageError as exc:
-                raise Bad(str(exc)) from None
-            if self.channels is not None or self.heads or self.ffn is not None or self.global_ranking:
-                raise Bad("target allocates the per-group ratios itself: drop channels, heads, ffn and global")
-            return
-        if self.threshold is not None:
-            if self.channels or self.heads or self.ffn:
-                raise Bad("threshold replaces the ratios: set threshold or channels/heads/ffn, not both",
-                          key="threshold")
-            return
-        if not self.channels and not self.heads and not self.ffn and not dict(self.extra).get("dead"):
-            raise Bad("nothing to prune: set channels, heads or ffn (or target, threshold, or dead: true with calibration data)")
+#: The prune step is the prune command's options (one declaration: :mod:`onnxsparse.options.prune`).
+register_step(PruneOptions)
+PruneStep = PruneOptions
 
 
 #: ``sparsify``: the command's options are the step's keys (one dataclass, :mod:`onnxsparse.options.sparsify`).
@@ -306,7 +217,7 @@ def _check_calibration(recipe: Recipe) -> None:
     for index, step in enumerate(recipe.steps):
         if isinstance(step, PruneStep) and (step.channels or step.heads or step.ffn) and step.criterion:
             if getattr(get_criterion(step.criterion), "requires_data", False) and step.calib is None and (
-                    recipe.calib is None or "calib" not in PruneStep.passthrough_params()):
+                    recipe.calib is None):
                 raise RecipeError(
                     f"{recipe.source}: {recipe.where(index)}.criterion: criterion {step.criterion!r} needs "
                     "calibration data: set calib at the top of the recipe or in this step"

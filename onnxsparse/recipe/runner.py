@@ -255,19 +255,12 @@ def _heads_notes(report: Mapping[str, Any]) -> list[str]:
 
 @register_executor("prune")
 def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
-    from ..passes.prune import prune
-    from ..passes.prune_heads import heads_report
+    from ..passes.prune import run_prune
 
     assert isinstance(step, PruneStep)
-    kwargs = step.extra_kwargs()
-    if "calib" in PruneStep.passthrough_keys() and "calib" not in kwargs and ctx.recipe.calib is not None:
-        kwargs["calib"] = ctx.recipe.calib
-    result = prune(
-        ctx.model, step.channels or 0.0, heads=step.heads, ffn=step.ffn, criterion=step.criterion,
-        global_ranking=step.global_ranking, round_to=step.round_to, min_keep=step.min_keep, exclude=step.exclude,
-        allow_signature_change=step.allow_signature_change, seed=step.seed, shapes=ctx.shapes, target=step.target,
-        **kwargs,
-    )
+    if step.calib is None and ctx.recipe.calib is not None:
+        step = replace(step, calib=ctx.recipe.calib)
+    result = run_prune(ctx.model, step, shapes=ctx.shapes if not step.shape else None)
     channel_report = result.report
     channel_report.file_bytes_before = model_file_bytes(ctx.path)
     report: dict[str, Any] = {"heads": None, "channels": None}
@@ -276,10 +269,9 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
         if counts["prunable"]:
             notes.append(f"{kind}: {counts['pruned']}/{counts['prunable']} groups pruned "
                          f"({counts['units_removed']}/{counts['units']} units), {counts['skipped']} skipped")
-    if step.heads or step.ffn:
-        report["heads"] = heads_report(result, heads=step.heads, ffn=channel_report.ffn_ratio,
-                                       criterion=channel_report.criterion, round_to=step.round_to)
-        notes += _heads_notes(report["heads"])
+    if result.heads is not None:
+        report["heads"] = result.heads
+        notes += _heads_notes(result.heads)
     if channel_report.dead is not None:
         dead = channel_report.dead
         notes.append(f"dead units: {dead.removed_units} removed exactly ({dead.dead} dead, {dead.constant} constant "
