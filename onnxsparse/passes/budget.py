@@ -157,7 +157,9 @@ def search_budget(
         raise UsageError(f"the lowest fraction searched must be in (0, 1), got {lowest}")
     trials: list[Trial] = []
     best: tuple[Trial, ir.Model] | None = None
-    ok_hi, bad_lo = 1.0, None  # ok_hi: least aggressive known fraction within budget; bad_lo: most aggressive failing
+    # ok_hi: least aggressive known fraction within budget; bad_lo: most aggressive failing
+    ok_hi: float = 1.0
+    bad_lo: float | None = None
     fraction = lowest
     for _ in range(steps):
         start = time.perf_counter()

@@ -169,8 +169,8 @@ def plan_pruning(
     name = get_criterion(criterion).name
     if threshold is not None:
         scores, used = score_groups(dg, criterion, seed=seed, extras=extras)
-        removed = select_threshold(scores, threshold, round_to=_unit_round(dg, round_to), min_keep=min_keep)
-        return PrunePlan.create(dg, removed), {**{g.id: name for g in dg.prunable}, **used}
+        below = select_threshold(scores, threshold, round_to=_unit_round(dg, round_to), min_keep=min_keep)
+        return PrunePlan.create(dg, below), {**{g.id: name for g in dg.prunable}, **used}
     if group_ratios is not None:
         return _plan_per_group(dg, group_ratios, criterion, round_to, min_keep, seed, extras)
     ratios = kind_ratios(channels, heads, ffn)
@@ -254,8 +254,9 @@ def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None) -> 
         if v.name in fixed or v.shape is None:
             continue
         for d in v.shape:
-            if not isinstance(d, int) and getattr(d, "value", None):
-                dims.setdefault(d.value, 1)
+            symbol = None if isinstance(d, int) else getattr(d, "value", None)
+            if symbol:
+                dims.setdefault(symbol, 1)
     return dims
 
 
@@ -426,6 +427,8 @@ def _prune(
     if target is not None:
         from .prune_target import allocate_target
 
+        if source is None:  # the options' check() asks for calibration data with a target
+            raise UsageError(f"--target {target} needs calibration data (--calib DATA)")
         stage("target")
         group_ratios, target_report = allocate_target(
             model, dg, target, calib=source, multiples=_unit_round(dg, round_to), min_keep=min_keep,
@@ -439,7 +442,7 @@ def _prune(
     )
     t = step("scoring_s", t)
     repair_report = None
-    if wants_data and repair != "none":
+    if source is not None and repair != "none":  # source: the calibration data, read when wants_data
         from .reconstruct import reconstruct
 
         stage("repair")
@@ -549,12 +552,13 @@ def why_no_groups(model: ir.Model) -> str:
                 "(QLinearConv, QLinearMatMul, QGemm and QDQ are); prune the QDQ or float model")
     weighted = [n for n in model.graph if n.op_type in _WEIGHTED]
     if not weighted:
-        ops = sorted({n.op_type for n in model.graph})
-        return f"the graph has no Conv, Gemm or MatMul (ops: {', '.join(ops[:12])})"
+        return f"the graph has no Conv, Gemm or MatMul (ops: {', '.join(sorted(ops)[:12])})"
     via: dict[str, int] = {}
     for node in weighted:
         for value in node.inputs[1:2]:
-            producer = value.producer() if value is not None else None
+            if value is None:
+                continue
+            producer = value.producer()
             if producer is not None and value.const_value is None:
                 via[producer.op_type] = via.get(producer.op_type, 0) + 1
     if via.get("DequantizeLinear"):

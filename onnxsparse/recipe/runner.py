@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import onnx_ir as ir
 
@@ -381,8 +381,9 @@ def _mac_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[st
         if value.name in shapes or value.shape is None or value.is_initializer():
             continue
         for dim in value.shape:
-            if not isinstance(dim, int) and getattr(dim, "value", None):
-                dims.setdefault(dim.value, 1)
+            symbol = None if isinstance(dim, int) else getattr(dim, "value", None)
+            if symbol:
+                dims.setdefault(symbol, 1)
     return dims
 
 
@@ -501,7 +502,7 @@ def plan_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
 # ------------------------------------------------------------------------------------------ run
 
 
-def _is_path(model: Any) -> bool:
+def _is_path(model: Any) -> TypeGuard[str | os.PathLike[str]]:
     return isinstance(model, (str, os.PathLike))
 
 
@@ -567,7 +568,8 @@ def _run_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
                 user = isinstance(exc, OnnxSparseError)
                 detail = str(exc) if user else f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
                 raise StepError(f"{recipe.source}: {where} failed: {detail}", index=index, kind=step.kind,
-                                exit_code=exc.exit_code if user else 1, result=result) from exc
+                                exit_code=exc.exit_code if isinstance(exc, OnnxSparseError) else 1,
+                                result=result) from exc
             seconds = time.perf_counter() - t0
             stats = (_stats(ctx.model, ctx.path, recipe.shapes or None, mac_dims) if step.transforms
                      else result.final_stats)
@@ -585,9 +587,9 @@ def _run_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
         if result.passed:
             result.model = ctx.model
             if out is not None:
-                from ..formats import save_model
+                from ..formats import save_model as save_stored
 
-                result.output = save_model(ctx.model, out, protect=(input_path,) if _is_path(model) else (),
-                                           force=force, source=input_path if _is_path(model) else None)
+                result.output = save_stored(ctx.model, out, protect=(input_path,) if input_path is not None else (),
+                                            force=force, source=input_path)
     result.seconds = time.perf_counter() - started
     return result
