@@ -42,6 +42,8 @@ __all__ = [
     "str_map",
     "block_shape",
     "dims",
+    "shape_map",
+    "data_or_arrays",
 ]
 
 
@@ -359,3 +361,23 @@ def block_shape(value: Any, ctx: ParseContext) -> tuple[int, int]:
     if len(parts) != 2:
         raise Bad(f"expected two sides like 4x4, got {value!r}")
     return parts[0], parts[1]
+
+
+def shape_map(value: Any, ctx: ParseContext) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``{input name: dims}`` (dims as for :func:`dims`): shapes of inputs with dynamic dims."""
+    out = []
+    for name, item in _mapping(value).items():
+        if not isinstance(name, str):
+            raise Bad(f"input names must be text, got {name!r}")
+        try:
+            out.append((name, dims(item, ctx)))
+        except Bad as exc:
+            raise Bad(f"{name}: {exc}") from None
+    return tuple(out)
+
+
+def data_or_arrays(value: Any, ctx: ParseContext) -> Any:
+    """A data path or ``random``, resolved like every path; the API may also hand over in-memory data."""
+    if isinstance(value, (str, os.PathLike)):
+        return data_path(random_ok=True)(value, ctx)
+    return value

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import UsageError
 from . import fields as F
 from .base import Options
-from .fields import Bad, Cli, ParseContext, option
+from .fields import Cli, option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,24 +77,6 @@ def _targets() -> tuple[str, ...]:
     return tuple(TARGETS)
 
 
-def _calib(value: Any, ctx: ParseContext) -> Any:
-    """A data path or ``random``; the API may also hand over in-memory feeds or a data source."""
-    if isinstance(value, (str, os.PathLike)):
-        return F.data_path(random_ok=True)(value, ctx)
-    return value
-
-
-def _shapes(value: Any, ctx: ParseContext) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """``{input: dims}`` for dynamic dims of ``calib: random``."""
-    if not isinstance(value, Mapping):
-        raise Bad("expected a mapping {input name: dims}")
-    out = []
-    for name, dims in value.items():
-        try:
-            out.append((str(name), F.dims(dims, ctx)))
-        except Bad as exc:
-            raise Bad(f"{name}: {exc}") from None
-    return tuple(out)
 
 
 def _lower(value: Any) -> Any:
@@ -130,12 +112,12 @@ class QuantizeOptions(Options):
                        help="dynamic, static (needs calib) or int4 (default dynamic)", cli=Cli(text=str))
     #: a path or ``random`` (all front ends), in-memory feeds or a data source (API)
     calib: str | os.PathLike[str] | Mapping[str, np.ndarray] | DataSource | None = option(
-        None, parse=F.optional(_calib), kind="path",
+        None, parse=F.optional(F.data_or_arrays), kind="path",
         help="calibration data: .npz keyed by input name, a folder of .npz, or 'random' (needed by static; "
              "dynamic/int4 use it only for the fp32 check; recipe default: its top-level calib)",
         cli=Cli(metavar="DATA", group=_DATA, text=str))
     shapes: Sequence[tuple[str, tuple[int, ...]]] | Mapping[str, tuple[int, ...]] = option(
-        (), key="shape", parse=_shapes, kind="mapping", help="input shapes for calib random (dynamic dims)",
+        (), key="shape", parse=F.shape_map, kind="mapping", help="input shapes for calib random (dynamic dims)",
         cli=Cli(metavar="NAME=D0xD1...", group=_DATA, text=str))
     calib_samples: int | None = option(
         None, parse=F.optional(F.integer(1)), kind="int >= 1",

@@ -105,24 +105,6 @@ def _decoders(value: Any, ctx: ParseContext) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
-def _shapes(value: Any, ctx: ParseContext) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """``{input: dims}`` for dynamic dims of ``calib: random``."""
-    if not isinstance(value, Mapping):
-        raise Bad("expected a mapping {input name: dims}")
-    out = []
-    for name, dims in value.items():
-        try:
-            out.append((str(name), F.dims(dims, ctx)))
-        except Bad as exc:
-            raise Bad(f"{name}: {exc}") from None
-    return tuple(out)
-
-
-def _calib(value: Any, ctx: ParseContext) -> CalibData:
-    """A data path or ``random``; the API may also hand over in-memory feeds."""
-    if isinstance(value, str):
-        return F.data_path(random_ok=True)(value, ctx)
-    return value
 
 
 def _decoders_help() -> str:
@@ -208,7 +190,7 @@ class SparsifyOptions(Options):
         True, parse=F.boolean, kind="bool", help="lift Constant weights / fold ConstantOfShape weights first",
         cli=Cli(help="do not lift Constant weights / fold ConstantOfShape weights first"))
     calib: CalibData | None = option(
-        None, parse=F.optional(_calib), kind="path",
+        None, parse=F.optional(F.data_or_arrays), kind="path",
         help="calibration data: .npz keyed by input name (axis 0 = samples), a folder of them, or 'random' "
              "(recipe default: its top-level calib)",
         cli=Cli(metavar="DATA", group=_CALIB, text=str))
@@ -219,7 +201,7 @@ class SparsifyOptions(Options):
         32, parse=F.integer(1), kind="int >= 1", help="calibration samples per onnxruntime run (default 32)",
         cli=Cli(metavar="N", group=_CALIB))
     shapes: Sequence[tuple[str, tuple[int, ...]]] | Mapping[str, tuple[int, ...]] | None = option(
-        (), key="shape", parse=F.optional(_shapes), kind="mapping",
+        (), key="shape", parse=F.optional(F.shape_map), kind="mapping",
         help="input shapes for dynamic dims of calib random (recipe default: its top-level shape)",
         cli=Cli(metavar="NAME=D0xD1x...", group=_CALIB, text=str))
 

@@ -10,7 +10,7 @@ labels, :class:`~onnxsparse.validate.Metric` objects, in-memory data).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,17 +50,6 @@ def _noise(value: Any, ctx: ParseContext) -> float:
     return float(value)
 
 
-def _shapes(value: Any, ctx: ParseContext) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    if not isinstance(value, Mapping):
-        raise Bad("expected a mapping {input name: dims}")
-    out = []
-    for name, dims in value.items():
-        try:
-            out.append((str(name), F.dims(dims, ctx)))
-        except Bad as exc:
-            raise Bad(f"{name}: {exc}") from None
-    return tuple(out)
-
 
 @dataclass(frozen=True, kw_only=True)
 class ValidateOptions(Options):
@@ -74,7 +63,7 @@ class ValidateOptions(Options):
                        help="an .npz keyed by input name (axis 0 = samples), a folder of them, or 'random' (default)",
                        cli=Cli(text=str))
     shapes: Sequence[tuple[str, tuple[int, ...]]] = option(
-        (), key="shape", parse=_shapes, kind="mapping",
+        (), key="shape", parse=F.shape_map, kind="mapping",
         help="shape of an input with dynamic dims, for random data (recipe default: its top-level shape)",
         cli=Cli(metavar="NAME=D0xD1...", text=str))
     samples: int | None = option(None, parse=F.optional(F.integer(1)), kind="int >= 1",

@@ -134,19 +134,6 @@ class Recipe:
 TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "description", "calib", "shape", "steps")
 
 
-def _shape_map(value: Any, ctx: ParseContext) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    if not isinstance(value, Mapping):
-        raise Bad("expected a mapping {input name: [dims]}")
-    out = []
-    for name, item in value.items():
-        if not isinstance(name, str):
-            raise Bad(f"input names must be text, got {name!r}")
-        try:
-            out.append((name, F.dims(item, ctx)))
-        except Bad as exc:
-            raise Bad(f"{name}: {exc}") from None
-    return tuple(out)
-
 
 def _step_entry(item: Any, where: str) -> tuple[str, Mapping[str, Any]]:
     if isinstance(item, str):
@@ -191,7 +178,7 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", bases: Sequence[Path] =
     name = top("name", F.text, default_name)
     description = top("description", F.text, "")
     calib = top("calib", F.data_path(random_ok=True), None)
-    shape = top("shape", _shape_map, ())
+    shape = top("shape", F.shape_map, ())
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise RecipeError(f"{source}: steps: a recipe needs a non-empty list of steps "
