@@ -155,3 +155,25 @@ def test_cli_says_when_the_held_out_split_breaks_the_budget(tmp_path, monkeypatc
                        "--calib", DATA / "digits_calib.npz")
     assert code == 1 and out.is_file()
     assert err.strip().splitlines()[-1].startswith("onnxsparse: the winner loses 0.0600 top1 on the 108 held-out")
+
+
+def test_a_recipe_step_runs_the_same_budget_search_as_the_command(tmp_path):
+    """``prune: {max_accuracy_drop: ...}`` in a recipe is the command's search (one function,
+    :func:`onnxsparse.passes.budget.run_budget`): the same winner, byte for byte."""
+    from helpers import cli
+
+    from onnxsparse.recipe import run_recipe
+
+    by_cli = tmp_path / "cli.onnx"
+    code, _, err = cli("prune", SAMPLES / "digits_cnn.onnx", "-o", by_cli, "--max-accuracy-drop", "0.01",
+                       "--data", DATA / "digits_test.npz", "--labels", DATA / "digits_test_labels.npy",
+                       "--calib", DATA / "digits_calib.npz")
+    assert code == 0, err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"steps:\n  - prune: {{max_accuracy_drop: 0.01, data: {DATA / 'digits_test.npz'}, "
+                      f"labels: {DATA / 'digits_test_labels.npy'}, calib: {DATA / 'digits_calib.npz'}}}\n")
+    by_recipe = tmp_path / "recipe.onnx"
+    result = run_recipe(recipe, SAMPLES / "digits_cnn.onnx", by_recipe)
+    assert result.passed and by_recipe.read_bytes() == by_cli.read_bytes()
+    (step,) = result.steps
+    assert step.report["search"]["holdout_within_budget"] is True

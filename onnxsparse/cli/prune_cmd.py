@@ -104,55 +104,41 @@ def _what(options: PruneOptions) -> list[str]:
 
 
 def _run_budget(args: argparse.Namespace, options: PruneOptions) -> int:
-    """``--max-accuracy-drop``: search, save the winner, validate it on the held-out split."""
-    from ..calibration.data import parse_shapes
+    """``--max-accuracy-drop``: :func:`~onnxsparse.passes.budget.run_budget`, then save and print."""
     from ..io import check_output, save_model
-    from ..passes.budget import prune_within_budget
-    from ..passes.prune import default_repair
+    from ..passes.budget import run_budget
     from ..validate import render_text as validation_text
-    from ..validate import validate
 
-    assert options.max_accuracy_drop is not None  # checked by the caller
-    objective = options.target or "macs"
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     check_output(args.output, protect=inputs(args), force=args.force)
-    found = prune_within_budget(
-        args.model, max_drop=options.max_accuracy_drop, data=options.data, labels=options.labels,
-        metric=options.metric, objective=objective, calib=options.calib, holdout=options.holdout,
-        label_output=options.label_output, criterion=options.criterion, round_to=options.round_to,
-        min_keep=options.min_keep, exclude=options.exclude, seed=options.seed,
-        shapes=parse_shapes(list(options.shape)) or None, repair=options.repair or default_repair(True),
-        damp=options.damp, calib_samples=options.calib_samples, progress=(lambda t: print(
-            f"  fraction {t.fraction:.3f}: {options.metric} {t.metric:.4f} (drop {t.drop:+.4f})", file=sys.stderr))
-        if progress_enabled(args) else None,
-    )
-    data: dict[str, Any] = {"input": str(args.model), "objective": objective, "search": found.to_dict()}
-    validation = None
-    if found.model is not None:
-        out = save_model(found.model, args.output, protect=inputs(args), force=args.force, source=args.model)
-        assert found.held_out is not None  # the search sets it with every model it keeps
-        held, held_labels = found.held_out
-        validation = validate(args.model, out, data=held.arrays, labels=held_labels, metrics=options.metric,
-                              label_output=options.label_output, memory=False, progress=progress_enabled(args))
-        data.update(output=str(out), validation=validation.to_dict())
+    outcome = run_budget(args.model, options, validate_progress=progress_enabled(args), progress=(lambda t: print(
+        f"  fraction {t.fraction:.3f}: {options.metric} {t.metric:.4f} (drop {t.drop:+.4f})", file=sys.stderr))
+        if progress_enabled(args) else None)
+    found = outcome.search
+    data: dict[str, Any] = {"input": str(args.model), "objective": options.target or "macs",
+                            "search": found.to_dict()}
+    held = len(found.held_out[1]) if found.held_out is not None else 0
+    if outcome.model is not None:
+        out = save_model(outcome.model, args.output, protect=inputs(args), force=args.force, source=args.model)
+        data.update(output=str(out), validation=outcome.validation.to_dict())
     if args.report:
         write_report(args.report, data, title=f"onnxsparse prune {args.model} --max-accuracy-drop", force=args.force)
     if args.json:
         print(dump_json(data))
     else:
         print(found.table())
-        if validation is not None:
+        if outcome.validation is not None:
             print()
-            print(f"wrote {data['output']}; checked on the {len(held_labels)} held-out samples:")
-            print(validation_text(validation))
-    if found.model is None:
+            print(f"wrote {data['output']}; checked on the {held} held-out samples:")
+            print(validation_text(outcome.validation))
+    if outcome.model is None:
         print(f"onnxsparse: no pruned model kept {options.metric} within {options.max_accuracy_drop:g}; nothing written",
               file=sys.stderr)
         return 1
-    if not found.holdout_within_budget:  # the search split promised more than the unseen data keeps
+    if not outcome.passed:  # the search split promised more than the unseen data keeps
         assert found.holdout is not None  # measured with the kept model's validation
         print(f"onnxsparse: the winner loses {found.holdout['drop']:.4f} {options.metric} on the "
-              f"{len(held_labels)} held-out samples, over the budget {options.max_accuracy_drop:g} it kept on the "
+              f"{held} held-out samples, over the budget {options.max_accuracy_drop:g} it kept on the "
               "search split: give more labelled data or a smaller budget", file=sys.stderr)
         return 1
     return 0

@@ -266,3 +266,49 @@ def prune_within_budget(
                          "drop": float(scorer.drop(held_reference, held_candidate)), "samples": float(len(held))}
     found.held_out = (held, held_labels)
     return found
+
+
+@dataclass
+class BudgetOutcome:
+    """``prune --max-accuracy-drop``: the search, and the winner validated on the held-out split."""
+
+    search: BudgetSearch
+    validation: Any = None  # ValidationResult of the winner on the held-out split (None: no winner)
+
+    @property
+    def model(self) -> ir.Model | None:
+        return self.search.model
+
+    @property
+    def passed(self) -> bool:
+        """A winner exists and keeps the budget on the data the search never saw."""
+        return self.search.model is not None and bool(self.search.holdout_within_budget)
+
+
+def run_budget(model: Any, options: Any, *, progress: Callable[[Trial], None] | None = None,
+               validate_progress: bool = False) -> BudgetOutcome:
+    """What ``prune --max-accuracy-drop`` runs, for every front end: search, then validate the winner
+    (in memory) against ``model`` on the held-out split.  ``options`` is a
+    :class:`~onnxsparse.options.prune.PruneOptions` with ``max_accuracy_drop``, ``data`` and ``labels``."""
+    from ..calibration.data import parse_shapes
+    from ..validate import validate
+    from .prune import default_repair
+
+    if options.max_accuracy_drop is None:
+        raise UsageError("run_budget needs max_accuracy_drop")
+    found = prune_within_budget(
+        model, max_drop=options.max_accuracy_drop, data=options.data, labels=options.labels,
+        metric=options.metric, objective=options.target or "macs", calib=options.calib, holdout=options.holdout,
+        label_output=options.label_output, criterion=options.criterion, round_to=options.round_to,
+        min_keep=options.min_keep, exclude=options.exclude, seed=options.seed,
+        shapes=parse_shapes(list(options.shape)) or None, repair=options.repair or default_repair(True),
+        damp=options.damp, calib_samples=options.calib_samples, progress=progress,
+    )
+    if found.model is None:
+        return BudgetOutcome(found)
+    if found.held_out is None:  # pragma: no cover - the search sets it with every model it keeps
+        raise AssertionError("budget search kept a model without its held-out split")
+    held, held_labels = found.held_out
+    validation = validate(model, found.model, data=held.arrays, labels=held_labels, metrics=options.metric,
+                          label_output=options.label_output, memory=False, progress=validate_progress)
+    return BudgetOutcome(found, validation)

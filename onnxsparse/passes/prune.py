@@ -623,8 +623,8 @@ def run_prune(
     from .prune_heads import heads_report
 
     if options.max_accuracy_drop is not None:
-        raise UsageError("--max-accuracy-drop runs from the command line (onnxsparse prune): it searches, saves "
-                         "and validates the winner on held-out data")
+        raise UsageError("max_accuracy_drop searches many pruned models and validates the winner: call "
+                         "onnxsparse.passes.budget.run_budget(model, options) (the prune command and recipes do)")
     if shapes is None and options.shape:
         shapes = parse_shapes(list(options.shape))
     calib = data if data is not None else options.calib

@@ -260,6 +260,8 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     assert isinstance(step, PruneStep)
     if step.calib is None and ctx.recipe.calib is not None:
         step = replace(step, calib=ctx.recipe.calib)
+    if step.max_accuracy_drop is not None:
+        return _run_budget(step, ctx, index)
     result = run_prune(ctx.model, step, shapes=ctx.shapes if not step.shape else None)
     channel_report = result.report
     channel_report.file_bytes_before = model_file_bytes(ctx.path)
@@ -283,6 +285,27 @@ def _run_prune(step: Step, ctx: RunContext, index: int) -> StepOutcome:
     channel_report.file_bytes_after = model_file_bytes(ctx.path)
     report["channels"] = channel_report.to_dict()
     return StepOutcome(report, notes)
+
+
+def _run_budget(step: PruneStep, ctx: RunContext, index: int) -> StepOutcome:
+    """``prune: {max_accuracy_drop: X, data: D, labels: L}``: the search the ``prune`` command runs; a step
+    whose winner breaks the budget on the held-out split (or that finds none) fails like a gate."""
+    from ..passes.budget import run_budget
+
+    outcome = run_budget(ctx.model, step)
+    search = outcome.search
+    notes = [f"{search.metric}: reference {search.reference:.4f}; {len(search.trials)} trial(s)"]
+    if outcome.model is None:
+        notes.insert(0, f"FAILED: no pruned model kept {search.metric} within {search.max_drop:g}")
+        return StepOutcome({"search": search.to_dict()}, notes, passed=False)
+    ctx.model = outcome.model
+    ctx.save(index, step.kind)
+    if search.holdout is not None:
+        notes.append(f"held-out {search.metric} drop {search.holdout['drop']:.4f} (budget {search.max_drop:g})")
+    if not outcome.passed:
+        notes.insert(0, "FAILED: the winner breaks the budget on the held-out split")
+    return StepOutcome({"search": search.to_dict(), "validation": outcome.validation.to_dict()}, notes,
+                       passed=outcome.passed)
 
 
 @register_executor("sparsify")
