@@ -133,7 +133,7 @@ def test_changed_output_shape_fails(tmp_path):
     model.graph.node[0].output[0] = "r"
     model.graph.node.append(onnx.helper.make_node("ReduceSum", ["r", "axes"], ["y"], keepdims=1))
     onnx.save(model, str(tmp_path / "cand.onnx"))
-    result = validate(ref, tmp_path / "cand.onnx", shapes={"x": (1, 4)}, runs=2, warmup=0, memory=False)
+    result = validate(ref, tmp_path / "cand.onnx", shape={"x": (1, 4)}, runs=2, warmup=0, memory=False)
     assert not result.passed
     assert "shape mismatch" in result.providers[0].fidelity[0].error
 
@@ -211,7 +211,7 @@ def test_label_count_must_match(candidates, tmp_path):
 def test_labels_from_npz_and_samples_cap(candidates, tmp_path):
     labels = tmp_path / "labels.npz"
     np.savez(labels, y=np.load(DIGITS_Y))
-    result = validate(DIGITS, candidates["noisy"], data=DIGITS_X, labels=labels, samples=50, metrics="top1,top5",
+    result = validate(DIGITS, candidates["noisy"], data=DIGITS_X, labels=labels, samples=50, metric="top1,top5",
                       runs=2, warmup=0, memory=False)
     p = result.providers[0]
     assert p.samples == 50 and [m.name for m in p.metrics] == ["top1", "top5"]

@@ -136,8 +136,8 @@ class ValidateOptions(Options):
     def passthrough_params(cls) -> dict[str, str]:
         from ..validate import validate
 
-        covered = {"reference", "candidate", "data", "labels", "metrics", "label_output", "providers", "threads",
-                   "warmup", "runs", "budget", "min_runs", "max_runs", "batch", "shapes", "samples", "seed",
+        covered = {"reference", "candidate", "data", "labels", "metric", "label_output", "providers", "threads",
+                   "warmup", "runs", "budget", "min_runs", "max_runs", "batch", "shape", "samples", "seed",
                    "output_map", "memory", "session_repeats", "thresholds", "require_providers", "progress", "noise"}
         return signature_extras(validate, covered)
 
@@ -177,9 +177,9 @@ class ValidateOptions(Options):
     def validate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`onnxsparse.validate.validate` (without the models)."""
         return dict(
-            data=self.data, labels=self.labels, metrics=list(self.metric) or None, label_output=self.label_output,
+            data=self.data, labels=self.labels, metric=list(self.metric) or None, label_output=self.label_output,
             providers=",".join(self.providers), threads=self.threads, warmup=self.warmup, runs=self.runs,
-            budget=self.budget, min_runs=self.min_runs, max_runs=self.max_runs, shapes=self.shape_map(),
+            budget=self.budget, min_runs=self.min_runs, max_runs=self.max_runs, shape=self.shape_map(),
             batch=self.batch, samples=self.samples, seed=self.seed, output_map=dict(self.output_map) or None,
             memory=self.memory, session_repeats=self.session_repeats, thresholds=dict(self.gates),
             require_providers=self.require_providers, noise=self.noise, **self.extra_kwargs(),

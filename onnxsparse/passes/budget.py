@@ -309,6 +309,6 @@ def run_budget(model: Any, options: Any, *, progress: Callable[[Trial], None] | 
     if found.held_out is None:  # pragma: no cover - the search sets it with every model it keeps
         raise AssertionError("budget search kept a model without its held-out split")
     held, held_labels = found.held_out
-    validation = validate(model, found.model, data=held.arrays, labels=held_labels, metrics=options.metric,
+    validation = validate(model, found.model, data=held.arrays, labels=held_labels, metric=options.metric,
                           label_output=options.label_output, memory=False, progress=validate_progress)
     return BudgetOutcome(found, validation)

@@ -363,7 +363,7 @@ def _run_validate(step: Step, ctx: RunContext, index: int) -> StepOutcome:
 
     assert isinstance(step, ValidateStep)
     kwargs = step.validate_kwargs()
-    kwargs["shapes"] = kwargs["shapes"] or ctx.shapes
+    kwargs["shape"] = kwargs["shape"] or ctx.shapes
     result = validate(str(ctx.reference), str(ctx.path), progress=False, **kwargs)
     return StepOutcome(result.to_dict(), _validate_notes(result), passed=result.passed, validation=result)
 

@@ -209,14 +209,14 @@ def validate(
     *,
     data: Any = None,
     labels: str | os.PathLike | np.ndarray | None = None,
-    metrics: Iterable[str | Metric] | str | None = None,
+    metric: Iterable[str | Metric] | str | None = None,
     label_output: str | None = None,
     providers: str | Iterable[str | ProviderSpec] = ("cpu",),
     threads: int | None = None,
     warmup: int = 10,
     runs: int | None = None,
     batch: int | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    shape: Mapping[str, tuple[int, ...]] | None = None,
     samples: int | None = None,
     seed: int = 0,
     output_map: Mapping[str, str] | Sequence[str] | None = None,
@@ -237,7 +237,7 @@ def validate(
     ``data``: ``None``/``"random"`` (``samples`` random samples, default 8), an
     ``.npz``, a folder of them or a dict of arrays (``samples`` caps how many are
     used).  ``labels``: array or ``.npy``/``.npz`` (one per sample) enabling
-    ``metrics`` (default ``["top1"]``) on ``label_output`` (default: first
+    ``metric`` (one name, ``"top1,top5"`` or a list; default ``top1``) on ``label_output`` (default: first
     output).  Gates: ``thresholds={"min_cosine": 0.999}`` or the same as keyword
     arguments (``max_latency_ratio=1.0``); see :data:`THRESHOLDS`.  Latency: ``runs``
     fixed rounds, or (default) rounds until ``budget`` seconds per model (default 1) and
@@ -250,9 +250,9 @@ def validate(
     check_counts(warmup, plan.runs or plan.min_runs, session_repeats)
     all_limits = check_threshold_inputs({**dict(thresholds or {}), **limits}, labels=labels is not None,
                                         memory=memory)
-    if metrics is not None and labels is None:
+    if metric is not None and labels is None:
         raise UsageError("--metric needs --labels")
-    metric_specs: list[str | Metric] = [metrics] if isinstance(metrics, str) else list(metrics or ["top1"])
+    metric_specs: list[str | Metric] = [metric] if isinstance(metric, str) else list(metric or ["top1"])
     pieces: list[str | Metric] = []
     for part in metric_specs:
         if isinstance(part, str):
@@ -272,7 +272,7 @@ def validate(
         if label_output is not None and label_output not in [r for r, _ in pairs]:
             raise UsageError(f"--label-output {label_output!r} is not a reference output {[r for r, _ in pairs]}")
 
-        source, full_count = _data_source(data, ref, shapes, samples, seed)
+        source, full_count = _data_source(data, ref, shape, samples, seed)
         source.check_against(cand.inputs)
         label_array = None
         if labels is not None:
