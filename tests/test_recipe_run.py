@@ -224,3 +224,29 @@ def test_sparse_2of4_example_recipe(tmp_path):
     validation = result.steps[-1].validation
     assert validation.size_ratio < 0.75
     assert result.steps[0].report["totals"]["formats"] and result.steps[0].report["config"]["pattern"] == "2:4"
+
+
+def test_each_step_runs_as_a_pass_with_its_refusals_as_preconditions(tmp_path):
+    """A recipe is a sequence of StepPass (onnx_ir passes): in place except quantize, and a step refuses at
+    run time the model states it refuses in the plan (here: prune on a sparse-stored model)."""
+    import onnx_ir as ir
+
+    from onnxsparse.io import load_model
+    from onnxsparse.passes.sparsify import sparsify
+    from onnxsparse.recipe.runner import RunContext, StepPass, StepRefused
+
+    recipe = load_recipe(write(tmp_path, "steps: [{prune: {channels: 0.3}}, {quantize: {mode: dynamic}}]"))
+    model = load_model(sample("digits_cnn"))
+    ctx = RunContext(recipe, model, sample("digits_cnn"), sample("digits_cnn"), tmp_path, {}, False)
+    prune_pass = StepPass(recipe.steps[0], ctx, 0)
+    result = prune_pass(model)
+    assert result.model is model and prune_pass.in_place and result.outcome.notes
+    quantize_pass = StepPass(recipe.steps[1], ctx, 1)
+    quantized = quantize_pass(model)
+    assert quantized.model is not model and not quantize_pass.in_place  # onnxruntime writes a new model
+
+    stored = load_model(sample("digits_cnn"))
+    sparsify(stored, sparsity=0.5)
+    with pytest.raises(StepRefused, match="sparse") as info:
+        StepPass(recipe.steps[0], ctx, 0)(stored)
+    assert isinstance(info.value, RecipeError) and isinstance(info.value, ir.passes.PreconditionError)

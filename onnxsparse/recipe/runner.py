@@ -234,6 +234,56 @@ def register_executor(kind: str) -> Callable[[Executor], Executor]:
     return wrap
 
 
+class StepRefused(RecipeError, ir.passes.PreconditionError):
+    """A step's precondition failed: the model is in a state the step refuses (one line, exit 2)."""
+
+
+@dataclass
+class StepPassResult(ir.passes.PassResult):
+    """A step's pass result: the model after the step and what the step reports."""
+
+    outcome: StepOutcome = field(default_factory=lambda: StepOutcome({}))
+
+
+class StepPass(ir.passes.PassBase):
+    """One recipe step as an ``onnx_ir`` pass: its executor (which runs the operation's own pass or
+    ``run_<op>`` function and saves the intermediate model: the save hook), with the step's model-state
+    refusals as the precondition.  A recipe is the sequence of these passes (validate steps are the
+    validate hooks); quantize hands back a new model object, the other steps change the model in place."""
+
+    def __init__(self, step: Step, ctx: RunContext, index: int) -> None:
+        self.step, self.ctx, self.index = step, ctx, index
+        self._same_model = True
+
+    @property
+    def in_place(self) -> bool:
+        return self._same_model
+
+    @property
+    def changes_input(self) -> bool:
+        return self.step.transforms
+
+    def requires(self, model: ir.Model) -> None:
+        from ..model_state import model_state
+
+        state = model_state(model)
+        for name, reason in self.step.refuses.items():
+            if name in state:
+                raise StepRefused(f"{reason} ({state[name]})")
+
+    def call(self, model: ir.Model) -> StepPassResult:
+        outcome = EXECUTORS[self.step.kind](self.step, self.ctx, self.index)
+        self._same_model = self.ctx.model is model
+        return StepPassResult(self.ctx.model, self.step.transforms, outcome=outcome)
+
+
+def _run_step(step_pass: StepPass, model: ir.Model) -> StepOutcome:
+    result = step_pass(model)
+    if not isinstance(result, StepPassResult):  # pragma: no cover - StepPass.call returns one
+        raise TypeError(f"{step_pass.step.kind}: expected a StepPassResult, got {type(result).__name__}")
+    return result.outcome
+
+
 # ------------------------------------------------------------------------------------------ executors
 
 
@@ -580,7 +630,7 @@ def _run_recipe(recipe: RecipeSpec, model: ModelSource, output: str | os.PathLik
             logger.info("%s: running", where)
             t0 = time.perf_counter()
             try:
-                outcome = EXECUTORS[step.kind](step, ctx, index)
+                outcome = _run_step(StepPass(step, ctx, index), ctx.model)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure names the step that failed
