@@ -186,3 +186,27 @@ def test_microsoft_domain_declines() -> None:
     model = ir.from_proto(helper.make_model(graph))
     with pytest.raises(Decline, match="com.microsoft::MatMulNBits is not a linear op"):
         linear_op(next(iter(model.graph)))
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 1)])
+def test_microsoft_qgemm(trans_a: int, trans_b: int) -> None:
+    a = RNG.integers(0, 255, (5, 4) if trans_a else (4, 5)).astype(np.uint8)
+    b = RNG.integers(-128, 127, (3, 5) if trans_b else (5, 3)).astype(np.int8)
+    scalars = {"a_s": np.array(0.05, np.float32), "a_z": np.array(11, np.uint8), "b_s": np.array(0.02, np.float32),
+               "b_z": np.array(0, np.int8)}
+    node = helper.make_node("QGemm", ["a", "a_s", "a_z", "b", "b_s", "b_z"], ["y"], domain="com.microsoft",
+                            transA=trans_a, transB=trans_b)
+    graph = helper.make_graph([node], "qgemm", [helper.make_tensor_value_info("a", TensorProto.UINT8, list(a.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {"b": b, **scalars}.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    proto.ir_version = 8
+    model = ir.from_proto(proto)
+    op, y = _run(model, {"a": a})
+    assert (op.family, op.weight_input, op.data_input, op.scale_input, op.zero_point_input, op.bias_input) == (
+        "gemm", 3, 0, 4, 5, 6)
+    assert op.transposed == (not trans_b) and op.quantized
+    ref = _dense(op, a.astype(np.int64) - 11, b.astype(np.int64)) * np.float32(0.05 * 0.02)
+    np.testing.assert_allclose(ref, y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Decline, match="input 0 is not its weight"):
+        linear_op(next(iter(model.graph)), 0)
