@@ -192,7 +192,7 @@ def test_microsoft_domain_declines() -> None:
 def test_microsoft_qgemm(trans_a: int, trans_b: int) -> None:
     a = RNG.integers(0, 255, (5, 4) if trans_a else (4, 5)).astype(np.uint8)
     b = RNG.integers(-128, 127, (3, 5) if trans_b else (5, 3)).astype(np.int8)
-    scalars = {"a_s": np.array(0.05, np.float32), "a_z": np.array(11, np.uint8), "b_s": np.array(0.02, np.float32),
+    scalars: dict[str, np.ndarray] = {"a_s": np.array(0.05, np.float32), "a_z": np.array(11, np.uint8), "b_s": np.array(0.02, np.float32),
                "b_z": np.array(0, np.int8)}
     node = helper.make_node("QGemm", ["a", "a_s", "a_z", "b", "b_s", "b_z"], ["y"], domain="com.microsoft",
                             transA=trans_a, transB=trans_b)
