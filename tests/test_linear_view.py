@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -11,7 +13,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxsparse.errors import Decline
-from onnxsparse.graph.linear import LinearOp, linear_op
+from onnxsparse.graph.linear import LinearOp, linear_op, linear_op_proto
 
 RNG = np.random.default_rng(14)
 
@@ -210,3 +212,26 @@ def test_microsoft_qgemm(trans_a: int, trans_b: int) -> None:
     np.testing.assert_allclose(ref, y, rtol=1e-5, atol=1e-5)
     with pytest.raises(Decline, match="input 0 is not its weight"):
         linear_op(next(iter(model.graph)), 0)
+
+
+def _fields(op: LinearOp) -> dict[str, object]:
+    return {f.name: getattr(op, f.name) for f in fields(op) if f.name != "node"}
+
+
+@pytest.mark.parametrize("node,weight,weight_input", [
+    (helper.make_node("Gemm", ["x", "w"], ["y"], transA=1, transB=1), (3, 5), 1),
+    (helper.make_node("Gemm", ["w", "x"], ["y"], transA=1), (5, 3), 0),
+    (helper.make_node("MatMul", ["x", "w"], ["y"]), (2, 6, 4), 1),
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=2), (6, 2, 3, 3), None),
+    (helper.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"]), (2, 4, 5), None),
+    (helper.make_node("QGemm", ["x", "xs", "xz", "w", "ws", "wz"], ["y"], domain="com.microsoft", transB=1), (3, 5), None),
+])
+def test_proto_view_matches_ir_view(node: onnx.NodeProto, weight: tuple[int, ...], weight_input: int | None) -> None:
+    """``linear_op_proto`` (quantize's ModelProto graphs) states what ``linear_op`` states on the loaded node."""
+    w = numpy_helper.from_array(RNG.standard_normal(weight).astype(np.float32), "w")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    loaded = next(iter(ir.from_proto(helper.make_model(graph)).graph))
+    expected = _fields(linear_op(loaded, weight_input))
+    assert _fields(linear_op_proto(node, weight_input, inits={"w": w})) == expected
+    assert expected["weight_shape"] == weight

@@ -10,13 +10,15 @@ calibration capture each used to re-derive that from ``transA``/``transB`` /
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import onnx
 import onnx_ir as ir
 
 from ..errors import Decline
 
-__all__ = ["LinearOp", "linear_op", "LINEAR_KINDS", "MS_LINEAR_KINDS"]
+__all__ = ["LinearOp", "linear_op", "linear_op_proto", "LINEAR_KINDS", "MS_LINEAR_KINDS"]
 
 
 @dataclass(frozen=True)
@@ -201,3 +203,19 @@ def linear_op(node: ir.Node, weight_input: int | None = None, *, weight_rank: in
         raise Decline(f"{op} '{node.name}': {rank}-D weight")
     return replace(base, data_input=kind.data, in_axis=in_axis, out_axis=None if rank is None else rank - 1,
                     data_axis=-1, transposed=True)
+
+
+def linear_op_proto(node: onnx.NodeProto, weight_input: int | None = None, *,
+                    inits: Mapping[str, onnx.TensorProto] | None = None) -> LinearOp:
+    """:func:`linear_op` of a protobuf node (``quantize/`` edits ``ModelProto`` graphs).
+
+    The view is taken on a detached stand-in: only integer attributes are
+    copied, and an input named in ``inits`` carries that initializer's shape
+    but no value, so a MatMul needs an explicit ``weight_input``.
+    """
+    inits = inits or {}
+    inputs = [ir.Value(name=name, shape=ir.Shape(list(inits[name].dims)) if name in inits else None) if name else None
+              for name in node.input]
+    attrs = [ir.AttrInt64(a.name, a.i) for a in node.attribute if a.type == onnx.AttributeProto.INT]
+    stand_in = ir.Node(node.domain, node.op_type, inputs, attributes=attrs, name=node.name)
+    return linear_op(stand_in, weight_input)
