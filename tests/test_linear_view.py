@@ -156,6 +156,15 @@ def test_matmul_integer() -> None:
     np.testing.assert_array_equal(ref, y)
 
 
+def test_matmul_integer_vector_weight() -> None:
+    x = RNG.integers(0, 255, (3, 6)).astype(np.uint8)
+    w = RNG.integers(0, 255, 6).astype(np.uint8)
+    node = helper.make_node("MatMulInteger", ["x", "w"], ["y"])
+    op, y = _run(_model(node, {"x": x}, {"w": w}, TensorProto.INT32), {"x": x})
+    assert (op.in_axis, op.out_axis, op.data_axis) == (0, None, -1)
+    np.testing.assert_array_equal(_dense(op, x.astype(np.int64), w.astype(np.int64)), y)
+
+
 def test_conv_integer_grouped() -> None:
     x = RNG.integers(0, 255, (1, 4, 5, 5)).astype(np.uint8)
     w = RNG.integers(0, 255, (6, 2, 2, 2)).astype(np.uint8)

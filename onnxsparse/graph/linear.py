@@ -197,12 +197,14 @@ def linear_op(node: ir.Node, weight_input: int | None = None, *, weight_rank: in
         return replace(base, data_input=kind.data, in_axis=0, out_axis=1, data_axis=1, groups=groups)
     if kind.family == "conv":  # weight [C_out, C_in/g, k...]
         return replace(base, data_input=kind.data, in_axis=1, out_axis=0, data_axis=1, groups=groups)
-    # integer MatMul forms: weight [.., K, N] on the right
-    in_axis = rank - 2 if rank is not None and rank >= 2 else None
-    if rank is not None and rank < 2:
-        raise Decline(f"{op} '{node.name}': {rank}-D weight")
-    return replace(base, data_input=kind.data, in_axis=in_axis, out_axis=None if rank is None else rank - 1,
-                    data_axis=-1, transposed=True)
+    # integer MatMul forms: weight [.., K, N] on the right; a 1-D weight [K] as MatMul's
+    if rank is None:
+        in_axis = out_axis = None
+    elif rank == 1:
+        in_axis, out_axis = 0, None
+    else:
+        in_axis, out_axis = rank - 2, rank - 1
+    return replace(base, data_input=kind.data, in_axis=in_axis, out_axis=out_axis, data_axis=-1, transposed=True)
 
 
 def linear_op_proto(node: onnx.NodeProto, weight_input: int | None = None, *,
