@@ -2,10 +2,12 @@
 
 MatMul / Gemm / Conv / ConvTranspose and their integer forms (MatMulInteger,
 QLinearMatMul, ConvInteger, QLinearConv, com.microsoft QGemm) all multiply a weight by an
-activation over one axis.  Sparsity, SparseGPT, activation statistics and
-calibration capture each used to re-derive that from ``transA``/``transB`` /
-``group``; :func:`linear_op` answers it once, and raises
-:class:`~onnxsparse.errors.Decline` for a node it does not describe.
+activation over one axis.  Graph rules, sparsity, SparseGPT, activation
+statistics, calibration capture, packed-projection splitting and the quantize
+readers each used to re-derive that from ``transA``/``transB`` / ``group``;
+:func:`linear_op` answers it once (:func:`linear_op_proto` for a protobuf
+node), and raises :class:`~onnxsparse.errors.Decline` for a node it does not
+describe.
 """
 
 from __future__ import annotations
