@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -11,7 +13,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxsparse.errors import Decline
-from onnxsparse.graph.linear import LinearOp, linear_op
+from onnxsparse.graph.linear import LinearOp, linear_op, linear_op_proto
 
 RNG = np.random.default_rng(14)
 
@@ -154,6 +156,15 @@ def test_matmul_integer() -> None:
     np.testing.assert_array_equal(ref, y)
 
 
+def test_matmul_integer_vector_weight() -> None:
+    x = RNG.integers(0, 255, (3, 6)).astype(np.uint8)
+    w = RNG.integers(0, 255, 6).astype(np.uint8)
+    node = helper.make_node("MatMulInteger", ["x", "w"], ["y"])
+    op, y = _run(_model(node, {"x": x}, {"w": w}, TensorProto.INT32), {"x": x})
+    assert (op.in_axis, op.out_axis, op.data_axis) == (0, None, -1)
+    np.testing.assert_array_equal(_dense(op, x.astype(np.int64), w.astype(np.int64)), y)
+
+
 def test_conv_integer_grouped() -> None:
     x = RNG.integers(0, 255, (1, 4, 5, 5)).astype(np.uint8)
     w = RNG.integers(0, 255, (6, 2, 2, 2)).astype(np.uint8)
@@ -186,3 +197,50 @@ def test_microsoft_domain_declines() -> None:
     model = ir.from_proto(helper.make_model(graph))
     with pytest.raises(Decline, match="com.microsoft::MatMulNBits is not a linear op"):
         linear_op(next(iter(model.graph)))
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 1)])
+def test_microsoft_qgemm(trans_a: int, trans_b: int) -> None:
+    a = RNG.integers(0, 255, (5, 4) if trans_a else (4, 5)).astype(np.uint8)
+    b = RNG.integers(-128, 127, (3, 5) if trans_b else (5, 3)).astype(np.int8)
+    scalars: dict[str, np.ndarray] = {"a_s": np.array(0.05, np.float32), "a_z": np.array(11, np.uint8), "b_s": np.array(0.02, np.float32),
+               "b_z": np.array(0, np.int8)}
+    node = helper.make_node("QGemm", ["a", "a_s", "a_z", "b", "b_s", "b_z"], ["y"], domain="com.microsoft",
+                            transA=trans_a, transB=trans_b)
+    graph = helper.make_graph([node], "qgemm", [helper.make_tensor_value_info("a", TensorProto.UINT8, list(a.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in {"b": b, **scalars}.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    proto.ir_version = 8
+    model = ir.from_proto(proto)
+    op, y = _run(model, {"a": a})
+    assert (op.family, op.weight_input, op.data_input, op.scale_input, op.zero_point_input, op.bias_input) == (
+        "gemm", 3, 0, 4, 5, 6)
+    assert op.transposed == (not trans_b) and op.quantized
+    ref = _dense(op, a.astype(np.int64) - 11, b.astype(np.int64)) * np.float32(0.05 * 0.02)
+    np.testing.assert_allclose(ref, y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Decline, match="input 0 is not its weight"):
+        linear_op(next(iter(model.graph)), 0)
+
+
+def _fields(op: LinearOp) -> dict[str, object]:
+    return {f.name: getattr(op, f.name) for f in fields(op) if f.name != "node"}
+
+
+@pytest.mark.parametrize("node,weight,weight_input", [
+    (helper.make_node("Gemm", ["x", "w"], ["y"], transA=1, transB=1), (3, 5), 1),
+    (helper.make_node("Gemm", ["w", "x"], ["y"], transA=1), (5, 3), 0),
+    (helper.make_node("MatMul", ["x", "w"], ["y"]), (2, 6, 4), 1),
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=2), (6, 2, 3, 3), None),
+    (helper.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"]), (2, 4, 5), None),
+    (helper.make_node("QGemm", ["x", "xs", "xz", "w", "ws", "wz"], ["y"], domain="com.microsoft", transB=1), (3, 5), None),
+])
+def test_proto_view_matches_ir_view(node: onnx.NodeProto, weight: tuple[int, ...], weight_input: int | None) -> None:
+    """``linear_op_proto`` (quantize's ModelProto graphs) states what ``linear_op`` states on the loaded node."""
+    w = numpy_helper.from_array(RNG.standard_normal(weight).astype(np.float32), "w")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    loaded = next(iter(ir.from_proto(helper.make_model(graph)).graph))
+    expected = _fields(linear_op(loaded, weight_input))
+    assert _fields(linear_op_proto(node, weight_input, inits={"w": w})) == expected
+    assert expected["weight_shape"] == weight

@@ -180,3 +180,36 @@ def test_runtime_target_is_copied_per_piece(tail: str) -> None:
         assert concat.inputs[0].producer().op_type == "Unsqueeze"  # still read from the input's shape
     assert len({id(rs.inputs[1]) for rs in reshapes}) == 3
     assert all(n.outputs[0].name not in ("shape", "shape32") for n in model.graph)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_packed_gemm_is_split_in_its_own_layout(trans_b: int) -> None:
+    """A packed ``Gemm`` (``x [B, 8]``, ``W`` stored ``[K, N]`` or, with ``transB``, ``[N, K]``) splits into
+    Gemms that keep the stored layout and ``transB``, and match the packed output exactly."""
+    rng = np.random.default_rng(3)
+    n = 12
+    w = rng.standard_normal((8, n)).astype(np.float32)
+    inits = [numpy_helper.from_array(w.T.copy() if trans_b else w, "W"),
+             numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([4, 4, 4], np.int64), "sizes")]
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["p"], name="gemm", transB=trans_b),
+             helper.make_node("Split", ["p", "sizes"], ["q", "k", "v"], name="split", axis=-1)]
+    nodes += [helper.make_node("Identity", [o], [f"{o}_out"], name=f"id_{o}") for o in "qkv"]
+    graph = helper.make_graph(nodes, "packed_gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+                              [helper.make_tensor_value_info(f"{o}_out", TensorProto.FLOAT, None) for o in "qkv"], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 8
+    proto = onnx.shape_inference.infer_shapes(proto)
+    model = ir.from_proto(proto)
+    assert unpack_packed_qkv(model.graph) == ["gemm"]
+    gemms = [node for node in model.graph if node.op_type == "Gemm"]
+    assert len(gemms) == 3
+    for i, node in enumerate(gemms):
+        assert node.attributes.get_int("transB", 0) == trans_b
+        weight = node.inputs[1]
+        assert weight is not None and weight.const_value is not None
+        stored = weight.const_value.numpy()
+        np.testing.assert_array_equal(stored, w[:, 4 * i:4 * i + 4].T if trans_b else w[:, 4 * i:4 * i + 4])
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    for a, b in zip(_run(proto, {"x": x}), _run(model, {"x": x})):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)

@@ -1,22 +1,26 @@
 """One description of a linear node: which input is the weight, which data axis it contracts.
 
 MatMul / Gemm / Conv / ConvTranspose and their integer forms (MatMulInteger,
-QLinearMatMul, ConvInteger, QLinearConv) all multiply a weight by an
-activation over one axis.  Sparsity, SparseGPT, activation statistics and
-calibration capture each used to re-derive that from ``transA``/``transB`` /
-``group``; :func:`linear_op` answers it once, and raises
-:class:`~onnxsparse.errors.Decline` for a node it does not describe.
+QLinearMatMul, ConvInteger, QLinearConv, com.microsoft QGemm) all multiply a weight by an
+activation over one axis.  Graph rules, sparsity, SparseGPT, activation
+statistics, calibration capture, packed-projection splitting and the quantize
+readers each used to re-derive that from ``transA``/``transB`` / ``group``;
+:func:`linear_op` answers it once (:func:`linear_op_proto` for a protobuf
+node), and raises :class:`~onnxsparse.errors.Decline` for a node it does not
+describe.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import onnx
 import onnx_ir as ir
 
 from ..errors import Decline
 
-__all__ = ["LinearOp", "linear_op", "LINEAR_KINDS"]
+__all__ = ["LinearOp", "linear_op", "linear_op_proto", "LINEAR_KINDS", "MS_LINEAR_KINDS"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class _Kind:
     bias: int | None = None
 
 
-#: op type (default ONNX domain) -> its inputs.  Only ops the toolkit handles; no com.microsoft forms.
+#: op type (default ONNX domain) -> its inputs.  Only ops the toolkit handles.
 LINEAR_KINDS: dict[str, _Kind] = {
     "MatMul": _Kind("matmul", 1, 0),
     "Gemm": _Kind("gemm", 1, 0, bias=2),
@@ -40,6 +44,22 @@ LINEAR_KINDS: dict[str, _Kind] = {
     "ConvInteger": _Kind("conv", 1, 0, zero_point=3),
     "QLinearConv": _Kind("conv", 3, 0, scale=4, zero_point=5, bias=8),
 }
+
+#: com.microsoft op type -> its inputs (onnxruntime contrib ops the quantized models carry).
+MS_LINEAR_KINDS: dict[str, _Kind] = {
+    "QGemm": _Kind("gemm", 3, 0, scale=4, zero_point=5, bias=6),  # A, a_s, a_zp, B, b_s, b_zp, C, y_s, y_zp
+}
+
+
+def _kind(node: ir.Node) -> _Kind:
+    if node.domain in ("", "ai.onnx"):
+        kind = LINEAR_KINDS.get(node.op_type)
+    else:
+        kind = MS_LINEAR_KINDS.get(node.op_type) if node.domain == "com.microsoft" else None
+    if kind is None:
+        prefix = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
+        raise Decline(f"{prefix}{node.op_type} is not a linear op")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -138,10 +158,7 @@ def linear_op(node: ir.Node, weight_input: int | None = None, *, weight_rank: in
     ``weight_rank`` overrides the rank read from the node's input (a weight seen
     through a Cast may carry no shape there).
     """
-    if node.domain not in ("", "ai.onnx") or node.op_type not in LINEAR_KINDS:
-        prefix = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
-        raise Decline(f"{prefix}{node.op_type} is not a linear op")
-    kind = LINEAR_KINDS[node.op_type]
+    kind = _kind(node)
     op = node.op_type
     attrs = node.attributes
     if weight_input is None:
@@ -166,11 +183,12 @@ def linear_op(node: ir.Node, weight_input: int | None = None, *, weight_rank: in
             in_axis, out_axis = (rank - 1, rank - 2) if left else (rank - 2, rank - 1)
         return replace(base, data_input=1 - weight_input, in_axis=in_axis, out_axis=out_axis,
                         data_axis=-2 if left else -1, transposed=not left)
-    if op == "Gemm" and weight_input in (0, 1):
+    a_weight = op == "Gemm" and weight_input == 0  # a constant A (QGemm's A is always quantized data)
+    if kind.family == "gemm" and (weight_input == kind.weight or a_weight):
         ta = bool(attrs.get_int("transA", 0))
         tb = bool(attrs.get_int("transB", 0))
-        if weight_input == 1:  # B [K, N], or [N, K] with transB, times A [M, K] / [K, M]
-            return replace(base, data_input=0, in_axis=1 if tb else 0, out_axis=0 if tb else 1,
+        if not a_weight:  # B [K, N], or [N, K] with transB, times A [M, K] / [K, M]
+            return replace(base, data_input=kind.data, in_axis=1 if tb else 0, out_axis=0 if tb else 1,
                             data_axis=0 if ta else 1, transposed=not tb)
         return replace(base, data_input=1, in_axis=0 if ta else 1, out_axis=1 if ta else 0,
                         data_axis=1 if tb else 0, transposed=ta)
@@ -181,9 +199,27 @@ def linear_op(node: ir.Node, weight_input: int | None = None, *, weight_rank: in
         return replace(base, data_input=kind.data, in_axis=0, out_axis=1, data_axis=1, groups=groups)
     if kind.family == "conv":  # weight [C_out, C_in/g, k...]
         return replace(base, data_input=kind.data, in_axis=1, out_axis=0, data_axis=1, groups=groups)
-    # integer MatMul forms: weight [.., K, N] on the right
-    in_axis = rank - 2 if rank is not None and rank >= 2 else None
-    if rank is not None and rank < 2:
-        raise Decline(f"{op} '{node.name}': {rank}-D weight")
-    return replace(base, data_input=kind.data, in_axis=in_axis, out_axis=None if rank is None else rank - 1,
-                    data_axis=-1, transposed=True)
+    # integer MatMul forms: weight [.., K, N] on the right; a 1-D weight [K] as MatMul's
+    if rank is None:
+        in_axis = out_axis = None
+    elif rank == 1:
+        in_axis, out_axis = 0, None
+    else:
+        in_axis, out_axis = rank - 2, rank - 1
+    return replace(base, data_input=kind.data, in_axis=in_axis, out_axis=out_axis, data_axis=-1, transposed=True)
+
+
+def linear_op_proto(node: onnx.NodeProto, weight_input: int | None = None, *,
+                    inits: Mapping[str, onnx.TensorProto] | None = None) -> LinearOp:
+    """:func:`linear_op` of a protobuf node (``quantize/`` edits ``ModelProto`` graphs).
+
+    The view is taken on a detached stand-in: only integer attributes are
+    copied, and an input named in ``inits`` carries that initializer's shape
+    but no value, so a MatMul needs an explicit ``weight_input``.
+    """
+    inits = inits or {}
+    inputs = [ir.Value(name=name, shape=ir.Shape(list(inits[name].dims)) if name in inits else None) if name else None
+              for name in node.input]
+    attrs = [ir.AttrInt64(a.name, a.i) for a in node.attribute if a.type == onnx.AttributeProto.INT]
+    stand_in = ir.Node(node.domain, node.op_type, inputs, attributes=attrs, name=node.name)
+    return linear_op(stand_in, weight_input)

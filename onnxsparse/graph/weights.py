@@ -16,6 +16,9 @@ from typing import TypeGuard
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
+from .linear import linear_op
+
 __all__ = ["matmul_nbits_dequantized", "zero_codes", "dequantized", "dequantize_node", "dequantize_params", "is_weight", "weight_array", "DQ_DOMAINS"]
 
 #: domains whose ``DequantizeLinear`` we read (com.microsoft's is the same op, older opsets)
@@ -88,10 +91,6 @@ def dequantized(node: ir.Node, codes: np.ndarray | None = None) -> np.ndarray:
     return (out * s).astype(np.float32)
 
 
-#: QOperator nodes' constant int8 weight inputs: (op, input index) -> (scale index, zero point index)
-_QOP_WEIGHTS = {("QLinearConv", 3): (4, 5), ("QLinearMatMul", 3): (4, 5), ("QGemm", 3): (4, 5)}
-
-
 def qoperator_weight(value: ir.Value | None) -> tuple[np.ndarray, np.ndarray | None, int] | None:
     """``(scale, zero point, per-channel axis)`` of an int8 weight read by a QOperator node (else ``None``)."""
     if value is None or value.const_value is None:
@@ -100,19 +99,17 @@ def qoperator_weight(value: ir.Value | None) -> tuple[np.ndarray, np.ndarray | N
     if len(uses) != 1:
         return None
     node, index = uses[0].node, uses[0].idx
-    entry = _QOP_WEIGHTS.get((node.op_type, index))
-    if entry is None:
+    try:
+        view = linear_op(node, index)
+    except Decline:
         return None
-    s_in = node.inputs[entry[0]] if len(node.inputs) > entry[0] else None
-    z_in = node.inputs[entry[1]] if len(node.inputs) > entry[1] else None
+    if view.scale_input is None or view.zero_point_input is None or view.out_axis is None:
+        return None  # float and integer-only (no weight scale) forms
+    s_in = node.inputs[view.scale_input] if len(node.inputs) > view.scale_input else None
+    z_in = node.inputs[view.zero_point_input] if len(node.inputs) > view.zero_point_input else None
     if s_in is None or s_in.const_value is None or (z_in is not None and z_in.const_value is None):
         return None
-    if node.op_type == "QLinearConv":
-        axis = 0
-    elif node.op_type == "QLinearMatMul":
-        axis = 1
-    else:
-        axis = 0 if node.attributes.get_int("transB", 0) else 1
+    axis = view.out_axis  # per output channel: QLinearConv 0, QLinearMatMul N, QGemm 0 with transB else 1
     zp = z_in.const_value.numpy() if z_in is not None and z_in.const_value is not None else None
     return s_in.const_value.numpy(), zp, axis
 

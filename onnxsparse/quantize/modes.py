@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import UsageError
+from ..graph.linear import linear_op_proto
 from ._ort import QuantizationError, first_line, nbits_module, ort_quantization, quiet
 from .config import (
     CALIBRATION_METHODS,
@@ -137,7 +138,7 @@ def _present(ops: dict[str, int], names: tuple[str, ...]) -> str:
 def _gemm_convertible(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
     """Why a Gemm cannot become MatMul(+Add) (``None``: it can)."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or linear_op_proto(node, 1).data_axis != 1:
         return "Gemm with alpha/beta != 1 or transA is not converted to MatMul"
     if len(node.input) < 2 or node.input[1] not in inits:
         return "Gemm weight B is not a constant"
@@ -479,9 +480,8 @@ def _gemms_to_matmul(model: onnx.ModelProto, exclude: set[str]) -> int:
         if node.op_type != "Gemm" or node.name in exclude or _gemm_convertible(node, inits) or uses.get(node.input[1], 0) != 1:
             new_nodes.append(node)
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         weight = inits[node.input[1]]
-        if attrs.get("transB", 0):
+        if not linear_op_proto(node, 1).transposed:  # stored [N, K] (transB): MatMul wants [K, N]
             arr = numpy_helper.to_array(weight)
             weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr.T), weight.name))
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else ""

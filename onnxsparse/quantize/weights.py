@@ -29,6 +29,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..errors import Decline
+from ..graph.linear import linear_op_proto
+
 __all__ = [
     "QuantizedWeight",
     "ZeroCheck",
@@ -339,12 +342,18 @@ def find_quantized_weights(model: onnx.ModelProto) -> tuple[list[QuantizedWeight
             values = deq.reshape(n, k_blocks * block)[:, :k].T  # [K, N] like MatMul's B
             add(name, node, np.ascontiguousarray(values), scales, per_channel=False, block=block, shape=(k, n))
         elif op in ("QLinearConv", "QLinearMatMul", "QGemm"):
-            name, scale, zp = _input(node, 3), arr(_input(node, 4)), arr(_input(node, 5))
+            try:
+                view = linear_op_proto(node, inits=g.inits)
+            except Decline as exc:  # e.g. a QGemm outside com.microsoft
+                skip(_input(node, 3), f"{node.name}: {exc}")
+                continue
+            assert view.scale_input is not None and view.zero_point_input is not None  # every QLinear form has both
+            name = _input(node, view.weight_input)
+            scale, zp = arr(_input(node, view.scale_input)), arr(_input(node, view.zero_point_input))
             if name in g.inits and scale is not None:
-                q = g.init_array(name)
-                axis = 0 if op == "QLinearConv" or (op == "QGemm" and a.get("transB", 0)) else q.ndim - 1
-                add(name, node, _dequant(q, scale, zp, axis), scale, per_channel=_per_axis(scale))
-            bias = _input(node, 8) if op == "QLinearConv" else (_input(node, 6) if op == "QGemm" else "")
+                axis = view.out_axis if view.out_axis is not None else 0  # per output channel (none: 1-D [K])
+                add(name, node, _dequant(g.init_array(name), scale, zp, axis), scale, per_channel=_per_axis(scale))
+            bias = _input(node, view.bias_input) if view.bias_input is not None else ""
             if bias in g.inits and g.inits[bias].data_type == onnx.TensorProto.INT32:
                 x_scale = arr(_input(node, 1))
                 if x_scale is not None and scale is not None:

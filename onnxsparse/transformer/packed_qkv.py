@@ -31,6 +31,7 @@ import onnx_ir as ir
 from collections.abc import Iterable
 
 from ..graph import runtime_shape as _runtime_shape, value_facts as _shapes
+from ..graph.linear import linear_op
 from ._graph import const_array, const_ints, drop_if_unused, is_const, new_constant, onnx_domain
 
 __all__ = ["unpack_packed_qkv", "unpack_packed_columns", "fold_own_dim_targets"]
@@ -331,12 +332,13 @@ _INT_MAX = 2**62
 def _gemm_weight(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(W [K, N], bias [N] or None) of a Gemm that is exactly ``x W + b``."""
     a = node.attributes
-    if (a.get_int("transA", 0) or 0) != 0 or (a.get_float("alpha", 1.0) or 1.0) != 1.0:
+    view = linear_op(node, 1, weight_rank=2)
+    if view.data_axis != 1 or (a.get_float("alpha", 1.0) or 1.0) != 1.0:  # transA, or scaled
         return None
     weight = const_array(node.inputs[1])
     if weight is None or weight.ndim != 2:
         return None
-    if (a.get_int("transB", 0) or 0) == 1:
+    if not view.transposed:  # stored [N, K] (transB)
         weight = weight.T
     bias = None
     if len(node.inputs) > 2 and node.inputs[2] is not None:
@@ -629,7 +631,7 @@ def _unpack_columns(graph: ir.Graph, first: ir.Node) -> str | None:
         w_i = weight[:, cols]
         base = f"{first.name}.{role}"
         if first.op_type == "Gemm":
-            w_store = w_i.T if (first.attributes.get_int("transB", 0) or 0) == 1 else w_i
+            w_store = w_i if linear_op(first, 1).transposed else w_i.T  # back to the Gemm's own layout
             ins = [x, new_constant(graph, f"{w_value.name}.{role}", w_store)]
             if bias is not None:
                 ins.append(new_constant(graph, f"{b_name}.{role}", bias[cols]))

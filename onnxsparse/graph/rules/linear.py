@@ -69,13 +69,17 @@ class MatMulRule(OpRule):
         ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
         if ra is None or rb is None or ry is None:
             return f"{ctx.describe()}: operand ranks unknown"
-        a_k = ra - 1
-        b_k = 0 if rb == 1 else rb - 2
+        left = linear_op(node, 0, weight_rank=ra)  # each operand's axes as if it were the weight
+        right = linear_op(node, 1, weight_rank=rb)
+        a_k, a_m = left.in_axis, left.out_axis  # a_m None for a 1-D A
+        b_k, b_n = right.in_axis, right.out_axis
+        if a_k is None or b_k is None:  # pragma: no cover - both ranks are known above
+            return f"{ctx.describe()}: operand ranks unknown"
         ctx.couple(a, a_k, b, b_k)
-        if ra >= 2:
-            ctx.couple(a, ra - 2, y, ry - 2 if rb >= 2 else ry - 1)
-        if rb >= 2:
-            ctx.couple(b, rb - 1, y, ry - 1)
+        if a_m is not None:
+            ctx.couple(a, a_m, y, ry - 2 if b_n is not None else ry - 1)
+        if b_n is not None:
+            ctx.couple(b, b_n, y, ry - 1)
         # batch axes broadcast against the output's leading axes
         yd = ctx.dims(y)
         n_batch_y = ry - (ra >= 2) - (rb >= 2)
@@ -94,14 +98,14 @@ class MatMulRule(OpRule):
                     ctx.couple(x, k, y, ky)
         if is_weight(b):
             ctx.role(b, b_k, Role.CONSUME)
-            if rb >= 2:
-                ctx.role(b, rb - 1, Role.PRODUCE)
-            ctx.contract(0, a_k, weight=(1, b_k))
+            if b_n is not None:
+                ctx.role(b, b_n, Role.PRODUCE)
+            ctx.contract(right.data_input, a_k, weight=(right.weight_input, b_k))
         elif is_weight(a):
             ctx.role(a, a_k, Role.CONSUME)
-            if ra >= 2:
-                ctx.role(a, ra - 2, Role.PRODUCE)
-            ctx.contract(1, b_k, weight=(0, a_k))
+            if a_m is not None:
+                ctx.role(a, a_m, Role.PRODUCE)
+            ctx.contract(left.data_input, b_k, weight=(left.weight_input, a_k))
         else:
             ctx.contract(0, a_k)
             for x, rx in ((a, ra), (b, rb), (y, ry)):  # Q @ K^T, P @ V: batch axes past the first are heads

@@ -48,6 +48,7 @@ import onnx_ir as ir
 
 from ..context import CoupleContext, RewriteContext
 from ..index_maps import Block
+from ..linear import linear_op
 from ..registry import OpRule
 from ..slots import Role
 from .conv import couple_filter_inputs
@@ -273,7 +274,7 @@ class QLinearConvRule(OpRule):
         reason = _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
         if reason:
             return reason
-        g = ctx.attr_int("group", 1) or 1
+        g = linear_op(node).groups
         ci = xd[1]
         co, ci_g = (wd[0], wd[1]) if wd is not None and len(wd) >= 2 else (None, None)
         if co is None or ci_g is None:
@@ -293,7 +294,7 @@ class QLinearConvRule(OpRule):
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
-        g = ctx.attr_int("group", 1) or 1
+        g = linear_op(node).groups
         kept = ctx.kept_size(ctx.input(0), 1)
         if g > 1 and kept is not None:  # depthwise (couple() refuses other groups): one group per channel
             ctx.set_attr_int("group", kept)
@@ -343,10 +344,10 @@ class QGemmRule(OpRule):
         a, b, c, y = ctx.input(0), ctx.input(3), ctx.input(6), ctx.output(0)
         if a is None or b is None or y is None or b.const_value is None or ctx.rank(a) != 2 or ctx.rank(b) != 2:
             return f"{ctx.describe()}: needs a 2-D A and a constant 2-D B"
-        if ctx.attr_int("transA", 0):
+        view = linear_op(node, 3, weight_rank=2)
+        if view.data_axis != 1:
             return f"{ctx.describe()}: transA is not supported"
-        tb = ctx.attr_int("transB", 0) or 0
-        b_k, b_n = (1, 0) if tb else (0, 1)
+        b_k, b_n = view.matrix_axes()
         ad, bd = ctx.dims(a), ctx.dims(b)
         if ad is None or bd is None:  # pragma: no cover - both ranks are 2
             return f"{ctx.describe()}: needs a 2-D A and a constant 2-D B"
