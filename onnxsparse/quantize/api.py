@@ -176,6 +176,22 @@ def _load_calibration(calib, model: ir.Model, shapes, settings: QuantizeSettings
     return load_data(calib, model, shapes=shapes, samples=settings.calib_samples or CHECK_SAMPLES)
 
 
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
+def _structure(path: Path) -> onnx.ModelProto:
+    """The graph at ``path`` with its external weights left on disk (issue 16: never a resident copy)."""
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _weights(proto: onnx.ModelProto, path: Path, external: bool) -> onnx.ModelProto:
+    """``proto`` with its weights: read from ``path`` only for the check that needs them, then dropped."""
+    return onnx.load(str(path), load_external_data=True) if external else proto
+
+
 def _analyse(planned: onnx.ModelProto, quant_input: onnx.ModelProto, after: onnx.ModelProto, plan,
              supported: frozenset[str]) -> _Outcome:
     zeros = check_zeros(quant_input, after)
@@ -393,13 +409,16 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
             origin=origin, original=prepared.original_names, graph_reasons=quant_mode.graph_reasons(proto),
         )
         warnings.extend(plan.warnings)
-        planned = onnx.ModelProto()
-        planned.CopyFrom(proto)
+        planned = _structure(prepared.path) if external else _copy(proto)
         mode_steps = quant_mode.prepare(proto, settings, set(plan.exclude))
         quant_input = prepared.path
         if mode_steps:
             quant_input = tmp / "mode_input.onnx"
             save_proto(proto, quant_input, external)
+        if external:
+            # Issue 16: no float copy of the weights stays resident while onnxruntime quantizes.
+            proto = _structure(quant_input)
+            gc.collect()
         exclude = plan.exclude + quant_mode.extra_excludes(proto, plan.exclude)
 
         quantized_path = tmp / "quantized.onnx"
@@ -407,7 +426,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
             quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
             after = onnx.load(str(quantized_path), load_external_data=True)
             gc.collect()  # the quantizer's model copies, before our checks open sessions
-            outcome = _analyse(planned, proto, after, plan, supported)
+            outcome = _analyse(planned, _weights(proto, quant_input, external), after, plan, supported)
             errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
             costly = [] if settings.max_node_error is None else [
                 e for e in errors if e.added_error > settings.max_node_error
@@ -420,7 +439,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
                     reader.rewind()
                 quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
                 after = onnx.load(str(quantized_path), load_external_data=True)
-                outcome = _analyse(planned, proto, after, plan, supported)
+                outcome = _analyse(planned, _weights(proto, quant_input, external), after, plan, supported)
                 errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
         finally:
             if bar is not None:
