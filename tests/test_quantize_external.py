@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,7 +38,7 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("mode", ["dynamic", "int4"])
 def test_external_path_matches_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     src = _mlp(tmp_path / "mlp.onnx")
-    opts = {"mode": mode, "calib": "random", "shape": {"x": (4, 64)}}
+    opts: dict[str, Any] = {"mode": mode, "calib": "random", "shape": {"x": (4, 64)}}
     if mode == "int4":
         opts["block_size"] = 32
     inline = quantize(src, tmp_path / "inline.onnx", **opts)
