@@ -175,8 +175,16 @@ def _broadcast(param: np.ndarray, q_shape: tuple[int, ...], axis: int, block_siz
 
 
 def _dequant(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block_size: int = 0) -> np.ndarray:
-    q = q.astype(np.int64)
     s = _broadcast(scale.astype(np.float32), q.shape, axis, block_size)
+    if q.dtype.kind in "iu" and q.dtype.itemsize <= 2 and (zp is None or (zp.dtype.kind in "iu" and zp.dtype.itemsize <= 2)):
+        # 8/16-bit codes and zero points subtract exactly in float32: one array of the weight's size, not
+        # three int64 ones (issue 16), and the same values as the int64 path below.
+        out = q.astype(np.float32)
+        if zp is not None:
+            out -= _broadcast(zp.astype(np.float32), q.shape, axis, block_size)
+        out *= s
+        return out
+    q = q.astype(np.int64)
     z = 0 if zp is None else _broadcast(zp.astype(np.int64), q.shape, axis, block_size)
     return ((q - z).astype(np.float32) * s).astype(np.float32)
 
@@ -453,12 +461,18 @@ def _reached(before: _Graph, after: _Graph, consumer: onnx.NodeProto) -> list[st
 _MISMATCH_ALLOWED = 0.01
 
 
+def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``|a - b|`` with one temporary instead of two (issue 16: weights can be a model's size)."""
+    diff = np.asarray(np.subtract(a, b))  # 0-d operands give a scalar
+    return np.abs(diff, out=diff)
+
+
 def _closest(before: _Graph, weight: QuantizedWeight, names: list[str]) -> tuple[str | None, np.ndarray | None, int]:
     """The candidate with the fewest elements off by more than one step, aligned to it, and that count."""
     tolerance = weight.step * (1 + 1e-3) + 1e-7
     best: tuple[str | None, np.ndarray | None, int] = (None, None, weight.values.size + 1)
     for name in names:
-        source = before.init_array(name).astype(np.float32)
+        source = before.init_array(name).astype(np.float32, copy=False)  # the cached array, not a copy
         values = _align(weight.values, source)
         if values is None:
             continue
@@ -467,7 +481,7 @@ def _closest(before: _Graph, weight: QuantizedWeight, names: list[str]) -> tuple
             where = np.unravel_index(probe, source.shape)
             if np.mean(np.abs(values[where] - source[where]) > tolerance) > 0.5:
                 continue
-        off = int(np.count_nonzero(np.abs(values - source) > tolerance))
+        off = int(np.count_nonzero(_abs_diff(values, source) > tolerance))
         if off < best[2]:
             best = (name, values, off)
     return best
@@ -481,8 +495,8 @@ def _align(values: np.ndarray, source: np.ndarray) -> np.ndarray | None:
     closer to the source is taken (the other one is off by whole weights).
     """
     if values.ndim == 2 and values.shape == source.shape and values.shape[0] == values.shape[1]:
-        straight = float(np.max(np.abs(values - source))) if values.size else 0.0
-        crossed = float(np.max(np.abs(values.T - source))) if values.size else 0.0
+        straight = float(np.max(_abs_diff(values, source))) if values.size else 0.0
+        crossed = float(np.max(_abs_diff(values.T, source))) if values.size else 0.0
         return values.T if crossed < straight else values
     if values.shape == source.shape:
         return values
@@ -538,7 +552,7 @@ def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int =
     for weight in weights:
         if weight.source is None:
             continue
-        source = numpy_helper.to_array(arrays[weight.source]).astype(np.float32)
+        source = numpy_helper.to_array(arrays[weight.source]).astype(np.float32, copy=False)
         values = weight.values
         zeros = source == 0
         kept = int(np.count_nonzero(values[zeros] == 0))
@@ -549,7 +563,7 @@ def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int =
         result.zeros_kept += kept
         peak = float(np.max(np.abs(source))) if source.size else 0.0
         if peak > 0:
-            result.max_rel_error = max(result.max_rel_error, float(np.max(np.abs(values - source))) / peak)
+            result.max_rel_error = max(result.max_rel_error, float(np.max(_abs_diff(values, source))) / peak)
         if kept != before_count and len(result.violations) < limit:
             worst = float(np.max(np.abs(values[zeros])))
             result.violations.append({
