@@ -53,3 +53,24 @@ def test_external_path_matches_inline(tmp_path: Path, monkeypatch: pytest.Monkey
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16])
+@pytest.mark.parametrize("axis,block", [(0, 0), (1, 0), (0, 4)])
+def test_dequant_float32_path_matches_int64(dtype: type, axis: int, block: int) -> None:
+    from onnxsparse.quantize.weights import _broadcast, _dequant
+
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    q: np.ndarray = rng.integers(info.min, info.max, size=(8, 12), endpoint=True).astype(dtype)
+    shape = list(q.shape) if block else [q.shape[axis]]  # blocked: the weight's rank, the axis divided
+    if block:
+        shape[axis] //= block
+    scale = rng.uniform(1e-3, 2.0, size=shape).astype(np.float32)
+    zp: np.ndarray = rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    s = _broadcast(scale, q.shape, axis, block)
+    z = _broadcast(zp.astype(np.int64), q.shape, axis, block)
+    want = ((q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
+    got = _dequant(q, scale, zp, axis, block)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
