@@ -187,14 +187,9 @@ def _structure(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
 
 
-def _weights(proto: onnx.ModelProto, path: Path, external: bool) -> onnx.ModelProto:
-    """``proto`` with its weights: read from ``path`` only for the check that needs them, then dropped."""
-    return onnx.load(str(path), load_external_data=True) if external else proto
-
-
 def _analyse(planned: onnx.ModelProto, quant_input: onnx.ModelProto, after: onnx.ModelProto, plan,
-             supported: frozenset[str]) -> _Outcome:
-    zeros = check_zeros(quant_input, after)
+             supported: frozenset[str], base_dir: Path) -> _Outcome:
+    zeros = check_zeros(quant_input, after, base_dir=str(base_dir))
     quantized, removed = diff_nodes(planned, after, supported, zeros.weights)
     done = {r["node"] for r in quantized}
     ops = {n.name: n.op_type for n in planned.graph.node}
@@ -426,7 +421,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
             quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
             after = onnx.load(str(quantized_path), load_external_data=True)
             gc.collect()  # the quantizer's model copies, before our checks open sessions
-            outcome = _analyse(planned, _weights(proto, quant_input, external), after, plan, supported)
+            outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
             errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
             costly = [] if settings.max_node_error is None else [
                 e for e in errors if e.added_error > settings.max_node_error
@@ -439,7 +434,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
                     reader.rewind()
                 quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
                 after = onnx.load(str(quantized_path), load_external_data=True)
-                outcome = _analyse(planned, _weights(proto, quant_input, external), after, plan, supported)
+                outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
                 errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
         finally:
             if bar is not None:

@@ -201,8 +201,9 @@ def _step(scale: np.ndarray) -> float:
 class _Graph:
     """Initializers (decoded once), producers and consumers of one graph."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, base_dir: str = "") -> None:
         self.inits = {init.name: init for init in graph.initializer}
+        self.base_dir = base_dir  # where external weights are read from, one at a time
         self.nodes = list(graph.node)
         self.producer = {out: node for node in graph.node for out in node.output if out}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -216,8 +217,12 @@ class _Graph:
         if not name or name not in self.inits:
             return None
         if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self.inits[name])
+            self._arrays[name] = numpy_helper.to_array(self.inits[name], self.base_dir)
         return self._arrays[name]
+
+    def forget_large(self, nbytes: int = 1 << 24) -> None:
+        """Drop decoded arrays of ``nbytes`` or more (issue 16: they add up to the whole model)."""
+        self._arrays = {k: v for k, v in self._arrays.items() if v.nbytes < nbytes}
 
     def init_array(self, name: str) -> np.ndarray:
         """The array of ``name``, which the caller has checked is an initializer."""
@@ -512,20 +517,21 @@ def _align(values: np.ndarray, source: np.ndarray) -> np.ndarray | None:
 
 
 def match_sources(before: onnx.ModelProto, after: onnx.ModelProto,
-                  weights: list[QuantizedWeight]) -> list[dict]:
+                  weights: list[QuantizedWeight], *, base_dir: str = "") -> list[dict]:
     """Set ``source`` (and orient ``values`` like it) for each weight; return the ones left unmatched.
 
     Structure first (the float node the quantized one stands in for), then
     value among all float initializers of the same size; either way the
     dequantized values must lie within one quantization step of the source.
     """
-    b, a = _Graph(before.graph), _Graph(after.graph)
+    b, a = _Graph(before.graph, base_dir), _Graph(after.graph)
     by_size: dict[int, list[str]] = {}
     for name, init in b.inits.items():
         if init.data_type in _FLOAT_TYPES:
             by_size.setdefault(int(np.prod(init.dims)), []).append(name)
     unmatched: list[dict] = []
     for weight in weights:
+        b.forget_large()  # the previous weight's sources: a model's worth of float arrays otherwise
         allowed = int(_MISMATCH_ALLOWED * weight.values.size)
         name, values, off = _closest(b, weight, _structural_candidates(b, a, weight))
         if name is None or off > allowed:
@@ -542,17 +548,21 @@ def match_sources(before: onnx.ModelProto, after: onnx.ModelProto,
     return unmatched
 
 
-def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int = 20) -> ZeroCheck:
-    """Compare the zeros of every quantized weight in ``after`` with its float source in ``before``."""
+def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int = 20, base_dir: str = "") -> ZeroCheck:
+    """Compare the zeros of every quantized weight in ``after`` with its float source in ``before``.
+
+    ``before`` may keep its weights in external data under ``base_dir``: they are read one at a time
+    (issue 16: never the whole float model in memory for the check).
+    """
     weights, skipped = find_quantized_weights(after)
     result = ZeroCheck(unmatched=list(skipped))
-    result.unmatched += match_sources(before, after, weights)
+    result.unmatched += match_sources(before, after, weights, base_dir=base_dir)
     result.weights = [w for w in weights if w.source is not None]
     arrays = {init.name: init for init in before.graph.initializer}
     for weight in weights:
         if weight.source is None:
             continue
-        source = numpy_helper.to_array(arrays[weight.source]).astype(np.float32, copy=False)
+        source = numpy_helper.to_array(arrays[weight.source], base_dir).astype(np.float32, copy=False)
         values = weight.values
         zeros = source == 0
         kept = int(np.count_nonzero(values[zeros] == 0))
