@@ -4,7 +4,7 @@
 
 Generates (deterministically, streamed to disk: never the whole model in memory) a float32 MLP of
 ``--size-gb`` GB whose weights live in external data, then runs ``python -m onnxsparse`` inspect, prune
-(``--channels 0.5``), sparsify (``--sparsity 0.5``), quantize (``--mode dynamic``) and validate (input vs
+(``--channels 0.5``), sparsify (``--sparsity 0.5``), quantize (``--mode dynamic``, or ``--quantize-mode int4``) and validate (input vs
 the pruned model) each in its own process, and prints per command: wall seconds, the child's peak RSS
 (``os.wait4``), peak / model size, the output's size and whether it kept its weights in external data.
 Files go to a temporary folder (removed unless ``--keep``).
@@ -97,6 +97,8 @@ def main() -> int:
     parser.add_argument("--size-gb", type=float, default=2.2)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--only", default="inspect,prune,sparsify,quantize,validate")
+    parser.add_argument("--quantize-mode", default="dynamic", choices=("dynamic", "int4"),
+                        help="the quantize command's --mode (int4 needs no calibration data either)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="onnxsparse-large-"))
     try:
@@ -109,7 +111,7 @@ def main() -> int:
             "inspect": ["inspect", str(model), "--no-sparsity"],
             "prune": ["prune", str(model), "-o", str(out["prune"]), "--channels", "0.5"],
             "sparsify": ["sparsify", str(model), "-o", str(out["sparsify"]), "--sparsity", "0.5"],
-            "quantize": ["quantize", str(model), "-o", str(out["quantize"]), "--mode", "dynamic"],
+            "quantize": ["quantize", str(model), "-o", str(out["quantize"]), "--mode", args.quantize_mode],
             "validate": ["validate", str(model), str(out["prune"]), "--no-memory", "--samples", "2", "--warmup", "1",
                          "--runs", "3"],
         }

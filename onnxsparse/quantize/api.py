@@ -176,9 +176,20 @@ def _load_calibration(calib, model: ir.Model, shapes, settings: QuantizeSettings
     return load_data(calib, model, shapes=shapes, samples=settings.calib_samples or CHECK_SAMPLES)
 
 
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
+def _structure(path: Path) -> onnx.ModelProto:
+    """The graph at ``path`` with its external weights left on disk (issue 16: never a resident copy)."""
+    return onnx.load(str(path), load_external_data=False)
+
+
 def _analyse(planned: onnx.ModelProto, quant_input: onnx.ModelProto, after: onnx.ModelProto, plan,
-             supported: frozenset[str]) -> _Outcome:
-    zeros = check_zeros(quant_input, after)
+             supported: frozenset[str], base_dir: Path) -> _Outcome:
+    zeros = check_zeros(quant_input, after, base_dir=str(base_dir))
     quantized, removed = diff_nodes(planned, after, supported, zeros.weights)
     done = {r["node"] for r in quantized}
     ops = {n.name: n.op_type for n in planned.graph.node}
@@ -393,13 +404,16 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
             origin=origin, original=prepared.original_names, graph_reasons=quant_mode.graph_reasons(proto),
         )
         warnings.extend(plan.warnings)
-        planned = onnx.ModelProto()
-        planned.CopyFrom(proto)
+        planned = _structure(prepared.path) if external else _copy(proto)
         mode_steps = quant_mode.prepare(proto, settings, set(plan.exclude))
         quant_input = prepared.path
         if mode_steps:
             quant_input = tmp / "mode_input.onnx"
             save_proto(proto, quant_input, external)
+        if external:
+            # Issue 16: no float copy of the weights stays resident while onnxruntime quantizes.
+            proto = _structure(quant_input)
+            gc.collect()
         exclude = plan.exclude + quant_mode.extra_excludes(proto, plan.exclude)
 
         quantized_path = tmp / "quantized.onnx"
@@ -407,7 +421,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
             quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
             after = onnx.load(str(quantized_path), load_external_data=True)
             gc.collect()  # the quantizer's model copies, before our checks open sessions
-            outcome = _analyse(planned, proto, after, plan, supported)
+            outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
             errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
             costly = [] if settings.max_node_error is None else [
                 e for e in errors if e.added_error > settings.max_node_error
@@ -420,7 +434,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
                     reader.rewind()
                 quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
                 after = onnx.load(str(quantized_path), load_external_data=True)
-                outcome = _analyse(planned, proto, after, plan, supported)
+                outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
                 errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
         finally:
             if bar is not None:

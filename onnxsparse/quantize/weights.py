@@ -178,8 +178,16 @@ def _broadcast(param: np.ndarray, q_shape: tuple[int, ...], axis: int, block_siz
 
 
 def _dequant(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block_size: int = 0) -> np.ndarray:
-    q = q.astype(np.int64)
     s = _broadcast(scale.astype(np.float32), q.shape, axis, block_size)
+    if q.dtype.kind in "iu" and q.dtype.itemsize <= 2 and (zp is None or (zp.dtype.kind in "iu" and zp.dtype.itemsize <= 2)):
+        # 8/16-bit codes and zero points subtract exactly in float32: one array of the weight's size, not
+        # three int64 ones (issue 16), and the same values as the int64 path below.
+        out = q.astype(np.float32)
+        if zp is not None:
+            out -= _broadcast(zp.astype(np.float32), q.shape, axis, block_size)
+        out *= s
+        return out
+    q = q.astype(np.int64)
     z = 0 if zp is None else _broadcast(zp.astype(np.int64), q.shape, axis, block_size)
     return ((q - z).astype(np.float32) * s).astype(np.float32)
 
@@ -196,8 +204,9 @@ def _step(scale: np.ndarray) -> float:
 class _Graph:
     """Initializers (decoded once), producers and consumers of one graph."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, base_dir: str = "") -> None:
         self.inits = {init.name: init for init in graph.initializer}
+        self.base_dir = base_dir  # where external weights are read from, one at a time
         self.nodes = list(graph.node)
         self.producer = {out: node for node in graph.node for out in node.output if out}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -211,8 +220,12 @@ class _Graph:
         if not name or name not in self.inits:
             return None
         if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self.inits[name])
+            self._arrays[name] = numpy_helper.to_array(self.inits[name], self.base_dir)
         return self._arrays[name]
+
+    def forget_large(self, nbytes: int = 1 << 24) -> None:
+        """Drop decoded arrays of ``nbytes`` or more (issue 16: they add up to the whole model)."""
+        self._arrays = {k: v for k, v in self._arrays.items() if v.nbytes < nbytes}
 
     def init_array(self, name: str) -> np.ndarray:
         """The array of ``name``, which the caller has checked is an initializer."""
@@ -462,12 +475,18 @@ def _reached(before: _Graph, after: _Graph, consumer: onnx.NodeProto) -> list[st
 _MISMATCH_ALLOWED = 0.01
 
 
+def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``|a - b|`` with one temporary instead of two (issue 16: weights can be a model's size)."""
+    diff = np.asarray(np.subtract(a, b))  # 0-d operands give a scalar
+    return np.abs(diff, out=diff)
+
+
 def _closest(before: _Graph, weight: QuantizedWeight, names: list[str]) -> tuple[str | None, np.ndarray | None, int]:
     """The candidate with the fewest elements off by more than one step, aligned to it, and that count."""
     tolerance = weight.step * (1 + 1e-3) + 1e-7
     best: tuple[str | None, np.ndarray | None, int] = (None, None, weight.values.size + 1)
     for name in names:
-        source = before.init_array(name).astype(np.float32)
+        source = before.init_array(name).astype(np.float32, copy=False)  # the cached array, not a copy
         values = _align(weight.values, source)
         if values is None:
             continue
@@ -476,7 +495,7 @@ def _closest(before: _Graph, weight: QuantizedWeight, names: list[str]) -> tuple
             where = np.unravel_index(probe, source.shape)
             if np.mean(np.abs(values[where] - source[where]) > tolerance) > 0.5:
                 continue
-        off = int(np.count_nonzero(np.abs(values - source) > tolerance))
+        off = int(np.count_nonzero(_abs_diff(values, source) > tolerance))
         if off < best[2]:
             best = (name, values, off)
     return best
@@ -490,8 +509,8 @@ def _align(values: np.ndarray, source: np.ndarray) -> np.ndarray | None:
     closer to the source is taken (the other one is off by whole weights).
     """
     if values.ndim == 2 and values.shape == source.shape and values.shape[0] == values.shape[1]:
-        straight = float(np.max(np.abs(values - source))) if values.size else 0.0
-        crossed = float(np.max(np.abs(values.T - source))) if values.size else 0.0
+        straight = float(np.max(_abs_diff(values, source))) if values.size else 0.0
+        crossed = float(np.max(_abs_diff(values.T, source))) if values.size else 0.0
         return values.T if crossed < straight else values
     if values.shape == source.shape:
         return values
@@ -507,20 +526,21 @@ def _align(values: np.ndarray, source: np.ndarray) -> np.ndarray | None:
 
 
 def match_sources(before: onnx.ModelProto, after: onnx.ModelProto,
-                  weights: list[QuantizedWeight]) -> list[dict]:
+                  weights: list[QuantizedWeight], *, base_dir: str = "") -> list[dict]:
     """Set ``source`` (and orient ``values`` like it) for each weight; return the ones left unmatched.
 
     Structure first (the float node the quantized one stands in for), then
     value among all float initializers of the same size; either way the
     dequantized values must lie within one quantization step of the source.
     """
-    b, a = _Graph(before.graph), _Graph(after.graph)
+    b, a = _Graph(before.graph, base_dir), _Graph(after.graph)
     by_size: dict[int, list[str]] = {}
     for name, init in b.inits.items():
         if init.data_type in _FLOAT_TYPES:
             by_size.setdefault(int(np.prod(init.dims)), []).append(name)
     unmatched: list[dict] = []
     for weight in weights:
+        b.forget_large()  # the previous weight's sources: a model's worth of float arrays otherwise
         allowed = int(_MISMATCH_ALLOWED * weight.values.size)
         name, values, off = _closest(b, weight, _structural_candidates(b, a, weight))
         if name is None or off > allowed:
@@ -537,17 +557,21 @@ def match_sources(before: onnx.ModelProto, after: onnx.ModelProto,
     return unmatched
 
 
-def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int = 20) -> ZeroCheck:
-    """Compare the zeros of every quantized weight in ``after`` with its float source in ``before``."""
+def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int = 20, base_dir: str = "") -> ZeroCheck:
+    """Compare the zeros of every quantized weight in ``after`` with its float source in ``before``.
+
+    ``before`` may keep its weights in external data under ``base_dir``: they are read one at a time
+    (issue 16: never the whole float model in memory for the check).
+    """
     weights, skipped = find_quantized_weights(after)
     result = ZeroCheck(unmatched=list(skipped))
-    result.unmatched += match_sources(before, after, weights)
+    result.unmatched += match_sources(before, after, weights, base_dir=base_dir)
     result.weights = [w for w in weights if w.source is not None]
     arrays = {init.name: init for init in before.graph.initializer}
     for weight in weights:
         if weight.source is None:
             continue
-        source = numpy_helper.to_array(arrays[weight.source]).astype(np.float32)
+        source = numpy_helper.to_array(arrays[weight.source], base_dir).astype(np.float32, copy=False)
         values = weight.values
         zeros = source == 0
         kept = int(np.count_nonzero(values[zeros] == 0))
@@ -558,7 +582,7 @@ def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int =
         result.zeros_kept += kept
         peak = float(np.max(np.abs(source))) if source.size else 0.0
         if peak > 0:
-            result.max_rel_error = max(result.max_rel_error, float(np.max(np.abs(values - source))) / peak)
+            result.max_rel_error = max(result.max_rel_error, float(np.max(_abs_diff(values, source))) / peak)
         if kept != before_count and len(result.violations) < limit:
             worst = float(np.max(np.abs(values[zeros])))
             result.violations.append({
