@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Self
 
@@ -20,7 +20,7 @@ from ..errors import UsageError
 from . import fields as F
 from .fields import OPTION, Bad, FieldSpec, ParseContext, spec_of
 
-__all__ = ["Options", "OptionsError", "cli_words", "signature_extras"]
+__all__ = ["Options", "OptionsError", "cli_words", "field_values", "signature_extras"]
 
 
 class OptionsError(UsageError):
@@ -40,6 +40,22 @@ def _raw(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_raw(v) for v in value]
     return value
+
+
+def field_values(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``(attribute, value)`` pairs as dataclass keywords; ``group.name`` attributes (validate's gates)
+    gather into one ``group`` tuple of ``(name, value)`` pairs."""
+    values: dict[str, Any] = {}
+    grouped: dict[str, dict[str, Any]] = {}
+    for attr, value in items:
+        if "." in attr:
+            group, _, name = attr.partition(".")
+            grouped.setdefault(group, {})[name] = value
+        else:
+            values[attr] = value
+    for group, members in grouped.items():
+        values[group] = tuple(members.items())
+    return values
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,8 +105,7 @@ class Options:
                      error: type[UsageError] = OptionsError) -> Self:
         specs = {s.key: s for s in cls.field_specs()}
         passthrough = cls.passthrough_params()
-        values: dict[str, Any] = {}
-        grouped: dict[str, dict[str, Any]] = {}
+        parsed_items: list[tuple[str, Any]] = []
         extra: list[tuple[str, Any]] = []
         for key, value in data.items():
             if not isinstance(key, str):
@@ -110,15 +125,9 @@ class Options:
                 parsed = spec.parse(value, ctx)
             except Bad as exc:
                 raise error(f"{where}.{key}: {exc}") from None
-            if "." in spec.attr:
-                group, _, name = spec.attr.partition(".")
-                grouped.setdefault(group, {})[name] = parsed
-            else:
-                values[spec.attr] = parsed
-        for group, items in grouped.items():
-            values[group] = tuple(items.items())
+            parsed_items.append((spec.attr, parsed))
         try:
-            step = cls(**values, extra=tuple(extra))  # a class may check itself when built (QuantizeOptions)
+            step = cls(**field_values(parsed_items), extra=tuple(extra))  # a class may check itself when built (QuantizeOptions)
             step.check()
         except Bad as exc:
             raise error(f"{where}{'.' + exc.key if exc.key else ''}: {cli_words(str(exc))}") from None

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 from ..errors import UsageError
-from .base import Options
+from .base import Options, field_values
 from .fields import Bad, FieldSpec, ParseContext
 
 __all__ = ["add_arguments", "from_args", "given", "to_argv", "scalar"]
@@ -134,8 +134,7 @@ def from_args(cls: type[O], args: argparse.Namespace, **extra: Any) -> O:
     ``extra`` sets fields the command computes itself (e.g. a pass-through tuple).
     """
     present = vars(args)
-    values: dict[str, Any] = {}
-    grouped: dict[str, dict[str, Any]] = {}
+    items: list[tuple[str, Any]] = []
     specs = {s.key: s for s in cls.field_specs()}
     for spec in specs.values():
         if spec.cli is None or _dest(spec) not in present:
@@ -146,15 +145,9 @@ def from_args(cls: type[O], args: argparse.Namespace, **extra: Any) -> O:
                 value = spec.parse(_collection(spec, list(value)), _CTX)
             except Bad as exc:
                 raise UsageError(f"{spec.flag}: {exc}") from None
-        if "." in spec.attr:
-            group, _, name = spec.attr.partition(".")
-            grouped.setdefault(group, {})[name] = value
-        else:
-            values[spec.attr] = value
-    for group, items in grouped.items():
-        values[group] = tuple(items.items())
+        items.append((spec.attr, value))
     try:
-        options = cls(**values, **extra)  # a class may check itself when built (QuantizeOptions)
+        options = cls(**field_values(items), **extra)  # a class may check itself when built (QuantizeOptions)
         options.check()
     except Bad as exc:
         flag = specs[exc.key].flag if exc.key in specs else None
