@@ -458,7 +458,7 @@ def allocate_target(
     repair: str = "none",
     damp: float | None = None,
     blocks: bool = True,
-    verify: int = VERIFY_CANDIDATES,
+    verify: int | None = None,
     sequential: bool | None = None,
 ) -> tuple[dict[int, float], TargetReport]:
     """Per-group removal ratios meeting ``target`` on ``model`` (prepared for analysis, not modified),
@@ -466,7 +466,7 @@ def allocate_target(
     ``calib`` is the calibration :class:`~onnxsparse.calibration.data.DataSource` (keys: input names).
     ``blocks``: also offer every removable residual block whole (the report lists those removed; the caller
     removes them after applying the widths, :func:`~onnxsparse.passes.blocks.remove_by_values`).
-    ``verify``: how many in-band allocations the verification round prunes, repairs (``repair``, ``damp``,
+    ``verify`` (default :data:`VERIFY_CANDIDATES`): how many in-band allocations the verification round prunes, repairs (``repair``, ``damp``,
     ``sequential``; default: sequential when repairing, as ``prune``) and measures whole (:func:`verify_round`;
     1: keep the table's pick)."""
     from .reconstruct import DEFAULT_DAMP
@@ -581,6 +581,7 @@ def allocate_target(
     if not met_rounds and target.metric != "latency":
         met_rounds += _refine(report, options, target, predicted_of, measure, inside)
     chosen_round = min(met_rounds, key=lambda i: report.rounds[i].loss) if met_rounds else None
+    verify = VERIFY_CANDIDATES if verify is None else verify
     if chosen_round is not None and verify > 1:
         whole = WholeModelLoss(model, dg, calib, build, multiples, min_keep, criterion, seed=seed, repair=repair,
                                damp=DEFAULT_DAMP if damp is None else damp,
