@@ -466,9 +466,9 @@ def allocate_target(
     ``calib`` is the calibration :class:`~onnxsparse.calibration.data.DataSource` (keys: input names).
     ``blocks``: also offer every removable residual block whole (the report lists those removed; the caller
     removes them after applying the widths, :func:`~onnxsparse.passes.blocks.remove_by_values`).
-    ``verify`` (default :data:`VERIFY_CANDIDATES`): how many in-band allocations the verification round prunes, repairs (``repair``, ``damp``,
-    ``sequential``; default: sequential when repairing, as ``prune``) and measures whole (:func:`verify_round`;
-    1: keep the table's pick)."""
+    ``verify`` (default :data:`VERIFY_CANDIDATES`): how many in-band allocations the verification round
+    prunes, repairs (``repair``, ``damp``, ``sequential``; default: sequential when repairing, as ``prune``)
+    and measures whole (:func:`verify_round`; 1: keep the table's pick).
     from .reconstruct import DEFAULT_DAMP
     from .sensitivity import sensitivity
 
