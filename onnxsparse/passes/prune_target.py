@@ -468,7 +468,7 @@ def allocate_target(
     removes them after applying the widths, :func:`~onnxsparse.passes.blocks.remove_by_values`).
     ``verify`` (default :data:`VERIFY_CANDIDATES`): how many in-band allocations the verification round
     prunes, repairs (``repair``, ``damp``, ``sequential``; default: sequential when repairing, as ``prune``)
-    and measures whole (:func:`verify_round`; 1: keep the table's pick).
+    and measures whole (:func:`verify_round`; 1: keep the table's pick)."""
     from .reconstruct import DEFAULT_DAMP
     from .sensitivity import sensitivity
 
