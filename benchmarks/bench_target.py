@@ -12,7 +12,9 @@ criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn`` uses `
 both (its 16/32-channel layers allow only 16 or 32 channels at the default 16-channel blocks).
 
 Whole residual blocks are candidates of the allocation (the widths column names the removed ones
-and how many were offered).
+and how many were offered).  The verification round (``prune_target.verify_round``) prunes, repairs and
+measures up to 3 in-band allocations whole on the calibration data; the widths column says which one it
+kept (``knapsack``, ``uniform``, ``next-best``) and the seconds it took.
 
 **Latency** (``--target latency=0.6``): the measured latency ratio of every correction round and a
 fresh interleaved measurement of the final model against the original (onnxruntime CPU, default
@@ -99,6 +101,10 @@ def accuracy_table(targets: tuple[float, ...]) -> str:
             widths = ", ".join(f"{g.kind[0]}{g.id}:{g.kept}/{g.total}" for g in rep.groups)
             widths += "".join(f", block {b['add']} removed" for b in target.blocks)
             widths += f"; {target.block_candidates} block candidates"
+            if target.verify:
+                kept = next(c for c in target.verify if c["chosen"])
+                widths += (f"; verify kept the {kept['source']} of {len(target.verify)} "
+                           f"({target.verify_seconds:.1f} s)")
             rows.append([name, f"target macs={r}", "met" if target.met else "NOT met", f"{rep.macs_ratio:.3f}",
                          f"{rep.params_ratio:.3f}", f"{accuracy(res.model, test):.4f}", f"{widths} ({seconds:.1f} s)"])
             ratio, _ = closest_uniform(name, kind, round_to, rep.macs_ratio)

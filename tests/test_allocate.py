@@ -204,7 +204,8 @@ def test_target_latency_mechanics(monkeypatch, tmp_path):
     assert target.metric == "latency" and target.cost_basis == "latency table"
     assert target.table_measured > 0 and target.table_cached == 0
     assert [p.parent for p in tmp_path.rglob("*.json")] == [tmp_path / "onnxsparse" / "latency"]
-    assert 1 <= len(target.rounds) <= prune_target.MAX_ROUNDS["latency"]
+    # correction rounds; the verification round appends its own candidates (notes "verify: ...")
+    assert 1 <= sum(not (r.note or "").startswith("verify") for r in target.rounds) <= prune_target.MAX_ROUNDS["latency"]
     for r in target.rounds:
         assert r.timing["candidate_p50_ms"] > 0 and r.measured == pytest.approx(
             r.timing["candidate_p50_ms"] / r.timing["reference_p50_ms"])
@@ -291,5 +292,6 @@ def test_target_latency_allocates_on_macs_by_default(monkeypatch):
     target = prune(sample("digits_cnn"), calib=DATA / "digits_calib.npz", target="latency=0.6",
                    round_to=8).report.target
     assert target.cost_basis == "macs" and (target.table_measured, target.table_cached) == (0, 0)
-    assert 1 <= len(target.rounds) <= prune_target.MAX_ROUNDS["latency"]
+    # correction rounds; the verification round appends its own candidates (notes "verify: ...")
+    assert 1 <= sum(not (r.note or "").startswith("verify") for r in target.rounds) <= prune_target.MAX_ROUNDS["latency"]
     assert all(r.timing["reference_p50_ms"] > 0 for r in target.rounds)

@@ -86,6 +86,9 @@ class TargetReport:
     #: residual blocks removed whole: id, add, x, branch_output, loss (rel. error alone), saved (cost fraction)
     blocks: list[dict[str, Any]] = field(default_factory=list)
     block_candidates: int = 0  #: removable blocks offered to the allocation
+    #: the verification round's candidates: round, source, widths, blocks, predicted_loss, measured, whole_loss, chosen
+    verify: list[dict[str, Any]] = field(default_factory=list)
+    verify_seconds: float = 0.0
     note: str = ""
     seconds: float = 0.0
 
@@ -100,6 +103,7 @@ class TargetReport:
                 "rounds": [r.to_dict() for r in self.rounds],
                 "groups": {str(g): {"kept": k, "total": t, "ratio": (t - k) / t} for g, (k, t) in self.groups.items()},
                 "block_candidates": self.block_candidates, "blocks_removed": [dict(b) for b in self.blocks],
+                "verify": {"candidates": [dict(c) for c in self.verify], "seconds": round(self.verify_seconds, 3)},
                 "note": self.note or None, "seconds": round(self.seconds, 3)}
 
     def table(self) -> str:
@@ -115,7 +119,10 @@ class TargetReport:
                                   + f", {self.solver} solver")
         removed = "".join(f"\nremoved block {b['id']} ({b['add']}): predicted loss {b['loss']:.4g}, "
                           f"saves {b['saved']:.2%} of {self.cost_basis}" for b in self.blocks)
-        return text + removed + (f"\n{self.note}" if self.note else "")
+        verified = "".join(f"\nverify: round {c['round']} ({c['source']}): predicted loss {c['predicted_loss']:.4g}, "
+                           f"measured {c['measured']:.4f}, whole-model loss {c['whole_loss']:.4g}"
+                           + (" <- kept" if c["chosen"] else "") for c in self.verify)
+        return text + removed + verified + (f"\n{self.note}" if self.note else "")
 
 
 def _ratio(after: int | None, before: int | None) -> float | None:

@@ -89,6 +89,10 @@ TABLE_BUDGET_S = 0.25
 LATENCY_TABLE = False
 #: warm-up runs and timed rounds at least per table entry (a 0.5 s model then costs ~3 s per entry)
 TABLE_WARMUP, TABLE_MIN_RUNS = 2, 3
+#: in-band allocations the verification round prunes, repairs and measures whole (the least loss is kept)
+VERIFY_CANDIDATES = 3
+#: target measurements the verification round may spend looking for in-band alternatives
+VERIFY_MEASUREMENTS = 6
 
 
 @dataclass(frozen=True)
@@ -454,12 +458,18 @@ def allocate_target(
     repair: str = "none",
     damp: float | None = None,
     blocks: bool = True,
+    verify: int | None = None,
+    sequential: bool | None = None,
 ) -> tuple[dict[int, float], TargetReport]:
     """Per-group removal ratios meeting ``target`` on ``model`` (prepared for analysis, not modified),
     whose groups are ``dg``; ``build(copy)`` makes the same analysis of a copy (for verification).
     ``calib`` is the calibration :class:`~onnxsparse.calibration.data.DataSource` (keys: input names).
     ``blocks``: also offer every removable residual block whole (the report lists those removed; the caller
-    removes them after applying the widths, :func:`~onnxsparse.passes.blocks.remove_by_values`)."""
+    removes them after applying the widths, :func:`~onnxsparse.passes.blocks.remove_by_values`).
+    ``verify`` (default :data:`VERIFY_CANDIDATES`): how many in-band allocations the verification round
+    prunes, repairs (``repair``, ``damp``, ``sequential``; default: sequential when repairing, as ``prune``)
+    and measures whole (:func:`verify_round`; 1: keep the table's pick)."""
+    from .reconstruct import DEFAULT_DAMP
     from .sensitivity import sensitivity
 
     start = time.perf_counter()
@@ -560,15 +570,30 @@ def allocate_target(
                 lo = max(lo, budget)
             guess = budget * target.ratio / measured
             budget = guess if lo < guess < hi else 0.5 * (lo + hi)
-    if not met_rounds and target.metric != "latency":
-        def predicted_of(keep: dict[int, int], removed: tuple[int, ...]) -> float:
-            saved = sum(by_id[b].saved for b in removed)
-            saved += sum((o.saved or [0.0])[o.keep.index(keep.get(o.gid, o.size))] for o in options
-                         if inside.get(o.gid) not in removed)
-            return (total - saved) / total
+    def predicted_of(keep: dict[int, int], removed: tuple[int, ...]) -> float:
+        saved = sum(by_id[b].saved for b in removed)
+        for o in options:
+            k = keep.get(o.gid, o.size)
+            if inside.get(o.gid) not in removed:  # a width off the ladder (a uniform ratio's): interpolated
+                saved += float(np.interp(o.size - k, [o.size - w for w in o.keep], o.saved or [0.0] * len(o.keep)))
+        return (total - saved) / total
 
+    if not met_rounds and target.metric != "latency":
         met_rounds += _refine(report, options, target, predicted_of, measure, inside)
     chosen_round = min(met_rounds, key=lambda i: report.rounds[i].loss) if met_rounds else None
+    verify = VERIFY_CANDIDATES if verify is None else verify
+    if chosen_round is not None and verify > 1:
+        whole = WholeModelLoss(model, dg, calib, build, multiples, min_keep, criterion, seed=seed, repair=repair,
+                               damp=DEFAULT_DAMP if damp is None else damp,
+                               sequential=repair != "none" if sequential is None else sequential)
+        win = report.rounds[chosen_round]
+        chosen_round = verify_round(
+            report, met_rounds, chosen_round, target=target, k=verify, items=items, losses=losses, costs=costs,
+            cap=sum(full) - (1.0 - win.budget) * total,
+            band=None if target.metric == "latency" else 2 * TOLERANCE * target.ratio * total, solver=solver,
+            options=options, multiples=multiples, min_keep=min_keep, predicted_of=predicted_of, measure=measure,
+            whole_loss=lambda keep, removed: whole(keep, [(by_id[b].block.x, by_id[b].block.branch_output)
+                                                          for b in removed]))
     if chosen_round is None:
         chosen_round = _fallback(report.rounds, target)
         report.note = (f"no allocation landed within {TOLERANCE:.0%} of {target}: the widths the groups may keep "
@@ -662,3 +687,218 @@ def _model_cost(model: ir.Model, metric: str, shapes, dims) -> float:
     if metric == "params":
         return float(count_params(model))
     return float(count_macs(model, shapes, dims=dims) or 0)
+
+
+# -- verification round: the table proposes, the whole model decides ----------------------------
+
+
+class WholeModelLoss:
+    """Prune and repair a copy to given widths exactly as ``prune`` does after the allocation (same criterion
+    scores, selection, repair, then the blocks removed) and measure its ``rel_mse`` on the calibration data:
+    the loss table's metric, of the whole model instead of one group alone."""
+
+    def __init__(self, model: ir.Model, dg: DependencyGraph, source, build: Callable[[ir.Model], DependencyGraph],
+                 multiples: Mapping[int, int], min_keep: int, criterion: str, *, seed: int, repair: str,
+                 damp: float, sequential: bool, batch_size: int = 32) -> None:
+        from ..calibration.capture import batching, capture
+        from ..criteria import CALIBRATION_KEY, get_criterion
+        from .prune import score_groups
+        from .reconstruct import candidate_requests
+        from .sensitivity import _run_all, _session as quiet_session
+
+        self.model, self.source, self.build, self.multiples = model, source, build, dict(multiples)
+        self.min_keep, self.seed, self.repair, self.damp, self.sequential = min_keep, seed, repair, damp, sequential
+        probe_channels, probe_layers = candidate_requests(dg)
+        crit = get_criterion(criterion, "structured")
+        self.cap = capture(model, source, channels=probe_channels if crit.requires_data else (),
+                           layers=probe_layers if repair == "bias" and not sequential else (),
+                           batch_size=batch_size, seed=seed)
+        self.scores, _ = score_groups(dg, criterion, seed=seed, extras={CALIBRATION_KEY: self.cap})
+        self.batch_size, self.limit = batching(model, source, batch_size)
+        sess = quiet_session(model)
+        self.outputs = [o.name for o in sess.get_outputs()
+                        if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")]
+        self.reference = _run_all(sess, source, self.batch_size, self.limit, self.outputs)
+
+    def pruned(self, keep: Mapping[int, int], blocks: Sequence[tuple[str, str]] = ()) -> ir.Model:
+        """The pruned, repaired copy (``keep``: group id -> kept units; ``blocks``: (x, branch_output) removed)."""
+        from ..graph import PrunePlan, apply_plan
+        from .blocks import quiet_folding, remove_by_values
+        from .prune_select import select
+        from .reconstruct import reconstruct
+
+        copy = self.model.clone()
+        dg = self.build(copy)
+        sizes = {g.id: g.size for g in dg.prunable}
+        ratios = {gid: (sizes[gid] - k) / sizes[gid] for gid, k in keep.items() if k < sizes[gid]}
+        removed = select({g: s for g, s in self.scores.items() if g in ratios}, 0.0, round_to=self.multiples,
+                         min_keep=self.min_keep, group_ratios=ratios)
+        plan = PrunePlan.create(dg, removed)
+        if self.repair != "none":
+            rec = reconstruct(dg, plan, self.source, mode=self.repair, sequential=self.sequential, damp=self.damp,
+                              stats=self.cap, batch_size=self.batch_size, seed=self.seed, measure=False)
+            masks = plan.masks()
+            rec.write_weights(copy)
+            apply_plan(plan)
+            rec.write_biases(copy, masks)
+        else:
+            apply_plan(plan)
+        if blocks:
+            with quiet_folding():
+                remove_by_values(copy, list(blocks))
+        return copy
+
+    def __call__(self, keep: Mapping[int, int], blocks: Sequence[tuple[str, str]] = ()) -> float:
+        from .sensitivity import _run_all, _session as quiet_session, output_errors
+
+        sess = quiet_session(self.pruned(keep, blocks))
+        outs = _run_all(sess, self.source, self.batch_size, self.limit, self.outputs)
+        return output_errors(self.reference, outs, self.outputs)[0]
+
+
+def table_loss(options: Sequence[GroupOptions], keep: Mapping[int, int]) -> float:
+    """The loss table's prediction for widths ``keep``: per group the loss of its width, interpolated in units
+    removed when the width is not one of its options (a uniform ratio's widths need not be)."""
+    total = 0.0
+    for o in options:
+        k = keep.get(o.gid, o.size)
+        if k < o.size:
+            total += float(np.interp(o.size - k, [o.size - w for w in o.keep], o.loss))
+    return total
+
+
+def uniform_keep(options: Sequence[GroupOptions], multiples: Mapping[int, int], min_keep: int,
+                 ratio: float) -> dict[int, int]:
+    """The widths ``prune`` keeps with one ratio for every allocated group (``prune_select.keep_count``)."""
+    from .prune_select import keep_count
+
+    out = {o.gid: keep_count(o.size, ratio, multiples.get(o.gid, 1), min_keep) for o in options}
+    return {g: k for g, k in out.items() if k < next(o.size for o in options if o.gid == g)}
+
+
+def _uniform_round(options: Sequence[GroupOptions], multiples: Mapping[int, int], min_keep: int, target: Target,
+                   measure: Callable[[dict[int, int], tuple[int, ...]], tuple[float, dict[str, float]]],
+                   steps: int = 12) -> tuple[dict[int, int], float] | None:
+    """The uniform ratio's widths that meet ``target`` (bisected on the measured ratio), or ``None``."""
+    lo, hi = 0.0, 0.95
+    seen: dict[tuple[tuple[int, int], ...], float] = {}
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        keep = uniform_keep(options, multiples, min_keep, mid)
+        key = tuple(sorted(keep.items()))
+        if key not in seen:
+            seen[key] = measure(keep, ())[0]
+        if _met(target.metric, seen[key], target.ratio):
+            return keep, seen[key]
+        if seen[key] > target.ratio:
+            lo = mid
+        else:
+            hi = mid
+    return None
+
+
+def _choice_of(items: Sequence[Sequence[_Choice]], keep: Mapping[int, int], blocks: tuple[int, ...]) -> list[int] | None:
+    """The option index per knapsack item that gives the widths ``keep`` and removed ``blocks`` (None: none does)."""
+    choice = []
+    for item in items:
+        gids = {g for ch in item for g, _ in ch.keep}
+        bids = {b for ch in item for b in ch.blocks}
+        want = (frozenset((g, keep[g]) for g in gids if g in keep), frozenset(b for b in blocks if b in bids))
+        index = next((i for i, ch in enumerate(item) if (frozenset(ch.keep), frozenset(ch.blocks)) == want), None)
+        if index is None:
+            return None
+        choice.append(index)
+    return choice
+
+
+def next_best(items: Sequence[Sequence[_Choice]], losses: Sequence[Sequence[float]], costs: Sequence[Sequence[float]],
+              winner: Sequence[int], cap: float, floor: float | None, solver: str) -> list[tuple[float, list[int]]]:
+    """(predicted loss, choice) of the allocations found by re-solving with the winner's option of one item
+    forbidden, one item at a time, least predicted loss first, distinct, the winner excluded."""
+    found: dict[tuple[int, ...], float] = {}
+    for j, w in enumerate(winner):
+        if len(items[j]) < 2:
+            continue
+        forbidden = [list(row) for row in losses]
+        forbidden[j][w] = math.inf
+        alloc = solve(forbidden, costs, cap, solver, floor=floor) if floor is not None else None
+        alloc = alloc or solve(forbidden, costs, cap, solver)
+        if alloc is not None and math.isfinite(alloc.loss) and list(alloc.choice) != list(winner):
+            found.setdefault(alloc.choice, alloc.loss)
+    return sorted(((loss, list(choice)) for choice, loss in found.items()), key=lambda p: (p[0], p[1]))
+
+
+def _round_key(r: TargetRound) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    return tuple(sorted(r.keep.items())), tuple(sorted(r.blocks))
+
+
+def verify_round(report: TargetReport, met: Sequence[int], winner: int, *, target: Target, k: int,
+                 items: Sequence[Sequence[_Choice]], losses: Sequence[Sequence[float]],
+                 costs: Sequence[Sequence[float]], cap: float, band: float | None, solver: str,
+                 options: Sequence[GroupOptions],
+                 multiples: Mapping[int, int], min_keep: int,
+                 predicted_of: Callable[[dict[int, int], tuple[int, ...]], float],
+                 measure: Callable[[dict[int, int], tuple[int, ...]], tuple[float, dict[str, float]]],
+                 whole_loss: Callable[[dict[int, int], tuple[int, ...]], float]) -> int:
+    """The round to keep among up to ``k`` distinct in-band allocations: the knapsack's pick, the uniform
+    ratio that meets the target (MACs / params), and the next-best allocations (other in-band rounds; the
+    knapsack re-solved with the pick's option of one item forbidden, measured until in band), each pruned,
+    repaired and measured whole by ``whole_loss``; the least whole-model loss wins (ties: the table's pick).
+    ``cap``: the winning round's summed option-cost budget, ``band``: the window below it (None: no window).
+    The candidates are listed in ``report.verify``; the rounds it adds are appended to ``report.rounds``."""
+    start = time.perf_counter()
+    rounds = report.rounds
+    best = rounds[winner]
+    keys = {_round_key(best)}
+    pool: list[tuple[int, str]] = [(winner, "knapsack")]
+    if target.metric != "latency" and k > len(pool):  # a uniform latency would need timing every bisection step
+        uniform = _uniform_round(options, multiples, min_keep, target, measure)
+        if uniform is not None:
+            keep, measured = uniform
+            r = TargetRound(best.budget, predicted_of(keep, ()), measured, table_loss(options, keep), keep=keep,
+                            note="verify: uniform ratio")
+            if _round_key(r) not in keys:
+                keys.add(_round_key(r))
+                rounds.append(r)
+                pool.append((len(rounds) - 1, "uniform"))
+    others: list[tuple[int, str]] = []
+    for i in sorted(met, key=lambda i: rounds[i].loss):
+        if _round_key(rounds[i]) not in keys:
+            keys.add(_round_key(rounds[i]))
+            others.append((i, "knapsack round"))
+    choice = _choice_of(items, best.keep, best.blocks)
+    if choice is not None and len(pool) + len(others) < k:
+        floor = None if band is None else max(cap - band, 0.0)
+        budget, wanted = VERIFY_MEASUREMENTS, k - len(pool) - len(others)
+        for loss, alt in next_best(items, losses, costs, choice, max(cap, 0.0), floor, solver):
+            if wanted <= 0 or budget <= 0:
+                break
+            picks = [item[c] for item, c in zip(items, alt)]
+            keep = {gid: w for ch in picks for gid, w in ch.keep}
+            removed = tuple(sorted(b for ch in picks for b in ch.blocks))
+            r = TargetRound(best.budget, predicted_of(keep, removed), math.nan, loss, keep=keep, blocks=removed,
+                            note="verify: next-best (one item's option forbidden)")
+            if _round_key(r) in keys:
+                continue
+            keys.add(_round_key(r))
+            budget -= 1
+            r.measured, r.timing = measure(keep, removed)
+            rounds.append(r)
+            if _met(target.metric, r.measured, target.ratio):
+                others.append((len(rounds) - 1, "next-best"))
+                wanted -= 1
+    others.sort(key=lambda p: rounds[p[0]].loss)
+    pool += others[: max(k - len(pool), 0)]
+    if len(pool) < 2:
+        report.verify_seconds = time.perf_counter() - start
+        return winner
+    measured_loss = [whole_loss(rounds[i].keep, rounds[i].blocks) for i, _ in pool]
+    pick = min(range(len(pool)), key=lambda j: (measured_loss[j], j))
+    report.verify = [{"round": i + 1, "source": source, "widths": {str(g): w for g, w in sorted(rounds[i].keep.items())},
+                      "blocks": list(rounds[i].blocks), "predicted_loss": rounds[i].loss,
+                      "measured": rounds[i].measured, "whole_loss": value, "chosen": j == pick}
+                     for j, ((i, source), value) in enumerate(zip(pool, measured_loss))]
+    report.verify_seconds = time.perf_counter() - start
+    logger.info("target %s: verification kept round %d of %d candidates (whole-model losses %s)", target,
+                pool[pick][0] + 1, len(pool), ", ".join(f"{v:.4g}" for v in measured_loss))
+    return pool[pick][0]
