@@ -433,6 +433,7 @@ def _prune(
         group_ratios, target_report = allocate_target(
             model, dg, target, calib=source, multiples=_unit_round(dg, round_to), min_keep=min_keep,
             criterion=criterion, samples=len(source), shapes=shapes, dims=dims, seed=seed, repair=repair, damp=damp,
+            sequential=sequential,
             build=lambda m: build_groups(m, registry=registry, exclude=exclude, block=block,
                                          allow_signature_change=allow_signature_change))
         t = step("target_s", t)
