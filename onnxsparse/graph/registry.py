@@ -53,7 +53,9 @@ class OpRule:
     priority: ClassVar[int] = 0
 
     def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
-        """Declare couplings for ``node``; return ``None`` or a decline reason."""
+        """Declare couplings for ``node``; raise :class:`~onnxsparse.errors.Decline` with the reason when
+        the rule cannot take it (every built-in rule does; a returned reason string, as plug-in rules
+        written for earlier versions do, is read the same way)."""
         raise NotImplementedError
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:

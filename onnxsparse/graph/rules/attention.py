@@ -270,31 +270,31 @@ class MultiHeadAttentionRule(OpRule):
     op_types = ("MultiHeadAttention",)
     domain = MS
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         q, k, v, bias = ctx.input(0), ctx.input(1), ctx.input(2), ctx.input(3)
         y = ctx.output(0)
         if q is None or y is None:
-            return f"{ctx.describe()}: missing query or output"
+            raise Decline(f"{ctx.describe()}: missing query or output")
         if k is None or v is None:
-            return f"{ctx.describe()}: packed QKV (no separate key/value input) is not supported"
+            raise Decline(f"{ctx.describe()}: packed QKV (no separate key/value input) is not supported")
         if _unreached(ctx, ctx.attr_int("num_heads"), (q, k, v)):
             return None
         if ctx.rank(q) != 3 or ctx.rank(k) != 3 or ctx.rank(v) != 3:
-            return (f"{ctx.describe()}: query/key/value ranks {ctx.rank(q)}/{ctx.rank(k)}/{ctx.rank(v)}: only "
+            raise Decline(f"{ctx.describe()}: query/key/value ranks {ctx.rank(q)}/{ctx.rank(k)}/{ctx.rank(v)}: only "
                     "separate [batch, seq, hidden] inputs are supported (not packed QKV/KV or past-as-key)")
         if _present(ctx.input(9)):
-            return f"{ctx.describe()}: cache_indirection (beam search) is not supported"
+            raise Decline(f"{ctx.describe()}: cache_indirection (beam search) is not supported")
         if _used(ctx.output(3)):
-            return f"{ctx.describe()}: its output_qk is used"
+            raise Decline(f"{ctx.describe()}: its output_qk is used")
         h = ctx.attr_int("num_heads")
         if not h:
-            return f"{ctx.describe()}: num_heads missing"
+            raise Decline(f"{ctx.describe()}: num_heads missing")
         unit, d, dv = _couple_3d(ctx, q, k, v, y, h, h)
         if bias is not None:
             bd = ctx.dims(bias)
             hidden = [xd[2] for x in (q, k, v) if (xd := ctx.dims(x)) is not None and xd[2] is not None]
             if bd is None or len(bd) != 1 or len(hidden) != 3 or bd[0] != sum(hidden):
-                return f"{ctx.describe()}: bias shape {bd} is not [{sum(hidden)}] (query | key | value)"
+                raise Decline(f"{ctx.describe()}: bias shape {bd} is not [{sum(hidden)}] (query | key | value)")
             offset = 0
             for x, n in zip((q, k, v), hidden):
                 ctx.couple(x, 2, bias, 0, Offset(offset))
@@ -302,8 +302,11 @@ class MultiHeadAttentionRule(OpRule):
             ctx.role(bias, 0, Role.BIAS)
         reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=q)
         if reason:
-            return reason
-        return _couple_kv_cache(ctx, unit, (ctx.input(6), ctx.input(7)), q, h, d, dv)
+            raise Decline(reason)
+        declined = _couple_kv_cache(ctx, unit, (ctx.input(6), ctx.input(7)), q, h, d, dv)
+        if declined is not None:
+            raise Decline(declined)
+        return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         keep = ctx.keep_virtual(_UNIT)
@@ -317,44 +320,44 @@ class MsAttentionRule(OpRule):
     op_types = ("Attention",)
     domain = MS
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, w, bias, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         if x is None or w is None or y is None:
-            return f"{ctx.describe()}: missing input, weights or output"
+            raise Decline(f"{ctx.describe()}: missing input, weights or output")
         if ctx.attr_int("do_rotary", 0):
-            return f"{ctx.describe()}: do_rotary is not supported (unproven)"
+            raise Decline(f"{ctx.describe()}: do_rotary is not supported (unproven)")
         if _present(ctx.input(4)):
-            return f"{ctx.describe()}: past state input is not supported"
+            raise Decline(f"{ctx.describe()}: past state input is not supported")
         if _used(ctx.output(1)):
-            return f"{ctx.describe()}: its present output is used"
+            raise Decline(f"{ctx.describe()}: its present output is used")
         h = ctx.attr_int("num_heads")
         if _unreached(ctx, h, (x,)):
             return None
         xd, wd = ctx.dims(x), ctx.dims(w)
         if not h:
-            return f"{ctx.describe()}: num_heads missing"
+            raise Decline(f"{ctx.describe()}: num_heads missing")
         if xd is None or len(xd) != 3 or xd[2] is None:
-            return f"{ctx.describe()}: input is not [batch, seq, hidden] with a known hidden size"
+            raise Decline(f"{ctx.describe()}: input is not [batch, seq, hidden] with a known hidden size")
         w_in, width = (wd[0], wd[1]) if wd is not None and len(wd) == 2 else (None, None)
         if w_in is None or width is None or w_in != xd[2]:
-            return f"{ctx.describe()}: weights are not a [{xd[2]}, 3*hidden] matrix (shape {wd})"
+            raise Decline(f"{ctx.describe()}: weights are not a [{xd[2]}, 3*hidden] matrix (shape {wd})")
         sizes = ctx.attr_ints("qkv_hidden_sizes")
         if sizes is None:
             if width % 3:
-                return f"{ctx.describe()}: weight width {width} is not 3 equal pieces (no qkv_hidden_sizes)"
+                raise Decline(f"{ctx.describe()}: weight width {width} is not 3 equal pieces (no qkv_hidden_sizes)")
             sizes = (width // 3,) * 3
         if len(sizes) != 3 or sum(sizes) != width or any(s <= 0 or s % h for s in sizes):
-            return f"{ctx.describe()}: qkv sizes {sizes} do not fill width {width} or divide into {h} heads"
+            raise Decline(f"{ctx.describe()}: qkv sizes {sizes} do not fill width {width} or divide into {h} heads")
         dq, dk, dv = (s // h for s in sizes)
         if dq != dk:
-            return f"{ctx.describe()}: query head size {dq} differs from key head size {dk}"
+            raise Decline(f"{ctx.describe()}: query head size {dq} differs from key head size {dk}")
         offsets = (0, sizes[0], sizes[0] + sizes[1])
         rows = np.concatenate([off + Block(dd).table(h) for off, dd in zip(offsets, (dq, dk, dv))], axis=1)
         columns = Table(rows)
         _fill(y, [_dim(x, 0), _dim(x, 1), h * dv], x)
         yd = ctx.dims(y)
         if yd is None or len(yd) != 3 or yd[2] != h * dv:
-            return f"{ctx.describe()}: output is not [batch, seq, {h * dv}]"
+            raise Decline(f"{ctx.describe()}: output is not [batch, seq, {h * dv}]")
         unit = _heads(ctx, h)
         ctx.couple(unit, 0, w, 1, columns)
         ctx.couple(unit, 0, y, 2, Block(dv))
@@ -367,18 +370,18 @@ class MsAttentionRule(OpRule):
         if bias is not None:
             bd = ctx.dims(bias)
             if bd is None or len(bd) != 1 or bd[0] != width:
-                return f"{ctx.describe()}: bias shape {bd} is not [{width}]"
+                raise Decline(f"{ctx.describe()}: bias shape {bd} is not [{width}]")
             ctx.couple(unit, 0, bias, 0, columns)
             ctx.role(bias, 0, Role.BIAS)
         reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=x)
         if reason:
-            return reason
+            raise Decline(reason)
         present = ctx.output(1)
         if _present(present):  # [2, B, H, T, Dk], unused (checked above)
             _fill(present, [2, _dim(x, 0), h, ir.SymbolicDim(None), dk], x)
             reason = _couple_kv_state(ctx, unit, (present,), h, dk, "present state", head_axis=2)
             if reason:
-                return reason
+                raise Decline(reason)
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
@@ -398,17 +401,17 @@ class GroupQueryAttentionRule(OpRule):
     op_types = ("GroupQueryAttention",)
     domain = MS
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         q, k, v, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         if q is None or y is None:
-            return f"{ctx.describe()}: missing query or output"
+            raise Decline(f"{ctx.describe()}: missing query or output")
         if (k is None) != (v is None):
-            return f"{ctx.describe()}: only one of key/value is given"
+            raise Decline(f"{ctx.describe()}: only one of key/value is given")
         if _used(ctx.output(3)):
-            return f"{ctx.describe()}: its output_qk is used"
+            raise Decline(f"{ctx.describe()}: its output_qk is used")
         hq, hkv = ctx.attr_int("num_heads"), ctx.attr_int("kv_num_heads")
         if not hq or not hkv:
-            return f"{ctx.describe()}: num_heads/kv_num_heads missing"
+            raise Decline(f"{ctx.describe()}: num_heads/kv_num_heads missing")
         if _unreached(ctx, hkv, (q, k, v)):
             return None
         if k is None or v is None:
@@ -418,15 +421,15 @@ class GroupQueryAttentionRule(OpRule):
         g = hq // hkv
         reason = _couple_kv_cache(ctx, unit, (ctx.input(3), ctx.input(4)), q, hkv, d, dv)
         if reason:
-            return reason
+            raise Decline(reason)
         reason = _head_bias(ctx, ctx.input(10), unit, hq, g, "attention_bias", q=q)
         if reason:
-            return reason
+            raise Decline(reason)
         sink = ctx.input(11)
         if sink is not None:
             sd = ctx.dims(sink)
             if sd is None or len(sd) != 1 or sd[0] != hq:
-                return f"{ctx.describe()}: head_sink shape {sd} is not [{hq}]"
+                raise Decline(f"{ctx.describe()}: head_sink shape {sd} is not [{hq}]")
             ctx.couple(unit, 0, sink, 0, Block(g))
             ctx.role(sink, 0, Role.CONST)
         return None
@@ -447,14 +450,14 @@ class OnnxAttentionRule(OpRule):
     op_types = ("Attention",)
     since = 23
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         q, k, v, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         if q is None or k is None or v is None or y is None:
-            return f"{ctx.describe()}: missing query/key/value or output"
+            raise Decline(f"{ctx.describe()}: missing query/key/value or output")
         if _used(ctx.output(3)):
-            return f"{ctx.describe()}: its qk_matmul_output is used"
+            raise Decline(f"{ctx.describe()}: its qk_matmul_output is used")
         if len(node.inputs) > 6 and _present(ctx.input(6)):
-            return f"{ctx.describe()}: nonpad_kv_seqlen input is not supported (unproven)"
+            raise Decline(f"{ctx.describe()}: nonpad_kv_seqlen input is not supported (unproven)")
         if _unreached(ctx, ctx.attr_int("kv_num_heads"), (q, k, v)):
             return None
         rq, rk, rv = ctx.rank(q), ctx.rank(k), ctx.rank(v)
@@ -463,21 +466,21 @@ class OnnxAttentionRule(OpRule):
         if rq == rk == rv == 3:
             hq, hkv = ctx.attr_int("q_num_heads"), ctx.attr_int("kv_num_heads")
             if not hq or not hkv:
-                return f"{ctx.describe()}: 3-D inputs without q_num_heads/kv_num_heads"
+                raise Decline(f"{ctx.describe()}: 3-D inputs without q_num_heads/kv_num_heads")
             unit, d, dv = _couple_3d(ctx, q, k, v, y, hq, hkv)
             qb = q
         elif rq == rk == rv == 4:
             qd, kd, vd, yd = ctx.dims(q), ctx.dims(k), ctx.dims(v), ctx.dims(y)
             if qd is None or kd is None or vd is None:  # pragma: no cover - all three ranks are 4
-                return f"{ctx.describe()}: query/key/value ranks unknown"
+                raise Decline(f"{ctx.describe()}: query/key/value ranks unknown")
             hq, hkv = qd[1], kd[1]
             if hq is None or hkv is None or vd[1] != hkv:
-                return f"{ctx.describe()}: head counts of 4-D query/key/value unknown or unequal ({qd}, {kd}, {vd})"
+                raise Decline(f"{ctx.describe()}: head counts of 4-D query/key/value unknown or unequal ({qd}, {kd}, {vd})")
             if hq % hkv:
-                return f"{ctx.describe()}: {hq} query heads do not group over {hkv} KV heads"
+                raise Decline(f"{ctx.describe()}: {hq} query heads do not group over {hkv} KV heads")
             d, dv = qd[3], vd[3]
             if yd is None or len(yd) != 4 or yd[1] != hq:
-                return f"{ctx.describe()}: output is not [B, {hq}, S, Dv] (shape {yd})"
+                raise Decline(f"{ctx.describe()}: output is not [B, {hq}, S, Dv] (shape {yd})")
             unit = _heads(ctx, hkv, hq // hkv)
             g = hq // hkv
             ctx.couple(unit, 0, q, 1, Block(g))
@@ -493,19 +496,19 @@ class OnnxAttentionRule(OpRule):
             ctx.couple(k, 2, v, 2)
             qb = None  # the mask's batch/sequence axes are left unmapped
         else:
-            return f"{ctx.describe()}: query/key/value ranks {rq}/{rk}/{rv} are neither all 3 nor all 4"
+            raise Decline(f"{ctx.describe()}: query/key/value ranks {rq}/{rk}/{rv} are neither all 3 nor all 4")
         g = hq // hkv
         reason = _head_bias(ctx, ctx.input(3), unit, hq, g, "attn_mask", q=qb)
         if reason:
-            return reason
+            raise Decline(reason)
         reason = _couple_kv_state(ctx, unit, (ctx.input(4), ctx.input(5)), hkv, d, "past state")
         if reason:
-            return reason
+            raise Decline(reason)
         for i, dd in ((1, d), (2, dv)):
             reason = _couple_kv_state(ctx, unit, (ctx.output(i),), hkv, dd, "present state", like=q,
                                       fill=[_dim(q, 0), hkv, ir.SymbolicDim(None), dd])
             if reason:
-                return reason
+                raise Decline(reason)
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:

@@ -11,6 +11,8 @@ refused: removing a channel would change which positions the step selects.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import numpy as np
 import onnx_ir as ir
 
@@ -25,17 +27,17 @@ __all__ = ["ConcatRule", "SplitRule", "SliceRule", "RULES"]
 class ConcatRule(OpRule):
     op_types = ("Concat",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         y = ctx.output(0)
         r = ctx.rank(y)
         if y is None or r is None:
-            return f"{ctx.describe()}: output rank unknown"
+            raise Decline(f"{ctx.describe()}: output rank unknown")
         axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
         offset = 0
         inputs = [x for x in node.inputs if x is not None]
         in_dims = [d for x in inputs if (d := ctx.dims(x)) is not None and len(d) == r]
         if len(in_dims) != len(inputs):
-            return f"{ctx.describe()}: input ranks unknown"
+            raise Decline(f"{ctx.describe()}: input ranks unknown")
         sizes = [d[axis] for d in in_dims]
         unknown = next((x for x, size in zip(inputs, sizes) if size is None), None)
         if unknown is not None:  # offsets unknown: the concat axis is blocked, the others pass through
@@ -82,19 +84,19 @@ def _split_sizes(ctx: CoupleContext, dim: int, n_out: int) -> list[int] | None:
 class SplitRule(OpRule):
     op_types = ("Split",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x = ctx.input(0)
         xd = ctx.dims(x)
         if x is None or xd is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         r = len(xd)
         axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
         dim = xd[axis]
         if dim is None:
-            return f"{ctx.describe()}: size of the split axis is unknown"
+            raise Decline(f"{ctx.describe()}: size of the split axis is unknown")
         sizes = _split_sizes(ctx, dim, len(node.outputs))
         if sizes is None:
-            return f"{ctx.describe()}: split sizes are not constant"
+            raise Decline(f"{ctx.describe()}: split sizes are not constant")
         ctx.handled_all(ctx.input(1))
         offset = 0
         for out, size in zip(node.outputs, sizes):
@@ -167,14 +169,14 @@ def _clamp(index: int, dim: int) -> int:
 class SliceRule(OpRule):
     op_types = ("Slice",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         xd = ctx.dims(x)
         if x is None or y is None or xd is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         params = _slice_params(ctx)
         if params is None:
-            return f"{ctx.describe()}: axes/steps are not constant"
+            raise Decline(f"{ctx.describe()}: axes/steps are not constant")
         for extra in node.inputs[1:]:
             ctx.handled_all(extra)
         starts, ends, axes, steps = params

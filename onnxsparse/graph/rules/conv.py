@@ -15,6 +15,8 @@ ConvTranspose has ``W[Ci, Co/g, *K]``: the roles of the two axes swap.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from ..context import CoupleContext, RewriteContext
@@ -78,19 +80,19 @@ def _set_group(ctx: RewriteContext, x: ir.Value) -> None:
 class ConvRule(OpRule):
     op_types = ("Conv",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         operands = _operands(ctx)
         if isinstance(operands, str):
-            return operands
+            raise Decline(operands)
         x, w, b, y = operands
         wd = ctx.dims(w)
         xd = ctx.dims(x)
         if wd is None or xd is None or wd[0] is None or wd[1] is None or xd[1] is None:
-            return f"{ctx.describe()}: channel counts unknown"
+            raise Decline(f"{ctx.describe()}: channel counts unknown")
         g = linear_op(node).groups
         ci, co, ci_g = xd[1], wd[0], wd[1]
         if ci != ci_g * g or co % g:
-            return f"{ctx.describe()}: inconsistent group {g} for {ci} -> {co} channels"
+            raise Decline(f"{ctx.describe()}: inconsistent group {g} for {ci} -> {co} channels")
         ctx.couple(w, 0, y, 1)
         ctx.role(w, 0, Role.PRODUCE)
         couple_filter_inputs(ctx, x, w, b, y, group=g, co=co, ci_g=ci_g, weight_input=1)
@@ -106,22 +108,22 @@ class ConvRule(OpRule):
 class ConvTransposeRule(OpRule):
     op_types = ("ConvTranspose",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         operands = _operands(ctx)
         if isinstance(operands, str):
-            return operands
+            raise Decline(operands)
         x, w, b, y = operands
         wd, xd, yd = ctx.dims(w), ctx.dims(x), ctx.dims(y)
         if wd is None or xd is None or yd is None or wd[0] is None or wd[1] is None or yd[1] is None:
-            return f"{ctx.describe()}: channel counts unknown"
+            raise Decline(f"{ctx.describe()}: channel counts unknown")
         g = linear_op(node).groups
         ci, co_g = wd[0], wd[1]
         co = co_g * g
         if xd[1] != ci or yd[1] != co or ci % g:
-            return f"{ctx.describe()}: inconsistent group {g}"
+            raise Decline(f"{ctx.describe()}: inconsistent group {g}")
         ci_g = ci // g
         if ctx.attr_ints("output_padding") is not None and ctx.rank(x) is None:
-            return f"{ctx.describe()}: unknown rank"
+            raise Decline(f"{ctx.describe()}: unknown rank")
         ctx.couple(w, 0, x, 1)
         ctx.role(w, 0, Role.PRODUCE if ci_g == 1 and g > 1 else Role.CONSUME)
         if b is not None:

@@ -10,6 +10,8 @@ other.  None of these ops mixes positions, so nothing else is needed.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from ..context import CoupleContext
@@ -48,20 +50,20 @@ def _const_roles(ctx: CoupleContext, inputs) -> None:
 class UnaryRule(OpRule):
     op_types = UNARY_OPS
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         ctx.same_shape(x, y)
         reason = ctx.broadcast([x], y)
         if reason:
-            return reason
+            raise Decline(reason)
         for extra in node.inputs[1:]:  # e.g. scalar parameters
             if extra is None:
                 continue
             extra_dims = ctx.dims(extra)
             if extra_dims is None or any(d != 1 for d in extra_dims):
-                return f"{ctx.describe()}: non-scalar extra input '{extra.name}'"
+                raise Decline(f"{ctx.describe()}: non-scalar extra input '{extra.name}'")
             ctx.handled_all(extra)
         return None
 
@@ -69,14 +71,14 @@ class UnaryRule(OpRule):
 class BroadcastRule(OpRule):
     op_types = BROADCAST_OPS
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         y = ctx.output(0)
         if y is None:
-            return f"{ctx.describe()}: missing output"
+            raise Decline(f"{ctx.describe()}: missing output")
         inputs = list(node.inputs)
         reason = ctx.broadcast(inputs, y)
         if reason:
-            return reason
+            raise Decline(reason)
         _const_roles(ctx, inputs)
         return None
 
@@ -87,15 +89,15 @@ class MsUnaryRule(UnaryRule):
     op_types = ("Gelu", "FastGelu", "QuickGelu", "BiasGelu", "FastGeluBias")
     domain = "com.microsoft"
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         ctx.same_shape(x, y)
         inputs = [v for v in node.inputs if v is not None]  # BiasGelu / FastGelu: a bias on the last axis
         reason = ctx.broadcast(inputs, y)
         if reason:
-            return reason
+            raise Decline(reason)
         _const_roles(ctx, inputs[1:])
         return None
 
@@ -103,13 +105,13 @@ class MsUnaryRule(UnaryRule):
 class DropoutRule(OpRule):
     op_types = ("Dropout",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         reason = ctx.broadcast([x], y)
         if reason:
-            return reason
+            raise Decline(reason)
         mask = ctx.output(1)
         if mask is not None:
             ctx.identity(x, mask)
@@ -121,12 +123,15 @@ class DropoutRule(OpRule):
 class CastLikeRule(OpRule):
     op_types = ("CastLike",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, like, y = ctx.input(0), ctx.input(1), ctx.output(0)
         if x is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         ctx.handled_all(like)  # only its element type matters
-        return ctx.broadcast([x], y)
+        declined = ctx.broadcast([x], y)
+        if declined is not None:
+            raise Decline(declined)
+        return None
 
 
 RULES: tuple[OpRule, ...] = (UnaryRule(), MsUnaryRule(), BroadcastRule(), DropoutRule(), CastLikeRule())

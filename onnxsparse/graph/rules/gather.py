@@ -7,6 +7,8 @@ axes they become.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from .. import value_facts as _shapes
@@ -19,11 +21,11 @@ __all__ = ["GatherRule", "RULES"]
 class GatherRule(OpRule):
     op_types = ("Gather",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, idx, y = ctx.input(0), ctx.input(1), ctx.output(0)
         r, ri, ry = ctx.rank(x), ctx.rank(idx), ctx.rank(y)
         if x is None or idx is None or y is None or r is None or ri is None or ry != r - 1 + ri:
-            return f"{ctx.describe()}: ranks unknown"
+            raise Decline(f"{ctx.describe()}: ranks unknown")
         axis = _shapes.norm_axis(ctx.attr_int("axis", 0) or 0, r)
         for k in range(r):
             if k < axis:

@@ -10,6 +10,8 @@ removes it from the other.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from ..context import CoupleContext
@@ -24,13 +26,13 @@ __all__ = ["GemmRule", "MatMulRule", "RULES"]
 class GemmRule(OpRule):
     op_types = ("Gemm",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         a, b, c = ctx.input(0), ctx.input(1), ctx.input(2)
         y = ctx.output(0)
         if a is None or b is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         if ctx.rank(a) != 2 or ctx.rank(b) != 2 or ctx.rank(y) != 2:
-            return f"{ctx.describe()}: operands must be 2-D with known rank"
+            raise Decline(f"{ctx.describe()}: operands must be 2-D with known rank")
         view = linear_op(node, 1, weight_rank=2)  # B's axes; A contracts view.data_axis
         b_k, b_n = view.matrix_axes()
         a_k = view.data_axis
@@ -51,7 +53,7 @@ class GemmRule(OpRule):
         if c is not None:
             reason = ctx.broadcast([c], y)
             if reason:
-                return reason
+                raise Decline(reason)
             if is_weight(c):
                 cd = ctx.dims(c) or ()
                 if cd and cd[-1] not in (None, 1):
@@ -62,19 +64,19 @@ class GemmRule(OpRule):
 class MatMulRule(OpRule):
     op_types = ("MatMul",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
         if a is None or b is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
         if ra is None or rb is None or ry is None:
-            return f"{ctx.describe()}: operand ranks unknown"
+            raise Decline(f"{ctx.describe()}: operand ranks unknown")
         left = linear_op(node, 0, weight_rank=ra)  # each operand's axes as if it were the weight
         right = linear_op(node, 1, weight_rank=rb)
         a_k, a_m = left.in_axis, left.out_axis  # a_m None for a 1-D A
         b_k, b_n = right.in_axis, right.out_axis
         if a_k is None or b_k is None:  # pragma: no cover - both ranks are known above
-            return f"{ctx.describe()}: operand ranks unknown"
+            raise Decline(f"{ctx.describe()}: operand ranks unknown")
         ctx.couple(a, a_k, b, b_k)
         if a_m is not None:
             ctx.couple(a, a_m, y, ry - 2 if b_n is not None else ry - 1)
@@ -86,12 +88,12 @@ class MatMulRule(OpRule):
         for x, rx in ((a, ra), (b, rb)):
             xd = ctx.dims(x)
             if xd is None or yd is None:  # pragma: no cover - every rank is known above
-                return f"{ctx.describe()}: operand ranks unknown"
+                raise Decline(f"{ctx.describe()}: operand ranks unknown")
             n_batch_x = max(rx - 2, 0)
             for k in range(n_batch_x):
                 ky = n_batch_y - n_batch_x + k
                 if ky < 0:
-                    return f"{ctx.describe()}: cannot align batch axes"
+                    raise Decline(f"{ctx.describe()}: cannot align batch axes")
                 if xd[k] == 1 and yd[ky] != 1:
                     ctx.handled(x, k)
                 else:

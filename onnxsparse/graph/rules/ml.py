@@ -9,6 +9,8 @@ that reason, the sample axis passes through.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from ..context import CoupleContext
@@ -27,11 +29,11 @@ class MLElementwiseRule(OpRule):
     op_types = ("Scaler", "Imputer", "Normalizer", "Binarizer")
     domain = "ai.onnx.ml"
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         ctx.same_shape(x, y)
         reason = _REFUSE.get(node.op_type)
         for k in range(r):

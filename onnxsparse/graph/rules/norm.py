@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from .. import value_facts as _shapes
@@ -29,17 +31,17 @@ __all__ = ["BatchNormRule", "InstanceNormRule", "GroupNormRule", "LayerNormRule"
 class BatchNormRule(OpRule):
     op_types = ("BatchNormalization",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         if ctx.attr_int("spatial", 1) == 0:
-            return f"{ctx.describe()}: spatial=0 (per-position statistics) is not supported"
+            raise Decline(f"{ctx.describe()}: spatial=0 (per-position statistics) is not supported")
         if any(v is not None and v.uses() for v in node.outputs[1:]):
-            return f"{ctx.describe()}: training-mode statistics outputs are used"
+            raise Decline(f"{ctx.describe()}: training-mode statistics outputs are used")
         r = ctx.rank(x)
         if r is None or r < 2:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         ctx.same_shape(x, y)
         ctx.identity(x, y)
         for v in node.outputs[1:]:
@@ -56,11 +58,11 @@ class BatchNormRule(OpRule):
 class InstanceNormRule(OpRule):
     op_types = ("InstanceNormalization",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, scale, bias, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None or r < 2:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         ctx.same_shape(x, y)
         ctx.couple(x, 0, y, 0)
         ctx.couple(x, 1, y, 1)
@@ -75,15 +77,15 @@ class GroupNormRule(OpRule):
     op_types = ("GroupNormalization",)
     since = 18
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, scale, bias, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         xd = ctx.dims(x)
         if x is None or y is None or xd is None or len(xd) < 2 or xd[1] is None:
-            return f"{ctx.describe()}: channel count unknown"
+            raise Decline(f"{ctx.describe()}: channel count unknown")
         groups = ctx.attr_int("num_groups")
         c = xd[1]
         if not groups or c % groups:
-            return f"{ctx.describe()}: {c} channels do not split into num_groups={groups}"
+            raise Decline(f"{ctx.describe()}: {c} channels do not split into num_groups={groups}")
         ctx.same_shape(x, y)
         ctx.couple(x, 0, y, 0)
         ctx.couple(x, 1, y, 1)
@@ -94,13 +96,13 @@ class GroupNormRule(OpRule):
                 continue
             pd = ctx.dims(p)
             if pd is None or len(pd) != 1:
-                return f"{ctx.describe()}: unexpected parameter shape"
+                raise Decline(f"{ctx.describe()}: unexpected parameter shape")
             if pd[0] == c:
                 ctx.couple(p, 0, x, 1)
             elif pd[0] == groups:
                 ctx.couple(p, 0, group, 0)
             else:
-                return f"{ctx.describe()}: parameter size {pd[0]} is neither C nor num_groups"
+                raise Decline(f"{ctx.describe()}: parameter size {pd[0]} is neither C nor num_groups")
             ctx.role(p, 0, role)
         return None
 
@@ -113,11 +115,11 @@ class GroupNormRule(OpRule):
 class LayerNormRule(OpRule):
     op_types = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         axis = _shapes.norm_axis(ctx.attr_int("axis", -1), r)
         ctx.same_shape(x, y)
         outs = [v for v in node.outputs if v is not None]
@@ -137,11 +139,11 @@ class LayerNormRule(OpRule):
 class LRNRule(OpRule):
     op_types = ("LRN",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None or r < 2:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         for k in range(r):
             if k == 1:
                 ctx.block(x, 1, "LRN mixes neighbouring channels")
@@ -154,11 +156,11 @@ class LRNRule(OpRule):
 class MVNRule(OpRule):
     op_types = ("MeanVarianceNormalization",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         axes = {_shapes.norm_axis(a, r) for a in ctx.attr_ints("axes", (0, 2, 3))}
         for k in range(r):
             if k not in axes:

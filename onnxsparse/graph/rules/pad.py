@@ -6,6 +6,8 @@ is the common case and leaves channels alone.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from .. import value_facts as _shapes
@@ -18,11 +20,11 @@ __all__ = ["PadRule", "RULES"]
 class PadRule(OpRule):
     op_types = ("Pad",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         if ctx.version < 11:
             pads = ctx.attr_ints("pads")
             axes = list(range(r))
@@ -31,10 +33,10 @@ class PadRule(OpRule):
             axes_v = ctx.input(3)
             axes_c = ctx.constant_ints(axes_v) if axes_v is not None else None
             if axes_v is not None and axes_c is None:
-                return f"{ctx.describe()}: axes are not constant"
+                raise Decline(f"{ctx.describe()}: axes are not constant")
             axes = [_shapes.norm_axis(a, r) for a in axes_c] if axes_c is not None else list(range(r))
         if pads is None or len(pads) != 2 * len(axes):
-            return f"{ctx.describe()}: pads are not constant"
+            raise Decline(f"{ctx.describe()}: pads are not constant")
         for extra in node.inputs[1:]:
             ctx.handled_all(extra)
         n = len(axes)

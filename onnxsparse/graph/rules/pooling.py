@@ -7,6 +7,8 @@ it is used the channel axis is refused.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from ..context import CoupleContext
@@ -18,11 +20,11 @@ __all__ = ["PoolRule", "RULES"]
 class PoolRule(OpRule):
     op_types = ("MaxPool", "AveragePool", "LpPool", "GlobalMaxPool", "GlobalAveragePool", "GlobalLpPool")
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         rx, ry = ctx.rank(x), ctx.rank(y)
         if x is None or y is None or rx is None or rx < 2 or rx != ry:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         indices = ctx.output(1)
         if indices is not None and indices.uses():
             ctx.block(x, 1, "MaxPool indices encode the channel count")

@@ -42,6 +42,8 @@ zero point.  ``QLinearMatMul`` of two activations, ``MatMulInteger``/``ConvInteg
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 from typing import ClassVar
 
 import onnx_ir as ir
@@ -67,32 +69,32 @@ class QDQRule(OpRule):
     op_types = ("DequantizeLinear", "QuantizeLinear")
     since = 10
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, scale, zp, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         if x is None or scale is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         ctx.same_shape(x, y)
         rank = ctx.rank(x)
         if rank is None:
-            return f"{ctx.describe()}: rank of '{x.name}' unknown"
+            raise Decline(f"{ctx.describe()}: rank of '{x.name}' unknown")
         sd = ctx.dims(scale)
         if sd is None:
-            return f"{ctx.describe()}: shape of the scale '{scale.name}' unknown"
+            raise Decline(f"{ctx.describe()}: shape of the scale '{scale.name}' unknown")
         block = ctx.attr_int("block_size", 0) or 0
         axis = None
         if not _per_tensor(sd):
             if block:
-                return (f"{ctx.describe()}: blocked quantization (block_size={block}) is not sliced "
+                raise Decline(f"{ctx.describe()}: blocked quantization (block_size={block}) is not sliced "
                         "(per-tensor and per-axis scales are)")
             if len(sd) != 1:
-                return f"{ctx.describe()}: scale of shape {list(sd)} is neither per-tensor nor per-axis"
+                raise Decline(f"{ctx.describe()}: scale of shape {list(sd)} is neither per-tensor nor per-axis")
             axis = ctx.attr_int("axis", 1)
             axis = axis + rank if axis < 0 else axis
             if not 0 <= axis < rank:
-                return f"{ctx.describe()}: axis {axis} out of range"
+                raise Decline(f"{ctx.describe()}: axis {axis} out of range")
         zd = ctx.dims(zp) if zp is not None else None
         if zp is not None and (zd is None or (axis is None) != _per_tensor(zd)):
-            return f"{ctx.describe()}: zero point shape {zd} does not match the scale's {list(sd)}"
+            raise Decline(f"{ctx.describe()}: zero point shape {zd} does not match the scale's {list(sd)}")
         for k in range(rank):
             ctx.couple(x, k, y, k)
         if axis is None:
@@ -117,8 +119,8 @@ class DynamicQuantizeRule(OpRule):
     op_types = ("DynamicQuantizeLinear",)
     since = 11
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
-        return (f"{ctx.describe()}: the scale is computed over the whole tensor at run time, so removing "
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
+        raise Decline(f"{ctx.describe()}: the scale is computed over the whole tensor at run time, so removing "
                 "channels would change the kept ones (dynamic quantization: prune the float model, then quantize)")
 
 
@@ -126,31 +128,31 @@ class MatMulNBitsRule(OpRule):
     op_types = ("MatMulNBits",)
     domain = "com.microsoft"
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         a, b, scales, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         zp = ctx.input(3)
         if a is None or b is None or scales is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         if len(node.inputs) > 4 and node.inputs[4] is not None:
-            return f"{ctx.describe()}: g_idx (act-order) input is not supported"
+            raise Decline(f"{ctx.describe()}: g_idx (act-order) input is not supported")
         bias = node.inputs[5] if len(node.inputs) > 5 else None
         if bias is not None and (bias.const_value is None or ctx.dims(bias) != (ctx.attr_int("N"),)):
-            return f"{ctx.describe()}: bias must be a constant [N]"
+            raise Decline(f"{ctx.describe()}: bias must be a constant [N]")
         if b.const_value is None or scales.const_value is None or (zp is not None and zp.const_value is None):
-            return f"{ctx.describe()}: B, scales and zero points must be constants"
+            raise Decline(f"{ctx.describe()}: B, scales and zero points must be constants")
         n, k = ctx.attr_int("N"), ctx.attr_int("K")
         bits, block = ctx.attr_int("bits", 4), ctx.attr_int("block_size")
         if n is None or k is None or block is None:
-            return f"{ctx.describe()}: attributes N, K and block_size are required"
+            raise Decline(f"{ctx.describe()}: attributes N, K and block_size are required")
         if bits not in (4, 8):
-            return f"{ctx.describe()}: bits={bits} not supported (4, 8)"
+            raise Decline(f"{ctx.describe()}: bits={bits} not supported (4, 8)")
         n_blocks = -(-k // block)
         blob = block * bits // 8
         bd, sd = ctx.dims(b), ctx.dims(scales)
         if bd != (n, n_blocks, blob):
-            return f"{ctx.describe()}: B of shape {bd} is not [N, K/block, blob] = {[n, n_blocks, blob]}"
+            raise Decline(f"{ctx.describe()}: B of shape {bd} is not [N, K/block, blob] = {[n, n_blocks, blob]}")
         if sd not in ((n * n_blocks,), (n, n_blocks)):
-            return f"{ctx.describe()}: scales of shape {sd} not [N * K/block]"
+            raise Decline(f"{ctx.describe()}: scales of shape {sd} not [N * K/block]")
         if y.shape is None and a.shape is not None:  # onnx's inference does not know com.microsoft ops
             y.shape = ir.Shape([*list(a.shape)[:-1], n])
         if y.dtype is None and a.dtype is not None:
@@ -158,9 +160,9 @@ class MatMulNBitsRule(OpRule):
         ra, ry = ctx.rank(a), ctx.rank(y)
         ad = ctx.dims(a)
         if ra is None or ry is None or ra != ry or ad is None:
-            return f"{ctx.describe()}: ranks of A and Y unknown"
+            raise Decline(f"{ctx.describe()}: ranks of A and Y unknown")
         if ad[-1] is not None and ad[-1] != k:
-            return f"{ctx.describe()}: A's last axis {ad[-1]} is not K={k}"
+            raise Decline(f"{ctx.describe()}: A's last axis {ad[-1]} is not K={k}")
         for axis in range(ra - 1):
             ctx.couple(a, axis, y, axis)
         # output channels: rows of B, of the scales, of the zero points
@@ -182,7 +184,7 @@ class MatMulNBitsRule(OpRule):
             elif zd == (n, zp_per_row):
                 ctx.couple(zp, 0, y, ry - 1)
             else:
-                return f"{ctx.describe()}: zero points of shape {zd} not understood"
+                raise Decline(f"{ctx.describe()}: zero points of shape {zd} not understood")
         # input features K: only whole quantization blocks (a virtual slot of K/block units)
         packed_zp = zp is not None and zp.dtype == ir.DataType.UINT8 and 8 // bits > 1 and n_blocks > 1
         why = None
@@ -264,32 +266,32 @@ class QLinearConvRule(OpRule):
     op_types = ("QLinearConv",)
     since = 10
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, w, b, y = ctx.input(0), ctx.input(3), ctx.input(8), ctx.output(0)
         if x is None or w is None or y is None or w.const_value is None:
-            return f"{ctx.describe()}: needs a constant weight"
+            raise Decline(f"{ctx.describe()}: needs a constant weight")
         xd, yd, wd = ctx.dims(x), ctx.dims(y), ctx.dims(w)
         if xd is None or yd is None or len(xd) < 3 or len(xd) != len(yd) or xd[1] is None:
-            return f"{ctx.describe()}: input/output ranks unknown"
+            raise Decline(f"{ctx.describe()}: input/output ranks unknown")
         reason = _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
         if reason:
-            return reason
+            raise Decline(reason)
         g = linear_op(node).groups
         ci = xd[1]
         co, ci_g = (wd[0], wd[1]) if wd is not None and len(wd) >= 2 else (None, None)
         if co is None or ci_g is None:
-            return f"{ctx.describe()}: weight shape unknown"
+            raise Decline(f"{ctx.describe()}: weight shape unknown")
         if ci != ci_g * g or co % g:
-            return f"{ctx.describe()}: inconsistent group {g}"
+            raise Decline(f"{ctx.describe()}: inconsistent group {g}")
         if g > 1 and ci_g != 1:
-            return f"{ctx.describe()}: grouped QLinearConv (group={g}) is not sliced (group 1 and depthwise are)"
+            raise Decline(f"{ctx.describe()}: grouped QLinearConv (group={g}) is not sliced (group 1 and depthwise are)")
         ctx.couple(x, 0, y, 0)
         ctx.couple(w, 0, y, 1)
         ctx.role(w, 0, Role.PRODUCE)
         for extra in (ctx.input(4), ctx.input(5)):
             reason = _per_channel(ctx, extra, y, 1)
             if reason:
-                return reason
+                raise Decline(reason)
         couple_filter_inputs(ctx, x, w, b, y, group=g, co=co, ci_g=ci_g, weight_input=3)  # grouped: depthwise only
         return None
 
@@ -307,19 +309,19 @@ class QLinearMatMulRule(OpRule):
     op_types = ("QLinearMatMul",)
     since = 10
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         a, b, y = ctx.input(0), ctx.input(3), ctx.output(0)
         if a is None or b is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         if b.const_value is None or ctx.rank(b) != 2:
-            return (f"{ctx.describe()}: only a constant 2-D B is sliced (masking a quantized activation "
+            raise Decline(f"{ctx.describe()}: only a constant 2-D B is sliced (masking a quantized activation "
                     "at its zero point is not supported)")
         ra, ry = ctx.rank(a), ctx.rank(y)
         if ra is None or ry is None or ra != ry or ra < 2:
-            return f"{ctx.describe()}: operand ranks unknown"
+            raise Decline(f"{ctx.describe()}: operand ranks unknown")
         reason = _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
         if reason:
-            return reason
+            raise Decline(reason)
         for axis in range(ra - 1):
             ctx.couple(a, axis, y, axis)
         ctx.couple(a, ra - 1, b, 0)
@@ -330,7 +332,7 @@ class QLinearMatMulRule(OpRule):
         for extra in (ctx.input(4), ctx.input(5)):
             reason = _per_channel(ctx, extra, y, ry - 1)
             if reason:
-                return reason
+                raise Decline(reason)
         return None
 
 
@@ -340,23 +342,23 @@ class QGemmRule(OpRule):
     op_types = ("QGemm",)
     domain = "com.microsoft"
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         a, b, c, y = ctx.input(0), ctx.input(3), ctx.input(6), ctx.output(0)
         if a is None or b is None or y is None or b.const_value is None or ctx.rank(a) != 2 or ctx.rank(b) != 2:
-            return f"{ctx.describe()}: needs a 2-D A and a constant 2-D B"
+            raise Decline(f"{ctx.describe()}: needs a 2-D A and a constant 2-D B")
         view = linear_op(node, 3, weight_rank=2)
         if view.data_axis != 1:
-            return f"{ctx.describe()}: transA is not supported"
+            raise Decline(f"{ctx.describe()}: transA is not supported")
         b_k, b_n = view.matrix_axes()
         ad, bd = ctx.dims(a), ctx.dims(b)
         if ad is None or bd is None:  # pragma: no cover - both ranks are 2
-            return f"{ctx.describe()}: needs a 2-D A and a constant 2-D B"
+            raise Decline(f"{ctx.describe()}: needs a 2-D A and a constant 2-D B")
         y_s, y_zp = ctx.input(7), ctx.input(8)
         _fill(y, [ad[0], bd[b_n]], None, y_zp.dtype if y_s is not None and y_zp is not None
               else (ir.DataType.FLOAT if y_s is None else a.dtype))
         reason = _scalars(ctx, ctx.input(1), ctx.input(2), y_s, ctx.input(8))
         if reason:
-            return reason
+            raise Decline(reason)
         ctx.couple(a, 1, b, b_k)
         ctx.couple(a, 0, y, 0)
         ctx.couple(b, b_n, y, 1)
@@ -366,11 +368,11 @@ class QGemmRule(OpRule):
         for extra in (ctx.input(4), ctx.input(5)):
             reason = _per_channel(ctx, extra, y, 1)
             if reason:
-                return reason
+                raise Decline(reason)
         if c is not None:
             reason = ctx.broadcast([c], y)
             if reason:
-                return reason
+                raise Decline(reason)
             cd = ctx.dims(c)
             if c.const_value is not None and cd and cd[-1] not in (None, 1):
                 ctx.role(c, len(cd) - 1, Role.BIAS)
@@ -383,14 +385,14 @@ class QLinearElementwiseRule(OpRule):
     op_types = ("QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu")
     domain = "com.microsoft"
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         y = ctx.output(0)
         binary = node.op_type in ("QLinearAdd", "QLinearMul")
         inputs = [ctx.input(0), ctx.input(3)] if binary else [ctx.input(0)]
         params = [ctx.input(i) for i in ((1, 2, 4, 5, 6, 7) if binary else (1, 2, 3, 4))]
         data = [v for v in inputs if v is not None]
         if y is None or len(data) != len(inputs):
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         shapes = [v.shape for v in data if v.shape is not None]
         if y.shape is None and len(shapes) == len(data):
             rank = max(len(s) for s in shapes)
@@ -402,10 +404,10 @@ class QLinearElementwiseRule(OpRule):
         _fill(y, None, data[0])
         reason = _scalars(ctx, *params)
         if reason:
-            return reason
+            raise Decline(reason)
         reason = ctx.broadcast(data, y)
         if reason:
-            return reason
+            raise Decline(reason)
         for v in data:
             if v.const_value is not None:
                 for k, d in enumerate(ctx.dims(v) or ()):
@@ -420,11 +422,11 @@ class QLinearPoolRule(OpRule):
     op_types = ("QLinearGlobalAveragePool", "QLinearAveragePool")
     domain = "com.microsoft"
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         xd = ctx.dims(x)
         if x is None or y is None or xd is None or len(xd) < 3:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         last = bool(ctx.attr_int("channels_last", 0))
         if node.op_type == "QLinearGlobalAveragePool" and y.shape is None and x.shape is not None:
             dims = list(x.shape)
@@ -433,10 +435,10 @@ class QLinearPoolRule(OpRule):
                 dims[k] = 1
             _fill(y, dims, x)
         if ctx.rank(y) != len(xd):
-            return f"{ctx.describe()}: output rank unknown"
+            raise Decline(f"{ctx.describe()}: output rank unknown")
         reason = _scalars(ctx, *(ctx.input(i) for i in range(1, 5)))
         if reason:
-            return reason
+            raise Decline(reason)
         ctx.couple(x, 0, y, 0)
         ctx.couple(x, len(xd) - 1 if last else 1, y, len(xd) - 1 if last else 1)
         return None
@@ -459,19 +461,20 @@ _QOPERATOR_REASON = ("QOperator form ({op}): no rule slices it (QLinearConv, QLi
 class QOperatorRule(OpRule):
     op_types: ClassVar[tuple[str, ...]] = _QOPERATOR
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
-        return f"{ctx.describe()}: " + _QOPERATOR_REASON.format(op=node.op_type)
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
+        raise Decline(f"{ctx.describe()}: " + _QOPERATOR_REASON.format(op=node.op_type))
 
 
 class MicrosoftQOperatorRule(QOperatorRule):
     op_types = _QOPERATOR_MS
     domain = "com.microsoft"
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x = ctx.input(0)
         if node.op_type == "QLinearSoftmax" and x is not None and x.shape is not None:
             _fill(ctx.output(0), list(x.shape), x)  # declined, but the shapes downstream stay known
-        return super().couple(node, ctx)
+        super().couple(node, ctx)  # declines (raises) with the reason
+        return None
 
 
 RULES: tuple[OpRule, ...] = (

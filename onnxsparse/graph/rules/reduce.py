@@ -9,6 +9,8 @@ coerce the input to 2-D at ``axis``, mixing every axis from ``axis`` on.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from .. import value_facts as _shapes
@@ -42,17 +44,17 @@ def _couple_kept(ctx: CoupleContext, x: ir.Value, y: ir.Value, reduced: set[int]
 class ReduceRule(OpRule):
     op_types = REDUCE_OPS
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         as_input = ctx.version >= _AXES_AS_INPUT.get(node.op_type, 18)
         if as_input:
             axes_v = ctx.input(1)
             axes = ctx.constant_ints(axes_v) if axes_v is not None else None
             if axes_v is not None and axes is None:
-                return f"{ctx.describe()}: axes are not constant"
+                raise Decline(f"{ctx.describe()}: axes are not constant")
             ctx.handled_all(axes_v)
         else:
             axes = ctx.attr_ints("axes")
@@ -71,11 +73,11 @@ class ReduceRule(OpRule):
 class ArgReduceRule(OpRule):
     op_types = ("ArgMax", "ArgMin")
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         axis = _shapes.norm_axis(ctx.attr_int("axis", 0), r)
         _couple_kept(ctx, x, y, {axis}, bool(ctx.attr_int("keepdims", 1)))
         return None
@@ -84,11 +86,11 @@ class ArgReduceRule(OpRule):
 class SoftmaxRule(OpRule):
     op_types = ("Softmax", "LogSoftmax", "Hardmax")
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         if ctx.version >= 13:
             axis = _shapes.norm_axis(ctx.attr_int("axis", -1), r)
             mixed = {axis}

@@ -6,6 +6,8 @@ is rewritten to the new count.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import numpy as np
 import onnx_ir as ir
 
@@ -30,11 +32,11 @@ class ResizeRule(OpRule):
         axes = ctx.attr_ints("axes")
         return [_shapes.norm_axis(a, r) for a in axes] if axes else list(range(r))
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         xd, yd = ctx.dims(x), ctx.dims(y)
         if x is None or y is None or xd is None or yd is None or len(xd) != len(yd):
-            return f"{ctx.describe()}: ranks unknown"
+            raise Decline(f"{ctx.describe()}: ranks unknown")
         for extra in node.inputs[1:]:
             ctx.handled_all(extra)
         axes = self._axes(ctx, len(xd))
@@ -47,7 +49,7 @@ class ResizeRule(OpRule):
             if scales is not None and len(scales) == 0:
                 scales = None
         if scales is None and sizes is None:
-            return f"{ctx.describe()}: scales/sizes are not constant"
+            raise Decline(f"{ctx.describe()}: scales/sizes are not constant")
         for k in range(len(xd)):
             same = True
             if k in axes:
@@ -83,17 +85,17 @@ class ResizeRule(OpRule):
 class UpsampleRule(OpRule):
     op_types = ("Upsample",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: ranks unknown"
+            raise Decline(f"{ctx.describe()}: ranks unknown")
         scales = ctx.attr_floats("scales")
         if scales is None:
             scales = _constant_floats(ctx, ctx.input(1))
             ctx.handled_all(ctx.input(1))
         if scales is None or len(scales) != r:
-            return f"{ctx.describe()}: scales are not constant"
+            raise Decline(f"{ctx.describe()}: scales are not constant")
         for k in range(r):
             if scales[k] == 1.0:
                 ctx.couple(x, k, y, k)

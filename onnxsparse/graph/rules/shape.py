@@ -267,11 +267,11 @@ def runtime_runs(node: ir.Node) -> tuple[_runtime_shape.Resolved, list[Run]]:
 class TransposeRule(OpRule):
     op_types = ("Transpose",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         perm = ctx.attr_ints("perm") or tuple(reversed(range(r)))
         for k, p in enumerate(perm):
             ctx.couple(x, p, y, k)
@@ -281,11 +281,11 @@ class TransposeRule(OpRule):
 class FlattenRule(OpRule):
     op_types = ("Flatten",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         xd = ctx.dims(x)
         if x is None or y is None or xd is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         a = _shapes.norm_axis(ctx.attr_int("axis", 1), len(xd))
 
         def prod(ds):
@@ -294,7 +294,7 @@ class FlattenRule(OpRule):
         runs_out = [prod(xd[:a]), prod(xd[a:])]
         runs = align_dims(list(xd), runs_out)
         if runs is None:
-            return f"{ctx.describe()}: cannot pair flattened axes"
+            raise Decline(f"{ctx.describe()}: cannot pair flattened axes")
         couple_runs(ctx, x, y, runs)
         return None
 
@@ -303,18 +303,21 @@ class ReshapeRule(OpRule):
     op_types = ("Reshape",)
     since = 5
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, target, y = ctx.input(0), ctx.input(1), ctx.output(0)
         if x is None or target is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         if ctx.constant_ints(target) is None:
-            return self._couple_runtime(node, ctx, x, target, y)
+            declined = self._couple_runtime(node, ctx, x, target, y)
+            if declined is not None:
+                raise Decline(declined)
+            return None
         xd, yd = ctx.dims(x), ctx.dims(y)
         if xd is None or yd is None:
-            return f"{ctx.describe()}: shapes unknown"
+            raise Decline(f"{ctx.describe()}: shapes unknown")
         runs = align_dims(list(xd), list(yd))
         if runs is None:
-            return f"{ctx.describe()}: cannot pair input and output axes"
+            raise Decline(f"{ctx.describe()}: cannot pair input and output axes")
         ctx.handled_all(target)
         couple_runs(ctx, x, y, runs)
         return None
@@ -377,17 +380,17 @@ def _axes_arg(ctx, index: int) -> tuple[int, ...] | None:
 class SqueezeRule(OpRule):
     op_types = ("Squeeze",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         xd = ctx.dims(x)
         if x is None or y is None or xd is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         axes = _axes_arg(ctx, 1)
         ctx.handled_all(ctx.input(1))
         r = len(xd)
         if axes is None:
             if any(d is None for d in xd):
-                return f"{ctx.describe()}: cannot tell which axes are squeezed"
+                raise Decline(f"{ctx.describe()}: cannot tell which axes are squeezed")
             squeezed = {k for k, d in enumerate(xd) if d == 1}
         else:
             squeezed = {_shapes.norm_axis(a, r) for a in axes}
@@ -404,14 +407,14 @@ class SqueezeRule(OpRule):
 class UnsqueezeRule(OpRule):
     op_types = ("Unsqueeze",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r, ry = ctx.rank(x), ctx.rank(y)
         if x is None or y is None or r is None or ry is None:
-            return f"{ctx.describe()}: ranks unknown"
+            raise Decline(f"{ctx.describe()}: ranks unknown")
         axes = _axes_arg(ctx, 1)
         if axes is None:
-            return f"{ctx.describe()}: axes are not constant"
+            raise Decline(f"{ctx.describe()}: axes are not constant")
         ctx.handled_all(ctx.input(1))
         inserted = {_shapes.norm_axis(a, ry) for a in axes}
         k = 0
@@ -427,23 +430,23 @@ class UnsqueezeRule(OpRule):
 class ExpandRule(OpRule):
     op_types = ("Expand",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, shape, y = ctx.input(0), ctx.input(1), ctx.output(0)
         if x is None or shape is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         if ctx.constant_ints(shape) is None:
             res = _runtime_shape.resolve_expand(node)
             if res is None:
-                return (f"{ctx.describe()}: target shape is computed at run time from ops other than "
+                raise Decline(f"{ctx.describe()}: target shape is computed at run time from ops other than "
                         "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
             _runtime_shape.set_shape(y, res.out)
             ctx.handled_all(shape)
             reason = ctx.broadcast([x], y)
             if reason:
-                return reason
+                raise Decline(reason)
             yd = ctx.dims(y)
             if yd is None:
-                return f"{ctx.describe()}: output rank unknown"
+                raise Decline(f"{ctx.describe()}: output rank unknown")
             offset = len(yd) - len(res.entries)
             for i, entry in enumerate(res.entries):
                 if (read := entry.read) is not None:
@@ -454,7 +457,10 @@ class ExpandRule(OpRule):
                                    *((Block(entry.scale),) if entry.scale != 1 else ()))
             return None
         ctx.handled_all(shape)
-        return ctx.broadcast([x], y)
+        declined = ctx.broadcast([x], y)
+        if declined is not None:
+            raise Decline(declined)
+        return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         y = ctx.required_output(0)

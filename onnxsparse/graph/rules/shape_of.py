@@ -10,6 +10,8 @@ with constant bounds.  ``Size`` reads every axis.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from .. import runtime_shape as _runtime_shape, value_facts as _shapes
@@ -52,11 +54,11 @@ def _read_positions(shape_out: ir.Value, length: int) -> set[int] | None:
 class ShapeRule(OpRule):
     op_types = ("Shape",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         start = ctx.attr_int("start", 0) or 0
         end = ctx.attr_int("end", r)
         start = min(max(_shapes.norm_axis(start, r), 0), r)
@@ -80,7 +82,7 @@ class ShapeRule(OpRule):
 class SizeRule(OpRule):
     op_types = ("Size",)
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x = ctx.input(0)
         ctx.block_all(x, "the element count is read as data")
         ctx.handled_all(ctx.output(0))

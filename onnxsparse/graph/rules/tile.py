@@ -9,6 +9,8 @@ Removing positions changes no repeat count, so nothing needs rewriting.
 
 from __future__ import annotations
 
+from ...errors import Decline
+
 import onnx_ir as ir
 
 from ..context import CoupleContext
@@ -22,16 +24,16 @@ class TileRule(OpRule):
     op_types = ("Tile",)
     since = 6
 
-    def couple(self, node: ir.Node, ctx: CoupleContext) -> str | None:
+    def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
         x, repeats, y = ctx.input(0), ctx.input(1), ctx.output(0)
         if x is None or repeats is None or y is None:
-            return f"{ctx.describe()}: missing input"
+            raise Decline(f"{ctx.describe()}: missing input")
         reps = ctx.constant_ints(repeats)
         xd = ctx.dims(x)
         if reps is None:
-            return f"{ctx.describe()}: repeats are computed at run time"
+            raise Decline(f"{ctx.describe()}: repeats are computed at run time")
         if xd is None or len(xd) != len(reps):
-            return f"{ctx.describe()}: input rank unknown"
+            raise Decline(f"{ctx.describe()}: input rank unknown")
         ctx.handled_all(repeats)
         for k, (n, r) in enumerate(zip(xd, reps)):
             if r == 1:
