@@ -49,7 +49,7 @@ from ..calibration.capture import (
     session_with_outputs,
 )
 from ..calibration.data import DataSource
-from ..graph import DependencyGraph, PrunePlan, apply_plan, build_groups
+from ..graph import DependencyGraph, PrunePlan, build_groups
 from ..graph.slots import SlotKey
 from ..report import format_table
 
@@ -367,10 +367,7 @@ def remove_dead_units(
         reference = model.clone() if measure else None
         rec = reconstruct(dg, plan, source, mode="bias", sequential=False, stats=cap, batch_size=batch_size,
                           seed=seed, measure=False)
-        masks = plan.masks()
-        rec.write_weights(model)
-        apply_plan(plan)
-        rec.write_biases(model, masks)
+        rec.prune_with(plan, model)
         if reference is not None:
             report.max_abs_diff, report.max_rel_diff = output_difference(reference, model, source,
                                                                          batch_size=batch_size)

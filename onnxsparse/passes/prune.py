@@ -451,10 +451,7 @@ def _prune(
                           batch_size=calib_batch, seed=seed)
         repair_report = rec.report
         t = step("repair_s", t)
-        masks = plan.masks()
-        rec.write_weights(model)
-        apply_plan(plan)
-        rec.write_biases(model, masks)
+        rec.prune_with(plan, model)
     else:
         apply_plan(plan)
     if target_report is not None and target_report.blocks:  # blocks the allocation removes whole, after the widths

@@ -737,10 +737,7 @@ class WholeModelLoss:
         if self.repair != "none":
             rec = reconstruct(dg, plan, self.source, mode=self.repair, sequential=self.sequential, damp=self.damp,
                               stats=self.cap, batch_size=self.batch_size, seed=self.seed, measure=False)
-            masks = plan.masks()
-            rec.write_weights(copy)
-            apply_plan(plan)
-            rec.write_biases(copy, masks)
+            rec.prune_with(plan, copy)
         else:
             apply_plan(plan)
         if blocks:

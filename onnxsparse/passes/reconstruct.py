@@ -62,7 +62,7 @@ from ..calibration.capture import (
 from ..calibration.data import DataSource
 from ..calibration.stats import LayerStats
 from ..errors import UsageError
-from ..graph import DependencyGraph, PrunePlan, Role, masked_copy
+from ..graph import DependencyGraph, PrunePlan, Role, apply_plan, masked_copy
 from ..report import format_table
 
 __all__ = [
@@ -495,6 +495,14 @@ class Reconstruction:
             slot = self.out_masks.get(node)
             keep = masks.get(slot) if masks is not None and slot is not None else None
             add_bias(model, node, delta if keep is None else delta[keep])
+
+    def prune_with(self, plan: PrunePlan, model: ir.Model) -> None:
+        """Apply ``plan`` to ``model`` with these repairs: weights written in full index space before the
+        plan slices them, bias changes after, sliced to the kept output channels."""
+        masks = plan.masks()
+        self.write_weights(model)
+        apply_plan(plan)
+        self.write_biases(model, masks)
 
     def apply_unpruned(self, model: ir.Model) -> ir.Model:
         self.write_weights(model)
