@@ -7,7 +7,7 @@ the attribute ``check_fp32`` because ``check()`` is the cross-key validation.  O
 can hand over (a :class:`~onnxsparse.quantize.CpuInfo`, in-memory feeds) are keywords of
 :func:`onnxsparse.quantize.quantize` or accepted by the ``calib`` parser.
 
-The string tables live here (not in :mod:`onnxsparse.quantize.config`, which re-exports them) so
+The string tables live here (not in :mod:`onnxsparse.quantize.config`) so
 that the options import without onnxruntime.
 """
 

@@ -17,16 +17,8 @@ import types
 
 from ._ort import QuantizationError
 from .api import CHECK_SAMPLES, QuantizePass, QuantizeResult, quantize, run_quantize
-from .config import (
-    ACCURACY_LEVELS,
-    BLOCK_SIZES,
-    CALIBRATION_METHODS,
-    FORMATS,
-    QUANT_TYPES,
-    QuantizeConfig,
-    QuantizeSettings,
-    resolve,
-)
+from ..options.quantize import ACCURACY_LEVELS, BLOCK_SIZES, CALIBRATION_METHODS, FORMATS, QUANT_TYPES
+from .config import QuantizeConfig, QuantizeSettings, resolve
 from .cpu import TARGETS, CpuInfo, detect_cpu, parse_cpuinfo, target_cpu
 from .modes import DEFAULT_MODES, QuantMode, get_mode, mode_names, register_mode
 from .report import QuantizeReport, format_summary

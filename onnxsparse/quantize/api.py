@@ -41,7 +41,8 @@ from ._nodes import count_by_op, diff_nodes, origin_names, plan_nodes, rename_ro
 from ._ort import QuantizationError, first_line
 from ._prepare import prepare, save_proto
 from ._reader import DYNAMIC_BATCH, calibration_batch_size, make_reader
-from .config import CHECK_SAMPLES, QuantizeConfig, QuantizeSettings, resolve
+from ..options.quantize import CHECK_SAMPLES
+from .config import QuantizeConfig, QuantizeSettings, resolve
 from .cpu import CpuInfo, detect_cpu, target_cpu
 from .modes import RunContext, get_mode
 from .node_error import NodeError, node_errors

@@ -5,7 +5,7 @@ choices, many of them "auto" (``None``).
 :func:`resolve` turns it into :class:`QuantizeSettings` for one CPU, recording
 for every auto choice *why* it was made, so the report can say which kernels
 and settings were used.  String options are validated against the tables
-below; the CLI builds its choices from the same tables.
+in :mod:`onnxsparse.options.quantize`; the CLI builds its choices from the same tables.
 """
 
 from __future__ import annotations
@@ -13,30 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..options.quantize import (
-    ACCURACY_LEVELS,
-    BLOCK_SIZES,
-    CALIBRATION_METHODS,
-    CHECK_SAMPLES,
-    DEFAULT_CALIB_SAMPLES,
-    FORMATS,
-    QUANT_TYPES,
-    QuantizeOptions,
-)
+from ..options.quantize import QuantizeOptions
 from .cpu import CpuInfo
 
-__all__ = [
-    "QuantizeConfig",
-    "QuantizeSettings",
-    "resolve",
-    "FORMATS",
-    "CALIBRATION_METHODS",
-    "QUANT_TYPES",
-    "BLOCK_SIZES",
-    "ACCURACY_LEVELS",
-    "DEFAULT_CALIB_SAMPLES",
-    "CHECK_SAMPLES",
-]
+__all__ = ["QuantizeConfig", "QuantizeSettings", "resolve"]
 
 #: The options are declared once, in :mod:`onnxsparse.options.quantize` (flags, recipe keys, API keywords).
 QuantizeConfig = QuantizeOptions

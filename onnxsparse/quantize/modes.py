@@ -19,15 +19,8 @@ from onnx import numpy_helper
 from ..errors import UsageError
 from ..graph.linear import linear_op_proto
 from ._ort import QuantizationError, first_line, nbits_module, ort_quantization, quiet
-from .config import (
-    CALIBRATION_METHODS,
-    DEFAULT_CALIB_SAMPLES,
-    FORMATS,
-    QUANT_TYPES,
-    QuantizeConfig,
-    QuantizeSettings,
-    auto_reduce_range,
-)
+from ..options.quantize import CALIBRATION_METHODS, DEFAULT_CALIB_SAMPLES, FORMATS, QUANT_TYPES
+from .config import QuantizeConfig, QuantizeSettings, auto_reduce_range
 from .cpu import CpuInfo
 
 __all__ = ["QuantMode", "register_mode", "get_mode", "mode_names", "DEFAULT_MODES", "RunContext"]
