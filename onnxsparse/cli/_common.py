@@ -10,7 +10,7 @@ from typing import Any
 
 from ..report import dump_json
 
-__all__ = ["progress_enabled", "print_result", "inputs", "add_report_force"]
+__all__ = ["progress_enabled", "print_result", "emit", "inputs", "add_report_force"]
 
 #: argparse destinations that name files a command reads: nothing it writes may land on them.
 _INPUT_DESTS = ("model", "models", "reference", "candidate", "recipe", "calib", "data", "labels")
@@ -47,3 +47,15 @@ def print_result(args: argparse.Namespace, result: Any, render_text: Callable[[A
     print(render_text(result))
     for path in reports:
         print(f"report written to {path}", file=sys.stderr)
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], title: str, show_text: Callable[[], None]) -> None:
+    """Write ``--report`` (obeying ``--force``), then print ``data`` as JSON with ``--json``, else ``show_text()``."""
+    if args.report:
+        from ..report import write_report
+
+        write_report(args.report, data, title=title, force=args.force)
+    if args.json:
+        print(dump_json(data))
+    else:
+        show_text()

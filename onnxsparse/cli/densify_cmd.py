@@ -14,12 +14,10 @@ from typing import Any
 from . import SUMMARIES
 from ..report import (
     check_report_paths,
-    dump_json,
     format_table,
     human_bytes,
-    write_report,
 )
-from ._common import inputs
+from ._common import emit, inputs
 
 __all__ = ["register", "run"]
 
@@ -84,14 +82,13 @@ def run(args: argparse.Namespace) -> int:
         "file_bytes_before": model_file_bytes(args.model),
         "file_bytes_after": model_file_bytes(out),
     }
-    if args.report:
-        write_report(args.report, result, title=f"onnxsparse densify {Path(args.model).name}", force=args.force)
-    if args.json:
-        print(dump_json(result))
-    else:
+
+    def show() -> None:
         rows = [[fmt, count] for fmt, count in formats.items()]
         text = format_table(["format", "tensors"], rows) if rows else "no sparse-stored tensors found"
         print(text)
         before, after = result["file_bytes_before"], result["file_bytes_after"]
         print(f"file {human_bytes(before)} -> {human_bytes(after)}   written {out}")
+
+    emit(args, result, f"onnxsparse densify {Path(args.model).name}", show)
     return 0

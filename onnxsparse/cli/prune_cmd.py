@@ -19,10 +19,10 @@ import sys
 from typing import Any
 
 from . import SUMMARIES
-from ..report import check_report_paths, dump_json, write_report
+from ..report import check_report_paths
 from ..options.cli import add_arguments, from_args
 from ..options.prune import PruneOptions, criteria
-from ._common import inputs, progress_enabled
+from ._common import emit, inputs, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -76,11 +76,8 @@ def run(args: argparse.Namespace) -> int:
         data["threshold"] = options.threshold
     if result.heads is not None:
         data["heads"] = result.heads
-    if args.report:
-        write_report(args.report, data, title=f"onnxsparse prune {args.model}", force=args.force)
-    if args.json:
-        print(dump_json(data))
-    else:
+
+    def show() -> None:
         print(f"pruned {args.model} -> {out} ({report.criterion}; {'; '.join(_what(options))})")
         print(report.summary())
         if result.heads is not None:
@@ -88,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
             print()
             print(report_table(result.heads))
+
+    emit(args, data, f"onnxsparse prune {args.model}", show)
     return 0
 
 
@@ -121,16 +120,15 @@ def _run_budget(args: argparse.Namespace, options: PruneOptions) -> int:
     if outcome.model is not None:
         out = save_model(outcome.model, args.output, protect=inputs(args), force=args.force, source=args.model)
         data.update(output=str(out), validation=outcome.validation.to_dict())
-    if args.report:
-        write_report(args.report, data, title=f"onnxsparse prune {args.model} --max-accuracy-drop", force=args.force)
-    if args.json:
-        print(dump_json(data))
-    else:
+
+    def show() -> None:
         print(found.table())
         if outcome.validation is not None:
             print()
             print(f"wrote {data['output']}; checked on the {held} held-out samples:")
             print(validation_text(outcome.validation))
+
+    emit(args, data, f"onnxsparse prune {args.model} --max-accuracy-drop", show)
     if outcome.model is None:
         print(f"onnxsparse: no pruned model kept {options.metric} within {options.max_accuracy_drop:g}; nothing written",
               file=sys.stderr)

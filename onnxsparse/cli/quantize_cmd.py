@@ -8,8 +8,8 @@ import sys
 from . import SUMMARIES
 from ..options.cli import add_arguments, from_args
 from ..quantize import QuantizeConfig, format_summary, get_mode, mode_names, run_quantize
-from ..report import check_report_paths, dump_json, write_report
-from ._common import inputs, progress_enabled
+from ..report import check_report_paths
+from ._common import emit, inputs, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -51,12 +51,7 @@ def run(args: argparse.Namespace) -> int:
                           progress=progress_enabled(args))
     report = result.report
     data = report.as_dict()
-    if args.report:
-        write_report(args.report, data, title=f"onnxsparse quantize: {report.mode}", force=args.force)
-    if args.json:
-        print(dump_json(data))
-    else:
-        print(format_summary(report))
+    emit(args, data, f"onnxsparse quantize: {report.mode}", lambda: print(format_summary(report)))
     if not report.passed:
         for failure in report.failures:
             print(f"onnxsparse quantize: {failure} (the model was written for inspection)"

@@ -18,9 +18,9 @@ import sys
 
 from ..options.cli import add_arguments, from_args
 from ..options.sensitivity import SensitivityOptions
-from ..report import check_report_paths, dump_json, write_report
+from ..report import check_report_paths
 from . import SUMMARIES
-from ._common import add_report_force, inputs, progress_enabled
+from ._common import add_report_force, emit, inputs, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -53,12 +53,11 @@ def run(args: argparse.Namespace) -> int:
     check_report_paths([args.report] if args.report else None, force=args.force, protect=inputs(args))
     report = run_sensitivity(args.model, options, progress=progress_enabled(args))
     data = report.to_dict()
-    if args.report:
-        write_report(args.report, data, title=f"onnxsparse sensitivity {args.model}", force=args.force)
-    if args.json:
-        print(dump_json(data))
-    else:
+
+    def show() -> None:
         print(report.table())
         if args.report:
             print(f"report written to {args.report}", file=sys.stderr)
+
+    emit(args, data, f"onnxsparse sensitivity {args.model}", show)
     return 0

@@ -15,12 +15,10 @@ from typing import Any
 from . import SUMMARIES
 from ..report import (
     check_report_paths,
-    dump_json,
     format_table,
     human_bytes,
-    write_report,
 )
-from ._common import inputs, progress_enabled
+from ._common import emit, inputs, progress_enabled
 
 __all__ = ["register", "run", "render_text"]
 
@@ -101,12 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "params": params_before,
     }
     result.update(report.to_dict())
-    if args.report:
-        write_report(args.report, result, title=f"onnxsparse sparsify {Path(args.model).name}", force=args.force)
-    if args.json:
-        print(dump_json(result))
-    else:
-        print(render_text(result))
+    emit(args, result, f"onnxsparse sparsify {Path(args.model).name}", lambda: print(render_text(result)))
     return 0
 
 
