@@ -196,7 +196,10 @@ class Codec:
     unpool_roles: ClassVar[tuple[str, ...]] = ()
 
     def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
-        """``None`` when the codec can store ``tensor``, else the reason it cannot."""
+        """Returns when the codec can store ``tensor``; raises :class:`~onnxsparse.errors.Decline` with the
+        reason when it cannot (every built-in codec does).  A reason returned as a string, as codecs
+        written for earlier versions do, is read the same way (:func:`~onnxsparse.formats.storage.candidate`
+        is the one place that adapts it)."""
         return None
 
     def decoder_order(self, tensor: TensorData) -> tuple[str, ...]:

@@ -168,8 +168,11 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
     if tensor.dtype.name not in SUPPORTED_DTYPES:
         raise Decline(f"dtype {tensor.dtype.name} is not supported by the sparse formats", subject=tensor.name)
     codec = get_codec(fmt)
-    reason = codec.check(tensor, options)
-    if reason:
+    try:
+        reason = codec.check(tensor, options)
+    except Decline as exc:
+        raise Decline(exc.reason, subject=tensor.name) from None
+    if reason:  # a codec written for earlier versions returns its reason
         raise Decline(reason, subject=tensor.name)
     refusals = {d: codec.decoder_refusal(d, tensor) for d in ([decoder] if decoder else codec.decoder_order(tensor))}
     variants = [d for d, refusal in refusals.items() if refusal is None]
