@@ -56,8 +56,8 @@ def test_data_file_and_fixed_batch_rows(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--threads", "0"), "--threads values must be >= 1"),
-    (("--batch", "x"), "--batch takes integers"),
+    (("--threads", "0"), "--threads: values must be >= 1"),
+    (("--batch", "x"), "--batch: expected integers like 1,2,4"),
     (("--providers", "nope"), "unknown execution provider"),
     (("--report", "b.txt"), "unknown report format"),
 ])

@@ -72,9 +72,10 @@ def test_numpy_round_trip_is_bit_exact(fmt, dtype, shape, density, seed, zero_po
         fill = int(rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1))
     array = sparse_array(rng, shape, dtype, density, fill)
     tensor = F.TensorData("W", array, fill)
-    reason = F.get_codec(fmt).check(tensor, F.CodecOptions())
-    if reason:
-        assert fmt == "bsr"  # only bsr can refuse a shape (no candidate block divides it)
+    try:
+        F.get_codec(fmt).check(tensor, F.CodecOptions())
+    except Decline as exc:
+        assert fmt == "bsr", exc.reason  # only bsr can refuse a shape (no candidate block divides it)
         return
     assert same_bits(encode_decode(array, fmt, fill), array)
 
@@ -156,7 +157,8 @@ def test_bsr_block_given_or_chosen():
     given_ = codec.encode(F.TensorData("a", array), F.CodecOptions(block=(2, 8)))
     assert given_.params["block"] == [2, 8]
     assert same_bits(codec.decode(given_.arrays, given_.params, array.shape, np.float32(0)), array)
-    assert "does not divide" in codec.check(F.TensorData("a", array), F.CodecOptions(block=(5, 5)))
+    with pytest.raises(Decline, match="does not divide"):
+        codec.check(F.TensorData("a", array), F.CodecOptions(block=(5, 5)))
 
 
 def test_bitmask_size_is_n_bits_plus_values():
@@ -170,7 +172,8 @@ def test_bitmask_size_is_n_bits_plus_values():
 def test_coo_refuses_nonzero_fill():
     array = np.full((8, 8), 128, np.uint8)
     array[0, 0] = 3
-    assert "fill" in F.get_codec("coo").check(F.TensorData("a", array, 128), F.CodecOptions())
+    with pytest.raises(Decline, match="fill"):
+        F.get_codec("coo").check(F.TensorData("a", array, 128), F.CodecOptions())
 
 
 # ---------------------------------------------------------------- decode graphs
@@ -327,3 +330,25 @@ def test_registry_rejects_unknown_and_duplicates():
         F.FORMATS.register("csr")(type("X", (F.Codec,), {}))
     assert set(F.DEFAULT_FORMATS) <= set(F.FORMATS.names())
     assert F.format_choices()[0] == "auto"
+
+
+def test_codec_check_declines_by_raising_and_a_returned_reason_is_still_read(monkeypatch):
+    """Built-in codecs raise ``Decline``; a plug-in codec written for earlier versions returns its reason."""
+    coo = F.FORMATS.get("coo")
+
+    class ReturnsReason(coo):  # type: ignore[misc, valid-type]  # a class from the registry
+        def check(self, tensor, options):
+            return "plug-in says no"
+
+    monkeypatch.setitem(F.FORMATS._items, "oldstyle", ReturnsReason)
+    tensor = F.TensorData("W", np.array([[0.0, 1.0], [0.0, 0.0]], dtype=np.float32))
+    with pytest.raises(Decline, match="^plug-in says no$") as returned:
+        F.candidate(tensor, "oldstyle", F.CodecOptions(), 17)
+    assert returned.value.subject == "W"
+    with pytest.raises(Decline, match="^empty tensor$") as raised:
+        F.get_codec("csr").check(F.TensorData("E", np.zeros((0, 3), dtype=np.float32)), F.CodecOptions())
+    quantized = F.TensorData("Q", np.array([[3, 5], [3, 3]], dtype=np.int8), np.array(3, dtype=np.int8))
+    with pytest.raises(Decline, match="coo implies zeros") as raised:
+        F.candidate(quantized, "coo", F.CodecOptions(), 17)
+    assert raised.value.subject == "Q"
+    assert F.candidate(tensor, "coo", F.CodecOptions(), 17).format == "coo"

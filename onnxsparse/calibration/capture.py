@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ..errors import Decline
 from ..graph.linear import linear_op
 from .data import DataSource
 from .stats import ChannelStats, ErrorStats, LayerStats
@@ -160,36 +161,36 @@ def _ints(node: ir.Node, name: str, default: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in (default if value is None else value))
 
 
-def linear_view(node: ir.Node, input_index: int, axis: int) -> LinearView | str:
-    """The :class:`LinearView` of ``node``'s input ``input_index`` contracted over ``axis``, or why there is none."""
+def linear_view(node: ir.Node, input_index: int, axis: int) -> LinearView:
+    """The :class:`LinearView` of ``node``'s input ``input_index`` contracted over ``axis``; declines if there is none."""
     x = node.inputs[input_index] if input_index < len(node.inputs) else None
     if x is None or x.shape is None:
-        return f"{node.op_type} '{node.name}': input shape unknown"
+        raise Decline(f"{node.op_type} '{node.name}': input shape unknown")
     dims = list(x.shape)
     rank = len(dims)
     axis = axis + rank if axis < 0 else axis
     channels = dims[axis]
     if not isinstance(channels, int):
-        return f"{node.op_type} '{node.name}': size of the contracted axis is unknown"
+        raise Decline(f"{node.op_type} '{node.name}': size of the contracted axis is unknown")
     domain = node.domain or ""
     if domain not in ("", "ai.onnx"):
-        return f"{domain}::{node.op_type} '{node.name}' has no linear view"
+        raise Decline(f"{domain}::{node.op_type} '{node.name}' has no linear view")
     if node.op_type in ("Gemm", "MatMul"):
         w = node.inputs[1 - input_index] if len(node.inputs) > 1 else None
         if w is None or w.const_value is None or len(w.const_value.shape) != 2:
-            return f"{node.op_type} '{node.name}': the other operand is not a constant matrix"
+            raise Decline(f"{node.op_type} '{node.name}': the other operand is not a constant matrix")
         return LinearView(node.name or "", x.name or "", "dense", axis, channels)
     if node.op_type == "Conv" and input_index == 0 and axis == 1:
         op = linear_op(node)
         weight = node.inputs[op.weight_input]
         if weight is None or weight.const_value is None:
-            return f"Conv '{node.name}': weight is not a constant"
+            raise Decline(f"Conv '{node.name}': weight is not a constant")
         if op.groups != 1:
-            return f"Conv '{node.name}': grouped convolution (group={op.groups}) has no single linear view"
+            raise Decline(f"Conv '{node.name}': grouped convolution (group={op.groups}) has no single linear view")
         kernel = op.kernel
         nd = len(kernel)
         if rank != nd + 2:
-            return f"Conv '{node.name}': input rank {rank} does not match the kernel"
+            raise Decline(f"Conv '{node.name}': input rank {rank} does not match the kernel")
         return LinearView(
             node.name or "", x.name or "", "conv", 1, channels,
             kernel=kernel,
@@ -198,7 +199,7 @@ def linear_view(node: ir.Node, input_index: int, axis: int) -> LinearView | str:
             pads=_ints(node, "pads", [0] * (2 * nd)),
             auto_pad=node.attributes.get_string("auto_pad", "NOTSET") or "NOTSET",
         )
-    return f"{node.op_type} '{node.name}' has no linear view (repairs support Conv with group=1, Gemm, MatMul)"
+    raise Decline(f"{node.op_type} '{node.name}' has no linear view (repairs support Conv with group=1, Gemm, MatMul)")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..report import dump_json
 
-__all__ = ["progress_enabled", "print_result", "emit", "inputs", "add_report_force"]
+__all__ = ["progress_enabled", "print_result", "emit", "inputs", "add_report_force", "add_report_options"]
 
 #: argparse destinations that name files a command reads: nothing it writes may land on them.
 _INPUT_DESTS = ("model", "models", "reference", "candidate", "recipe", "calib", "data", "labels")
@@ -36,6 +36,13 @@ def inputs(args: argparse.Namespace) -> tuple[str, ...]:
 def add_report_force(p: argparse.ArgumentParser) -> None:
     """``--force`` for commands whose only output is ``--report``."""
     p.add_argument("--force", action="store_true", help="overwrite --report files that exist")
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    """``--report`` (repeatable, .json/.md/.html) and ``--force``: what validate and bench write."""
+    p.add_argument("--report", action="append", default=[], metavar="FILE",
+                   help="write a report: .json (stable keys), .md, or .html (charts); repeatable")
+    add_report_force(p)
 
 
 def print_result(args: argparse.Namespace, result: Any, render_text: Callable[[Any], str],

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 
 from . import SUMMARIES
-from ..calibration.data import parse_shapes
-from ._common import inputs, print_result, progress_enabled
-from .validate_cmd import add_run_options
+from ._common import add_report_options, inputs, print_result, progress_enabled
 
 __all__ = ["register", "run"]
 
@@ -23,38 +21,29 @@ examples:
 
 
 def register(subparsers, common) -> None:
+    from ..options.bench import BenchOptions
+    from ..options.cli import add_arguments
+
     p = subparsers.add_parser(
         "bench", parents=[common], help=SUMMARIES["bench"],
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="one or more .onnx files (timed interleaved)")
-    add_run_options(p, multi=True)
+    add_arguments(p, BenchOptions)  # every option, generated from the one dataclass the API reads too
+    add_report_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..validate import bench, render_text, save_report
+    from ..options.bench import BenchOptions
+    from ..options.cli import from_args
+    from ..validate import render_text, save_report
+    from ..validate.bench import run_bench
     from ..validate.reports import check_report_paths
 
     check_report_paths(args.report, force=args.force, protect=inputs(args))
-    result = bench(
-        args.models,
-        data=args.data,
-        shapes=parse_shapes(args.shape),
-        samples=args.samples,
-        seed=args.seed,
-        providers=args.providers,
-        threads=args.threads,
-        batches=args.batch,
-        warmup=args.warmup,
-        runs=args.runs,
-        budget=args.budget,
-        min_runs=args.min_runs,
-        max_runs=args.max_runs,
-        memory=args.memory,
-        session_repeats=args.session_repeats,
-        progress=progress_enabled(args),
-    )
+    options = from_args(BenchOptions, args)
+    result = run_bench(args.models, options, progress=progress_enabled(args))
     for path in args.report:
         save_report(path, result, force=args.force)
     print_result(args, result, render_text, args.report)

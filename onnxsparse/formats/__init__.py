@@ -14,7 +14,7 @@ from .._registry import Registry
 from . import bitmask, bsr, coo, csr, delta, dense  # noqa: F401 - registers the codecs
 from .base import SUPPORTED_DTYPES, Codec, CodecOptions, Encoded, TensorData, nonfill_mask
 from ._graph import CONST_PREFIX, NODE_META_KEY, NODE_PREFIX, DecodeBuilder, decode_target, is_decode_node
-from ._opset import model_opset, raise_blocker, set_model_opset
+from ._opset import check_opset_raise, model_opset, set_model_opset
 from ._registry_instance import FORMATS
 from ._save import save_model
 from .storage import (
@@ -64,8 +64,8 @@ __all__ = [
     "read_storage",
     "write_storage",
     "save_model",
+    "check_opset_raise",
     "model_opset",
-    "raise_blocker",
     "set_model_opset",
     "is_decode_node",
     "decode_target",

@@ -18,7 +18,9 @@ from collections.abc import Iterator
 import onnx.defs
 import onnx_ir as ir
 
-__all__ = ["model_opset", "raise_blocker", "set_model_opset"]
+from ..errors import Decline
+
+__all__ = ["check_opset_raise", "model_opset", "set_model_opset"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -92,13 +94,14 @@ _ONNX_TYPE_NAMES = {ir.DataType.FLOAT: "float", ir.DataType.DOUBLE: "double"}
 _SEMANTIC_CHANGES = {("Softmax", 13), ("LogSoftmax", 13), ("Hardmax", 13)}
 
 
-def _node_blocker(node: ir.Node, old: onnx.defs.OpSchema, new: onnx.defs.OpSchema) -> str | None:
+def _check_node(node: ir.Node, old: onnx.defs.OpSchema, new: onnx.defs.OpSchema) -> None:
+    """Declines with what changed between the two schemas that ``node`` would notice."""
     optional = onnx.defs.OpSchema.FormalParameterOption.Optional
     if new.deprecated:
-        return "deprecated"
+        raise Decline("deprecated")
     for op_type, version in _SEMANTIC_CHANGES:
         if node.op_type == op_type and old.since_version < version <= new.since_version:
-            return f"its semantics changed at opset {version}"
+            raise Decline(f"its semantics changed at opset {version}")
     for kind, values in (("input", node.inputs), ("output", node.outputs)):
         old_params = list(old.inputs if kind == "input" else old.outputs)
         new_params = list(new.inputs if kind == "input" else new.outputs)
@@ -106,51 +109,50 @@ def _node_blocker(node: ir.Node, old: onnx.defs.OpSchema, new: onnx.defs.OpSchem
         for index, value in enumerate(values):
             before, after = _param(old_params, index), _param(new_params, index)
             if after is None or before is None or (before.option == variadic) != (after.option == variadic):
-                return f"{kind} {index} changed"
+                raise Decline(f"{kind} {index} changed")
             if value is None:
                 if after.option != optional:
-                    return f"{kind} {index} became required"
+                    raise Decline(f"{kind} {index} became required")
                 continue
             if kind == "output" and _unused(value):
                 continue  # nobody reads it (e.g. Dropout's mask): its type may change
             known = _type_str(value)
             if known is not None:
                 if known in _allowed(old, before) and known not in _allowed(new, after):
-                    return f"{kind} {index} type {known} no longer allowed"
+                    raise Decline(f"{kind} {index} type {known} no longer allowed")
             elif not _allowed(old, before) <= _allowed(new, after):
-                return f"{kind} {index} types narrowed"
+                raise Decline(f"{kind} {index} types narrowed")
         if kind == "input":
             for index in range(len(values), len(new_params)):
                 if new_params[index].option != optional and index >= len(old_params):
-                    return f"new required input {new_params[index].name}"
+                    raise Decline(f"new required input {new_params[index].name}")
     for name, attr in old.attributes.items():
         if name in node.attributes and (name not in new.attributes or new.attributes[name].type != attr.type):
-            return f"attribute {name!r} removed or retyped"
+            raise Decline(f"attribute {name!r} removed or retyped")
     for name, attr in new.attributes.items():
         if name not in old.attributes and attr.required:
-            return f"new required attribute {name!r}"
-    return None
+            raise Decline(f"new required attribute {name!r}")
 
 
-def raise_blocker(model: ir.Model, target: int) -> str | None:
-    """``None`` if the default-domain opset can be raised to ``target`` safely, else why not."""
+def check_opset_raise(model: ir.Model, target: int) -> None:
+    """Returns if the default-domain opset can be raised to ``target`` safely, else declines with why not."""
     current = model_opset(model)
     if current >= target:
-        return None
+        return
     if current == 0:
-        return "model imports no default-domain opset"
+        raise Decline("model imports no default-domain opset")
     if target > onnx.defs.onnx_opset_version():
-        return f"onnx {onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()}"
+        raise Decline(f"onnx {onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()}")
     for node in _nodes(model):
         if node.domain not in _DEFAULT_DOMAINS:
             continue
         version = node.version or current
         old, new = _schema(node.op_type, version), _schema(node.op_type, target)
         if old is None or new is None:
-            return f"{node.op_type} has no schema at opset {version if old is None else target}"
+            raise Decline(f"{node.op_type} has no schema at opset {version if old is None else target}")
         if old.since_version == new.since_version:
             continue
-        reason = _node_blocker(node, old, new)
-        if reason:
-            return f"{node.op_type} changed between opset {version} and {target} ({reason})"
-    return None
+        try:
+            _check_node(node, old, new)
+        except Decline as exc:
+            raise Decline(f"{node.op_type} changed between opset {version} and {target} ({exc.reason})") from None

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..errors import Decline
+
 if TYPE_CHECKING:
     import onnx_ir as ir
 
@@ -39,7 +41,7 @@ __all__ = [
     "contiguous",
     "scatter_dense",
     "UNPOOL_DTYPES",
-    "unpool_refusal",
+    "check_unpool",
     "unpool_layout",
 ]
 
@@ -98,13 +100,12 @@ def scatter_dense(values: np.ndarray, index: np.ndarray, shape: tuple[int, ...],
 UNPOOL_DTYPES: frozenset[str] = frozenset({"float32", "float16"})
 
 
-def unpool_refusal(fmt: str, tensor: TensorData) -> str | None:
-    """Why an ``unpool`` decode (MaxUnpool into zeros) cannot rebuild ``tensor``, or ``None``."""
+def check_unpool(fmt: str, tensor: TensorData) -> None:
+    """Declines with why an ``unpool`` decode (MaxUnpool into zeros) cannot rebuild ``tensor``."""
     if tensor.dtype.name not in UNPOOL_DTYPES:
-        return f"{fmt}'s unpool decode (MaxUnpool) takes float32/float16, not {tensor.dtype.name}"
+        raise Decline(f"{fmt}'s unpool decode (MaxUnpool) takes float32/float16, not {tensor.dtype.name}")
     if int(bits_view(tensor.fill.reshape(1))[0]) != 0:
-        return f"{fmt}'s unpool decode (MaxUnpool) fills with zeros; this tensor's fill value is not 0"
-    return None
+        raise Decline(f"{fmt}'s unpool decode (MaxUnpool) fills with zeros; this tensor's fill value is not 0")
 
 
 def unpool_layout(encoded: Encoded, roles: tuple[str, ...]) -> Encoded:
@@ -196,16 +197,21 @@ class Codec:
     unpool_roles: ClassVar[tuple[str, ...]] = ()
 
     def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
-        """``None`` when the codec can store ``tensor``, else the reason it cannot."""
+        """Returns when the codec can store ``tensor``; raises :class:`~onnxsparse.errors.Decline` with the
+        reason when it cannot (every built-in codec does).  A reason returned as a string, as codecs
+        written for earlier versions do, is read the same way (``formats.storage.codec_refusal`` is the
+        one place that adapts it)."""
         return None
 
     def decoder_order(self, tensor: TensorData) -> tuple[str, ...]:
         """Decode graphs to try for this tensor, cheapest to fold first."""
         return self.decoders
 
-    def decoder_refusal(self, decoder: str, tensor: TensorData) -> str | None:
-        """Why ``decoder`` cannot decode ``tensor`` (``None`` when it can)."""
-        return unpool_refusal(self.name, tensor) if decoder == "unpool" else None
+    def check_decoder(self, decoder: str, tensor: TensorData) -> str | None:
+        """Returns when ``decoder`` can decode ``tensor``, else declines like :meth:`check`."""
+        if decoder == "unpool":
+            check_unpool(self.name, tensor)
+        return None
 
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
         raise NotImplementedError

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import Decline
 from .base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint
 from ._registry_instance import FORMATS
 from ._rows import build_rows_from_pointers, rows_from_pointers
@@ -60,16 +61,15 @@ class BsrCodec(Codec):
         wanted = [options.block] if options.block else list(CANDIDATE_BLOCKS)
         return [(r, c) for r, c in wanted if r > 0 and c > 0 and rows % r == 0 and cols % c == 0]
 
-    def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
+    def check(self, tensor: TensorData, options: CodecOptions) -> None:
         rows, cols = tensor.matrix_shape()
         if rows * cols == 0:
-            return "empty tensor"
+            raise Decline("empty tensor")
         if not self.blocks(tensor, options):
             if options.block:
                 r, c = options.block
-                return f"block {r}x{c} does not divide the {rows}x{cols} matrix view"
-            return f"no candidate block divides the {rows}x{cols} matrix view"
-        return None
+                raise Decline(f"block {r}x{c} does not divide the {rows}x{cols} matrix view")
+            raise Decline(f"no candidate block divides the {rows}x{cols} matrix view")
 
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
         rows, cols = tensor.matrix_shape()

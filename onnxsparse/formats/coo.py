@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import Decline
 from .base import Codec, CodecOptions, Encoded, TensorData, bits_view, scatter_dense
 from ._registry_instance import FORMATS
 
@@ -34,10 +35,9 @@ class CooCodec(Codec):
     cost_rank = 1
     in_auto = False
 
-    def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
+    def check(self, tensor: TensorData, options: CodecOptions) -> None:
         if int(bits_view(tensor.fill.reshape(1))[0]) != 0:
-            return f"coo implies zeros but the fill value is {tensor.fill.item()!r} (quantized zero point)"
-        return None
+            raise Decline(f"coo implies zeros but the fill value is {tensor.fill.item()!r} (quantized zero point)")
 
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
         return Encoded(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import Decline
 from .base import Codec, CodecOptions, Encoded, TensorData, narrowest_uint, scatter_dense
 from ._registry_instance import FORMATS
 from ._rows import build_rows_from_pointers, row_pointers, rows_from_pointers
@@ -36,9 +37,10 @@ class CsrCodec(Codec):
     unpool_roles = ("values", "col_indices")
     cost_rank = 2
 
-    def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
+    def check(self, tensor: TensorData, options: CodecOptions) -> None:
         rows, cols = tensor.matrix_shape()
-        return "empty tensor" if rows * cols == 0 else None
+        if rows * cols == 0:
+            raise Decline("empty tensor")
 
     def encode(self, tensor: TensorData, options: CodecOptions) -> Encoded:
         rows, cols = tensor.matrix_shape()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import Decline
 from .base import Codec, CodecOptions, Encoded, TensorData, scatter_dense
 from ._bits import code_table, pack_codes, packed_size, unpack_codes
 from ._registry_instance import FORMATS
@@ -78,11 +79,10 @@ class DeltaCodec(Codec):
     unpool_roles = ("gaps", "values")
     cost_rank = 1
 
-    def check(self, tensor: TensorData, options: CodecOptions) -> str | None:
+    def check(self, tensor: TensorData, options: CodecOptions) -> None:
         bad = [w for w in options.delta_widths if w not in _WIDTHS]
         if bad or not options.delta_widths:
-            return f"delta widths must be among {_WIDTHS}, got {options.delta_widths}"
-        return None
+            raise Decline(f"delta widths must be among {_WIDTHS}, got {options.delta_widths}")
 
     def sizes(self, tensor: TensorData, options: CodecOptions) -> dict[int, int]:
         """Payload bytes for each allowed width."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from ._registry_instance import FORMATS
 __all__ = [
     "META_KEY",
     "StoredTensor",
+    "codec_refusal",
     "Candidate",
     "AUTO",
     "read_storage",
@@ -157,6 +158,15 @@ def dense_candidate(tensor: TensorData) -> Candidate:
     return Candidate("dense", None, None, tensor.n * tensor.dtype.itemsize, 0)
 
 
+def codec_refusal(check: Callable[..., str | None], *args: Any) -> str | None:
+    """Why a codec's ``check``/``check_decoder`` says no, or ``None``: the one place that reads both a raised
+    :class:`~onnxsparse.errors.Decline` (built-in codecs) and a returned reason (codecs written before)."""
+    try:
+        return check(*args) or None
+    except Decline as exc:
+        return exc.reason
+
+
 def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: int,
               graph: ir.Graph | None = None, decoder: str | None = None) -> Candidate:
     """Encode ``tensor`` as ``fmt``; raises :class:`~onnxsparse.errors.Decline` with why it cannot be used.
@@ -168,10 +178,11 @@ def candidate(tensor: TensorData, fmt: str, options: CodecOptions, max_opset: in
     if tensor.dtype.name not in SUPPORTED_DTYPES:
         raise Decline(f"dtype {tensor.dtype.name} is not supported by the sparse formats", subject=tensor.name)
     codec = get_codec(fmt)
-    reason = codec.check(tensor, options)
-    if reason:
+    reason = codec_refusal(codec.check, tensor, options)
+    if reason is not None:
         raise Decline(reason, subject=tensor.name)
-    refusals = {d: codec.decoder_refusal(d, tensor) for d in ([decoder] if decoder else codec.decoder_order(tensor))}
+    refusals = {d: codec_refusal(codec.check_decoder, d, tensor)
+                for d in ([decoder] if decoder else codec.decoder_order(tensor))}
     variants = [d for d, refusal in refusals.items() if refusal is None]
     if not variants:
         raise Decline("; ".join(r for r in refusals.values() if r), subject=tensor.name)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Union, overload
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
 from . import value_facts as _shapes
 from .weights import is_weight
 from .index_maps import Identity, IndexMap
@@ -219,20 +220,20 @@ class CoupleContext(_NodeView):
         for k in range(min(ra, rb)) if axes is None else axes:
             self.couple(a, k, b, k)
 
-    def broadcast(self, inputs: Sequence[ir.Value | None], output: ir.Value) -> str | None:
-        """Couple inputs with ``output`` under numpy broadcasting (size-1 axes stay free)."""
+    def broadcast(self, inputs: Sequence[ir.Value | None], output: ir.Value) -> None:
+        """Couple inputs with ``output`` under numpy broadcasting (size-1 axes stay free); declines on unknown ranks."""
         out = self.dims(output)
         if out is None:
-            return f"{self.describe()}: output rank unknown"
+            raise Decline(f"{self.describe()}: output rank unknown")
         r = len(out)
         for x in inputs:
             if x is None:
                 continue
             xd = self.dims(x)
             if xd is None:
-                return f"{self.describe()}: rank of input '{x.name}' unknown"
+                raise Decline(f"{self.describe()}: rank of input '{x.name}' unknown")
             if len(xd) > r:
-                return f"{self.describe()}: input '{x.name}' has higher rank than the output"
+                raise Decline(f"{self.describe()}: input '{x.name}' has higher rank than the output")
             for k, dx in enumerate(xd):
                 ko = r - len(xd) + k
                 do = out[ko]
@@ -240,7 +241,6 @@ class CoupleContext(_NodeView):
                     self.handled(x, k)  # broadcast: the one position serves every channel
                 else:
                     self.couple(x, k, output, ko)
-        return None
 
     def head_axis(self, end: Endpoint, axis: int, queries: int = 1) -> None:
         """``axis`` of ``end`` indexes attention heads (or KV groups): a group through it is a head group.

@@ -175,8 +175,9 @@ def to_argv(options: Options) -> list[str]:
             argv.append(spec.flag if value else (spec.cli.negative or "--no-" + spec.flag[2:]))
         elif spec.kind in _MAP_KINDS:
             items = value.items() if isinstance(value, Mapping) else value
-            for key, item in items:
-                argv += [spec.flag, f"{key}={item}"]
+            for key, item in items:  # dims as typed: NAME=1x8
+                text = "x".join(map(str, item)) if isinstance(item, tuple) else item
+                argv += [spec.flag, f"{key}={text}"]
         elif spec.kind in _LIST_KINDS and not spec.cli.append:
             argv += [spec.flag, *_argv_value(value)]
         elif spec.kind in _LIST_KINDS:

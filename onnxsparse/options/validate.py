@@ -10,18 +10,17 @@ labels, :class:`~onnxsparse.validate.Metric` objects, in-memory data).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import UsageError
 from . import fields as F
-from .base import Options, signature_extras
+from .base import signature_extras
 from .fields import Bad, Cli, FieldSpec, ParseContext, option
+from .run import RunOptions, comma_list
 
 __all__ = ["ValidateOptions"]
 
-_TIMING = "timing (default: interleaved rounds until --budget seconds per model, within --min-runs..--max-runs)"
 _GATES = "thresholds (exit 1 when one is not met)"
 
 
@@ -29,17 +28,6 @@ def _thresholds() -> dict[str, Any]:
     from ..validate.thresholds import THRESHOLDS
 
     return THRESHOLDS
-
-
-def _providers(value: Any, ctx: ParseContext) -> tuple[str, ...]:
-    """``cpu,cuda`` or a list; commas split either way."""
-    items = F.strings(value, ctx)
-    return tuple(p.strip() for item in items for p in item.split(",") if p.strip())
-
-
-def _metrics(value: Any, ctx: ParseContext) -> tuple[str, ...]:
-    items = F.strings(value, ctx)
-    return tuple(m.strip() for item in items for m in item.split(",") if m.strip())
 
 
 def _noise(value: Any, ctx: ParseContext) -> float:
@@ -52,56 +40,22 @@ def _noise(value: Any, ctx: ParseContext) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ValidateOptions(Options):
+class ValidateOptions(RunOptions):
     """Compare a candidate with its reference; failing gates stop a recipe (exit 1)."""
 
     kind: ClassVar[str] = "validate"
     help: ClassVar[str] = "compare with the input model (fidelity, accuracy, latency, size); gates stop the run"
     transforms: ClassVar[bool] = False
 
-    data: str = option("random", parse=F.data_path(random_ok=True), kind="path",
-                       help="an .npz keyed by input name (axis 0 = samples), a folder of them, or 'random' (default)",
-                       cli=Cli(text=str))
-    shapes: Sequence[tuple[str, tuple[int, ...]]] = option(
-        (), key="shape", parse=F.shape_map, kind="mapping",
-        help="shape of an input with dynamic dims, for random data (recipe default: its top-level shape)",
-        cli=Cli(metavar="NAME=D0xD1...", text=str))
-    samples: int | None = option(None, parse=F.optional(F.integer(1)), kind="int >= 1",
-                                 help="random data: how many samples (default 8); files: use at most N",
-                                 cli=Cli(metavar="N"))
-    seed: int = option(0, parse=F.integer(), kind="int", help="seed for random data (default 0)")
-    providers: tuple[str, ...] = option(("cpu",), parse=_providers, kind="list",
-                                        help="execution providers, comma-separated (default cpu)",
-                                        cli=Cli(metavar="LIST", append=True, text=str))
     threads: int | None = option(None, parse=F.optional(F.integer(1)), kind="int >= 1",
                                  help="intra-op threads (default: onnxruntime's choice)", cli=Cli(metavar="N"))
     batch: int | None = option(None, parse=F.optional(F.integer(1)), kind="int >= 1",
                                help="samples per run, for outputs and latency (default: the model's fixed batch or 1)",
                                cli=Cli(metavar="N"))
-    warmup: int = option(10, parse=F.integer(0), kind="int >= 0", help="untimed runs per model first (default 10)",
-                         cli=Cli(metavar="N"))
-    runs: int | None = option(None, parse=F.optional(F.integer(1)), kind="int >= 1",
-                              help="exactly N timed runs per model instead of a time budget",
-                              cli=Cli(metavar="N", group=_TIMING))
-    budget: float | None = option(None, parse=F.optional(F.number(0)), kind="seconds",
-                                  help="keep timing until the interleaved runs took this many seconds per model "
-                                       "(default 1)", cli=Cli(metavar="SECONDS", group=_TIMING))
-    min_runs: int | None = option(None, parse=F.optional(F.integer(1)), kind="int >= 1",
-                                  help="with the budget: at least N timed runs per model (default 10)",
-                                  cli=Cli(metavar="N", group=_TIMING))
-    max_runs: int | None = option(None, parse=F.optional(F.integer(1)), kind="int >= 1",
-                                  help="with the budget: at most N timed runs per model (default 100000)",
-                                  cli=Cli(metavar="N", group=_TIMING))
-    session_repeats: int = option(3, parse=F.integer(1), kind="int >= 1",
-                                  help="create each session N times, interleaved, and report the fastest (default 3)",
-                                  cli=Cli(metavar="N"))
-    memory: bool = option(True, parse=F.boolean, kind="bool", help="measure peak memory (a child process per model)",
-                          cli=Cli(help="skip the peak-memory probe (a child process per model and provider, "
-                                       "~0.3 s each)"))
     labels: str | None = option(None, parse=F.optional(F.data_path(random_ok=False)), kind="path",
                                 help="one label per data sample: .npy of ints, or .npz with one array",
                                 cli=Cli(metavar="FILE", text=str))
-    metric: tuple[str, ...] = option((), parse=_metrics, kind="list",
+    metric: tuple[str, ...] = option((), parse=comma_list, kind="list",
                                      help="task metric(s) with labels (default top1; comma-separated or repeatable)",
                                      cli=Cli(metavar="NAME", append=True, text=str))
     label_output: str | None = option(None, parse=F.optional(F.text), kind="text",
@@ -142,9 +96,7 @@ class ValidateOptions(Options):
         return signature_extras(validate, covered)
 
     def check(self) -> None:
-        from ..validate.latency import latency_plan
         from ..validate.metrics import resolve_metric
-        from ..validate.providers import resolve_providers
         from ..validate.thresholds import check_threshold_inputs
 
         if self.labels is not None and self.data == "random":
@@ -156,23 +108,13 @@ class ValidateOptions(Options):
                 resolve_metric(name)
             except UsageError as exc:
                 raise Bad(str(exc), key="metric") from None
-        try:
-            resolve_providers(",".join(self.providers))
-        except UsageError as exc:
-            raise Bad(str(exc), key="providers") from None
-        try:
-            latency_plan(self.runs, self.budget, self.min_runs, self.max_runs)
-        except UsageError as exc:
-            raise Bad(str(exc), key=str(exc).split()[0].lstrip("-").replace("-", "_")) from None  # "--min-runs ..."
+        super().check()
         for name, _ in self.gates:
             try:
                 check_threshold_inputs({name: dict(self.gates)[name]}, labels=self.labels is not None,
                                        memory=self.memory)
             except UsageError as exc:
                 raise Bad(str(exc), key=name) from None
-
-    def shape_map(self) -> dict[str, tuple[int, ...]]:
-        return dict(self.shapes)
 
     def validate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`onnxsparse.validate.validate` (without the models)."""

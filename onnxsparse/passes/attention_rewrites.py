@@ -19,6 +19,8 @@ from typing import TypeGuard
 import numpy as np
 import onnx_ir as ir
 
+from ..errors import Decline
+
 __all__ = ["rewrite_attention", "fold_static_merge_reads", "unfold_batch_folded_matmuls"]
 
 logger = logging.getLogger(__name__)
@@ -202,11 +204,14 @@ def _trailing_read(node: ir.Node) -> bool:
     return True
 
 
-def _folded_region(out: ir.Value) -> tuple[list[ir.Node], list[ir.Node]] | str | None:
+class _UnknownDims(Decline):
+    """A Reshape on the way may be a fold but its dims are unknown (the caller may name them and retry)."""
+
+
+def _folded_region(out: ir.Value) -> tuple[list[ir.Node], list[ir.Node]]:
     """The nodes computing ``out`` (3-D, heads in the batch) from fold Reshapes: (region, folds).
 
-    ``None`` when another op is on the way; ``"dims"`` when a Reshape on the way may be a fold but
-    its dims are unknown (the caller may name them and retry).
+    Declines when another op is on the way; :class:`_UnknownDims` when only unknown dims stand in the way.
     """
     region: list[ir.Node] = []
     folds: list[ir.Node] = []
@@ -215,7 +220,7 @@ def _folded_region(out: ir.Value) -> tuple[list[ir.Node], list[ir.Node]] | str |
         value = stack.pop()
         node = value.producer() if value is not None else None
         if not _std(node):
-            return None
+            raise Decline(f"{value.name if value is not None else 'an input'} is not computed by a standard op")
         if node in region or node in folds:
             continue
         op = node.op_type
@@ -223,8 +228,8 @@ def _folded_region(out: ir.Value) -> tuple[list[ir.Node], list[ir.Node]] | str |
             if not _fold(node):
                 xs, ys = _sym(node.inputs[0]), _sym(node.outputs[0])
                 if xs is not None and ys is not None and len(xs) == 4 and len(ys) == 3 and None in (*xs, *ys):
-                    return "dims"
-                return None
+                    raise _UnknownDims(f"Reshape {node.name!r}: dims unknown")
+                raise Decline(f"Reshape {node.name!r} is not a fold of heads into the batch")
             folds.append(node)
             continue
         if op == "Transpose" and tuple(node.attributes.get_ints("perm", ()) or ()) == (0, 2, 1):
@@ -236,7 +241,7 @@ def _folded_region(out: ir.Value) -> tuple[list[ir.Node], list[ir.Node]] | str |
         elif op == "Softmax" and (node.attributes.get_int("axis", -1) or 0) in (-1, 2):
             stack.append(node.inputs[0])
         else:
-            return None
+            raise Decline(f"{op} {node.name!r} is not a MatMul, Softmax, Transpose or scalar op")
         region.append(node)
     return region, folds
 
@@ -264,12 +269,14 @@ def _unfold_one(graph: ir.Graph, unfold: ir.Node) -> bool | None:
         return False  # not a candidate (``_candidates`` yields none of these)
     if not all(_same(xs[k], ys[k + 1]) for k in (1, 2)):
         return None if None in (*xs, *ys) else False
-    found = _folded_region(x)
-    if isinstance(found, str):  # "dims"
+    try:
+        region, folds = _folded_region(x)
+    except _UnknownDims:
         return None
-    if found is None or not found[1]:
+    except Decline:
         return False
-    region, folds = found
+    if not folds:
+        return False
     leads = {tuple((_sym(f.inputs[0]) or ())[:2]) for f in folds}  # 4-D: _fold checked
     if None in ys[:2] or any(None in lead for lead in leads):
         return None

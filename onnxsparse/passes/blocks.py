@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 
 __all__ = ["Block", "RemoveBlocksPass", "find_blocks", "quiet_folding", "remove_blocks", "remove_found", "remove_by_values",
            "node_label"]
@@ -148,17 +148,18 @@ def _fmt(dims, names: Mapping[int, str]) -> str:
     return "?" if dims is None else "x".join("?" if d is None else names.get(d, str(d)) for d in dims)
 
 
-def _shape_reason(x: ir.Value, fx: ir.Value, out: ir.Value, shapes: Mapping[str, Any],
-                  names: Mapping[int, str]) -> str | None:
+def _check_shape(x: ir.Value, fx: ir.Value, out: ir.Value, shapes: Mapping[str, Any],
+                 names: Mapping[int, str]) -> None:
+    """Declines when dropping ``f`` would change the output's shape or type (or they are unknown)."""
     sx, sf, so = (shapes.get(v.name or "") for v in (x, fx, out))
     if sx is None or sf is None or None in sx or None in sf:
-        return f"shapes unknown (x {_fmt(sx, names)}, f(x) {_fmt(sf, names)}): cannot check that dropping f keeps the output shape"
+        raise Decline(f"shapes unknown (x {_fmt(sx, names)}, f(x) {_fmt(sf, names)}): "
+                      "cannot check that dropping f keeps the output shape")
     if tuple(sx) != tuple(sf) or (so is not None and tuple(so) != tuple(sx)):
-        return (f"f(x) has shape {_fmt(sf, names)}, x {_fmt(sx, names)}: the Add broadcasts, dropping f would change the "
-                "output shape")
+        raise Decline(f"f(x) has shape {_fmt(sf, names)}, x {_fmt(sx, names)}: the Add broadcasts, "
+                      "dropping f would change the output shape")
     if x.dtype is not None and fx.dtype is not None and x.dtype != fx.dtype:
-        return f"x is {x.dtype}, f(x) {fx.dtype}"
-    return None
+        raise Decline(f"x is {x.dtype}, f(x) {fx.dtype}")
 
 
 def _branch_params(nodes: Sequence[ir.Node], const: set[int]) -> int:
@@ -242,9 +243,10 @@ def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = 
                 found = (x, fx, candidates)
                 break
         if found is None:
-            reason = _computed_shortcut(add, const, order, probe, names)
-            if reason is not None:
-                blocks.append(Block(len(blocks), _label(add, order), "", "", reason=reason))
+            try:
+                _computed_shortcut(add, const, order, probe, names)
+            except Decline as exc:
+                blocks.append(Block(len(blocks), _label(add, order), "", "", reason=exc.reason))
             continue
         x, fx, candidates = found
         nodes = _owned(fx, add, candidates, order)
@@ -269,9 +271,14 @@ def find_blocks(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = 
         if per_node is None:
             per_node = _node_macs(model, shapes)
         macs = sum(per_node.get(id(n), 0) for n in nodes) if per_node else None
+        try:
+            _check_shape(x, fx, add.outputs[0], probe, names)
+            reason = None
+        except Decline as exc:
+            reason = exc.reason
         blocks.append(Block(len(blocks), _label(add, order), x.name or "", fx.name or "",
                             tuple(_label(n, order) for n in nodes), side, macs, _branch_params(nodes, const),
-                            _shape_reason(x, fx, add.outputs[0], probe, names), x_index=add.inputs.index(x)))
+                            reason, x_index=add.inputs.index(x)))
     return blocks
 
 
@@ -288,28 +295,28 @@ def _side_values(nodes: Sequence[ir.Node], x: ir.Value, const: set[int]) -> list
 
 
 def _computed_shortcut(add: ir.Node, const: set[int], order: Mapping[int, int], shapes: Mapping[str, Any],
-                       names: Mapping[int, str]) -> str | None:
-    """Why ``add`` is no block when it joins two weighted branches of one source ``s`` (a projection or
-    downsample shortcut; attention and MLP in parallel), else None (not a residual join at all)."""
+                       names: Mapping[int, str]) -> None:
+    """Declines with why ``add`` is no block when it joins two weighted branches of one source ``s`` (a
+    projection or downsample shortcut; attention and MLP in parallel); returns when it is no residual join."""
     a, b = add.inputs
     if a is None or b is None:
-        return None
+        return
     common = (_ancestors(a, None)[0] & _ancestors(b, None)[0]) - const
     if not common:
-        return None
+        return
     position = {id(v): order[id(v.producer())] if v.producer() is not None else -1 for v in _values(a, b)}
     source = max((v for v in _values(a, b) if id(v) in common), key=lambda v: position[id(v)], default=None)
     if source is None:
-        return None
+        return
     sides = [_owned(v, add, _ancestors(v, source)[1], order, any_fx_uses=True) for v in (a, b)]
     if not all(_weighted_mac(side, const) for side in sides):
-        return None
+        return
     so, sx = shapes.get(add.outputs[0].name or ""), shapes.get(source.name or "")
     if sx is not None and so is not None and tuple(sx) != tuple(so):
-        return (f"projection/downsample shortcut ({_fmt(sx, names)} -> {_fmt(so, names)}), not the identity: "
-                f"both inputs are computed from {source.name!r}; dropping the branch would change the shape")
-    return (f"no identity shortcut: both inputs are weighted branches of {source.name!r} (a projection "
-            "shortcut, or parallel branches such as attention and MLP side by side)")
+        raise Decline(f"projection/downsample shortcut ({_fmt(sx, names)} -> {_fmt(so, names)}), not the identity: "
+                      f"both inputs are computed from {source.name!r}; dropping the branch would change the shape")
+    raise Decline(f"no identity shortcut: both inputs are weighted branches of {source.name!r} (a projection "
+                  "shortcut, or parallel branches such as attention and MLP side by side)")
 
 
 def _values(*roots: ir.Value) -> list[ir.Value]:

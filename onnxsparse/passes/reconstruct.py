@@ -61,7 +61,7 @@ from ..calibration.capture import (
 )
 from ..calibration.data import DataSource
 from ..calibration.stats import LayerStats
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 from ..graph import DependencyGraph, PrunePlan, Role, apply_plan, masked_copy
 from ..report import format_table
 
@@ -266,13 +266,11 @@ def find_consumers(dg: DependencyGraph, masks: Mapping[tuple[str, int], np.ndarr
         if len(users) > 1:
             cons.reason = f"weight '{w.name}' is shared by {len(users)} nodes"
             continue
-        view = linear_view(node, c.input, c.axis)
-        if isinstance(view, str):
-            cons.reason = view
-            continue
-        bias_problem = _bias_problem(node)
-        if bias_problem:
-            cons.reason = bias_problem
+        try:
+            view = linear_view(node, c.input, c.axis)
+            _check_bias(node)
+        except Decline as exc:
+            cons.reason = exc.reason
             continue
         if cons.matrix().shape[1] != view.in_features:
             cons.reason = "weight columns do not match the input view"
@@ -281,19 +279,18 @@ def find_consumers(dg: DependencyGraph, masks: Mapping[tuple[str, int], np.ndarr
     return out
 
 
-def _bias_problem(node: ir.Node) -> str | None:
-    """Why :func:`add_bias` could not add a per-output-channel bias to ``node`` (None: it can)."""
+def _check_bias(node: ir.Node) -> None:
+    """Declines when :func:`add_bias` could not add a per-output-channel bias to ``node``."""
     if node.op_type not in ("Conv", "Gemm"):
-        return None  # MatMul: the Add after it, or a new one
+        return  # MatMul: the Add after it, or a new one
     b = node.inputs[2] if len(node.inputs) > 2 else None
     if b is None:
-        return None
+        return
     if b.const_value is None:
-        return f"{node.op_type} '{node.name}': the bias is computed at run time"
+        raise Decline(f"{node.op_type} '{node.name}': the bias is computed at run time")
     shape = tuple(b.const_value.shape.numpy())
     if node.op_type == "Gemm" and len(shape) == 2 and shape[0] != 1:
-        return f"Gemm '{node.name}': bias of shape {list(shape)} is not per output channel"
-    return None
+        raise Decline(f"Gemm '{node.name}': bias of shape {list(shape)} is not per output channel")
 
 
 def candidate_requests(dg: DependencyGraph) -> tuple[list[tuple[str, int]], list[LayerRequest]]:

@@ -38,12 +38,12 @@ from ..options.sparsify import DEFAULT_MIN_SIZE, SparsifyOptions
 from ..formats import (
     Candidate,
     CodecOptions,
+    check_opset_raise,
     TensorData,
     choose,
     expand_all,
     information_bound_bits,
     model_opset,
-    raise_blocker,
     read_storage,
     set_model_opset,
     store,
@@ -587,10 +587,12 @@ class SparsifyPass(ir.passes.InPlacePass):
         for target in (PREFERRED_OPSET, 13, 11):  # newest safe target: more decode graphs
             if target <= before:
                 break
-            reason = raise_blocker(model, target)
-            if reason is None:
-                return target, blocker
-            blocker = blocker or reason
+            try:
+                check_opset_raise(model, target)
+            except Decline as exc:
+                blocker = blocker or exc.reason
+                continue
+            return target, blocker
         return before, blocker
 
 

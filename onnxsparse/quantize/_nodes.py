@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 from .weights import QuantizedWeight
 
 __all__ = [
@@ -186,7 +186,7 @@ def plan_nodes(
     *,
     mode_name: str,
     supported: frozenset[str],
-    node_reason: Callable[[onnx.NodeProto, dict[str, onnx.TensorProto]], str | None],
+    check_node: Callable[[onnx.NodeProto, dict[str, onnx.TensorProto]], None],
     excludes: Iterable[str],
     min_weight_elements: int,
     origin: Mapping[str, str] | None = None,
@@ -213,10 +213,11 @@ def plan_nodes(
             if w:
                 plan.excluded.append({**row, "reason": f"{node.op_type} is not quantized in {mode_name} mode"})
             continue
-        reason = node_reason(node, inits)
-        if reason:
+        try:
+            check_node(node, inits)
+        except Decline as exc:
             plan.exclude.append(node.name)
-            plan.excluded.append({**row, "reason": reason})
+            plan.excluded.append({**row, "reason": exc.reason})
             continue
         if min_weight_elements and w and max(x.elements for x in w) < min_weight_elements:
             plan.exclude.append(node.name)

@@ -400,7 +400,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
         origin = origin_names(prepared.original_names, [n.name for n in proto.graph.node])
         supported = quant_mode.supported_op_types(settings)
         plan = plan_nodes(
-            proto, mode_name=settings.mode, supported=supported, node_reason=quant_mode.node_reason,
+            proto, mode_name=settings.mode, supported=supported, check_node=quant_mode.check_node,
             excludes=settings.exclude, min_weight_elements=settings.min_weight_elements,
             origin=origin, original=prepared.original_names, graph_reasons=quant_mode.graph_reasons(proto),
         )

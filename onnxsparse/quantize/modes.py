@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import UsageError
+from ..errors import Decline, UsageError
 from ..graph.linear import linear_op_proto
 from ._ort import QuantizationError, first_line, nbits_module, ort_quantization, quiet
 from ..options.quantize import CALIBRATION_METHODS, DEFAULT_CALIB_SAMPLES, FORMATS, QUANT_TYPES
@@ -62,9 +62,9 @@ class QuantMode:
     def supported_op_types(self, settings: QuantizeSettings) -> frozenset[str]:
         raise NotImplementedError
 
-    def node_reason(self, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
-        """Why a node of a supported op type cannot be quantized (``None``: it can)."""
-        return None
+    def check_node(self, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> None:
+        """Declines (raises :class:`~onnxsparse.errors.Decline`) when a node of a supported op type cannot
+        be quantized; returns when it can."""
 
     def graph_reasons(self, model: onnx.ModelProto) -> dict[str, str]:
         """Nodes this mode must leave float because of where they sit in the graph, with the reason."""
@@ -128,14 +128,21 @@ def _present(ops: dict[str, int], names: tuple[str, ...]) -> str:
     return ", ".join(found) if found else "none"
 
 
-def _gemm_convertible(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
-    """Why a Gemm cannot become MatMul(+Add) (``None``: it can)."""
+def _check_gemm_convertible(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> None:
+    """Declines with why a Gemm cannot become MatMul(+Add); returns when it can."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or linear_op_proto(node, 1).data_axis != 1:
-        return "Gemm with alpha/beta != 1 or transA is not converted to MatMul"
+        raise Decline("Gemm with alpha/beta != 1 or transA is not converted to MatMul")
     if len(node.input) < 2 or node.input[1] not in inits:
-        return "Gemm weight B is not a constant"
-    return None
+        raise Decline("Gemm weight B is not a constant")
+
+
+def _gemm_convertible(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    try:
+        _check_gemm_convertible(node, inits)
+    except Decline:
+        return False
+    return True
 
 
 def _upgrade_opset(model: onnx.ModelProto, target: int, why: str, alternative: str) -> list[str]:
@@ -221,12 +228,11 @@ class DynamicMode(QuantMode):
 
         return frozenset(IntegerOpsRegistry) | {"Gemm"}
 
-    def node_reason(self, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
+    def check_node(self, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> None:
         if node.op_type == "MatMul" and (len(node.input) < 2 or node.input[1] not in inits):
-            return "dynamic mode quantizes MatMul only with a constant weight B"
+            raise Decline("dynamic mode quantizes MatMul only with a constant weight B")
         if node.op_type == "Gemm":
-            return _gemm_convertible(node, inits)
-        return None
+            _check_gemm_convertible(node, inits)
 
     def extra_excludes(self, model: onnx.ModelProto, exclude: list[str]) -> list[str]:
         # onnxruntime turns every Gemm into "<name>_MatMul" + "<name>_Add" before it looks at exclusions.
@@ -401,20 +407,20 @@ class Int4Mode(QuantMode):
     def supported_op_types(self, settings: QuantizeSettings) -> frozenset[str]:
         return frozenset({"MatMul", "Gemm"})
 
-    def node_reason(self, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
+    def check_node(self, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> None:
         if node.op_type == "Gemm":
-            why = _gemm_convertible(node, inits)
-            if why:
-                return f"int4 only handles MatMul with a constant weight ({why})"
+            try:
+                _check_gemm_convertible(node, inits)
+            except Decline as exc:
+                raise Decline(f"int4 only handles MatMul with a constant weight ({exc.reason})") from None
         if len(node.input) < 2 or node.input[1] not in inits:
-            return "int4 only handles MatMul with a constant weight B"
+            raise Decline("int4 only handles MatMul with a constant weight B")
         weight = inits[node.input[1]]
         dims = list(weight.dims)
         if len(dims) < 2 or any(d != 1 for d in dims[:-2]):
-            return f"int4 needs a 2-D weight (or leading dims of 1), got shape {dims}"
+            raise Decline(f"int4 needs a 2-D weight (or leading dims of 1), got shape {dims}")
         if weight.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
-            return "int4 needs a float weight"
-        return None
+            raise Decline("int4 needs a float weight")
 
     def prepare(self, model: onnx.ModelProto, settings: QuantizeSettings, exclude: set[str]) -> list[str]:
         steps = []
@@ -470,7 +476,7 @@ def _gemms_to_matmul(model: onnx.ModelProto, exclude: set[str]) -> int:
     new_nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
-        if node.op_type != "Gemm" or node.name in exclude or _gemm_convertible(node, inits) or uses.get(node.input[1], 0) != 1:
+        if node.op_type != "Gemm" or node.name in exclude or not _gemm_convertible(node, inits) or uses.get(node.input[1], 0) != 1:
             new_nodes.append(node)
             continue
         weight = inits[node.input[1]]

@@ -46,14 +46,12 @@ class FeatureSource:
     node: ir.Node | None = None
 
 
-def _source(node: ir.Node, index: int) -> FeatureSource | str:
-    try:
-        found = contraction(node, index)
-    except Decline as exc:
-        return str(exc)
+def _source(node: ir.Node, index: int) -> FeatureSource:
+    """The activation that ``node``'s weight input ``index`` multiplies; declines if there is none."""
+    found = contraction(node, index)
     x = node.inputs[found.data_input]
     if x is None or not x.name:
-        return f"{node.op_type} without a named activation"
+        raise Decline(f"{node.op_type} without a named activation")
     conv = found.family == "conv" and found.groups == 1  # measured per im2col column
     return FeatureSource(x.name, found.data_axis, found.groups, node if conv else None)
 
@@ -66,37 +64,35 @@ def feature_sources(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, l
         if value is None:
             out[info.name] = "not an initializer"
             continue
-        sources: list[FeatureSource] = []
-        reason = None
-        for node, index, _ in _uses(value):
-            found = _source(node, index)
-            if isinstance(found, str):
-                reason = found
-                break
-            sources.append(found)
-        out[info.name] = reason or (sources if sources else "no consumer")
+        try:
+            sources = [_source(node, index) for node, index, _ in _uses(value)]
+        except Decline as exc:
+            out[info.name] = exc.reason
+            continue
+        out[info.name] = sources if sources else "no consumer"
     return out
 
 
-def _scale(norms: np.ndarray, source: FeatureSource, info: WeightInfo) -> np.ndarray | str:
+def _scale(norms: np.ndarray, source: FeatureSource, info: WeightInfo) -> np.ndarray:
+    """Measured squared norms shaped to broadcast against the weight; declines when they do not fit it."""
     axis = info.in_axis
     if axis is None:
-        return "no single reduction axis"
+        raise Decline("no single reduction axis")
     rank = len(info.shape)
     width = info.shape[axis]
     if source.node is not None:  # per im2col column: [C * prod(kernel)] in the weight's [C, *kernel] order
         if norms.size != int(np.prod(info.shape[1:], dtype=np.int64)):
-            return f"{norms.size} im2col columns measured, the weight has {list(info.shape)}"
+            raise Decline(f"{norms.size} im2col columns measured, the weight has {list(info.shape)}")
         return norms.reshape((1, *info.shape[1:]))
     if source.group == 1:
         if norms.size != width:
-            return f"{norms.size} input features measured, the weight reduces over {width}"
+            raise Decline(f"{norms.size} input features measured, the weight reduces over {width}")
         shape = [1] * rank
         shape[axis] = width
         return norms.reshape(shape)
     out_channels = info.shape[0]
     if axis != 1 or norms.size != width * source.group or out_channels % source.group:
-        return f"grouped Conv (group={source.group}) does not match the weight shape {list(info.shape)}"
+        raise Decline(f"grouped Conv (group={source.group}) does not match the weight shape {list(info.shape)}")
     per_group = norms.reshape(source.group, width)
     rows = per_group[np.arange(out_channels) // (out_channels // source.group)]  # [O, C/group]
     return rows.reshape([out_channels, width] + [1] * (rank - 2))
@@ -120,8 +116,11 @@ def input_feature_scales(
     layers: dict[int, LayerRequest] = {}  # id(conv node) -> request keyed by a unique name
     for found in sources.values():
         for s in [] if isinstance(found, str) else found:
-            view = linear_view(s.node, 0, 1) if s.node is not None else None
-            if view is None or isinstance(view, str):
+            try:
+                view = linear_view(s.node, 0, 1) if s.node is not None else None
+            except Decline:
+                view = None
+            if view is None:
                 channels.add((s.value, s.axis))  # no im2col view: per channel
             elif id(s.node) not in layers:
                 layers[id(s.node)] = LayerRequest(replace(view, node=f"{len(layers)}:{view.node}"), squares=True)
@@ -147,9 +146,10 @@ def input_feature_scales(
             if squares is None:
                 reasons[name] = f"activation {s.value!r} was not captured"
                 break
-            scale = _scale(squares, s, by_name[name])
-            if isinstance(scale, str):
-                reasons[name] = scale
+            try:
+                scale = _scale(squares, s, by_name[name])
+            except Decline as exc:
+                reasons[name] = exc.reason
                 break
             total = scale if total is None else total + scale
         else:

@@ -60,15 +60,13 @@ class LayerLayout:
         return w2d.T if self.transpose else w2d.reshape(shape)
 
 
-def _layout(node: ir.Node, index: int) -> LayerLayout | str:
-    try:
-        found = contraction(node, index)
-    except Decline as exc:
-        return str(exc)
+def _layout(node: ir.Node, index: int) -> LayerLayout:
+    """How SparseGPT sees ``node``'s weight input ``index`` as a matrix; declines for layers it does not update."""
+    found = contraction(node, index)
     if node.op_type in ("MatMul", "Gemm") and index != 1:
-        return f"{node.op_type} weight on the left (input {index})"
+        raise Decline(f"{node.op_type} weight on the left (input {index})")
     if found.groups != 1:
-        return f"grouped Conv (group={found.groups})"
+        raise Decline(f"grouped Conv (group={found.groups})")
     return LayerLayout(node, found.data_input, found.data_axis, found.transposed)
 
 
@@ -87,7 +85,10 @@ def layer_layouts(model: ir.Model, infos: Sequence[WeightInfo]) -> dict[str, Lay
         elif uses[0][0].op_type in ("MatMul", "Gemm") and len(info.shape) != 2:
             out[info.name] = f"{len(info.shape)}-D {uses[0][0].op_type} weight"
         else:
-            out[info.name] = _layout(uses[0][0], uses[0][1])
+            try:
+                out[info.name] = _layout(uses[0][0], uses[0][1])
+            except Decline as exc:
+                out[info.name] = exc.reason
     return out
 
 
@@ -103,10 +104,12 @@ def hessians(model: ir.Model, layouts: dict[str, LayerLayout], source: DataSourc
     requests: list[LayerRequest] = []
     owner: dict[str, str] = {}
     for name, layout in layouts.items():
-        view = linear_view(layout.node, layout.input_index, layout.axis)
-        if isinstance(view, str):
-            yield name, view
-        elif view.in_features > MAX_FEATURES:
+        try:
+            view = linear_view(layout.node, layout.input_index, layout.axis)
+        except Decline as exc:
+            yield name, exc.reason
+            continue
+        if view.in_features > MAX_FEATURES:
             yield name, f"{view.in_features} input features (more than {MAX_FEATURES})"
         else:
             view = replace(view, node=f"{len(requests)}:{view.node}")  # a unique key: node names may be empty

@@ -143,26 +143,32 @@ def _broadcast(array: np.ndarray, rank: int, axis: int) -> np.ndarray:
     return array.reshape(shape)
 
 
-def _uses(value: ir.Value, depth: int = 0) -> Iterator[tuple[ir.Node, int, QuantInfo | None | str]]:
-    """(consumer, input index, quant info or an unsupported-quantization reason), through pass-through ops."""
+def _uses(value: ir.Value, depth: int = 0) -> Iterator[tuple[ir.Node, int, QuantInfo | Decline | None]]:
+    """(consumer, input index, quant info or the unsupported quantization's :class:`Decline`), through
+    pass-through ops: every use is listed, so one use's quantization is a value, not a raise."""
     for node, index in value.uses():
         if node.domain in ("", "ai.onnx") and node.op_type in _PASS_THROUGH and index == 0 and depth < 4:
             yield from _uses(node.outputs[0], depth + 1)
         elif node.domain in ("", "ai.onnx") and node.op_type == "DequantizeLinear" and index == 0 and depth < 4:
-            quant = _dq_quant(node, value)
+            quant: QuantInfo | Decline
+            try:
+                quant = _dq_quant(node, value)
+            except Decline as exc:
+                quant = exc
             for inner, inner_index, _ in _uses(node.outputs[0], depth + 1):
                 yield inner, inner_index, quant
         else:
             yield node, index, None
 
 
-def _dq_quant(node: ir.Node, value: ir.Value) -> QuantInfo | str:
+def _dq_quant(node: ir.Node, value: ir.Value) -> QuantInfo:
+    """The quantization ``node`` applies to ``value``; declines for forms a fill value cannot describe."""
     rank = len(value.shape) if value.shape is not None else 0
     if node.attributes.get_int("block_size", 0):
-        return "blocked DequantizeLinear is not supported"
+        raise Decline("blocked DequantizeLinear is not supported")
     scale = _const(node, 1)
     if scale is None:
-        return "DequantizeLinear scale is not a constant"
+        raise Decline("DequantizeLinear scale is not a constant")
     raw = value.const_value.numpy() if value.const_value is not None else None
     zero = _const(node, 2)
     if zero is None:
@@ -209,8 +215,8 @@ def find_weights(model: ir.Model) -> list[WeightInfo]:
                 why = f"as input {index}, not its weight" if rule is not None else "(not a linear op)"
                 reasons.append(f"read by {node.op_type} {why}")
                 continue
-            if isinstance(node_quant, str):
-                reasons.append(node_quant)
+            if isinstance(node_quant, Decline):
+                reasons.append(node_quant.reason)
                 continue
             if node_quant is not None:
                 quant = node_quant

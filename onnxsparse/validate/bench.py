@@ -7,7 +7,8 @@ interleaved (see :mod:`.latency`), so their numbers are comparable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import onnxruntime as ort
 from .._workdir import owned_temp_dir
 from ..calibration.data import DataSource, load_data
 from ..errors import OnnxSparseError, UsageError
+from ..options.bench import BenchOptions
 from ..report import to_jsonable
 from ._common import check_counts, environment, fixed_batch, is_random, latency_feeds, model_info, progress_bar
 from .compat import PreparedModel, prepare_model
@@ -24,7 +26,7 @@ from .memory import MemoryStats, probe_memory
 from .providers import ProviderSession, ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
 from .result import ModelInfo
 
-__all__ = ["BenchRow", "BenchResult", "bench", "BENCH_SCHEMA"]
+__all__ = ["BenchRow", "BenchResult", "bench", "run_bench", "BENCH_SCHEMA"]
 
 BENCH_SCHEMA = "onnxsparse.bench/1"
 
@@ -66,27 +68,6 @@ class BenchResult:
             "environment": self.environment,
             "notes": self.notes,
         })
-
-
-def _as_list(values: Any, name: str) -> list[int | None]:
-    if values is None:
-        return [None]
-    if isinstance(values, (int, str)):
-        values = [values]
-    out: list[int | None] = []
-    for value in values:
-        for part in str(value).split(",") if isinstance(value, str) else [value]:
-            if part in (None, "", "auto"):
-                out.append(None)
-                continue
-            try:
-                number = int(part)
-            except (TypeError, ValueError):
-                raise UsageError(f"--{name} takes integers like 1,2,4; got {part!r}") from None
-            if number < 1:
-                raise UsageError(f"--{name} values must be >= 1, got {number}")
-            out.append(number)
-    return list(dict.fromkeys(out)) or [None]
 
 
 def _measure_config(
@@ -145,35 +126,42 @@ def _model_data(model: PreparedModel, data: Any, shapes, samples: int | None, se
     return source.take(samples) if samples and not is_random(data) else source
 
 
-def bench(
-    models: Iterable[Any],
-    *,
-    data: Any = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    samples: int | None = None,
-    seed: int = 0,
-    providers: str | Iterable[str | ProviderSpec] = ("cpu",),
-    threads: Iterable[int | None] | int | str | None = None,
-    batches: Iterable[int | None] | int | str | None = None,
-    warmup: int = 10,
-    runs: int | None = None,
-    memory: bool = True,
-    session_repeats: int = 3,
-    progress: bool = False,
-    budget: float | None = None,
-    min_runs: int | None = None,
-    max_runs: int | None = None,
-) -> BenchResult:
-    """Benchmark ``models`` (paths, bytes, protos or ``onnx_ir`` models) in every configuration.
+def bench(models: Iterable[Any], options: BenchOptions | None = None, *, progress: bool = False,
+          **kwargs: Any) -> BenchResult:
+    """``onnxsparse bench`` from Python: the keywords are the command's options (:class:`BenchOptions`:
+    ``--batch`` -> ``batches``, ``--shape`` -> ``shapes``, ``--no-memory`` -> ``memory=False``), checked
+    the same way; or pass a :class:`BenchOptions`.
 
-    Latency: ``runs`` fixed rounds, or (default) rounds until ``budget`` seconds per model
+    ``models`` are paths, bytes, protos or ``onnx_ir`` models.  Beyond the options, ``data`` may be
+    in-memory (a mapping of arrays or a ``DataSource``) and ``providers`` may list :class:`ProviderSpec`
+    objects.  Latency: ``runs`` fixed rounds, or (default) rounds until ``budget`` seconds per model
     (default 1), at least ``min_runs`` (10), at most ``max_runs`` (100000); see :func:`latency_plan`.
     """
-    plan = latency_plan(runs, budget, min_runs, max_runs)
+    data = kwargs.pop("data") if not isinstance(kwargs.get("data", "random"), (str, os.PathLike)) else None
+    given = kwargs.get("providers")
+    specs = None
+    if given is not None and not isinstance(given, str) and not all(isinstance(p, str) for p in given):
+        specs = resolve_providers(kwargs.pop("providers"))
+    if options is None:
+        options = BenchOptions.from_kwargs(kwargs, "bench()")
+    elif kwargs:
+        raise TypeError("bench(): pass either a BenchOptions or keyword arguments, not both")
+    return run_bench(models, options, data=data, specs=specs, progress=progress)
+
+
+def run_bench(models: Iterable[Any], options: BenchOptions, *, data: Any = None,
+              specs: Sequence[ProviderSpec] | None = None, progress: bool = False) -> BenchResult:
+    """Benchmark ``models`` in every configuration ``options`` names (``data``/``specs``: in-memory
+    data and provider objects that replace ``options.data`` / ``options.providers``)."""
+    data = options.data if data is None else data
+    shapes = options.shape_map()
+    samples, seed, warmup, memory = options.samples, options.seed, options.warmup, options.memory
+    session_repeats = options.session_repeats
+    plan = latency_plan(options.runs, options.budget, options.min_runs, options.max_runs)
     check_counts(warmup, plan.runs or plan.min_runs, session_repeats)
-    specs = resolve_providers(providers)
-    thread_list = _as_list(threads, "threads")
-    batch_list = _as_list(batches, "batch")
+    specs = list(specs) if specs is not None else resolve_providers(",".join(options.providers))
+    thread_list = options.thread_list()
+    batch_list = options.batch_list()
     model_list = list(models)
     if not model_list:
         raise UsageError("bench needs at least one model")

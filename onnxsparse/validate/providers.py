@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from .._ort import make_session
 from .._ort import session_options as ort_session_options
-from ..errors import ModelLoadError, UsageError
+from ..errors import Decline, ModelLoadError, UsageError
 
 __all__ = [
     "ProviderSpec",
@@ -31,7 +31,7 @@ __all__ = [
     "register_provider",
     "resolve_providers",
     "provider_chain",
-    "availability",
+    "check_available",
     "session_options",
     "open_session",
     "open_sessions",
@@ -138,15 +138,14 @@ def provider_chain(spec: ProviderSpec, available: Sequence[str]) -> list[str]:
     return chain
 
 
-def availability(spec: ProviderSpec) -> str | None:
-    """``None`` when onnxruntime lists the provider as available, else why not."""
+def check_available(spec: ProviderSpec) -> None:
+    """Returns when onnxruntime lists the provider as available, else declines with why not."""
     available = ort.get_available_providers()
-    if spec.ep in available:
-        return None
-    return (
-        f"{spec.ep} is not available in this onnxruntime {ort.__version__} "
-        f"(available: {', '.join(available)}); {spec.install_hint or 'install a build that has it'}"
-    )
+    if spec.ep not in available:
+        raise Decline(
+            f"{spec.ep} is not available in this onnxruntime {ort.__version__} "
+            f"(available: {', '.join(available)}); {spec.install_hint or 'install a build that has it'}"
+        )
 
 
 def session_options(spec: ProviderSpec, threads: int | None) -> ort.SessionOptions:
@@ -206,9 +205,10 @@ def open_session(
     provider is missing or onnxruntime fell back; raises :class:`ModelLoadError`
     when onnxruntime cannot load the model on the CPU at all.
     """
-    reason = availability(spec)
-    if reason is not None:
-        return ProviderSession(spec, None, reason=reason)
+    try:
+        check_available(spec)
+    except Decline as exc:
+        return ProviderSession(spec, None, reason=exc.reason)
     chain = provider_chain(spec, ort.get_available_providers())
     start = time.perf_counter()
     try:

@@ -107,20 +107,21 @@ def _heads(ctx: CoupleContext, size: int, queries: int = 1) -> Virtual:
     return unit
 
 
-def _unreached(ctx: CoupleContext, units: int | None, values: Sequence[ir.Value | None]) -> str | None:
+def _unreached(ctx: CoupleContext, units: int | None, values: Sequence[ir.Value | None]) -> bool:
     """Shapes of the op's inputs unknown (inference stopped upstream): accept, with the heads blocked.
 
     Nothing can be coupled without ranks, so the op touches no slot; its head slot is declared and
     blocked so :meth:`~onnxsparse.graph.DependencyGraph.unattached_heads` reports this attention
-    instead of it going missing silently.  Returns ``None`` when the shapes are known (go on).
+    instead of it going missing silently.  Returns ``False`` when the shapes are known (go on).
+    This is not a decline: the op is accepted, only its heads are blocked.
     """
     unknown = [v.name for v in values if v is not None and ctx.rank(v) is None]
     if not unknown:
-        return None
+        return False
     if units and units > 1:
         reason = f"shape of {', '.join(repr(n) for n in unknown)} unknown (shape inference did not reach it)"
         ctx.block(_heads(ctx, units), 0, reason)  # type: ignore[arg-type]  # a Virtual is a slot too
-    return "unreached"
+    return True
 
 
 def _couple_bcast(ctx: CoupleContext, x: ir.Value, axis: int, other: ir.Value, other_axis: int) -> None:
@@ -135,35 +136,35 @@ def _couple_bcast(ctx: CoupleContext, x: ir.Value, axis: int, other: ir.Value, o
 
 
 def _head_bias(ctx: CoupleContext, bias: ir.Value | None, unit: Virtual, hq: int, g: int, what: str,
-               q: ir.Value | None = None) -> str | None:
+               q: ir.Value | None = None) -> None:
     """An additive bias/mask broadcast to ``[B, Hq, S, T]``: its head axis follows the units (``Block(G)``).
 
     ``q``: a 3-D ``[B, S, .]`` query whose batch/sequence axes it broadcasts against.  The last axis
     (the total key length, past included) is left unmapped (blocked), like everything else not named.
+    Declines when the bias does not fit the heads.
     """
     if bias is None:
-        return None
+        return
     bd = ctx.dims(bias)
     if bd is None:
-        return f"{ctx.describe()}: rank of {what} '{bias.name}' unknown"
+        raise Decline(f"{ctx.describe()}: rank of {what} '{bias.name}' unknown")
     r = len(bd)
     if r > 4:
-        return f"{ctx.describe()}: {what} '{bias.name}' has rank {r} > 4"
+        raise Decline(f"{ctx.describe()}: {what} '{bias.name}' has rank {r} > 4")
     if r == 4 or r == 3:
         k = r - 3  # the head axis
         if bd[k] is None:
-            return f"{ctx.describe()}: head axis of {what} '{bias.name}' has unknown size"
+            raise Decline(f"{ctx.describe()}: head axis of {what} '{bias.name}' has unknown size")
         if bd[k] == hq and hq > 1:
             ctx.couple(unit, 0, bias, k, Block(g))
         elif bd[k] == 1:
             ctx.handled(bias, k)
         else:
-            return f"{ctx.describe()}: {what} '{bias.name}' has {bd[k]} heads, the op {hq}"
+            raise Decline(f"{ctx.describe()}: {what} '{bias.name}' has {bd[k]} heads, the op {hq}")
         if r == 4 and q is not None:
             _couple_bcast(ctx, bias, 0, q, 0)
     if q is not None and r >= 2:
         _couple_bcast(ctx, bias, r - 2, q, 1)
-    return None
 
 
 def _couple_3d(ctx: CoupleContext, q: ir.Value, k: ir.Value, v: ir.Value, y: ir.Value, hq: int, hkv: int,
@@ -233,9 +234,9 @@ def _couple_packed_gqa(ctx: CoupleContext, qkv: ir.Value, y: ir.Value, hq: int, 
 
 def _couple_kv_state(ctx: CoupleContext, unit: Virtual, values: Sequence[ir.Value | None], hkv: int,
                      d: int | None, what: str, *, head_axis: int = 1, like: ir.Value | None = None,
-                     fill: Sequence | None = None) -> str | None:
+                     fill: Sequence | None = None) -> None:
     """Past/present KV ``[B, Hkv, T, D]``: axis ``head_axis`` is the unit index (identity); ``d`` ``None``:
-    any head size."""
+    any head size.  Declines when a state does not have that shape."""
     for value in values:
         if not _present(value):
             continue
@@ -243,25 +244,19 @@ def _couple_kv_state(ctx: CoupleContext, unit: Virtual, values: Sequence[ir.Valu
             _fill(value, fill, like)
         vd = ctx.dims(value)
         if vd is None or len(vd) <= head_axis or vd[head_axis] != hkv or vd[-1] not in (d, None):
-            return f"{ctx.describe()}: {what} '{value.name}' is not [B, {hkv}, T, {d}] (shape {vd})"
+            raise Decline(f"{ctx.describe()}: {what} '{value.name}' is not [B, {hkv}, T, {d}] (shape {vd})")
         ctx.couple(unit, 0, value, head_axis, Identity())
-    return None
 
 
 def _couple_kv_cache(ctx: CoupleContext, unit: Virtual, past: tuple[ir.Value | None, ...], q: ir.Value,
-                     hkv: int, d: int, dv: int) -> str | None:
+                     hkv: int, d: int, dv: int) -> None:
     """Past key/value inputs and present key/value outputs 1, 2 (``[B, Hkv, T, D]``): the unit on axis 1
     (present shapes filled in from the query's batch when inference left them out)."""
-    reason = _couple_kv_state(ctx, unit, past, hkv, d, "past state")
-    if reason:
-        return reason
+    _couple_kv_state(ctx, unit, past, hkv, d, "past state")
     b = _dim(q, 0)
     for i, dd in ((1, d), (2, dv)):
-        reason = _couple_kv_state(ctx, unit, (ctx.output(i),), hkv, dd, "present state", like=q,
-                                  fill=[b, hkv, ir.SymbolicDim(None), dd])
-        if reason:
-            return reason
-    return None
+        _couple_kv_state(ctx, unit, (ctx.output(i),), hkv, dd, "present state", like=q,
+                         fill=[b, hkv, ir.SymbolicDim(None), dd])
 
 
 class MultiHeadAttentionRule(OpRule):
@@ -300,12 +295,8 @@ class MultiHeadAttentionRule(OpRule):
                 ctx.couple(x, 2, bias, 0, Offset(offset))
                 offset += n
             ctx.role(bias, 0, Role.BIAS)
-        reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=q)
-        if reason:
-            raise Decline(reason)
-        declined = _couple_kv_cache(ctx, unit, (ctx.input(6), ctx.input(7)), q, h, d, dv)
-        if declined is not None:
-            raise Decline(declined)
+        _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=q)
+        _couple_kv_cache(ctx, unit, (ctx.input(6), ctx.input(7)), q, h, d, dv)
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
@@ -373,15 +364,11 @@ class MsAttentionRule(OpRule):
                 raise Decline(f"{ctx.describe()}: bias shape {bd} is not [{width}]")
             ctx.couple(unit, 0, bias, 0, columns)
             ctx.role(bias, 0, Role.BIAS)
-        reason = _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=x)
-        if reason:
-            raise Decline(reason)
+        _head_bias(ctx, ctx.input(5), unit, h, 1, "attention_bias", q=x)
         present = ctx.output(1)
         if _present(present):  # [2, B, H, T, Dk], unused (checked above)
             _fill(present, [2, _dim(x, 0), h, ir.SymbolicDim(None), dk], x)
-            reason = _couple_kv_state(ctx, unit, (present,), h, dk, "present state", head_axis=2)
-            if reason:
-                raise Decline(reason)
+            _couple_kv_state(ctx, unit, (present,), h, dk, "present state", head_axis=2)
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
@@ -419,12 +406,8 @@ class GroupQueryAttentionRule(OpRule):
         else:
             unit, d, dv = _couple_3d(ctx, q, k, v, y, hq, hkv)
         g = hq // hkv
-        reason = _couple_kv_cache(ctx, unit, (ctx.input(3), ctx.input(4)), q, hkv, d, dv)
-        if reason:
-            raise Decline(reason)
-        reason = _head_bias(ctx, ctx.input(10), unit, hq, g, "attention_bias", q=q)
-        if reason:
-            raise Decline(reason)
+        _couple_kv_cache(ctx, unit, (ctx.input(3), ctx.input(4)), q, hkv, d, dv)
+        _head_bias(ctx, ctx.input(10), unit, hq, g, "attention_bias", q=q)
         sink = ctx.input(11)
         if sink is not None:
             sd = ctx.dims(sink)
@@ -498,17 +481,11 @@ class OnnxAttentionRule(OpRule):
         else:
             raise Decline(f"{ctx.describe()}: query/key/value ranks {rq}/{rk}/{rv} are neither all 3 nor all 4")
         g = hq // hkv
-        reason = _head_bias(ctx, ctx.input(3), unit, hq, g, "attn_mask", q=qb)
-        if reason:
-            raise Decline(reason)
-        reason = _couple_kv_state(ctx, unit, (ctx.input(4), ctx.input(5)), hkv, d, "past state")
-        if reason:
-            raise Decline(reason)
+        _head_bias(ctx, ctx.input(3), unit, hq, g, "attn_mask", q=qb)
+        _couple_kv_state(ctx, unit, (ctx.input(4), ctx.input(5)), hkv, d, "past state")
         for i, dd in ((1, d), (2, dv)):
-            reason = _couple_kv_state(ctx, unit, (ctx.output(i),), hkv, dd, "present state", like=q,
-                                      fill=[_dim(q, 0), hkv, ir.SymbolicDim(None), dd])
-            if reason:
-                raise Decline(reason)
+            _couple_kv_state(ctx, unit, (ctx.output(i),), hkv, dd, "present state", like=q,
+                             fill=[_dim(q, 0), hkv, ir.SymbolicDim(None), dd])
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:

@@ -31,15 +31,15 @@ __all__ = ["ConvRule", "ConvTransposeRule", "RULES"]
 _Operands = tuple[ir.Value, ir.Value, ir.Value | None, ir.Value]
 
 
-def _operands(ctx: CoupleContext) -> _Operands | str:
-    """``x, w, b, y`` with the batch axes of ``x`` and ``y`` coupled, or why the node cannot be handled."""
+def _operands(ctx: CoupleContext) -> _Operands:
+    """``x, w, b, y`` with the batch axes of ``x`` and ``y`` coupled; declines when ranks are unknown."""
     x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
     y = ctx.output(0)
     if x is None or w is None or y is None:
-        return f"{ctx.describe()}: missing input"
+        raise Decline(f"{ctx.describe()}: missing input")
     xd, yd = ctx.dims(x), ctx.dims(y)
     if xd is None or yd is None or len(xd) < 3 or len(xd) != len(yd):
-        return f"{ctx.describe()}: input/output ranks unknown"
+        raise Decline(f"{ctx.describe()}: input/output ranks unknown")
     ctx.couple(x, 0, y, 0)
     return x, w, b, y
 
@@ -81,10 +81,7 @@ class ConvRule(OpRule):
     op_types = ("Conv",)
 
     def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
-        operands = _operands(ctx)
-        if isinstance(operands, str):
-            raise Decline(operands)
-        x, w, b, y = operands
+        x, w, b, y = _operands(ctx)
         wd = ctx.dims(w)
         xd = ctx.dims(x)
         if wd is None or xd is None or wd[0] is None or wd[1] is None or xd[1] is None:
@@ -109,10 +106,7 @@ class ConvTransposeRule(OpRule):
     op_types = ("ConvTranspose",)
 
     def couple(self, node: ir.Node, ctx: CoupleContext) -> None:
-        operands = _operands(ctx)
-        if isinstance(operands, str):
-            raise Decline(operands)
-        x, w, b, y = operands
+        x, w, b, y = _operands(ctx)
         wd, xd, yd = ctx.dims(w), ctx.dims(x), ctx.dims(y)
         if wd is None or xd is None or yd is None or wd[0] is None or wd[1] is None or yd[1] is None:
             raise Decline(f"{ctx.describe()}: channel counts unknown")

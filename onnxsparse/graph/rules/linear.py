@@ -51,9 +51,7 @@ class GemmRule(OpRule):
         else:
             ctx.contract(0, a_k)
         if c is not None:
-            reason = ctx.broadcast([c], y)
-            if reason:
-                raise Decline(reason)
+            ctx.broadcast([c], y)
             if is_weight(c):
                 cd = ctx.dims(c) or ()
                 if cd and cd[-1] not in (None, 1):

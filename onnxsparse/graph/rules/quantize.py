@@ -234,18 +234,17 @@ def _fill(y: ir.Value | None, dims: list | None, like: ir.Value | None, dtype: i
         y.dtype = dtype
 
 
-def _scalars(ctx: CoupleContext, *values: ir.Value | None) -> str | None:
+def _scalars(ctx: CoupleContext, *values: ir.Value | None) -> None:
     """Per-tensor quantization parameters are left alone; anything else declines."""
     for v in values:
         if v is None:
             continue
         if not _per_tensor(ctx.dims(v)):
-            return f"{ctx.describe()}: quantization parameter '{v.name}' is not per-tensor"
+            raise Decline(f"{ctx.describe()}: quantization parameter '{v.name}' is not per-tensor")
         ctx.handled_all(v)
-    return None
 
 
-def _per_channel(ctx: CoupleContext, value: ir.Value | None, y: ir.Value, y_axis: int) -> str | None:
+def _per_channel(ctx: CoupleContext, value: ir.Value | None, y: ir.Value, y_axis: int) -> None:
     """A weight scale / zero point: per-tensor (left alone) or one per output channel (sliced with it)."""
     if value is None:
         return None
@@ -254,9 +253,8 @@ def _per_channel(ctx: CoupleContext, value: ir.Value | None, y: ir.Value, y_axis
         ctx.handled_all(value)
         return None
     if d is None or len(d) != 1:
-        return f"{ctx.describe()}: '{value.name}' is neither per-tensor nor per output channel"
+        raise Decline(f"{ctx.describe()}: '{value.name}' is neither per-tensor nor per output channel")
     ctx.couple(value, 0, y, y_axis)
-    return None
 
 
 class QLinearConvRule(OpRule):
@@ -273,9 +271,7 @@ class QLinearConvRule(OpRule):
         xd, yd, wd = ctx.dims(x), ctx.dims(y), ctx.dims(w)
         if xd is None or yd is None or len(xd) < 3 or len(xd) != len(yd) or xd[1] is None:
             raise Decline(f"{ctx.describe()}: input/output ranks unknown")
-        reason = _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
-        if reason:
-            raise Decline(reason)
+        _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
         g = linear_op(node).groups
         ci = xd[1]
         co, ci_g = (wd[0], wd[1]) if wd is not None and len(wd) >= 2 else (None, None)
@@ -289,9 +285,7 @@ class QLinearConvRule(OpRule):
         ctx.couple(w, 0, y, 1)
         ctx.role(w, 0, Role.PRODUCE)
         for extra in (ctx.input(4), ctx.input(5)):
-            reason = _per_channel(ctx, extra, y, 1)
-            if reason:
-                raise Decline(reason)
+            _per_channel(ctx, extra, y, 1)
         couple_filter_inputs(ctx, x, w, b, y, group=g, co=co, ci_g=ci_g, weight_input=3)  # grouped: depthwise only
         return None
 
@@ -319,9 +313,7 @@ class QLinearMatMulRule(OpRule):
         ra, ry = ctx.rank(a), ctx.rank(y)
         if ra is None or ry is None or ra != ry or ra < 2:
             raise Decline(f"{ctx.describe()}: operand ranks unknown")
-        reason = _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
-        if reason:
-            raise Decline(reason)
+        _scalars(ctx, ctx.input(1), ctx.input(2), ctx.input(6), ctx.input(7))
         for axis in range(ra - 1):
             ctx.couple(a, axis, y, axis)
         ctx.couple(a, ra - 1, b, 0)
@@ -330,9 +322,7 @@ class QLinearMatMulRule(OpRule):
         ctx.role(b, 1, Role.PRODUCE)
         ctx.contract(0, ra - 1, weight=(3, 0))
         for extra in (ctx.input(4), ctx.input(5)):
-            reason = _per_channel(ctx, extra, y, ry - 1)
-            if reason:
-                raise Decline(reason)
+            _per_channel(ctx, extra, y, ry - 1)
         return None
 
 
@@ -356,9 +346,7 @@ class QGemmRule(OpRule):
         y_s, y_zp = ctx.input(7), ctx.input(8)
         _fill(y, [ad[0], bd[b_n]], None, y_zp.dtype if y_s is not None and y_zp is not None
               else (ir.DataType.FLOAT if y_s is None else a.dtype))
-        reason = _scalars(ctx, ctx.input(1), ctx.input(2), y_s, ctx.input(8))
-        if reason:
-            raise Decline(reason)
+        _scalars(ctx, ctx.input(1), ctx.input(2), y_s, ctx.input(8))
         ctx.couple(a, 1, b, b_k)
         ctx.couple(a, 0, y, 0)
         ctx.couple(b, b_n, y, 1)
@@ -366,13 +354,9 @@ class QGemmRule(OpRule):
         ctx.role(b, b_n, Role.PRODUCE)
         ctx.contract(0, 1, weight=(3, b_k))
         for extra in (ctx.input(4), ctx.input(5)):
-            reason = _per_channel(ctx, extra, y, 1)
-            if reason:
-                raise Decline(reason)
+            _per_channel(ctx, extra, y, 1)
         if c is not None:
-            reason = ctx.broadcast([c], y)
-            if reason:
-                raise Decline(reason)
+            ctx.broadcast([c], y)
             cd = ctx.dims(c)
             if c.const_value is not None and cd and cd[-1] not in (None, 1):
                 ctx.role(c, len(cd) - 1, Role.BIAS)
@@ -402,12 +386,8 @@ class QLinearElementwiseRule(OpRule):
                 dims.append(next((d for d in cands if d != 1), 1))
             _fill(y, dims, data[0])
         _fill(y, None, data[0])
-        reason = _scalars(ctx, *params)
-        if reason:
-            raise Decline(reason)
-        reason = ctx.broadcast(data, y)
-        if reason:
-            raise Decline(reason)
+        _scalars(ctx, *params)
+        ctx.broadcast(data, y)
         for v in data:
             if v.const_value is not None:
                 for k, d in enumerate(ctx.dims(v) or ()):
@@ -436,9 +416,7 @@ class QLinearPoolRule(OpRule):
             _fill(y, dims, x)
         if ctx.rank(y) != len(xd):
             raise Decline(f"{ctx.describe()}: output rank unknown")
-        reason = _scalars(ctx, *(ctx.input(i) for i in range(1, 5)))
-        if reason:
-            raise Decline(reason)
+        _scalars(ctx, *(ctx.input(i) for i in range(1, 5)))
         ctx.couple(x, 0, y, 0)
         ctx.couple(x, len(xd) - 1 if last else 1, y, len(xd) - 1 if last else 1)
         return None

@@ -308,9 +308,7 @@ class ReshapeRule(OpRule):
         if x is None or target is None or y is None:
             raise Decline(f"{ctx.describe()}: missing input")
         if ctx.constant_ints(target) is None:
-            declined = self._couple_runtime(node, ctx, x, target, y)
-            if declined is not None:
-                raise Decline(declined)
+            self._couple_runtime(node, ctx, x, target, y)
             return None
         xd, yd = ctx.dims(x), ctx.dims(y)
         if xd is None or yd is None:
@@ -323,8 +321,8 @@ class ReshapeRule(OpRule):
         return None
 
     def _couple_runtime(self, node: ir.Node, ctx: CoupleContext, x: ir.Value, target: ir.Value,
-                        y: ir.Value) -> str | None:
-        """A target built at run time from Shape reads and constants (see ``runtime_shape``)."""
+                        y: ir.Value) -> None:
+        """A target built at run time from Shape reads and constants (see ``runtime_shape``); declines if not."""
         try:
             res, runs = runtime_runs(node)
         except Decline as exc:
@@ -340,7 +338,6 @@ class ReshapeRule(OpRule):
                 if size is not None and size * entry.scale == yd[j]:
                     # the size read is the size written (times a constant: each unit owns a block)
                     ctx.couple(read[0], read[1], y, j, *((Block(entry.scale),) if entry.scale != 1 else ()))
-        return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
         y = ctx.required_output(0)
@@ -441,9 +438,7 @@ class ExpandRule(OpRule):
                         "Shape/Gather/Slice/Unsqueeze/Concat/Cast and constants")
             _runtime_shape.set_shape(y, res.out)
             ctx.handled_all(shape)
-            reason = ctx.broadcast([x], y)
-            if reason:
-                raise Decline(reason)
+            ctx.broadcast([x], y)
             yd = ctx.dims(y)
             if yd is None:
                 raise Decline(f"{ctx.describe()}: output rank unknown")
@@ -457,9 +452,7 @@ class ExpandRule(OpRule):
                                    *((Block(entry.scale),) if entry.scale != 1 else ()))
             return None
         ctx.handled_all(shape)
-        declined = ctx.broadcast([x], y)
-        if declined is not None:
-            raise Decline(declined)
+        ctx.broadcast([x], y)
         return None
 
     def rewrite(self, node: ir.Node, ctx: RewriteContext) -> None:
