@@ -181,7 +181,7 @@ def _run_provider(
         if noise is not None and ref_noisy is not None and cand_noisy is not None:  # the same perturbed batch
             noise.update(ref_out, cand_out, ref_noisy, cand_noisy, label_index if labels is not None else None)
         bar.update(2)
-    del ref_outputs
+    del ref_outputs, ref_stream
     result.samples = usable
     result.fidelity = [acc.result() for acc in accs]
     if labels is not None:
@@ -197,8 +197,7 @@ def _run_provider(
     bar.set_description(f"{spec.name}: latency")
     feeds = latency_feeds(source, batch)
     if alternate:
-        del cand_sess
-        cand_s.session = None
+        cand_sess = cand_s.session = None
         ref_lat, cand_lat = _alternating_latency(spec, threads, [reference.path, candidate.path], [ref_s, cand_s],
                                                  feeds, batch=batch, warmup=warmup, plan=plan, tick=bar.update)
     else:
@@ -211,6 +210,9 @@ def _run_provider(
     result.latency_ratio = cand_lat.p50_ms / ref_lat.p50_ms if ref_lat.p50_ms > 0 else None
 
     if memory:
+        # the probes run in child processes: release this process's sessions first, so the machine holds
+        # one probed session plus this process's base, not three sessions
+        ref_sess = cand_sess = ref_s.session = cand_s.session = None
         bar.set_description(f"{spec.name}: memory")
         available = ort.get_available_providers()
         for model, session_result in ((reference, result.reference), (candidate, result.candidate)):
