@@ -3,7 +3,9 @@
 For every requested execution provider both models get a session (checked to
 really run on that provider), the whole data set goes through both (fidelity
 per output, task metrics when labels are given), then latency is measured
-interleaved on one fixed batch, and peak memory in child processes.
+interleaved on one fixed batch, and peak memory in child processes.  When the two
+models' weights exceed the memory budget, one session is alive at a time instead
+(outputs compared against the reference's kept outputs, latency in alternating phases).
 """
 
 from __future__ import annotations
