@@ -35,10 +35,13 @@ __all__ = [
     "latency_plan",
     "latency_stats",
     "measure_interleaved",
+    "measure_alternating",
+    "phase_plans",
     "DEFAULT_BUDGET",
     "DEFAULT_MIN_RUNS",
     "DEFAULT_MAX_RUNS",
     "BUDGET_PROGRESS_UNITS",
+    "ALTERNATING_PHASES",
 ]
 
 #: Seconds of timed runs per model when no fixed ``runs`` is given.
@@ -49,6 +52,9 @@ DEFAULT_MIN_RUNS = 10
 DEFAULT_MAX_RUNS = 100_000
 #: Progress-bar units one model's budget-timed loop is worth (the round count is not known in advance).
 BUDGET_PROGRESS_UNITS = 100
+
+#: Phases per model when the sessions cannot be alive together (:func:`measure_alternating`).
+ALTERNATING_PHASES = 3
 
 #: Why the timed loop stopped (``LatencyStats.stopped_by``).
 STOP_REASONS = ("runs", "budget", "min_runs", "max_runs")
@@ -255,3 +261,55 @@ def measure_interleaved(
     budget_seconds = None if plan.fixed else plan.budget
     return [latency_stats(t, b, stopped_by=stopped_by, budget_seconds=budget_seconds, loop_seconds=elapsed / 1e9)
             for t, b in zip(times, batches)]
+
+
+def phase_plans(plan: LatencyPlan, phases: int) -> list[LatencyPlan]:
+    """``plan`` split into at most ``phases`` plans whose run counts (or budget, min and max runs) add up to it."""
+    if plan.runs is not None:
+        count = max(1, min(phases, plan.runs))
+        return [LatencyPlan(runs=plan.runs // count + (1 if k < plan.runs % count else 0)) for k in range(count)]
+    count = max(1, min(phases, plan.min_runs))
+    return [LatencyPlan(budget=plan.budget / count, min_runs=math.ceil(plan.min_runs / count),
+                        max_runs=math.ceil(plan.max_runs / count)) for _ in range(count)]
+
+
+def measure_alternating(
+    open_session: Callable[[int], Any],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    batches: Sequence[int],
+    warmup: int,
+    plan: LatencyPlan,
+    phases: int = ALTERNATING_PHASES,
+    tick: Callable[[int], None] | None = None,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> list[LatencyStats]:
+    """Time ``len(feeds)`` models with one session alive at a time, in alternating phases.
+
+    For models whose sessions do not fit in memory together: ``plan``'s rounds are split into
+    ``phases`` parts (:func:`phase_plans`); in every phase each model in turn (rotating which goes
+    first) gets a fresh session from ``open_session(i)``, ``warmup`` runs and its part of the timed
+    runs, and the session is released before the next model's is opened.  So machine drift is shared
+    phase by phase instead of run by run; the run counts are those of the interleaved measurement.
+    ``tick`` gets the same total as :func:`measure_interleaved` would send.
+    """
+    count = len(feeds)
+    parts = phase_plans(plan, phases)
+    samples: list[list[float]] = [[] for _ in range(count)]
+    loop_ns = [0.0] * count
+    stopped: list[str | None] = [None] * count
+    units = warmup + plan.progress_units()
+    for index, part in enumerate(parts):
+        for i in [(index + k) % count for k in range(count)]:
+            session = open_session(i)
+            (stats,) = measure_interleaved([session], [feeds[i]], batches=[batches[i]], warmup=warmup, plan=part,
+                                           clock=clock)
+            del session
+            samples[i] += stats.samples_ms
+            loop_ns[i] += (stats.loop_seconds or 0.0) * 1e9
+            stopped[i] = stats.stopped_by
+            if tick:
+                tick(units // len(parts) + (units % len(parts) if index == len(parts) - 1 else 0))
+    budget_seconds = None if plan.fixed else plan.budget
+    return [latency_stats(samples[i], batches[i], stopped_by="runs" if plan.fixed else stopped[i],
+                          budget_seconds=budget_seconds, loop_seconds=loop_ns[i] / 1e9) for i in range(count)]

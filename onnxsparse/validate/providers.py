@@ -249,10 +249,13 @@ def open_sessions(
             previous = results[i]
             if previous is not None and not previous.available:
                 continue
-            results[i] = None  # release the previous session before creating the next
+            # release the previous session before creating the next: a name still bound to it (``previous``)
+            # kept two copies of the model's weights alive while the new one packed its own
+            results[i] = previous = None
             opened = open_session(models[i], spec, threads, label=labels[i])
             times[i] += opened.creation_seconds
             results[i] = opened
+            del opened
     sessions: list[ProviderSession] = []
     for session, seconds in zip(results, times):
         if session is None:  # pragma: no cover - the first round opens every model

@@ -87,6 +87,9 @@ class ProviderResult:
     metrics: list[MetricResult] = field(default_factory=list)
     #: both models on perturbed inputs (``validate --noise``)
     noise: NoiseResult | None = None
+    #: "interleaved" (both sessions alive, run by run) or "alternating" (one session at a time, in phases:
+    #: the two did not fit the memory budget together)
+    latency_mode: str = "interleaved"
 
     @property
     def speedup(self) -> float | None:

@@ -3,7 +3,9 @@
 For every requested execution provider both models get a session (checked to
 really run on that provider), the whole data set goes through both (fidelity
 per output, task metrics when labels are given), then latency is measured
-interleaved on one fixed batch, and peak memory in child processes.
+interleaved on one fixed batch, and peak memory in child processes.  When the two
+models' weights exceed the memory budget, one session is alive at a time instead
+(outputs compared against the reference's kept outputs, latency in alternating phases).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,9 @@ import onnxruntime as ort
 from .._workdir import owned_temp_dir
 from .. import guard
 from ..calibration.data import DataSource, load_data, read_arrays
-from ..errors import DataError, UsageError
+from .. import limits
+from ..errors import DataError, ModelLoadError, UsageError
+from ..report import human_bytes
 from ._common import (
     check_counts,
     environment,
@@ -33,12 +37,19 @@ from ._common import (
 )
 from .fusions import FusionComparison, compare_fusions
 from .compat import PreparedModel, check_inputs, match_outputs, parse_output_map, prepare_model
-from .latency import LatencyPlan, latency_plan, measure_interleaved
+from .latency import ALTERNATING_PHASES, LatencyPlan, LatencyStats, latency_plan, measure_alternating, measure_interleaved
 from .memory import probe_memory
 from .batch_axis import batch_axis, batch_symbols, samples_first
 from .metrics import FidelityAccumulator, Metric, resolve_metric
 from .noise import NoiseRun, Perturbation, check_sigma
-from .providers import ProviderSpec, open_sessions, resolve_providers, warm_up_runtime
+from .providers import (
+    ProviderSession,
+    ProviderSpec,
+    open_session,
+    open_sessions,
+    resolve_providers,
+    warm_up_runtime,
+)
 from .result import MetricResult, ProviderResult, SessionResult, ValidationResult
 from .thresholds import check_threshold_inputs, evaluate_thresholds
 
@@ -48,6 +59,9 @@ __all__ = ["validate", "load_labels", "DEFAULT_SAMPLES"]
 
 #: Random samples generated when no data is given.
 DEFAULT_SAMPLES = 8
+
+#: One model's outputs on one batch.
+Outputs = list[np.ndarray]
 
 
 def load_labels(spec: str | os.PathLike | np.ndarray) -> np.ndarray:
@@ -106,14 +120,41 @@ def _run_provider(
     session_repeats: int,
     bar,
     perturbation: Perturbation | None = None,
+    alternate: bool = False,
 ) -> ProviderResult:
     warm_up_runtime(spec, threads)
-    ref_s, cand_s = open_sessions([reference.path, candidate.path], spec, threads, repeats=session_repeats,
-                                  labels=["reference", "candidate"])
+    ref_names = [r for r, _ in pairs]
+    cand_names = [c for _, c in pairs]
+    usable = (len(source) // batch) * batch
+
+    def output_pass(session: ort.InferenceSession, names: list[str]) -> Iterator[tuple[Outputs, Outputs | None]]:
+        """One model's outputs (samples axis first) per batch, clean and perturbed (None without ``--noise``)."""
+        run, axes = session.run, _batch_axes(session, names)
+
+        def outputs(feeds: dict[str, np.ndarray]) -> Outputs:
+            return [samples_first(v, a(v, batch)) for v, a in zip(run(names, feeds), axes)]
+
+        batches = source.batches(batch, limit=usable)  # a new noise stream restarts the same noise
+        for feeds, noisy in (((f, None) for f in batches) if perturbation is None else perturbation.stream(batches)):
+            yield outputs(feeds), (None if noisy is None else outputs(noisy))
+
+    ref_outputs: list[tuple[Outputs, Outputs | None]] = []
+    if alternate:  # one session alive at a time: the reference's outputs are kept while the candidate runs
+        ref_s = open_session(reference.path, spec, threads, label="reference")
+        ref_ok = ref_s.available
+        if ref_s.session is not None:
+            bar.set_description(f"{spec.name}: reference outputs")
+            ref_outputs = list(output_pass(ref_s.session, ref_names))
+            ref_s.session = None  # released before the candidate's session is created
+        cand_s = open_session(candidate.path, spec, threads, label="candidate")
+    else:
+        ref_s, cand_s = open_sessions([reference.path, candidate.path], spec, threads, repeats=session_repeats,
+                                      labels=["reference", "candidate"])
+        ref_ok = ref_s.available
     result = ProviderResult(spec.name, spec.ep, spec.device, False)
-    if not ref_s.available or not cand_s.available:
+    if not ref_ok or not cand_s.available:
         result.active_providers = ref_s.active or cand_s.active
-        if ref_s.available:  # a regression of the candidate, not a missing provider
+        if ref_ok:  # a regression of the candidate, not a missing provider
             result.failed_model = "candidate"
             result.reason = f"the candidate cannot run on {spec.name} while the reference can: {cand_s.reason}"
         else:
@@ -122,37 +163,27 @@ def _run_provider(
         return result
     result.available = True
     result.active_providers = ref_s.active
+    result.latency_mode = "alternating" if alternate else "interleaved"
     ref_sess, cand_sess = ref_s.session, cand_s.session
-    if ref_sess is None or cand_sess is None:  # pragma: no cover - an available ProviderSession has a session
+    if cand_sess is None or (ref_sess is None and not alternate):  # pragma: no cover - available means a session
         raise AssertionError(f"{spec.name}: an available provider session without a session")
-    ref_run, cand_run = ref_sess.run, cand_sess.run
 
     bar.set_description(f"{spec.name}: outputs")
-    ref_names = [r for r, _ in pairs]
-    cand_names = [c for _, c in pairs]
     accs = [FidelityAccumulator(r, c) for r, c in pairs]
     collected: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     label_index = ref_names.index(label_output) if label_output else 0
-    usable = (len(source) // batch) * batch
-    ref_axes, cand_axes = _batch_axes(ref_sess, ref_names), _batch_axes(cand_sess, cand_names)
-
-    def run_both(feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Both models' outputs on one batch, each with its samples axis first."""
-        return ([samples_first(v, a(v, batch)) for v, a in zip(ref_run(ref_names, feeds), ref_axes)],
-                [samples_first(v, a(v, batch)) for v, a in zip(cand_run(cand_names, feeds), cand_axes)])
-
     noise = None if perturbation is None else NoiseRun(perturbation, pairs)
-    batches = source.batches(batch, limit=usable)
-    for feeds, noisy in (((f, None) for f in batches) if perturbation is None else perturbation.stream(batches)):
-        ref_out, cand_out = run_both(feeds)
+    ref_stream = iter(ref_outputs) if ref_sess is None else output_pass(ref_sess, ref_names)
+    for (ref_out, ref_noisy), (cand_out, cand_noisy) in zip(ref_stream, output_pass(cand_sess, cand_names)):
         for acc, r, c in zip(accs, ref_out, cand_out):
             acc.update(r, c)
         if labels is not None:
             collected[0].append(np.asarray(ref_out[label_index]))
             collected[1].append(np.asarray(cand_out[label_index]))
-        if noise is not None and noisy is not None:  # the same perturbed batch through both models
-            noise.update(ref_out, cand_out, *run_both(noisy), label_index if labels is not None else None)
+        if noise is not None and ref_noisy is not None and cand_noisy is not None:  # the same perturbed batch
+            noise.update(ref_out, cand_out, ref_noisy, cand_noisy, label_index if labels is not None else None)
         bar.update(2)
+    del ref_outputs, ref_stream
     result.samples = usable
     result.fidelity = [acc.result() for acc in accs]
     if labels is not None:
@@ -167,15 +198,23 @@ def _run_provider(
 
     bar.set_description(f"{spec.name}: latency")
     feeds = latency_feeds(source, batch)
-    ref_lat, cand_lat = measure_interleaved(
-        [ref_sess, cand_sess], [feeds, feeds], batches=[batch, batch], warmup=warmup, plan=plan,
-        tick=bar.update,
-    )
+    if alternate:
+        cand_sess = cand_s.session = None
+        ref_lat, cand_lat = _alternating_latency(spec, threads, [reference.path, candidate.path], [ref_s, cand_s],
+                                                 feeds, batch=batch, warmup=warmup, plan=plan, tick=bar.update)
+    else:
+        ref_lat, cand_lat = measure_interleaved(
+            [ref_sess, cand_sess], [feeds, feeds], batches=[batch, batch], warmup=warmup, plan=plan,
+            tick=bar.update,
+        )
     result.reference = SessionResult(ref_s.seconds, ref_lat, session_samples_s=ref_s.creation_seconds)
     result.candidate = SessionResult(cand_s.seconds, cand_lat, session_samples_s=cand_s.creation_seconds)
     result.latency_ratio = cand_lat.p50_ms / ref_lat.p50_ms if ref_lat.p50_ms > 0 else None
 
     if memory:
+        # the probes run in child processes: release this process's sessions first, so the machine holds
+        # one probed session plus this process's base, not three sessions
+        ref_sess = cand_sess = ref_s.session = cand_s.session = None
         bar.set_description(f"{spec.name}: memory")
         available = ort.get_available_providers()
         for model, session_result in ((reference, result.reference), (candidate, result.candidate)):
@@ -183,6 +222,41 @@ def _run_provider(
                 model.path, spec, threads, feeds, available=available, runs=plan.probe_runs)
             bar.update(1)
     return result
+
+
+def _alternating_latency(
+    spec: ProviderSpec, threads: int | None, paths: Sequence[str | os.PathLike], records: Sequence[ProviderSession],
+    feeds: dict[str, np.ndarray], *, batch: int, warmup: int, plan: LatencyPlan, tick,
+) -> list[LatencyStats]:
+    """:func:`measure_alternating` with a fresh session per phase; each opening's time joins ``records``'s."""
+
+    def reopen(i: int) -> ort.InferenceSession:
+        opened = open_session(paths[i], spec, threads, label=("reference", "candidate")[i])
+        if opened.session is None:
+            raise ModelLoadError(f"{paths[i]}: the session could not be opened again on {spec.name}: {opened.reason}")
+        record = records[i]
+        record.creation_seconds = record.creation_seconds + opened.creation_seconds
+        record.seconds = min(record.creation_seconds)
+        return opened.session
+
+    return measure_alternating(reopen, [feeds, feeds], batches=[batch, batch], warmup=warmup, plan=plan, tick=tick)
+
+
+def _alternate(reference: PreparedModel, candidate: PreparedModel, notes: list[str]) -> bool:
+    """Whether the two sessions must not be alive together: their weights alone exceed the memory budget.
+
+    A CPU session holds about its model's weights once created (prepacked copies replace the mapped
+    originals); the default interleaved measurement needs both.  When that does not fit, the
+    outputs are compared one session at a time and latency is measured in alternating phases, and a
+    note says so.
+    """
+    need, limit = reference.file_bytes + candidate.file_bytes, limits.budget()
+    if need <= limit:
+        return False
+    notes.append(f"latency measured in alternating phases ({ALTERNATING_PHASES} per model, one session alive at a "
+                 f"time): both sessions would need {human_bytes(need)} (the two models' weights), over the memory "
+                 f"budget of {human_bytes(limit)} (--max-memory); outputs were compared with the reference's kept")
+    return True
 
 
 def _batch_axes(session, names: Sequence[str]) -> list:
@@ -296,6 +370,7 @@ def validate(
         if fusion_note:
             notes.append(fusion_note)
 
+        alternate = _alternate(ref, cand, notes)
         perturbation = None if noise is None else Perturbation(source.arrays, noise, seed)
         if perturbation is not None and not perturbation.inputs:
             notes.append("--noise: no float input varies across the data (std 0), so nothing was perturbed")
@@ -308,7 +383,7 @@ def validate(
                     spec, ref, cand, pairs=pairs, source=source, batch=batch, labels=label_array,
                     label_output=label_output, metrics=metric_list if label_array is not None else [],
                     threads=threads, warmup=warmup, plan=plan, memory=memory, session_repeats=session_repeats,
-                    bar=bar, perturbation=perturbation,
+                    bar=bar, perturbation=perturbation, alternate=alternate,
                 ))
         finally:
             bar.close()
