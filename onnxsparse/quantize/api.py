@@ -213,7 +213,7 @@ NODE_ERROR_SAMPLES = 16
 
 
 def _node_errors(fp32_path: Path, quantized_path: Path, planned: onnx.ModelProto, outcome: _Outcome,
-                 source: DataSource | None, batch: int) -> list[NodeError]:
+                 source: DataSource | None, batch: int, external: bool) -> list[NodeError]:
     """Per quantized node, the error it adds on the check data (empty without check data)."""
     if source is None:
         return []
@@ -221,7 +221,8 @@ def _node_errors(fp32_path: Path, quantized_path: Path, planned: onnx.ModelProto
     nodes = [by_name[r["node"]] for r in outcome.quantized if r["node"] in by_name]
     try:
         return node_errors(fp32_path, quantized_path, nodes,
-                           lambda: source.batches(batch, NODE_ERROR_SAMPLES), _session)
+                           lambda: source.batches(batch, NODE_ERROR_SAMPLES), _session,
+                           one_session_at_a_time=external)
     except Exception as exc:  # noqa: BLE001 - a diagnostic; the model-level check still runs
         logger.debug("per-node error failed", exc_info=True)
         logger.warning("per-node error not measured: %s", first_line(exc))
@@ -423,7 +424,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
             after = onnx.load(str(quantized_path), load_external_data=True)
             gc.collect()  # the quantizer's model copies, before our checks open sessions
             outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
-            errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
+            errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch, external)
             costly = [] if settings.max_node_error is None else [
                 e for e in errors if e.added_error > settings.max_node_error
             ]
@@ -436,7 +437,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
                 quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
                 after = onnx.load(str(quantized_path), load_external_data=True)
                 outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
-                errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
+                errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch, external)
         finally:
             if bar is not None:
                 bar.close()
