@@ -41,7 +41,7 @@ class ChildError(QuantizationError):
         self.type_name = type_name
 
 
-def _main(conn: Connection, fn: Callable[..., None], args: tuple[Any, ...], tmp: str, debug: bool) -> None:
+def _main(conn: Connection, fn: Callable[..., object], args: tuple[Any, ...], tmp: str, debug: bool) -> None:
     """The child: run ``fn(*args)``; send ``None`` or ``(type name, one line, traceback)``."""
     tempfile.tempdir = tmp
     if debug:
@@ -58,8 +58,8 @@ def _main(conn: Connection, fn: Callable[..., None], args: tuple[Any, ...], tmp:
         conn.close()
 
 
-def in_child(fn: Callable[..., None], *args: Any, tmp: Path) -> None:
-    """``fn(*args)`` in a spawned process (``fn`` and ``args`` picklable); its temporary files under ``tmp``."""
+def in_child(fn: Callable[..., object], *args: Any, tmp: Path) -> None:
+    """``fn(*args)`` in a spawned process (``fn`` and ``args`` picklable, the result dropped); its temporary files under ``tmp``."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     debug = logger.isEnabledFor(logging.DEBUG)
