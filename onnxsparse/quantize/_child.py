@@ -11,11 +11,12 @@ by SIGINT/SIGTERM ends the child and removes everything when it removes that fol
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import pickle
+import subprocess
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from ._ort import QuantizationError, first_line
 __all__ = ["ChildError", "in_child"]
 
 logger = logging.getLogger("onnxsparse.quantize")
+
+#: the file in the caller's folder the child writes ``None`` or ``(type name, one line, traceback)`` to
+_OUTCOME = ".child-outcome.pickle"
 
 #: our error types the child's failure is raised as in the parent (by name)
 _OURS: dict[str, type[errors.OnnxSparseError]] = {
@@ -41,46 +45,58 @@ class ChildError(QuantizationError):
         self.type_name = type_name
 
 
-def _main(conn: Connection, fn: Callable[..., object], args: tuple[Any, ...], tmp: str, debug: bool) -> None:
-    """The child: run ``fn(*args)``; send ``None`` or ``(type name, one line, traceback)``."""
+#: the child's program: our ``sys.path`` first (to import what the parent imported), then :func:`_serve`
+_PROGRAM = (
+    "import pickle, sys; sys.path[:0] = pickle.load(sys.stdin.buffer); "
+    "from onnxsparse.quantize._child import _serve; _serve()"
+)
+
+
+def _serve() -> None:
+    """The child: read ``(fn, args, tmp, debug)`` from stdin, run ``fn(*args)``, write the outcome file."""
+    fn, args, tmp, debug = pickle.load(sys.stdin.buffer)
     tempfile.tempdir = tmp
     if debug:
         logging.basicConfig(level=logging.DEBUG)
         logger.setLevel(logging.DEBUG)
+    outcome: tuple[str, str, str] | None = None
     try:
         fn(*args)
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent as one line
         name = type(exc).__name__
-        conn.send((name, str(exc) if name in _OURS else first_line(exc), traceback.format_exc()))
-    else:
-        conn.send(None)
-    finally:
-        conn.close()
+        outcome = (name, str(exc) if name in _OURS else first_line(exc), traceback.format_exc())
+    with open(Path(tmp) / _OUTCOME, "wb") as f:
+        pickle.dump(outcome, f)
 
 
 def in_child(fn: Callable[..., object], *args: Any, tmp: Path) -> None:
-    """``fn(*args)`` in a spawned process (``fn`` and ``args`` picklable, the result dropped); its temporary files under ``tmp``."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    debug = logger.isEnabledFor(logging.DEBUG)
-    process = context.Process(target=_main, args=(send, fn, args, str(tmp), debug), daemon=True)
-    process.start()
-    send.close()
+    """``fn(*args)`` in a new Python process (``fn`` and ``args`` picklable, the result dropped).
+
+    A fresh ``sys.executable`` rather than ``multiprocessing``: its spawn would re-run the caller's
+    main script in the child (a script calling :func:`~onnxsparse.quantize.quantize` at top level).
+    Its temporary files go under ``tmp``, and so does the outcome it reports.
+    """
+    outcome_file = tmp / _OUTCOME
+    outcome_file.unlink(missing_ok=True)
+    process = subprocess.Popen([sys.executable, "-c", _PROGRAM], stdin=subprocess.PIPE)
     try:
-        try:
-            outcome = receive.recv()
-        except EOFError:  # it died without a word: killed (out of memory?) or crashed in native code
-            process.join()
-            raise QuantizationError(
-                f"onnxruntime.quantization's process ended with exit code {process.exitcode} "
-                "(a negative code is the signal that killed it, e.g. -9: out of memory)"
-            ) from None
-        process.join()
+        assert process.stdin is not None
+        with process.stdin:
+            pickle.dump(list(sys.path), process.stdin)
+            pickle.dump((fn, args, str(tmp), logger.isEnabledFor(logging.DEBUG)), process.stdin)
+        code = process.wait()
     finally:
-        if process.is_alive():  # we were interrupted: end the child before the caller removes its files
+        if process.poll() is None:  # we were interrupted: end the child before the caller removes its files
             process.terminate()
-            process.join()
-        receive.close()
+            process.wait()
+    if not outcome_file.exists():  # it died without a word: killed (out of memory?) or crashed in native code
+        raise QuantizationError(
+            f"onnxruntime.quantization's process ended with exit code {code} "
+            "(a negative code is the signal that killed it, e.g. -9: out of memory)"
+        )
+    with open(outcome_file, "rb") as f:
+        outcome = pickle.load(f)
+    outcome_file.unlink()
     if outcome is None:
         return
     type_name, line, trace = outcome
