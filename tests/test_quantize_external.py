@@ -48,6 +48,7 @@ def test_external_path_matches_inline(tmp_path: Path, monkeypatch: pytest.Monkey
     a, b = inline.report.as_dict(), ext.report.as_dict()
     for key in ("zeros", "quantized", "ops_after", "check", "node_errors"):
         assert a[key] == b[key], key
+    assert a["node_errors"], "the per-node errors (one session at a time on the external path) were measured"
     assert a["zeros"]["weights_checked"] == 1 and a["zeros"]["zeros_kept"] == a["zeros"]["zeros_before"] > 0
     got, want = _weights(tmp_path / "ext.onnx"), _weights(tmp_path / "inline.onnx")
     assert got.keys() == want.keys()

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -25,9 +25,10 @@ import onnx_ir.passes.common as common
 from .._workdir import working_dir as _working_dir
 from ..io import inline_external_data
 from ..passes.normalize import normalize
+from ._child import in_child
 from ._ort import first_line, ort_quantization, quiet
 
-__all__ = ["Prepared", "prepare", "strip_initializer_value_info", "save_proto"]
+__all__ = ["Prepared", "prepare", "normalized_copy", "pre_processed", "pre_process", "strip_initializer_value_info", "save_proto"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,18 @@ def strip_initializer_value_info(proto: onnx.ModelProto) -> int:
     return dropped
 
 
-def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool, half_weights: bool = False) -> Prepared:
+def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool, half_weights: bool = False,
+            child: bool = False) -> Prepared:
     """Write a quantizer-ready copy of ``model`` into ``tmp`` (``model`` is not changed).
 
-    ``half_weights``: the model has float16/bfloat16 weights; onnxruntime's CPU
-    optimiser would wrap them in Casts to float32 (hiding them from the
-    quantizer), so the optimisation step is skipped.
+    :func:`normalized_copy`, then :func:`pre_processed` unless ``preprocess`` is off.
     """
+    prepared = normalized_copy(model, tmp, external_data=external_data)
+    return pre_processed(prepared, tmp, preprocess=preprocess, half_weights=half_weights, child=child)
+
+
+def normalized_copy(model: ir.Model, tmp: Path, *, external_data: bool) -> Prepared:
+    """Steps 1-3: ``tmp/normalized.onnx``, after which ``model`` is no longer needed (issue 16: drop it)."""
     source = tmp / "source.onnx"
     if external_data:
         ir.save(model, source, external_data=source.name + ".data")
@@ -103,13 +109,24 @@ def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool
     strip_initializer_value_info(proto)
     save_proto(proto, normalized, external_data)
     del proto, work
+    return Prepared(normalized, steps, skipped, external_data, names)
 
+
+def pre_processed(prepared: Prepared, tmp: Path, *, preprocess: bool, half_weights: bool = False,
+                  child: bool = False) -> Prepared:
+    """Step 4 on :func:`normalized_copy`'s file; what was done or skipped is added to its lists.
+
+    ``child``: run ``quant_pre_process`` in a child process (:mod:`._child`; issue 16, >2 GB models).
+
+    ``half_weights``: the model has float16/bfloat16 weights; onnxruntime's CPU
+    optimiser would wrap them in Casts to float32 (hiding them from the
+    quantizer), so the optimisation step is skipped.
+    """
+    normalized, steps, skipped, external_data = prepared.path, prepared.steps, prepared.skipped, prepared.external_data
     if not preprocess:
         skipped.append({"step": "quant_pre_process", "reason": "disabled (--no-preprocess)"})
-        return Prepared(normalized, steps, skipped, external_data, names)
-
+        return prepared
     pre = tmp / "preprocessed.onnx"
-    pre_process = ort_quantization().quant_pre_process
     attempts: tuple[tuple[str, dict[str, bool]], ...] = (
         ("symbolic shape inference + graph optimisation + ONNX shape inference", {}),
         ("graph optimisation + ONNX shape inference", {"skip_symbolic_shape": True}),
@@ -124,9 +141,10 @@ def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool
     done = False
     for label, options in attempts:
         try:
-            # Symbolic shape inference drops debug files into the working directory when it fails.
-            with quiet(), _working_dir(tmp):
-                pre_process(str(normalized), str(pre), save_as_external_data=external_data, **options)
+            if child:
+                in_child(pre_process, normalized, pre, external_data, options, tmp=tmp)
+            else:
+                pre_process(normalized, pre, external_data, options)
         except Exception as exc:  # noqa: BLE001 - each failure is recorded, next attempt is smaller
             skipped.append({"step": f"quant_pre_process ({label})", "reason": first_line(exc)})
             logger.debug("quant_pre_process (%s) failed", label, exc_info=True)
@@ -134,11 +152,16 @@ def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool
         steps.append(f"quant_pre_process: {label}")
         done = True
         break
-    if not done:
-        return Prepared(normalized, steps, skipped, external_data, names)
+    return replace(prepared, path=pre) if done else prepared
+
+
+def pre_process(source: Path, target: Path, external_data: bool, options: dict[str, bool]) -> None:
+    """onnxruntime's ``quant_pre_process`` from ``source`` to ``target``, value_info of initializers dropped."""
+    # Symbolic shape inference drops debug files into the working directory when it fails.
+    with quiet(), _working_dir(target.parent):
+        ort_quantization().quant_pre_process(str(source), str(target), save_as_external_data=external_data, **options)
     # The weights are loaded only when the file must be rewritten (issue 16: a whole model in memory).
-    if strip_initializer_value_info(onnx.load(str(pre), load_external_data=False)):
-        proto = onnx.load(str(pre), load_external_data=True)
+    if strip_initializer_value_info(onnx.load(str(target), load_external_data=False)):
+        proto = onnx.load(str(target), load_external_data=True)
         strip_initializer_value_info(proto)
-        save_proto(proto, pre, external_data)
-    return Prepared(pre, steps, skipped, external_data, names)
+        save_proto(proto, target, external_data)

@@ -38,13 +38,14 @@ from ..io import (
     save_model,
 )
 from ._nodes import count_by_op, diff_nodes, origin_names, plan_nodes, rename_rows
+from ._child import in_child
 from ._ort import QuantizationError, first_line
-from ._prepare import prepare, save_proto
+from ._prepare import normalized_copy, pre_processed, save_proto
 from ._reader import DYNAMIC_BATCH, calibration_batch_size, make_reader
 from ..options.quantize import CHECK_SAMPLES
 from .config import QuantizeConfig, QuantizeSettings, resolve
 from .cpu import CpuInfo, detect_cpu, target_cpu
-from .modes import RunContext, get_mode
+from .modes import QuantMode, RunContext, get_mode
 from .node_error import NodeError, node_errors
 from .report import QuantizeReport
 from .weights import ZeroCheck, check_zeros
@@ -177,6 +178,14 @@ def _load_calibration(calib, model: ir.Model, shapes, settings: QuantizeSettings
     return load_data(calib, model, shapes=shapes, samples=settings.calib_samples or CHECK_SAMPLES)
 
 
+def _run_mode(quant_mode: QuantMode, settings: QuantizeSettings, ctx: RunContext, tmp: Path) -> None:
+    """The quantizer, in a child process for external-data models when the mode allows it (issue 16)."""
+    if ctx.external_data and quant_mode.runs_in_child and ctx.reader is None:
+        in_child(quant_mode.run, settings, ctx, tmp=tmp)
+    else:
+        quant_mode.run(settings, ctx)
+
+
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
@@ -213,7 +222,7 @@ NODE_ERROR_SAMPLES = 16
 
 
 def _node_errors(fp32_path: Path, quantized_path: Path, planned: onnx.ModelProto, outcome: _Outcome,
-                 source: DataSource | None, batch: int) -> list[NodeError]:
+                 source: DataSource | None, batch: int, external: bool) -> list[NodeError]:
     """Per quantized node, the error it adds on the check data (empty without check data)."""
     if source is None:
         return []
@@ -221,7 +230,8 @@ def _node_errors(fp32_path: Path, quantized_path: Path, planned: onnx.ModelProto
     nodes = [by_name[r["node"]] for r in outcome.quantized if r["node"] in by_name]
     try:
         return node_errors(fp32_path, quantized_path, nodes,
-                           lambda: source.batches(batch, NODE_ERROR_SAMPLES), _session)
+                           lambda: source.batches(batch, NODE_ERROR_SAMPLES), _session,
+                           one_session_at_a_time=external)
     except Exception as exc:  # noqa: BLE001 - a diagnostic; the model-level check still runs
         logger.debug("per-node error failed", exc_info=True)
         logger.warning("per-node error not measured: %s", first_line(exc))
@@ -371,12 +381,20 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
 
     out_dir = Path(output).resolve().parent if output else None
     with owned_temp_dir(out_dir if out_dir and out_dir.is_dir() else None, "quantize") as tmp:
-        prepared = prepare(ir_model, tmp, preprocess=settings.preprocess, external_data=external,
-                           half_weights=bool(half))
+        prepared = normalized_copy(ir_model, tmp, external_data=external)
+        check_source, check_skip = (None, "disabled") if not check else _check_source(calib_source, ir_model, shapes)
+        params_before = _params(ir_model)
+        # Issue 16: a >2 GB input read from a file is dropped (its weights mapped and touched) while
+        # onnxruntime works in a child process; only its value_info is read again afterwards.
+        keep_model = not (external and input_path is not None)
+        if not keep_model:
+            del ir_model
+        gc.collect()  # copies made while normalizing sit in reference cycles
+        prepared = pre_processed(prepared, tmp, preprocess=settings.preprocess, half_weights=bool(half),
+                                 child=external)
         gc.collect()  # pre-processing's model copies sit in reference cycles; free them before quantizing
 
         # fp32 reference outputs first: data the model cannot run on fails here, in one line.
-        check_source, check_skip = (None, "disabled") if not check else _check_source(calib_source, ir_model, shapes)
         reference = _reference(tmp / "source.onnx", check_source, batch, check_samples) if check_source else None
 
         reader, bar, calibration = None, None, None
@@ -419,11 +437,11 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
 
         quantized_path = tmp / "quantized.onnx"
         try:
-            quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
+            _run_mode(quant_mode, settings, RunContext(quant_input, quantized_path, exclude, reader, external), tmp)
             after = onnx.load(str(quantized_path), load_external_data=True)
             gc.collect()  # the quantizer's model copies, before our checks open sessions
             outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
-            errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
+            errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch, external)
             costly = [] if settings.max_node_error is None else [
                 e for e in errors if e.added_error > settings.max_node_error
             ]
@@ -433,16 +451,16 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
                 exclude = exclude + names + quant_mode.extra_excludes(proto, names)
                 if reader is not None:
                     reader.rewind()
-                quant_mode.run(settings, RunContext(quant_input, quantized_path, exclude, reader, external))
+                _run_mode(quant_mode, settings, RunContext(quant_input, quantized_path, exclude, reader, external), tmp)
                 after = onnx.load(str(quantized_path), load_external_data=True)
                 outcome = _analyse(planned, proto, after, plan, supported, quant_input.parent)
-                errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch)
+                errors = _node_errors(quant_input, quantized_path, planned, outcome, check_source, batch, external)
         finally:
             if bar is not None:
                 bar.close()
         warnings.extend(_warnings(outcome, settings, cpu, quant_mode))
 
-        result_model = carry_value_info(load_model(after), ir_model)
+        result_model = carry_value_info(load_model(after), ir_model if keep_model else load_model(model))
         saved: Path | None = None
         if output is not None:
             saved = save_model(result_model, output, protect=tuple(p for p in (input_path,) if p), force=force,
@@ -472,7 +490,7 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
         kernels=quant_mode.kernels(settings, outcome.ops_after),
         bytes_before=bytes_before,
         bytes_after=bytes_after,
-        params_before=_params(ir_model),
+        params_before=params_before,
         params_after=_params(result_model),
         preprocess={"steps": prepared.steps + mode_steps, "skipped": prepared.skipped},
         calibration=calibration,

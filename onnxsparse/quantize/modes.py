@@ -52,6 +52,9 @@ class QuantMode:
     needs_calibration: bool = False
     #: Whether the mode quantizes float16/bfloat16 weights (onnxruntime's int8 quantizers do not).
     half_weights: bool = False
+    #: ``run`` only reads and writes files (no calibration reader): >2 GB models run it in a child
+    #: process (issue 16).  The mode must then be importable (a module-level class) and picklable.
+    runs_in_child: bool = False
 
     def check_config(self, config: QuantizeConfig) -> None:
         """Raise :class:`UsageError` for options that make no sense in this mode."""
@@ -198,6 +201,7 @@ def _weight_symmetry(config: QuantizeConfig, reasons: dict[str, str]) -> bool:
 @register_mode
 class DynamicMode(QuantMode):
     name = "dynamic"
+    runs_in_child = True
     help = "int8 weights; activations quantized at run time (no calibration data needed)"
 
     def check_config(self, config: QuantizeConfig) -> None:
@@ -371,6 +375,7 @@ class Int4Mode(QuantMode):
     name = "int4"
     help = "weight-only 4-bit blocks for MatMul/Gemm weights (MatMulNBits); activations stay float"
     half_weights = True
+    runs_in_child = True
 
     def check_config(self, config: QuantizeConfig) -> None:
         if config.per_channel:

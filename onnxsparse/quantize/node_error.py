@@ -11,6 +11,7 @@ contributed, so a user (or ``max_node_error``) can keep the costly ones float.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -132,8 +133,14 @@ def node_errors(
     nodes: list[onnx.NodeProto],
     batches: Callable[[], Iterable[dict[str, np.ndarray]]],
     session: Callable[[Path], Runner],
+    *,
+    one_session_at_a_time: bool = False,
 ) -> list[NodeError]:
-    """Per quantized node, the relative L2 error of its inputs and outputs (worst added error first)."""
+    """Per quantized node, the relative L2 error of its inputs and outputs (worst added error first).
+
+    ``one_session_at_a_time``: run every batch through the fp32 model, free its session, then open the
+    quantized one (half the sessions' memory, for models past the external-data threshold).
+    """
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
     quantized = onnx.load(str(quantized_path), load_external_data=False)
     pairs = tensor_pairs(fp32, quantized)
@@ -149,19 +156,33 @@ def node_errors(
         return []
     mine = sorted(tensors)
     theirs = [pairs[t] for t in mine]
-    ref_session = session(_with_outputs(fp32_path, set(mine), fp32_path.with_name("probe_fp32.onnx")))
-    got_session = session(_with_outputs(quantized_path, set(theirs), quantized_path.with_name("probe_quantized.onnx")))
+    fp32_probe = _with_outputs(fp32_path, set(mine), fp32_path.with_name("probe_fp32.onnx"))
+    q_probe = _with_outputs(quantized_path, set(theirs), quantized_path.with_name("probe_quantized.onnx"))
     diff2 = dict.fromkeys(mine, 0.0)
     ref2 = dict.fromkeys(mine, 0.0)
-    for feeds in batches():
-        ref = dict(zip(mine, ref_session.run(mine, feeds)))
-        got = dict(zip(mine, got_session.run(theirs, feeds)))
+
+    def add(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
         for name in mine:
             r, g = ref[name].astype(np.float64), got[name].astype(np.float64)
             if r.shape != g.shape:
                 continue
             diff2[name] += float(np.sum((g - r) ** 2))
             ref2[name] += float(np.sum(r ** 2))
+
+    if one_session_at_a_time:
+        # Issue 16: two sessions of a model past the external-data threshold side by side are twice its
+        # size; the fp32 outputs (a few samples of the probed tensors) are kept instead.
+        ref_session = session(fp32_probe)
+        refs = [dict(zip(mine, ref_session.run(mine, feeds))) for feeds in batches()]
+        del ref_session
+        gc.collect()
+        got_session = session(q_probe)
+        for ref, feeds in zip(refs, batches()):
+            add(ref, dict(zip(mine, got_session.run(theirs, feeds))))
+    else:
+        ref_session, got_session = session(fp32_probe), session(q_probe)
+        for feeds in batches():
+            add(dict(zip(mine, ref_session.run(mine, feeds))), dict(zip(mine, got_session.run(theirs, feeds))))
     error = {n: (diff2[n] / ref2[n]) ** 0.5 if ref2[n] > 0 else diff2[n] ** 0.5 for n in mine}
     by_name = {n.name: n for n in nodes}
     rows = [

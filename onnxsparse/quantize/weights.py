@@ -76,7 +76,7 @@ class QuantizedWeight:
     consumer_op: str
     dtype: str
     shape: tuple[int, ...]
-    values: np.ndarray = field(repr=False)  # float32, dequantized, in the source's orientation when known
+    values: np.ndarray = field(repr=False)  # float32, dequantized, in the source's orientation when known; empty once check_zeros compared it
     step: float = 0.0
     per_channel: bool = False
     block_size: int = 0
@@ -98,7 +98,8 @@ class ZeroCheck:
     violations: list[dict] = field(default_factory=list)
     unmatched: list[dict] = field(default_factory=list)
     max_rel_error: float = 0.0
-    weights: list[QuantizedWeight] = field(default_factory=list, repr=False)  # tied to their sources
+    #: tied to their sources; their ``values`` are released once checked (issue 16: a model's size in float32)
+    weights: list[QuantizedWeight] = field(default_factory=list, repr=False)
 
     @property
     def exact(self) -> bool:
@@ -557,6 +558,11 @@ def match_sources(before: onnx.ModelProto, after: onnx.ModelProto,
     return unmatched
 
 
+#: what a checked weight's ``values`` become: the report needs only its name, source and consumer
+_RELEASED = np.empty(0, dtype=np.float32)
+_RELEASED.flags.writeable = False
+
+
 def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int = 20, base_dir: str = "") -> ZeroCheck:
     """Compare the zeros of every quantized weight in ``after`` with its float source in ``before``.
 
@@ -593,6 +599,8 @@ def check_zeros(before: onnx.ModelProto, after: onnx.ModelProto, *, limit: int =
                 "kept": kept,
                 "largest_value_at_a_zero": worst,
             })
+        weight.values = _RELEASED
+        del source, values, zeros
     return result
 
 
