@@ -11,7 +11,8 @@ training, calibration and test images alike.
 Needs ``torch`` (CPU) and ``scikit-learn``; reuses the helpers of ``train_digits.py``.  Writes:
 
 * ``models/digits_resnet.onnx``               TorchScript exporter, opset 17, constant folding
-* ``data/digits_resnet_test.npz`` (``input`` [N,1,16,16]), ``data/digits_resnet_test_labels.npy``
+* ``data/digits_resnet_test.npz`` (``input`` [3N,1,16,16]: each of the N test digits three times,
+  own shifts and noise), ``data/digits_resnet_test_labels.npy``
 * ``data/digits_resnet_calib.npz``            128 augmented training images
 * ``data/digits_resnet_results.json``         accuracies measured with onnxruntime
 * the results table in ``README.md`` (between the ``digits-resnet-results`` markers)
@@ -41,6 +42,7 @@ SIZE = 16        # upsampled image side
 SHIFT = 3        # maximum random shift, pixels
 NOISE = 0.5      # Gaussian noise std (images are in [0, 1])
 COPIES = 6       # augmented copies of each training image
+TEST_COPIES = 3  # augmented copies of each test image: 1080 test images, so a point is ~3 images
 NAME = "digits_resnet"
 
 
@@ -100,34 +102,35 @@ def main() -> int:
     rng = np.random.default_rng(SEED)
     x_tr, x_te, y_tr, y_te = load_data()
     xa_tr, ya_tr = augment(x_tr, COPIES, rng), np.repeat(y_tr, COPIES)
-    xa_te = augment(x_te, 1, rng)
+    xa_te, ya_te = augment(x_te, TEST_COPIES, rng), np.repeat(y_te, TEST_COPIES)
     calib_idx = np.sort(rng.choice(len(x_tr), 128, replace=False))
     xa_calib = augment(x_tr[calib_idx], 1, rng)  # fresh shifts and noise, training digits
     os.makedirs(DATA, exist_ok=True)
     np.savez_compressed(os.path.join(DATA, f"{NAME}_test.npz"), input=xa_te)
-    np.save(os.path.join(DATA, f"{NAME}_test_labels.npy"), y_te.astype(np.int64))
+    np.save(os.path.join(DATA, f"{NAME}_test_labels.npy"), ya_te.astype(np.int64))
     np.savez_compressed(os.path.join(DATA, f"{NAME}_calib.npz"), input=xa_calib)
     print(f"{NAME}: train {len(xa_tr)} ({COPIES} x {len(x_tr)}), test {len(xa_te)}")
 
     seed_everything()
     net = DigitsResNet()
     train(net, xa_tr, ya_tr, epochs=12, lr=5e-3, batch=128)
-    acc_t = torch_accuracy(net, xa_te, y_te)
+    acc_t = torch_accuracy(net, xa_te, ya_te)
     path = os.path.join(MODELS, f"{NAME}.onnx")
     m = export_torchscript(net, (torch.from_numpy(xa_te[:2]),), path, ["input"], ["logits"],
                            {"input": {0: "batch"}, "logits": {0: "batch"}})
-    acc = ort_accuracy(path, xa_te, y_te)
+    acc = ort_accuracy(path, xa_te, ya_te)
     results: Dict[str, Dict] = {NAME: dict(torch_acc=acc_t, ort_acc=acc, ops=op_counts(m),
                                            size_bytes=os.path.getsize(path), **io_desc(m))}
     print(f"{NAME}: torch acc {acc_t:.4f}, onnxruntime acc {acc:.4f}, ops {op_counts(m)}, "
           f"{os.path.getsize(path) / 1024:.1f} KB")
     summary = dict(torch_version=torch.__version__, onnx_version=onnx.__version__,
-                   onnxruntime_version=ort.__version__, n_test=int(len(y_te)),
-                   augmentation=dict(size=SIZE, shift=SHIFT, noise=NOISE, copies=COPIES),
+                   onnxruntime_version=ort.__version__, n_test=int(len(ya_te)),
+                   augmentation=dict(size=SIZE, shift=SHIFT, noise=NOISE, copies=COPIES,
+                                     test_copies=TEST_COPIES),
                    models=results)
     with open(os.path.join(DATA, f"{NAME}_results.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    update_readme(results, len(y_te), marker="digits-resnet-results")
+    update_readme(results, len(ya_te), marker="digits-resnet-results")
     print(f"done in {time.time() - t0:.1f}s")
     return 0
 
