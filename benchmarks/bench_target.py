@@ -8,8 +8,9 @@
 calibration data, the task accuracy on the test split next to the uniform ratio whose *measured*
 MACs are closest to what the target reached (searched over ratios 0.00..0.95; the transformer's
 uniform ratio applies to heads and FFN neurons, its only prunable groups), both with the same
-criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn`` uses ``--round-to 4`` in
-both (its 16/32-channel layers allow only 16 or 32 channels at the default 16-channel blocks).
+criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn`` and ``digits_resnet`` use
+``--round-to 4`` in both (their 16/32/48-channel layers allow only multiples of 16 at the default
+16-channel blocks; ``digits_resnet`` then cannot reach ``macs=0.5`` by widths at all).
 
 Whole residual blocks are candidates of the allocation (the widths column names the removed ones
 and how many were offered).  The verification round (``prune_target.verify_round``) prunes, repairs and
@@ -22,7 +23,7 @@ threads, batch 1, 2 s per model).  Models: ResNet-18 at 224x224 (``bench_prune.b
 a BERT-base-width encoder (4 layers, hidden 768, 12 heads, FFN 3072, sequence 128,
 ``samples/build_attention_samples.build_bert``), random weights and random calibration data (8
 samples; the loss table is then only a tie-breaker, the latency is what is measured), no repair
-(it does not change latency); with ``--quick`` the two trained samples instead (their latency is
+(it does not change latency); with ``--quick`` the trained samples instead (their latency is
 mostly per-run overhead, so the target is out of reach there).
 """
 
@@ -48,10 +49,13 @@ from onnxsparse.report import format_table  # noqa: E402
 MODELS = ROOT / "samples" / "models"
 DATA = ROOT / "samples" / "data"
 
-#: (model, calibration data, test data, uniform ratio applies to, round_to)
+#: (model, calibration data, test data, test labels, uniform ratio applies to, round_to)
 SAMPLES = (
-    ("digits_cnn", "digits_calib.npz", "digits_test.npz", "channels", 4),
-    ("digits_transformer", "digits_calib_tokens.npz", "digits_test_tokens.npz", "heads+ffn", "auto"),
+    ("digits_cnn", "digits_calib.npz", "digits_test.npz", "digits_test_labels.npy", "channels", 4),
+    ("digits_resnet", "digits_resnet_calib.npz", "digits_resnet_test.npz", "digits_resnet_test_labels.npy",
+     "channels", 4),
+    ("digits_transformer", "digits_calib_tokens.npz", "digits_test_tokens.npz", "digits_test_labels.npy",
+     "heads+ffn", "auto"),
 )
 
 
@@ -63,9 +67,9 @@ def _session(model: ir.Model, threads: int | None = None):
     return make_session(proto, session_options(threads=threads))
 
 
-def accuracy(model: ir.Model, test: str) -> float:
+def accuracy(model: ir.Model, test: str, labels_file: str) -> float:
     data = dict(np.load(DATA / test))
-    labels = np.load(DATA / "digits_test_labels.npy")
+    labels = np.load(DATA / labels_file)
     logits = _session(model).run(None, data)[0]
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
@@ -87,10 +91,11 @@ def closest_uniform(name: str, kind: str, round_to, macs: float) -> tuple[float,
 
 def accuracy_table(targets: tuple[float, ...]) -> str:
     rows = []
-    for name, calib, test, kind, round_to in SAMPLES:
+    for name, calib, test, labels, kind, round_to in SAMPLES:
         path = MODELS / f"{name}.onnx"
-        original = accuracy(load_model(path), test)
-        rows.append([name, "original", "-", "1.000", "1.000", f"{original:.4f}", ""])
+        original = accuracy(load_model(path), test, labels)
+        rows.append([name, "original", "-", "1.000", "1.000", f"{original:.4f}",
+                     f"{len(np.load(DATA / labels))} test samples"])
         for r in targets:
             t0 = time.perf_counter()
             res = prune(path, calib=DATA / calib, target=f"macs={r}", round_to=round_to)
@@ -106,20 +111,20 @@ def accuracy_table(targets: tuple[float, ...]) -> str:
                 widths += (f"; verify kept the {kept['source']} of {len(target.verify)} "
                            f"({target.verify_seconds:.1f} s)")
             rows.append([name, f"target macs={r}", "met" if target.met else "NOT met", f"{rep.macs_ratio:.3f}",
-                         f"{rep.params_ratio:.3f}", f"{accuracy(res.model, test):.4f}", f"{widths} ({seconds:.1f} s)"])
+                         f"{rep.params_ratio:.3f}", f"{accuracy(res.model, test, labels):.4f}", f"{widths} ({seconds:.1f} s)"])
             ratio, _ = closest_uniform(name, kind, round_to, rep.macs_ratio)
             uni = prune(path, calib=DATA / calib, round_to=round_to, **_uniform_kwargs(kind, ratio))
             widths = ", ".join(f"{g.kind[0]}{g.id}:{g.kept}/{g.total}" for g in uni.report.groups)
             rows.append([name, f"uniform {kind} {ratio:g}", "", f"{uni.report.macs_ratio:.3f}",
-                         f"{uni.report.params_ratio:.3f}", f"{accuracy(uni.model, test):.4f}", widths])
+                         f"{uni.report.params_ratio:.3f}", f"{accuracy(uni.model, test, labels):.4f}", widths])
     return format_table(["model", "pruning", "target", "MACs", "params", "top-1", "widths kept (group: kept/total)"],
                         rows, title="accuracy: --target macs=R vs the uniform ratio at the closest measured MACs "
-                                    "(wanda, lstsq repair, test split 360 samples)")
+                                    "(wanda, lstsq repair, test split)")
 
 
 def _latency_models(quick: bool):
     if quick:
-        for name, calib, _, _, round_to in SAMPLES:
+        for name, calib, *_ in SAMPLES:
             yield name, load_model(MODELS / f"{name}.onnx"), str(DATA / calib), None
         return
     from bench_prune import build_resnet18

@@ -525,8 +525,9 @@ def main() -> int:
     return 0
 
 
-def update_readme(results: Dict[str, Dict], n_test: int) -> None:
-    begin, end = "<!-- BEGIN digits-results -->", "<!-- END digits-results -->"
+def update_readme(results: Dict[str, Dict], n_test: int, marker: str = "digits-results") -> None:
+    """Rewrite the results table between the ``marker`` comments of ``README.md``."""
+    begin, end = f"<!-- BEGIN {marker} -->", f"<!-- END {marker} -->"
     lines = [begin,
              f"Test accuracy on the held-out split ({n_test} images), measured with "
              f"onnxruntime {ort.__version__} on the exported files "

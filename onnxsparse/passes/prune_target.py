@@ -93,6 +93,9 @@ TABLE_WARMUP, TABLE_MIN_RUNS = 2, 3
 VERIFY_CANDIDATES = 3
 #: target measurements the verification round may spend looking for in-band alternatives
 VERIFY_MEASUREMENTS = 6
+#: a block whose removal alone leaves this relative output error (1.0: as far off as an all-zero output) is
+#: not offered: removing it meets a target on paper with a broken model (digits_resnet's first block: 2.83)
+RUIN_LOSS = 1.0
 
 
 @dataclass(frozen=True)
@@ -233,9 +236,9 @@ class BlockCandidate:
 
 def block_candidates(model: ir.Model, dg, block_losses: Mapping[str, float | None],
                      options: Sequence[GroupOptions]) -> list[BlockCandidate]:
-    """Removable blocks of ``model`` with a measured loss (``block_losses``: Add label -> rel. error),
-    branches pairwise disjoint (a block overlapping an earlier one is left out), and the option groups
-    all of whose nodes are inside each branch."""
+    """Removable blocks of ``model`` with a measured loss (``block_losses``: Add label -> rel. error) below
+    :data:`RUIN_LOSS`, branches pairwise disjoint (a block overlapping an earlier one is left out), and the
+    option groups all of whose nodes are inside each branch."""
     from .blocks import find_blocks, quiet_folding
 
     with quiet_folding():
@@ -245,7 +248,7 @@ def block_candidates(model: ir.Model, dg, block_losses: Mapping[str, float | Non
     for block in found:
         loss = block_losses.get(block.add)
         nodes = set(block.nodes)
-        if not block.removable or loss is None or not math.isfinite(loss) or nodes & used:
+        if not block.removable or loss is None or not math.isfinite(loss) or loss >= RUIN_LOSS or nodes & used:
             continue
         used |= nodes | {block.add}
         inner = tuple(o.gid for o in options if set(dg.groups[o.gid].nodes) <= nodes)
