@@ -69,7 +69,8 @@ def test_an_onnxruntime_error_in_the_child_is_one_line(tmp_path: Path) -> None:
     model = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("MatMul", ["x", "missing"], ["y"], name="mm")], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])]))
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)  # loadable by every supported onnxruntime
     onnx.save(model, str(bad))
     import onnxruntime
 
