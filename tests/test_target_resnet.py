@@ -48,4 +48,7 @@ def test_a_block_whose_removal_breaks_the_output_is_not_offered() -> None:
     assert adds  # the identity-shortcut block
     offered = block_candidates(model, dg, dict.fromkeys(adds, RUIN_LOSS * 0.99), [])
     assert [c.block.add for c in offered] == adds
-    assert block_candidates(model, dg, dict.fromkeys(adds, RUIN_LOSS), []) == []
+    declined: list[dict] = []
+    assert block_candidates(model, dg, dict.fromkeys(adds, RUIN_LOSS), [], declined) == []
+    assert [d["add"] for d in declined] == adds  # left out with the reason, not silently
+    assert all("broken model" in d["reason"] for d in declined)

@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -235,10 +235,12 @@ class BlockCandidate:
 
 
 def block_candidates(model: ir.Model, dg, block_losses: Mapping[str, float | None],
-                     options: Sequence[GroupOptions]) -> list[BlockCandidate]:
+                     options: Sequence[GroupOptions],
+                     declined: list[dict[str, Any]] | None = None) -> list[BlockCandidate]:
     """Removable blocks of ``model`` with a measured loss (``block_losses``: Add label -> rel. error) below
     :data:`RUIN_LOSS`, branches pairwise disjoint (a block overlapping an earlier one is left out), and the
-    option groups all of whose nodes are inside each branch."""
+    option groups all of whose nodes are inside each branch.  Removable blocks left out are appended to
+    ``declined`` (``add``, ``reason``); blocks that are not removable carry their reason already."""
     from .blocks import find_blocks, quiet_folding
 
     with quiet_folding():
@@ -248,11 +250,21 @@ def block_candidates(model: ir.Model, dg, block_losses: Mapping[str, float | Non
     for block in found:
         loss = block_losses.get(block.add)
         nodes = set(block.nodes)
-        if not block.removable or loss is None or not math.isfinite(loss) or loss >= RUIN_LOSS or nodes & used:
+        if not block.removable:
             continue
-        used |= nodes | {block.add}
-        inner = tuple(o.gid for o in options if set(dg.groups[o.gid].nodes) <= nodes)
-        out.append(BlockCandidate(block, float(loss), inner))
+        if loss is None or not math.isfinite(loss):
+            reason = "its removal was not measured"
+        elif loss >= RUIN_LOSS:
+            reason = f"removing it alone leaves rel. output error {loss:.4g} >= {RUIN_LOSS:g} (a broken model)"
+        elif nodes & used:
+            reason = "its branch overlaps a block offered before it"
+        else:
+            used |= nodes | {block.add}
+            inner = tuple(o.gid for o in options if set(dg.groups[o.gid].nodes) <= nodes)
+            out.append(BlockCandidate(block, float(loss), inner))
+            continue
+        if declined is not None:
+            declined.append({"add": block.add, "reason": reason})
     return out
 
 
@@ -494,10 +506,12 @@ def allocate_target(
             options.append(GroupOptions(gid, entry.kind, sizes[gid], widths, width_losses))
     feeds = {k: np.ascontiguousarray(v[:1]) for k, v in calib.arrays.items()} if target.metric == "latency" else {}
     meter = _Meter(target.metric, model, shapes, dims, feeds)
-    candidates = block_candidates(model, dg, {b.add: b.rel_mse for b in table.blocks}, options) if blocks else []
+    not_offered: list[dict[str, Any]] = []
+    candidates = (block_candidates(model, dg, {b.add: b.rel_mse for b in table.blocks}, options, not_offered)
+                  if blocks else [])
     report = TargetReport(metric=target.metric, ratio=target.ratio, tolerance=TOLERANCE, solver=solver,
                           ladder=tuple(ratios), cost_basis=target.metric, sensitivity_sessions=table.sessions,
-                          block_candidates=len(candidates))
+                          block_candidates=len(candidates), blocks_not_offered=not_offered)
     if target.metric == "latency" and (LATENCY_TABLE if latency_table is None else latency_table):
         report.cost_basis = "latency table"
         report.table_measured, report.table_cached = _latency_costs(model, dg, options, build, sizes, meter,
