@@ -28,7 +28,7 @@ from ..passes.normalize import normalize
 from ._child import in_child
 from ._ort import first_line, ort_quantization, quiet
 
-__all__ = ["Prepared", "prepare", "normalized_copy", "pre_processed", "pre_process", "strip_initializer_value_info", "save_proto"]
+__all__ = ["Prepared", "normalized_copy", "pre_processed", "pre_process", "strip_initializer_value_info", "save_proto"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +67,6 @@ def strip_initializer_value_info(proto: onnx.ModelProto) -> int:
         del proto.graph.value_info[:]
         proto.graph.value_info.extend(keep)
     return dropped
-
-
-def prepare(model: ir.Model, tmp: Path, *, preprocess: bool, external_data: bool, half_weights: bool = False,
-            child: bool = False) -> Prepared:
-    """Write a quantizer-ready copy of ``model`` into ``tmp`` (``model`` is not changed).
-
-    :func:`normalized_copy`, then :func:`pre_processed` unless ``preprocess`` is off.
-    """
-    prepared = normalized_copy(model, tmp, external_data=external_data)
-    return pre_processed(prepared, tmp, preprocess=preprocess, half_weights=half_weights, child=child)
 
 
 def normalized_copy(model: ir.Model, tmp: Path, *, external_data: bool) -> Prepared:
