@@ -22,7 +22,7 @@ from onnxsparse.io import load_model
 from onnxsparse.quantize import quantize
 from onnxsparse.quantize._child import ChildError, in_child
 
-from test_quantize_external import _mlp
+from test_quantize_external import _mlp, _options
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -32,9 +32,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("mode", ["dynamic", "int4"])
 def test_child_path_writes_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     src = _mlp(tmp_path / "mlp.onnx")
-    opts: dict[str, Any] = {"mode": mode, "calib": "random", "shape": {"x": (4, 64)}}
-    if mode == "int4":
-        opts["block_size"] = 32
+    opts = _options(mode)
     monkeypatch.setattr(api, "EXTERNAL_DATA_THRESHOLD", 0)
     calls: list[str] = []
 

@@ -35,12 +35,15 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
+def _options(mode: str) -> dict[str, Any]:
+    """quantize() keywords for :func:`_mlp`'s model in ``mode`` (int4 blocks fit its 64-wide weights)."""
+    return {"mode": mode, "calib": "random", "shape": {"x": (4, 64)}, **({"block_size": 32} if mode == "int4" else {})}
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "int4"])
 def test_external_path_matches_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     src = _mlp(tmp_path / "mlp.onnx")
-    opts: dict[str, Any] = {"mode": mode, "calib": "random", "shape": {"x": (4, 64)}}
-    if mode == "int4":
-        opts["block_size"] = 32
+    opts = _options(mode)
     inline = quantize(src, tmp_path / "inline.onnx", **opts)
     monkeypatch.setattr(api, "EXTERNAL_DATA_THRESHOLD", 0)
     ext = quantize(src, tmp_path / "ext.onnx", **opts)
