@@ -201,6 +201,12 @@ def test_pre_processing_with_weights_on_disk_matches_onnxruntimes(tmp_path: Path
     pre_process(src, theirs, True, options)
     pre_process_external(src, ours, options)
     got, want = _whole(ours), _whole(theirs)
+    source_ops = Counter(n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node)
+    ops = [Counter(k[0] for k in nodes.elements()) for nodes in (got[1], want[1])]
+    if options == {"skip_symbolic_shape": True} and ops[1] == source_ops != ops[0]:
+        # onnxruntime 1.24's quant_pre_process runs the optimisation without symbolic inference, then
+        # saves the model it loaded before it (fixed in later releases); ours keeps the optimised graph
+        pytest.skip(f"onnxruntime {ort.__version__} drops its own optimisation when symbolic inference is skipped")
     assert got == want
     if not options:
         assert "BatchNormalization" not in {k[0] for k in want[1]} or build is not _conv_bn_reshape

@@ -25,6 +25,7 @@ import onnx_ir.passes.common as common
 
 from .._workdir import working_dir as _working_dir
 from ..io import inline_external_data
+from ..limits import nbytes
 from ..passes.normalize import normalize
 from ._child import in_child
 from ._ort import first_line, ort_quantization, quiet
@@ -183,7 +184,7 @@ def pre_process_external(source: Path, target: Path, options: dict[str, bool]) -
         pre_process(source, target, True, options)
         return
     for tensor in proto.graph.initializer:
-        if uses_external_data(tensor) and _stored_bytes(tensor) <= SMALL_TENSOR_BYTES:
+        if uses_external_data(tensor) and nbytes(tensor.dims, onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)) <= SMALL_TENSOR_BYTES:
             load_external_data_for_tensor(tensor, str(folder))
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]
@@ -216,11 +217,3 @@ def pre_process_external(source: Path, target: Path, options: dict[str, bool]) -
     add_pre_process_metadata(model)
     strip_initializer_value_info(model)
     onnx.save_model(model, str(target))
-
-
-def _stored_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes the tensor's dims need (its external ``length`` may be absent)."""
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize

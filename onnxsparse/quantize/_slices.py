@@ -27,6 +27,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import Decline
+from ..limits import nbytes
 from .config import QuantizeSettings
 from .modes import QuantMode, RunContext
 
@@ -46,17 +47,8 @@ SLICED_OPS: dict[str, frozenset[str]] = {
 #: op types onnxruntime's dynamic quantizer treats in ways that reach beyond one node
 _NOT_SLICEABLE = frozenset({"Gather", "Attention", "LSTM", "EmbedLayerNormalization"})
 
-_BYTES = {
-    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
-    onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4,
-}
-
-
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    return count * _BYTES.get(tensor.data_type, 1)
+    return nbytes(tensor.dims, onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
 
 
 def _weighted(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
@@ -154,7 +146,7 @@ def slice_model(model: onnx.ModelProto, indices: Sequence[int]) -> onnx.ModelPro
                 inputs.append(_value_info(name, known, 0))
             else:
                 raise Decline(f"the type of {name!r}, read by {node.name!r}, is unknown")
-    outputs = []
+    outputs: list[onnx.ValueInfoProto] = []
     for node in nodes:
         elem = known[node.input[0]].type.tensor_type.elem_type if node.input[0] in known else 0
         outputs.extend(_value_info(o, known, elem) for o in node.output if o)
