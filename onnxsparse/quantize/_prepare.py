@@ -9,7 +9,8 @@
 4. ``quant_pre_process`` (symbolic shape inference, onnxruntime's basic graph
    optimisations such as Conv+BatchNorm folding, ONNX shape inference).  Symbolic
    inference fails on some exports; we then retry without it, and without the
-   optimisations, and record what was skipped and why.
+   optimisations, and record what was skipped and why.  For external-data models
+   the same steps run with the weights left on disk (:func:`pre_process_external`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ..passes.normalize import normalize
 from ._child import in_child
 from ._ort import first_line, ort_quantization, quiet
 
-__all__ = ["Prepared", "normalized_copy", "pre_processed", "pre_process", "strip_initializer_value_info", "save_proto"]
+__all__ = ["Prepared", "normalized_copy", "pre_processed", "pre_process", "pre_process_external", "strip_initializer_value_info",
+           "save_proto"]
 
 logger = logging.getLogger(__name__)
 

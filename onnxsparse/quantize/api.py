@@ -180,7 +180,7 @@ def _load_calibration(calib, model: ir.Model, shapes, settings: QuantizeSettings
 
 
 def _run_mode(quant_mode: QuantMode, settings: QuantizeSettings, ctx: RunContext, tmp: Path) -> None:
-    """The quantizer, in a child process for external-data models when the mode allows it (issue 16)."""
+    """The quantizer; for external-data models in a child process, over weight slices where it can (issue 16)."""
     if ctx.external_data and quant_mode.runs_in_child and ctx.reader is None:
         in_child(quantize_external, quant_mode, settings, ctx, tmp=tmp)
     else:
