@@ -44,7 +44,7 @@ def test_child_path_writes_the_same_bytes(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(prepare_module, "in_child", counted)
     (tmp_path / "child").mkdir()
     child = quantize(src, tmp_path / "child" / "q.onnx", **opts)
-    assert calls == ["pre_process", "run"]
+    assert calls == ["pre_process_external", "quantize_external"]
 
     def here(fn: Callable[..., object], *args: Any, tmp: Path) -> None:
         fn(*args)

@@ -9,7 +9,8 @@
 4. ``quant_pre_process`` (symbolic shape inference, onnxruntime's basic graph
    optimisations such as Conv+BatchNorm folding, ONNX shape inference).  Symbolic
    inference fails on some exports; we then retry without it, and without the
-   optimisations, and record what was skipped and why.
+   optimisations, and record what was skipped and why.  For external-data models
+   the same steps run with the weights left on disk (:func:`pre_process_external`).
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import onnx_ir.passes.common as common
 
 from .._workdir import working_dir as _working_dir
 from ..io import inline_external_data
+from ..limits import nbytes
 from ..passes.normalize import normalize
 from ._child import in_child
 from ._ort import first_line, ort_quantization, quiet
 
-__all__ = ["Prepared", "normalized_copy", "pre_processed", "pre_process", "strip_initializer_value_info", "save_proto"]
+__all__ = ["Prepared", "normalized_copy", "pre_processed", "pre_process", "pre_process_external", "strip_initializer_value_info",
+           "save_proto"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +136,7 @@ def pre_processed(prepared: Prepared, tmp: Path, *, preprocess: bool, half_weigh
     for label, options in attempts:
         try:
             if child:
-                in_child(pre_process, normalized, pre, external_data, options, tmp=tmp)
+                in_child(pre_process_external, normalized, pre, options, tmp=tmp)
             else:
                 pre_process(normalized, pre, external_data, options)
         except Exception as exc:  # noqa: BLE001 - each failure is recorded, next attempt is smaller
@@ -155,3 +159,63 @@ def pre_process(source: Path, target: Path, external_data: bool, options: dict[s
         proto = onnx.load(str(target), load_external_data=True)
         strip_initializer_value_info(proto)
         save_proto(proto, target, external_data)
+
+
+#: tensors at most this large are read into memory for symbolic shape inference (shape-like values)
+SMALL_TENSOR_BYTES = 64 * 2**10
+
+
+def pre_process_external(source: Path, target: Path, options: dict[str, bool]) -> None:
+    """``quant_pre_process``'s steps on a model whose weights stay on disk (issue 16: peak memory).
+
+    The same steps, order and settings as :func:`pre_process` (read from onnxruntime's
+    ``quant_pre_process``): symbolic shape inference, a basic-level optimisation session that writes
+    the optimised model, ONNX shape inference, the pre-processing tag.  Symbolic inference needs the
+    values of small (shape-like) tensors only, so the large ones stay references to ``source``'s
+    files; the optimisation session reads them itself and writes its initializers to an external
+    file.  onnxruntime's own function loads every weight and copies the model (3x its size).
+    ``source`` and ``target`` share a folder: the written model refers to files there.
+    """
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
+    folder = source.parent
+    proto = onnx.load(str(source), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset <= 10:  # onnxruntime converts these first, on the whole model
+        pre_process(source, target, True, options)
+        return
+    for tensor in proto.graph.initializer:
+        if uses_external_data(tensor) and nbytes(tensor.dims, onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)) <= SMALL_TENSOR_BYTES:
+            load_external_data_for_tensor(tensor, str(folder))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    current = folder / "pre-symbolic.onnx"
+    if not options.get("skip_symbolic_shape"):
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with quiet(), _working_dir(folder):
+            proto = SymbolicShapeInference.infer_shapes(proto, 2**31 - 1, False, False, 0)
+    onnx.save_model(proto, str(current))
+    del proto
+    if not options.get("skip_optimization"):
+        optimized = folder / "pre-optimized.onnx"
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(optimized)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized.name + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        try:
+            with quiet():
+                ort.InferenceSession(str(current), so, providers=["CPUExecutionProvider"])
+            current = optimized
+        except Exception:  # noqa: BLE001 - onnxruntime goes on without the optimisation too
+            logger.debug("optimisation session failed; continuing without it", exc_info=True)
+    if not options.get("skip_onnx_shape"):
+        onnx.shape_inference.infer_shapes_path(str(current), str(target))
+    elif current != target:
+        onnx.save_model(onnx.load(str(current), load_external_data=False), str(target))
+    model = onnx.load(str(target), load_external_data=False)
+    add_pre_process_metadata(model)
+    strip_initializer_value_info(model)
+    onnx.save_model(model, str(target))

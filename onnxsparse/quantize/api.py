@@ -39,6 +39,7 @@ from ..io import (
 )
 from ._nodes import count_by_op, diff_nodes, origin_names, plan_nodes, rename_rows
 from ._child import in_child
+from ._slices import quantize_external
 from ._ort import QuantizationError, first_line
 from ._prepare import normalized_copy, pre_processed, save_proto
 from ._reader import DYNAMIC_BATCH, calibration_batch_size, make_reader
@@ -179,9 +180,9 @@ def _load_calibration(calib, model: ir.Model, shapes, settings: QuantizeSettings
 
 
 def _run_mode(quant_mode: QuantMode, settings: QuantizeSettings, ctx: RunContext, tmp: Path) -> None:
-    """The quantizer, in a child process for external-data models when the mode allows it (issue 16)."""
+    """The quantizer; for external-data models in a child process, over weight slices where it can (issue 16)."""
     if ctx.external_data and quant_mode.runs_in_child and ctx.reader is None:
-        in_child(quant_mode.run, settings, ctx, tmp=tmp)
+        in_child(quantize_external, quant_mode, settings, ctx, tmp=tmp)
     else:
         quant_mode.run(settings, ctx)
 
