@@ -120,18 +120,56 @@ def test_slices_give_the_whole_model_result(tmp_path: Path, mode: str, kind: str
     assert sorted(p.name for p in tmp_path.glob("slice[0-9]*")) == [f"slice{k}.quantized.onnx.data" for k in range(n)]
 
 
-def test_a_gather_with_a_weight_is_not_sliced(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
+def _embedding_mlp(rng: np.random.Generator, reader: str) -> tuple[list, list]:
+    """ids -> Gather(table) -> READER -> the MLP: an embedding as transformer exports have it."""
     nodes, inits = _mlp(rng)
-    nodes.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"))
-    inits.append(_w(rng, "table", (10, H)))
+    nodes[0].input[0] = "e"
+    nodes[:0] = [helper.make_node("Gather", ["table", "ids"], ["g"], name="embed"),
+                 helper.make_node(reader, ["g", "pos"] if reader == "Add" else ["g"], ["e"], name="after_embed",
+                                  **({"perm": [0, 1]} if reader == "Transpose" else {}))]
+    inits += [_w(rng, "table", (50, H)), _w(rng, "pos", (H,))]
+    return nodes, inits
+
+
+def _embedding_model(folder: Path, reader: str) -> Path:
+    nodes, inits = _embedding_mlp(np.random.default_rng(0), reader)
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", H])], inits)
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    path = folder / "emb.onnx"
+    save_proto(model, path, external_data=True)
+    return path
+
+
+def test_a_gather_of_a_weight_is_sliced_alone_when_its_output_is_read_as_float(tmp_path: Path) -> None:
+    src = _embedding_model(tmp_path, "Add")
+    quant_mode, settings = get_mode("dynamic"), _settings("dynamic")
+    whole = tmp_path / "whole.onnx"
+    quant_mode.run(settings, RunContext(src, whole, [], None, True))
+    assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(whole), load_external_data=False).graph.node}
+    sliced = tmp_path / "sliced.onnx"
+    n = quantize_in_slices(lambda a, b: quant_mode.run(settings, RunContext(a, b, [], None, True)),
+                           src, sliced, "dynamic", [], budget=1)
+    assert n == 4
+    assert _content(sliced) == _content(whole)
+    ids = np.array([3, 0, 49, 7], np.int64)
+    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0] for p in (sliced, whole)]
+    np.testing.assert_array_equal(*run)
+
+
+def test_a_gather_whose_output_may_stay_quantized_is_not_sliced(tmp_path: Path) -> None:
+    nodes, inits = _embedding_mlp(np.random.default_rng(0), "Transpose")
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", H])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(Decline, match="Gather"):
+    with pytest.raises(Decline, match="feeds Transpose"):
         plan_slices(model, "dynamic", budget=1)
     assert len(plan_slices(model, "dynamic", exclude=["embed"], budget=1)) == 3
     assert len(plan_slices(model, "int4", budget=1)) == 3  # int4 leaves Gather alone
+    model.graph.node.append(helper.make_node("LSTM", ["y", "w", "r"], ["l"], name="lstm"))
+    with pytest.raises(Decline, match="LSTM"):
+        plan_slices(model, "dynamic", exclude=["embed"], budget=1)
 
 
 def test_one_slice_is_declined_so_small_models_keep_one_call(tmp_path: Path) -> None:
@@ -210,3 +248,25 @@ def test_pre_processing_with_weights_on_disk_matches_onnxruntimes(tmp_path: Path
     assert got == want
     if not options:
         assert "BatchNormalization" not in {k[0] for k in want[1]} or build is not _conv_bn_reshape
+
+
+@pytest.mark.parametrize("name", ["bert_sdpa_dynamo", "llama_sdpa_ts", "tv_resnet50_none_ts"])
+def test_corpus_exports_quantize_the_same_in_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Real exports (embeddings as Gather, fused and decomposed attention, convolutions), dynamic mode."""
+    src = Path(__file__).resolve().parents[1] / "samples" / "corpus" / f"{name}.onnx"
+    monkeypatch.setattr(api, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(api, "in_child", lambda fn, *args, tmp: fn(*args))
+    counts: list[int] = []
+    real = slices_module.quantize_in_slices
+
+    def counted(*args, **kwargs) -> int:
+        counts.append(real(*args, **kwargs))
+        return counts[-1]
+
+    monkeypatch.setattr(slices_module, "quantize_in_slices", counted)
+    for tag, budget in (("whole", 2**40), ("sliced", 1)):
+        monkeypatch.setattr(slices_module, "SLICE_BYTES", budget)
+        (tmp_path / tag).mkdir()
+        quantize(src, tmp_path / tag / "q.onnx", mode="dynamic", check_fp32=False)
+    assert counts and counts[-1] >= 8, "the model was quantized in slices"
+    assert _content(tmp_path / "sliced" / "q.onnx") == _content(tmp_path / "whole" / "q.onnx")

@@ -44,15 +44,26 @@ SLICED_OPS: dict[str, frozenset[str]] = {
     "int4": frozenset({"MatMul"}),
 }
 
-#: op types onnxruntime's dynamic quantizer treats in ways that reach beyond one node
+#: op types onnxruntime's dynamic quantizer treats in ways that reach beyond one node (a ``Gather``
+#: of a weight is sliced alone when no reader of its output takes quantized input)
 _NOT_SLICEABLE = frozenset({"Gather", "Attention", "LSTM", "EmbedLayerNormalization"})
+
+#: op types of onnxruntime's dynamic (integer-ops) registry: the readers a quantized tensor may flow into
+_INTEGER_OPS = frozenset({"Conv", "MatMul", "Attention", "LSTM", "Gather", "Transpose", "EmbedLayerNormalization"})
+
+_FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE})
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return nbytes(tensor.dims, onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
 
 
-def _weighted(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    return len(node.input) > 1 and node.input[1] in inits
+def _float_weight(node: onnx.NodeProto, index: int, inits: dict[str, onnx.TensorProto]) -> bool:
+    weight = inits.get(node.input[index]) if len(node.input) > index else None
+    return weight is not None and weight.data_type in _FLOATS
+
+
+def _weight_bytes(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int:
+    return _tensor_bytes(inits[node.input[0 if node.op_type == "Gather" else 1]])
 
 
 def plan_slices(model: onnx.ModelProto, mode: str, exclude: Iterable[str] = (),
@@ -68,11 +79,26 @@ def plan_slices(model: onnx.ModelProto, mode: str, exclude: Iterable[str] = (),
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     excluded = set(exclude)
-    if mode == "dynamic":
-        for node in graph.node:
-            if node.op_type in _NOT_SLICEABLE and node.name not in excluded and node.domain in ("", "ai.onnx", "com.microsoft"):
-                raise Decline(f"{node.op_type} node {node.name!r}: onnxruntime may carry its quantized output on")
-    members = [i for i, n in enumerate(graph.node) if n.op_type in ops and n.domain in ("", "ai.onnx") and _weighted(n, inits)]
+    members: list[int] = []
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for i, node in enumerate(graph.node):
+        if node.domain not in ("", "ai.onnx", "com.microsoft") or node.name in excluded:
+            continue
+        if mode == "dynamic" and node.op_type in _NOT_SLICEABLE:
+            if node.op_type != "Gather" or not _float_weight(node, 0, inits):
+                if node.op_type != "Gather":
+                    raise Decline(f"{node.op_type} node {node.name!r}: onnxruntime quantizes it with what surrounds it")
+                continue
+            # onnxruntime keeps a quantized table's output quantized for readers that take int8 inputs
+            onward = sorted({r.op_type for r in readers.get(node.output[0], []) if r.op_type in _INTEGER_OPS})
+            if onward:
+                raise Decline(f"Gather node {node.name!r} feeds {', '.join(onward)}: its quantized output may flow on")
+            members.append(i)
+        elif node.op_type in ops and node.domain in ("", "ai.onnx") and _float_weight(node, 1, inits):
+            members.append(i)
     if len(members) < 2:
         raise Decline("fewer than two weighted nodes: nothing to split")
 
@@ -101,7 +127,7 @@ def plan_slices(model: onnx.ModelProto, mode: str, exclude: Iterable[str] = (),
     slices: list[list[int]] = []
     size = 0
     for group in sorted(groups.values(), key=lambda g: g[0]):
-        weight = sum(_tensor_bytes(inits[graph.node[i].input[1]]) for i in group)
+        weight = sum(_weight_bytes(graph.node[i], inits) for i in group)
         if slices and size + weight <= budget:
             slices[-1].extend(group)
             size += weight
