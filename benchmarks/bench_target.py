@@ -8,8 +8,8 @@
 calibration data, the task accuracy on the test split next to the uniform ratio whose *measured*
 MACs are closest to what the target reached (searched over ratios 0.00..0.95; the transformer's
 uniform ratio applies to heads and FFN neurons, its only prunable groups), both with the same
-criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn`` and ``digits_resnet`` use
-``--round-to 4`` in both (their 16/32/48-channel layers allow only multiples of 16 at the default
+criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn``, ``digits_resnet`` and
+``digits_mbv2`` use ``--round-to 4`` in both (their 16/32/48-channel layers allow only multiples of 16 at the default
 16-channel blocks; ``digits_resnet`` then cannot reach ``macs=0.5`` by widths at all).
 
 Whole residual blocks are candidates of the allocation (the widths column names the removed ones
@@ -54,6 +54,8 @@ SAMPLES = (
     ("digits_cnn", "digits_calib.npz", "digits_test.npz", "digits_test_labels.npy", "channels", 4),
     ("digits_resnet", "digits_resnet_calib.npz", "digits_resnet_test.npz", "digits_resnet_test_labels.npy",
      "channels", 4),
+    ("digits_mbv2", "digits_mbv2_calib.npz", "digits_mbv2_test.npz", "digits_mbv2_test_labels.npy",
+     "channels", 4),
     ("digits_transformer", "digits_calib_tokens.npz", "digits_test_tokens.npz", "digits_test_labels.npy",
      "heads+ffn", "auto"),
 )
@@ -67,11 +69,25 @@ def _session(model: ir.Model, threads: int | None = None):
     return make_session(proto, session_options(threads=threads))
 
 
-def accuracy(model: ir.Model, test: str, labels_file: str) -> float:
+def correct(model: ir.Model, test: str, labels_file: str) -> np.ndarray:
+    """Per test sample: is the top-1 class the label."""
     data = dict(np.load(DATA / test))
     labels = np.load(DATA / labels_file)
     logits = _session(model).run(None, data)[0]
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+    return np.argmax(logits, axis=-1) == labels
+
+
+def accuracy(model: ir.Model, test: str, labels_file: str) -> float:
+    return float(np.mean(correct(model, test, labels_file)))
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    """McNemar's exact test on the samples exactly one of two models gets right (the same test set)."""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return f"target-only right {only_a}, uniform-only right {only_b}, McNemar p={p:.3f}"
 
 
 def _uniform_kwargs(kind: str, ratio: float) -> dict:
@@ -110,13 +126,16 @@ def accuracy_table(targets: tuple[float, ...]) -> str:
                 kept = next(c for c in target.verify if c["chosen"])
                 widths += (f"; verify kept the {kept['source']} of {len(target.verify)} "
                            f"({target.verify_seconds:.1f} s)")
+            target_right = correct(res.model, test, labels)
             rows.append([name, f"target macs={r}", "met" if target.met else "NOT met", f"{rep.macs_ratio:.3f}",
-                         f"{rep.params_ratio:.3f}", f"{accuracy(res.model, test, labels):.4f}", f"{widths} ({seconds:.1f} s)"])
+                         f"{rep.params_ratio:.3f}", f"{target_right.mean():.4f}", f"{widths} ({seconds:.1f} s)"])
             ratio, _ = closest_uniform(name, kind, round_to, rep.macs_ratio)
             uni = prune(path, calib=DATA / calib, round_to=round_to, **_uniform_kwargs(kind, ratio))
             widths = ", ".join(f"{g.kind[0]}{g.id}:{g.kept}/{g.total}" for g in uni.report.groups)
+            uniform_right = correct(uni.model, test, labels)
             rows.append([name, f"uniform {kind} {ratio:g}", "", f"{uni.report.macs_ratio:.3f}",
-                         f"{uni.report.params_ratio:.3f}", f"{accuracy(uni.model, test, labels):.4f}", widths])
+                         f"{uni.report.params_ratio:.3f}", f"{uniform_right.mean():.4f}",
+                         f"{widths}; {paired(target_right, uniform_right)}"])
     return format_table(["model", "pruning", "target", "MACs", "params", "top-1", "widths kept (group: kept/total)"],
                         rows, title="accuracy: --target macs=R vs the uniform ratio at the closest measured MACs "
                                     "(wanda, lstsq repair, test split)")

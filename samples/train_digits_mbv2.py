@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Train a small MobileNetV2-style CNN on the harder digits task and export it to ONNX.
+
+Real CNNs are not uniform: MobileNetV2's inverted residual blocks keep narrow residual streams and do
+most of their work in wide expansions (1x1 expand, 3x3 depthwise, 1x1 linear projection), which is
+where one pruning ratio for every layer goes wrong.  Same task and data recipe as
+``train_digits_resnet.py`` (digits upsampled to 16x16, shifted up to 3 pixels, Gaussian noise 0.5):
+stem 3x3 conv 16 -> inverted residual blocks (expansion 6, ReLU6) 16, 16, 24 (stride 2), 24, 32
+(stride 2), 32 -> 1x1 conv 128 -> global average pool -> Linear(10); BatchNorm folded by the
+TorchScript exporter.
+
+Needs ``torch`` (CPU) and ``scikit-learn``; reuses the helpers of ``train_digits.py`` and
+``train_digits_resnet.py``.  Writes:
+
+* ``models/digits_mbv2.onnx``               TorchScript exporter, opset 17, constant folding
+* ``data/digits_mbv2_test.npz``, ``data/digits_mbv2_test_labels.npy`` (each test digit three times)
+* ``data/digits_mbv2_calib.npz``            128 augmented training images
+* ``data/digits_mbv2_results.json``         accuracies measured with onnxruntime
+* the results table in ``README.md`` (between the ``digits-mbv2-results`` markers)
+
+Everything is seeded: ``python samples/train_digits_mbv2.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Dict
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from train_digits import (DATA, MODELS, SEED, export_torchscript, io_desc, load_data, op_counts,
+                          ort_accuracy, seed_everything, torch_accuracy, train, update_readme)
+from train_digits_resnet import COPIES, NOISE, SHIFT, SIZE, TEST_COPIES, augment
+
+NAME = "digits_mbv2"
+#: (output channels, stride) per inverted residual block; expansion 6 everywhere
+BLOCKS = ((16, 1), (16, 1), (24, 2), (24, 1), (32, 2), (32, 1))
+EXPAND = 6
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand + ReLU6 -> 3x3 depthwise + ReLU6 -> 1x1 linear projection; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * EXPAND
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class DigitsMobileNetV2(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        blocks, cin = [], 16
+        for cout, stride in BLOCKS:
+            blocks.append(InvertedResidual(cin, cout, stride))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(cin, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6())
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+def main() -> int:
+    t0 = time.time()
+    torch.set_num_threads(1)  # bit-reproducible training
+    rng = np.random.default_rng(SEED)
+    x_tr, x_te, y_tr, y_te = load_data()
+    xa_tr, ya_tr = augment(x_tr, COPIES, rng), np.repeat(y_tr, COPIES)
+    xa_te, ya_te = augment(x_te, TEST_COPIES, rng), np.repeat(y_te, TEST_COPIES)
+    calib_idx = np.sort(rng.choice(len(x_tr), 128, replace=False))
+    xa_calib = augment(x_tr[calib_idx], 1, rng)  # fresh shifts and noise, training digits
+    os.makedirs(DATA, exist_ok=True)
+    np.savez_compressed(os.path.join(DATA, f"{NAME}_test.npz"), input=xa_te)
+    np.save(os.path.join(DATA, f"{NAME}_test_labels.npy"), ya_te.astype(np.int64))
+    np.savez_compressed(os.path.join(DATA, f"{NAME}_calib.npz"), input=xa_calib)
+    print(f"{NAME}: train {len(xa_tr)} ({COPIES} x {len(x_tr)}), test {len(xa_te)}")
+
+    seed_everything()
+    net = DigitsMobileNetV2()
+    train(net, xa_tr, ya_tr, epochs=int(os.environ.get("EPOCHS", "12")), lr=5e-3, batch=128)
+    acc_t = torch_accuracy(net, xa_te, ya_te)
+    path = os.path.join(MODELS, f"{NAME}.onnx")
+    m = export_torchscript(net, (torch.from_numpy(xa_te[:2]),), path, ["input"], ["logits"],
+                           {"input": {0: "batch"}, "logits": {0: "batch"}})
+    acc = ort_accuracy(path, xa_te, ya_te)
+    results: Dict[str, Dict] = {NAME: dict(torch_acc=acc_t, ort_acc=acc, ops=op_counts(m),
+                                           size_bytes=os.path.getsize(path), **io_desc(m))}
+    print(f"{NAME}: torch acc {acc_t:.4f}, onnxruntime acc {acc:.4f}, ops {op_counts(m)}, "
+          f"{os.path.getsize(path) / 1024:.1f} KB")
+    summary = dict(torch_version=torch.__version__, onnx_version=onnx.__version__,
+                   onnxruntime_version=ort.__version__, n_test=int(len(ya_te)),
+                   augmentation=dict(size=SIZE, shift=SHIFT, noise=NOISE, copies=COPIES,
+                                     test_copies=TEST_COPIES),
+                   models=results)
+    with open(os.path.join(DATA, f"{NAME}_results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    update_readme(results, len(ya_te), marker="digits-mbv2-results")
+    print(f"done in {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
