@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -196,7 +197,12 @@ def test_the_command_writes_the_same_model_in_slices(tmp_path: Path, monkeypatch
         # the file sizes differ by a few dozen bytes of graph order and value_info, not by tensors (below)
         for key in ("seconds", "output", "bytes_after", "bytes_ratio"):
             report.pop(key)
+    steps = {name: report.pop("preprocess") for name, report in results.items()}
     assert results["sliced"] == results["whole"]
+    assert any(re.fullmatch(r"onnxruntime's quantizer over [23] weight slices .*", s) for s in steps["sliced"]["steps"])
+    assert {"step": "quantizer in weight slices", "reason": f"the weights fit one slice of {2**40} bytes; quantized in one call"} \
+        in steps["whole"]["skipped"]
+    assert not any("weight slices" in s for s in steps["whole"]["steps"])
     assert results["whole"]["zeros"]["zeros_kept"] == results["whole"]["zeros"]["zeros_before"] > 0
     got_tensors, got_nodes = _content(tmp_path / "sliced" / "q.onnx")
     want_tensors, want_nodes = _content(tmp_path / "whole" / "q.onnx")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..limits import nbytes
 from .config import QuantizeSettings
 from .modes import QuantMode, RunContext
 
-__all__ = ["SLICE_BYTES", "SLICED_OPS", "plan_slices", "quantize_in_slices", "quantize_external"]
+__all__ = ["SLICE_BYTES", "SLICED_OPS", "plan_slices", "quantize_in_slices", "quantize_external", "slicing_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,16 +291,36 @@ def quantize_in_slices(run_slice: Callable[[Path, Path], None], source: Path, ou
     return len(slices)
 
 
+#: the file (next to the quantizer's output) where :func:`quantize_external` says how it quantized
+SLICING_NOTE = "slicing.json"
+
+
 def quantize_external(quant_mode: QuantMode, settings: QuantizeSettings, ctx: RunContext) -> None:
-    """``quant_mode.run`` for a model with external data: in slices when :func:`plan_slices` allows."""
+    """``quant_mode.run`` for a model with external data: in slices when :func:`plan_slices` allows.
+
+    How it went (``{"slices": N}`` or ``{"declined": reason}``) is written to :data:`SLICING_NOTE`
+    beside the output, for the report (this runs in a child process).
+    """
 
     def run_slice(src: Path, dst: Path) -> None:
         quant_mode.run(settings, RunContext(src, dst, list(ctx.exclude), None, True))
 
+    note: dict[str, object]
     try:
-        count = quantize_in_slices(run_slice, ctx.source, ctx.output, settings.mode, ctx.exclude)
+        note = {"slices": quantize_in_slices(run_slice, ctx.source, ctx.output, settings.mode, ctx.exclude)}
     except Decline as exc:
         logger.debug("quantizing the whole model at once: %s", exc.reason)
         quant_mode.run(settings, ctx)
-    else:
-        logger.debug("quantized in %d slices", count)
+        note = {"declined": exc.reason}
+    (ctx.output.parent / SLICING_NOTE).write_text(json.dumps(note))
+
+
+def slicing_step(folder: Path) -> tuple[str | None, dict[str, str] | None]:
+    """(step done, step skipped with its reason) for the report, from :data:`SLICING_NOTE` in ``folder``."""
+    path = folder / SLICING_NOTE
+    if not path.is_file():
+        return None, None
+    note = json.loads(path.read_text())
+    if "slices" in note:
+        return f"onnxruntime's quantizer over {note['slices']} weight slices (external-data model; same tensors as one call)", None
+    return None, {"step": "quantizer in weight slices", "reason": f"{note['declined']}; quantized in one call"}

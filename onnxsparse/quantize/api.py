@@ -39,7 +39,7 @@ from ..io import (
 )
 from ._nodes import count_by_op, diff_nodes, origin_names, plan_nodes, rename_rows
 from ._child import in_child
-from ._slices import quantize_external
+from ._slices import quantize_external, slicing_step
 from ._ort import QuantizationError, first_line
 from ._prepare import normalized_copy, pre_processed, save_proto
 from ._reader import DYNAMIC_BATCH, calibration_batch_size, make_reader
@@ -460,6 +460,9 @@ def run_quantize(model: ModelSource, output: str | os.PathLike | None, config: Q
             if bar is not None:
                 bar.close()
         warnings.extend(_warnings(outcome, settings, cpu, quant_mode))
+        sliced, not_sliced = slicing_step(tmp)
+        mode_steps += [sliced] if sliced else []
+        prepared.skipped.extend([not_sliced] if not_sliced else [])
 
         result_model = carry_value_info(load_model(after), ir_model if keep_model else load_model(model))
         saved: Path | None = None
