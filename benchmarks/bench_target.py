@@ -89,7 +89,8 @@ def paired(a: np.ndarray, b: np.ndarray) -> str:
 
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return f"target-only right {only_a}, uniform-only right {only_b}, McNemar p={p:.3f}"
+    return f"target-only right {only_a}, uniform-only right {only_b}, McNemar p={p:.3f}" if p >= 0.001 else \
+        f"target-only right {only_a}, uniform-only right {only_b}, McNemar p={p:.1e}"
 
 
 def _uniform_kwargs(kind: str, ratio: float) -> dict:
