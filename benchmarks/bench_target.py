@@ -9,7 +9,7 @@ calibration data, the task accuracy on the test split next to the uniform ratio 
 MACs are closest to what the target reached (searched over ratios 0.00..0.95; the transformer's
 uniform ratio applies to heads and FFN neurons, its only prunable groups), both with the same
 criterion (``wanda``) and repair (``lstsq``, sequential).  ``digits_cnn``, ``digits_resnet`` and
-``digits_mbv2`` use ``--round-to 4`` in both (their 16/32/48-channel layers allow only multiples of 16 at the default
+the ``digits_mbv2`` pair use ``--round-to 4`` in both (their 16/32/48-channel layers allow only multiples of 16 at the default
 16-channel blocks; ``digits_resnet`` then cannot reach ``macs=0.5`` by widths at all).
 
 Whole residual blocks are candidates of the allocation (the widths column names the removed ones
@@ -56,6 +56,8 @@ SAMPLES = (
      "channels", 4),
     ("digits_mbv2", "digits_mbv2_calib.npz", "digits_mbv2_test.npz", "digits_mbv2_test_labels.npy",
      "channels", 4),
+    ("digits_mbv2_narrow", "digits_mbv2_calib.npz", "digits_mbv2_test.npz", "digits_mbv2_test_labels.npy",
+     "channels", 4),
     ("digits_transformer", "digits_calib_tokens.npz", "digits_test_tokens.npz", "digits_test_labels.npy",
      "heads+ffn", "auto"),
 )
@@ -87,7 +89,8 @@ def paired(a: np.ndarray, b: np.ndarray) -> str:
 
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return f"target-only right {only_a}, uniform-only right {only_b}, McNemar p={p:.3f}"
+    return f"target-only right {only_a}, uniform-only right {only_b}, McNemar p={p:.3f}" if p >= 0.001 else \
+        f"target-only right {only_a}, uniform-only right {only_b}, McNemar p={p:.1e}"
 
 
 def _uniform_kwargs(kind: str, ratio: float) -> dict:

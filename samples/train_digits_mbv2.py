@@ -13,9 +13,10 @@ Needs ``torch`` (CPU) and ``scikit-learn``; reuses the helpers of ``train_digits
 ``train_digits_resnet.py``.  Writes:
 
 * ``models/digits_mbv2.onnx``               TorchScript exporter, opset 17, constant folding
+* ``models/digits_mbv2_narrow.onnx``        the same at half width (stem 8; streams 8, 12, 16)
 * ``data/digits_mbv2_test.npz``, ``data/digits_mbv2_test_labels.npy`` (each test digit three times)
 * ``data/digits_mbv2_calib.npz``            128 augmented training images
-* ``data/digits_mbv2_results.json``         accuracies measured with onnxruntime
+* ``data/digits_mbv2_results.json``         accuracies measured with onnxruntime (both networks)
 * the results table in ``README.md`` (between the ``digits-mbv2-results`` markers)
 
 Everything is seeded: ``python samples/train_digits_mbv2.py``.
@@ -40,9 +41,13 @@ from train_digits import (DATA, MODELS, SEED, export_torchscript, io_desc, load_
                           ort_accuracy, seed_everything, torch_accuracy, train, update_readme)
 from train_digits_resnet import COPIES, NOISE, SHIFT, SIZE, TEST_COPIES, augment
 
-NAME = "digits_mbv2"
-#: (output channels, stride) per inverted residual block; expansion 6 everywhere
-BLOCKS = ((16, 1), (16, 1), (24, 2), (24, 1), (32, 2), (32, 1))
+NAME = "digits_mbv2"  # the data files' prefix, shared by both networks
+#: name -> (stem width, (output channels, stride) per inverted residual block); expansion 6 everywhere.
+#: The narrow one is MobileNetV2 at half width: capacity-limited, as deployment-sized MobileNets are.
+NETWORKS = {
+    "digits_mbv2": (16, ((16, 1), (16, 1), (24, 2), (24, 1), (32, 2), (32, 1))),
+    "digits_mbv2_narrow": (8, ((8, 1), (8, 1), (12, 2), (12, 1), (16, 2), (16, 1))),
+}
 EXPAND = 6
 
 
@@ -64,11 +69,11 @@ class InvertedResidual(nn.Module):
 
 
 class DigitsMobileNetV2(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, stem: int, block_specs: tuple[tuple[int, int], ...]) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
-        blocks, cin = [], 16
-        for cout, stride in BLOCKS:
+        self.stem = nn.Sequential(nn.Conv2d(1, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())
+        blocks, cin = [], stem
+        for cout, stride in block_specs:
             blocks.append(InvertedResidual(cin, cout, stride))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
@@ -95,18 +100,20 @@ def main() -> int:
     np.savez_compressed(os.path.join(DATA, f"{NAME}_calib.npz"), input=xa_calib)
     print(f"{NAME}: train {len(xa_tr)} ({COPIES} x {len(x_tr)}), test {len(xa_te)}")
 
-    seed_everything()
-    net = DigitsMobileNetV2()
-    train(net, xa_tr, ya_tr, epochs=int(os.environ.get("EPOCHS", "12")), lr=5e-3, batch=128)
-    acc_t = torch_accuracy(net, xa_te, ya_te)
-    path = os.path.join(MODELS, f"{NAME}.onnx")
-    m = export_torchscript(net, (torch.from_numpy(xa_te[:2]),), path, ["input"], ["logits"],
-                           {"input": {0: "batch"}, "logits": {0: "batch"}})
-    acc = ort_accuracy(path, xa_te, ya_te)
-    results: Dict[str, Dict] = {NAME: dict(torch_acc=acc_t, ort_acc=acc, ops=op_counts(m),
-                                           size_bytes=os.path.getsize(path), **io_desc(m))}
-    print(f"{NAME}: torch acc {acc_t:.4f}, onnxruntime acc {acc:.4f}, ops {op_counts(m)}, "
-          f"{os.path.getsize(path) / 1024:.1f} KB")
+    results: Dict[str, Dict] = {}
+    for name, (stem, block_specs) in NETWORKS.items():
+        seed_everything()
+        net = DigitsMobileNetV2(stem, block_specs)
+        train(net, xa_tr, ya_tr, epochs=12, lr=5e-3, batch=128)
+        acc_t = torch_accuracy(net, xa_te, ya_te)
+        path = os.path.join(MODELS, f"{name}.onnx")
+        m = export_torchscript(net, (torch.from_numpy(xa_te[:2]),), path, ["input"], ["logits"],
+                               {"input": {0: "batch"}, "logits": {0: "batch"}})
+        acc = ort_accuracy(path, xa_te, ya_te)
+        results[name] = dict(torch_acc=acc_t, ort_acc=acc, ops=op_counts(m), size_bytes=os.path.getsize(path),
+                             **io_desc(m))
+        print(f"{name}: torch acc {acc_t:.4f}, onnxruntime acc {acc:.4f}, ops {op_counts(m)}, "
+              f"{os.path.getsize(path) / 1024:.1f} KB")
     summary = dict(torch_version=torch.__version__, onnx_version=onnx.__version__,
                    onnxruntime_version=ort.__version__, n_test=int(len(ya_te)),
                    augmentation=dict(size=SIZE, shift=SHIFT, noise=NOISE, copies=COPIES,
