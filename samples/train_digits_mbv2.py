@@ -14,8 +14,8 @@ Needs ``torch`` (CPU) and ``scikit-learn``; reuses the helpers of ``train_digits
 
 * ``models/digits_mbv2.onnx``               TorchScript exporter, opset 17, constant folding
 * ``models/digits_mbv2_narrow.onnx``        the same at half width (stem 8; streams 8, 12, 16)
-* ``data/digits_mbv2_test.npz``, ``data/digits_mbv2_test_labels.npy`` (each test digit three times)
-* ``data/digits_mbv2_calib.npz``            128 augmented training images
+* nothing else: the networks train and are measured on ``digits_resnet``'s data (the same seeded images,
+  ``data/digits_resnet_test.npz``, ``..._test_labels.npy``, ``..._calib.npz``)
 * ``data/digits_mbv2_results.json``         accuracies measured with onnxruntime (both networks)
 * the results table in ``README.md`` (between the ``digits-mbv2-results`` markers)
 
@@ -30,18 +30,17 @@ import sys
 import time
 from typing import Dict
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train_digits import (DATA, MODELS, SEED, export_torchscript, io_desc, load_data, op_counts,
+from train_digits import (DATA, MODELS, export_torchscript, io_desc, op_counts,
                           ort_accuracy, seed_everything, torch_accuracy, train, update_readme)
-from train_digits_resnet import COPIES, NOISE, SHIFT, SIZE, TEST_COPIES, augment
+from train_digits_resnet import COPIES, NOISE, SHIFT, SIZE, TEST_COPIES, augmented_data
 
-NAME = "digits_mbv2"  # the data files' prefix, shared by both networks
+NAME = "digits_mbv2"  # the results file's prefix
 #: name -> (stem width, (output channels, stride) per inverted residual block); expansion 6 everywhere.
 #: The narrow one is MobileNetV2 at half width: capacity-limited, as deployment-sized MobileNets are.
 NETWORKS = {
@@ -88,18 +87,7 @@ class DigitsMobileNetV2(nn.Module):
 def main() -> int:
     t0 = time.time()
     torch.set_num_threads(1)  # bit-reproducible training
-    rng = np.random.default_rng(SEED)
-    x_tr, x_te, y_tr, y_te = load_data()
-    xa_tr, ya_tr = augment(x_tr, COPIES, rng), np.repeat(y_tr, COPIES)
-    xa_te, ya_te = augment(x_te, TEST_COPIES, rng), np.repeat(y_te, TEST_COPIES)
-    calib_idx = np.sort(rng.choice(len(x_tr), 128, replace=False))
-    xa_calib = augment(x_tr[calib_idx], 1, rng)  # fresh shifts and noise, training digits
-    os.makedirs(DATA, exist_ok=True)
-    np.savez_compressed(os.path.join(DATA, f"{NAME}_test.npz"), input=xa_te)
-    np.save(os.path.join(DATA, f"{NAME}_test_labels.npy"), ya_te.astype(np.int64))
-    np.savez_compressed(os.path.join(DATA, f"{NAME}_calib.npz"), input=xa_calib)
-    print(f"{NAME}: train {len(xa_tr)} ({COPIES} x {len(x_tr)}), test {len(xa_te)}")
-
+    xa_tr, ya_tr, xa_te, ya_te = augmented_data(save=False)  # digits_resnet's task and data files
     results: Dict[str, Dict] = {}
     for name, (stem, block_specs) in NETWORKS.items():
         seed_everything()

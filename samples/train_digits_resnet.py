@@ -96,20 +96,28 @@ class DigitsResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
 
 
-def main() -> int:
-    t0 = time.time()
-    torch.set_num_threads(1)  # bit-reproducible training
+def augmented_data(save: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels), seeded; ``save`` writes the test and
+    calibration files (``data/digits_resnet_*``, which every network trained on this task reads)."""
     rng = np.random.default_rng(SEED)
     x_tr, x_te, y_tr, y_te = load_data()
     xa_tr, ya_tr = augment(x_tr, COPIES, rng), np.repeat(y_tr, COPIES)
     xa_te, ya_te = augment(x_te, TEST_COPIES, rng), np.repeat(y_te, TEST_COPIES)
     calib_idx = np.sort(rng.choice(len(x_tr), 128, replace=False))
     xa_calib = augment(x_tr[calib_idx], 1, rng)  # fresh shifts and noise, training digits
-    os.makedirs(DATA, exist_ok=True)
-    np.savez_compressed(os.path.join(DATA, f"{NAME}_test.npz"), input=xa_te)
-    np.save(os.path.join(DATA, f"{NAME}_test_labels.npy"), ya_te.astype(np.int64))
-    np.savez_compressed(os.path.join(DATA, f"{NAME}_calib.npz"), input=xa_calib)
-    print(f"{NAME}: train {len(xa_tr)} ({COPIES} x {len(x_tr)}), test {len(xa_te)}")
+    if save:
+        os.makedirs(DATA, exist_ok=True)
+        np.savez_compressed(os.path.join(DATA, f"{NAME}_test.npz"), input=xa_te)
+        np.save(os.path.join(DATA, f"{NAME}_test_labels.npy"), ya_te.astype(np.int64))
+        np.savez_compressed(os.path.join(DATA, f"{NAME}_calib.npz"), input=xa_calib)
+    print(f"train {len(xa_tr)} ({COPIES} x {len(x_tr)}), test {len(xa_te)}")
+    return xa_tr, ya_tr, xa_te, ya_te
+
+
+def main() -> int:
+    t0 = time.time()
+    torch.set_num_threads(1)  # bit-reproducible training
+    xa_tr, ya_tr, xa_te, ya_te = augmented_data(save=True)
 
     seed_everything()
     net = DigitsResNet()

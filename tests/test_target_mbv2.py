@@ -13,7 +13,7 @@ from onnxsparse.passes import prune_target
 from onnxsparse.passes.prune import prune
 from onnxsparse.passes.prune_target import TOLERANCE
 
-CALIB = SAMPLES.parent / "data" / "digits_mbv2_calib.npz"
+CALIB = SAMPLES.parent / "data" / "digits_resnet_calib.npz"  # the same task and data as digits_resnet
 SHAPES = {"input": (1, 1, 16, 16)}
 
 
