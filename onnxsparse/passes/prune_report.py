@@ -88,6 +88,8 @@ class TargetReport:
     block_candidates: int = 0  #: removable blocks offered to the allocation
     #: removable blocks not offered, each with ``add`` and ``reason`` (e.g. removing it alone breaks the model)
     blocks_not_offered: list[dict[str, Any]] = field(default_factory=list)
+    #: widths not offered: group, kept, loss (the width alone predicted at or past ``RUIN_LOSS``)
+    widths_not_offered: list[dict[str, Any]] = field(default_factory=list)
     #: the verification round's candidates: round, source, widths, blocks, predicted_loss, measured, whole_loss, chosen
     verify: list[dict[str, Any]] = field(default_factory=list)
     verify_seconds: float = 0.0
@@ -106,6 +108,7 @@ class TargetReport:
                 "groups": {str(g): {"kept": k, "total": t, "ratio": (t - k) / t} for g, (k, t) in self.groups.items()},
                 "block_candidates": self.block_candidates, "blocks_removed": [dict(b) for b in self.blocks],
                 "blocks_not_offered": [dict(b) for b in self.blocks_not_offered],
+                "widths_not_offered": [dict(w) for w in self.widths_not_offered],
                 "verify": {"candidates": [dict(c) for c in self.verify], "seconds": round(self.verify_seconds, 3)},
                 "note": self.note or None, "seconds": round(self.seconds, 3)}
 
@@ -123,6 +126,8 @@ class TargetReport:
         removed = "".join(f"\nremoved block {b['id']} ({b['add']}): predicted loss {b['loss']:.4g}, "
                           f"saves {b['saved']:.2%} of {self.cost_basis}" for b in self.blocks)
         removed += "".join(f"\nblock at {b['add']} not offered: {b['reason']}" for b in self.blocks_not_offered)
+        removed += "".join(f"\ngroup {w['group']} width {w['kept']} not offered: predicted loss {w['loss']:.4g} "
+                           f">= the ruin loss (a broken model)" for w in self.widths_not_offered)
         verified = "".join(f"\nverify: round {c['round']} ({c['source']}): predicted loss {c['predicted_loss']:.4g}, "
                            f"measured {c['measured']:.4f}, whole-model loss {c['whole_loss']:.4g}"
                            + (" <- kept" if c["chosen"] else "") for c in self.verify)

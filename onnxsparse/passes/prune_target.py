@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from ..graph import DependencyGraph
 
 __all__ = ["TARGET_METRICS", "LADDER", "TOLERANCE", "Target", "parse_target", "GroupOptions", "group_options",
-           "allocate_target"]
+           "offered_widths", "allocate_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,24 @@ def group_options(size: int, multiple: int, min_keep: int, measured: Mapping[int
     keep = sorted((k for k in widths if size - k <= xs[-1]), reverse=True)
     loss = [0.0 if k == size else float(np.interp(size - k, xs, ys)) for k in keep]
     return keep, loss
+
+
+def offered_widths(gid: int, keep: Sequence[int], loss: Sequence[float],
+                   not_offered: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """``keep``/``loss`` without the widths whose predicted loss alone is >= :data:`RUIN_LOSS`.
+
+    Such a width meets a target on paper with a broken model, as a ruinous block removal would; each
+    one left out is appended to ``not_offered`` (group, kept, loss) so the report can say so.
+    """
+    kept: list[int] = []
+    losses: list[float] = []
+    for k, v in zip(keep, loss):
+        if v >= RUIN_LOSS:
+            not_offered.append({"group": gid, "kept": k, "loss": v})
+        else:
+            kept.append(k)
+            losses.append(v)
+    return kept, losses
 
 
 def snapped_ratios(sizes: Sequence[tuple[int, int, int]], ladder: Sequence[float] = LADDER,
@@ -495,6 +513,7 @@ def allocate_target(
                         shapes=shapes, seed=seed, blocks=blocks, repair=repair, damp=damp)
     by_nodes = {(g.kind, tuple(g.nodes)): g.id for g in dg.prunable}
     options: list[GroupOptions] = []
+    widths_not_offered: list[dict[str, Any]] = []
     for entry in table.groups:
         gid = by_nodes.get((entry.kind, tuple(entry.nodes)))
         if gid is None or gid not in groups:
@@ -502,6 +521,7 @@ def allocate_target(
         by_removed = {r.units_removed: (r.rel_mse if r.rel_mse is not None else math.inf)
                       for r in entry.results if r.units_removed > 0}
         widths, width_losses = group_options(sizes[gid], multiples.get(gid, 1), min_keep, by_removed)
+        widths, width_losses = offered_widths(gid, widths, width_losses, widths_not_offered)
         if len(widths) > 1:
             options.append(GroupOptions(gid, entry.kind, sizes[gid], widths, width_losses))
     feeds = {k: np.ascontiguousarray(v[:1]) for k, v in calib.arrays.items()} if target.metric == "latency" else {}
@@ -511,7 +531,8 @@ def allocate_target(
                   if blocks else [])
     report = TargetReport(metric=target.metric, ratio=target.ratio, tolerance=TOLERANCE, solver=solver,
                           ladder=tuple(ratios), cost_basis=target.metric, sensitivity_sessions=table.sessions,
-                          block_candidates=len(candidates), blocks_not_offered=not_offered)
+                          block_candidates=len(candidates), blocks_not_offered=not_offered,
+                          widths_not_offered=widths_not_offered)
     if target.metric == "latency" and (LATENCY_TABLE if latency_table is None else latency_table):
         report.cost_basis = "latency table"
         report.table_measured, report.table_cached = _latency_costs(model, dg, options, build, sizes, meter,
